@@ -1,0 +1,50 @@
+# energyd: `make demo` and `make test` work on a fresh Debian machine with Python, git and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+UV := .uv/bin/uv
+DEBIAN_TEST_PACKAGES := influxdb mosquitto victoria-metrics socat
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: demo test venv system-deps bench lint clean
+
+demo: venv
+	$(VENV)/bin/energyd demo
+
+test: venv system-deps
+	$(VENV)/bin/python -m pytest
+
+# uv lives in its own small environment: `uv sync` keeps .venv exactly as uv.lock says.
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+venv: $(UV)
+	$(UV) sync --frozen --quiet
+
+# Real servers for the tests: Debian packages, installed when missing and we are root.
+system-deps:
+	@missing=""; \
+	command -v influxd >/dev/null || missing="$$missing influxdb"; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
+	command -v socat >/dev/null || missing="$$missing socat"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    systemctl disable --now influxdb mosquitto victoria-metrics >/dev/null 2>&1 || true; \
+	  else \
+	    echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+bench: venv system-deps
+	@for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+lint: venv
+	$(VENV)/bin/ruff check energyd tests bench
+
+clean:
+	rm -rf $(VENV) .uv .pytest_cache build dist

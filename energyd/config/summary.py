@@ -1,0 +1,64 @@
+"""What `check-config` prints when a file is valid: what will run, at a glance."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from energyd.config.schema import Config, Device
+
+
+def _fmt_seconds(s: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size and s % size == 0:
+            return f"{int(s // size)}{unit}"
+    return f"{s:g}s"
+
+
+def _source(d: Device) -> str:
+    if d.modbus is not None:
+        m = d.modbus
+        where = m.serial_port if m.transport == "rtu" else f"{m.host}:{m.port}"
+        what = d.profile or f"{len(d.registers)} inline registers"
+        return f"modbus {m.transport} {where} unit {m.unit}, {what}"
+    assert d.mqtt is not None
+    return f"mqtt {d.mqtt.topic} ({d.mqtt.format})"
+
+
+def summary_tables(config: Config) -> list[Table]:
+    site = Table(title="site", show_header=False)
+    site.add_row("name", config.site.name)
+    site.add_row("timezone", config.site.timezone)
+    site.add_row("grid region", config.site.grid_region)
+    site.add_row("store", f"{config.storage.path} (retention {_fmt_seconds(config.storage.retention)}"
+                 + (f", quota {config.storage.quota} bytes)" if config.storage.quota else ")"))
+    if config.http.enabled:
+        site.add_row("health", f"http://{config.http.host}:{config.http.port}/health")
+    if config.mqtt is not None:
+        site.add_row("mqtt broker", f"{config.mqtt.host}:{config.mqtt.port}"
+                     f" as {config.mqtt.client_id}" + (" (TLS)" if config.mqtt.tls else ""))
+
+    devices = Table(title=f"devices ({len(config.devices)})")
+    for col in ("name", "role", "interval", "source"):
+        devices.add_column(col)
+    for d in config.devices:
+        devices.add_row(d.name + ("" if d.enabled else " (disabled)"), d.role,
+                        _fmt_seconds(d.interval), _source(d))
+
+    sinks = Table(title=f"sinks ({len(config.influxdb)})")
+    for col in ("name", "api", "url", "target", "credentials"):
+        sinks.add_column(col)
+    for s in config.influxdb:
+        target = f"{s.org or '-'}/{s.bucket}" if s.api == "v2" else \
+            f"{s.database}" + (f".{s.retention_policy}" if s.retention_policy else "")
+        creds = "token" if s.token else ("user+password" if s.password else "none")
+        sinks.add_row(s.name, s.api, s.url, target, creds)
+
+    tables = [site, devices, sinks]
+    if config.alerts.rules:
+        alerts = Table(title=f"alert rules ({len(config.alerts.rules)})")
+        for col in ("name", "type", "applies to"):
+            alerts.add_column(col)
+        for r in config.alerts.rules:
+            alerts.add_row(r.name, r.type, ", ".join(r.devices) if r.devices else (r.role or "all"))
+        tables.append(alerts)
+    return tables

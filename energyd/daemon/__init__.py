@@ -1,0 +1,1 @@
+"""Wiring: the clock, the scheduler, the lifecycle, sd_notify, health and metrics."""

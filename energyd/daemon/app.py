@@ -1,0 +1,234 @@
+"""The daemon: one process, one event loop, one clock, one store.
+
+Start-up is strict (a config that does not validate stops here, exit 2); steady state is
+lenient (a failing component is logged, restarted with backoff, and the rest go on).
+SIGTERM/SIGINT stop polling, commit what was read and return; SIGHUP reloads the config,
+and a new file that does not validate is refused while the running one stays.
+
+Each configuration runs as a *generation*: the components built from it, a scheduler and a
+store writer. A reload ends the generation after committing its readings and starts the
+next one from the new file; the store stays open unless its path changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from energyd import __version__
+from energyd.clock import Clock, RealClock
+from energyd.config.loader import load_config
+from energyd.config.schema import Config
+from energyd.daemon import alerting, forwarding, housekeeping, polling, rollups, subscriptions
+from energyd.daemon.context import Builder, Component, Context
+from energyd.daemon.http import HealthServer
+from energyd.daemon.metrics import Metrics
+from energyd.daemon.notify import Notifier
+from energyd.daemon.scheduler import Scheduler
+from energyd.errors import ConfigError
+from energyd.store.sqlite import Store
+from energyd.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+# Data flows one way: acquisition feeds the store; forwarding, rollups and alerts read it.
+BUILDERS: list[Builder] = [
+    housekeeping.build,
+    polling.build,
+    subscriptions.build,
+    forwarding.build,
+    rollups.build,
+    alerting.build,
+]
+
+RESTART_DELAY_MAX = 60.0
+
+
+class Daemon:
+    def __init__(self, config: Config, *, config_path: str | Path | None = None,
+                 clock: Clock | None = None, notifier: Notifier | None = None,
+                 builders: list[Builder] | None = None):
+        self.config = config
+        self.config_path = Path(config_path) if config_path else None
+        self.clock = clock or RealClock()
+        self.notifier = notifier or Notifier()
+        self.builders = builders if builders is not None else BUILDERS
+        self.metrics = Metrics()
+        self.store: Store | None = None
+        self.http_port: int | None = None
+        self.ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._action: str | None = None
+        self._started = time.monotonic()
+        self._stopping = False
+        self.context: Context | None = None
+
+    # --- control ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._action = "stop"
+        self._wake.set()
+
+    def reload(self) -> None:
+        if self._action != "stop":
+            self._action = "reload"
+        self._wake.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = True) -> int:
+        if handle_signals:
+            self._install_signals()
+        try:
+            while True:
+                await self._generation(self.config)
+                if self._action == "stop":
+                    break
+                self._action = None
+                self._wake.clear()
+                self._reload_config()
+        finally:
+            if handle_signals:
+                self._remove_signals()
+            if self.store is not None:
+                self.store.close()
+            log.info("energyd stopped")
+        return 0
+
+    def _reload_config(self) -> None:
+        if self.config_path is None:
+            log.warning("reload asked, but the daemon was started without a config file")
+            return
+        self.notifier.reloading(time.monotonic_ns() // 1000)
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays:\n%s", exc)
+            return
+        log.info("configuration reloaded from %s", self.config_path)
+        self.config = new
+
+    def _open_store(self, config: Config) -> Store:
+        if self.store is not None and self.store.path == config.storage.path:
+            self.store.quota = config.storage.quota
+            return self.store
+        if self.store is not None:
+            self.store.close()
+        self.store = Store.open(config.storage.path, quota=config.storage.quota)
+        return self.store
+
+    async def _generation(self, config: Config) -> None:
+        store = self._open_store(config)
+        listeners: list[Any] = []
+
+        def on_commit(batch: list[Any]) -> None:
+            self.metrics.readings.inc(len(batch))
+            for listener in listeners:
+                try:
+                    listener(batch)
+                except Exception:
+                    log.exception("a reading listener failed")
+
+        writer = StoreWriter(store, flush_interval=config.storage.flush_interval,
+                             on_commit=on_commit)
+        scheduler = Scheduler(self.clock)
+        ctx = Context(config, self.clock, store, writer, self.metrics, scheduler,
+                      reading_listeners=listeners)
+        self.context = ctx
+        components: list[Component] = []
+        for build in self.builders:
+            components.extend(build(ctx))
+
+        scheduler.start()
+        writer_task = asyncio.create_task(writer.run(), name="energyd[store].flush")
+        tasks = [asyncio.create_task(self._supervise(c), name=f"energyd[{c.name}]")
+                 for c in components]
+        if self.notifier.watchdog_interval:
+            tasks.append(asyncio.create_task(self._watchdog(), name="energyd[watchdog]"))
+        http = (HealthServer(config.http.host, config.http.port, self._health,
+                             self.metrics.render) if config.http.enabled else None)
+        try:
+            async with http if http is not None else contextlib.nullcontext():
+                self.http_port = http.port if http is not None else None
+                self.metrics.up.set(1)
+                status = (f"polling {sum(d.enabled for d in config.devices)} devices, "
+                          f"{len(config.influxdb)} sinks")
+                self.notifier.ready(status)
+                log.info("energyd %s running: %s", __version__, status)
+                self.ready.set()
+                await self._wake.wait()
+                self.ready.clear()
+                if self._action == "stop":
+                    self.notifier.stopping()
+                # stop polling first, then commit what was read
+                scheduler.shutdown()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            scheduler.shutdown()
+            for t in tasks:
+                t.cancel()
+            writer_task.cancel()
+            await asyncio.gather(writer_task, return_exceptions=True)
+            self.metrics.up.set(0)
+
+    async def _supervise(self, component: Component) -> None:
+        delay = 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                await component.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; restarting it in %.0f s", component.name, delay)
+            if time.monotonic() - started > 10 * delay:
+                delay = 1.0  # it ran a good while: start the backoff afresh
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX)
+
+    async def _watchdog(self) -> None:
+        # Pinged from the event loop itself: a loop that hangs stops the pings, and systemd
+        # restarts the service.
+        assert self.notifier.watchdog_interval
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_interval)
+
+    def _health(self) -> dict[str, Any]:
+        ctx = self.context
+        payload: dict[str, Any] = {
+            "status": "ok" if self.ready.is_set() else "stopping",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "site": self.config.site.name,
+            "devices": len(self.config.devices),
+            "sinks": [s.name for s in self.config.influxdb],
+        }
+        if ctx is not None:
+            payload["pending_readings"] = ctx.writer.pending
+            payload["committed_readings"] = ctx.writer.committed
+            for key, fn in ctx.health.items():
+                try:
+                    payload[key] = fn()
+                except Exception as exc:  # health must answer even if a part cannot
+                    payload[key] = f"unavailable: {exc}"
+        return payload

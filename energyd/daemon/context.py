@@ -1,0 +1,45 @@
+"""What the daemon hands to each component it starts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from energyd.clock import Clock
+from energyd.config.schema import Config
+from energyd.daemon.metrics import Metrics
+from energyd.daemon.scheduler import Scheduler
+from energyd.model import Reading
+from energyd.store.sqlite import Store
+from energyd.store.writer import StoreWriter
+
+
+@dataclass
+class Context:
+    config: Config
+    clock: Clock
+    store: Store
+    writer: StoreWriter
+    metrics: Metrics
+    scheduler: Scheduler
+    # Called with every committed batch of readings (live alert rules listen here).
+    reading_listeners: list[Callable[[list[Reading]], None]] = field(default_factory=list)
+    # Set by components that hold state worth showing in /health.
+    health: dict[str, Callable[[], object]] = field(default_factory=dict)
+
+
+class Component(Protocol):
+    """One unit of the running daemon: a bus owner, the MQTT client, a sink forwarder...
+
+    `run()` sets itself up (it may add jobs to ctx.scheduler), then runs until cancelled,
+    releasing what it holds in `finally`. A failure inside is contained: it is logged and
+    the daemon goes on with the other components.
+    """
+
+    name: str
+
+    def run(self) -> Awaitable[None]: ...
+
+
+Builder = Callable[[Context], list[Component]]

@@ -1,0 +1,60 @@
+"""The store's own upkeep: disk quota, retention of raw readings, and the gauges about it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from energyd.daemon.context import Component, Context
+from energyd.model import to_ms
+from energyd.store.sqlite import STREAMS
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeping:
+    name = "housekeeping"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    async def run(self) -> None:
+        self.ctx.scheduler.every(15, self.refresh_gauges, name="store.gauges", jitter=False,
+                                 first_delay=0.1)
+        self.ctx.scheduler.every(300, self.upkeep, name="store.upkeep")
+        await asyncio.Event().wait()
+
+    async def refresh_gauges(self) -> None:
+        await asyncio.to_thread(self._refresh_gauges)
+
+    def _refresh_gauges(self) -> None:
+        ctx = self.ctx
+        ctx.metrics.store_bytes.set(ctx.store.size_bytes())
+        now = to_ms(ctx.clock.now())
+        for sink in ctx.config.influxdb:
+            for stream in STREAMS:
+                backlog = ctx.store.backlog(sink.name, stream)
+                ctx.metrics.backlog.labels(sink.name, stream).set(backlog.count)
+                age = (now - backlog.oldest_ms) / 1000 if backlog.oldest_ms is not None else 0
+                ctx.metrics.backlog_age.labels(sink.name, stream).set(max(0.0, age))
+
+    async def upkeep(self) -> None:
+        await asyncio.to_thread(self._upkeep)
+
+    def _upkeep(self) -> None:
+        ctx = self.ctx
+        shed = ctx.store.enforce_quota()
+        if shed:
+            ctx.metrics.store_shed.inc(shed)
+            log.warning("store over its quota: shed %d instantaneous readings "
+                        "(energy counters are kept)", shed)
+        gone = ctx.store.apply_retention(
+            to_ms(ctx.clock.now()), int(ctx.config.storage.retention * 1000),
+            [s.name for s in ctx.config.influxdb])
+        if gone:
+            log.info("retention: removed %d raw readings older than %.0f days",
+                     gone, ctx.config.storage.retention / 86400)
+
+
+def build(ctx: Context) -> list[Component]:
+    return [Housekeeping(ctx)]

@@ -1,0 +1,38 @@
+"""The daemon's own metrics, in a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.polls = Counter("energyd_polls", "Device polls", ["device"], registry=r)
+        self.poll_errors = Counter("energyd_poll_errors", "Failed device polls",
+                                   ["device", "reason"], registry=r)
+        self.readings = Counter("energyd_readings_committed", "Readings committed to the store",
+                                registry=r)
+        self.store_bytes = Gauge("energyd_store_bytes", "Bytes in use by the store", registry=r)
+        self.store_shed = Counter("energyd_store_shed",
+                                  "Readings shed under the disk quota", registry=r)
+        self.backlog = Gauge("energyd_sink_backlog", "Items not yet forwarded",
+                             ["sink", "stream"], registry=r)
+        self.backlog_age = Gauge("energyd_sink_oldest_unsent_age_seconds",
+                                 "Age of the oldest unsent reading", ["sink", "stream"],
+                                 registry=r)
+        self.sink_sent = Counter("energyd_sink_sent", "Items acknowledged by the server",
+                                 ["sink", "stream"], registry=r)
+        self.sink_rejected = Counter("energyd_sink_rejected", "Items refused for good",
+                                     ["sink", "stream"], registry=r)
+        self.sink_errors = Counter("energyd_sink_errors", "Failed writes", ["sink", "reason"],
+                                   registry=r)
+        self.mqtt_messages = Counter("energyd_mqtt_messages", "MQTT messages received",
+                                     ["topic"], registry=r)
+        self.mqtt_rejected = Counter("energyd_mqtt_rejected", "MQTT messages refused",
+                                     ["topic", "reason"], registry=r)
+        self.alerts = Counter("energyd_alerts", "Alert episodes started", ["rule"], registry=r)
+        self.up = Gauge("energyd_up", "1 while the daemon runs", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,92 @@
+"""energyd's exceptions. Lower libraries' errors are mapped onto these at the edge.
+
+    EnergydError
+    ├── ConfigError           a configuration that cannot run; carries every problem found
+    ├── StoreError            the local store cannot do what was asked
+    │   └── ImportRejected    a CSV import refused whole; carries the bad rows
+    ├── DeviceError           a device did not answer as expected (retryable: try next poll)
+    │   ├── DeviceTimeout     no reply in time
+    │   └── DeviceRefused     an exception reply (illegal address, busy, ...)
+    └── SinkError             a server did not take a chunk
+        ├── SinkRetryable     connection error, 5xx, 429: the chunk is tried again later
+        └── SinkRejected      a 4xx that will never succeed: the points are isolated
+
+`retryable` is part of the type, so a caller never parses messages to decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class EnergydError(Exception):
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input, located as precisely as the input allows."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(EnergydError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class StoreError(EnergydError):
+    pass
+
+
+class ImportRejected(StoreError):
+    def __init__(self, problems: list[Problem], total_bad: int):
+        self.problems = problems
+        self.total_bad = total_bad
+        lines = [str(p) for p in problems]
+        if total_bad > len(problems):
+            lines.append(f"... and {total_bad - len(problems)} more bad rows")
+        lines.append("nothing was imported")
+        super().__init__("\n".join(lines))
+
+
+class DeviceError(EnergydError):
+    retryable = True
+
+
+class DeviceTimeout(DeviceError):
+    pass
+
+
+class DeviceRefused(DeviceError):
+    def __init__(self, message: str, exception_code: int | None = None):
+        self.exception_code = exception_code
+        super().__init__(message)
+
+
+class SinkError(EnergydError):
+    pass
+
+
+class SinkRetryable(SinkError):
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class SinkRejected(SinkError):
+    retryable = False
+
+    def __init__(self, message: str, status: int | None = None):
+        self.status = status
+        super().__init__(message)

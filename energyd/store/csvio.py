@@ -1,0 +1,139 @@
+"""CSV in and out of the store: `time,device,quantity,value`, ISO 8601 times with an offset.
+
+An import is one transaction: the file goes in whole or not at all, even if the process is
+killed half-way (SQLite rolls an unfinished transaction back on the next open). Rows are
+checked as they stream past, so a million-row file needs no more memory than one chunk;
+every bad row is reported with its line number and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TextIO
+
+from energyd.errors import ImportRejected, Problem
+from energyd.model import QUANTITIES, Quality, from_ms, to_ms
+from energyd.store.sqlite import Store
+
+HEADER = ["time", "device", "quantity", "value"]
+CHUNK = 50_000
+MAX_REPORTED = 50
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    rows: int  # rows in the file
+    inserted: int  # new readings (rows already stored are not counted twice)
+
+
+def import_readings(
+    store: Store,
+    stream: TextIO,
+    filename: str,
+    known_device: Callable[[str], bool] | None = None,
+) -> ImportResult:
+    """Import a CSV file whole, or raise ImportRejected listing the bad rows."""
+    problems: list[Problem] = []
+    bad = 0
+    rows = 0
+    inserted = 0
+
+    def fail(line: int, message: str) -> None:
+        nonlocal bad
+        bad += 1
+        if len(problems) < MAX_REPORTED:
+            problems.append(Problem(filename, line, "", message))
+
+    reader = csv.reader(stream)
+    header = next(reader, None)
+    if header is None:
+        raise ImportRejected([Problem(filename, 1, "", "the file is empty")], 1)
+    if [h.strip().lower() for h in header] != HEADER:
+        raise ImportRejected(
+            [Problem(filename, 1, "", f"header must be {','.join(HEADER)}, got {','.join(header)}")],
+            1)
+
+    # One transaction for the whole file. Rows are parsed and inserted chunk by chunk; on the
+    # first bad row insertion stops, but parsing goes on so every bad row can be reported.
+    with store.transaction() as conn:
+        chunk: list[tuple[int, str, str, float, int]] = []
+        for fields in reader:
+            line = reader.line_num
+            if not fields or fields == [""]:
+                continue
+            rows += 1
+            row = _parse(fields, line, fail, known_device)
+            if row is None or bad:
+                chunk.clear()
+                continue
+            chunk.append(row)
+            if len(chunk) >= CHUNK:
+                inserted += store.insert_rows(conn, chunk)
+                chunk.clear()
+        if bad:
+            raise ImportRejected(problems, bad)
+        if chunk:
+            inserted += store.insert_rows(conn, chunk)
+    return ImportResult(rows, inserted)
+
+
+def _parse(fields: list[str], line: int, fail: Callable[[int, str], None],
+           known_device: Callable[[str], bool] | None) -> tuple[int, str, str, float, int] | None:
+    if len(fields) != 4:
+        fail(line, f"expected 4 columns (time,device,quantity,value), got {len(fields)}")
+        return None
+    t, device, quantity, v = (f.strip() for f in fields)
+    try:
+        when = datetime.fromisoformat(t)
+    except ValueError:
+        fail(line, f"time {t!r} is not ISO 8601")
+        return None
+    if when.tzinfo is None:
+        fail(line, f"time {t!r} has no UTC offset (write e.g. {t}+00:00)")
+        return None
+    if not device:
+        fail(line, "device is empty")
+        return None
+    if known_device is not None and not known_device(device):
+        fail(line, f"device {device!r} is not in the configuration")
+        return None
+    if quantity not in QUANTITIES:
+        fail(line, f"unknown quantity {quantity!r}")
+        return None
+    try:
+        value = float(v)
+    except ValueError:
+        fail(line, f"value {v!r} is not a number")
+        return None
+    if not math.isfinite(value):
+        fail(line, f"value {v!r} is not finite")
+        return None
+    return (to_ms(when), device, quantity, value, int(Quality.IMPORTED))
+
+
+def export_readings(store: Store, out: TextIO, start: datetime, end: datetime,
+                    device: str | None = None) -> int:
+    """Write readings with start <= time < end as CSV, ordered by time; returns the count."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HEADER)
+    n = 0
+    for t, d, q, v in _ordered(store, to_ms(start), to_ms(end), device):
+        writer.writerow((from_ms(t).isoformat(timespec="milliseconds"), d, q, repr(v)))
+        n += 1
+    return n
+
+
+def _ordered(store: Store, start_ms: int, end_ms: int,
+             device: str | None) -> Iterator[tuple[int, str, str, float]]:
+    sql = ("SELECT r.time, s.device, s.quantity, r.value FROM readings r "
+           "JOIN series s ON s.id = r.series WHERE r.time >= ? AND r.time < ?")
+    params: list[object] = [start_ms, end_ms]
+    if device is not None:
+        sql += " AND s.device = ?"
+        params.append(device)
+    sql += " ORDER BY r.time, s.device, s.quantity"
+    yield from store.execute(sql, params)

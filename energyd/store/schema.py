@@ -1,0 +1,96 @@
+"""The store's tables and their migrations.
+
+The schema version is SQLite's `user_version`. A migration is appended, never edited: a
+gateway in the field may open its store with any later energyd and must come out current.
+Times are integer milliseconds since the epoch, UTC. `seq` columns are a change sequence
+that sinks follow with their cursors, so a recomputed rollup is forwarded again.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the foundation
+    """
+    CREATE TABLE series (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        UNIQUE (device, quantity)
+    );
+    CREATE TABLE readings (
+        id INTEGER PRIMARY KEY,
+        series INTEGER NOT NULL REFERENCES series(id),
+        time INTEGER NOT NULL,
+        value REAL NOT NULL,
+        quality INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX readings_series_time ON readings (series, time);
+    CREATE TABLE sink_cursors (
+        sink TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (sink, stream)
+    );
+    CREATE TABLE rejected (
+        id INTEGER PRIMARY KEY,
+        sink TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        item INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        time INTEGER NOT NULL
+    );
+    CREATE TABLE device_status (
+        device TEXT PRIMARY KEY,
+        last_poll INTEGER,
+        last_success INTEGER,
+        last_error TEXT,
+        last_error_time INTEGER,
+        polls INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE rollups (
+        device TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        mwh REAL NOT NULL,
+        source TEXT NOT NULL,
+        coverage REAL NOT NULL,
+        tco2_location REAL,
+        tco2_market REAL,
+        ef_location REAL,
+        ef_id TEXT,
+        detail TEXT NOT NULL DEFAULT '{}',
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (device, hour)
+    );
+    CREATE INDEX rollups_seq ON rollups (seq);
+    CREATE TABLE invoices (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        period_start INTEGER NOT NULL,
+        period_end INTEGER NOT NULL,
+        energy_kwh REAL NOT NULL,
+        supplier TEXT,
+        document TEXT,
+        imported INTEGER NOT NULL
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        rule TEXT NOT NULL,
+        device TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        ended INTEGER,
+        detail TEXT NOT NULL DEFAULT '{}',
+        seq INTEGER NOT NULL
+    );
+    CREATE INDEX alerts_seq ON alerts (seq);
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('seq', '0');
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

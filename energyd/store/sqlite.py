@@ -1,0 +1,408 @@
+"""The durable local store: SQLite in WAL mode.
+
+A reading is durable once `insert_readings` (or an import's transaction) has returned: the
+database runs with `synchronous=FULL`, so a commit survives a crash or a power cut. Writers
+batch: one transaction per flush, not per reading. One connection serves the process, guarded
+by a lock, so the asyncio loop may call it through `asyncio.to_thread`; other processes
+(`energyd status`, `export`) read concurrently, which WAL allows.
+
+Lifecycle: `Store.open(path)` or `with Store.open(path) as store:`; `close()` is idempotent.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from energyd.errors import StoreError
+from energyd.model import QUANTITIES, Quality, Reading, from_ms
+from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+READINGS = "readings"
+ROLLUPS = "rollups"
+ALERTS = "alerts"
+STREAMS = (READINGS, ROLLUPS, ALERTS)
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as the store holds it: `id` orders insertion and is what sinks follow."""
+
+    id: int
+    time_ms: int
+    device: str
+    quantity: str
+    value: float
+    quality: int
+
+    def to_reading(self) -> Reading:
+        return Reading(from_ms(self.time_ms), self.device, self.quantity, self.value,
+                       Quality(self.quality))
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    count: int
+    oldest_ms: int | None  # reading time of the oldest unsent item
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, path: Path, quota: int | None):
+        self._conn = conn
+        self._lock = threading.RLock()
+        self.path = path
+        self.quota = quota
+        self.state = State.OPEN
+        self._series: dict[tuple[str, str], int] = {}
+        self._series_names: dict[int, tuple[str, str]] = {}
+        self._load_series()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, quota: int | None = None) -> Store:
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            _migrate(conn, path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+        return cls(conn, path, quota)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.state is State.CLOSED:
+                return
+            self.state = State.CLOSED
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # another process may be reading; the next open checkpoints
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.state is State.CLOSED:
+            raise StoreError(f"{self.path}: the store is closed")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: everything inside commits together or not at all."""
+        with self._lock:
+            self._check_open()
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self.invalidate_series_cache()
+                raise
+            else:
+                self._conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Read query for the layers above (accounting, alerts, status)."""
+        with self._lock:
+            self._check_open()
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- series -------------------------------------------------------------------------
+
+    def _load_series(self) -> None:
+        for sid, device, quantity in self._conn.execute("SELECT id, device, quantity FROM series"):
+            self._series[(device, quantity)] = sid
+            self._series_names[sid] = (device, quantity)
+
+    def series_id(self, device: str, quantity: str, conn: sqlite3.Connection | None = None) -> int:
+        key = (device, quantity)
+        sid = self._series.get(key)
+        if sid is None:
+            c = conn or self._conn
+            c.execute("INSERT OR IGNORE INTO series (device, quantity) VALUES (?, ?)", key)
+            sid = c.execute(
+                "SELECT id FROM series WHERE device = ? AND quantity = ?", key
+            ).fetchone()[0]
+            self._series[key] = sid
+            self._series_names[sid] = key
+        return sid
+
+    def series(self) -> list[tuple[str, str]]:
+        return sorted(self._series)
+
+    # --- readings -----------------------------------------------------------------------
+
+    def insert_readings(self, readings: Iterable[Reading]) -> int:
+        """Commit `readings` in one transaction; returns how many were new."""
+        with self.transaction() as conn:
+            return self._insert(conn, ((r.time_ms, r.device, r.quantity, r.value, int(r.quality))
+                                       for r in readings))
+
+    def insert_rows(self, conn: sqlite3.Connection,
+                    rows: Iterable[tuple[int, str, str, float, int]]) -> int:
+        """Insert (time_ms, device, quantity, value, quality) rows inside `transaction()`;
+        returns how many were new."""
+        return self._insert(conn, rows)
+
+    def _insert(self, conn: sqlite3.Connection,
+                rows: Iterable[tuple[int, str, str, float, int]]) -> int:
+        sid = self.series_id
+        params = [(sid(device, quantity, conn), t, v, q) for t, device, quantity, v, q in rows]
+        before = conn.total_changes
+        # the same series and time twice is one reading: replays and re-imports are harmless
+        conn.executemany(
+            "INSERT INTO readings (series, time, value, quality) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (series, time) DO NOTHING", params)
+        return conn.total_changes - before
+
+    def invalidate_series_cache(self) -> None:
+        """After a rollback, series created inside it no longer exist."""
+        with self._lock:
+            self._series.clear()
+            self._series_names.clear()
+            self._load_series()
+
+    def query_readings(
+        self,
+        *,
+        device: str | None = None,
+        quantity: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        batch: int = 10000,
+    ) -> Iterator[StoredReading]:
+        """Readings in [start_ms, end_ms), ordered by series then time."""
+        with self._lock:
+            self._check_open()
+            wanted = [sid for (d, q), sid in self._series.items()
+                      if (device is None or d == device) and (quantity is None or q == quantity)]
+        lo = start_ms if start_ms is not None else -(2**62)
+        hi = end_ms if end_ms is not None else 2**62
+        for sid in sorted(wanted, key=lambda s: self._series_names[s]):
+            d, q = self._series_names[sid]
+            after = lo - 1
+            last_id = -1
+            while True:
+                with self._lock:
+                    rows = self._conn.execute(
+                        "SELECT id, time, value, quality FROM readings "
+                        "WHERE series = ? AND (time > ? OR (time = ? AND id > ?)) AND time < ? "
+                        "ORDER BY time, id LIMIT ?",
+                        (sid, after, after, last_id, hi, batch),
+                    ).fetchall()
+                for rid, t, v, qual in rows:
+                    yield StoredReading(rid, t, d, q, v, qual)
+                if len(rows) < batch:
+                    break
+                after, last_id = rows[-1][1], rows[-1][0]
+
+    def readings_after(self, position: int, limit: int) -> list[StoredReading]:
+        """The next `limit` readings in insertion order after `position` (a sink's cursor)."""
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT id, series, time, value, quality FROM readings WHERE id > ? "
+                "ORDER BY id LIMIT ?", (position, limit)).fetchall()
+        names = self._series_names
+        if any(r[1] not in names for r in rows):
+            self.invalidate_series_cache()
+        return [StoredReading(rid, t, *names[sid], v, q) for rid, sid, t, v, q in rows]
+
+    def latest(self, device: str, quantity: str) -> StoredReading | None:
+        sid = self._series.get((device, quantity))
+        if sid is None:
+            return None
+        rows = self.execute(
+            "SELECT id, time, value, quality FROM readings WHERE series = ? "
+            "ORDER BY time DESC LIMIT 1", (sid,))
+        return StoredReading(rows[0][0], rows[0][1], device, quantity, rows[0][2], rows[0][3]) \
+            if rows else None
+
+    def count_readings(self) -> int:
+        return self.execute("SELECT count(*) FROM readings")[0][0]
+
+    # --- sink cursors -------------------------------------------------------------------
+
+    def cursor(self, sink: str, stream: str = READINGS) -> int:
+        rows = self.execute(
+            "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", (sink, stream))
+        return rows[0][0] if rows else 0
+
+    def set_cursor(self, sink: str, stream: str, position: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sink_cursors (sink, stream, position, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sink, stream) DO UPDATE SET position = excluded.position, "
+                "updated = excluded.updated",
+                (sink, stream, position, int(time.time() * 1000)))
+
+    def backlog(self, sink: str, stream: str = READINGS) -> Backlog:
+        position = self.cursor(sink, stream)
+        if stream == READINGS:
+            count = self.execute("SELECT count(*) FROM readings WHERE id > ?", (position,))[0][0]
+            oldest = self.execute(
+                "SELECT min(time) FROM readings WHERE id > ? AND id <= ?",
+                (position, position + 10000))[0][0] if count else None
+            return Backlog(count, oldest)
+        table, time_col = {ROLLUPS: ("rollups", "hour"), ALERTS: ("alerts", "started")}[stream]
+        row = self.execute(
+            f"SELECT count(*), min({time_col}) FROM {table} WHERE seq > ?", (position,))[0]
+        return Backlog(row[0], row[1])
+
+    def reject(self, sink: str, stream: str, items: Iterable[tuple[int, str]]) -> int:
+        """Keep items a server refused for good, with its message, out of the way of the stream."""
+        now = int(time.time() * 1000)
+        with self.transaction() as conn:
+            cur = conn.executemany(
+                "INSERT INTO rejected (sink, stream, item, message, time) VALUES (?, ?, ?, ?, ?)",
+                [(sink, stream, item, message, now) for item, message in items])
+            return cur.rowcount
+
+    def rejected_count(self, sink: str | None = None) -> int:
+        if sink is None:
+            return self.execute("SELECT count(*) FROM rejected")[0][0]
+        return self.execute("SELECT count(*) FROM rejected WHERE sink = ?", (sink,))[0][0]
+
+    # --- change sequence for rollups and alerts -----------------------------------------
+
+    def next_seq(self, conn: sqlite3.Connection) -> int:
+        """Inside a transaction: the next change number (rollups and alerts share it)."""
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self.execute("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                         "DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+
+    # --- device status ----------------------------------------------------------------
+
+    def record_polls(self, results: Iterable[tuple[str, int, str | None]]) -> None:
+        """(device, poll time ms, error or None) for each poll since the last flush."""
+        with self.transaction() as conn:
+            for device, when, error in results:
+                if error is None:
+                    conn.execute(
+                        "INSERT INTO device_status (device, last_poll, last_success, polls) "
+                        "VALUES (?, ?, ?, 1) ON CONFLICT (device) DO UPDATE SET "
+                        "last_poll = excluded.last_poll, last_success = excluded.last_success, "
+                        "polls = polls + 1", (device, when, when))
+                else:
+                    conn.execute(
+                        "INSERT INTO device_status (device, last_poll, last_error, "
+                        "last_error_time, polls, errors) VALUES (?, ?, ?, ?, 1, 1) "
+                        "ON CONFLICT (device) DO UPDATE SET last_poll = excluded.last_poll, "
+                        "last_error = excluded.last_error, "
+                        "last_error_time = excluded.last_error_time, "
+                        "polls = polls + 1, errors = errors + 1", (device, when, error, when))
+
+    def device_status(self) -> dict[str, dict[str, Any]]:
+        rows = self.execute("SELECT device, last_poll, last_success, last_error, last_error_time, "
+                            "polls, errors FROM device_status")
+        keys = ("last_poll", "last_success", "last_error", "last_error_time", "polls", "errors")
+        return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+
+    # --- size, quota, retention ---------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """Bytes in use by the database (free pages excluded; they are reused first)."""
+        page_count, = self.execute("PRAGMA page_count")[0]
+        free, = self.execute("PRAGMA freelist_count")[0]
+        page_size, = self.execute("PRAGMA page_size")[0]
+        return (page_count - free) * page_size
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total
+
+    def enforce_quota(self, batch: int = 20000) -> int:
+        """Shed the oldest sheddable readings (power, voltage, current...) until under quota.
+
+        Energy counters are never shed: they carry what the accounting signs for. Returns the
+        number of readings shed; if only counters are left, the store stays over quota.
+        """
+        if self.quota is None:
+            return 0
+        shed = 0
+        sheddable = [sid for (_, q), sid in self._series.items()
+                     if q not in QUANTITIES or QUANTITIES[q].sheddable]
+        if not sheddable:
+            return 0
+        marks = ",".join("?" * len(sheddable))
+        target = int(self.quota * 0.9)  # leave headroom so shedding is not re-run every flush
+        while self.size_bytes() > self.quota or (shed and self.size_bytes() > target):
+            with self.transaction() as conn:
+                n = conn.execute(
+                    f"DELETE FROM readings WHERE id IN (SELECT id FROM readings "
+                    f"WHERE series IN ({marks}) ORDER BY id LIMIT ?)",
+                    (*sheddable, batch)).rowcount
+            shed += n
+            if n == 0:
+                break
+        return shed
+
+    def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
+        """Delete raw readings older than the retention that every sink has forwarded."""
+        horizon = now_ms - retention_ms
+        limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
+        with self.transaction() as conn:
+            if limit is None:
+                return conn.execute("DELETE FROM readings WHERE time < ?", (horizon,)).rowcount
+            return conn.execute("DELETE FROM readings WHERE time < ? AND id <= ?",
+                                (horizon, limit)).rowcount
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: the store has schema version {version}, newer than this energyd "
+            f"understands ({SCHEMA_VERSION}); upgrade energyd or restore a backup")
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would commit on its own; splitting keeps a migration atomic
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# servers.py sits next to this file and is no package; keep it importable under any import mode
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import InfluxDBServer, MosquittoServer, VictoriaMetricsServer  # noqa: E402
+
+# --- real servers ---
+# Real InfluxDB 1.x, Mosquitto and VictoriaMetrics on free loopback ports (tests/servers.py).
+# `influxdb`, `mosquitto` and `victoria_metrics` are shared by the whole session: never stop
+# them; take a fresh name from `influxdb_database`, `mqtt_topic_prefix` or
+# `victoria_metrics_db` instead. A test that needs an outage uses the `*_private` variant,
+# its own server for that test alone, and calls stop()/start()/restart() on it.
+# Server directories (config, data, <name>.log) live under pytest's basetemp for post-mortems.
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDBServer]:
+    with InfluxDBServer(tmp_path_factory.mktemp("influxdb")) as server:
+        yield server
+
+
+@pytest.fixture
+def influxdb_database(influxdb: InfluxDBServer) -> Iterator[str]:
+    """A database created for this test on the shared server, dropped afterwards."""
+    influxdb.start()  # no-op unless a test stopped the shared server by mistake
+    name = _unique("test_")
+    influxdb.create_database(name)
+    yield name
+    if influxdb.running:
+        influxdb.drop_database(name)
+
+
+@pytest.fixture
+def influxdb_private(tmp_path: Path) -> Iterator[InfluxDBServer]:
+    with InfluxDBServer(tmp_path / "influxdb") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    with MosquittoServer(tmp_path_factory.mktemp("mosquitto")) as server:
+        yield server
+
+
+@pytest.fixture
+def mqtt_topic_prefix() -> str:
+    """A topic prefix no other test uses, e.g. "energyd-test/3f2a9c..." (no trailing slash);
+    also a handy stem for client ids."""
+    return _unique("energyd-test/")
+
+
+@pytest.fixture
+def mosquitto_private(tmp_path: Path) -> Iterator[MosquittoServer]:
+    with MosquittoServer(tmp_path / "mosquitto") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[VictoriaMetricsServer]:
+    with VictoriaMetricsServer(tmp_path_factory.mktemp("victoria-metrics")) as server:
+        yield server
+
+
+@pytest.fixture
+def victoria_metrics_db() -> str:
+    """A value for the `db` label no other test uses: pass it as `?db=` on /write or
+    /api/v2/write and select on `{db="..."}` (a v2 bucket name does not become a label)."""
+    return _unique("test_")
+
+
+@pytest.fixture
+def victoria_metrics_private(tmp_path: Path) -> Iterator[VictoriaMetricsServer]:
+    with VictoriaMetricsServer(tmp_path / "victoria-metrics") as server:
+        yield server
