@@ -25,6 +25,9 @@ class Context:
     scheduler: Scheduler
     # Called with every committed batch of readings (live alert rules listen here).
     reading_listeners: list[Callable[[list[Reading]], None]] = field(default_factory=list)
+    # Awaited after every rollup run with (start_ms, end_ms) of the hours (re)computed, so
+    # alert rules see each hour, including the recomputation at start-up.
+    rollup_listeners: list[Callable[[int, int], Awaitable[None]]] = field(default_factory=list)
     # Set by components that hold state worth showing in /health.
     health: dict[str, Callable[[], object]] = field(default_factory=dict)
 

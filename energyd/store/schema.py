@@ -91,6 +91,22 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO meta (key, value) VALUES ('seq', '0');
     """,
+    # 2: compressed air: hourly energy, free air delivered and specific power, per compressor
+    # and per station (device = the station's name for the station's row)
+    """
+    CREATE TABLE air_hourly (
+        device TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        kwh REAL NOT NULL,
+        m3 REAL NOT NULL,
+        specific_power REAL,
+        loaded_share REAL,
+        detail TEXT NOT NULL DEFAULT '{}',
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (device, hour)
+    );
+    CREATE INDEX air_hourly_seq ON air_hourly (seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,7 +29,8 @@ from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
 READINGS = "readings"
 ROLLUPS = "rollups"
 ALERTS = "alerts"
-STREAMS = (READINGS, ROLLUPS, ALERTS)
+AIR = "air_hourly"
+STREAMS = (READINGS, ROLLUPS, ALERTS, AIR)
 
 
 class State(enum.Enum):
@@ -269,7 +270,8 @@ class Store:
                 "SELECT min(time) FROM readings WHERE id > ? AND id <= ?",
                 (position, position + 10000))[0][0] if count else None
             return Backlog(count, oldest)
-        table, time_col = {ROLLUPS: ("rollups", "hour"), ALERTS: ("alerts", "started")}[stream]
+        table, time_col = {ROLLUPS: ("rollups", "hour"), ALERTS: ("alerts", "started"),
+                           AIR: ("air_hourly", "hour")}[stream]
         row = self.execute(
             f"SELECT count(*), min({time_col}) FROM {table} WHERE seq > ?", (position,))[0]
         return Backlog(row[0], row[1])
