@@ -7,7 +7,7 @@ UV := .uv/bin/uv
 DEBIAN_TEST_PACKAGES := influxdb mosquitto victoria-metrics socat
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test venv system-deps bench lint clean
+.PHONY: demo test venv system-deps bench lint clean security
 
 demo: venv
 	$(VENV)/bin/energyd demo
@@ -42,6 +42,11 @@ system-deps:
 
 bench: venv system-deps
 	@for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+# The systemd unit's sandbox, as systemd rates it (0 = locked down, 10 = exposed; ceiling 2.0).
+security:
+	@set -o pipefail; systemd-analyze security --offline=true --no-pager --threshold=20 \
+	  deploy/systemd/energyd.service | tail -n 1
 
 lint: venv
 	$(VENV)/bin/ruff check energyd tests bench

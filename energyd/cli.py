@@ -25,7 +25,6 @@ CONFIG_HELP = "configuration file (YAML)"
 EXIT_BAD_INPUT = 2
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 
 
 def _setup_logging(level: str) -> None:
@@ -43,7 +42,7 @@ def _load(path: str) -> Config:
         return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
-            err_console.print(str(problem), markup=False)
+            click.echo(str(problem), err=True)
         sys.exit(EXIT_BAD_INPUT)
 
 
@@ -83,7 +82,7 @@ def check_config(config_path: str) -> None:
 
     for table in summary_tables(config):
         console.print(table)
-    console.print(f"{config_path}: OK")
+    click.echo(f"{config_path}: OK")
 
 
 # --- the daemon -------------------------------------------------------------------------
@@ -99,7 +98,7 @@ def run(config_path: str) -> None:
     try:
         code = asyncio.run(Daemon(config, config_path=config_path).run())
     except EnergydError as exc:
-        err_console.print(f"energyd: {exc}", markup=False)
+        click.echo(f"energyd: {exc}", err=True)
         sys.exit(1)
     sys.exit(code)
 
@@ -143,12 +142,12 @@ def readings_import(config_path: str, csv_file: str) -> None:
                 Store.open(config.storage.path, quota=config.storage.quota) as store:
             result = import_readings(store, f, csv_file, known_device=names.__contains__)
     except OSError as exc:
-        err_console.print(f"{csv_file}: cannot read: {exc.strerror}", markup=False)
+        click.echo(f"{csv_file}: cannot read: {exc.strerror}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except ImportRejected as exc:
-        err_console.print(str(exc), markup=False)
+        click.echo(str(exc), err=True)
         sys.exit(EXIT_BAD_INPUT)
-    console.print(f"{csv_file}: {result.rows} rows, {result.inserted} new readings stored "
+    click.echo(f"{csv_file}: {result.rows} rows, {result.inserted} new readings stored "
                   f"({result.rows - result.inserted} already present)")
 
 
@@ -171,7 +170,7 @@ def readings_export(config_path: str, start: str, end: str, device: str | None,
         if output:
             with open(output, "w", newline="", encoding="utf-8") as f:
                 n = export_readings(store, f, t0, t1, device)
-            err_console.print(f"{output}: {n} readings")
+            click.echo(f"{output}: {n} readings", err=True)
         else:
             export_readings(store, sys.stdout, t0, t1, device)
 

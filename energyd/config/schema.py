@@ -11,6 +11,7 @@ field by field, and `config/*.example.yaml` files show them in use (parsed by th
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from energyd.config.secrets import read_secret
+from energyd.config.secrets import check_secret_file, read_secret
 from energyd.config.units import Duration, Size
 from energyd.model import QUANTITIES, ROLES
 
@@ -41,6 +42,10 @@ class Strict(BaseModel):
 
 def _base_dir(info: ValidationInfo) -> Path | None:
     return (info.context or {}).get("base_dir")
+
+
+def _secret_file(cls: type, v: str | None, info: ValidationInfo) -> str | None:
+    return check_secret_file(v, _base_dir(info))
 
 
 def _check_quantity(name: str) -> str:
@@ -142,19 +147,60 @@ class ModbusOptions(Strict):
 
 
 class MqttDeviceOptions(Strict):
+    """How one device's messages are found and read (energyd/drivers/mqtt.py has examples).
+
+    An exact topic gives readings of this device. A pattern (`+`, `#`) with `device_level`
+    is a template: the text at that topic level names the device, and `devices` lists the
+    names it may take (anything else is refused, so a mistyped publisher cannot invent
+    devices); role and station of the entry apply to each of them.
+    """
+
     topic: str  # exact topic, or a pattern with + / # wildcards
-    format: Literal["json", "value", "sparkplug"] = "json"
+    # Sparkplug B is not offered: doing it properly needs birth/death certificates, alias
+    # tables and rebirth requests, which a plain field mapping does not give.
+    format: Literal["json", "value"] = "json"
     fields: dict[str, str] = Field(default_factory=dict)  # quantity -> dotted path in payload
     quantity: str | None = None  # for format: value, the one quantity the topic carries
-    timestamp: str | None = None  # dotted path of the time field (ISO 8601 or epoch)
-    device_level: int | None = None  # topic level (0-based) whose text names the device
+    timestamp: str | None = None  # dotted path of the time field (ISO 8601 or epoch s/ms)
+    device_level: int | None = Field(None, ge=0)  # topic level (0-based) naming the device
+    devices: list[str] | None = None  # with device_level: the device names it may take
+    station: str | None = None  # compressed-air station this compressor belongs to
 
     @field_validator("fields")
     @classmethod
     def _fields(cls, v: dict[str, str]) -> dict[str, str]:
-        for q in v:
+        for q, path in v.items():
             _check_quantity(q)
+            if not path or any(not part for part in path.split(".")):
+                raise ValueError(f"{q}: {path!r} is not a dotted path such as `data.power`")
         return v
+
+    @model_validator(mode="after")
+    def _mapping(self) -> MqttDeviceOptions:
+        levels = self.topic.split("/")
+        if not self.topic or any(("+" in x or "#" in x) and len(x) > 1 for x in levels) \
+                or "#" in levels[:-1]:
+            raise ValueError(f"{self.topic!r} is not a valid topic or topic pattern")
+        if self.format == "json" and not self.fields:
+            raise ValueError("format json needs `fields:` (quantity: dotted.path)")
+        if self.format == "value":
+            if self.quantity is None:
+                raise ValueError("format value needs `quantity:`")
+            _check_quantity(self.quantity)
+            if self.fields or self.timestamp:
+                raise ValueError("format value carries a bare number: no `fields:`/`timestamp:`")
+        if self.device_level is not None:
+            if self.device_level >= len(levels) or levels[self.device_level] != "+":
+                raise ValueError(f"device_level {self.device_level} must point at a `+` level "
+                                 f"of {self.topic!r}")
+            if not self.devices:
+                raise ValueError("device_level needs `devices:`, the names the level may take")
+            for name in self.devices:
+                if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+                    raise ValueError(f"devices: {name!r} is not a valid device name")
+        elif self.devices is not None:
+            raise ValueError("`devices:` only goes with a topic pattern and `device_level`")
+        return self
 
 
 class Device(Strict):
@@ -171,6 +217,17 @@ class Device(Strict):
     rated_power_kw: float | None = Field(None, gt=0)
     counter_rollover: float | None = Field(None, gt=0)  # value at which the counter wraps to 0
     fuel: FuelParameters | None = None
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # A built-in name stays as is; a file becomes an absolute path, checked now so a
+        # broken profile stops the start-up instead of a poll.
+        if v is None:
+            return v
+        from energyd.config.profiles import check_profile_ref
+
+        return check_profile_ref(v, _base_dir(info))
 
     @model_validator(mode="after")
     def _driver_options(self) -> Device:
@@ -206,18 +263,33 @@ class FuelParameters(Strict):
 
 
 class Tls(Strict):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
+    ca_file: Path | None = None  # default: the system's trust store
+    cert_file: Path | None = None  # client certificate (mutual TLS), with key_file
     key_file: Path | None = None
     insecure: bool = False  # skip hostname verification (self-signed lab brokers only)
+
+    @model_validator(mode="after")
+    def _pair(self) -> Tls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 class Mqtt(Strict):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
-    client_id: str = "energyd"  # fixed, so the broker keeps the session across restarts
+    client_id: str = Field("energyd", min_length=1)  # fixed: the broker keeps the session
+    protocol: Literal["5", "3.1.1"] = "5"
     keepalive: int = Field(30, ge=5)
     qos: Literal[0, 1, 2] = 1
+    # MQTT 5 session expiry: how long the broker keeps the session (and queues QoS 1/2
+    # messages) while energyd is away. 3.1.1 sessions never expire.
+    session_expiry: Duration = 7 * 86400.0
+    # Messages are acknowledged only once committed to the store; this many may wait for
+    # their commit. Sent as Receive Maximum (MQTT 5). A 3.1.1 broker applies its own limit
+    # (mosquitto: max_inflight_messages, 20 by default).
+    max_inflight: int = Field(1000, ge=1, le=65535)
+    reconnect_delay_max: Duration = 60.0
     username: str | None = None
     password_file: str | None = None
     password_env: str | None = None
@@ -225,10 +297,13 @@ class Mqtt(Strict):
     max_payload: Size = 65536
     max_clock_skew: Duration = 86400.0  # payload timestamps further off are refused
     _password: SecretStr | None = PrivateAttr(None)
+    _files = field_validator("password_file")(classmethod(_secret_file))
 
     @model_validator(mode="after")
     def _secret(self, info: ValidationInfo) -> Mqtt:
         self._password = read_secret(self.password_file, self.password_env, _base_dir(info))
+        if self._password is not None and self.username is None:
+            raise ValueError("a password needs a `username:`")
         return self
 
     @property
@@ -237,9 +312,17 @@ class Mqtt(Strict):
 
 
 class InfluxDB(Strict):
-    name: str = "influxdb"  # the sink's cursor in the store is kept under this name
+    """One InfluxDB sink (energyd/sinks/; deploy/influxdb/README.md sets the server up).
+
+    api v2: InfluxDB 2.x, 3.x, Cloud, 1.8+ (token `user:password`, org `-`, bucket `db/rp`)
+    and servers that take the v2 write API (VictoriaMetrics); `bucket`, `org`, a token.
+    api v1: InfluxDB 1.x `/write`; `database`, `retention_policy`, `username` and a password.
+    Secrets come only from `*_file` / `*_env`, never from the YAML or the URL.
+    """
+
+    name: str = Field("influxdb", pattern=r"^[A-Za-z0-9_.\-]+$")  # keys its cursors in the store
     api: Literal["v2", "v1"] = "v2"
-    url: str
+    url: str  # http(s)://host:port, without credentials
     # v2
     org: str | None = None
     bucket: str | None = None
@@ -252,13 +335,28 @@ class InfluxDB(Strict):
     password_file: str | None = None
     password_env: str | None = None
     # forwarding
-    chunk_size: int = Field(5000, ge=1, le=100000)
+    chunk_size: int = Field(5000, ge=1, le=100000)  # points per write, at most
     max_points_per_second: float | None = Field(None, gt=0)  # bounds the backlog drain
+    interval: Duration = 1.0  # once caught up, look for new rows this often
     timeout: Duration = 10.0
     gzip: bool = True
-    backoff_max: Duration = 300.0
+    backoff_max: Duration = 300.0  # cap of the jittered delay after a failed write
     _token: SecretStr | None = PrivateAttr(None)
     _password: SecretStr | None = PrivateAttr(None)
+    _files = field_validator("token_file", "password_file")(classmethod(_secret_file))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials do not belong in the URL: use token_file, "
+                             "username and password_file")
+        return v
 
     @model_validator(mode="after")
     def _api_fields(self, info: ValidationInfo) -> InfluxDB:
@@ -266,8 +364,12 @@ class InfluxDB(Strict):
             raise ValueError("api v2 needs a bucket")
         if self.api == "v1" and not self.database:
             raise ValueError("api v1 needs a database")
+        if self.interval <= 0 or self.timeout <= 0 or self.backoff_max <= 0:
+            raise ValueError("interval, timeout and backoff_max must be positive")
         self._token = read_secret(self.token_file, self.token_env, _base_dir(info))
         self._password = read_secret(self.password_file, self.password_env, _base_dir(info))
+        if self._password is not None and self.username is None:
+            raise ValueError("a password needs a `username:`")
         return self
 
     @property
@@ -309,43 +411,89 @@ class Accounting(Strict):
 
 
 class AlertRule(Strict):
-    name: str
+    """One alert rule (energyd/alerts/rules.py has what each type computes).
+
+    Applies to `devices`, else to every device of `role`, else to every device; with
+    `aggregate: true` (spike, off_shift) the devices' hourly energy is summed and alerted on
+    as one series named after the site.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")  # also an MQTT topic level
     type: Literal["spike", "threshold", "off_shift", "stale", "reconciliation", "backlog"]
     devices: list[str] | None = None
     role: Role | None = None
-    # spike
+    aggregate: bool = False
+    # spike: kWh > factor x baseline AND kWh - baseline >= min_delta_kwh (live: kW for kWh)
     factor: float = Field(1.5, gt=0)
     min_delta_kwh: float = Field(0.0, ge=0)
-    baseline_weeks: int = Field(4, ge=1, le=52)
-    window: Duration = 900.0  # live spike: rolling window of power
-    # threshold
+    baseline_weeks: int = Field(4, ge=1, le=52)  # median of the same hour of the week
+    window: Duration = 900.0  # live spike: rolling window of power; 0 turns the live test off
+    # threshold (and the live spike's power quantity)
     quantity: str = "active_power_kw"
     limit: float | None = None
     duration: Duration = 0.0
-    # off_shift
+    # off_shift: site-timezone wall clock, e.g. ["Mon-Fri 06:00-22:00", "Sat 06:00-14:00"]
     production_hours: list[str] = Field(default_factory=lambda: ["Mon-Fri 06:00-22:00"])
     margin_kwh: float = Field(0.0, ge=0)
-    # stale
+    # stale: silent for longer than multiple x the device's interval, or the energy counter
+    # standing still while the power readings add up to stuck_kwh
     multiple: float = Field(3.0, gt=0)
+    stuck_kwh: float = Field(1.0, gt=0)
+    # reconciliation: meter vs statement; default accounting.reconciliation_tolerance
+    tolerance: float | None = Field(None, ge=0, le=1)
     # backlog
     max_age: Duration = 3600.0
+    # a condition clears only below its threshold less this fraction (no flapping)
     hysteresis: float = Field(0.1, ge=0, le=1)
+
+    _q = field_validator("quantity")(classmethod(lambda cls, v: _check_quantity(v)))
+
+    @field_validator("production_hours")
+    @classmethod
+    def _hours(cls, v: list[str]) -> list[str]:
+        from energyd.alerts.rules import ProductionHours
+
+        ProductionHours.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _per_type(self) -> AlertRule:
+        if self.type == "threshold" and self.limit is None:
+            raise ValueError("a threshold rule needs a limit")
+        if self.devices is not None and self.role is not None:
+            raise ValueError("give devices or role, not both")
+        return self
 
 
 class AlertChannel(Strict):
+    """Where alert events go. Each channel is independent (energyd/alerts/dispatch.py)."""
+
     type: Literal["mqtt", "webhook", "log"]
-    topic: str = "energyd/alerts"  # mqtt: events go to TOPIC/events, state to TOPIC/state/<id>
+    name: str | None = None  # in logs and metrics; default: the type
+    topic: str = "energyd/alerts"  # mqtt: events to TOPIC/events, state to TOPIC/state/<rule>/<device>
+    broker: Mqtt | None = None  # mqtt: default the top-level `mqtt:` broker, else 127.0.0.1:1883
+    qos: Literal[0, 1, 2] = 1
     url: str | None = None  # webhook
     secret_file: str | None = None  # webhook: HMAC-SHA256 key for the signature header
     secret_env: str | None = None
-    timeout: Duration = 5.0
-    retries: int = Field(5, ge=0)
+    timeout: Duration = 5.0  # webhook: per attempt
+    retries: int = Field(5, ge=0)  # webhook: attempts after the first
+    backoff: Duration = 1.0  # webhook: first wait between attempts, doubled each time
+    backoff_max: Duration = 60.0
     _secret: SecretStr | None = PrivateAttr(None)
+    _files = field_validator("secret_file")(classmethod(_secret_file))
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> AlertChannel:
-        if self.type == "webhook" and not self.url:
-            raise ValueError("a webhook channel needs a url")
+        if self.type == "webhook":
+            if not self.url:
+                raise ValueError("a webhook channel needs a url")
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook url {self.url!r} must start with http:// or https://")
+        if self.type != "mqtt" and self.broker is not None:
+            raise ValueError("only an mqtt channel takes a broker")
+        if any(c in self.topic for c in "+#"):
+            raise ValueError(f"topic {self.topic!r} cannot hold the wildcards + or #")
         self._secret = read_secret(self.secret_file, self.secret_env, _base_dir(info))
         return self
 
@@ -353,10 +501,25 @@ class AlertChannel(Strict):
     def secret(self) -> SecretStr | None:
         return self._secret
 
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
 
 class Alerts(Strict):
     rules: list[AlertRule] = Field(default_factory=list)
     channels: list[AlertChannel] = Field(default_factory=lambda: [AlertChannel(type="log")])
+
+    @model_validator(mode="after")
+    def _unique(self) -> Alerts:
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"alert rule names must be unique: {', '.join(dupes)}")
+        labels = [c.label for c in self.channels]
+        if len(set(labels)) != len(labels):
+            raise ValueError("alert channels of the same type need distinct `name:`s")
+        return self
 
 
 # --- the file ------------------------------------------------------------------------------

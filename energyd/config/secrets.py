@@ -24,6 +24,13 @@ def secret_path(name: str, base_dir: Path | None) -> Path:
     return path
 
 
+def check_secret_file(file: str | None, base_dir: Path | None) -> str | None:
+    """Field-level check, so a missing file is reported at its own key and line."""
+    if file is not None:
+        read_secret(file, None, base_dir)
+    return file
+
+
 def read_secret(file: str | None, env: str | None, base_dir: Path | None) -> SecretStr | None:
     """Return the secret, or None when neither source is configured. Errors never hold it."""
     if file is not None:

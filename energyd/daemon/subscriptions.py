@@ -1,9 +1,220 @@
-"""MQTT acquisition: the daemon's one broker connection and its subscriptions."""
+"""MQTT acquisition: the daemon's one broker connection and its subscriptions.
+
+`build(ctx)` returns one component when any enabled device uses driver mqtt. Messages are
+mapped to Readings on paho's network thread and handed to the store writer there (submit
+appends to a list under a short lock, it never waits on the database).
+
+Commit, then acknowledge. paho would send the PUBACK of a QoS 1 message as soon as
+`on_message` returns, but the reading is durable only once the writer has committed it;
+a process killed in between would lose a message the broker has already forgotten. So
+the client runs with `manual_ack`, every QoS 1/2 message is remembered with the readings it
+produced, and the acknowledgement goes out, in the order the messages came, when the
+writer's commit (a reading listener) has covered all of them. Refused messages are
+acknowledged at once (sending them again would not make them better).
+
+* Clean stop (SIGTERM): new messages are no longer taken (left unacknowledged, the broker
+  keeps them for the session), the writer commits what was taken, those messages are
+  acknowledged, then DISCONNECT. Nothing is lost and nothing is sent twice.
+* Crash (SIGKILL, power cut): whatever was not acknowledged is sent again by the broker on
+  the next connection; what was already committed comes in twice and the store keeps one
+  (a reading is unique per device, quantity and time: publish a timestamp in the payload
+  so a repeat carries the same time).
+* Broker restart: the broker's persistence keeps the session and its queue (mosquitto
+  writes it on a clean shutdown and every autosave_interval).
+
+The number of messages waiting for their commit is bounded by `mqtt.max_inflight` (sent
+to the broker as Receive Maximum). When half of it is waiting, the component asks the
+writer for an early flush, so a fast stream is not held back to one window per
+`storage.flush_interval`. QoS 2 is accepted, but paho answers PUBREC before the message is
+handed over: a crash between PUBREC and the commit loses it, so QoS 1 is what gives
+at-least-once into the store.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
 from energyd.daemon.context import Component, Context
+from energyd.drivers.mqtt import PayloadMapper, Rejected, Subscriber
+from energyd.model import Reading
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 60.0  # wall seconds between two log lines for the same topic and reason
 
 
 def build(ctx: Context) -> list[Component]:
-    return []
+    if ctx.config.mqtt is None or not any(
+            d.driver == "mqtt" and d.enabled for d in ctx.config.devices):
+        return []
+    return [MqttComponent(ctx)]
+
+
+class _Taken:
+    """One acknowledgeable message: done when all its readings are committed."""
+
+    __slots__ = ("mid", "qos", "generation", "left")
+
+    def __init__(self, mid: int, qos: int, generation: int, left: int):
+        self.mid = mid
+        self.qos = qos
+        self.generation = generation
+        self.left = left
+
+
+class MqttComponent:
+    name = "mqtt"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        assert ctx.config.mqtt is not None
+        self.options = ctx.config.mqtt
+        self.mapper = PayloadMapper(ctx.config)
+        self.subscriber: Subscriber | None = None
+        self.received = 0
+        self.refused = 0
+        self.acked = 0
+        self._taking = False
+        self._lock = threading.Lock()  # _queue and _by_reading: paho thread and committer
+        self._send_lock = threading.Lock()  # keeps acks in order across committing threads
+        self._queue: deque[_Taken] = deque()
+        self._by_reading: dict[int, _Taken] = {}
+        self._window = max(1, self.options.max_inflight // 2)
+        self._flush_wanted: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_asked = False
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self._messages: dict[str, Any] = {}
+
+    # --- the component ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._flush_wanted = asyncio.Event()
+        self.ctx.reading_listeners.append(self._committed)
+        self.ctx.health["mqtt"] = self._health
+        sub = self.subscriber = Subscriber(self.options, self.mapper.filters(),
+                                           on_message=self._on_message)
+        self._taking = True
+        sub.start()
+        try:
+            while True:
+                await self._flush_wanted.wait()
+                self._flush_wanted.clear()
+                self._flush_asked = False
+                try:
+                    await self.ctx.writer.flush()
+                except Exception:
+                    log.exception("mqtt: early store flush failed; the writer retries")
+                    await asyncio.sleep(1.0)
+        finally:
+            # Stop taking messages; commit and acknowledge what was taken; then leave.
+            self._taking = False
+            try:
+                await asyncio.shield(self.ctx.writer.flush())
+            except BaseException:
+                log.exception("mqtt: final store flush failed; unacknowledged messages "
+                              "will come again from the broker")
+            await asyncio.to_thread(sub.stop)
+            if self._committed in self.ctx.reading_listeners:
+                self.ctx.reading_listeners.remove(self._committed)
+            self.ctx.health.pop("mqtt", None)
+
+    def _health(self) -> dict[str, Any]:
+        sub = self.subscriber
+        return {
+            "connected": bool(sub and sub.connected),
+            "last_error": sub.last_error if sub else None,
+            "received": self.received,
+            "refused": self.refused,
+            "waiting_for_commit": len(self._queue),
+        }
+
+    # --- paho thread ------------------------------------------------------------------------
+
+    def _on_message(self, msg: Any, generation: int) -> None:
+        if not self._taking:
+            return  # stopping: left unacknowledged, the broker keeps it for the session
+        topic = msg.topic
+        self.received += 1
+        counter = self._messages.get(topic)
+        if counter is None:
+            counter = self._messages[topic] = self.ctx.metrics.mqtt_messages.labels(topic)
+        counter.inc()
+        problems: list[Rejected] = []
+        try:
+            readings = self.mapper.map(topic, msg.payload, self.ctx.clock.now(), problems)
+        except Rejected as exc:
+            readings = []
+            self.refused += 1
+            self._refuse(topic, exc)
+        for p in problems:
+            self._refuse(topic, p)
+        self._take(msg.mid, msg.qos, generation, readings)
+
+    def _take(self, mid: int, qos: int, generation: int, readings: list[Reading]) -> None:
+        if qos == 0:
+            if readings:
+                self.ctx.writer.submit(readings)
+            return
+        taken = _Taken(mid, qos, generation, len(readings))
+        with self._lock:
+            self._queue.append(taken)
+            for r in readings:
+                self._by_reading[id(r)] = taken
+            waiting = len(self._queue)
+        if readings:
+            self.ctx.writer.submit(readings)
+        else:
+            self._ack_ready()
+        if waiting >= self._window and not self._flush_asked and self._loop is not None:
+            self._flush_asked = True
+            assert self._flush_wanted is not None
+            self._loop.call_soon_threadsafe(self._flush_wanted.set)
+
+    def _refuse(self, topic: str, exc: Rejected) -> None:
+        # a template's unknown device names are unbounded: label them by the pattern
+        label = topic
+        if exc.reason in ("unknown_device", "no_route"):
+            routes = self.mapper.routes_for(topic)
+            label = routes[0].topic if routes else "(unrouted)"
+        self.ctx.metrics.mqtt_rejected.labels(label, exc.reason).inc()
+        key = (label, exc.reason)
+        now = time.monotonic()
+        last, suppressed = self._logged.get(key, (-LOG_EVERY, 0))
+        if now - last >= LOG_EVERY:
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            log.warning("mqtt: refused a message on %s: %s%s", topic, exc, more)
+            self._logged[key] = (now, 0)
+        else:
+            self._logged[key] = (last, suppressed + 1)
+
+    # --- committing thread ------------------------------------------------------------------
+
+    def _committed(self, batch: list[Reading]) -> None:
+        with self._lock:
+            by = self._by_reading
+            for r in batch:
+                taken = by.pop(id(r), None)
+                if taken is not None:
+                    taken.left -= 1
+        self._ack_ready()
+
+    def _ack_ready(self) -> None:
+        with self._send_lock:
+            with self._lock:
+                ready: list[_Taken] = []
+                q = self._queue
+                while q and q[0].left <= 0:
+                    ready.append(q.popleft())
+            sub = self.subscriber
+            if sub is None:
+                return
+            for taken in ready:
+                if sub.ack(taken.mid, taken.qos, taken.generation):
+                    self.acked += 1

@@ -59,14 +59,14 @@ def import_readings(
 
     # One transaction for the whole file. Rows are parsed and inserted chunk by chunk; on the
     # first bad row insertion stops, but parsing goes on so every bad row can be reported.
+    parse = _RowParser(fail, known_device)
     with store.transaction() as conn:
         chunk: list[tuple[int, str, str, float, int]] = []
         for fields in reader:
-            line = reader.line_num
             if not fields or fields == [""]:
                 continue
             rows += 1
-            row = _parse(fields, line, fail, known_device)
+            row = parse(fields, reader.line_num)
             if row is None or bad:
                 chunk.clear()
                 continue
@@ -81,38 +81,68 @@ def import_readings(
     return ImportResult(rows, inserted)
 
 
-def _parse(fields: list[str], line: int, fail: Callable[[int, str], None],
-           known_device: Callable[[str], bool] | None) -> tuple[int, str, str, float, int] | None:
-    if len(fields) != 4:
-        fail(line, f"expected 4 columns (time,device,quantity,value), got {len(fields)}")
-        return None
-    t, device, quantity, v = (f.strip() for f in fields)
-    try:
-        when = datetime.fromisoformat(t)
-    except ValueError:
-        fail(line, f"time {t!r} is not ISO 8601")
-        return None
-    if when.tzinfo is None:
-        fail(line, f"time {t!r} has no UTC offset (write e.g. {t}+00:00)")
-        return None
-    if not device:
-        fail(line, "device is empty")
-        return None
-    if known_device is not None and not known_device(device):
-        fail(line, f"device {device!r} is not in the configuration")
-        return None
-    if quantity not in QUANTITIES:
-        fail(line, f"unknown quantity {quantity!r}")
-        return None
-    try:
-        value = float(v)
-    except ValueError:
-        fail(line, f"value {v!r} is not a number")
-        return None
-    if not math.isfinite(value):
-        fail(line, f"value {v!r} is not finite")
-        return None
-    return (to_ms(when), device, quantity, value, int(Quality.IMPORTED))
+class _RowParser:
+    """Checks one row at a time. Times are cached by their text: a poll's readings share one
+    timestamp, so a million-row file holds far fewer distinct times than rows."""
+
+    def __init__(self, fail: Callable[[int, str], None],
+                 known_device: Callable[[str], bool] | None):
+        self._fail = fail
+        self._known_device = known_device
+        self._times: dict[str, int] = {}
+        self._devices: set[str] = set()
+        self._imported = int(Quality.IMPORTED)
+
+    def __call__(self, fields: list[str], line: int) -> tuple[int, str, str, float, int] | None:
+        fail = self._fail
+        if len(fields) != 4:
+            fail(line, f"expected 4 columns (time,device,quantity,value), got {len(fields)}")
+            return None
+        t, device, quantity, v = fields
+        ms = self._times.get(t)
+        if ms is None:
+            ms = self._time(t, line)
+            if ms is None:
+                return None
+        if device not in self._devices:
+            device = device.strip()
+            if not device:
+                fail(line, "device is empty")
+                return None
+            if self._known_device is not None and not self._known_device(device):
+                fail(line, f"device {device!r} is not in the configuration")
+                return None
+            self._devices.add(device)
+        if quantity not in QUANTITIES:
+            quantity = quantity.strip()
+            if quantity not in QUANTITIES:
+                fail(line, f"unknown quantity {quantity!r}")
+                return None
+        try:
+            value = float(v)
+        except ValueError:
+            fail(line, f"value {v.strip()!r} is not a number")
+            return None
+        if not math.isfinite(value):
+            fail(line, f"value {v.strip()!r} is not finite")
+            return None
+        return (ms, device, quantity, value, self._imported)
+
+    def _time(self, text: str, line: int) -> int | None:
+        t = text.strip()
+        try:
+            when = datetime.fromisoformat(t)
+        except ValueError:
+            self._fail(line, f"time {t!r} is not ISO 8601")
+            return None
+        if when.tzinfo is None:
+            self._fail(line, f"time {t!r} has no UTC offset (write e.g. {t}+00:00)")
+            return None
+        ms = to_ms(when)
+        if len(self._times) > 100_000:
+            self._times.clear()
+        self._times[text] = ms
+        return ms
 
 
 def export_readings(store: Store, out: TextIO, start: datetime, end: datetime,

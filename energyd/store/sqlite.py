@@ -172,8 +172,9 @@ class Store:
 
     def _insert(self, conn: sqlite3.Connection,
                 rows: Iterable[tuple[int, str, str, float, int]]) -> int:
-        sid = self.series_id
-        params = [(sid(device, quantity, conn), t, v, q) for t, device, quantity, v, q in rows]
+        known = self._series
+        params = [((known.get((device, quantity)) or self.series_id(device, quantity, conn)),
+                   t, v, q) for t, device, quantity, v, q in rows]
         before = conn.total_changes
         # the same series and time twice is one reading: replays and re-imports are harmless
         conn.executemany(
@@ -265,6 +266,9 @@ class Store:
     def backlog(self, sink: str, stream: str = READINGS) -> Backlog:
         position = self.cursor(sink, stream)
         if stream == READINGS:
+            split = self._split_backlog(sink, position)
+            if split is not None:
+                return split
             count = self.execute("SELECT count(*) FROM readings WHERE id > ?", (position,))[0][0]
             oldest = self.execute(
                 "SELECT min(time) FROM readings WHERE id > ? AND id <= ?",
@@ -385,6 +389,47 @@ class Store:
                 return conn.execute("DELETE FROM readings WHERE time < ?", (horizon,)).rowcount
             return conn.execute("DELETE FROM readings WHERE time < ? AND id <= ?",
                                 (horizon, limit)).rowcount
+
+    # --- sink forwarding state (energyd/sinks/forwarder.py) -------------------------------
+
+    def sink_positions(self, sink: str) -> dict[str, int]:
+        """Every cursor of `sink`, by stream name (including the forwarder's own ones)."""
+        return dict(self.execute(
+            "SELECT stream, position FROM sink_cursors WHERE sink = ?", (sink,)))
+
+    def commit_sink(self, sink: str, positions: dict[str, int | None],
+                    rejected: Iterable[tuple[str, int, str]] = ()) -> None:
+        """Move `sink`'s cursors (None removes one) and keep the (stream, item, message)
+        the server refused for good, all in one transaction: a crash leaves either the
+        state before the acknowledged chunk or the state after it."""
+        now = int(time.time() * 1000)
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO rejected (sink, stream, item, message, time) VALUES (?, ?, ?, ?, ?)",
+                [(sink, stream, item, message, now) for stream, item, message in rejected])
+            for stream, position in positions.items():
+                if position is None:
+                    conn.execute("DELETE FROM sink_cursors WHERE sink = ? AND stream = ?",
+                                 (sink, stream))
+                else:
+                    conn.execute(
+                        "INSERT INTO sink_cursors (sink, stream, position, updated) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (sink, stream) DO UPDATE SET "
+                        "position = excluded.position, updated = excluded.updated",
+                        (sink, stream, position, now))
+
+    def _split_backlog(self, sink: str, head: int) -> Backlog | None:
+        """The readings backlog while the forwarder sends the live tail ahead of the
+        backlog: unsent are the ids in (head, readings.gap] and after readings.live."""
+        positions = self.sink_positions(sink)
+        gap, live = positions.get("readings.gap"), positions.get("readings.live")
+        if gap is None or live is None:
+            return None
+        old = self.execute("SELECT count(*), min(time) FROM readings WHERE id > ? AND id <= ?",
+                           (head, gap))[0]
+        new = self.execute("SELECT count(*), min(time) FROM readings WHERE id > ?", (live,))[0]
+        times = [t for t in (old[1], new[1]) if t is not None]
+        return Backlog(old[0] + new[0], min(times) if times else None)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

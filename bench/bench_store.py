@@ -1,0 +1,146 @@
+"""Store benchmark: insert and read-back rates, and a 1,000,000-reading CSV import.
+
+    .venv/bin/python bench/bench_store.py [--readings 1000000]
+
+Figures printed:
+- insert rate through Store.insert_readings (batches of 1,000 Readings, as the daemon's
+  writer commits them) and, as the ceiling, bare sqlite3 executemany of the same rows into
+  the same schema with no energyd code in between;
+- read-back rate through Store.query_readings, next to a bare SELECT of the same rows;
+- `energyd readings import` of a CSV with N readings in a child process: readings/s and the
+  child's peak RSS (target: >= 200,000 readings/s, peak RSS < 300 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from energyd.model import Reading, to_ms  # noqa: E402
+from energyd.store import Store  # noqa: E402
+from energyd.store.schema import MIGRATIONS  # noqa: E402
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+QUANTITIES = ["active_power_kw", "voltage_l1_v", "current_l1_a", "active_energy_import_kwh"]
+
+
+def make_readings(n: int) -> list[Reading]:
+    devices = [f"meter-{i:03d}" for i in range(50)]
+    out = []
+    per_poll = len(devices) * len(QUANTITIES)
+    for i in range(n):
+        poll, k = divmod(i, per_poll)
+        d, q = divmod(k, len(QUANTITIES))
+        out.append(Reading(T0 + timedelta(seconds=10 * poll), devices[d], QUANTITIES[q],
+                           230.0 + (i % 97) * 0.1))
+    return out
+
+
+def bench_insert(tmp: Path, rows: list[Reading]) -> tuple[float, float]:
+    with Store.open(tmp / "store.db") as store:
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), 1000):
+            store.insert_readings(rows[i:i + 1000])
+        energyd_rate = len(rows) / (time.perf_counter() - t0)
+
+    conn = sqlite3.connect(tmp / "bare.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    series: dict[tuple[str, str], int] = {}
+    for r in rows:
+        series.setdefault((r.device, r.quantity), len(series) + 1)
+    conn.executemany("INSERT INTO series (id, device, quantity) VALUES (?, ?, ?)",
+                     [(sid, d, q) for (d, q), sid in series.items()])
+    params = [(series[(r.device, r.quantity)], to_ms(r.time), r.value, 0) for r in rows]
+    t0 = time.perf_counter()
+    for i in range(0, len(params), 1000):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO readings (series, time, value, quality) "
+                         "VALUES (?, ?, ?, ?)", params[i:i + 1000])
+        conn.execute("COMMIT")
+    bare_rate = len(rows) / (time.perf_counter() - t0)
+    conn.close()
+    return energyd_rate, bare_rate
+
+
+def bench_read(tmp: Path, n: int) -> tuple[float, float]:
+    with Store.open(tmp / "store.db") as store:
+        t0 = time.perf_counter()
+        got = sum(1 for _ in store.query_readings())
+        energyd_rate = got / (time.perf_counter() - t0)
+    assert got == n, (got, n)
+    conn = sqlite3.connect(tmp / "store.db")
+    t0 = time.perf_counter()
+    got = sum(1 for _ in conn.execute(
+        "SELECT r.id, r.time, r.value, r.quality, s.device, s.quantity FROM readings r "
+        "JOIN series s ON s.id = r.series ORDER BY r.series, r.time"))
+    bare_rate = got / (time.perf_counter() - t0)
+    conn.close()
+    return energyd_rate, bare_rate
+
+
+def bench_import(tmp: Path, n: int) -> tuple[float, float, int]:
+    csv_path = tmp / "import.csv"
+    devices = [f"meter-{i:03d}" for i in range(50)]
+    with csv_path.open("w") as f:
+        f.write("time,device,quantity,value\n")
+        per_poll = len(devices) * len(QUANTITIES)
+        for i in range(n):
+            poll, k = divmod(i, per_poll)
+            d, q = divmod(k, len(QUANTITIES))
+            t = (T0 + timedelta(seconds=10 * poll)).isoformat()
+            f.write(f"{t},{devices[d]},{QUANTITIES[q]},{230.0 + (i % 97) * 0.1:.1f}\n")
+    cfg = tmp / "import.yaml"
+    cfg.write_text(f"storage: {{path: {tmp / 'import.db'}}}\nmqtt: {{host: 127.0.0.1}}\n"
+                   "devices:\n" + "".join(
+                       f"  - {{name: {d}, driver: mqtt, mqtt: {{topic: t/{d}, format: value, "
+                       f"quantity: active_power_kw}}}}\n" for d in devices))
+    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-m", "energyd.cli", "readings", "import", "-c", str(cfg),
+                    str(csv_path)], check=True, capture_output=True)
+    elapsed = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak_kb <= before:
+        print("  (note: child peak RSS not above an earlier child's; figure is a lower bound)")
+    with Store.open(tmp / "import.db") as store:
+        stored = store.count_readings()
+    return n / elapsed, peak_kb / 1024, stored
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--readings", type=int, default=1_000_000)
+    ap.add_argument("--insert-readings", type=int, default=200_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        # the import goes first so that its child's peak RSS is its own
+        rate, rss_mb, stored = bench_import(tmp, args.readings)
+        print(f"import {args.readings:,} readings (CSV, one transaction, child process): "
+              f"{rate:,.0f} readings/s, peak RSS {rss_mb:.0f} MB, stored {stored:,}")
+        print(f"  target: >= 200,000 readings/s ({'met' if rate >= 200_000 else 'MISSED'}), "
+              f"peak RSS < 300 MB ({'met' if rss_mb < 300 else 'MISSED'})")
+        rows = make_readings(args.insert_readings)
+        e, b = bench_insert(tmp, rows)
+        print(f"insert {len(rows):,} readings in batches of 1,000: energyd {e:,.0f}/s, "
+              f"bare sqlite3 ceiling {b:,.0f}/s ({100 * e / b:.0f}% of ceiling)")
+        e, b = bench_read(tmp, len(rows))
+        print(f"read back {len(rows):,} readings: energyd {e:,.0f}/s, "
+              f"bare SELECT ceiling {b:,.0f}/s ({100 * e / b:.0f}% of ceiling)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Accounting: pure functions over plain data, no clock and no sockets inside."""

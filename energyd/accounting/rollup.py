@@ -1,0 +1,453 @@
+"""Hourly rows: energy with its source, tCO2 by location and market, and the provenance.
+
+Pure functions over plain data (the storage module reads the store and writes the rows):
+
+    hour_energies (energy.hourly)  ->  fill_missing (statements, profile estimates)
+                                   ->  build_rows (factors, fuel)  ->  allocate_market (certificates)
+
+Sources, strongest first, and what an hour is called when parts of it differ:
+`meter` (all of the hour from links no longer than the max gap), `meter_interpolated`
+(some of it spread over a polling gap with a continuous counter), `invoice` (some of it is a
+statement's residual), `estimated` (some of it is a profile estimate: provisional). The hour
+takes the weakest source present; `detail.kwh` keeps the split.
+
+Purchased electricity is the `grid_import` devices only; submeters, compressors and on-site
+generation are rolled up too but carry no Scope 2 tCO2 (their tCO2 fields are 0 and
+`detail.scope` says why), so summing tCO2 over every row never double counts. Fuel devices
+carry Scope 1 tCO2 = quantity x NCV x carbon content x oxidation x 44/12, and their `mwh` is
+the fuel's energy content (GJ / 3.6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from energyd.accounting.energy import HOUR_MS, HourEnergy
+from energyd.accounting.factors import Choice, FactorTable, local_day
+
+SOURCES = ("meter", "meter_interpolated", "invoice", "estimated")
+PURCHASED_ROLES = ("grid_import",)
+CO2_PER_C = 44.0 / 12.0
+ROUND = 9  # MWh and tCO2 to the milli-kWh: floating noise must not look like a change
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A supplier's billing statement: `kwh` for `devices` over [start_ms, end_ms)."""
+
+    id: int
+    account: str
+    start_ms: int
+    end_ms: int
+    kwh: float
+    devices: tuple[str, ...]
+    supplier: str | None = None
+    document: str | None = None
+
+    def as_detail(self) -> dict[str, Any]:
+        return {"id": self.id, "account": self.account, "document": self.document,
+                "supplier": self.supplier, "kwh": self.kwh,
+                "period_start": iso(self.start_ms), "period_end": iso(self.end_ms)}
+
+
+@dataclass(frozen=True, slots=True)
+class FuelSpec:
+    quantity: str
+    unit_factor: float
+    ncv_gj_per_unit: float
+    carbon_content_tc_per_gj: float
+    oxidation: float
+    source: str
+
+    @property
+    def tco2_per_unit(self) -> float:
+        return (self.unit_factor * self.ncv_gj_per_unit * self.carbon_content_tc_per_gj
+                * self.oxidation * CO2_PER_C)
+
+    @property
+    def mwh_per_unit(self) -> float:
+        return self.unit_factor * self.ncv_gj_per_unit / 3.6
+
+
+def fuel_tco2(quantity: float, spec: FuelSpec) -> float:
+    """tCO2 = quantity x unit factor x NCV x carbon content x oxidation x 44/12."""
+    return quantity * spec.tco2_per_unit
+
+
+@dataclass(slots=True)
+class Filled:
+    """One device-hour after the missing time got its energy (counter units, kWh or fuel)."""
+
+    device: str
+    he: HourEnergy
+    invoice: float = 0.0
+    estimated: float = 0.0
+    statements: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    power_integrated: bool = False
+
+    @property
+    def total(self) -> float:
+        return self.he.measured + self.invoice + self.estimated
+
+    @property
+    def source(self) -> str:
+        if self.he.missing_ms and self.estimated_ms:
+            return "estimated"
+        if self.he.missing_ms:
+            return "invoice"
+        if self.he.interp_ms:
+            return "meter_interpolated"
+        return "meter"
+
+    estimated_ms: int = 0
+
+
+@dataclass(slots=True)
+class RollupRow:
+    device: str
+    hour: int  # UTC start, epoch ms
+    mwh: float
+    source: str
+    coverage: float
+    tco2_location: float | None
+    tco2_market: float | None
+    ef_location: float | None
+    ef_id: str | None
+    detail: dict[str, Any]
+
+    def key(self) -> tuple[str, int]:
+        return (self.device, self.hour)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"hour": iso(self.hour), "device": self.device, "mwh": self.mwh,
+                "source": self.source, "coverage": self.coverage,
+                "power_integrated": bool(self.detail.get("power_integrated", False)),
+                "tco2_location": self.tco2_location, "tco2_market": self.tco2_market,
+                "ef_location": self.ef_location, "ef_id": self.ef_id, "detail": self.detail}
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def hour_of_day(hour_ms: int, tz: ZoneInfo) -> int:
+    return datetime.fromtimestamp(hour_ms / 1000, tz).hour
+
+
+# --- filling the missing time ---------------------------------------------------------------
+
+
+Profile = Callable[[int], float]
+"""hour start ms -> typical energy of that hour (counter units per hour)."""
+
+
+def make_profile(samples: Iterable[tuple[int, float]], tz: ZoneInfo) -> tuple[Profile, str]:
+    """A profile from metered hours: the mean of the same local hour of day, else the mean of
+    all; flat zero when there is nothing to go on (the row then says so)."""
+    sums = [0.0] * 24
+    counts = [0] * 24
+    total, n = 0.0, 0
+    for hour, value in samples:
+        h = hour_of_day(hour, tz)
+        sums[h] += value
+        counts[h] += 1
+        total += value
+        n += 1
+    if n == 0:
+        return (lambda hour: 0.0), "none: no metered hours to build a profile from"
+    mean = total / n
+    by_hod = [sums[i] / counts[i] if counts[i] else mean for i in range(24)]
+    return (lambda hour: by_hod[hour_of_day(hour, tz)]), \
+        f"mean of {n} metered hours by local hour of day"
+
+
+def fill_missing(
+    hours: Mapping[str, Sequence[HourEnergy]],
+    statements: Sequence[Statement],
+    profiles: Mapping[str, Profile],
+) -> dict[str, list[Filled]]:
+    """Give missing time its energy: a statement's residual where one covers it, spread by
+    the profile so that the period's hours sum to the statement; a profile estimate
+    elsewhere. A fully metered period leaves the meter standing (see reconciliation)."""
+    filled = {d: [Filled(d, he) for he in hes] for d, hes in hours.items()}
+    claimed: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for st in sorted(statements, key=lambda s: s.start_ms):
+        pieces: list[tuple[Filled, int, float]] = []  # (hour, missing ms in period, weight)
+        measured = 0.0
+        for device in st.devices:
+            prof = profiles.get(device, lambda h: 0.0)
+            for f in filled.get(device, []):
+                h0, h1 = f.he.hour, f.he.hour + HOUR_MS
+                if h1 <= st.start_ms or h0 >= st.end_ms:
+                    continue
+                a, z = max(h0, st.start_ms), min(h1, st.end_ms)
+                measured += f.he.measured * (z - a) / HOUR_MS
+                miss = sum(max(0, min(z, m1) - max(a, m0)) for m0, m1 in f.he.missing)
+                if miss:
+                    pieces.append((f, miss, prof(h0) * miss / HOUR_MS))
+                    claimed.setdefault((device, h0), []).append((a, z))
+        if not pieces:
+            continue
+        residual = st.kwh - measured
+        note = None
+        if residual < 0:
+            note = (f"statement {st.id} ({st.kwh:g} kWh) is below the metered "
+                    f"{measured:.3f} kWh of its period: its gap hours get zero")
+            residual = 0.0
+        weight = sum(w for _, _, w in pieces)
+        span = sum(ms for _, ms, _ in pieces)
+        for f, miss, w in pieces:
+            share = residual * (w / weight if weight > 0 else miss / span)
+            f.invoice += share
+            f.statements.append({**st.as_detail(), "residual_kwh": residual,
+                                 "share_kwh": share,
+                                 "spread": "profile" if weight > 0 else "time"})
+            if note:
+                f.notes.append(note)
+    for device, fs in filled.items():
+        prof = profiles.get(device, lambda h: 0.0)
+        for f in fs:
+            if not f.he.missing:
+                continue
+            cover = claimed.get((device, f.he.hour), [])
+            rest = 0
+            for m0, m1 in f.he.missing:
+                rest += (m1 - m0) - sum(max(0, min(m1, c1) - max(m0, c0)) for c0, c1 in cover)
+            if rest > 0:
+                f.estimated_ms = rest
+                f.estimated = prof(f.he.hour) * rest / HOUR_MS
+    return filled
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    name: str
+    role: str
+    fuel: FuelSpec | None = None
+    profile_basis: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FactorPolicy:
+    factors: FactorTable
+    tz: ZoneInfo
+    region: str  # location-based
+    residual_region: str  # market-based, for what certificates do not cover
+
+    def location(self, day: date) -> Choice | None:
+        return self.factors.lookup(self.region, "location", day)
+
+    def residual(self, day: date) -> tuple[Choice | None, bool]:
+        """The residual factor; when none is published, the location factor (GHG Protocol
+        Scope 2 guidance) and True to say so."""
+        c = self.factors.lookup(self.residual_region, "residual", day)
+        if c is not None:
+            return c, False
+        return self.location(day), True
+
+
+def build_rows(device: DeviceInfo, filled: Sequence[Filled], policy: FactorPolicy) -> list[RollupRow]:
+    rows = []
+    for f in filled:
+        he = f.he
+        kwh = {"meter": he.metered, "meter_interpolated": he.interpolated,
+               "invoice": f.invoice, "estimated": f.estimated}
+        detail: dict[str, Any] = {
+            "role": device.role,
+            "kwh": {k: round(max(v, 0.0), 6) for k, v in kwh.items()},
+            "seconds": {"meter": he.meter_ms // 1000, "meter_interpolated": he.interp_ms // 1000,
+                        "missing": he.missing_ms // 1000},
+        }
+        if f.power_integrated:
+            detail["power_integrated"] = True
+        if he.events:
+            detail["events"] = [{"time": iso(e.time_ms), "kind": e.kind, "before": e.before,
+                                 "after": e.after} for e in he.events]
+        if f.statements:
+            detail["statements"] = f.statements
+        if f.estimated_ms:
+            detail["estimate"] = {"seconds": f.estimated_ms // 1000,
+                                  "basis": device.profile_basis}
+        if f.notes:
+            detail["notes"] = f.notes
+        total = max(f.total, 0.0)
+        coverage = round(he.meter_ms / HOUR_MS, 6)
+        source = f.source
+        provisional = source == "estimated"
+        day = local_day(he.hour, policy.tz)
+        if device.fuel is not None:
+            spec = device.fuel
+            tco2 = round(fuel_tco2(total, spec), ROUND)
+            mwh = round(total * spec.mwh_per_unit, ROUND)
+            detail["scope"] = 1
+            detail["fuel"] = {"quantity": spec.quantity, "amount": round(total, 9),
+                              "unit_factor": spec.unit_factor,
+                              "ncv_gj_per_unit": spec.ncv_gj_per_unit,
+                              "carbon_content_tc_per_gj": spec.carbon_content_tc_per_gj,
+                              "oxidation": spec.oxidation, "source": spec.source}
+            ef = spec.tco2_per_unit / spec.mwh_per_unit
+            row = RollupRow(device.name, he.hour, mwh, source, coverage, tco2, tco2,
+                            round(ef, 9), f"fuel:{device.name}", detail)
+        elif device.role in PURCHASED_ROLES:
+            mwh = round(total / 1000.0, ROUND)
+            detail["scope"] = 2
+            loc = policy.location(day)
+            res, fallback = policy.residual(day)
+            if loc is None:
+                detail["factor"] = None
+                detail.setdefault("notes", []).append(
+                    f"no location factor for {policy.region} on {day} (none within a year)")
+                provisional = True
+                tco2_loc = ef = None
+                ef_id = None
+            else:
+                detail["factor"] = loc.as_detail()
+                provisional = provisional or loc.provisional
+                ef, ef_id = loc.value, loc.factor.id
+                tco2_loc = round(mwh * ef, ROUND)
+            if res is None:
+                detail["market"] = {"residual": None, "certificates": []}
+                tco2_mkt = None
+                provisional = True
+            else:
+                detail["market"] = {"residual": {**res.as_detail(),
+                                                 "location_fallback": fallback},
+                                    "certificates": []}
+                provisional = provisional or res.provisional
+                tco2_mkt = round(mwh * res.value, ROUND)
+            row = RollupRow(device.name, he.hour, mwh, source, coverage, tco2_loc, tco2_mkt,
+                            ef, ef_id, detail)
+        else:
+            mwh = round(total / 1000.0, ROUND)
+            detail["scope"] = None
+            detail["not_purchased"] = {"submeter": "inside the plant, already in the incomers",
+                                       "generation": "on-site generation is not purchased",
+                                       "compressor": "inside the plant, already in the incomers",
+                                       }.get(device.role, "not purchased electricity")
+            row = RollupRow(device.name, he.hour, mwh, source, coverage, 0.0, 0.0, None, None,
+                            detail)
+        row.detail["provisional"] = provisional
+        rows.append(row)
+    return rows
+
+
+# --- certificates ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateSpec:
+    """A contractual instrument, MWh for MWh, usable on hours in [start_ms, end_ms)."""
+
+    id: str
+    type: str
+    mwh: float
+    vintage: int
+    market: str
+    start_ms: int
+    end_ms: int
+    devices: tuple[str, ...] | None = None
+
+    def applies(self, device: str, hour: int) -> bool:
+        return self.start_ms <= hour < self.end_ms and (
+            self.devices is None or device in self.devices)
+
+
+def allocate_certificates(
+    certificates: Sequence[CertificateSpec],
+    used_before: Mapping[str, float],
+    rows: Sequence[RollupRow],
+) -> dict[tuple[str, int], list[tuple[str, float]]]:
+    """Allocate certificate MWh to purchased rows in time order (devices by name within an
+    hour), certificates in the order given, each until used up. Returns (device, hour) ->
+    [(certificate id, MWh)]."""
+    remaining = {c.id: max(0.0, c.mwh - used_before.get(c.id, 0.0)) for c in certificates}
+    out: dict[tuple[str, int], list[tuple[str, float]]] = {}
+    for row in sorted(rows, key=lambda r: (r.hour, r.device)):
+        need = row.mwh
+        for c in certificates:
+            if need <= 0:
+                break
+            left = remaining[c.id]
+            if left <= 0 or not c.applies(row.device, row.hour):
+                continue
+            take = min(need, left)
+            remaining[c.id] = left - take
+            need -= take
+            out.setdefault(row.key(), []).append((c.id, round(take, ROUND)))
+    return out
+
+
+def apply_market(row: RollupRow, allocations: Sequence[tuple[str, float]]) -> RollupRow:
+    """tCO2 market = (MWh not covered by certificates) x residual factor."""
+    market = dict(row.detail.get("market") or {})
+    market["certificates"] = [{"id": cid, "mwh": mwh} for cid, mwh in allocations]
+    covered = sum(mwh for _, mwh in allocations)
+    residual = market.get("residual")
+    detail = {**row.detail, "market": market}
+    tco2 = None if residual is None else round(max(row.mwh - covered, 0.0) * residual["value"],
+                                               ROUND)
+    return RollupRow(row.device, row.hour, row.mwh, row.source, row.coverage, row.tco2_location,
+                     tco2, row.ef_location, row.ef_id, detail)
+
+
+# --- reconciliation --------------------------------------------------------------------------
+
+
+METERED_SOURCES = ("meter", "meter_interpolated")
+
+
+def reconciliation_findings(
+    statements: Iterable[Statement],
+    rows: Iterable[RollupRow],
+    tolerance: float = 0.02,
+) -> list[dict[str, Any]]:
+    """Statements whose period is fully metered but disagree with the meter beyond
+    `tolerance` (a share of the statement, default 2%).
+
+    `rows` are the rollup rows of the statements' devices over their periods (any superset
+    will do). A period counts as fully metered when every hour of every device of the
+    account has a row with source `meter` or `meter_interpolated`; otherwise the statement
+    was used to fill gaps and agrees by construction. Each finding is a plain dict:
+    statement id, account, devices, period_start/period_end (ISO, UTC), statement_kwh,
+    metered_kwh, difference_kwh (metered - statement), difference_share, tolerance,
+    document, supplier. Hours cut by a period boundary count pro rata.
+    """
+    by_device: dict[str, dict[int, RollupRow]] = {}
+    for r in rows:
+        by_device.setdefault(r.device, {})[r.hour] = r
+    findings = []
+    for st in statements:
+        metered = 0.0
+        complete = True
+        first = st.start_ms - st.start_ms % HOUR_MS
+        for device in st.devices:
+            got = by_device.get(device, {})
+            for h in range(first, st.end_ms, HOUR_MS):
+                r = got.get(h)
+                if r is None or r.source not in METERED_SOURCES:
+                    complete = False
+                    break
+                share = (min(h + HOUR_MS, st.end_ms) - max(h, st.start_ms)) / HOUR_MS
+                metered += r.mwh * 1000.0 * share
+            if not complete:
+                break
+        if not complete:
+            continue
+        diff = metered - st.kwh
+        share = abs(diff) / st.kwh if st.kwh > 0 else (0.0 if metered == 0 else 1.0)
+        if share > tolerance:
+            findings.append({
+                "statement": st.id, "account": st.account, "devices": list(st.devices),
+                "period_start": iso(st.start_ms), "period_end": iso(st.end_ms),
+                "statement_kwh": st.kwh, "metered_kwh": round(metered, 3),
+                "difference_kwh": round(diff, 3), "difference_share": round(share, 6),
+                "tolerance": tolerance, "document": st.document, "supplier": st.supplier})
+    return findings

@@ -1,0 +1,285 @@
+"""Dispatch of episode starts and ends: MQTT, webhook, log (and the store, always).
+
+Every channel is independent: `send()` only queues, never waits on the network, and each
+channel drains its own queue in its own thread, so a webhook that hangs for its whole
+timeout delays nobody but itself, and the polling never waits on any of them.
+
+- store: not a channel here; the episode tracker writes each start and end to the alerts
+  table with a new seq, and the sinks forward it as the `energy_alert` measurement.
+- log: one WARNING line per start, one INFO line per end.
+- mqtt: its own paho client (client id `<mqtt.client_id>-alerts`, so it never takes over the
+  daemon's subscriber session). Each event goes to `TOPIC/events` (QoS 1), and the episode's
+  latest state to the retained `TOPIC/state/<rule>/<device>`, so a dashboard that connects
+  later sees what is active now. paho reconnects by itself and keeps QoS 1 messages queued
+  while the broker is away.
+- webhook: JSON POST; with a secret, the header `X-Energyd-Signature: sha256=<hex>` is the
+  HMAC-SHA256 of the body. A timeout per attempt; connection errors, 408, 429 and 5xx are
+  retried with a doubling backoff up to `retries` times; other 4xx are dropped and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from energyd import __version__
+
+log = logging.getLogger(__name__)
+
+Payload = dict[str, Any]
+
+
+class Channel(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def send(self, payload: Payload) -> None: ...
+
+    def close(self, timeout: float = 2.0) -> None: ...
+
+
+def _summary(p: Payload) -> str:
+    figures = ", ".join(f"{k}={v}" for k, v in (p.get("figures") or {}).items())
+    when = p["started"] if p["event"] == "start" else p.get("ended")
+    return f"{p['rule']} ({p.get('type')}) on {p['device']} at {when}: {figures}"
+
+
+class LogChannel:
+    name = "log"
+
+    def __init__(self, logger: logging.Logger | None = None):
+        self.log = logger or logging.getLogger("energyd.alerts")
+
+    def start(self) -> None:
+        pass
+
+    def send(self, payload: Payload) -> None:
+        if payload["event"] == "start":
+            self.log.warning("alert started: %s", _summary(payload))
+        else:
+            self.log.info("alert ended: %s", _summary(payload))
+
+    def close(self, timeout: float = 2.0) -> None:
+        pass
+
+
+class MqttChannel:
+    """Publishes through its own paho-mqtt 2 client; the network thread is paho's."""
+
+    def __init__(self, *, name: str, host: str, port: int, topic: str, client_id: str,
+                 qos: int = 1, username: str | None = None, password: str | None = None,
+                 keepalive: int = 30, tls_context: Any = None,
+                 on_error: Callable[[str], None] | None = None):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.name = name
+        self.topic = topic.rstrip("/")
+        self.qos = qos
+        self._host, self._port, self._keepalive = host, port, keepalive
+        self._on_error = on_error
+        self._pending: set[int] = set()
+        self._cond = threading.Condition()
+        self._connected = False
+        c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        c.max_queued_messages_set(10000)  # bounded: an alert storm must not eat the memory
+        c.reconnect_delay_set(1, 60)
+        if username:
+            c.username_pw_set(username, password)
+        if tls_context is not None:
+            c.tls_set_context(tls_context)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("alerts mqtt %s: broker refused the connection: %s", self.name,
+                        reason_code)
+            return
+        if not self._connected:
+            log.info("alerts mqtt %s: connected to %s:%s", self.name, self._host, self._port)
+        self._connected = True
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        if self._connected:
+            log.warning("alerts mqtt %s: disconnected (%s); paho reconnects and keeps "
+                        "QoS 1 messages queued", self.name, reason_code)
+        self._connected = False
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        with self._cond:
+            self._pending.discard(mid)
+            self._cond.notify_all()
+
+    def start(self) -> None:
+        self.client.connect_async(self._host, self._port, keepalive=self._keepalive)
+        self.client.loop_start()
+
+    def send(self, payload: Payload) -> None:
+        body = json.dumps(payload, sort_keys=True)
+        state = {**payload, "state": "active" if payload["event"] == "start" else "resolved"}
+        state_topic = f"{self.topic}/state/{payload['rule']}/{payload['device']}"
+        for topic, data, retain in ((f"{self.topic}/events", body, False),
+                                    (state_topic, json.dumps(state, sort_keys=True), True)):
+            info = self.client.publish(topic, data, qos=self.qos, retain=retain)
+            if info.rc not in (0, 4):  # 4: not connected yet; QoS 1 stays queued
+                log.error("alerts mqtt %s: cannot queue the message for %s (rc %s)",
+                          self.name, topic, info.rc)
+                if self._on_error:
+                    self._on_error(self.name)
+            elif self.qos > 0:
+                with self._cond:
+                    self._pending.add(info.mid)
+
+    def close(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending and self._connected and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+            if self._pending:
+                log.warning("alerts mqtt %s: %d messages not acknowledged at shutdown "
+                            "(the episodes stay in the store)", self.name, len(self._pending))
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class WebhookChannel:
+    """POSTs each event as JSON from a thread of its own; retried with backoff."""
+
+    def __init__(self, *, name: str, url: str, secret: str | None = None,
+                 timeout: float = 5.0, retries: int = 5, backoff: float = 1.0,
+                 backoff_max: float = 60.0, on_error: Callable[[str], None] | None = None):
+        self.name = name
+        self.url = url
+        self._secret = secret.encode() if secret else None
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self._on_error = on_error
+        self._queue: queue.Queue[Payload | None] = queue.Queue(maxsize=10000)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name=f"energyd-webhook-{name}",
+                                        daemon=True)
+        self.delivered = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, payload: Payload) -> None:
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:
+            self.failed += 1
+            log.error("webhook %s: queue full, an alert event was dropped", self.name)
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        left = self._queue.qsize()
+        if left > 1:
+            log.warning("webhook %s: %d alert events not delivered at shutdown "
+                        "(the episodes stay in the store)", self.name, left - 1)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            payload = self._queue.get()
+            if payload is None:
+                return
+            self._deliver(payload)
+
+    def _deliver(self, payload: Payload) -> None:
+        body = json.dumps(payload, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json",
+                   "User-Agent": f"energyd/{__version__}",
+                   "X-Energyd-Event": payload["event"]}
+        if self._secret is not None:
+            digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
+            headers["X-Energyd-Signature"] = f"sha256={digest}"
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            if self._stop.is_set():
+                return
+            try:
+                req = urllib.request.Request(self.url, data=body, headers=headers,
+                                             method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    resp.read()
+                self.delivered += 1
+                if attempt:
+                    log.info("webhook %s: delivered after %d retries", self.name, attempt)
+                return
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 and exc.code not in (408, 429):
+                    log.error("webhook %s: the receiver refused the event (HTTP %d); dropped",
+                              self.name, exc.code)
+                    break
+                reason = f"HTTP {exc.code}"
+                retry_after = exc.headers.get("Retry-After") if exc.headers else None
+                if retry_after and retry_after.isdigit():
+                    delay = max(delay, float(retry_after))
+            except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
+                reason = str(getattr(exc, "reason", exc))
+            if attempt < self.retries:
+                log.warning("webhook %s: attempt %d failed (%s); retrying in %.1f s",
+                            self.name, attempt + 1, reason, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, self.backoff_max)
+            else:
+                log.error("webhook %s: giving up after %d attempts (%s)", self.name,
+                          attempt + 1, reason)
+        self.failed += 1
+        if self._on_error:
+            self._on_error(self.name)
+
+
+class Dispatcher:
+    """Fans each event out to every channel; a channel that raises is logged and skipped."""
+
+    def __init__(self, channels: list[Channel], site: str):
+        self.channels = channels
+        self.site = site
+        self._started = False
+
+    def start(self) -> None:
+        for ch in self.channels:
+            try:
+                ch.start()
+            except Exception:
+                log.exception("alert channel %s failed to start", ch.name)
+        self._started = True
+
+    def send(self, payload: Payload) -> None:
+        for ch in self.channels:
+            try:
+                ch.send(payload)
+            except Exception:
+                log.exception("alert channel %s failed", ch.name)
+
+    def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        for ch in self.channels:
+            try:
+                ch.close()
+            except Exception:
+                log.exception("alert channel %s failed to close", ch.name)

@@ -1,0 +1,337 @@
+"""The alert engine: configured rules applied to the store's data and to live readings.
+
+Three ways in, all synchronous and thread-safe (the daemon calls them from worker threads):
+
+- `evaluate_hours(start_ms, end_ms)` after every rollup run, including the recomputation at
+  start-up: hourly spike, off-shift load, reconciliation;
+- `on_readings(batch)` with each committed batch: live spike (rolling window of power),
+  threshold, and the counter/power bookkeeping of the stale rule;
+- `check_stale(now_ms)` and `check_backlog(now_ms)` from periodic jobs.
+
+Each returns the episode events (starts and ends) to dispatch; the episodes themselves are
+already in the store when it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from energyd.alerts import rules as R
+from energyd.alerts.episodes import HOURLY, Event, EpisodeTracker, Observation
+from energyd.config.schema import AlertRule, Config
+from energyd.model import Reading
+from energyd.store.sqlite import READINGS, Store
+
+log = logging.getLogger(__name__)
+
+COUNTER = "active_energy_import_kwh"
+# Hours filled from a statement or a profile are not measurements of that hour: a spike
+# there would be an artefact of the spreading, so they neither alert nor feed baselines.
+UNMEASURED = ("invoice", "estimated")
+
+
+class AlertEngine:
+    def __init__(self, config: Config, store: Store, *, now_ms: Callable[[], int],
+                 reconciliation: Callable[[int, int], Iterable[Any]] | None = None):
+        self.config = config
+        self.store = store
+        self.now_ms = now_ms
+        self.tz = config.site.tz
+        self.tracker = EpisodeTracker(store)
+        self.reconciliation_source = reconciliation
+        self._lock = threading.RLock()
+        self._intervals = {d.name: d.interval for d in config.devices}
+        self._devices: dict[str, list[str]] = {r.name: self._select(r)
+                                                for r in config.alerts.rules}
+        self._shifts = {r.name: R.ProductionHours.parse(r.production_hours)
+                        for r in config.alerts.rules if r.type == "off_shift"}
+        # live state, per (rule, device)
+        self._windows: dict[tuple[str, str], R.RollingMean] = {}
+        self._thresholds: dict[tuple[str, str], R.Threshold] = {}
+        self._counters: dict[tuple[str, str], R.CounterWatch] = {}
+        self._baselines: dict[tuple[str, str, int], float | None] = {}
+        self._last_seen: dict[str, int] = {}
+        self._started_ms = now_ms()
+        self._live_rules = [r for r in config.alerts.rules
+                            if (r.type == "spike" and r.window > 0) or r.type == "threshold"
+                            or r.type == "stale"]
+        self._load_last_seen()
+
+    def _select(self, rule: AlertRule) -> list[str]:
+        if rule.devices:
+            return list(rule.devices)
+        if rule.role:
+            return [d.name for d in self.config.devices if d.role == rule.role and d.enabled]
+        return [d.name for d in self.config.devices if d.enabled]
+
+    def rules(self, *types: str) -> list[AlertRule]:
+        return [r for r in self.config.alerts.rules if r.type in types]
+
+    def retire_removed_rules(self) -> list[Event]:
+        return self.tracker.retire({r.name for r in self.config.alerts.rules}, self.now_ms())
+
+    def _load_last_seen(self) -> None:
+        wanted = {d for r in self.rules("stale") for d in self._devices[r.name]}
+        for device, quantity in self.store.series():
+            if device in wanted:
+                latest = self.store.latest(device, quantity)
+                if latest is not None:
+                    self._last_seen[device] = max(self._last_seen.get(device, 0), latest.time_ms)
+
+    # --- hourly ----------------------------------------------------------------------
+
+    def hourly_energy(self, devices: list[str], start_ms: int, end_ms: int
+                      ) -> dict[str, dict[int, float]]:
+        """kWh per device and hour from the rollups; compressor stations without an energy
+        counter of their own come from air_hourly."""
+        out: dict[str, dict[int, float]] = defaultdict(dict)
+        if not devices:
+            return out
+        marks = ",".join("?" * len(devices))
+        for device, hour, mwh, source in self.store.execute(
+                f"SELECT device, hour, mwh, source FROM rollups WHERE device IN ({marks}) "
+                "AND hour >= ? AND hour < ?", (*devices, start_ms, end_ms)):
+            if source not in UNMEASURED:
+                out[device][hour] = mwh * 1000.0
+        missing = [d for d in devices if d not in out]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            for device, hour, kwh in self.store.execute(
+                    f"SELECT device, hour, kwh FROM air_hourly WHERE device IN ({marks}) "
+                    "AND hour >= ? AND hour < ?", (*missing, start_ms, end_ms)):
+                out[device][hour] = kwh
+        return out
+
+    def _series(self, rule: AlertRule, start_ms: int, end_ms: int) -> dict[str, dict[int, float]]:
+        per_device = self.hourly_energy(self._devices[rule.name], start_ms, end_ms)
+        if not rule.aggregate:
+            return per_device
+        total: dict[int, float] = defaultdict(float)
+        counts: dict[int, int] = defaultdict(int)
+        for values in per_device.values():
+            for hour, kwh in values.items():
+                total[hour] += kwh
+                counts[hour] += 1
+        # a site total is only a total when every device has the hour
+        n = len(per_device)
+        return {self.config.site.name: {h: v for h, v in total.items() if counts[h] == n}}
+
+    def evaluate_hours(self, start_ms: int, end_ms: int) -> list[Event]:
+        """Apply the hourly rules to the hours in [start_ms, end_ms), oldest first."""
+        with self._lock:
+            observations: list[Observation] = []
+            for rule in self.rules("spike"):
+                history_start = start_ms - (rule.baseline_weeks + 1) * 7 * 24 * R.HOUR_MS
+                for device, values in self._series(rule, history_start, end_ms).items():
+                    for hour in R.hours(start_ms, end_ms):
+                        if hour not in values:
+                            continue
+                        base, weeks = R.baseline(hour, values, rule.baseline_weeks, self.tz)
+                        v = R.spike(values[hour], base, factor=rule.factor,
+                                    min_delta=rule.min_delta_kwh, hysteresis=rule.hysteresis)
+                        if v.level is not R.Level.HOLD:
+                            v.figures["baseline_weeks"] = weeks
+                        observations.append(Observation(rule.name, rule.type, device, hour, v,
+                                                        HOURLY))
+            for rule in self.rules("off_shift"):
+                shifts = self._shifts[rule.name]
+                for device, values in self._series(rule, start_ms, end_ms).items():
+                    for hour in R.hours(start_ms, end_ms):
+                        v = R.off_shift(values.get(hour), margin=rule.margin_kwh,
+                                        off_shift_hour=shifts.hour_is_off_shift(hour, self.tz),
+                                        hysteresis=rule.hysteresis)
+                        observations.append(Observation(rule.name, rule.type, device, hour, v,
+                                                        HOURLY))
+            observations.sort(key=lambda o: o.at_ms)
+            events = self.tracker.observe(observations)
+            events += self.check_reconciliation(start_ms, end_ms)
+            return events
+
+    # --- reconciliation ----------------------------------------------------------------
+
+    def check_reconciliation(self, start_ms: int, end_ms: int,
+                             findings: Iterable[Any] | None = None) -> list[Event]:
+        """Meter vs statement, per account: the latest billing period decides.
+
+        `findings` are accounting's reconciliation findings (objects or mappings with an
+        account, a period and both totals); by default they come from the source given at
+        construction.
+        """
+        rules = self.rules("reconciliation")
+        if not rules:
+            return []
+        if findings is None:
+            if self.reconciliation_source is None:
+                return []
+            try:
+                findings = list(self.reconciliation_source(start_ms, end_ms))
+            except Exception:
+                log.exception("reconciliation findings could not be computed")
+                return []
+        latest: dict[str, dict[str, Any]] = {}
+        for f in findings:
+            item = finding_fields(f)
+            prev = latest.get(item["account"])
+            if prev is None or item["period_start"] >= prev["period_start"]:
+                latest[item["account"]] = item
+        now = self.now_ms()
+        tol_default = self.config.accounting.reconciliation_tolerance
+        observations = []
+        for rule in rules:
+            wanted = set(self._devices[rule.name]) if (rule.devices or rule.role) else None
+            tol = rule.tolerance if rule.tolerance is not None else tol_default
+            for account, item in sorted(latest.items()):
+                if wanted is not None and not (set(item["devices"]) & wanted
+                                               or account in wanted):
+                    continue
+                v = R.reconciliation(item["meter_kwh"], item["statement_kwh"], tolerance=tol,
+                                     hysteresis=rule.hysteresis)
+                v.figures.update(period_start=item["period_start"],
+                                 period_end=item["period_end"])
+                observations.append(Observation(rule.name, rule.type, account, now, v,
+                                                "periodic"))
+        with self._lock:
+            return self.tracker.observe(observations)
+
+    # --- live --------------------------------------------------------------------------
+
+    def on_readings(self, batch: Iterable[Reading]) -> list[Event]:
+        with self._lock:
+            observations: list[Observation] = []
+            for r in batch:
+                t = r.time_ms
+                if t > self._last_seen.get(r.device, -1):
+                    self._last_seen[r.device] = t
+                for rule in self._live_rules:
+                    if r.device not in self._devices[rule.name]:
+                        continue
+                    obs = self._live(rule, r, t)
+                    if obs is not None:
+                        observations.append(obs)
+            return self.tracker.observe(observations) if observations else []
+
+    def _live(self, rule: AlertRule, r: Reading, t: int) -> Observation | None:
+        key = (rule.name, r.device)
+        if rule.type == "stale":
+            watch = self._counters.get(key)
+            if watch is None:
+                watch = self._counters[key] = R.CounterWatch(
+                    interval_s=self._intervals.get(r.device, 10.0), multiple=rule.multiple,
+                    stuck_kwh=rule.stuck_kwh)
+            if r.quantity == COUNTER:
+                watch.counter(t, r.value)
+            elif r.quantity == "active_power_kw":
+                watch.power(t, r.value)
+            return None
+        if r.quantity != rule.quantity:
+            return None
+        if rule.type == "threshold":
+            th = self._thresholds.get(key)
+            if th is None:
+                assert rule.limit is not None
+                th = self._thresholds[key] = R.Threshold(rule.limit, rule.duration,
+                                                          rule.hysteresis)
+            v = th.add(t, r.value)
+        else:  # live spike
+            win = self._windows.get(key)
+            if win is None:
+                win = self._windows[key] = R.RollingMean(rule.window)
+            win.add(t, r.value)
+            mean = win.mean()
+            if mean is None:
+                return None
+            base = self._live_baseline(rule, r.device, t)
+            v = R.spike(mean, base, factor=rule.factor, min_delta=rule.min_delta_kwh,
+                        hysteresis=rule.hysteresis, unit="kw")
+            if v.level is not R.Level.HOLD:
+                v.figures["window_s"] = rule.window
+        return Observation(rule.name, rule.type, r.device, t, v, "live")
+
+    def _live_baseline(self, rule: AlertRule, device: str, t_ms: int) -> float | None:
+        """Average kW of this hour of the week: its median hourly kWh (kWh per hour = kW)."""
+        hour = t_ms - t_ms % R.HOUR_MS
+        key = (rule.name, device, hour)
+        if key not in self._baselines:
+            if len(self._baselines) > 10000:
+                self._baselines.clear()
+            earlier = R.same_hour_of_week(hour, rule.baseline_weeks, self.tz)
+            values = self.hourly_energy([device], min(earlier), max(earlier) + 1).get(device, {})
+            self._baselines[key] = R.baseline(hour, values, rule.baseline_weeks, self.tz)[0]
+        return self._baselines[key]
+
+    # --- periodic ----------------------------------------------------------------------
+
+    def check_stale(self, now_ms: int | None = None) -> list[Event]:
+        now = now_ms if now_ms is not None else self.now_ms()
+        with self._lock:
+            observations = []
+            for rule in self.rules("stale"):
+                for device in self._devices[rule.name]:
+                    # never heard of since start: silent since the daemon started
+                    last = self._last_seen.get(device, self._started_ms)
+                    quiet = R.silent(now, last, interval_s=self._intervals.get(device, 10.0),
+                                     multiple=rule.multiple, hysteresis=rule.hysteresis)
+                    watch = self._counters.get((rule.name, device))
+                    stuck = watch.verdict(now) if watch is not None else R.HOLD
+                    observations.append(Observation(rule.name, rule.type, device, now,
+                                                    R.stale(quiet, stuck), "periodic"))
+            return self.tracker.observe(observations)
+
+    def check_backlog(self, now_ms: int | None = None) -> list[Event]:
+        """Only the readings stream is judged: its items carry the time they were read,
+        while a recomputed rollup carries the hour it is about, which may be days old."""
+        now = now_ms if now_ms is not None else self.now_ms()
+        with self._lock:
+            observations = []
+            for rule in self.rules("backlog"):
+                for sink in self.config.influxdb:
+                    b = self.store.backlog(sink.name, READINGS)
+                    v = R.backlog(now, b.count, b.oldest_ms, max_age_s=rule.max_age,
+                                  hysteresis=rule.hysteresis)
+                    observations.append(Observation(rule.name, rule.type, sink.name, now, v,
+                                                    "periodic"))
+            return self.tracker.observe(observations)
+
+    @property
+    def stale_period(self) -> float:
+        """How often (clock seconds) the stale check runs: a fraction of the shortest limit."""
+        limits = [self._intervals.get(d, 10.0) * r.multiple
+                  for r in self.rules("stale") for d in self._devices[r.name]]
+        return max(0.2, min(60.0, min(limits) / 4)) if limits else 60.0
+
+
+def finding_fields(f: Any) -> dict[str, Any]:
+    """Accounting's reconciliation finding, object or mapping, as the plain fields used here."""
+
+    def get(*names: str, default: Any = None) -> Any:
+        for n in names:
+            if isinstance(f, Mapping) and n in f:
+                return f[n]
+            if hasattr(f, n):
+                return getattr(f, n)
+        return default
+
+    account = str(get("account", "device"))
+    devices = get("devices", default=None) or [account]
+    return {
+        "account": account,
+        "devices": list(devices),
+        "period_start": _ms(get("period_start", "start_ms", "start")),
+        "period_end": _ms(get("period_end", "end_ms", "end")),
+        "meter_kwh": float(get("meter_kwh", "metered_kwh")),
+        "statement_kwh": float(get("statement_kwh", "invoice_kwh")),
+    }
+
+
+def _ms(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    return None

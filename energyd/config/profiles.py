@@ -1,0 +1,240 @@
+"""Modbus meter profiles: register maps as YAML data.
+
+A profile maps a meter's registers onto the quantity vocabulary (energyd/model.py). The
+built-in ones live in `energyd/config/profiles/<name>.yaml`; a user adds a meter by writing
+such a file and giving its path as the device's `profile:`, no code involved.
+
+    name: eastron_sdm630                 # optional; defaults to the file's stem
+    manufacturer: Eastron
+    model: SDM630 Modbus V2
+    source: "Eastron SDM630 Modbus Protocol V1.x, input registers 30001.."   # required
+    function: 4                          # default read function code (1, 2, 3 or 4)
+    base: 0                              # 0: addresses are wire addresses; 1: register
+                                         #    numbers as printed in a 1-based manual (wire = n - 1)
+    type: float32                        # default data type of the registers below
+    order: ABCD                          # default byte/word order (ABCD CDAB BADC DCBA)
+    registers:
+      voltage_l1_v: {address: 0}
+      active_power_kw: {address: 52, scale: 0.001}     # the meter says W, energyd keeps kW
+      power_factor: {address: 3083, decode: four_quadrant_pf}
+    notes: |
+      what is unknown or disputed about this map
+
+Per register: `address` (required), `function`, `type`, `order`, `scale`, `offset` (value =
+raw x scale + offset), `decode` (`four_quadrant_pf`: Schneider's -2..+2 power factor code).
+A device's inline `registers:` (the generic profile) are wire addresses; given together with
+a `profile:` they add to it and win for the same quantity.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from energyd.drivers.decode import register_count
+from energyd.errors import ConfigError, Problem
+from energyd.model import QUANTITIES
+
+BUILTIN_DIR = Path(__file__).parent / "profiles"
+
+TypeName = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
+Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+ReadFunction = Literal[1, 2, 3, 4]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _RegisterEntry(_Strict):
+    address: int = Field(ge=0, le=65536)
+    function: ReadFunction | None = None
+    type: TypeName | None = None
+    order: Order | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    decode: Literal["four_quadrant_pf"] | None = None
+
+
+class _ProfileFile(_Strict):
+    name: str | None = None
+    manufacturer: str = ""
+    model: str = ""
+    source: str = Field(min_length=1)
+    function: ReadFunction = 3
+    base: Literal[0, 1] = 0
+    type: TypeName = "float32"
+    order: Order = "ABCD"
+    registers: dict[str, _RegisterEntry] = Field(min_length=1)
+    notes: str = ""
+
+    @field_validator("registers")
+    @classmethod
+    def _quantities(cls, v: dict[str, _RegisterEntry]) -> dict[str, _RegisterEntry]:
+        for q in v:
+            if q not in QUANTITIES:
+                raise ValueError(f"unknown quantity {q!r} (see the quantity vocabulary)")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterSpec:
+    """One value to read: where it is on the wire and how to turn it into the quantity."""
+
+    quantity: str
+    function: int
+    address: int  # wire address (0-based, as sent in the request)
+    type: str
+    order: str = "ABCD"
+    scale: float = 1.0
+    offset: float = 0.0
+    transform: str | None = None
+
+    @property
+    def count(self) -> int:
+        """Registers (or, for function codes 1 and 2, bits) the value spans."""
+        return 1 if self.function in (1, 2) else register_count(self.type)
+
+    @property
+    def unit(self) -> str:
+        return QUANTITIES[self.quantity].unit
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    source: str
+    registers: tuple[RegisterSpec, ...]
+    manufacturer: str = ""
+    model: str = ""
+    function: int = 3
+    base: int = 0
+    notes: str = ""
+    path: Path | None = None
+
+    def register(self, quantity: str) -> RegisterSpec:
+        for spec in self.registers:
+            if spec.quantity == quantity:
+                return spec
+        raise KeyError(quantity)
+
+    def with_registers(self, extra: list[RegisterSpec], name: str | None = None) -> Profile:
+        """This profile with `extra` added; an extra register replaces one of the same
+        quantity."""
+        mine = {s.quantity: s for s in self.registers}
+        mine.update({s.quantity: s for s in extra})
+        return Profile(name or self.name, self.source, tuple(mine.values()), self.manufacturer,
+                       self.model, self.function, self.base, self.notes, self.path)
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+
+
+def is_builtin(ref: str) -> bool:
+    return "/" not in ref and not ref.endswith((".yaml", ".yml")) and \
+        (BUILTIN_DIR / f"{ref}.yaml").is_file()
+
+
+def resolve_ref(ref: str, base_dir: Path | None = None) -> str:
+    """A built-in name as is, or the absolute path of a profile file.
+
+    Raises ValueError naming the built-in profiles when `ref` is neither."""
+    if is_builtin(ref):
+        return ref
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.is_file():
+        return str(path.resolve())
+    raise ValueError(
+        f"profile {ref!r} is neither a built-in profile ({', '.join(builtin_names())}) "
+        f"nor an existing file" + (f" (looked for {path})" if "/" in ref or
+                                   ref.endswith((".yaml", ".yml")) else ""))
+
+
+def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
+    """Load a built-in profile by name, or a profile file by path; ConfigError on bad data."""
+    resolved = resolve_ref(ref, base_dir)
+    path = BUILTIN_DIR / f"{resolved}.yaml" if is_builtin(resolved) else Path(resolved)
+    return _load_file(str(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_file(path_text: str) -> Profile:
+    from energyd.config.loader import _locate, _parse_yaml, _plain
+
+    path = Path(path_text)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(path_text, None, "", f"cannot read: {exc.strerror}")]) from None
+    tree = _parse_yaml(text, path_text)
+    if not isinstance(tree, dict):
+        raise ConfigError([Problem(path_text, 1, "", "a profile must be a mapping")])
+    try:
+        data = _ProfileFile.model_validate(_plain(tree))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            line, where = _locate(tree, tuple(err["loc"]))
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key (check its spelling)"
+            problems.append(Problem(path_text, line, where, message))
+        raise ConfigError(problems) from None
+    specs = []
+    problems = []
+    for quantity, entry in data.registers.items():
+        spec = RegisterSpec(
+            quantity=quantity,
+            function=entry.function or data.function,
+            address=entry.address - data.base,
+            type=entry.type or data.type,
+            order=entry.order or data.order,
+            scale=entry.scale,
+            offset=entry.offset,
+            transform=entry.decode,
+        )
+        if spec.address < 0 or spec.address + spec.count > 65536:
+            line, where = _locate(tree, ("registers", quantity, "address"))
+            problems.append(Problem(path_text, line, where,
+                                    f"address {entry.address} with base {data.base} is "
+                                    f"outside the register space"))
+        specs.append(spec)
+    if problems:
+        raise ConfigError(problems)
+    return Profile(name=data.name or path.stem, source=data.source, registers=tuple(specs),
+                   manufacturer=data.manufacturer, model=data.model, function=data.function,
+                   base=data.base, notes=data.notes, path=path)
+
+
+def check_profile_ref(ref: str, base_dir: Path | None) -> str:
+    """For the config schema: resolve `ref` and load it, so a broken profile file is
+    refused with the configuration. Returns the resolved reference."""
+    resolved = resolve_ref(ref, base_dir)
+    try:
+        load_profile(resolved)
+    except ConfigError as exc:
+        raise ValueError("profile file has errors: " + "; ".join(map(str, exc.problems))) \
+            from None
+    return resolved
+
+
+def device_profile(device: object) -> Profile:
+    """The register map of a configured Modbus device: its profile plus inline registers."""
+    ref = getattr(device, "profile", None)
+    inline = [
+        RegisterSpec(quantity=r.quantity, function=r.function, address=r.address, type=r.type,
+                     order=r.order, scale=r.scale, offset=r.offset)
+        for r in getattr(device, "registers", [])
+    ]
+    if ref is None:
+        return Profile(name="generic", source="inline registers in the configuration",
+                       registers=tuple(inline))
+    profile = load_profile(ref)
+    return profile.with_registers(inline) if inline else profile

@@ -1,0 +1,1 @@
+"""Drivers turn devices into Readings; nothing else (see modbus.py)."""

@@ -1,0 +1,315 @@
+"""Modbus driver: a link (one connection to a bus) and a device poller on top of it.
+
+Transports (`ModbusOptions.transport`):
+
+    tcp           Modbus TCP (MBAP framing) to a meter or a TCP gateway, default port 502
+    rtu_over_tcp  RTU frames tunnelled through a serial-to-Ethernet gateway's TCP port
+    rtu           RTU on a local serial port (RS485 adapter), baudrate/parity/bytesize/stopbits
+
+One `ModbusLink` owns one connection; every unit behind it shares it and its requests go
+one at a time (`daemon/polling.py` makes sure a link has exactly one owner).
+
+Read only. The link's single request path, `ModbusLink.read`, takes a `ReadCode`: coils (1),
+discrete inputs (2), holding registers (3), input registers (4). Any other function code is
+refused before anything is sent. energyd never writes to a meter on a plant network, and
+there is no code in this package that could.
+
+Options per device (schema `ModbusOptions`): `timeout` per request (default 1 s), `retries`
+after a timeout (0), `pause_after_connect`, `pause_between_requests`, `close_after_poll`
+(devices that accept one master only), `single_register`, `max_gap`, `max_registers`.
+
+Failures are mapped at this edge onto energyd's own errors:
+
+    no reply within the timeout (after retries)  -> DeviceTimeout
+    an exception reply (illegal address, busy)   -> DeviceRefused(exception_code)
+    cannot connect, connection dropped, garbled  -> DeviceError
+
+A refused read of merged registers is retried value by value in the same poll, and those
+values stay isolated (see planner.py); a timeout ends that unit's poll, because a unit that
+does not answer would otherwise cost one timeout per block of the bus's time. Readings are
+stamped with the clock's time taken just before each read was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymodbus import FramerType, ModbusException
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+
+from energyd.clock import Clock, RealClock
+from energyd.config.profiles import Profile, RegisterSpec
+from energyd.drivers.planner import Block, key, plan
+from energyd.errors import DeviceError, DeviceRefused, DeviceTimeout
+from energyd.model import Reading
+
+log = logging.getLogger(__name__)
+
+EXCEPTION_NAMES = {
+    1: "illegal function", 2: "illegal data address", 3: "illegal data value",
+    4: "device failure", 5: "acknowledge", 6: "device busy", 8: "memory parity error",
+    10: "gateway path unavailable", 11: "gateway target failed to respond",
+}
+
+
+class ReadCode(enum.IntEnum):
+    """The only Modbus requests energyd can send."""
+
+    COILS = 1
+    DISCRETE_INPUTS = 2
+    HOLDING_REGISTERS = 3
+    INPUT_REGISTERS = 4
+
+
+# The client methods behind each read code, and nothing else.
+_READERS: dict[ReadCode, str] = {
+    ReadCode.COILS: "read_coils",
+    ReadCode.DISCRETE_INPUTS: "read_discrete_inputs",
+    ReadCode.HOLDING_REGISTERS: "read_holding_registers",
+    ReadCode.INPUT_REGISTERS: "read_input_registers",
+}
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """How to reach a bus (the part of ModbusOptions shared by every unit on it)."""
+
+    transport: str = "tcp"
+    host: str | None = None
+    port: int = 502
+    serial_port: str | None = None
+    baudrate: int = 9600
+    parity: str = "N"
+    bytesize: int = 8
+    stopbits: int = 1
+    pause_after_connect: float = 0.0
+    connect_timeout: float = 3.0
+
+    @classmethod
+    def from_options(cls, options: Any) -> LinkSettings:
+        return cls(transport=options.transport, host=options.host, port=options.port,
+                   serial_port=options.serial_port, baudrate=options.baudrate,
+                   parity=options.parity, bytesize=options.bytesize, stopbits=options.stopbits,
+                   pause_after_connect=options.pause_after_connect,
+                   connect_timeout=max(1.0, options.timeout))
+
+    def describe(self) -> str:
+        if self.transport == "rtu":
+            return f"rtu:{self.serial_port}@{self.baudrate}{self.parity}"
+        return f"{self.transport}:{self.host}:{self.port}"
+
+
+class ModbusLink:
+    """One connection to a bus; an async context manager.
+
+        async with ModbusLink(LinkSettings(transport="tcp", host="127.0.0.1", port=5020)) as link:
+            words = await link.read(ReadCode.INPUT_REGISTERS, 0, 2, unit=1, timeout=0.5)
+
+    Connecting is lazy and repeated on the next read after a drop; a failed connect raises
+    DeviceError and is tried again on the next read (the caller paces that).
+    """
+
+    def __init__(self, settings: LinkSettings):
+        self.settings = settings
+        s = settings
+        common: dict[str, Any] = {"timeout": s.connect_timeout, "retries": 0,
+                                  "reconnect_delay": 0}  # reconnects are the owner's policy
+        if s.transport == "rtu":
+            if not s.serial_port:
+                raise ValueError("transport rtu needs a serial_port")
+            self._client: Any = AsyncModbusSerialClient(
+                s.serial_port, framer=FramerType.RTU, baudrate=s.baudrate, parity=s.parity,
+                bytesize=s.bytesize, stopbits=s.stopbits, **common)
+        elif s.transport in ("tcp", "rtu_over_tcp"):
+            if not s.host:
+                raise ValueError(f"transport {s.transport} needs a host")
+            framer = FramerType.SOCKET if s.transport == "tcp" else FramerType.RTU
+            self._client = AsyncModbusTcpClient(s.host, port=s.port, framer=framer, **common)
+        else:
+            raise ValueError(f"unknown transport {s.transport!r}")
+        # Silence from one dead unit behind a gateway must not close the link of the others
+        # (pymodbus closes after retries+3 unanswered requests); the owner decides instead.
+        self._client.set_max_no_responses(1_000_000)
+        self.requests = 0
+
+    async def __aenter__(self) -> ModbusLink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.connected)
+
+    async def connect(self) -> None:
+        if self._client.connected:
+            return
+        self._client.comm_params.timeout_connect = self.settings.connect_timeout
+        try:
+            ok = await self._client.connect()
+        except (OSError, ModbusException) as exc:
+            raise DeviceError(f"cannot connect to {self.settings.describe()}: {exc}") from exc
+        if not ok:
+            raise DeviceError(f"cannot connect to {self.settings.describe()}")
+        if self.settings.pause_after_connect > 0:
+            await asyncio.sleep(self.settings.pause_after_connect)
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def read(self, code: ReadCode | int, address: int, count: int, *, unit: int,
+                   timeout: float, retries: int = 0) -> list[int]:
+        """Read `count` registers (or bits, as 0/1) starting at wire `address`."""
+        code = ReadCode(code)  # ValueError for anything but 1-4, before any I/O
+        method = getattr(self._client, _READERS[code])
+        await self.connect()
+        what = f"unit {unit} fc{int(code)} {address}+{count}"
+        for attempt in range(retries + 1):
+            self._client.ctx.comm_params.timeout_connect = timeout
+            self.requests += 1
+            try:
+                rr = await method(address, count=count, device_id=unit)
+            except ConnectionException as exc:
+                raise DeviceError(f"{what}: connection lost ({exc})") from exc
+            except ModbusIOException as exc:
+                if "No response" in str(exc) or "no response" in str(exc).lower():
+                    if attempt < retries:
+                        continue
+                    raise DeviceTimeout(f"{what}: no reply within {timeout:g} s") from exc
+                raise DeviceError(f"{what}: {exc}") from exc
+            except ModbusException as exc:
+                raise DeviceError(f"{what}: {exc}") from exc
+            if rr.isError():
+                code_ = getattr(rr, "exception_code", None)
+                name = EXCEPTION_NAMES.get(code_ or 0, "exception")
+                if code_ == 6 and attempt < retries:  # busy: worth another try
+                    continue
+                raise DeviceRefused(f"{what}: exception {code_} ({name})", code_)
+            if code in (ReadCode.COILS, ReadCode.DISCRETE_INPUTS):
+                return [int(b) for b in rr.bits[:count]]
+            return list(rr.registers)
+        raise DeviceTimeout(f"{what}: no reply")  # not reached: the loop returns or raises
+
+
+@dataclass
+class BlockFailure:
+    block: str
+    error: DeviceError
+
+    def __str__(self) -> str:
+        return f"{self.block}: {self.error}"
+
+
+@dataclass
+class PollResult:
+    device: str
+    readings: list[Reading] = field(default_factory=list)
+    failures: list[BlockFailure] = field(default_factory=list)
+
+    @property
+    def timed_out(self) -> bool:
+        return any(isinstance(f.error, DeviceTimeout) for f in self.failures)
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(map(str, self.failures)) if self.failures else None
+
+    @property
+    def reason(self) -> str | None:
+        """One word for metrics: timeout, refused, connection (or None when clean)."""
+        if not self.failures:
+            return None
+        kinds = {type(f.error) for f in self.failures}
+        if DeviceTimeout in kinds:
+            return "timeout"
+        if kinds == {DeviceRefused}:
+            return "refused"
+        return "connection"
+
+
+class DevicePoller:
+    """Reads one unit's profile through a link, block by block."""
+
+    def __init__(self, name: str, unit: int, profile: Profile, *, timeout: float = 1.0,
+                 retries: int = 0, pause_between_requests: float = 0.0,
+                 single_register: bool = False, max_gap: int = 10, max_registers: int = 125,
+                 clock: Clock | None = None):
+        if not profile.registers:
+            raise ValueError(f"device {name}: the profile has no registers")
+        self.name = name
+        self.unit = unit
+        self.profile = profile
+        self.timeout = timeout
+        self.retries = retries
+        self.pause = pause_between_requests
+        self.single = single_register
+        self.max_gap = max_gap
+        self.max_registers = max_registers
+        self.clock = clock or RealClock()
+        self.isolated: set[tuple[int, int]] = set()
+        self.blocks = self._plan()
+
+    @classmethod
+    def from_device(cls, device: Any, clock: Clock | None = None) -> DevicePoller:
+        from energyd.config.profiles import device_profile
+
+        o = device.modbus
+        return cls(device.name, o.unit, device_profile(device), timeout=o.timeout,
+                   retries=o.retries, pause_between_requests=o.pause_between_requests,
+                   single_register=o.single_register, max_gap=o.max_gap,
+                   max_registers=o.max_registers, clock=clock)
+
+    def _plan(self) -> list[Block]:
+        return plan(self.profile.registers, max_registers=self.max_registers,
+                    max_gap=self.max_gap, single=self.single, isolated=self.isolated)
+
+    async def poll(self, link: ModbusLink) -> PollResult:
+        result = PollResult(self.name)
+        first = True
+        queue: list[Block] = list(self.blocks)
+        while queue:
+            block = queue.pop(0)
+            if not first and self.pause > 0:
+                await asyncio.sleep(self.pause)
+            first = False
+            when = self.clock.now()
+            try:
+                words = await link.read(block.function, block.address, block.count,
+                                        unit=self.unit, timeout=self.timeout,
+                                        retries=self.retries)
+            except DeviceRefused as exc:
+                if len(block.specs) > 1:
+                    # Which value is refused is unknown: read them alone, now and from now on.
+                    self.isolated.update(key(s) for s in block.specs)
+                    self.blocks = self._plan()
+                    queue[:0] = plan(block.specs, single=True)
+                    log.info("%s: %s refused (%s); its values are read one by one from now on",
+                             self.name, block, exc)
+                    continue
+                result.failures.append(BlockFailure(str(block), exc))
+                continue
+            except DeviceTimeout as exc:
+                result.failures.append(BlockFailure(str(block), exc))
+                break
+            except DeviceError as exc:
+                result.failures.append(BlockFailure(str(block), exc))
+                break
+            result.readings.extend(
+                Reading(when, self.name, quantity, value)
+                for quantity, value in block.decode(words).items())
+        return result
+
+
+def describe_blocks(blocks: Sequence[Block]) -> list[str]:
+    return [f"{b} ({', '.join(s.quantity for s in b.specs)})" for b in blocks]
+
+
+__all__ = ["BlockFailure", "DevicePoller", "LinkSettings", "ModbusLink", "PollResult",
+           "ReadCode", "RegisterSpec"]

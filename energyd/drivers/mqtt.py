@@ -1,0 +1,425 @@
+"""MQTT acquisition on paho-mqtt 2: payload mapping and the broker connection.
+
+Two parts, kept apart so the mapping can be tested without a broker:
+
+* `PayloadMapper` turns (topic, payload bytes, receive time) into Readings, or refuses the
+  message with `Rejected(reason, detail)`. It never raises anything else.
+* `Subscriber` owns the one paho client of a daemon: `connect_async` + `loop_start` (a broker
+  that is down at start-up is retried with capped backoff, every attempt logged once on the
+  way into failure and once on recovery), subscriptions made in `on_connect` so a reconnect
+  resubscribes, a persistent session (fixed client id; 3.1.1 clean session off, MQTT 5
+  clean start off with a session expiry), TLS, username and password.
+
+Broker options (config `mqtt:`): host, port (1883), client_id ("energyd"), protocol ("5" or
+"3.1.1"), keepalive (30 s), qos (1), session_expiry (7 d, MQTT 5), max_inflight (1000),
+reconnect_delay_max (60 s), username, password_file / password_env, tls {ca_file,
+cert_file, key_file, insecure}, max_payload (64 KiB), max_clock_skew (1 d).
+
+Device options (config `devices[].mqtt:`)::
+
+    - name: air1-c1                    # one entry per compressor, exact topic
+      role: compressor
+      driver: mqtt
+      mqtt:
+        topic: plant/air/air1-c1/telemetry
+        station: air1
+        timestamp: ts                  # ISO 8601 text, or epoch s / ms as a number
+        fields: {active_power_kw: power_kw, flow_m3_min: flow_m3_min}
+
+    - name: air2                       # or a template: the topic level names the device
+      role: compressor
+      driver: mqtt
+      mqtt:
+        topic: plant/air/+/telemetry
+        device_level: 2                # plant/air/<device>/telemetry
+        devices: [air2-c1, air2-c2]    # the only names it accepts
+        fields: {...}
+
+    - name: hall-meter                 # format value: the payload is one bare number
+      driver: mqtt
+      mqtt: {topic: plant/hall/power, format: value, quantity: active_power_kw}
+
+With an exact topic the readings carry the entry's name. With a template they carry the
+level's text, which must be one of `devices`; the template's role and station apply to
+each (per-compressor settings such as rated power need per-compressor entries).
+Sparkplug B is not offered (see MqttDeviceOptions).
+
+Bad input never reaches the store: a payload over max_payload, bytes that are not UTF-8
+JSON, a mapped field that is missing, not a number or not finite, a timestamp that cannot
+be read or lies more than max_clock_skew from the clock. A field that is bad is left out
+and the message's good fields are kept; a bad timestamp or payload refuses the message.
+
+Durability: messages are taken with paho's `manual_ack`: the PUBACK (QoS 1) goes to the
+broker only after the readings of that message are committed to the store, so a message
+that was received but not yet committed when energyd dies is sent again by the broker.
+See energyd/daemon/subscriptions.py for the commit-then-ack path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from energyd.config.schema import Config, Mqtt, MqttDeviceOptions
+from energyd.model import Reading
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PayloadMapper", "Rejected", "Route", "Subscriber"]
+
+# Connection numbers are unique in the process, so a message id can never be acknowledged
+# on a later connection, not even one of a new Subscriber.
+_connections = itertools.count(1)
+
+# A number this large as a timestamp is milliseconds: 1e11 s would be the year 5138.
+_EPOCH_MS_FROM = 1e11
+
+
+class Rejected(Exception):
+    """A message (or one of its fields) refused; `reason` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One config entry's subscription: which topics, which device, how to read them."""
+
+    entry: str  # the config device entry's name
+    topic: str  # exact topic or pattern
+    options: MqttDeviceOptions
+    fields: tuple[tuple[str, tuple[str, ...]], ...]  # (quantity, path parts)
+    timestamp: tuple[str, ...] | None
+    allowed: frozenset[str] | None  # names a template's device level may take
+
+    @property
+    def is_pattern(self) -> bool:
+        return "+" in self.topic or "#" in self.topic
+
+    def device_for(self, topic: str) -> str:
+        level = self.options.device_level
+        if level is None:
+            return self.entry
+        name = topic.split("/")[level]
+        if self.allowed is not None and name not in self.allowed:
+            raise Rejected("unknown_device",
+                           f"{name!r} is not among the devices of {self.entry!r}")
+        return name
+
+
+def _path(dotted: str) -> tuple[str, ...]:
+    return tuple(dotted.split("."))
+
+
+def _lookup(doc: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if isinstance(doc, dict):
+            if part not in doc:
+                raise KeyError(part)
+            doc = doc[part]
+        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        else:
+            raise KeyError(part)
+    return doc
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or value is None:
+        raise Rejected("not_numeric", f"{what} is {json.dumps(value)}, not a number")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise Rejected("not_numeric", f"{what} is {value[:40]!r}, not a number") from None
+    else:
+        raise Rejected("not_numeric", f"{what} is a {type(value).__name__}, not a number")
+    if not math.isfinite(number):
+        raise Rejected("not_finite", f"{what} is {number}")
+    return number
+
+
+def parse_time(value: Any) -> datetime:
+    """ISO 8601 text with an offset, or epoch seconds / milliseconds as a number."""
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            try:
+                return parse_time(float(value))
+            except (Rejected, ValueError):
+                raise Rejected("bad_timestamp", f"{value[:40]!r} is not ISO 8601") from None
+        if when.tzinfo is None:
+            raise Rejected("bad_timestamp", f"{value[:40]!r} has no UTC offset")
+        return when.astimezone(UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        seconds = value / 1000 if abs(value) >= _EPOCH_MS_FROM else value
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise Rejected("bad_timestamp", f"{value!r} is out of range") from None
+    raise Rejected("bad_timestamp", f"{json.dumps(value)[:40]} is not a time")
+
+
+class PayloadMapper:
+    """Routes topics to config entries and decodes payloads into Readings."""
+
+    def __init__(self, config: Config):
+        assert config.mqtt is not None or not any(d.driver == "mqtt" for d in config.devices)
+        broker = config.mqtt or Mqtt()
+        self.max_payload = broker.max_payload
+        self.max_skew = timedelta(seconds=broker.max_clock_skew)
+        self.routes: list[Route] = []
+        for d in config.devices:
+            if d.driver != "mqtt" or not d.enabled or d.mqtt is None:
+                continue
+            o = d.mqtt
+            fields = tuple((q, _path(p)) for q, p in o.fields.items())
+            self.routes.append(Route(
+                d.name, o.topic, o, fields, _path(o.timestamp) if o.timestamp else None,
+                frozenset(o.devices) if o.devices else None))
+        self._exact: dict[str, list[Route]] = {}
+        self._patterns: list[Route] = []
+        for r in self.routes:
+            if r.is_pattern:
+                self._patterns.append(r)
+            else:
+                self._exact.setdefault(r.topic, []).append(r)
+
+    def filters(self) -> list[str]:
+        """The topic filters to subscribe to, each once."""
+        return list(dict.fromkeys(r.topic for r in self.routes))
+
+    def routes_for(self, topic: str) -> list[Route]:
+        routes = self._exact.get(topic, [])
+        if self._patterns:
+            routes = routes + [r for r in self._patterns if paho.topic_matches_sub(r.topic, topic)]
+        return routes
+
+    def map(self, topic: str, payload: bytes, received: datetime,
+            problems: list[Rejected] | None = None) -> list[Reading]:
+        """Readings of one message. A refused message raises Rejected; a refused field is
+        left out and, when `problems` is given, appended to it."""
+        if len(payload) > self.max_payload:
+            raise Rejected("too_large", f"{len(payload)} bytes, the limit is {self.max_payload}")
+        routes = self.routes_for(topic)
+        if not routes:
+            raise Rejected("no_route", "no device is configured for this topic")
+        out: list[Reading] = []
+        doc: Any = None
+        for route in routes:
+            device = route.device_for(topic)
+            o = route.options
+            if o.format == "value":
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise Rejected("not_utf8", "the payload is not UTF-8 text") from None
+                value = _number(text, "the payload")
+                assert o.quantity is not None
+                out.append(Reading(received, device, o.quantity, value))
+                continue
+            if doc is None:
+                doc = _decode_json(payload)
+            when = received
+            if route.timestamp is not None:
+                try:
+                    raw = _lookup(doc, route.timestamp)
+                except KeyError:
+                    raw = None  # no time in this message: the receive time stands
+                if raw is not None:
+                    when = parse_time(raw)
+                    if abs(when - received) > self.max_skew:
+                        raise Rejected("clock_skew", f"time {when.isoformat()} is more than "
+                                       f"{self.max_skew} from now ({received.isoformat()})")
+            missing: list[str] = []
+            for quantity, path in route.fields:
+                try:
+                    raw = _lookup(doc, path)
+                except KeyError:
+                    missing.append(".".join(path))
+                    continue
+                try:
+                    value = _number(raw, f"field {'.'.join(path)!r}")
+                except Rejected as exc:
+                    if problems is None:
+                        raise
+                    problems.append(exc)
+                    continue
+                out.append(Reading(when, device, quantity, value))
+            if missing:
+                problem = Rejected("missing_field", f"no field {', '.join(missing)}")
+                if problems is None:
+                    raise problem
+                problems.append(problem)
+        if not out and problems:
+            # nothing usable at all: the message is refused for its first problem
+            raise problems.pop(0)
+        return out
+
+
+def _decode_json(payload: bytes) -> Any:
+    try:
+        doc = json.loads(payload)
+    except UnicodeDecodeError:
+        raise Rejected("not_utf8", "the payload is not UTF-8 text") from None
+    except ValueError as exc:
+        raise Rejected("not_json", f"not JSON ({exc.msg} at {exc.pos})") from None
+    if not isinstance(doc, dict | list):
+        raise Rejected("not_json", "JSON, but not an object")
+    return doc
+
+
+# --- the connection ------------------------------------------------------------------------
+
+
+class Subscriber:
+    """The daemon's broker connection. Callbacks run on paho's network thread.
+
+    `on_message(msg, generation)` is called for every message; the caller acknowledges it
+    later with `ack(mid, qos, generation)`. `generation` counts connections: a message id
+    belongs to the connection it came on, so an ack for an earlier connection is not sent
+    (the broker sends that message again on the new connection, with the same id).
+    """
+
+    def __init__(self, options: Mqtt, filters: list[str], *,
+                 on_message: Callable[[paho.MQTTMessage, int], None],
+                 on_connected: Callable[[bool], None] | None = None):
+        self.options = options
+        self.filters = filters
+        self._on_message_cb = on_message
+        self._on_connected_cb = on_connected
+        self.generation = 0
+        self.connected = False
+        self.last_error: str | None = None
+        self._disconnected = threading.Event()
+        v5 = options.protocol == "5"
+        self._v5 = v5
+        kwargs: dict[str, Any] = {}
+        if not v5:
+            kwargs["clean_session"] = False
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=options.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            manual_ack=True, **kwargs)
+        c = self.client
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_connect_fail = self._on_connect_fail
+        c.reconnect_delay_set(1, max(1, int(options.reconnect_delay_max)))
+        if options.username is not None:
+            pw = options.password.get_secret_value() if options.password is not None else None
+            c.username_pw_set(options.username, pw)
+        if options.tls is not None:
+            t = options.tls
+            context = ssl.create_default_context(
+                cafile=str(t.ca_file) if t.ca_file is not None else None)
+            if t.cert_file is not None:
+                context.load_cert_chain(str(t.cert_file), str(t.key_file))
+            if t.insecure:
+                context.check_hostname = False
+            c.tls_set_context(context)
+            c.tls_insecure_set(t.insecure)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        o = self.options
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(min(o.session_expiry, 0xFFFFFFFF))
+            props.ReceiveMaximum = o.max_inflight
+            self.client.connect_async(o.host, o.port, o.keepalive, clean_start=False,
+                                      properties=props)
+        else:
+            self.client.connect_async(o.host, o.port, o.keepalive)
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """DISCONNECT (after the acks already queued) and stop the network thread."""
+        self._disconnected.clear()
+        if self.connected:
+            self.client.disconnect()
+            self._disconnected.wait(timeout)
+        self.client.loop_stop()
+
+    def ack(self, mid: int, qos: int, generation: int) -> bool:
+        if generation != self.generation or not self.connected:
+            return False
+        self.client.ack(mid, qos)
+        return True
+
+    # --- paho callbacks (network thread) --------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        o = self.options
+        if reason_code.is_failure:
+            self._failure(f"refused by {o.host}:{o.port}: {reason_code}")
+            return
+        self.generation = next(_connections)
+        self.connected = True
+        if self.last_error is not None:
+            log.info("mqtt: connected to %s:%s again", o.host, o.port)
+        else:
+            log.info("mqtt: connected to %s:%s as %s", o.host, o.port, o.client_id)
+        self.last_error = None
+        if not flags.session_present:
+            log.info("mqtt: new session at the broker (messages published while energyd "
+                     "had no session there were not kept for it)")
+        if self.filters:
+            client.subscribe([(f, o.qos) for f in self.filters])
+        if self._on_connected_cb is not None:
+            self._on_connected_cb(bool(flags.session_present))
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any) -> None:
+        for topic, rc in zip(self.filters, reason_codes, strict=False):
+            if rc.is_failure:
+                log.error("mqtt: the broker refused the subscription to %s: %s", topic, rc)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        was = self.connected
+        self.connected = False
+        self._disconnected.set()
+        if was and reason_code != 0:
+            self._failure(f"connection to {self.options.host}:{self.options.port} lost: "
+                          f"{reason_code}")
+        elif not was and self.last_error is None:
+            self._failure(f"cannot connect to {self.options.host}:{self.options.port}")
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._failure(f"cannot connect to {self.options.host}:{self.options.port}")
+
+    def _failure(self, message: str) -> None:
+        if self.last_error is None:
+            log.warning("mqtt: %s; retrying", message)
+        self.last_error = message
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        # An exception escaping a paho callback stops its network thread: contain it here.
+        try:
+            self._on_message_cb(msg, self.generation)
+        except Exception:
+            log.exception("mqtt: handling a message on %s failed", msg.topic)

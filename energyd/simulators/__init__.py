@@ -1,0 +1,1 @@
+"""Simulated plant equipment for tests, benchmarks and the demo (loopback only)."""

@@ -1,0 +1,152 @@
+"""The store: round trips, idempotent inserts, migrations, quota shedding, retention."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from energyd.errors import StoreError
+from energyd.model import Quality, Reading, to_ms
+from energyd.store import READINGS, Store
+from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def readings(device: str, quantity: str, n: int, step_s: float = 10, start: datetime = T0,
+             value: float = 1.0) -> list[Reading]:
+    return [Reading(start + timedelta(seconds=i * step_s), device, quantity, value + i)
+            for i in range(n)]
+
+
+def test_insert_and_read_back(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        assert store.insert_readings(readings("m1", "active_power_kw", 5)) == 5
+        assert store.insert_readings(readings("m1", "active_energy_import_kwh", 3)) == 3
+        got = list(store.query_readings(device="m1", quantity="active_power_kw"))
+        assert [r.value for r in got] == [1.0, 2.0, 3.0, 4.0, 5.0]
+        assert got[0].to_reading() == Reading(T0, "m1", "active_power_kw", 1.0, Quality.GOOD)
+        window = list(store.query_readings(start_ms=to_ms(T0 + timedelta(seconds=10)),
+                                           end_ms=to_ms(T0 + timedelta(seconds=30))))
+        assert sorted((r.quantity, r.value) for r in window) == [
+            ("active_energy_import_kwh", 2.0), ("active_energy_import_kwh", 3.0),
+            ("active_power_kw", 2.0), ("active_power_kw", 3.0)]
+
+
+def test_same_series_and_time_is_stored_once(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        batch = readings("m1", "active_power_kw", 4)
+        assert store.insert_readings(batch) == 4
+        assert store.insert_readings(batch) == 0
+        assert store.count_readings() == 4
+
+
+def test_committed_readings_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with Store.open(path) as store:
+        store.insert_readings(readings("m1", "active_power_kw", 3))
+    with Store.open(path) as store:
+        assert store.count_readings() == 3
+        assert store.execute("PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_paging_past_batch_size_keeps_order(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        store.insert_readings(readings("m1", "active_power_kw", 25))
+        got = [r.value for r in store.query_readings(device="m1", batch=7)]
+        assert got == [float(i + 1) for i in range(25)]
+
+
+def test_cursor_and_backlog(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        store.insert_readings(readings("m1", "active_power_kw", 10))
+        assert store.backlog("influx", READINGS).count == 10
+        first = store.readings_after(0, 4)
+        store.set_cursor("influx", READINGS, first[-1].id)
+        backlog = store.backlog("influx", READINGS)
+        assert backlog.count == 6
+        assert backlog.oldest_ms == to_ms(T0 + timedelta(seconds=40))
+        assert store.cursor("other", READINGS) == 0
+
+
+def test_migrates_an_old_store_and_refuses_a_newer_one(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO series (device, quantity) VALUES ('m1', 'active_power_kw')")
+    conn.execute("INSERT INTO readings (series, time, value) VALUES (1, 1000, 5.0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with Store.open(path) as store:
+        assert store.execute("PRAGMA user_version")[0][0] == SCHEMA_VERSION
+        assert [r.value for r in store.query_readings()] == [5.0]  # nothing lost on the way
+
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this energyd"):
+        Store.open(path)
+
+
+def test_quota_sheds_gauges_oldest_first_and_never_counters(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        for i in range(4):
+            start = T0 + timedelta(days=i)
+            store.insert_readings(readings("m1", "active_power_kw", 5000, start=start))
+            store.insert_readings(readings("m1", "voltage_l1_v", 5000, start=start))
+            store.insert_readings(readings("m1", "active_energy_import_kwh", 5000, start=start))
+        counters_before = len(list(store.query_readings(quantity="active_energy_import_kwh")))
+        store.quota = store.size_bytes() * 3 // 4
+        shed = store.enforce_quota(batch=2000)
+        assert shed > 0
+        assert store.size_bytes() <= store.quota
+        counters = list(store.query_readings(quantity="active_energy_import_kwh"))
+        assert len(counters) == counters_before == 20000
+        power = list(store.query_readings(quantity="active_power_kw"))
+        assert 0 < len(power) < 20000
+        # the oldest went first: what is left is the newest
+        assert max(r.time_ms for r in power) == to_ms(T0 + timedelta(days=3, seconds=49990))
+
+        # with only counters left the store stays over quota rather than lose energy data
+        store.quota = 1
+        store.enforce_quota()
+        assert len(list(store.query_readings(quantity="active_energy_import_kwh"))) == 20000
+        assert not list(store.query_readings(quantity="active_power_kw"))
+
+
+def test_retention_keeps_what_a_sink_has_not_forwarded(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        store.insert_readings(readings("m1", "active_power_kw", 10, step_s=86400))
+        sent = store.readings_after(0, 3)
+        store.set_cursor("influx", READINGS, sent[-1].id)
+        now = to_ms(T0 + timedelta(days=10))
+        gone = store.apply_retention(now, retention_ms=5 * 86400_000, sinks=["influx"])
+        assert gone == 3  # days 0-4 are old, but only 0-2 were forwarded
+        assert store.count_readings() == 7
+        gone = store.apply_retention(now, retention_ms=5 * 86400_000, sinks=[])
+        assert gone == 2
+
+
+def test_closed_store_says_so(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "e.db")
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        store.insert_readings(readings("m1", "active_power_kw", 1))
+
+
+def test_rolled_back_transaction_leaves_no_series_behind(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        with pytest.raises(RuntimeError), store.transaction() as conn:
+            store.insert_rows(conn, [(1000, "ghost", "active_power_kw", 1.0, 0)])
+            raise RuntimeError("abort")
+        assert store.series() == []
+        store.insert_readings(readings("ghost", "active_power_kw", 1))
+        assert store.series() == [("ghost", "active_power_kw")]
