@@ -111,7 +111,11 @@ def status(config_path: str, as_json: bool) -> None:
     config = _load(config_path)
     from energyd.daemon.status import collect_status, status_tables
 
-    payload = collect_status(config)
+    try:
+        payload = collect_status(config)
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
     if as_json:
         _print_json(payload)
     else:
@@ -119,7 +123,124 @@ def status(config_path: str, as_json: bool) -> None:
             console.print(table)
 
 
+@cli.command()
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1),
+              help="at most this many episodes (active ones always shown)")
+def alerts(config_path: str, as_json: bool, limit: int) -> None:
+    """Alert episodes, active and resolved: rule, device, start, end, the figures."""
+    config = _load(config_path)
+    from energyd.alerts.report import collect_episodes, episodes_table
+    from energyd.store import Store
+
+    with Store.open(config.storage.path) as store:
+        rows = collect_episodes(store, limit=limit)
+    if as_json:
+        _print_json(rows)
+    elif rows:
+        console.print(episodes_table(rows))
+    else:
+        console.print("no alert episodes")
+
+
 # --- readings in and out ----------------------------------------------------------------
+
+
+# --- Modbus commissioning ------------------------------------------------------------
+
+
+@cli.command("read")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.argument("device")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def read_cmd(config_path: str, device: str, as_json: bool) -> None:
+    """Poll one Modbus DEVICE once and print its decoded values (nothing is stored)."""
+    config = _load(config_path)
+    try:
+        dev = config.device(device)
+    except KeyError:
+        click.echo(f"{config_path}: no device named {device!r}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if dev.driver != "modbus":
+        click.echo(f"{device}: `energyd read` polls Modbus devices; this one is "
+                          f"{dev.driver}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    from energyd.drivers.scan import read_device
+    from energyd.model import QUANTITIES
+
+    profile, result = asyncio.run(read_device(dev))
+    values = {r.quantity: r.value for r in result.readings}
+    if as_json:
+        _print_json({
+            "device": device, "profile": profile.name,
+            "time": result.readings[0].time.isoformat() if result.readings else None,
+            "values": {q: {"value": v, "unit": QUANTITIES[q].unit} for q, v in values.items()},
+            "errors": [{"block": f.block, "error": str(f.error)} for f in result.failures],
+        })
+    else:
+        table = Table(title=f"{device} ({profile.name}, unit {dev.modbus.unit})")
+        for col in ("quantity", "value", "unit"):
+            table.add_column(col, justify="right" if col == "value" else "left")
+        for q, v in values.items():
+            table.add_row(q, f"{v:.6g}", QUANTITIES[q].unit)
+        console.print(table)
+        for f in result.failures:
+            click.echo(f"{device}: {f}", err=True)
+    sys.exit(0 if values else 1)
+
+
+@cli.command()
+@click.option("--host", default=None, help="TCP meter or gateway (loopback only)")
+@click.option("--port", default=502, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--rtu-over-tcp", is_flag=True, help="the gateway tunnels RTU frames")
+@click.option("--serial-port", default=None, help="scan an RS485 bus on this serial device")
+@click.option("--baudrate", default=9600, show_default=True, type=int)
+@click.option("--parity", default="N", show_default=True, type=click.Choice(["N", "E", "O"]))
+@click.option("--units", default="1-247", show_default=True, help="unit ids to probe")
+@click.option("--timeout", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
+              help="seconds to wait for each unit")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | None,
+         baudrate: int, parity: str, units: str, timeout: float, as_json: bool) -> None:
+    """Find responding unit ids and name the profile (and byte order) that fits each."""
+    from energyd.drivers.modbus import LinkSettings, ModbusLink
+    from energyd.drivers.scan import parse_units
+    from energyd.drivers.scan import scan as run_scan
+
+    if (host is None) == (serial_port is None):
+        raise click.UsageError("give either --host (TCP) or --serial-port (RTU)")
+    try:
+        unit_ids = parse_units(units)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--units") from None
+    if serial_port is not None:
+        settings = LinkSettings(transport="rtu", serial_port=serial_port, baudrate=baudrate,
+                                parity=parity)
+    else:
+        settings = LinkSettings(transport="rtu_over_tcp" if rtu_over_tcp else "tcp",
+                                host=host, port=port)
+
+    async def go() -> list[Any]:
+        async with ModbusLink(settings) as link:
+            return await run_scan(link, unit_ids, timeout=timeout)
+
+    try:
+        hits = asyncio.run(go())
+    except EnergydError as exc:
+        click.echo(f"energyd scan: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        _print_json([h.as_dict() for h in hits])
+        return
+    table = Table(title=f"{settings.describe()}: {len(hits)} responding")
+    for col in ("unit", "profile", "order", "voltage_l1_v", "frequency_hz"):
+        table.add_column(col)
+    for h in hits:
+        table.add_row(str(h.unit), h.profile or "(responds, not recognised)", h.order or "",
+                      "" if h.voltage_v is None else f"{h.voltage_v:g}",
+                      "" if h.frequency_hz is None else f"{h.frequency_hz:g}")
+    console.print(table)
 
 
 @cli.group()
@@ -166,7 +287,12 @@ def readings_export(config_path: str, start: str, end: str, device: str | None,
     from energyd.store import Store
     from energyd.store.csvio import export_readings
 
-    with Store.open(config.storage.path) as store:
+    try:
+        store = Store.open(config.storage.path, must_exist=True)
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+    with store:
         if output:
             with open(output, "w", newline="", encoding="utf-8") as f:
                 n = export_readings(store, f, t0, t1, device)
@@ -178,6 +304,88 @@ def readings_export(config_path: str, start: str, end: str, device: str | None,
 @cli.group()
 def simulate() -> None:
     """Run a simulator alone (a Modbus meter, an MQTT compressor station)."""
+
+
+@simulate.command("meter")
+@click.option("--profile", default="eastron_sdm630", show_default=True,
+              help="built-in profile name or profile file")
+@click.option("--port", default=5020, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port on 127.0.0.1 (0: any free port)")
+@click.option("--units", default="1", show_default=True, help="unit ids, e.g. 1,2,3 or 1-10")
+@click.option("--framer", default="socket", show_default=True,
+              type=click.Choice(["socket", "rtu"]), help="Modbus TCP, or RTU frames over TCP")
+@click.option("--serial-port", default=None, help="serve RTU on this serial device instead")
+@click.option("--baudrate", default=9600, show_default=True, type=int)
+@click.option("--fault", "faults", multiple=True,
+              help="UNIT:KIND[=VALUE]; kinds: no_reply, exception=ADDR[/CODE], slow=SECONDS, "
+                   "swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER] (repeatable)")
+@click.option("--base-kw", default=50.0, show_default=True, type=float,
+              help="full-production load per unit in kW (negative: generation)")
+@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="simulated seconds per wall second")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="stop after this many wall seconds (default: run until Ctrl-C)")
+def simulate_meter(profile: str, port: int, units: str, framer: str, serial_port: str | None,
+                   baudrate: int, faults: tuple[str, ...], base_kw: float, speed: float,
+                   duration: float | None) -> None:
+    """Serve simulated meters over Modbus on 127.0.0.1 (several units, like a gateway)."""
+    from energyd.drivers.scan import parse_units
+    from energyd.simulators.meter import run_cli
+
+    try:
+        unit_ids = parse_units(units)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--units") from None
+    if serial_port is not None:
+        framer = "rtu"
+    try:
+        asyncio.run(run_cli(profile=profile, port=port, units=unit_ids, framer=framer,
+                            serial_port=serial_port, baudrate=baudrate, faults=list(faults),
+                            base_kw=base_kw, speed=speed, duration=duration,
+                            announce=lambda text: click.echo(text, err=True)))
+    except (ValueError, ConfigError) as exc:
+        click.echo(f"energyd simulate meter: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:
+        click.echo(f"energyd simulate meter: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+@simulate.command("compressor")
+@click.option("--broker", default="127.0.0.1:1883", show_default=True,
+              help="MQTT broker HOST:PORT (loopback only)")
+@click.option("--station", default="air1", show_default=True, help="station name")
+@click.option("--compressors", default=4, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="messages per (simulated) second per compressor")
+@click.option("--leak", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="extra demand in m3/min, off-shift too (an air leak)")
+@click.option("--malformed", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="share of extra malformed messages")
+@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="simulated seconds per wall second")
+@click.option("--topic-prefix", default="plant/air", show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="stop after this many wall seconds (default: run until Ctrl-C)")
+def simulate_compressor(broker: str, station: str, compressors: int, rate: float, leak: float,
+                        malformed: float, speed: float, topic_prefix: str,
+                        duration: float | None) -> None:
+    """Publish a compressor station's telemetry over MQTT (QoS 1, JSON)."""
+    from energyd.simulators.compressor import run_cli
+
+    host, _, port = broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{broker!r} is not HOST:PORT", param_hint="--broker")
+    try:
+        asyncio.run(run_cli(host.strip("[]"), int(port), station=station,
+                            compressors=compressors, rate=rate, leak=leak, malformed=malformed,
+                            speed=speed, topic_prefix=topic_prefix, duration=duration))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from None
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.group()

@@ -38,7 +38,8 @@ class Quantity:
     description: str
 
 
-def _q(name: str, unit: str, kind: Kind, description: str, sheddable: bool | None = None) -> Quantity:
+def _q(name: str, unit: str, kind: Kind, description: str,
+       sheddable: bool | None = None) -> Quantity:
     if sheddable is None:
         sheddable = kind is Kind.GAUGE
     return Quantity(name, unit, kind, sheddable, description)

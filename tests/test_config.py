@@ -162,15 +162,16 @@ def test_relative_secret_file_is_relative_to_the_config(tmp_path: Path) -> None:
     assert load_config(cfg).influxdb[0].token.get_secret_value() == "abc"
 
 
+VALUE_DEVICE = "  - {{name: {name}, driver: mqtt, mqtt: {{topic: {topic}, format: value, " \
+               "quantity: frequency_hz}}}}\n"
+
+
 def test_cross_checks_name_the_problem() -> None:
     with pytest.raises(ConfigError, match="device names must be unique: a"):
-        parse_config("devices:\n"
-                     "  - {name: a, driver: mqtt, mqtt: {topic: x, format: value, quantity: frequency_hz}}\n"
-                     "  - {name: a, driver: mqtt, mqtt: {topic: y, format: value, quantity: frequency_hz}}\n"
-                     "mqtt: {host: 127.0.0.1}\n")
+        parse_config("devices:\n" + VALUE_DEVICE.format(name="a", topic="x")
+                     + VALUE_DEVICE.format(name="a", topic="y") + "mqtt: {host: 127.0.0.1}\n")
     with pytest.raises(ConfigError, match="mqtt devices need a top-level `mqtt:`"):
-        parse_config("devices:\n"
-                     "  - {name: a, driver: mqtt, mqtt: {topic: x, format: value, quantity: frequency_hz}}\n")
+        parse_config("devices:\n" + VALUE_DEVICE.format(name="a", topic="x"))
     with pytest.raises(ConfigError, match="unknown quantity 'active_power_w'"):
         parse_config("devices:\n  - name: a\n    driver: modbus\n"
                      "    modbus: {host: 127.0.0.1}\n"

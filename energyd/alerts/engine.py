@@ -18,12 +18,13 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from energyd.alerts import rules as R
-from energyd.alerts.episodes import HOURLY, Event, EpisodeTracker, Observation
+from energyd.alerts.episodes import HOURLY, EpisodeTracker, Event, Observation
 from energyd.config.schema import AlertRule, Config
-from energyd.model import Reading
+from energyd.model import Reading, from_ms
 from energyd.store.sqlite import READINGS, Store
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class AlertEngine:
         self._baselines: dict[tuple[str, str, int], float | None] = {}
         self._last_seen: dict[str, int] = {}
         self._started_ms = now_ms()
-        self._live_rules = [r for r in config.alerts.rules
+        self.live_rules = [r for r in config.alerts.rules
                             if (r.type == "spike" and r.window > 0) or r.type == "threshold"
                             or r.type == "stale"]
         self._load_last_seen()
@@ -190,8 +191,8 @@ class AlertEngine:
                     continue
                 v = R.reconciliation(item["meter_kwh"], item["statement_kwh"], tolerance=tol,
                                      hysteresis=rule.hysteresis)
-                v.figures.update(period_start=item["period_start"],
-                                 period_end=item["period_end"])
+                v.figures.update(period_start=from_ms(item["period_start"]).isoformat(),
+                                 period_end=from_ms(item["period_end"]).isoformat())
                 observations.append(Observation(rule.name, rule.type, account, now, v,
                                                 "periodic"))
         with self._lock:
@@ -206,7 +207,7 @@ class AlertEngine:
                 t = r.time_ms
                 if t > self._last_seen.get(r.device, -1):
                     self._last_seen[r.device] = t
-                for rule in self._live_rules:
+                for rule in self.live_rules:
                     if r.device not in self._devices[rule.name]:
                         continue
                     obs = self._live(rule, r, t)
@@ -304,8 +305,46 @@ class AlertEngine:
         return max(0.2, min(60.0, min(limits) / 4)) if limits else 60.0
 
 
+def statement_findings(config: Config, store: Store) -> Callable[[int, int], list[Any]]:
+    """A reconciliation source over the store: every statement whose period overlaps the
+    hours just rolled up, compared with the metered rollups by accounting's
+    `reconciliation_findings` (asked with no tolerance, so agreeing statements come back
+    too and can end an episode; statements not fully metered do not come back at all)."""
+    from energyd.accounting.rollup import RollupRow, Statement, reconciliation_findings
+
+    names = {d.name for d in config.devices}
+
+    def devices_of(account: str) -> tuple[str, ...]:
+        if account in config.accounting.accounts:
+            return tuple(config.accounting.accounts[account])
+        return (account,) if account in names else ()
+
+    def source(start_ms: int, end_ms: int) -> list[Any]:
+        statements = []
+        for sid, account, p0, p1, kwh, supplier, document in store.execute(
+                "SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
+                "FROM invoices WHERE period_start < ? AND period_end > ?", (end_ms, start_ms)):
+            devs = devices_of(account)
+            if devs:
+                statements.append(Statement(sid, account, p0, p1, kwh, devs, supplier,
+                                            document))
+        if not statements:
+            return []
+        lo = min(st.start_ms for st in statements) - R.HOUR_MS
+        hi = max(st.end_ms for st in statements)
+        devs = sorted({d for st in statements for d in st.devices})
+        marks = ",".join("?" * len(devs))
+        rows = [RollupRow(d, h, mwh, src, cov, None, None, None, None, {})
+                for d, h, mwh, src, cov in store.execute(
+                    f"SELECT device, hour, mwh, source, coverage FROM rollups "
+                    f"WHERE device IN ({marks}) AND hour >= ? AND hour < ?", (*devs, lo, hi))]
+        return reconciliation_findings(statements, rows, tolerance=-1.0)
+
+    return source
+
+
 def finding_fields(f: Any) -> dict[str, Any]:
-    """Accounting's reconciliation finding, object or mapping, as the plain fields used here."""
+    """A reconciliation finding, object or mapping, as the plain fields used here."""
 
     def get(*names: str, default: Any = None) -> Any:
         for n in names:
@@ -322,16 +361,16 @@ def finding_fields(f: Any) -> dict[str, Any]:
         "devices": list(devices),
         "period_start": _ms(get("period_start", "start_ms", "start")),
         "period_end": _ms(get("period_end", "end_ms", "end")),
-        "meter_kwh": float(get("meter_kwh", "metered_kwh")),
+        "meter_kwh": float(get("metered_kwh", "meter_kwh")),
         "statement_kwh": float(get("statement_kwh", "invoice_kwh")),
     }
 
 
-def _ms(value: Any) -> int | None:
-    if value is None:
-        return None
+def _ms(value: Any) -> int:
     if isinstance(value, int | float):
         return int(value)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if hasattr(value, "timestamp"):
         return int(value.timestamp() * 1000)
-    return None
+    raise ValueError(f"not a time: {value!r}")

@@ -470,7 +470,8 @@ class AlertChannel(Strict):
 
     type: Literal["mqtt", "webhook", "log"]
     name: str | None = None  # in logs and metrics; default: the type
-    topic: str = "energyd/alerts"  # mqtt: events to TOPIC/events, state to TOPIC/state/<rule>/<device>
+    # mqtt: events to TOPIC/events, the retained state to TOPIC/state/<rule>/<device>
+    topic: str = "energyd/alerts"
     broker: Mqtt | None = None  # mqtt: default the top-level `mqtt:` broker, else 127.0.0.1:1883
     qos: Literal[0, 1, 2] = 1
     url: str | None = None  # webhook

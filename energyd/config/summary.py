@@ -29,8 +29,9 @@ def summary_tables(config: Config) -> list[Table]:
     site.add_row("name", config.site.name)
     site.add_row("timezone", config.site.timezone)
     site.add_row("grid region", config.site.grid_region)
-    site.add_row("store", f"{config.storage.path} (retention {_fmt_seconds(config.storage.retention)}"
-                 + (f", quota {config.storage.quota} bytes)" if config.storage.quota else ")"))
+    retention = _fmt_seconds(config.storage.retention)
+    quota = f", quota {config.storage.quota} bytes" if config.storage.quota else ""
+    site.add_row("store", f"{config.storage.path} (retention {retention}{quota})")
     if config.http.enabled:
         site.add_row("health", f"http://{config.http.host}:{config.http.port}/health")
     if config.mqtt is not None:

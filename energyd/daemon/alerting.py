@@ -1,9 +1,144 @@
-"""Alert evaluation and dispatch."""
+"""Alert evaluation and dispatch inside the daemon.
+
+Three ways in, none of which waits on a channel:
+- a rollup listener, awaited with (start_ms, end_ms) after every rollup run (the start-up
+  recomputation included, which is how a spike that happened while the daemon was down is
+  still reported, and one already reported is not reported again);
+- a reading listener, called with each committed batch from the store writer's thread: it
+  only queues the batch and wakes the component, which evaluates the live rules in a worker
+  thread;
+- periodic jobs on the scheduler for stale devices and sink backlogs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import queue
+import ssl
+from typing import Any
+
+from energyd.alerts.dispatch import Channel, Dispatcher, LogChannel, MqttChannel, WebhookChannel
+from energyd.alerts.engine import AlertEngine, statement_findings
+from energyd.alerts.episodes import Event
+from energyd.config.schema import AlertChannel, Config, Mqtt
 from energyd.daemon.context import Component, Context
+from energyd.model import Reading, to_ms
+
+log = logging.getLogger(__name__)
+
+
+def _tls_context(broker: Mqtt) -> ssl.SSLContext | None:
+    if broker.tls is None:
+        return None
+    tls = broker.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if tls.insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+def make_channel(spec: AlertChannel, config: Config, on_error: Any = None) -> Channel:
+    if spec.type == "log":
+        return LogChannel()
+    if spec.type == "webhook":
+        assert spec.url is not None
+        secret = spec.secret.get_secret_value() if spec.secret is not None else None
+        return WebhookChannel(name=spec.label, url=spec.url, secret=secret,
+                              timeout=spec.timeout, retries=spec.retries, backoff=spec.backoff,
+                              backoff_max=spec.backoff_max, on_error=on_error)
+    broker = spec.broker or config.mqtt or Mqtt()
+    password = broker.password.get_secret_value() if broker.password is not None else None
+    return MqttChannel(name=spec.label, host=broker.host, port=broker.port, topic=spec.topic,
+                       client_id=f"{broker.client_id}-alerts", qos=spec.qos,
+                       username=broker.username, password=password,
+                       keepalive=broker.keepalive, tls_context=_tls_context(broker),
+                       on_error=on_error)
+
+
+class AlertComponent:
+    name = "alerts"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        config = ctx.config
+        self.engine = AlertEngine(config, ctx.store, now_ms=lambda: to_ms(ctx.clock.now()),
+                                  reconciliation=statement_findings(config, ctx.store))
+
+        def failed(channel: str) -> None:
+            ctx.metrics.alert_dispatch_failures.labels(channel).inc()
+
+        self.dispatcher = Dispatcher([make_channel(c, config, failed)
+                                      for c in config.alerts.channels], config.site.name)
+        self._inbox: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        ctx.rollup_listeners.append(self.on_rollup)
+        if self.engine.live_rules:
+            ctx.reading_listeners.append(self.on_readings)
+        ctx.health["alerts"] = self._health
+
+    # --- ways in ---------------------------------------------------------------------
+
+    def on_readings(self, batch: list[Reading]) -> None:
+        """From the writer's thread: queue and wake, nothing more."""
+        self._inbox.put(batch)
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    async def on_rollup(self, start_ms: int, end_ms: int) -> None:
+        events = await asyncio.to_thread(self.engine.evaluate_hours, start_ms, end_ms)
+        self._dispatch(events)
+
+    async def _stale(self) -> None:
+        self._dispatch(await asyncio.to_thread(self.engine.check_stale))
+
+    async def _backlog(self) -> None:
+        self._dispatch(await asyncio.to_thread(self.engine.check_backlog))
+
+    # --- running -----------------------------------------------------------------------
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.kind == "start":
+                self.ctx.metrics.alerts.labels(ev.episode.rule).inc()
+            self.dispatcher.send(ev.payload(self.ctx.config.site.name))
+        if events:
+            self.ctx.metrics.alerts_active.set(len(self.engine.tracker.active))
+
+    def _health(self) -> dict[str, Any]:
+        active = self.engine.tracker.active
+        return {"active": len(active),
+                "episodes": [f"{e.rule}/{e.device}" for e in active[:20]]}
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.dispatcher.start()
+        try:
+            self._dispatch(await asyncio.to_thread(self.engine.retire_removed_rules))
+            self.ctx.metrics.alerts_active.set(len(self.engine.tracker.active))
+            if self.engine.rules("stale"):
+                self.ctx.scheduler.every(self.engine.stale_period, self._stale,
+                                         name="alerts.stale")
+            if self.engine.rules("backlog") and self.ctx.config.influxdb:
+                self.ctx.scheduler.every(60, self._backlog, name="alerts.backlog")
+            while True:
+                if self._inbox.empty():
+                    await self._wake.wait()
+                self._wake.clear()
+                batch: list[Reading] = []
+                while not self._inbox.empty():
+                    batch.extend(self._inbox.get_nowait())
+                if batch:
+                    self._dispatch(await asyncio.to_thread(self.engine.on_readings, batch))
+        finally:
+            self._loop = None
+            await asyncio.to_thread(self.dispatcher.close)
 
 
 def build(ctx: Context) -> list[Component]:
-    return []
+    return [AlertComponent(ctx)]

@@ -24,7 +24,7 @@ from energyd import __version__
 from energyd.clock import Clock, RealClock
 from energyd.config.loader import load_config
 from energyd.config.schema import Config
-from energyd.daemon import alerting, forwarding, housekeeping, polling, rollups, subscriptions
+from energyd.daemon import air, alerting, forwarding, housekeeping, polling, rollups, subscriptions
 from energyd.daemon.context import Builder, Component, Context
 from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
@@ -43,6 +43,7 @@ BUILDERS: list[Builder] = [
     subscriptions.build,
     forwarding.build,
     rollups.build,
+    air.build,
     alerting.build,
 ]
 

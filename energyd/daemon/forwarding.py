@@ -1,9 +1,55 @@
-"""Forwarding: one forwarder per configured InfluxDB sink, following its cursor in the store."""
+"""Forwarding: one forwarder per configured InfluxDB sink, following its cursors in the store.
+
+Each forwarder runs its loop in a thread of its own (influxdb-client's synchronous API and
+SQLite both block), named `energyd[<sink>.forward]`. Committed readings wake it, so data
+reaches InfluxDB within a flush interval rather than a forwarding interval. Cancelling the
+component stops the loop after the write in flight (at most the sink's timeout); a chunk cut
+short is simply sent again next time, since the cursor moves only after the acknowledgement.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
+from energyd.config.schema import InfluxDB
 from energyd.daemon.context import Component, Context
+from energyd.model import to_ms
+
+
+class ForwardingComponent:
+    def __init__(self, ctx: Context, sink: InfluxDB):
+        self.ctx = ctx
+        self.sink = sink
+        self.name = f"{sink.name}.forward"
+
+    async def run(self) -> None:
+        from energyd.sinks import for_sink
+
+        ctx = self.ctx
+        forwarder = for_sink(self.sink, ctx.config, ctx.store, metrics=ctx.metrics,
+                             now_ms=lambda: to_ms(ctx.clock.now()))
+
+        def wake(batch: object) -> None:
+            forwarder.wake()
+
+        thread = threading.Thread(target=forwarder.run, name=f"energyd[{self.name}]",
+                                  daemon=True)
+        ctx.reading_listeners.append(wake)
+        ctx.health[f"sink:{self.sink.name}"] = forwarder.health
+        thread.start()
+        try:
+            while thread.is_alive():
+                await asyncio.sleep(1.0)
+            raise RuntimeError(f"{self.name}: the forwarding thread ended")
+        finally:
+            forwarder.stop()
+            await asyncio.to_thread(thread.join, self.sink.timeout + 5)
+            forwarder.close()
+            if wake in ctx.reading_listeners:
+                ctx.reading_listeners.remove(wake)
+            ctx.health.pop(f"sink:{self.sink.name}", None)
 
 
 def build(ctx: Context) -> list[Component]:
-    return []
+    return [ForwardingComponent(ctx, sink) for sink in ctx.config.influxdb]

@@ -27,11 +27,20 @@ class Metrics:
                                      ["sink", "stream"], registry=r)
         self.sink_errors = Counter("energyd_sink_errors", "Failed writes", ["sink", "reason"],
                                    registry=r)
+        self.sink_points = Counter("energyd_sink_points", "Points acknowledged by the server",
+                                   ["sink", "stream"], registry=r)
+        self.sink_up = Gauge("energyd_sink_up", "1 while the sink's last write succeeded",
+                             ["sink"], registry=r)
         self.mqtt_messages = Counter("energyd_mqtt_messages", "MQTT messages received",
                                      ["topic"], registry=r)
         self.mqtt_rejected = Counter("energyd_mqtt_rejected", "MQTT messages refused",
                                      ["topic", "reason"], registry=r)
         self.alerts = Counter("energyd_alerts", "Alert episodes started", ["rule"], registry=r)
+        self.alerts_active = Gauge("energyd_alerts_active", "Alert episodes now active",
+                                   registry=r)
+        self.alert_dispatch_failures = Counter(
+            "energyd_alert_dispatch_failures", "Alert events a channel could not deliver",
+            ["channel"], registry=r)
         self.up = Gauge("energyd_up", "1 while the daemon runs", registry=r)
 
     def render(self) -> bytes:

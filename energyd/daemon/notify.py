@@ -6,6 +6,7 @@ systemd, or Type=simple) every call does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -31,11 +32,10 @@ class Notifier:
     def send(self, *fields: str) -> None:
         if self._address is None:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.sendto("\n".join(fields).encode(), self._address)
-            except OSError:
-                pass  # systemd gone away: nothing useful to do
+        # systemd gone away: nothing useful to do
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, \
+                contextlib.suppress(OSError):
+            sock.sendto("\n".join(fields).encode(), self._address)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")

@@ -1,9 +1,218 @@
-"""Modbus acquisition: one owner per physical link (serial port or gateway host:port)."""
+"""Modbus acquisition: one owner per physical link (serial port or gateway host:port).
+
+Every enabled Modbus device is grouped by `ModbusOptions.link`; each group gets a
+`LinkOwner` holding the link's one connection. Each device is scheduled at its own interval
+on ctx.scheduler; a due device is queued and the owner's worker reads the queue one device
+at a time, so the units of a bus never talk over each other while different links poll
+concurrently.
+
+A failure stays with its unit:
+- an exception reply isolates the refused registers (drivers/planner.py); the device's other
+  blocks are read on, in the same poll;
+- a timeout ends that unit's poll (costing the bus one timeout) and backs the unit off: its
+  next polls are skipped for a delay that doubles from one interval up to
+  `ModbusOptions.backoff_max`, so a dead unit does not spend the other units' bus time;
+- the failure is logged once on the way in and once on recovery, never per poll.
+A device already queued when it falls due again is not queued twice (the missed slot is
+counted); the schedule itself never stops.
+
+Lateness (start of a device's first read minus the slot it was scheduled for) is kept per
+owner for /health and the benchmark.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from energyd.config.schema import Device
 from energyd.daemon.context import Component, Context
+from energyd.drivers.modbus import DevicePoller, LinkSettings, ModbusLink, PollResult
+from energyd.model import to_ms
+
+log = logging.getLogger(__name__)
+
+LATENESS_SAMPLES = 200_000
+
+
+@dataclass
+class DeviceState:
+    device: Device
+    poller: DevicePoller
+    interval_wall: float
+    start_wall: float = 0.0  # time.time() of the first slot
+    queued: bool = False
+    slot: float = 0.0  # wall time of the slot the queued poll belongs to
+    not_before: float = 0.0  # monotonic; backing off until then
+    backoff: float = 0.0  # current backoff in wall seconds
+    failing: str | None = None  # reason while in failure
+    refused: set[str] = field(default_factory=set)  # blocks already reported refused
+    polls: int = 0
+    errors: int = 0
+    skipped: int = 0  # slots skipped while backing off
+    missed: int = 0  # slots that came while the previous poll still waited
+    last_ok_ms: int | None = None
+    last_error: str | None = None
+
+
+class LinkOwner:
+    """Owns one bus: one connection, one queue, every unit on it."""
+
+    def __init__(self, ctx: Context, link: str, devices: list[Device]):
+        self.ctx = ctx
+        self.link_id = link
+        self.name = f"energyd[{link}].poll"
+        self.devices = devices
+        self.settings = LinkSettings.from_options(devices[0].modbus)
+        self.states = [
+            DeviceState(d, DevicePoller.from_device(d, ctx.clock),
+                        max(ctx.clock.real_seconds(d.interval), 0.001))
+            for d in devices
+        ]
+        self.lateness: deque[float] = deque(maxlen=LATENESS_SAMPLES)
+        self.polls = 0
+        self._queue: asyncio.Queue[DeviceState] = asyncio.Queue()
+        self._link: ModbusLink | None = None
+        self._silent_in_row = 0
+
+    async def run(self) -> None:
+        async with ModbusLink(self.settings) as link:
+            self._link = link
+            worker = asyncio.create_task(self._worker(), name=f"{self.name}.worker")
+            for st in self.states:
+                # spread the units of a bus over the interval (stable per device name)
+                frac = (zlib.crc32(st.device.name.encode()) % 1000) / 1000.0
+                first = min(st.interval_wall, 1.0) * frac
+                st.start_wall = time.time() + first
+                self.ctx.scheduler.every(st.device.interval, self._due_job(st),
+                                         name=f"poll:{st.device.name}", first_delay=first)
+            self.ctx.health[self.name] = self.health
+            try:
+                await asyncio.Event().wait()
+            finally:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+                self.ctx.health.pop(self.name, None)
+
+    def _due_job(self, st: DeviceState) -> Any:
+        async def due() -> None:
+            self.due(st)
+
+        return due
+
+    def due(self, st: DeviceState) -> None:
+        now = time.time()
+        k = math.floor((now - st.start_wall) / st.interval_wall + 0.01)
+        slot = st.start_wall + max(k, 0) * st.interval_wall
+        if st.queued:
+            st.missed += 1
+            return
+        if time.monotonic() < st.not_before:
+            st.skipped += 1
+            return
+        st.queued = True
+        st.slot = slot
+        self._queue.put_nowait(st)
+
+    async def _worker(self) -> None:
+        while True:
+            st = await self._queue.get()
+            try:
+                await self.poll(st)
+            except Exception:  # a bug in one poll must not end the bus
+                log.exception("%s: poll of %s failed", self.name, st.device.name)
+            finally:
+                st.queued = False
+
+    async def poll(self, st: DeviceState) -> PollResult:
+        assert self._link is not None
+        link = self._link
+        self.lateness.append(max(0.0, time.time() - st.slot))
+        device = st.device
+        opts = device.modbus
+        assert opts is not None
+        try:
+            result = await st.poller.poll(link)  # failures come back per block, not raised
+        finally:
+            if opts.close_after_poll:
+                link.close()
+        self.polls += 1
+        st.polls += 1
+        when_ms = to_ms(self.ctx.clock.now())
+        if result.readings:
+            self.ctx.writer.submit(result.readings)
+        self.ctx.writer.record_poll(device.name, when_ms, result.error)
+        self.ctx.metrics.polls.labels(device.name).inc()
+        if result.failures:
+            st.errors += 1
+            st.last_error = result.error
+            self.ctx.metrics.poll_errors.labels(device.name, result.reason).inc()
+        if result.readings:
+            st.last_ok_ms = when_ms
+        self._account(st, result)
+        return result
+
+    def _account(self, st: DeviceState, result: PollResult) -> None:
+        name = st.device.name
+        opts = st.device.modbus
+        assert opts is not None
+        reason = result.reason
+        if reason in ("timeout", "connection"):
+            st.backoff = min(max(st.backoff * 2, st.interval_wall),
+                             self.ctx.clock.real_seconds(opts.backoff_max))
+            st.not_before = time.monotonic() + st.backoff
+            if st.failing is None:
+                log.warning("%s (unit %d on %s): %s; backing off", name, opts.unit,
+                            self.link_id, result.error)
+            st.failing = reason
+            self._silent_in_row += 1
+            # every unit silent: the gateway or the connection is gone; start afresh
+            if self._silent_in_row >= len(self.states) + 2 and self._link is not None:
+                self._link.close()
+                self._silent_in_row = 0
+            return
+        self._silent_in_row = 0
+        st.backoff = 0.0
+        st.not_before = 0.0
+        if st.failing is not None:
+            log.info("%s (unit %d on %s): answering again", name, opts.unit, self.link_id)
+            st.failing = None
+        new = {f.block for f in result.failures} - st.refused
+        if new:
+            log.warning("%s: %s", name, "; ".join(str(f) for f in result.failures
+                                                  if f.block in new))
+            st.refused |= new
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "link": self.link_id,
+            "polls": self.polls,
+            "devices": {
+                st.device.name: {
+                    "unit": st.device.modbus.unit if st.device.modbus else None,
+                    "polls": st.polls, "errors": st.errors, "skipped": st.skipped,
+                    "missed": st.missed, "failing": st.failing,
+                    "last_ok_ms": st.last_ok_ms, "last_error": st.last_error,
+                } for st in self.states
+            },
+        }
+
+
+def group_by_link(devices: list[Device]) -> dict[str, list[Device]]:
+    links: dict[str, list[Device]] = {}
+    for d in devices:
+        if d.enabled and d.driver == "modbus" and d.modbus is not None:
+            links.setdefault(d.modbus.link, []).append(d)
+    return links
 
 
 def build(ctx: Context) -> list[Component]:
-    return []
+    return [LinkOwner(ctx, link, devs) for link, devs in group_by_link(ctx.config.devices).items()]

@@ -23,7 +23,7 @@ def _iso(ms: int | None) -> str | None:
 def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
-    with Store.open(config.storage.path) as store:
+    with Store.open(config.storage.path, must_exist=True) as store:
         polls = store.device_status()
         devices = []
         for d in config.devices:

@@ -153,8 +153,11 @@ class MqttComponent:
             readings = []
             self.refused += 1
             self._refuse(topic, exc)
-        for p in problems:
-            self._refuse(topic, p)
+        seen: set[str] = set()
+        for p in problems:  # counted once per message and reason, however many fields
+            if p.reason not in seen:
+                seen.add(p.reason)
+                self._refuse(topic, p)
         self._take(msg.mid, msg.qos, generation, readings)
 
     def _take(self, mid: int, qos: int, generation: int, readings: list[Reading]) -> None:

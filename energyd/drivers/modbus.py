@@ -51,6 +51,11 @@ from energyd.model import Reading
 
 log = logging.getLogger(__name__)
 
+# pymodbus logs every unanswered request at ERROR with a frame dump; energyd reports a unit's
+# failure once on the way in and once on recovery instead (a level set by the user stays).
+if logging.getLogger("pymodbus.logging").level == logging.NOTSET:
+    logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
+
 EXCEPTION_NAMES = {
     1: "illegal function", 2: "illegal data address", 3: "illegal data value",
     4: "device failure", 5: "acknowledge", 6: "device busy", 8: "memory parity error",

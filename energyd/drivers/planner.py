@@ -14,6 +14,7 @@ from then on it is read alone, so it can never take its neighbours down with it 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from energyd.config.profiles import RegisterSpec
@@ -65,7 +66,7 @@ def key(spec: RegisterSpec) -> tuple[int, int]:
 
 
 def plan(specs: Iterable[RegisterSpec], *, max_registers: int = 125, max_gap: int = 10,
-         single: bool = False, isolated: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset()
+         single: bool = False, isolated: AbstractSet[tuple[int, int]] = frozenset()
          ) -> list[Block]:
     by_function: dict[int, list[RegisterSpec]] = {}
     for spec in specs:

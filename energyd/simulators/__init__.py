@@ -1,1 +1,5 @@
-"""Simulated plant equipment for tests, benchmarks and the demo (loopback only)."""
+"""Simulated devices driven by energyd's own profiles (see meter.py for the Python API)."""
+
+from energyd.simulators.meter import Faults, MeterSimulator, SimulatedMeter
+
+__all__ = ["Faults", "MeterSimulator", "SimulatedMeter"]

@@ -27,7 +27,8 @@ from typing import Protocol
 
 from energyd.errors import SinkError, SinkRejected, SinkRetryable
 
-MESSAGE_MAX = 500  # a server may echo a whole chunk back; keep what goes to logs and the store short
+# a server may echo a whole chunk back: keep what goes to logs and the store short
+MESSAGE_MAX = 500
 
 # Retrying these will not help until someone fixes the configuration, but neither does
 # dropping the data: the stream waits (and logs why) instead.

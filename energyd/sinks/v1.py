@@ -38,7 +38,7 @@ class V1Transport:
         self._where = f"{sink.name} ({parts.scheme}://{parts.netloc}, database {sink.database})"
         password = sink.password.get_secret_value() if sink.password else None
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if gzip_module and sink.gzip:
+        if sink.gzip:
             self._headers["Content-Encoding"] = "gzip"
         credentials = None
         if sink.username:

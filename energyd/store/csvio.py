@@ -54,8 +54,8 @@ def import_readings(
         raise ImportRejected([Problem(filename, 1, "", "the file is empty")], 1)
     if [h.strip().lower() for h in header] != HEADER:
         raise ImportRejected(
-            [Problem(filename, 1, "", f"header must be {','.join(HEADER)}, got {','.join(header)}")],
-            1)
+            [Problem(filename, 1, "",
+                     f"header must be {','.join(HEADER)}, got {','.join(header)}")], 1)
 
     # One transaction for the whole file. Rows are parsed and inserted chunk by chunk; on the
     # first bad row insertion stops, but parsing goes on so every bad row can be reported.
@@ -166,4 +166,4 @@ def _ordered(store: Store, start_ms: int, end_ms: int,
         sql += " AND s.device = ?"
         params.append(device)
     sql += " ORDER BY r.time, s.device, s.quantity"
-    yield from store.execute(sql, params)
+    yield from store.iterate(sql, params)

@@ -107,6 +107,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX air_hourly_seq ON air_hourly (seq);
     """,
+    # 3: accounting: certificate MWh allocated to purchased device-hours (market-based tCO2),
+    # kept per hour so a recompute knows what earlier hours already used
+    """
+    CREATE TABLE certificate_allocations (
+        certificate TEXT NOT NULL,
+        device TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        mwh REAL NOT NULL,
+        PRIMARY KEY (certificate, device, hour)
+    );
+    CREATE INDEX certificate_allocations_hour ON certificate_allocations (hour);
+    CREATE INDEX invoices_account ON invoices (account, period_start);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

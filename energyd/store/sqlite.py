@@ -11,6 +11,7 @@ Lifecycle: `Store.open(path)` or `with Store.open(path) as store:`; `close()` is
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import sqlite3
@@ -74,8 +75,13 @@ class Store:
     # --- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, quota: int | None = None) -> Store:
+    def open(cls, path: str | Path, *, quota: int | None = None,
+             must_exist: bool = False) -> Store:
+        """Open (and create or migrate) the store. `must_exist` is for commands that only
+        look: they should say there is no store rather than leave an empty one behind."""
         path = Path(path)
+        if must_exist and not path.exists():
+            raise StoreError(f"{path}: no store here yet (has energyd run with this config?)")
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -96,10 +102,9 @@ class Store:
             if self.state is State.CLOSED:
                 return
             self.state = State.CLOSED
-            try:
+            # another process may be reading; the next open checkpoints then
+            with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass  # another process may be reading; the next open checkpoints
             self._conn.close()
 
     def __enter__(self) -> Store:
@@ -132,6 +137,18 @@ class Store:
         with self._lock:
             self._check_open()
             return self._conn.execute(sql, params).fetchall()
+
+    def iterate(self, sql: str, params: Sequence[Any] = (), batch: int = 10000) -> Iterator[tuple]:
+        """Stream a large read (an export, an evidence file) on a connection of its own, so
+        memory stays flat and the writer is not held up meanwhile."""
+        self._check_open()
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        try:
+            cur = conn.execute(sql, params)
+            while rows := cur.fetchmany(batch):
+                yield from rows
+        finally:
+            conn.close()
 
     # --- series -------------------------------------------------------------------------
 

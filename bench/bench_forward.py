@@ -1,0 +1,182 @@
+"""Forwarding a backlog of 1,000,000 readings to InfluxDB 1.x, against the server's ceiling.
+
+    .venv/bin/python bench/bench_forward.py [--readings N] [--gzip]
+
+Starts its own influxd (tests/servers.py) on a loopback port, fills a store with N readings
+(50 devices x 10 quantities per poll, so N/10 points), then in the same run:
+  ceiling    the same points as pre-encoded line protocol, POSTed in chunks of 5000 points
+             to /write on one keep-alive connection: what the server takes at best
+  energyd    a fresh process runs the sink's Forwarder over the store until the backlog is
+             empty (reading the store, encoding, writing, committing each cursor)
+Each goes to a database of its own; both are checked to hold every point afterwards.
+Targets: energyd >= 50% of the ceiling's points/s, its peak RSS < 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+DEVICES = 50
+QUANTITIES = ["active_power_kw", "reactive_power_kvar", "power_factor", "frequency_hz",
+              "voltage_l1_v", "voltage_l2_v", "voltage_l3_v", "current_l1_a", "current_l2_a",
+              "active_energy_import_kwh"]
+T0 = 1_700_000_000_000
+CHUNK = 5000
+
+
+def fill(store_path: Path, n: int) -> int:
+    from energyd.store.sqlite import Store
+
+    polls = n // (DEVICES * len(QUANTITIES))
+    with Store.open(store_path) as store:
+        for start in range(0, polls, 200):
+            rows = [(T0 + p * 10_000 + d, f"meter{d:02d}", q, 230.0 + p * 0.001 + i + d / 7, 0)
+                    for p in range(start, min(polls, start + 200))
+                    for d in range(DEVICES) for i, q in enumerate(QUANTITIES)]
+            with store.transaction() as conn:
+                store.insert_rows(conn, rows)
+        return store.count_readings()
+
+
+def sink(url: str, database: str, use_gzip: bool):
+    from energyd.config.schema import InfluxDB
+
+    return InfluxDB(name="bench", api="v1", url=url, database=database, chunk_size=CHUNK,
+                    gzip=use_gzip)
+
+
+def encoder():
+    from energyd.sinks import Encoder
+
+    return Encoder("bench", {f"meter{d:02d}": "submeter" for d in range(DEVICES)})
+
+
+def ceiling_bodies(store_path: Path, use_gzip: bool) -> list[bytes]:
+    from energyd.sinks.lineprotocol import body
+    from energyd.store.sqlite import Store
+
+    enc = encoder()
+    bodies = []
+    with Store.open(store_path) as store:
+        after = 0
+        while True:
+            rows = store.execute(
+                "SELECT r.id, s.device, s.quantity, r.time, r.value FROM readings r JOIN series s "
+                "ON s.id = r.series WHERE r.id > ? ORDER BY r.id LIMIT ?",
+                (after, CHUNK * len(QUANTITIES)))
+            if not rows:
+                return bodies
+            after = rows[-1][0]
+            data = body(enc.readings(rows))
+            bodies.append(gzip.compress(data, compresslevel=1) if use_gzip else data)
+
+
+def post_all(server, database: str, bodies: list[bytes], use_gzip: bool) -> float:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    if use_gzip:
+        headers["Content-Encoding"] = "gzip"
+    started = time.perf_counter()
+    for data in bodies:
+        conn.request("POST", f"/write?db={database}&precision=ms", body=data, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 204:
+            raise RuntimeError(f"ceiling write failed: HTTP {resp.status}")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def child(store_path: str, url: str, database: str, use_gzip: bool) -> None:
+    """The energyd side, alone in its process so that its peak RSS is its own."""
+    from energyd.store.sqlite import Store
+
+    from energyd.sinks import Forwarder, make_transport
+
+    cfg = sink(url, database, use_gzip)
+    with Store.open(store_path) as store:
+        forwarder = Forwarder(cfg.name, store, make_transport(cfg), encoder=encoder(),
+                              chunk_size=cfg.chunk_size)
+        started = time.perf_counter()
+        readings = forwarder.drain(timeout=3600)
+        elapsed = time.perf_counter() - started
+        backlog = store.backlog("bench").count
+    print(json.dumps({"readings": readings, "seconds": elapsed, "backlog_after": backlog,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def points_in(server, database: str) -> int:
+    result = server.query("SELECT count(active_power_kw) FROM energy_reading", db=database)
+    series = result["results"][0].get("series") or [{"values": [[0, 0]]}]
+    return series[0]["values"][0][1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=1_000_000)
+    parser.add_argument("--gzip", action="store_true", help="gzip the bodies on both sides")
+    parser.add_argument("--child", nargs=3, metavar=("STORE", "URL", "DB"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, args.gzip)
+        return 0
+
+    from servers import InfluxDBServer
+
+    with tempfile.TemporaryDirectory(prefix="energyd-bench-") as tmp, \
+            InfluxDBServer(Path(tmp) / "influxdb") as server:
+        store_path = Path(tmp) / "energyd.db"
+        t = time.perf_counter()
+        n = fill(store_path, args.readings)
+        points = n // len(QUANTITIES)
+        print(f"store: {n:,} readings = {points:,} points "
+              f"({DEVICES} devices x {len(QUANTITIES)} quantities), "
+              f"filled in {time.perf_counter() - t:.1f} s; gzip {'on' if args.gzip else 'off'}")
+        for db in ("ceiling", "energyd"):
+            server.create_database(db)
+
+        bodies = ceiling_bodies(store_path, args.gzip)
+        ceiling_s = post_all(server, "ceiling", bodies, args.gzip)
+        del bodies
+        ceiling = points / ceiling_s
+        print(f"ceiling  (bare bulk POST, {CHUNK} points/request): {ceiling_s:6.2f} s "
+              f"{ceiling:10,.0f} points/s")
+
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(store_path), server.url, "energyd"]
+            + (["--gzip"] if args.gzip else []),
+            check=True, capture_output=True, text=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rate = points / result["seconds"]
+        print(f"energyd  (store -> Forwarder -> /write):       {result['seconds']:6.2f} s "
+              f"{rate:10,.0f} points/s ({result['readings'] / result['seconds']:,.0f} readings/s)")
+
+        got = {db: points_in(server, db) for db in ("ceiling", "energyd")}
+        share = rate / ceiling
+        rss = result["peak_rss_mb"]
+        print(f"points in InfluxDB: ceiling {got['ceiling']:,}, energyd {got['energyd']:,} "
+              f"(expected {points:,}); backlog left {result['backlog_after']}")
+        print(f"energyd / ceiling: {share:.0%} (target >= 50%)   "
+              f"peak RSS of the forwarding process: {rss:.0f} MB (target < 200 MB)")
+        ok = (share >= 0.5 and rss < 200 and got["energyd"] == points
+              and got["ceiling"] == points and result["backlog_after"] == 0)
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Supplier statements in CSV: `account,period_start,period_end,energy_kwh[,supplier,document]`.
+
+- `account` is a grid_import device's name, or an id that `accounting.accounts` maps to
+  devices.
+- `period_start` / `period_end`: a date (YYYY-MM-DD) is a whole day in the site's time zone
+  and `period_end` as a date is the statement's last day, included (as bills print it); a
+  time (ISO 8601) is an instant and `period_end` is then excluded. A time without an offset
+  is site time.
+- `energy_kwh`: the statement's energy for the period, >= 0.
+
+A file goes in whole or not at all. Refused, with the line: a bad field, an unknown account,
+an empty period, and a statement that duplicates or overlaps another one of the same
+account, whether in the file or already stored (statements are never silently replaced).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import TextIO
+from zoneinfo import ZoneInfo
+
+from energyd.errors import ImportRejected, Problem
+
+REQUIRED = ["account", "period_start", "period_end", "energy_kwh"]
+OPTIONAL = ["supplier", "document"]
+MAX_REPORTED = 50
+
+
+@dataclass(frozen=True, slots=True)
+class StatementRow:
+    line: int
+    account: str
+    start_ms: int
+    end_ms: int
+    kwh: float
+    supplier: str | None
+    document: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPeriod:
+    id: int
+    account: str
+    start_ms: int
+    end_ms: int
+    document: str | None
+
+
+def parse_statements(
+    stream: TextIO,
+    filename: str,
+    tz: ZoneInfo,
+    known_account: Callable[[str], bool],
+    stored: Sequence[StoredPeriod] = (),
+) -> list[StatementRow]:
+    """Parse and check a statements file; raise ImportRejected listing every bad line."""
+    problems: list[Problem] = []
+    bad = 0
+
+    def fail(line: int, message: str) -> None:
+        nonlocal bad
+        bad += 1
+        if len(problems) < MAX_REPORTED:
+            problems.append(Problem(filename, line, "", message))
+
+    reader = csv.reader(stream)
+    header = next(reader, None)
+    if header is None:
+        raise ImportRejected([Problem(filename, 1, "", "the file is empty")], 1)
+    names = [h.strip().lower() for h in header]
+    if names[:4] != REQUIRED or any(n not in OPTIONAL for n in names[4:]) \
+            or len(set(names)) != len(names):
+        raise ImportRejected([Problem(
+            filename, 1, "", f"header must be {','.join(REQUIRED)}[,supplier,document], "
+            f"got {','.join(header)}")], 1)
+    rows: list[StatementRow] = []
+    for fields in reader:
+        line = reader.line_num
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) != len(names):
+            fail(line, f"expected {len(names)} columns, got {len(fields)}")
+            continue
+        rec = dict(zip(names, (f.strip() for f in fields), strict=True))
+        account = rec["account"]
+        if not account:
+            fail(line, "account is empty")
+            continue
+        if not known_account(account):
+            fail(line, f"account {account!r} is neither a grid_import device nor an id under "
+                       "accounting.accounts")
+            continue
+        try:
+            start = _instant(rec["period_start"], tz, end=False)
+            end = _instant(rec["period_end"], tz, end=True)
+        except ValueError as exc:
+            fail(line, str(exc))
+            continue
+        if end <= start:
+            fail(line, f"period_end {rec['period_end']} is not after period_start "
+                       f"{rec['period_start']}")
+            continue
+        try:
+            kwh = float(rec["energy_kwh"])
+        except ValueError:
+            fail(line, f"energy_kwh {rec['energy_kwh']!r} is not a number")
+            continue
+        if not math.isfinite(kwh) or kwh < 0:
+            fail(line, f"energy_kwh {rec['energy_kwh']!r} must be a finite number >= 0")
+            continue
+        rows.append(StatementRow(line, account, start, end, kwh, rec.get("supplier") or None,
+                                 rec.get("document") or None))
+    # Overlaps: within the file, then against what is stored.
+    by_account: dict[str, list[StatementRow]] = {}
+    for r in rows:
+        by_account.setdefault(r.account, []).append(r)
+    for account, group in by_account.items():
+        group.sort(key=lambda r: r.start_ms)
+        for a, b in zip(group, group[1:], strict=False):
+            if b.start_ms < a.end_ms:
+                what = "duplicates" if (a.start_ms, a.end_ms) == (b.start_ms, b.end_ms) \
+                    else "overlaps"
+                fail(b.line, f"statement for {account} {what} the one on line {a.line} "
+                             f"({_span(a.start_ms, a.end_ms, tz)})")
+        for r in group:
+            for s in stored:
+                if s.account == account and r.start_ms < s.end_ms and s.start_ms < r.end_ms:
+                    what = "duplicates" if (r.start_ms, r.end_ms) == (s.start_ms, s.end_ms) \
+                        else "overlaps"
+                    doc = f", document {s.document}" if s.document else ""
+                    fail(r.line, f"statement for {account} {what} stored statement {s.id} "
+                                 f"({_span(s.start_ms, s.end_ms, tz)}{doc})")
+    if bad:
+        raise ImportRejected(sorted(problems, key=lambda p: p.line or 0), bad)
+    if not rows:
+        raise ImportRejected([Problem(filename, 2, "", "no statements in the file")], 1)
+    return rows
+
+
+def _instant(text: str, tz: ZoneInfo, *, end: bool) -> int:
+    key = "period_end" if end else "period_start"
+    if not text:
+        raise ValueError(f"{key} is empty")
+    if len(text) == 10:
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"{key} {text!r} is not a date (YYYY-MM-DD)") from None
+        if end:
+            day += timedelta(days=1)
+        return round(datetime.combine(day, time(0), tz).timestamp() * 1000)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{key} {text!r} is not an ISO 8601 date or time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz)
+    return round(when.timestamp() * 1000)
+
+
+def _span(start_ms: int, end_ms: int, tz: ZoneInfo) -> str:
+    a = datetime.fromtimestamp(start_ms / 1000, tz)
+    b = datetime.fromtimestamp(end_ms / 1000, tz)
+    return f"{a.isoformat()} to {b.isoformat()}"

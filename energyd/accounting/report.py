@@ -1,0 +1,190 @@
+"""The monthly report: MWh by source, coverage, tCO2 by location and market, with provenance.
+
+The month is the site's calendar month (its time zone, daylight saving included: a March in
+Europe/Berlin has 743 hours, an October 745); rows are stored per UTC hour and an hour
+belongs to the month its start falls in. The month is `final` only when it has ended, every
+accounted device has a row for every hour, no hour is estimated, and no factor used was
+provisional or missing; otherwise `provisional`, with the reasons listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from energyd.accounting.rollup import PURCHASED_ROLES, SOURCES, RollupRow, iso
+
+CSV_COLUMNS = ["device", "role", "scope", "mwh", "meter_mwh", "meter_interpolated_mwh",
+               "invoice_mwh", "estimated_mwh", "power_integrated_mwh", "hours", "missing_hours",
+               "coverage", "tco2_location", "tco2_market", "certificates_mwh", "status"]
+
+
+def _r(x: float, n: int = 6) -> float:
+    return round(x + 0.0, n)
+
+
+def build_report(
+    *,
+    site: dict[str, Any],
+    month: str,
+    timezone: str,
+    hours: Sequence[int],
+    devices: Sequence[tuple[str, str]],  # (name, role) of every accounted device
+    rows: Iterable[RollupRow],
+    findings: Sequence[dict[str, Any]],
+    certificates: Sequence[dict[str, Any]],
+    complete: bool,
+) -> dict[str, Any]:
+    expected = set(hours)
+    per: dict[str, dict[str, Any]] = {}
+    roles = dict(devices)
+    factors: dict[str, dict[str, Any]] = {}
+    reasons: list[str] = []
+    for name, role in devices:
+        per[name] = _empty(name, role)
+    for row in rows:
+        if row.hour not in expected:
+            continue
+        d = per.setdefault(row.device, _empty(row.device, row.detail.get("role", "?")))
+        d["_hours"].add(row.hour)
+        d["mwh"] += row.mwh
+        parts = row.detail.get("kwh", {})
+        whole = sum(parts.values())
+        share = row.mwh / whole if whole > 0 else 0.0  # counter units -> MWh (fuel too)
+        for src in SOURCES:
+            d["by_source"][src] += parts.get(src, 0.0) * share
+        d["hours_by_source"][row.source] += 1
+        if row.detail.get("power_integrated"):
+            d["power_integrated_mwh"] += row.mwh
+        d["_coverage"] += row.coverage
+        d["tco2_location"] += row.tco2_location or 0.0
+        d["tco2_market"] += row.tco2_market or 0.0
+        if row.detail.get("provisional"):
+            d["provisional_hours"] += 1
+        if row.tco2_location is None and row.detail.get("scope") == 2:
+            d["_no_factor"] += 1
+        for fdet in (row.detail.get("factor"),
+                     (row.detail.get("market") or {}).get("residual")):
+            if fdet:
+                f = factors.setdefault(fdet["id"], {**{k: fdet.get(k) for k in (
+                    "id", "value", "source", "region", "method")}, "hours": 0,
+                    "provisional_hours": 0})
+                f["hours"] += 1
+                f["provisional_hours"] += bool(fdet.get("provisional"))
+        for c in (row.detail.get("market") or {}).get("certificates", []):
+            d["certificates_mwh"] += c["mwh"]
+        if row.detail.get("fuel"):
+            d["fuel_amount"] += row.detail["fuel"]["amount"]
+            d["fuel_quantity"] = row.detail["fuel"]["quantity"]
+            d["fuel_parameters"] = {k: v for k, v in row.detail["fuel"].items() if k != "amount"}
+    out_devices = []
+    for name in sorted(per):
+        d = per[name]
+        got = d.pop("_hours")
+        missing = len(expected - got)
+        d["hours"] = len(got)
+        d["missing_hours"] = missing
+        d["coverage"] = _r(d.pop("_coverage") / len(expected)) if expected else 0.0
+        no_factor = d.pop("_no_factor")
+        for src in SOURCES:
+            d["by_source"][src] = _r(d["by_source"][src])
+        for k in ("mwh", "tco2_location", "tco2_market", "power_integrated_mwh",
+                  "certificates_mwh", "fuel_amount"):
+            d[k] = _r(d[k])
+        if d["fuel_quantity"] is None:
+            for k in ("fuel_quantity", "fuel_amount", "fuel_parameters"):
+                d.pop(k)
+        problems = []
+        if missing:
+            problems.append(f"{missing} hours without a rollup")
+        if d["hours_by_source"]["estimated"]:
+            problems.append(f"{d['hours_by_source']['estimated']} estimated hours "
+                            "(no statement yet)")
+        if no_factor:
+            problems.append(f"{no_factor} hours without an emission factor")
+        elif d["provisional_hours"] > d["hours_by_source"]["estimated"]:
+            problems.append("provisional emission factors")
+        d["status"] = "provisional" if problems else "final"
+        reasons.extend(f"{name}: {p}" for p in problems)
+        out_devices.append(d)
+    if not complete:
+        reasons.insert(0, "the month has not ended")
+    if findings:
+        reasons.append(f"{len(findings)} statements disagree with the meter beyond tolerance "
+                       "(see reconciliation)")
+    purchased = [d for d in out_devices if d["role"] in PURCHASED_ROLES]
+    fuel = [d for d in out_devices if d["scope"] == 1]
+    totals = {
+        "purchased_mwh": _r(sum(d["mwh"] for d in purchased)),
+        "purchased_by_source_mwh": {s: _r(sum(d["by_source"][s] for d in purchased))
+                                    for s in SOURCES},
+        "scope2_location_tco2": _r(sum(d["tco2_location"] for d in purchased)),
+        "scope2_market_tco2": _r(sum(d["tco2_market"] for d in purchased)),
+        "certificates_mwh": _r(sum(d["certificates_mwh"] for d in purchased)),
+        "scope1_fuel_tco2": _r(sum(d["tco2_location"] for d in fuel)),
+        "generation_mwh": _r(sum(d["mwh"] for d in out_devices if d["role"] == "generation")),
+        "submeter_mwh": _r(sum(d["mwh"] for d in out_devices
+                               if d["role"] in ("submeter", "compressor"))),
+        "purchased_coverage": _r(sum(d["coverage"] for d in purchased) / len(purchased))
+        if purchased else None,
+    }
+    totals["total_location_tco2"] = _r(totals["scope1_fuel_tco2"]
+                                       + totals["scope2_location_tco2"])
+    totals["total_market_tco2"] = _r(totals["scope1_fuel_tco2"] + totals["scope2_market_tco2"])
+    return {
+        "site": site,
+        "month": month,
+        "timezone": timezone,
+        "period": {"start": iso(hours[0]) if hours else None,
+                   "end": iso(hours[-1] + 3_600_000) if hours else None,
+                   "hours": len(hours)},
+        "status": "provisional" if reasons else "final",
+        "reasons": reasons,
+        "totals": totals,
+        "devices": out_devices,
+        "factors": sorted(factors.values(), key=lambda f: f["id"]),
+        "certificates": list(certificates),
+        "reconciliation": list(findings),
+        "method": {
+            "purchased": "grid_import devices; submeters, compressors and on-site generation "
+                         "are reported but not added",
+            "location": "MWh x the grid region's factor valid on the hour's local date",
+            "market": "certificates allocated MWh for MWh in time order, residual factor for "
+                      "the rest (location factor where no residual factor is published)",
+            "fuel": "tCO2 = quantity x NCV x carbon content x oxidation x 44/12",
+        },
+        "roles": roles,
+    }
+
+
+def _empty(name: str, role: str) -> dict[str, Any]:
+    return {"device": name, "role": role,
+            "scope": 2 if role in PURCHASED_ROLES else (1 if role == "fuel" else None),
+            "mwh": 0.0, "by_source": dict.fromkeys(SOURCES, 0.0),
+            "hours_by_source": dict.fromkeys(SOURCES, 0), "power_integrated_mwh": 0.0,
+            "tco2_location": 0.0, "tco2_market": 0.0, "certificates_mwh": 0.0,
+            "provisional_hours": 0, "fuel_quantity": None, "fuel_amount": 0.0,
+            "fuel_parameters": None, "_hours": set(), "_coverage": 0.0, "_no_factor": 0}
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for d in report["devices"]:
+        w.writerow([d["device"], d["role"], d["scope"] or "", d["mwh"],
+                    d["by_source"]["meter"], d["by_source"]["meter_interpolated"],
+                    d["by_source"]["invoice"], d["by_source"]["estimated"],
+                    d["power_integrated_mwh"], d["hours"], d["missing_hours"], d["coverage"],
+                    d["tco2_location"], d["tco2_market"], d["certificates_mwh"], d["status"]])
+    t = report["totals"]
+    w.writerow(["TOTAL purchased", "grid_import", 2, t["purchased_mwh"],
+                *(t["purchased_by_source_mwh"][s] for s in SOURCES), "", "", "",
+                t["purchased_coverage"] if t["purchased_coverage"] is not None else "",
+                t["scope2_location_tco2"], t["scope2_market_tco2"], t["certificates_mwh"],
+                report["status"]])
+    w.writerow(["TOTAL fuel", "fuel", 1, "", "", "", "", "", "", "", "", "",
+                t["scope1_fuel_tco2"], t["scope1_fuel_tco2"], "", report["status"]])
+    return out.getvalue()

@@ -1,0 +1,141 @@
+"""The hourly compressed-air job: specific power per compressor and per station.
+
+Runs `accounting.rollup_delay` after every hour (ctx.scheduler.hourly) over the last few
+complete hours, so late readings are taken in, and over `accounting.recompute_hours` at
+start-up. Rows go to table air_hourly; a row's `seq` is bumped only when its content
+changed, so the sinks forward an hour again exactly when it was recomputed differently.
+
+Stations: a template entry (topic pattern with device_level) is a station of its own,
+named after the entry (or its `mqtt.station`). Other compressors join the station named
+by `mqtt.station`, or the station "air" when none is given (Modbus compressors included).
+A station's row carries the station's name as device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from datetime import datetime
+
+from energyd.accounting.air import HOUR_MS, AirHour, compressor_hour, station_hour
+from energyd.config.schema import Config
+from energyd.daemon.context import Component, Context
+from energyd.model import from_ms, to_ms
+from energyd.store.sqlite import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATION = "air"
+LATE_HOURS = 3  # hours recomputed on every regular run, for readings that came late
+QUANTITIES = {"energy": "active_energy_import_kwh", "power": "active_power_kw",
+              "flow": "flow_m3_min", "state": "compressor_state"}
+
+
+def stations(config: Config) -> dict[str, list[str]]:
+    """Station name -> its compressors' device names."""
+    out: dict[str, list[str]] = {}
+    for d in config.devices:
+        if d.role != "compressor" or not d.enabled:
+            continue
+        if d.mqtt is not None and d.mqtt.device_level is not None:
+            out.setdefault(d.mqtt.station or d.name, []).extend(d.mqtt.devices or [])
+        else:
+            station = d.mqtt.station if d.mqtt is not None and d.mqtt.station else DEFAULT_STATION
+            out.setdefault(station, []).append(d.name)
+    return out
+
+
+def compute_hours(store: Store, config: Config, start_ms: int, end_ms: int) -> int:
+    """(Re)compute the hours in [start_ms, end_ms) and store what changed; returns the
+    number of rows written."""
+    max_gap = int(config.accounting.max_interpolation_gap * 1000)
+    rows: list[AirHour] = []
+    for station, members in stations(config).items():
+        for hour in range(start_ms - start_ms % HOUR_MS, end_ms, HOUR_MS):
+            mine = []
+            for device in members:
+                samples = {
+                    key: [(r.time_ms, r.value) for r in store.query_readings(
+                        device=device, quantity=q, start_ms=hour - max_gap,
+                        end_ms=hour + HOUR_MS + max_gap + 1)]
+                    for key, q in QUANTITIES.items()}
+                row = compressor_hour(device, hour, max_gap_ms=max_gap, **samples)
+                if row is not None:
+                    mine.append(row)
+            rows.extend(mine)
+            total = station_hour(station, hour, members, mine)
+            if total is not None:
+                rows.append(total)
+    return write_rows(store, rows)
+
+
+def _same(old: tuple, new: tuple) -> bool:
+    for a, b in zip(old, new, strict=True):
+        if isinstance(a, float) and isinstance(b, float):
+            if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def write_rows(store: Store, rows: list[AirHour]) -> int:
+    changed = 0
+    with store.transaction() as conn:
+        for r in rows:
+            new = (r.kwh, r.m3, r.specific_power, r.loaded_share,
+                   json.dumps(r.detail, sort_keys=True))
+            old = conn.execute(
+                "SELECT kwh, m3, specific_power, loaded_share, detail FROM air_hourly "
+                "WHERE device = ? AND hour = ?", (r.device, r.hour_ms)).fetchone()
+            if old is not None and _same(tuple(old), new):
+                continue
+            conn.execute(
+                "INSERT INTO air_hourly (device, hour, kwh, m3, specific_power, loaded_share, "
+                "detail, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, hour) DO "
+                "UPDATE SET kwh = excluded.kwh, m3 = excluded.m3, specific_power = "
+                "excluded.specific_power, loaded_share = excluded.loaded_share, "
+                "detail = excluded.detail, seq = excluded.seq",
+                (r.device, r.hour_ms, *new, store.next_seq(conn)))
+            changed += 1
+    return changed
+
+
+class AirJob:
+    name = "air"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.runs = 0
+
+    async def run(self) -> None:
+        acc = self.ctx.config.accounting
+        await self.compute(max(1, acc.recompute_hours))
+        self.ctx.scheduler.hourly(self.tick, name="air.hourly", delay=acc.rollup_delay)
+        await asyncio.Event().wait()
+
+    async def tick(self) -> None:
+        await self.compute(LATE_HOURS)
+
+    async def compute(self, hours: int, now: datetime | None = None) -> int:
+        """The `hours` complete hours before `now` (the clock's time by default)."""
+        end = to_ms(now or self.ctx.clock.now())
+        end -= end % HOUR_MS
+        start = end - hours * HOUR_MS
+        # readings taken but not yet committed belong to these hours too
+        await self.ctx.writer.flush()
+        changed = await asyncio.to_thread(compute_hours, self.ctx.store, self.ctx.config,
+                                          start, end)
+        self.runs += 1
+        if changed:
+            log.info("air: %d hourly rows (re)computed up to %s", changed,
+                     from_ms(end).isoformat())
+        return changed
+
+
+def build(ctx: Context) -> list[Component]:
+    if not stations(ctx.config):
+        return []
+    return [AirJob(ctx)]

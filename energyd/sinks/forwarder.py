@@ -1,0 +1,438 @@
+"""Store-and-forward to one InfluxDB sink: cursors, chunks, backoff, bisection, rate.
+
+The store is the buffer. A forwarder reads what its cursors have not passed, writes it as
+line protocol through its transport, and moves a cursor only after the server acknowledged
+the chunk (2xx), in one store transaction with the chunk's rejections. So a crash, a restart
+or an outage of days loses nothing; at worst a chunk is written twice, which overwrites
+the same points (same measurement, tags and time).
+
+Streams and their cursors (table sink_cursors, keyed by the sink's name)
+    readings       readings.id: every reading with an id <= it has been acknowledged
+    rollups        rollups.seq      \
+    alerts         alerts.seq        } change sequence: a recomputed row gets a new seq and
+    air_hourly     air_hourly.seq   /  is sent again
+    readings.gap   } only while a backlog drains (below)
+    readings.live  }
+
+Newest first, backlog at a bounded rate. When more than two chunks of readings are unsent
+(an outage, a slow link), the forwarder opens a *gap*: it records the id where the newest
+chunk starts as both `readings.gap` (G) and `readings.live` (L). From then on each cycle
+sends a chunk of the live tail (ids after L, so dashboards stay current) and, when the rate
+limit allows, a chunk of the backlog (ids in (H, G], H being the `readings` cursor). Sent
+are exactly the ids <= H and the ids in (G, L]; the invariant is that every reading falls
+in one of these ranges before its cursor moves past it, so each is sent at least once. When
+H reaches G the two ranges meet: H jumps to L and the gap is closed, in one transaction.
+`readings` stays the lowest unsent position, which is what retention relies on (it never
+deletes a reading above any sink's `readings` cursor). Store.backlog counts both ranges.
+
+`max_points_per_second` bounds the backlog lane only (the live tail is the plant's own
+rate); each backlog chunk holds at most one second's worth of points.
+
+Replies (transport.py): a retryable failure (connection, 5xx, 429, auth, missing database)
+stops the cycle; the cursors stay and the forwarder waits with exponential backoff and
+jitter, at least Retry-After. A SinkRejected (400 field type conflict, 413...) splits the
+chunk in halves until the refused points are found; they go to the store's `rejected` table
+with the server's message, are counted (energyd_sink_rejected) and raise one alert episode
+per sink (rule `sink_rejected`, device = the sink's name) in the alerts table, which flows
+to InfluxDB like any alert. The episode is resolved after an hour without rejections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from energyd.errors import SinkRejected, SinkRetryable
+from energyd.sinks.lineprotocol import Encoder, Point, body
+from energyd.sinks.transport import Transport
+from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, Store
+
+log = logging.getLogger(__name__)
+
+GAP = "readings.gap"
+LIVE = "readings.live"
+REJECTED_RULE = "sink_rejected"
+REJECTED_QUIET_MS = 3600_000  # an episode of rejections ends after this long without one
+_TOP = 2**62
+
+_TABLES: dict[str, tuple[str, str]] = {
+    ROLLUPS: ("rollups", "device, hour, mwh, source, coverage, tco2_location, tco2_market, "
+                         "ef_location"),
+    ALERTS: ("alerts", "rule, device, state, started, ended, detail"),
+    AIR: ("air_hourly", "device, hour, kwh, m3, specific_power, loaded_share"),
+}
+
+
+def backoff_delay(attempt: int, cap: float, base: float = 1.0,
+                  rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Exponential backoff with "equal jitter": between half and all of min(cap, base*2^n),
+    so retries of many gateways after one outage spread out but never come back at once."""
+    ceiling = min(cap, base * 2 ** min(attempt, 30))
+    return rng(ceiling / 2, ceiling)
+
+
+@dataclass
+class Outcome:
+    """What one cycle did: items acknowledged and rejected, and when to look again."""
+
+    sent: int = 0
+    rejected: int = 0
+    wait: float = 0.0
+
+
+class Forwarder:
+    """Forwards one store to one sink. Synchronous: the daemon runs it in a thread.
+
+    Arguments (keyword-only after the first three):
+      name                  the sink's name: keys its cursors, rejections and metrics
+      store, transport      where rows come from and where they go
+      encoder               lineprotocol.Encoder with the site's tags
+      chunk_size            points per write, at most
+      max_points_per_second the backlog's drain rate (None: as fast as the server takes it)
+      interval              seconds between looks once caught up
+      backoff_max           cap of the delay between failed attempts
+      metrics               energyd.daemon.metrics.Metrics or None
+      now_ms                the clock for alert times (the daemon's clock, in ms)
+    """
+
+    def __init__(self, name: str, store: Store, transport: Transport, *, encoder: Encoder,
+                 chunk_size: int = 5000, max_points_per_second: float | None = None,
+                 interval: float = 1.0, backoff_max: float = 300.0, metrics: Any = None,
+                 now_ms: Callable[[], int] | None = None):
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        if max_points_per_second is not None and max_points_per_second <= 0:
+            raise ValueError("max_points_per_second must be positive")
+        self.name = name
+        self.store = store
+        self.transport = transport
+        self.encoder = encoder
+        self.chunk_size = chunk_size
+        self.rate = max_points_per_second
+        self.interval = interval
+        self.backoff_max = backoff_max
+        self.metrics = metrics
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._pos = store.sink_positions(name)
+        self._ratio = 1.0  # readings per point, learnt from the chunks sent
+        self._next_backlog = 0.0  # monotonic time the rate limit lets the next backlog chunk go
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._attempt = 0
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+        self._alert_open = bool(self._open_alert())
+
+    # --- positions --------------------------------------------------------------------------
+
+    def position(self, stream: str) -> int:
+        return self._pos.get(stream, 0)
+
+    @property
+    def gap(self) -> tuple[int, int] | None:
+        """(G, L) while the live tail goes ahead of a backlog, else None."""
+        if GAP in self._pos and LIVE in self._pos:
+            return self._pos[GAP], self._pos[LIVE]
+        return None
+
+    def _commit(self, positions: dict[str, int | None],
+                rejected: Sequence[tuple[str, int, str]] = ()) -> None:
+        self.store.commit_sink(self.name, positions, rejected)
+        for stream, value in positions.items():
+            if value is None:
+                self._pos.pop(stream, None)
+            else:
+                self._pos[stream] = value
+
+    # --- one cycle ----------------------------------------------------------------------------
+
+    def step(self) -> Outcome:
+        """One cycle: the live tail, one backlog chunk if the rate allows, then rollups,
+        alerts and air_hourly. Raises SinkRetryable when the server cannot take a chunk
+        (what was acknowledged before stays acknowledged)."""
+        out = Outcome(wait=self.interval)
+        self._maybe_open_gap()
+        if self.gap is not None:
+            self._readings_live(out)
+        self._readings_head(out)
+        for stream in (ROLLUPS, ALERTS, AIR):
+            self._table(stream, out)
+        if self._alert_open:
+            self._maybe_resolve_alert()
+        self.last_success = time.time()
+        return out
+
+    def _points_wanted(self, backlog: bool) -> int:
+        if backlog and self.rate is not None:
+            return max(1, min(self.chunk_size, math.ceil(self.rate)))
+        return self.chunk_size
+
+    def _readings_limit(self, points: int) -> int:
+        return max(1, math.ceil(points * self._ratio))
+
+    def _fetch_readings(self, after: int, upto: int, limit: int) -> list[tuple]:
+        return self.store.execute(
+            "SELECT r.id, s.device, s.quantity, r.time, r.value FROM readings r "
+            "JOIN series s ON s.id = r.series WHERE r.id > ? AND r.id <= ? "
+            "ORDER BY r.id LIMIT ?", (after, upto, limit))
+
+    def _maybe_open_gap(self) -> None:
+        if self.gap is not None:
+            return
+        head = self.position(READINGS)
+        top = self.store.execute("SELECT max(id) FROM readings")[0][0] or 0
+        live = self._readings_limit(self.chunk_size)
+        # ids are dense in insertion order, so their span is a good count of what is unsent
+        if top - head <= 2 * self._readings_limit(self._points_wanted(True)) + live:
+            return
+        start = top - live
+        self._commit({GAP: start, LIVE: start})
+        log.info("%s: %d readings to catch up; the newest go first, the backlog follows%s",
+                 self.name, top - head,
+                 f" at up to {self.rate:g} points/s" if self.rate else "")
+
+    def _readings_live(self, out: Outcome) -> None:
+        gap_end, live = self.gap  # type: ignore[misc]
+        limit = self._readings_limit(self.chunk_size)
+        rows = self._fetch_readings(live, _TOP, limit)
+        if not rows:
+            return
+        self._send_readings(rows, {LIVE: rows[-1][0]}, out)
+        if len(rows) == limit:
+            out.wait = 0.0
+
+    def _readings_head(self, out: Outcome) -> None:
+        gap = self.gap
+        now = time.monotonic()
+        if self.rate is not None and now < self._next_backlog:
+            out.wait = min(out.wait, self._next_backlog - now)
+            return
+        head = self.position(READINGS)
+        upto = gap[0] if gap is not None else _TOP
+        limit = self._readings_limit(self._points_wanted(True))
+        rows = self._fetch_readings(head, upto, limit) if head < upto else []
+        full = len(rows) == limit
+        closing = gap is not None and (not full or rows[-1][0] >= gap[0])
+        if closing:
+            # the backlog is used up: (H, G] and (G, L] meet, everything <= L is sent
+            positions: dict[str, int | None] = {READINGS: gap[1], GAP: None, LIVE: None}
+        elif rows:
+            positions = {READINGS: rows[-1][0]}
+        else:
+            return
+        points = self._send_readings(rows, positions, out)
+        if closing:
+            log.info("%s: backlog forwarded; following the live readings again", self.name)
+        if self.rate is not None:
+            self._next_backlog = max(now, self._next_backlog) + points / self.rate
+        if full:
+            wait = self._next_backlog - time.monotonic() if self.rate is not None else 0.0
+            out.wait = min(out.wait, max(0.0, wait))
+
+    def _send_readings(self, rows: list[tuple], positions: dict[str, int | None],
+                       out: Outcome) -> int:
+        points = self.encoder.readings(rows)
+        if points:
+            self._ratio = 0.7 * self._ratio + 0.3 * (len(rows) / len(points))
+        self._send(READINGS, points, positions, out)
+        return len(points)
+
+    def _table(self, stream: str, out: Outcome) -> None:
+        table, columns = _TABLES[stream]
+        rows = self.store.execute(
+            f"SELECT seq, {columns} FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self.position(stream), self.chunk_size))
+        if not rows:
+            return
+        encode = {ROLLUPS: self.encoder.rollups, ALERTS: self.encoder.alerts,
+                  AIR: self.encoder.air_hourly}[stream]
+        self._send(stream, encode(rows), {stream: rows[-1][0]}, out)
+        if len(rows) == self.chunk_size:
+            out.wait = 0.0
+
+    # --- writing --------------------------------------------------------------------------
+
+    def _send(self, stream: str, points: list[Point], positions: dict[str, int | None],
+              out: Outcome) -> None:
+        refused = self._write(points) if points else []
+        rejected: dict[int, str] = {}
+        for point, message in refused:
+            for item in point.items:
+                rejected.setdefault(item, message)
+        self._commit(positions, [(stream, item, msg) for item, msg in rejected.items()])
+        items = len({i for p in points for i in p.items})
+        out.sent += items - len(rejected)
+        out.rejected += len(rejected)
+        if self.metrics is not None:
+            self.metrics.sink_sent.labels(self.name, stream).inc(items - len(rejected))
+            self.metrics.sink_points.labels(self.name, stream).inc(len(points) - len(refused))
+        if refused:
+            self._on_rejected(stream, refused, len(rejected))
+
+    def _write(self, points: list[Point]) -> list[tuple[Point, str]]:
+        """Write `points`; return those refused for good, with the server's message.
+
+        A refused chunk is split in halves until each refused point stands alone, so one
+        bad point costs about 2*log2(chunk) writes and never holds the stream up."""
+        try:
+            self.transport.write(body(points))
+            return []
+        except SinkRejected as exc:
+            if len(points) == 1:
+                return [(points[0], str(exc))]
+            mid = len(points) // 2
+            return self._write(points[:mid]) + self._write(points[mid:])
+
+    # --- rejections become an alert --------------------------------------------------------
+
+    def _open_alert(self) -> tuple[int, str] | None:
+        rows = self.store.execute(
+            "SELECT id, detail FROM alerts WHERE rule = ? AND device = ? AND state = 'active' "
+            "ORDER BY id DESC LIMIT 1", (REJECTED_RULE, self.name))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def _on_rejected(self, stream: str, refused: list[tuple[Point, str]], items: int) -> None:
+        message = refused[-1][1]
+        log.error("%s: the server refused %d point(s) of %s for good; kept in the store as "
+                  "rejected: %s", self.name, len(refused), stream, message)
+        if self.metrics is not None:
+            self.metrics.sink_rejected.labels(self.name, stream).inc(items)
+        now = self.now_ms()
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, detail FROM alerts WHERE rule = ? AND device = ? "
+                "AND state = 'active' ORDER BY id DESC LIMIT 1",
+                (REJECTED_RULE, self.name)).fetchall()
+            seq = self.store.next_seq(conn)
+            if rows:
+                detail = json.loads(rows[0][1] or "{}")
+                detail["points"] = detail.get("points", 0) + len(refused)
+                detail["items"] = detail.get("items", 0) + items
+                detail.update(stream=stream, message=message, last_ms=now)
+                conn.execute("UPDATE alerts SET detail = ?, seq = ? WHERE id = ?",
+                             (json.dumps(detail), seq, rows[0][0]))
+            else:
+                detail = {"points": len(refused), "items": items, "stream": stream,
+                          "message": message, "last_ms": now}
+                conn.execute(
+                    "INSERT INTO alerts (rule, device, state, started, ended, detail, seq) "
+                    "VALUES (?, ?, 'active', ?, NULL, ?, ?)",
+                    (REJECTED_RULE, self.name, now, json.dumps(detail), seq))
+                if self.metrics is not None:
+                    self.metrics.alerts.labels(REJECTED_RULE).inc()
+        self._alert_open = True
+
+    def _maybe_resolve_alert(self) -> None:
+        found = self._open_alert()
+        if found is None:
+            self._alert_open = False
+            return
+        alert_id, detail_text = found
+        last = json.loads(detail_text or "{}").get("last_ms", 0)
+        now = self.now_ms()
+        if now - last < REJECTED_QUIET_MS:
+            return
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE alerts SET state = 'resolved', ended = ?, seq = ? WHERE id = ?",
+                         (now, self.store.next_seq(conn), alert_id))
+        self._alert_open = False
+
+    # --- running --------------------------------------------------------------------------
+
+    def drain(self, timeout: float = 60.0) -> int:
+        """Cycle until nothing is left (or `timeout` passes); returns items acknowledged.
+        Failures raise: meant for commands and tests, the daemon uses `run`."""
+        deadline = time.monotonic() + timeout
+        total = 0
+        while True:
+            out = self.step()
+            total += out.sent + out.rejected
+            if out.sent == 0 and out.rejected == 0 and self.gap is None \
+                    and self.store.backlog(self.name).count == 0:
+                return total
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: not drained within {timeout:.0f} s")
+            if out.wait > 0:
+                time.sleep(min(out.wait, 0.05) if out.sent == 0 else out.wait)
+
+    def wake(self) -> None:
+        """New rows were committed: look now rather than at the next interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """The loop of the daemon's forwarding thread, until `stop()`."""
+        failing_since: float | None = None
+        while not self._stop.is_set():
+            try:
+                out = self.step()
+            except SinkRetryable as exc:
+                delay = max(backoff_delay(self._attempt, self.backoff_max),
+                            exc.retry_after or 0.0)
+                self._attempt += 1
+                self.last_error = str(exc)
+                self._count_error(exc)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("%s: %s; nothing is lost, the store keeps it; retrying in "
+                                "%.1f s and backing off", self.name, exc, delay)
+                else:
+                    log.debug("%s: still failing: %s; next try in %.1f s", self.name, exc, delay)
+                self._stop.wait(delay)
+                continue
+            except Exception as exc:
+                # a store problem (disk full, locked): contained, logged, tried again
+                delay = backoff_delay(self._attempt, self.backoff_max)
+                self._attempt += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.metrics is not None:
+                    self.metrics.sink_errors.labels(self.name, "internal").inc()
+                log.exception("%s: forwarding cycle failed; retrying in %.1f s", self.name, delay)
+                self._stop.wait(delay)
+                continue
+            if failing_since is not None:
+                log.info("%s: writing again after %.0f s and %d failed attempts",
+                         self.name, time.monotonic() - failing_since, self._attempt)
+                failing_since = None
+            self._attempt = 0
+            self.last_error = None
+            if self.metrics is not None:
+                self.metrics.sink_up.labels(self.name).set(1)
+            if out.wait > 0:
+                self._wake.wait(out.wait)
+                self._wake.clear()
+        self._stop.clear()
+
+    def _count_error(self, exc: SinkRetryable) -> None:
+        if self.metrics is None:
+            return
+        text = str(exc)
+        reason = ("throttled" if "HTTP 429" in text else
+                  "server" if "HTTP 5" in text else
+                  "refused" if "HTTP 4" in text else "connection")
+        self.metrics.sink_errors.labels(self.name, reason).inc()
+        self.metrics.sink_up.labels(self.name).set(0)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": "failing" if self.last_error else "ok",
+            "last_error": self.last_error,
+            "last_success": datetime.fromtimestamp(self.last_success, UTC).isoformat(
+                timespec="seconds") if self.last_success else None,
+            "catching_up": self.gap is not None,
+        }
+
+    def close(self) -> None:
+        self.stop()
+        self.transport.close()
