@@ -71,16 +71,17 @@ def ceiling_bodies(store_path: Path, use_gzip: bool) -> list[bytes]:
     enc = encoder()
     bodies = []
     with Store.open(store_path) as store:
+        names = {sid: (d, q) for sid, d, q in
+                 store.execute("SELECT id, device, quantity FROM series")}
         after = 0
         while True:
             rows = store.execute(
-                "SELECT r.id, s.device, s.quantity, r.time, r.value FROM readings r JOIN series s "
-                "ON s.id = r.series WHERE r.id > ? ORDER BY r.id LIMIT ?",
+                "SELECT id, series, time, value FROM readings WHERE id > ? ORDER BY id LIMIT ?",
                 (after, CHUNK * len(QUANTITIES)))
             if not rows:
                 return bodies
             after = rows[-1][0]
-            data = body(enc.readings(rows))
+            data = body(enc.readings([r[1:] for r in rows], names))
             bodies.append(gzip.compress(data, compresslevel=1) if use_gzip else data)
 
 
@@ -103,9 +104,8 @@ def post_all(server, database: str, bodies: list[bytes], use_gzip: bool) -> floa
 
 def child(store_path: str, url: str, database: str, use_gzip: bool) -> None:
     """The energyd side, alone in its process so that its peak RSS is its own."""
-    from energyd.store.sqlite import Store
-
     from energyd.sinks import Forwarder, make_transport
+    from energyd.store.sqlite import Store
 
     cfg = sink(url, database, use_gzip)
     with Store.open(store_path) as store:

@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import click
@@ -134,7 +133,12 @@ def alerts(config_path: str, as_json: bool, limit: int) -> None:
     from energyd.alerts.report import collect_episodes, episodes_table
     from energyd.store import Store
 
-    with Store.open(config.storage.path) as store:
+    try:
+        store = Store.open(config.storage.path, must_exist=True)
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+    with store:
         rows = collect_episodes(store, limit=limit)
     if as_json:
         _print_json(rows)
@@ -177,6 +181,7 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
             "time": result.readings[0].time.isoformat() if result.readings else None,
             "values": {q: {"value": v, "unit": QUANTITIES[q].unit} for q, v in values.items()},
             "errors": [{"block": f.block, "error": str(f.error)} for f in result.failures],
+            "unavailable": result.unavailable,
         })
     else:
         table = Table(title=f"{device} ({profile.name}, unit {dev.modbus.unit})")
@@ -184,6 +189,8 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
             table.add_column(col, justify="right" if col == "value" else "left")
         for q, v in values.items():
             table.add_row(q, f"{v:.6g}", QUANTITIES[q].unit)
+        for q in result.unavailable:
+            table.add_row(q, "n/a (NaN)", QUANTITIES[q].unit)
         console.print(table)
         for f in result.failures:
             click.echo(f"{device}: {f}", err=True)
@@ -391,6 +398,148 @@ def simulate_compressor(broker: str, station: str, compressors: int, rate: float
 @cli.group()
 def invoices() -> None:
     """Supplier billing statements."""
+
+
+def _accountant(config: Config, store: Any) -> Any:
+    from energyd.accounting.storage import Accountant
+
+    try:
+        return Accountant(store, config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+@invoices.command("import")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.argument("csv_file", type=click.Path(dir_okay=False))
+def invoices_import(config_path: str, csv_file: str) -> None:
+    """Import statements (account,period_start,period_end,energy_kwh[,supplier,document])
+    whole or not at all, and recompute the hours of their periods."""
+    config = _load(config_path)
+    from energyd.store import Store
+
+    try:
+        with open(csv_file, newline="", encoding="utf-8") as f, \
+                Store.open(config.storage.path, quota=config.storage.quota) as store:
+            rows, result = _accountant(config, store).import_statements(f, csv_file, _now_ms())
+    except OSError as exc:
+        click.echo(f"{csv_file}: cannot read: {exc.strerror}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except ImportRejected as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"{csv_file}: {len(rows)} statements stored; rollups recomputed, "
+               f"{result.written} device-hours changed")
+    for finding in result.findings:
+        click.echo(f"reconciliation: statement {finding['statement']} for "
+                          f"{finding['account']}: {finding['statement_kwh']:g} kWh billed, "
+                          f"{finding['metered_kwh']:g} kWh metered "
+                          f"({finding['difference_share']:.1%} apart)", err=True)
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--from", "start", required=True, help="start, ISO 8601 with offset (inclusive)")
+@click.option("--to", "end", required=True, help="end, ISO 8601 with offset (exclusive)")
+@click.option("--device", "devices", multiple=True, help="only this device (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
+def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
+           as_json: bool) -> None:
+    """(Re)compute hourly rollups in [--from, --to); complete hours only."""
+    config = _load(config_path)
+    t0, t1 = _parse_time(start, "--from"), _parse_time(end, "--to")
+    from energyd.model import to_ms
+    from energyd.store import Store
+
+    with Store.open(config.storage.path, quota=config.storage.quota) as store:
+        acc = _accountant(config, store)
+        names = [d.name for d in acc.devices]
+        for d in devices:
+            if d not in names:
+                raise click.BadParameter(f"{d!r} is not an enabled device of the configuration",
+                                         param_hint="--device")
+        span = (to_ms(t0), to_ms(t1))
+        result = acc.recompute({d: span for d in (devices or names)}, _now_ms())
+    if as_json:
+        _print_json([r.as_json() for r in result.rows])
+        return
+    table = Table("hour (UTC)", "device", "MWh", "source", "coverage", "tCO2 loc", "tCO2 mkt",
+                  "factor")
+    for r in result.rows:
+        table.add_row(r.as_json()["hour"], r.device, f"{r.mwh:.4f}", r.source,
+                      f"{r.coverage:.0%}", _fmt(r.tco2_location), _fmt(r.tco2_market),
+                      r.ef_id or "")
+    console.print(table)
+    console.print(f"{len(result.rows)} device-hours, {result.written} changed", markup=False)
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--month", required=True, help="YYYY-MM, the site's calendar month")
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "json", "csv"]))
+@click.option("--evidence", default=None, type=click.Path(file_okay=False),
+              help="also write the month's evidence (readings, statements, factors, "
+                   "rollups, report, SHA-256 manifest) into this new directory")
+def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None:
+    """Monthly MWh by source, coverage, tCO2 (location, market, fuel) with provenance."""
+    config = _load(config_path)
+    from energyd.accounting.report import report_csv
+    from energyd.store import Store
+
+    try:
+        with Store.open(config.storage.path, must_exist=True) as store:
+            acc = _accountant(config, store)
+            try:
+                payload = acc.report(month, _now_ms())
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--month") from None
+            if evidence:
+                info = acc.export_evidence(month, evidence, _now_ms())
+                click.echo(f"evidence: {info['directory']} ({info['readings']} readings, "
+                           f"{info['rows']} rollups, {info['statements']} statements; "
+                           f"MANIFEST.sha256)", err=True)
+    except (EnergydError, OSError) as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+    if fmt == "json":
+        _print_json(payload)
+    elif fmt == "csv":
+        click.echo(report_csv(payload), nl=False)
+    else:
+        t = payload["totals"]
+        table = Table("device", "role", "MWh", "meter", "interp.", "invoice", "estimated",
+                      "coverage", "tCO2 loc", "tCO2 mkt", "status",
+                      title=f"{payload['site']['name']} {month} ({payload['timezone']}): "
+                            f"{payload['status']}")
+        for d in payload["devices"]:
+            s = d["by_source"]
+            table.add_row(d["device"], d["role"], f"{d['mwh']:.3f}", f"{s['meter']:.3f}",
+                          f"{s['meter_interpolated']:.3f}", f"{s['invoice']:.3f}",
+                          f"{s['estimated']:.3f}", f"{d['coverage']:.1%}",
+                          f"{d['tco2_location']:.3f}", f"{d['tco2_market']:.3f}", d["status"])
+        console.print(table)
+        console.print(f"purchased {t['purchased_mwh']:.3f} MWh; scope 2 location "
+                      f"{t['scope2_location_tco2']:.3f} t, market {t['scope2_market_tco2']:.3f} t;"
+                      f" scope 1 fuel {t['scope1_fuel_tco2']:.3f} t", markup=False)
+        for reason in payload["reasons"]:
+            console.print(f"  provisional: {reason}", markup=False)
+        for f in payload["reconciliation"]:
+            console.print(f"  reconciliation: {f['account']} {f['period_start']}..{f['period_end']}"
+                          f" billed {f['statement_kwh']:g} kWh, metered {f['metered_kwh']:g} kWh",
+                          markup=False)
 
 
 def main() -> None:

@@ -1,1 +1,35 @@
-"""Accounting: pure functions over plain data, no clock and no sockets inside."""
+"""Hourly MWh and tCO2: "meter first, invoice fallback", emission factors, certificates, reports.
+
+Pure functions over plain data (no clock, no sockets) in `energy` (counter -> hourly energy),
+`factors`, `rollup` (gap filling, tCO2, certificates, reconciliation), `invoices` (statement
+files) and `report`; `storage.Accountant` is the one part that reads the store and writes
+rollups. `reconciliation_findings(statements, rows, tolerance)` is what the alert engine
+calls to compare fully metered billing periods with their statements.
+"""
+
+from energyd.accounting.energy import CounterSpec, Trace, analyse_counter, hourly, integrate_power
+from energyd.accounting.factors import Factor, FactorTable, load_factors, parse_factors
+from energyd.accounting.rollup import (
+    SOURCES,
+    RollupRow,
+    Statement,
+    fuel_tco2,
+    reconciliation_findings,
+)
+
+__all__ = [
+    "SOURCES",
+    "CounterSpec",
+    "Factor",
+    "FactorTable",
+    "RollupRow",
+    "Statement",
+    "Trace",
+    "analyse_counter",
+    "fuel_tco2",
+    "hourly",
+    "integrate_power",
+    "load_factors",
+    "parse_factors",
+    "reconciliation_findings",
+]

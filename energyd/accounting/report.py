@@ -111,9 +111,12 @@ def build_report(
         out_devices.append(d)
     if not complete:
         reasons.insert(0, "the month has not ended")
-    if findings:
-        reasons.append(f"{len(findings)} statements disagree with the meter beyond tolerance "
-                       "(see reconciliation)")
+    # A fully metered period that disagrees with its statement is flagged, not provisional:
+    # the meter stands (DESIGN.md), the difference is for people to look into.
+    flags = [f"statement {f.get('document') or f['statement']} for {f['account']}: "
+             f"{f['statement_kwh']:g} kWh billed, {f['metered_kwh']:g} kWh metered "
+             f"({f['difference_share']:.1%} apart, tolerance {f['tolerance']:.0%})"
+             for f in findings]
     purchased = [d for d in out_devices if d["role"] in PURCHASED_ROLES]
     fuel = [d for d in out_devices if d["scope"] == 1]
     totals = {
@@ -142,6 +145,7 @@ def build_report(
                    "hours": len(hours)},
         "status": "provisional" if reasons else "final",
         "reasons": reasons,
+        "flags": flags,
         "totals": totals,
         "devices": out_devices,
         "factors": sorted(factors.values(), key=lambda f: f["id"]),

@@ -2,8 +2,8 @@
 
 Pure functions over plain data (the storage module reads the store and writes the rows):
 
-    hour_energies (energy.hourly)  ->  fill_missing (statements, profile estimates)
-                                   ->  build_rows (factors, fuel)  ->  allocate_market (certificates)
+    energy.hourly -> fill_missing (statements, profile estimates)
+                  -> build_rows (factors, fuel) -> allocate_certificates, apply_market
 
 Sources, strongest first, and what an hour is called when parts of it differ:
 `meter` (all of the hour from links no longer than the max gap), `meter_interpolated`
@@ -33,6 +33,7 @@ SOURCES = ("meter", "meter_interpolated", "invoice", "estimated")
 PURCHASED_ROLES = ("grid_import",)
 CO2_PER_C = 44.0 / 12.0
 ROUND = 9  # MWh and tCO2 to the milli-kWh: floating noise must not look like a change
+EPSILON_MWH = 1e-9  # what is left of a certificate or an hour below this is rounding
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,8 @@ class Filled:
     notes: list[str] = field(default_factory=list)
     power_integrated: bool = False
 
+    estimated_ms: int = 0
+
     @property
     def total(self) -> float:
         return self.he.measured + self.invoice + self.estimated
@@ -103,8 +106,6 @@ class Filled:
         if self.he.interp_ms:
             return "meter_interpolated"
         return "meter"
-
-    estimated_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -254,7 +255,8 @@ class FactorPolicy:
         return self.location(day), True
 
 
-def build_rows(device: DeviceInfo, filled: Sequence[Filled], policy: FactorPolicy) -> list[RollupRow]:
+def build_rows(device: DeviceInfo, filled: Sequence[Filled],
+               policy: FactorPolicy) -> list[RollupRow]:
     rows = []
     for f in filled:
         he = f.he
@@ -373,10 +375,10 @@ def allocate_certificates(
     for row in sorted(rows, key=lambda r: (r.hour, r.device)):
         need = row.mwh
         for c in certificates:
-            if need <= 0:
+            if need <= EPSILON_MWH:
                 break
             left = remaining[c.id]
-            if left <= 0 or not c.applies(row.device, row.hour):
+            if left <= EPSILON_MWH or not c.applies(row.device, row.hour):
                 continue
             take = min(need, left)
             remaining[c.id] = left - take

@@ -19,6 +19,7 @@ timeout delays nobody but itself, and the polling never waits on any of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -91,6 +92,7 @@ class MqttChannel:
         self._pending: set[int] = set()
         self._cond = threading.Condition()
         self._connected = False
+        self._closing = False
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         c.max_queued_messages_set(10000)  # bounded: an alert storm must not eat the memory
         c.reconnect_delay_set(1, 60)
@@ -114,7 +116,7 @@ class MqttChannel:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
-        if self._connected:
+        if self._connected and not self._closing:
             log.warning("alerts mqtt %s: disconnected (%s); paho reconnects and keeps "
                         "QoS 1 messages queued", self.name, reason_code)
         self._connected = False
@@ -126,6 +128,7 @@ class MqttChannel:
             self._cond.notify_all()
 
     def start(self) -> None:
+        self._closing = False
         self.client.connect_async(self._host, self._port, keepalive=self._keepalive)
         self.client.loop_start()
 
@@ -147,6 +150,7 @@ class MqttChannel:
 
     def close(self, timeout: float = 2.0) -> None:
         deadline = time.monotonic() + timeout
+        self._closing = True
         with self._cond:
             while self._pending and self._connected and time.monotonic() < deadline:
                 self._cond.wait(deadline - time.monotonic())
@@ -173,13 +177,22 @@ class WebhookChannel:
         self._on_error = on_error
         self._queue: queue.Queue[Payload | None] = queue.Queue(maxsize=10000)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name=f"energyd-webhook-{name}",
-                                        daemon=True)
+        self._thread: threading.Thread | None = None
         self.delivered = 0
         self.failed = 0
 
     def start(self) -> None:
+        """Start the worker; after close() this starts a fresh one (a restarted component)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(self._stop,),
+                                        name=f"energyd-webhook-{self.name}", daemon=True)
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def send(self, payload: Payload) -> None:
         try:
@@ -190,22 +203,23 @@ class WebhookChannel:
 
     def close(self, timeout: float = 2.0) -> None:
         self._stop.set()
-        self._queue.put(None)
-        if self._thread.is_alive():
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wakes an idle worker
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
-        left = self._queue.qsize()
-        if left > 1:
+        left = sum(1 for p in list(self._queue.queue) if p is not None)
+        if left:
             log.warning("webhook %s: %d alert events not delivered at shutdown "
-                        "(the episodes stay in the store)", self.name, left - 1)
+                        "(the episodes stay in the store)", self.name, left)
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
+    def _work(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             payload = self._queue.get()
             if payload is None:
-                return
-            self._deliver(payload)
+                continue
+            self._deliver(payload, stop)
 
-    def _deliver(self, payload: Payload) -> None:
+    def _deliver(self, payload: Payload, stop: threading.Event) -> None:
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {"Content-Type": "application/json",
                    "User-Agent": f"energyd/{__version__}",
@@ -215,7 +229,7 @@ class WebhookChannel:
             headers["X-Energyd-Signature"] = f"sha256={digest}"
         delay = self.backoff
         for attempt in range(self.retries + 1):
-            if self._stop.is_set():
+            if stop.is_set():
                 return
             try:
                 req = urllib.request.Request(self.url, data=body, headers=headers,
@@ -240,7 +254,7 @@ class WebhookChannel:
             if attempt < self.retries:
                 log.warning("webhook %s: attempt %d failed (%s); retrying in %.1f s",
                             self.name, attempt + 1, reason, delay)
-                if self._stop.wait(delay):
+                if stop.wait(delay):
                     return
                 delay = min(delay * 2, self.backoff_max)
             else:

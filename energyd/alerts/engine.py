@@ -60,14 +60,26 @@ class AlertEngine:
         self.live_rules = [r for r in config.alerts.rules
                             if (r.type == "spike" and r.window > 0) or r.type == "threshold"
                             or r.type == "stale"]
+        self._index: dict[tuple[str, str], list[AlertRule]] | None = None
         self._load_last_seen()
 
     def _select(self, rule: AlertRule) -> list[str]:
-        if rule.devices:
-            return list(rule.devices)
-        if rule.role:
-            return [d.name for d in self.config.devices if d.role == rule.role and d.enabled]
-        return [d.name for d in self.config.devices if d.enabled]
+        """The device names a rule watches: readings carry these names, so an MQTT template
+        entry stands for the devices its topic level may name."""
+        chosen = [d for d in self.config.devices if d.enabled and (
+            d.name in rule.devices if rule.devices else
+            d.role == rule.role if rule.role else True)]
+        names: list[str] = []
+        for d in chosen:
+            template = d.mqtt is not None and d.mqtt.device_level is not None
+            expanded = (d.mqtt.devices or []) if template and d.mqtt is not None else [d.name]
+            if not expanded:
+                log.warning("alert rule %s: %s is a topic template without `devices:`; its "
+                            "devices cannot be watched by name", rule.name, d.name)
+            for name in expanded:
+                names.append(name)
+                self._intervals.setdefault(name, d.interval)
+        return names
 
     def rules(self, *types: str) -> list[AlertRule]:
         return [r for r in self.config.alerts.rules if r.type in types]
@@ -119,7 +131,8 @@ class AlertEngine:
                 counts[hour] += 1
         # a site total is only a total when every device has the hour
         n = len(per_device)
-        return {self.config.site.name: {h: v for h, v in total.items() if counts[h] == n}}
+        return {aggregate_name(rule, self.config):
+                {h: v for h, v in total.items() if counts[h] == n}}
 
     def evaluate_hours(self, start_ms: int, end_ms: int) -> list[Event]:
         """Apply the hourly rules to the hours in [start_ms, end_ms), oldest first."""
@@ -203,17 +216,42 @@ class AlertEngine:
     def on_readings(self, batch: Iterable[Reading]) -> list[Event]:
         with self._lock:
             observations: list[Observation] = []
+            last_seen = self._last_seen
+            index = self._live_index
+            active = self.tracker.is_active
+            when, t, device = None, 0, None
             for r in batch:
-                t = r.time_ms
-                if t > self._last_seen.get(r.device, -1):
-                    self._last_seen[r.device] = t
-                for rule in self.live_rules:
-                    if r.device not in self._devices[rule.name]:
-                        continue
+                if r.time is not when:  # one poll's readings share their time
+                    when, t, device = r.time, r.time_ms, None
+                if r.device != device:
+                    device = r.device
+                    if t > last_seen.get(device, -1):
+                        last_seen[device] = t
+                rules = index.get((r.device, r.quantity))
+                if rules is None:
+                    continue
+                for rule in rules:
                     obs = self._live(rule, r, t)
-                    if obs is not None:
+                    # the common case, nothing to start or end, stays out of the tracker
+                    if obs is None or obs.verdict.level is R.Level.HOLD:
+                        continue
+                    if (obs.verdict.level is R.Level.ON) != active(rule.name, r.device):
                         observations.append(obs)
             return self.tracker.observe(observations) if observations else []
+
+    @property
+    def _live_index(self) -> dict[tuple[str, str], list[AlertRule]]:
+        """(device, quantity) -> the live rules that read it."""
+        if self._index is None:
+            index: dict[tuple[str, str], list[AlertRule]] = defaultdict(list)
+            for rule in self.live_rules:
+                quantities = ([COUNTER, "active_power_kw"] if rule.type == "stale"
+                              else [rule.quantity])
+                for device in self._devices[rule.name]:
+                    for q in quantities:
+                        index[(device, q)].append(rule)
+            self._index = dict(index)
+        return self._index
 
     def _live(self, rule: AlertRule, r: Reading, t: int) -> Observation | None:
         key = (rule.name, r.device)
@@ -303,6 +341,12 @@ class AlertEngine:
         limits = [self._intervals.get(d, 10.0) * r.multiple
                   for r in self.rules("stale") for d in self._devices[r.name]]
         return max(0.2, min(60.0, min(limits) / 4)) if limits else 60.0
+
+
+def aggregate_name(rule: AlertRule, config: Config) -> str:
+    """The series an aggregated rule alerts on: its role (all compressors: "compressor"),
+    else the site."""
+    return rule.role or config.site.name
 
 
 def statement_findings(config: Config, store: Store) -> Callable[[int, int], list[Any]]:

@@ -33,6 +33,9 @@ from energyd.store.sqlite import Store
 ACTIVE = "active"
 RESOLVED = "resolved"
 HOURLY = "hourly"
+# Who observed the condition; episodes without one were raised elsewhere (the sinks' own
+# `sink_rejected` episode) and are left to whoever raised them.
+SOURCES = ("live", HOURLY, "periodic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,24 @@ class Event:
         return {"event": self.kind, "site": site, **self.episode.to_json()}
 
 
+def annotated(obs: Observation) -> dict[str, Any]:
+    """An episode's detail: the figures that fired it under `start`, and for the
+    `energy_alert` annotation a `message` and the numeric figures at the top level."""
+    figures = dict(obs.verdict.figures)
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in figures.items()
+                      if v is not None and k not in ("fire_at", "release_at"))
+    detail: dict[str, Any] = {
+        k: float(v) for k, v in figures.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)}
+    detail.update(type=obs.type, source=obs.source, start=figures,
+                  message=f"{obs.type}: {shown}" if shown else obs.type)
+    return detail
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def load_episodes(store: Store, *, state: str | None = None,
                   limit: int | None = None) -> list[Episode]:
     """Episodes, newest first (all, or only `active` / `resolved`)."""
@@ -108,8 +129,14 @@ class EpisodeTracker:
     def __init__(self, store: Store):
         self.store = store
         self._lock = threading.Lock()
-        self._active: dict[tuple[str, str], Episode] = {
-            (e.rule, e.device): e for e in load_episodes(store, state=ACTIVE)}
+        self._active = self._load_active()
+
+    def _load_active(self) -> dict[tuple[str, str], Episode]:
+        return {(e.rule, e.device): e for e in load_episodes(self.store, state=ACTIVE)
+                if e.source in SOURCES}
+
+    def is_active(self, rule: str, device: str) -> bool:
+        return (rule, device) in self._active  # a dict lookup: safe without the lock
 
     @property
     def active(self) -> list[Episode]:
@@ -133,8 +160,7 @@ class EpisodeTracker:
                             or self._covered(key, obs.at_ms, obs.source):
                         continue
                     ep = Episode(0, obs.rule, obs.device, ACTIVE, obs.at_ms, None,
-                                 {"type": obs.type, "source": obs.source,
-                                  "start": dict(obs.verdict.figures)})
+                                 annotated(obs))
                     self._active[key] = ep
                     changes.append(("start", ep, _snapshot(ep)))
                 elif level is Level.OFF and current is not None:
@@ -151,8 +177,7 @@ class EpisodeTracker:
                 except Exception:
                     # nothing was stored: forget the in-memory changes too, the verdicts
                     # come again with the next poll or rollup
-                    self._active = {(e.rule, e.device): e
-                                    for e in load_episodes(self.store, state=ACTIVE)}
+                    self._active = self._load_active()
                     raise
             return [Event(kind, snap) for kind, _, snap in changes]
 

@@ -23,10 +23,15 @@ def collect_episodes(store: Store, *, limit: int | None = 200) -> list[dict[str,
     return [e.to_json() for e in active + resolved]
 
 
+# the band's edges are in the JSON; the table keeps to what a person on shift reads
+_TABLE_SKIP = {"fire_at", "release_at", "window_s", "baseline_weeks", "interval_s"}
+
+
 def _figures(figures: dict[str, Any] | None) -> str:
     if not figures:
         return ""
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items() if v is not None)
+    return "\n".join(f"{k}={_fmt(v)}" for k, v in figures.items()
+                      if v is not None and k not in _TABLE_SKIP)
 
 
 def _fmt(v: Any) -> str:
@@ -35,13 +40,19 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def episodes_table(rows: list[dict[str, Any]], title: str = "alert episodes") -> Table:
+def _when(iso: str | None) -> str:
+    return iso[:16].replace("T", " ") if iso else "-"
+
+
+def episodes_table(rows: list[dict[str, Any]], title: str = "alert episodes (UTC)") -> Table:
     table = Table(title=title)
-    for column in ("state", "rule", "type", "device", "start (UTC)", "end (UTC)",
-                   "figures that fired it"):
-        table.add_column(column, overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("rule", overflow="fold")
+    table.add_column("device", overflow="fold")
+    table.add_column("start", max_width=10)
+    table.add_column("end", max_width=10)
+    table.add_column("figures that fired it", overflow="fold")
     for r in rows:
-        table.add_row(r["state"], r["rule"], r.get("type") or "", r["device"],
-                      r["started"][:19].replace("T", " "),
-                      (r["ended"] or "")[:19].replace("T", " "), _figures(r.get("figures")))
+        table.add_row(r["state"], f"{r['rule']}\n({r.get('type') or '?'})", r["device"],
+                      _when(r["started"]), _when(r["ended"]), _figures(r.get("figures")))
     return table

@@ -113,19 +113,23 @@ class RollingMean:
     def __init__(self, window_s: float):
         self.window_ms = int(window_s * 1000)
         self._samples: deque[tuple[int, float]] = deque()
+        self._sum = 0.0
 
     def add(self, t_ms: int, value: float) -> None:
         if self._samples and t_ms <= self._samples[-1][0]:
             return  # out of order or a replay: the window only moves forward
         self._samples.append((t_ms, value))
+        self._sum += value
         horizon = t_ms - self.window_ms
         while self._samples[0][0] <= horizon:
-            self._samples.popleft()
+            self._sum -= self._samples.popleft()[1]
+        if len(self._samples) == 1:
+            self._sum = value  # no float drift carried over a whole run
 
     def mean(self) -> float | None:
         if not self._samples:
             return None
-        return sum(v for _, v in self._samples) / len(self._samples)
+        return self._sum / len(self._samples)
 
     @property
     def samples(self) -> int:

@@ -31,9 +31,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from energyd.drivers.decode import register_count
 from energyd.errors import ConfigError, Problem
@@ -48,6 +48,12 @@ ReadFunction = Literal[1, 2, 3, 4]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _quantity(name: str) -> str:
+    if name not in QUANTITIES:
+        raise ValueError(f"unknown quantity {name!r} (see the quantity vocabulary)")
+    return name
 
 
 class _RegisterEntry(_Strict):
@@ -69,16 +75,9 @@ class _ProfileFile(_Strict):
     base: Literal[0, 1] = 0
     type: TypeName = "float32"
     order: Order = "ABCD"
-    registers: dict[str, _RegisterEntry] = Field(min_length=1)
+    registers: dict[Annotated[str, AfterValidator(_quantity)], _RegisterEntry] = \
+        Field(min_length=1)
     notes: str = ""
-
-    @field_validator("registers")
-    @classmethod
-    def _quantities(cls, v: dict[str, _RegisterEntry]) -> dict[str, _RegisterEntry]:
-        for q in v:
-            if q not in QUANTITIES:
-                raise ValueError(f"unknown quantity {q!r} (see the quantity vocabulary)")
-        return v
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +160,15 @@ def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
     """Load a built-in profile by name, or a profile file by path; ConfigError on bad data."""
     resolved = resolve_ref(ref, base_dir)
     path = BUILTIN_DIR / f"{resolved}.yaml" if is_builtin(resolved) else Path(resolved)
-    return _load_file(str(path))
+    try:
+        stamp = path.stat().st_mtime_ns  # an edited file is read afresh (e.g. on reload)
+    except OSError:
+        stamp = 0
+    return _load_file(str(path), stamp)
 
 
 @functools.lru_cache(maxsize=64)
-def _load_file(path_text: str) -> Profile:
+def _load_file(path_text: str, _stamp: int = 0) -> Profile:
     from energyd.config.loader import _locate, _parse_yaml, _plain
 
     path = Path(path_text)
@@ -181,7 +184,8 @@ def _load_file(path_text: str) -> Profile:
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
-            line, where = _locate(tree, tuple(err["loc"]))
+            loc = tuple(part for part in err["loc"] if part != "[key]")
+            line, where = _locate(tree, loc)
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown key (check its spelling)"

@@ -252,7 +252,8 @@ class FuelParameters(Strict):
     """tCO2 = quantity x NCV x carbon content x oxidation x 44/12."""
 
     quantity: Literal["fuel_volume_m3", "fuel_mass_t"]
-    unit_factor: float = 1.0  # converts the counter's unit into the NCV's unit (e.g. m3 -> 10^4 Nm3)
+    # converts the counter's unit into the NCV's unit (e.g. 1e-4 for m3 -> 10^4 Nm3)
+    unit_factor: float = Field(1.0, gt=0)
     ncv_gj_per_unit: float = Field(gt=0)
     carbon_content_tc_per_gj: float = Field(gt=0)
     oxidation: float = Field(1.0, gt=0, le=1)
@@ -385,14 +386,27 @@ class InfluxDB(Strict):
 
 
 class Certificate(Strict):
+    """A contractual instrument for market-based Scope 2, allocated MWh for MWh to purchased
+    hours in the order the certificates are listed, each until used up. It applies to hours
+    in [valid_from, valid_to) (times without an offset, and dates, are site time), by
+    default the vintage's calendar year; `market` must match the site's grid region."""
+
     id: str
     type: Literal["GEC", "I-REC", "green_contract", "PPA"] = "GEC"
     mwh: float = Field(gt=0)
-    vintage: int  # generation year
+    vintage: int = Field(ge=2000, le=2100)  # generation year
     market: str = "CN"
     valid_from: datetime | None = None
-    valid_to: datetime | None = None
+    valid_to: datetime | None = None  # excluded
     devices: list[str] | None = None  # None: any grid_import device
+
+    @model_validator(mode="after")
+    def _window(self) -> Certificate:
+        a, b = self.valid_from, self.valid_to
+        if a is not None and b is not None and (a.tzinfo is None) == (b.tzinfo is None) \
+                and b <= a:
+            raise ValueError("valid_to must be after valid_from")
+        return self
 
 
 class Accounting(Strict):
@@ -406,6 +420,21 @@ class Accounting(Strict):
     accounts: dict[str, list[str]] = Field(default_factory=dict)  # invoice account -> devices
     certificates: list[Certificate] = Field(default_factory=list)
 
+    @field_validator("emission_factors")
+    @classmethod
+    def _factors_path(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        base = _base_dir(info)
+        return base / v if v is not None and base is not None and not v.is_absolute() else v
+
+    @field_validator("certificates")
+    @classmethod
+    def _unique(cls, v: list[Certificate]) -> list[Certificate]:
+        ids = [c.id for c in v]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"certificate ids must be unique: {', '.join(dupes)}")
+        return v
+
 
 # --- alerts ----------------------------------------------------------------------------------
 
@@ -415,7 +444,7 @@ class AlertRule(Strict):
 
     Applies to `devices`, else to every device of `role`, else to every device; with
     `aggregate: true` (spike, off_shift) the devices' hourly energy is summed and alerted on
-    as one series named after the site.
+    as one series, named after the role (e.g. `compressor` for a whole station) or the site.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")  # also an MQTT topic level
@@ -475,6 +504,9 @@ class AlertChannel(Strict):
     broker: Mqtt | None = None  # mqtt: default the top-level `mqtt:` broker, else 127.0.0.1:1883
     qos: Literal[0, 1, 2] = 1
     url: str | None = None  # webhook
+    # webhook: a URL that carries a token (chat services' incoming hooks) is a secret
+    url_file: str | None = None
+    url_env: str | None = None
     secret_file: str | None = None  # webhook: HMAC-SHA256 key for the signature header
     secret_env: str | None = None
     timeout: Duration = 5.0  # webhook: per attempt
@@ -482,15 +514,20 @@ class AlertChannel(Strict):
     backoff: Duration = 1.0  # webhook: first wait between attempts, doubled each time
     backoff_max: Duration = 60.0
     _secret: SecretStr | None = PrivateAttr(None)
-    _files = field_validator("secret_file")(classmethod(_secret_file))
+    _url: SecretStr | None = PrivateAttr(None)
+    _files = field_validator("secret_file", "url_file")(classmethod(_secret_file))
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> AlertChannel:
         if self.type == "webhook":
-            if not self.url:
-                raise ValueError("a webhook channel needs a url")
-            if not self.url.startswith(("http://", "https://")):
-                raise ValueError(f"webhook url {self.url!r} must start with http:// or https://")
+            given = [k for k in ("url", "url_file", "url_env") if getattr(self, k)]
+            if len(given) != 1:
+                raise ValueError("a webhook channel needs one of url, url_file, url_env")
+            self._url = (SecretStr(self.url) if self.url else
+                         read_secret(self.url_file, self.url_env, _base_dir(info)))
+            assert self._url is not None
+            if not self._url.get_secret_value().startswith(("http://", "https://")):
+                raise ValueError("the webhook url must start with http:// or https://")
         if self.type != "mqtt" and self.broker is not None:
             raise ValueError("only an mqtt channel takes a broker")
         if any(c in self.topic for c in "+#"):
@@ -501,6 +538,11 @@ class AlertChannel(Strict):
     @property
     def secret(self) -> SecretStr | None:
         return self._secret
+
+    @property
+    def endpoint(self) -> SecretStr | None:
+        """The webhook's URL, from `url` or from its secret source."""
+        return self._url
 
     @property
     def label(self) -> str:

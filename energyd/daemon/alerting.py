@@ -44,9 +44,10 @@ def make_channel(spec: AlertChannel, config: Config, on_error: Any = None) -> Ch
     if spec.type == "log":
         return LogChannel()
     if spec.type == "webhook":
-        assert spec.url is not None
+        assert spec.endpoint is not None
         secret = spec.secret.get_secret_value() if spec.secret is not None else None
-        return WebhookChannel(name=spec.label, url=spec.url, secret=secret,
+        return WebhookChannel(name=spec.label, url=spec.endpoint.get_secret_value(),
+                              secret=secret,
                               timeout=spec.timeout, retries=spec.retries, backoff=spec.backoff,
                               backoff_max=spec.backoff_max, on_error=on_error)
     broker = spec.broker or config.mqtt or Mqtt()
@@ -75,6 +76,7 @@ class AlertComponent:
         self._inbox: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._failing = False
         ctx.rollup_listeners.append(self.on_rollup)
         if self.engine.live_rules:
             ctx.reading_listeners.append(self.on_readings)
@@ -98,6 +100,21 @@ class AlertComponent:
 
     async def _backlog(self) -> None:
         self._dispatch(await asyncio.to_thread(self.engine.check_backlog))
+
+    async def _live(self, batch: list[Reading]) -> None:
+        try:
+            events = await asyncio.to_thread(self.engine.on_readings, batch)
+        except Exception:
+            # the store refused the episode (disk full, locked): the live state moved on,
+            # the next batch gives the verdict again
+            if not self._failing:
+                log.exception("live alert evaluation failed")
+            self._failing = True
+            return
+        if self._failing:
+            log.info("live alert evaluation works again")
+            self._failing = False
+        self._dispatch(events)
 
     # --- running -----------------------------------------------------------------------
 
@@ -134,7 +151,7 @@ class AlertComponent:
                 while not self._inbox.empty():
                     batch.extend(self._inbox.get_nowait())
                 if batch:
-                    self._dispatch(await asyncio.to_thread(self.engine.on_readings, batch))
+                    await self._live(batch)
         finally:
             self._loop = None
             await asyncio.to_thread(self.dispatcher.close)

@@ -60,6 +60,7 @@ class DeviceState:
     missed: int = 0  # slots that came while the previous poll still waited
     last_ok_ms: int | None = None
     last_error: str | None = None
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 class LinkOwner:
@@ -81,6 +82,7 @@ class LinkOwner:
         self._queue: asyncio.Queue[DeviceState] = asyncio.Queue()
         self._link: ModbusLink | None = None
         self._silent_in_row = 0
+        self._stopping = False
 
     async def run(self) -> None:
         async with ModbusLink(self.settings) as link:
@@ -97,7 +99,11 @@ class LinkOwner:
             try:
                 await asyncio.Event().wait()
             finally:
-                worker.cancel()
+                self._stopping = True
+                # pymodbus can swallow a cancellation that lands inside a request: insist
+                while not worker.done():
+                    worker.cancel()
+                    await asyncio.wait([worker], timeout=0.2)
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
                 self.ctx.health.pop(self.name, None)
@@ -123,7 +129,7 @@ class LinkOwner:
         self._queue.put_nowait(st)
 
     async def _worker(self) -> None:
-        while True:
+        while not self._stopping:
             st = await self._queue.get()
             try:
                 await self.poll(st)
@@ -135,7 +141,9 @@ class LinkOwner:
     async def poll(self, st: DeviceState) -> PollResult:
         assert self._link is not None
         link = self._link
-        self.lateness.append(max(0.0, time.time() - st.slot))
+        late = max(0.0, time.time() - st.slot)
+        self.lateness.append(late)
+        st.lateness.append(late)
         device = st.device
         opts = device.modbus
         assert opts is not None

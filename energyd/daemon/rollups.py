@@ -1,9 +1,68 @@
-"""Accounting jobs: the hourly rollup, and recomputation of recent hours at start-up."""
+"""Accounting jobs: the hourly rollup, and recomputation of recent hours at start-up.
+
+At start the last `accounting.recompute_hours` hours are recomputed (with whatever arrived
+while energyd was down); then the job runs `accounting.rollup_delay` after every hour and
+recomputes what is due (see `Accountant.run`): the hour just completed, hours touched by late
+readings, hours a changed factor or certificate applies to. After each run every callback in
+`ctx.rollup_listeners` is awaited with (start_ms, end_ms) of each span of hours (re)computed.
+
+The emission-factor table is loaded when the component is built, so a broken table stops the
+daemon at start-up with the file and line, instead of failing an hour later.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from energyd.accounting.storage import Accountant, RecomputeResult
 from energyd.daemon.context import Component, Context
+from energyd.model import to_ms
+
+log = logging.getLogger(__name__)
+
+
+class Rollups:
+    name = "rollups"
+
+    def __init__(self, ctx: Context, accountant: Accountant):
+        self.ctx = ctx
+        self.accountant = accountant
+        self._lock = asyncio.Lock()
+        self._failing = False
+
+    async def run(self) -> None:
+        await self.recompute(startup=True)
+        self.ctx.scheduler.hourly(self.job, name="accounting.rollup",
+                                  delay=self.ctx.config.accounting.rollup_delay)
+        await asyncio.Event().wait()
+
+    async def job(self) -> None:
+        await self.recompute(startup=False)
+
+    async def recompute(self, *, startup: bool) -> RecomputeResult:
+        hours = self.ctx.config.accounting.recompute_hours if startup else 0
+        async with self._lock:
+            now = to_ms(self.ctx.clock.now())
+            try:
+                result = await asyncio.to_thread(self.accountant.run, now,
+                                                 recompute_hours=hours)
+            except Exception:
+                if not self._failing:
+                    log.exception("hourly rollup failed; it is tried again next hour")
+                self._failing = True
+                raise
+            if self._failing:
+                log.info("hourly rollup works again")
+                self._failing = False
+        for start, end in result.ranges:
+            for listener in list(self.ctx.rollup_listeners):
+                try:
+                    await listener(start, end)
+                except Exception:
+                    log.exception("a rollup listener failed for %d..%d", start, end)
+        return result
 
 
 def build(ctx: Context) -> list[Component]:
-    return []
+    return [Rollups(ctx, Accountant(ctx.store, ctx.config))]

@@ -56,7 +56,7 @@ def build(ctx: Context) -> list[Component]:
 
 
 class _Taken:
-    """One acknowledgeable message: done when all its readings are committed."""
+    """One acknowledgeable message: done when its readings are committed."""
 
     __slots__ = ("mid", "qos", "generation", "left")
 
@@ -84,7 +84,7 @@ class MqttComponent:
         self._send_lock = threading.Lock()  # keeps acks in order across committing threads
         self._queue: deque[_Taken] = deque()
         self._by_reading: dict[int, _Taken] = {}
-        self._window = max(1, self.options.max_inflight // 2)
+        self._window = max(1, self.options.max_inflight // 4)
         self._flush_wanted: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_asked = False
@@ -152,7 +152,7 @@ class MqttComponent:
         except Rejected as exc:
             readings = []
             self.refused += 1
-            self._refuse(topic, exc)
+            problems.insert(0, exc)
         seen: set[str] = set()
         for p in problems:  # counted once per message and reason, however many fields
             if p.reason not in seen:
@@ -165,11 +165,13 @@ class MqttComponent:
             if readings:
                 self.ctx.writer.submit(readings)
             return
-        taken = _Taken(mid, qos, generation, len(readings))
+        # One submit() is one atomic part of a writer batch (taken, committed or put back
+        # whole), so the message is committed exactly when its last reading is.
+        taken = _Taken(mid, qos, generation, 1 if readings else 0)
         with self._lock:
             self._queue.append(taken)
-            for r in readings:
-                self._by_reading[id(r)] = taken
+            if readings:
+                self._by_reading[id(readings[-1])] = taken
             waiting = len(self._queue)
         if readings:
             self.ctx.writer.submit(readings)

@@ -71,9 +71,13 @@ def decode_raw(regs: list[int], type_: str, order: str = "ABCD") -> float:
 
 def decode(regs: list[int], type_: str, order: str = "ABCD", scale: float = 1.0,
            offset: float = 0.0) -> float:
-    value = decode_raw(regs, type_, order) * scale + offset
-    # 0.1 * 2301 is 230.10000000000002: keep what the meter meant
-    return round(value, 10) if math.isfinite(value) else value
+    value = decode_raw(regs, type_, order)
+    if scale != 1.0 or offset != 0.0:
+        value = value * scale + offset
+        # 0.1 * 2301 is 230.10000000000002: keep what the meter meant
+        if math.isfinite(value):
+            value = round(value, 10)
+    return value
 
 
 def encode(value: float, type_: str, order: str = "ABCD", scale: float = 1.0,

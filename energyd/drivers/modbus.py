@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,6 +218,7 @@ class PollResult:
     device: str
     readings: list[Reading] = field(default_factory=list)
     failures: list[BlockFailure] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)  # quantities the meter sent as NaN
 
     @property
     def timed_out(self) -> bool:
@@ -306,9 +308,11 @@ class DevicePoller:
             except DeviceError as exc:
                 result.failures.append(BlockFailure(str(block), exc))
                 break
-            result.readings.extend(
-                Reading(when, self.name, quantity, value)
-                for quantity, value in block.decode(words).items())
+            for quantity, value in block.decode(words).items():
+                if math.isfinite(value):
+                    result.readings.append(Reading(when, self.name, quantity, value))
+                else:  # meters send NaN for what they do not measure (an unwired phase)
+                    result.unavailable.append(quantity)
         return result
 
 

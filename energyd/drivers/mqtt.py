@@ -109,6 +109,10 @@ class Route:
     allowed: frozenset[str] | None  # names a template's device level may take
 
     @property
+    def levels(self) -> list[str]:
+        return self.topic.split("/")
+
+    @property
     def is_pattern(self) -> bool:
         return "+" in self.topic or "#" in self.topic
 
@@ -121,6 +125,22 @@ class Route:
             raise Rejected("unknown_device",
                            f"{name!r} is not among the devices of {self.entry!r}")
         return name
+
+
+_CACHE_TOPICS = 100_000
+
+
+def _matches(pattern: list[str], topic: list[str]) -> bool:
+    """MQTT filter matching on split levels (`+` one level, `#` the rest, and `$`-topics
+    are not matched by a leading wildcard)."""
+    if topic and topic[0].startswith("$") and pattern and pattern[0] in ("+", "#"):
+        return False
+    for i, p in enumerate(pattern):
+        if p == "#":
+            return True
+        if i >= len(topic) or (p != "+" and p != topic[i]):
+            return False
+    return len(pattern) == len(topic)
 
 
 def _path(dotted: str) -> tuple[str, ...]:
@@ -197,6 +217,7 @@ class PayloadMapper:
                 d.name, o.topic, o, fields, _path(o.timestamp) if o.timestamp else None,
                 frozenset(o.devices) if o.devices else None))
         self._exact: dict[str, list[Route]] = {}
+        self._cache: dict[str, list[Route]] = {}
         self._patterns: list[Route] = []
         for r in self.routes:
             if r.is_pattern:
@@ -209,9 +230,14 @@ class PayloadMapper:
         return list(dict.fromkeys(r.topic for r in self.routes))
 
     def routes_for(self, topic: str) -> list[Route]:
-        routes = self._exact.get(topic, [])
-        if self._patterns:
-            routes = routes + [r for r in self._patterns if paho.topic_matches_sub(r.topic, topic)]
+        routes = self._cache.get(topic)
+        if routes is None:
+            routes = self._exact.get(topic, [])
+            if self._patterns:
+                levels = topic.split("/")
+                routes = routes + [r for r in self._patterns if _matches(r.levels, levels)]
+            if len(self._cache) < _CACHE_TOPICS:  # bounded: a publisher may invent topics
+                self._cache[topic] = routes
         return routes
 
     def map(self, topic: str, payload: bytes, received: datetime,
@@ -225,8 +251,17 @@ class PayloadMapper:
             raise Rejected("no_route", "no device is configured for this topic")
         out: list[Reading] = []
         doc: Any = None
+        named: list[tuple[Route, str]] = []
+        refusal: Rejected | None = None
         for route in routes:
-            device = route.device_for(topic)
+            try:
+                named.append((route, route.device_for(topic)))
+            except Rejected as exc:
+                refusal = exc  # another template may take this device
+        if not named:
+            assert refusal is not None
+            raise refusal
+        for route, device in named:
             o = route.options
             if o.format == "value":
                 try:
@@ -257,13 +292,17 @@ class PayloadMapper:
                 except KeyError:
                     missing.append(".".join(path))
                     continue
-                try:
-                    value = _number(raw, f"field {'.'.join(path)!r}")
-                except Rejected as exc:
-                    if problems is None:
-                        raise
-                    problems.append(exc)
-                    continue
+                kind = type(raw)
+                if (kind is float or kind is int) and raw - raw == 0:  # finite: the usual case
+                    value = float(raw)
+                else:
+                    try:
+                        value = _number(raw, f"field {'.'.join(path)!r}")
+                    except Rejected as exc:
+                        if problems is None:
+                            raise
+                        problems.append(exc)
+                        continue
                 out.append(Reading(when, device, quantity, value))
             if missing:
                 problem = Rejected("missing_field", f"no field {', '.join(missing)}")
@@ -278,7 +317,7 @@ class PayloadMapper:
 
 def _decode_json(payload: bytes) -> Any:
     try:
-        doc = json.loads(payload)
+        doc = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise Rejected("not_utf8", "the payload is not UTF-8 text") from None
     except ValueError as exc:

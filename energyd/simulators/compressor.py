@@ -6,6 +6,7 @@
         station.inject_leak(8.0)             # a step up in demand, off-shift too
         await station.wait_acked()           # every message so far taken by the broker
     station.acked["air1-c1"]                 # {seq: time_ms} the broker acknowledged
+    station.last_payload["air1-c1"]          # the last JSON object published, as a dict
 
 Keyword arguments: `broker` (host, port; loopback only), `station` (name, also the prefix
 of the compressor names `<station>-c1`..), `compressors` (count), `clock` (an energyd
@@ -156,6 +157,7 @@ class CompressorStation:
         self.publisher = Publisher(broker, client_id or f"energyd-sim-{station}")
         self.seq: dict[str, int] = {c.name: 0 for c in self.system.compressors}
         self.malformed_sent: dict[str, int] = {}
+        self.last_payload: dict[str, dict[str, Any]] = {}
         self._malformed_debt = 0.0
         self._malformed_turn = 0
         self._task: asyncio.Task[None] | None = None
@@ -238,6 +240,7 @@ class CompressorStation:
                        "loaded_hours": round(c.loaded_h, 5)}
             self.publisher.publish(self.topic(c.name), json.dumps(payload).encode(), self.qos,
                                    record=(c.name, n, ts))
+            self.last_payload[c.name] = payload
             if self.malformed:
                 self._malformed_debt += self.malformed
                 if self._malformed_debt >= 1.0:

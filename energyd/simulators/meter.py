@@ -25,13 +25,14 @@ Python API::
         meter.faults.delay = 0.3                   # every reply 0.3 s late (wall time)
         meter.faults.order = "BADC"                # serve with the bytes of each register swapped
         meter.faults.spike = 3.0                   # load x3 while set (1.0 = off)
+        meter.faults.overrides["voltage_l3_v"] = float("nan")   # serve this value instead
         meter.reset_counters()                     # counters restart at 0
         meter.wrap_counters(rollover=None)         # counters wrap at the register's limit soon
         sim.function_codes                         # Counter of every function code received
         sim.requests                               # requests received in all
 
 Arguments (keyword only):
-    profile     a profile name or path for every unit, or {unit: profile}
+    profile     a profile name, path or Profile for every unit, or {unit: profile}
     units       unit ids served (1..247)
     host, port  TCP listener (loopback only); ignored with serial_port
     framer      "socket" (Modbus TCP) or "rtu" (RTU frames, over TCP or the serial port)
@@ -87,6 +88,7 @@ class Faults:
     delay: float = 0.0  # wall seconds added before each reply
     order: str | None = None  # serve every value in this byte order instead of the profile's
     spike: float = 1.0  # load multiplier
+    overrides: dict[str, float] = field(default_factory=dict)  # quantity -> value served (NaN too)
 
 
 class SimulatedMeter:
@@ -192,6 +194,7 @@ class SimulatedMeter:
             "active_energy_export_kwh": self.export_kwh,
             "reactive_energy_import_kvarh": self.reactive_kvarh,
         }
+        out.update(self.faults.overrides)
         return out
 
     # --- counter faults -----------------------------------------------------------------
@@ -340,7 +343,7 @@ class _SerialServer(ModbusSerialServer):
 class MeterSimulator:
     """Several simulated meters behind one listener; an async context manager."""
 
-    def __init__(self, *, profile: str | Mapping[int, str] = "eastron_sdm630",
+    def __init__(self, *, profile: str | Profile | Mapping[int, str | Profile] = "eastron_sdm630",
                  units: Iterable[int] = (1,), host: str = "127.0.0.1", port: int = 0,
                  framer: str = "socket", serial_port: str | None = None,
                  baudrate: int = 9600, clock: Clock | None = None,
@@ -361,9 +364,10 @@ class MeterSimulator:
         self.serial_port, self.baudrate = serial_port, baudrate
         self.units: dict[int, SimulatedMeter] = {}
         for u in units:
-            ref = profile if isinstance(profile, str) else profile[u]
+            ref = profile if isinstance(profile, str | Profile) else profile[u]
             kw = base_kw if isinstance(base_kw, int | float) else base_kw[u]
-            self.units[u] = SimulatedMeter(u, load_profile(ref), clock=self.clock,
+            prof = ref if isinstance(ref, Profile) else load_profile(ref)
+            self.units[u] = SimulatedMeter(u, prof, clock=self.clock,
                                            base_kw=float(kw), seed=seed, tz=tz)
         if isinstance(faults, Mapping):
             for u, f in faults.items():

@@ -25,6 +25,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 READING = "energy_reading"
@@ -72,7 +73,9 @@ def series_key(measurement: str, tags: Mapping[str, str | None]) -> str:
 @dataclass(frozen=True, slots=True)
 class Point:
     line: str
-    items: tuple[int, ...]  # reading ids or change sequence numbers this point carries
+    items: tuple[int, ...] = ()  # change sequence numbers of the table rows it carries
+    count: int = 1  # store items in it: readings of the poll, or 1 for a row
+    poll: tuple[str, int] | None = None  # readings: (device, time_ms), to find their ids
 
 
 def body(points: Sequence[Point]) -> bytes:
@@ -98,43 +101,53 @@ class Encoder:
         self.site = site
         self.roles = dict(roles)
         self.gateway = gateway
-        self._reading_keys: dict[str, str] = {}
-        self._field_keys: dict[str, str] = {}
+        self._series_info: dict[int, tuple[str, str]] = {}  # series id -> (prefix, "field=")
+        self._prefixes: dict[str, str] = {}
+        self._devices: dict[str, str] = {}  # prefix -> device
 
     def _tags(self, device: str, **extra: str | None) -> dict[str, str | None]:
         return {"site": self.site, "gateway": self.gateway, "device": device, **extra}
 
     # --- readings -------------------------------------------------------------------------
 
-    def _reading_key(self, device: str) -> str:
-        key = self._reading_keys.get(device)
-        if key is None:
-            key = self._reading_keys[device] = series_key(
-                READING, self._tags(device, role=self.roles.get(device)))
-        return key
+    def _series(self, sid: int, names: Mapping[int, tuple[str, str]]) -> tuple[str, str]:
+        device, quantity = names[sid]
+        prefix = series_key(READING, self._tags(device, role=self.roles.get(device)))
+        prefix = self._prefixes.setdefault(prefix, prefix)  # one object per device: `is` works
+        self._devices[prefix] = device
+        info = self._series_info[sid] = (prefix, escape_key(quantity) + "=")
+        return info
 
-    def readings(self, rows: Iterable[tuple[int, str, str, int, float]]) -> list[Point]:
-        """Rows (id, device, quantity, time_ms, value) in id order -> one point per device
-        and time, in the order their first reading came. A poll split across two chunks
-        gives two points with the same series and time; the server merges their fields."""
-        groups: dict[tuple[str, int], tuple[list[str], list[int]]] = {}
-        field_keys = self._field_keys
-        for rid, device, quantity, t, value in rows:
-            fk = field_keys.get(quantity)
-            if fk is None:
-                fk = field_keys[quantity] = escape_key(quantity) + "="
-            text = repr(float(value))
-            if text in ("nan", "inf", "-inf"):
-                continue  # the store refuses these; never let one break a chunk
-            group = groups.get((device, t))
-            if group is None:
-                groups[(device, t)] = ([fk + text], [rid])
-            else:
-                group[0].append(fk + text)
-                group[1].append(rid)
-        key = self._reading_key
-        return [Point(f"{key(device)} {','.join(fields)} {t}", tuple(ids))
-                for (device, t), (fields, ids) in groups.items()]
+    def readings(self, rows: Iterable[Sequence[Any]],
+                 names: Mapping[int, tuple[str, str]]) -> list[Point]:
+        """Rows (series id, time_ms, value) in insertion order, `names` mapping a series id
+        to (device, quantity) -> one point per device and time, in the order of their first
+        reading. A poll split across two chunks gives two points with the same series and
+        time; the server merges their fields. Raises KeyError for a series not in `names`.
+
+        This loop is the forwarder's hot path: no per-reading objects beyond the field text."""
+        if not isinstance(rows, list):
+            rows = list(rows)
+        if not math.isfinite(math.fsum(map(itemgetter(2), rows))):
+            # the store refuses NaN and infinities; should one be there, it must not spoil
+            # a chunk (fsum is exact, so only a non-finite value makes it non-finite)
+            rows = [r for r in rows if math.isfinite(r[2])]
+        info = self._series_info
+        groups: dict[tuple[str, int], list[str]] = {}
+        key: str | None = None
+        at = fields = None
+        for sid, t, value in rows:
+            prefix, field = info.get(sid) or self._series(sid, names)
+            if prefix is not key or t != at:
+                # a poll's readings are usually contiguous: the dict sees each poll once
+                fields = groups.get((prefix, t))
+                if fields is None:
+                    fields = groups[(prefix, t)] = []
+                key, at = prefix, t
+            fields.append(field + repr(value))  # type: ignore[union-attr]
+        devices = self._devices
+        return [Point(f"{k} {','.join(f)} {t}", (), len(f), (devices[k], t))
+                for (k, t), f in groups.items()]
 
     # --- hourly rollups -------------------------------------------------------------------
 

@@ -1,0 +1,290 @@
+"""Modbus acquisition benchmark: 200 meters on 20 gateways, polled every second.
+
+    .venv/bin/python bench/bench_modbus.py [--duration 60] [--capacity-duration 10]
+
+The simulators run in a child process (20 Modbus TCP gateways on 127.0.0.1, 10 Eastron
+SDM630 units each). In this process:
+
+1. scheduled: the daemon's polling component (LinkOwner per gateway, APScheduler, the
+   SQLite store through the writer) polls all 200 meters every second for --duration s:
+   polls/s achieved against the 200/s scheduled, lateness of each poll's first request
+   against its slot (p50, p99, max), CPU seconds of this process per 1,000 polls, and this
+   process's peak RSS (targets: p99 lateness < 100 ms, RSS < 150 MB);
+2. capacity, the same server for both, back to back:
+   - ceiling: the bare pymodbus client loop, one AsyncModbusTcpClient per gateway issuing
+     the same reads (each meter's two planned blocks) as fast as the server answers;
+   - energyd: the same owners' production poll path (driver, planner, decoding, readings
+     into the store writer, poll records, metrics), fed back to back instead of by the clock;
+   requests/s of each and the ratio (target: energyd >= 80 % of the bare loop). The two
+   are alternated in short rounds so a change in the machine's load weighs on both alike.
+   The simulator process's CPU use is printed beside each, to show whether the server was
+   the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROFILE = "eastron_sdm630"
+
+
+# --- the simulator process -------------------------------------------------------------------
+
+
+async def serve(gateways: int, units: int) -> None:
+    from energyd.simulators import MeterSimulator
+
+    sims = [MeterSimulator(profile=PROFILE, units=range(1, units + 1), seed=g)
+            for g in range(gateways)]
+    for s in sims:
+        await s.start()
+    print(json.dumps([s.port for s in sims]), flush=True)
+    # until the parent closes our stdin
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    for s in sims:
+        await s.stop()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def config_text(ports: list[int], units: int, interval: float, db: Path) -> str:
+    lines = [f"storage: {{path: {db}, flush_interval: 1}}", "http: {enabled: false}",
+             "devices:"]
+    for g, port in enumerate(ports):
+        for u in range(1, units + 1):
+            lines += [f"  - name: gw{g:02d}-m{u:02d}", "    driver: modbus",
+                      f"    profile: {PROFILE}", f"    interval: {interval}",
+                      f"    modbus: {{host: 127.0.0.1, port: {port}, unit: {u}, timeout: 1}}"]
+    return "\n".join(lines) + "\n"
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+class ChildCpu:
+    def __init__(self, pid: int):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.mark()
+
+    def mark(self) -> None:
+        t = self.proc.cpu_times()
+        self._cpu, self._wall = t.user + t.system, time.perf_counter()
+
+    def share(self) -> float:
+        t = self.proc.cpu_times()
+        return (t.user + t.system - self._cpu) / (time.perf_counter() - self._wall)
+
+
+# --- phases ----------------------------------------------------------------------------------
+
+
+async def scheduled(config_text_: str, duration: float) -> dict[str, float]:
+    from energyd.config.loader import parse_config
+    from energyd.daemon import polling
+    from energyd.daemon.app import Daemon
+
+    daemon = Daemon(parse_config(config_text_, "bench.yaml"), builders=[polling.build])
+    task = asyncio.create_task(daemon.run(handle_signals=False))
+    await asyncio.wait_for(daemon.ready.wait(), 30)
+    ctx = daemon.context
+    assert ctx is not None
+    await asyncio.sleep(2.0)  # every device has had its first slot
+    owners = [fn.__self__ for k, fn in ctx.health.items() if k.endswith(".poll")]
+    for o in owners:
+        o.lateness.clear()
+    polls0 = sum(o.polls for o in owners)
+    requests0 = sum(o._link.requests for o in owners)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.sleep(duration)
+    cpu1, t1 = time.process_time(), time.perf_counter()
+    polls = sum(o.polls for o in owners) - polls0
+    requests = sum(o._link.requests for o in owners) - requests0
+    lateness = [x for o in owners for x in o.lateness]
+    errors = sum(st.errors for o in owners for st in o.states)
+    missed = sum(st.missed for o in owners for st in o.states)
+    committed = ctx.writer.committed
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    daemon.stop()
+    await asyncio.wait_for(task, 30)
+    wall = t1 - t0
+    return {
+        "devices": sum(len(o.states) for o in owners), "links": len(owners),
+        "seconds": wall, "polls": polls, "polls_per_s": polls / wall,
+        "requests_per_s": requests / wall, "errors": errors, "missed": missed,
+        "late_p50_ms": pct(lateness, 50) * 1000, "late_p99_ms": pct(lateness, 99) * 1000,
+        "late_max_ms": max(lateness) * 1000 if lateness else float("nan"),
+        "cpu_s_per_1000_polls": (cpu1 - cpu0) / polls * 1000 if polls else float("nan"),
+        "cpu_share": (cpu1 - cpu0) / wall, "peak_rss_mb": rss_mb, "committed": committed,
+    }
+
+
+async def capacity(ports: list[int], units: int, text: str, duration: float,
+                   rounds: int, cpu: ChildCpu) -> dict[str, float]:
+    """Bare loop and energyd's poll path, alternated in `rounds` short runs each, so that a
+    change in the machine's load during the run weighs on both alike."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from energyd.config.loader import parse_config
+    from energyd.config.profiles import load_profile
+    from energyd.daemon import polling
+    from energyd.daemon.app import Daemon
+    from energyd.drivers.planner import plan
+
+    blocks = plan(load_profile(PROFILE).registers)
+    clients = [AsyncModbusTcpClient("127.0.0.1", port=p, timeout=1, retries=0) for p in ports]
+    for c in clients:
+        await c.connect()
+    # the owners run as in the daemon, with a schedule too slow to fire during the run;
+    # their poll path is then driven back to back
+    daemon = Daemon(parse_config(text.replace("interval: 1.0", "interval: 3600"),
+                                 "bench.yaml"), builders=[polling.build])
+    task = asyncio.create_task(daemon.run(handle_signals=False))
+    await asyncio.wait_for(daemon.ready.wait(), 30)
+    assert daemon.context is not None
+    await asyncio.sleep(1.5)  # the first (jittered) slots have passed
+    owners = [fn.__self__ for k, fn in daemon.context.health.items() if k.endswith(".poll")]
+    slice_s = duration / rounds
+    totals = {"bare_requests": 0.0, "bare_s": 0.0, "bare_sim_cpu": 0.0, "mine_requests": 0.0,
+              "mine_polls": 0.0, "mine_s": 0.0, "mine_sim_cpu": 0.0}
+
+    async def bare_gateway(client: AsyncModbusTcpClient, stop: float) -> int:
+        n = 0
+        while time.perf_counter() < stop:
+            for u in range(1, units + 1):
+                for b in blocks:
+                    rr = await client.read_input_registers(b.address, count=b.count,
+                                                           device_id=u)
+                    assert not rr.isError()
+                    n += 1
+        return n
+
+    async def mine_gateway(owner: object, stop: float) -> None:
+        while time.perf_counter() < stop:
+            for st in owner.states:  # type: ignore[attr-defined]
+                st.slot = time.time()
+                result = await owner.poll(st)  # type: ignore[attr-defined]
+                assert not result.failures, result.error
+
+    try:
+        for _ in range(rounds):
+            cpu.mark()
+            t0 = time.perf_counter()
+            counts = await asyncio.gather(*(bare_gateway(c, t0 + slice_s) for c in clients))
+            wall = time.perf_counter() - t0
+            totals["bare_sim_cpu"] += cpu.share() * wall
+            totals["bare_requests"] += sum(counts)
+            totals["bare_s"] += wall
+
+            req0 = sum(o._link.requests for o in owners)
+            polls0 = sum(o.polls for o in owners)
+            cpu.mark()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(mine_gateway(o, t0 + slice_s) for o in owners))
+            wall = time.perf_counter() - t0
+            totals["mine_sim_cpu"] += cpu.share() * wall
+            totals["mine_requests"] += sum(o._link.requests for o in owners) - req0
+            totals["mine_polls"] += sum(o.polls for o in owners) - polls0
+            totals["mine_s"] += wall
+    finally:
+        for c in clients:
+            c.close()
+        daemon.stop()
+        await asyncio.wait_for(task, 30)
+    return {
+        "bare": totals["bare_requests"] / totals["bare_s"],
+        "bare_sim_share": totals["bare_sim_cpu"] / totals["bare_s"],
+        "mine": totals["mine_requests"] / totals["mine_s"],
+        "mine_polls": totals["mine_polls"] / totals["mine_s"],
+        "mine_sim_share": totals["mine_sim_cpu"] / totals["mine_s"],
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(args.gateways),
+                              str(args.meters // args.gateways)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        ports = json.loads(child.stdout.readline())
+        units = args.meters // args.gateways
+        cpu = ChildCpu(child.pid)
+        with tempfile.TemporaryDirectory() as tmp:
+            text = config_text(ports, units, 1.0, Path(tmp) / "scheduled.db")
+            print(f"scheduled: {args.meters} meters on {args.gateways} gateways, every 1 s, "
+                  f"{args.duration:g} s ...", flush=True)
+            cpu.mark()
+            s = await scheduled(text, args.duration)
+            sim_share = cpu.share()
+            print(f"  polls/s achieved        {s['polls_per_s']:8.1f}  (scheduled "
+                  f"{s['devices']:.0f}/s; {s['polls']:.0f} polls, {s['errors']:.0f} errors, "
+                  f"{s['missed']:.0f} missed)")
+            print(f"  requests/s              {s['requests_per_s']:8.1f}")
+            print(f"  lateness p50 / p99 / max {s['late_p50_ms']:7.1f} / {s['late_p99_ms']:.1f}"
+                  f" / {s['late_max_ms']:.1f} ms   (target p99 < 100 ms)")
+            print(f"  CPU s per 1000 polls    {s['cpu_s_per_1000_polls']:8.3f}  "
+                  f"(energyd process at {s['cpu_share'] * 100:.0f} % of a core; simulators "
+                  f"{sim_share * 100:.0f} %)")
+            print(f"  peak RSS                {s['peak_rss_mb']:8.1f} MB  (target < 150 MB)")
+
+            print(f"capacity against the same server, {args.capacity_duration:g} s each, "
+                  f"alternated in {args.rounds} rounds ...", flush=True)
+            text2 = config_text(ports, units, 1.0, Path(tmp) / "capacity.db")
+            c = await capacity(ports, units, text2, args.capacity_duration, args.rounds, cpu)
+            bare, mine = c["bare"], c["mine"]
+            print(f"  bare pymodbus loop      {bare:8.1f} requests/s  (simulators at "
+                  f"{c['bare_sim_share'] * 100:.0f} % of a core)")
+            print(f"  energyd poll path       {mine:8.1f} requests/s  ({c['mine_polls']:.0f} "
+                  f"polls/s; simulators at {c['mine_sim_share'] * 100:.0f} % of a core)")
+            print(f"  energyd / bare          {mine / bare * 100:8.1f} %  (target >= 80 %)")
+            ok = (s["late_p99_ms"] < 100 and s["peak_rss_mb"] < 150 and mine >= 0.8 * bare
+                  and s["polls_per_s"] >= 0.95 * s["devices"])
+            print("targets met" if ok else "TARGETS MISSED")
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        logging.basicConfig(level=logging.WARNING)
+        asyncio.run(serve(int(sys.argv[2]), int(sys.argv[3])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0,
+                        help="seconds of scheduled polling (default 60)")
+    parser.add_argument("--capacity-duration", type=float, default=10.0,
+                        help="seconds of each back-to-back capacity run (default 10)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternations of the two capacity runs (default 5)")
+    parser.add_argument("--meters", type=int, default=200)
+    parser.add_argument("--gateways", type=int, default=20)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

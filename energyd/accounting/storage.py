@@ -1,0 +1,734 @@
+"""The one place accounting meets the store: read readings and statements, write rollups.
+
+Everything else in `energyd.accounting` is pure; this module decides *what* to recompute and
+persists the result:
+
+- `Accountant.recompute(ranges)`: the given device-hours, widened to whole statement periods
+  (a statement's residual depends on all of its period) and followed by a re-allocation of
+  certificates from the first recomputed hour on (what an hour gets depends on what earlier
+  hours used). A row is written only when it changed, with a fresh `seq` so sinks forward it
+  again; re-running over the same data writes nothing.
+- `Accountant.run(now_ms)`: the hourly job: hours completed since the last run; hours touched
+  by readings that arrived late (from the sample before the earliest late one: a gap that
+  was estimated becomes interpolated); and, when the factor table or the certificates
+  changed, the hours those apply to. `recompute_hours` widens it at start-up.
+- statements import, the monthly report and the evidence export.
+
+Times are UTC epoch ms; the site's time zone only decides local dates (factor validity,
+statement days, report months).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo
+
+from energyd.accounting.energy import (
+    HOUR_MS,
+    CounterSpec,
+    HourEnergy,
+    Trace,
+    analyse_counter,
+    hourly,
+    integrate_power,
+)
+from energyd.accounting.factors import (
+    FactorTable,
+    day_start_ms,
+    load_factors,
+    validity_ms,
+)
+from energyd.accounting.invoices import StatementRow, StoredPeriod, parse_statements
+from energyd.accounting.report import build_report
+from energyd.accounting.rollup import (
+    PURCHASED_ROLES,
+    CertificateSpec,
+    DeviceInfo,
+    FactorPolicy,
+    FuelSpec,
+    RollupRow,
+    Statement,
+    allocate_certificates,
+    apply_market,
+    build_rows,
+    fill_missing,
+    iso,
+    make_profile,
+    reconciliation_findings,
+)
+from energyd.config.schema import Config, Device
+from energyd.errors import StoreError
+from energyd.store.sqlite import Store
+
+log = logging.getLogger(__name__)
+
+PROFILE_DAYS = 14
+META_POSITION = "accounting.readings_position"
+META_DONE = "accounting.done_until"
+META_FINGERPRINT = "accounting.fingerprint"
+RULE = "reconciliation"
+
+Ranges = dict[str, tuple[int, int]]
+
+
+def floor_hour(ms: int) -> int:
+    return ms - ms % HOUR_MS
+
+
+def ceil_hour(ms: int) -> int:
+    return -((-ms) // HOUR_MS) * HOUR_MS
+
+
+def merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(r for r in ranges if r[1] > r[0]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+@dataclass
+class RecomputeResult:
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # hours (re)computed, merged
+    rows: list[RollupRow] = field(default_factory=list)
+    written: int = 0  # rows that changed
+    findings: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # counter | power | none
+    quantity: str | None
+    series: int | None
+
+
+class Accountant:
+    """Accounting over one store and one configuration."""
+
+    def __init__(self, store: Store, config: Config, factors: FactorTable | None = None):
+        self.store = store
+        self.config = config
+        self.tz: ZoneInfo = config.site.tz
+        self.factors = factors if factors is not None else load_factors(
+            config.accounting.emission_factors)
+        acc = config.accounting
+        self.policy = FactorPolicy(self.factors, self.tz, config.site.grid_region,
+                                   acc.residual_region or config.site.grid_region)
+        self.max_gap_ms = int(acc.max_interpolation_gap * 1000)
+        self.devices = [d for d in config.devices if d.enabled
+                        and not (d.role == "fuel" and d.fuel is None)]
+        self.config_problems = [
+            f"device {d.name} has role fuel but no `fuel:` parameters: not accounted"
+            for d in config.devices if d.enabled and d.role == "fuel" and d.fuel is None]
+        self.certificates, self.certificate_problems = self._certificates()
+        self._series: dict[tuple[str, str], int] = {}
+
+    # --- configuration views ----------------------------------------------------------------
+
+    def accounts(self) -> dict[str, tuple[str, ...]]:
+        """account -> devices: `accounting.accounts`, and every grid_import device by name."""
+        out = {d.name: (d.name,) for d in self.config.devices if d.role == "grid_import"}
+        out.update({k: tuple(v) for k, v in self.config.accounting.accounts.items()})
+        return out
+
+    def _certificates(self) -> tuple[list[CertificateSpec], list[str]]:
+        country = self.config.site.grid_region.split("-")[0]
+        specs, problems = [], []
+        for c in self.config.accounting.certificates:
+            if c.market != country:
+                problems.append(f"certificate {c.id} ({c.type}, market {c.market}) does not "
+                                f"match the site's market {country}: not applied")
+                continue
+            start = (self._instant(c.valid_from) if c.valid_from
+                     else day_start_ms(date(c.vintage, 1, 1), self.tz))
+            end = (self._instant(c.valid_to) if c.valid_to
+                   else day_start_ms(date(c.vintage + 1, 1, 1), self.tz))
+            specs.append(CertificateSpec(c.id, c.type, c.mwh, c.vintage, c.market, start, end,
+                                         tuple(c.devices) if c.devices else None))
+        return specs, problems
+
+    def _instant(self, when: datetime) -> int:
+        if when.tzinfo is None:  # a date or a time without offset: site time
+            when = when.replace(tzinfo=self.tz)
+        return round(when.timestamp() * 1000)
+
+    def _source(self, device: Device) -> Source:
+        if device.role == "fuel" and device.fuel is not None:
+            candidates = [device.fuel.quantity]
+        elif device.role == "generation":
+            candidates = ["active_energy_export_kwh", "active_energy_import_kwh"]
+        else:
+            candidates = ["active_energy_import_kwh"]
+        for q in candidates:
+            sid = self._series_id(device.name, q)
+            if sid is not None:
+                return Source("counter", q, sid)
+        if device.role != "fuel":
+            sid = self._series_id(device.name, "active_power_kw")
+            if sid is not None:
+                return Source("power", "active_power_kw", sid)
+        return Source("none", None, None)
+
+    def _series_id(self, device: str, quantity: str) -> int | None:
+        sid = self._series.get((device, quantity))
+        if sid is None:  # series appear when a device first reports; they never go
+            rows = self.store.execute("SELECT id FROM series WHERE device = ? AND quantity = ?",
+                                      (device, quantity))
+            sid = rows[0][0] if rows else None
+            if sid is not None:
+                self._series[(device, quantity)] = sid
+        return sid
+
+    def _info(self, device: Device, basis: str = "") -> DeviceInfo:
+        fuel = None
+        if device.fuel is not None and device.role == "fuel":
+            p = device.fuel
+            fuel = FuelSpec(p.quantity, p.unit_factor, p.ncv_gj_per_unit,
+                            p.carbon_content_tc_per_gj, p.oxidation, p.source)
+        return DeviceInfo(device.name, device.role, fuel, basis)
+
+    def fingerprint(self) -> dict[str, Any]:
+        certs = {c.id: [c.mwh, c.start_ms, c.end_ms, list(c.devices or [])]
+                 for c in self.certificates}
+        return {"factors": self.factors.fingerprint(),
+                "certificates": {k: hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16]
+                                 for k, v in certs.items()},
+                "certificate_order": [c.id for c in self.certificates],
+                "regions": [self.policy.region, self.policy.residual_region]}
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _trace(self, device: Device, src: Source, start: int, end: int) -> Trace:
+        if src.series is None:
+            return Trace([], [])
+        sid = src.series
+        ex = self.store.execute
+        before = ex("SELECT time, value FROM readings WHERE series = ? AND time < ? "
+                    "ORDER BY time DESC LIMIT 1", (sid, start))
+        main = ex("SELECT time, value FROM readings WHERE series = ? AND time >= ? AND time < ? "
+                  "ORDER BY time", (sid, start, end))
+        after = ex("SELECT time, value FROM readings WHERE series = ? AND time >= ? "
+                   "ORDER BY time LIMIT 1", (sid, end))
+        rows = before + main + after
+        if not rows:
+            return Trace([], [])
+        times = list(map(itemgetter(0), rows))
+        values = list(map(itemgetter(1), rows))
+        if src.kind == "power":
+            return integrate_power(times, values, self.max_gap_ms,
+                                   sign=-1.0 if device.role == "generation" else 1.0)
+        spec = CounterSpec(self.max_gap_ms,
+                           device.rated_power_kw if src.quantity and src.quantity.endswith(
+                               "_kwh") else None,
+                           device.counter_rollover)
+        return analyse_counter(times, values, spec)
+
+    def _profile_history(self, device: Device, start: int) -> list[tuple[int, float]]:
+        fuel = self._info(device).fuel
+        per_mwh = 1.0 / fuel.mwh_per_unit if fuel else 1000.0
+        return [(h, mwh * per_mwh) for h, mwh in self.store.execute(
+            "SELECT hour, mwh FROM rollups WHERE device = ? AND hour >= ? AND hour < ? "
+            "AND source = 'meter' AND coverage >= 0.99",
+            (device.name, start - PROFILE_DAYS * 86400_000, start))]
+
+    def statements(self, start: int | None = None, end: int | None = None) -> list[Statement]:
+        accounts = self.accounts()
+        sql = ("SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
+               "FROM invoices")
+        params: list[Any] = []
+        if start is not None and end is not None:
+            sql += " WHERE period_start < ? AND period_end > ?"
+            params = [end, start]
+        out = []
+        for sid, account, p0, p1, kwh, supplier, document in self.store.execute(sql, params):
+            devs = accounts.get(account)
+            if devs:
+                out.append(Statement(sid, account, p0, p1, kwh, devs, supplier, document))
+        return out
+
+    # --- recomputing -------------------------------------------------------------------------
+
+    def recompute(self, ranges: Ranges | tuple[int, int], now_ms: int) -> RecomputeResult:
+        """(Re)compute rollups for `ranges` (device -> [start, end) ms, or one range for every
+        device); only complete hours (ending at or before `now_ms`) are computed."""
+        if isinstance(ranges, tuple):
+            ranges = {d.name: ranges for d in self.devices}
+        limit = floor_hour(now_ms)
+        known = {d.name: d for d in self.devices}
+        want: Ranges = {}
+        for name, (a, b) in ranges.items():
+            if name in known:
+                a, b = floor_hour(a), min(ceil_hour(b), limit)
+                if b > a:
+                    want[name] = (a, b)
+        if not want:
+            return RecomputeResult()
+        statements = self._widen(want, limit)
+        hour_energy: dict[str, list[HourEnergy]] = {}
+        profiles = {}
+        infos = {}
+        traces: dict[str, Trace] = {}
+        for name, (a, b) in list(want.items()):
+            device = known[name]
+            src = self._source(device)
+            if src.kind == "none" and device.role not in ("grid_import", "fuel"):
+                del want[name]  # nothing to say about a submeter that never reported
+                continue
+            trace = self._trace(device, src, a, b)
+            traces[name] = trace
+            hes = hourly(trace, range(a, b, HOUR_MS))
+            hour_energy[name] = hes
+            basis = ""
+            if any(he.missing for he in hes):  # a profile is only needed to fill gaps
+                full = [(he.hour, he.metered) for he in hes
+                        if not he.missing and not he.interp_ms and not he.events]
+                prof, basis = make_profile(self._profile_history(device, a) + full, self.tz)
+                profiles[name] = prof
+            infos[name] = self._info(device, basis)
+        filled = fill_missing(hour_energy, statements, profiles)
+        rows: list[RollupRow] = []
+        for name, fs in filled.items():
+            if traces[name].power_integrated:
+                for f in fs:
+                    f.power_integrated = True
+            rows.extend(build_rows(infos[name], fs, self.policy))
+        if not want:
+            return RecomputeResult()
+        result = RecomputeResult(ranges=merge(want.values()))
+        with self.store.transaction() as conn:
+            rows = self._market(conn, rows, want)
+            result.written = self._write(conn, rows, want)
+            result.findings = self._reconcile(conn, statements, now_ms)
+        result.rows = sorted((r for r in rows if r.device in want
+                              and want[r.device][0] <= r.hour < want[r.device][1]),
+                             key=lambda r: (r.hour, r.device))
+        if result.written:
+            log.info("rollups: %d device-hours changed in %s", result.written,
+                     ", ".join(f"{iso(a)}..{iso(b)}" for a, b in result.ranges))
+        return result
+
+    def _widen(self, want: Ranges, limit: int) -> list[Statement]:
+        """Widen the ranges to whole statement periods, for every device of the account."""
+        accounts = self.accounts()
+        used: dict[int, Statement] = {}
+        for _ in range(3):
+            changed = False
+            lo = min(a for a, _ in want.values())
+            hi = max(b for _, b in want.values())
+            for st in self.statements(lo, hi):
+                if not any(d in want and want[d][0] < st.end_ms and st.start_ms < want[d][1]
+                           for d in st.devices):
+                    continue
+                used[st.id] = st
+                a, b = floor_hour(st.start_ms), min(ceil_hour(st.end_ms), limit)
+                for d in accounts.get(st.account, ()):
+                    if not any(x.name == d for x in self.devices) or b <= a:
+                        continue
+                    old = want.get(d)
+                    new = (a, b) if old is None else (min(old[0], a), max(old[1], b))
+                    if new != old:
+                        want[d] = new
+                        changed = True
+            if not changed:
+                break
+        return list(used.values())
+
+    def _market(self, conn: sqlite3.Connection, rows: list[RollupRow],
+                want: Ranges) -> list[RollupRow]:
+        """Certificates: re-allocate from the first recomputed purchased hour onwards."""
+        roles = {d.name: d.role for d in self.devices}
+        purchased = [r for r in rows if roles.get(r.device) in PURCHASED_ROLES]
+        if not self.certificates:
+            conn.execute("DELETE FROM certificate_allocations")
+            return [apply_market(r, []) if roles.get(r.device) in PURCHASED_ROLES else r
+                    for r in rows]
+        if not purchased:
+            return rows
+        start = min(r.hour for r in purchased)
+        used = dict(conn.execute(
+            "SELECT certificate, sum(mwh) FROM certificate_allocations WHERE hour < ? "
+            "GROUP BY certificate", (start,)).fetchall())
+        end = max(c.end_ms for c in self.certificates)
+        fresh = {r.key(): r for r in purchased}
+        names = sorted({n for n, role in roles.items() if role in PURCHASED_ROLES})
+        walk: dict[tuple[str, int], RollupRow] = {}
+        if end > start and names:
+            marks = ",".join("?" * len(names))
+            for rec in conn.execute(
+                    f"SELECT device, hour, mwh, source, coverage, tco2_location, tco2_market, "
+                    f"ef_location, ef_id, detail FROM rollups WHERE device IN ({marks}) "
+                    f"AND hour >= ? AND hour < ?", (*names, start, end)).fetchall():
+                r = _row(rec)
+                walk[r.key()] = r
+        walk.update(fresh)
+        allocation = allocate_certificates(self.certificates, used, list(walk.values()))
+        conn.execute("DELETE FROM certificate_allocations WHERE hour >= ?", (start,))
+        conn.executemany(
+            "INSERT INTO certificate_allocations (certificate, device, hour, mwh) "
+            "VALUES (?, ?, ?, ?)",
+            [(cid, d, h, mwh) for (d, h), allocs in allocation.items() for cid, mwh in allocs])
+        out = [apply_market(r, allocation.get(r.key(), [])) if r.key() in fresh else r
+               for r in rows]
+        # stored hours after the recomputed ones whose certificates moved
+        for key, r in walk.items():
+            if key not in fresh:
+                out.append(apply_market(r, allocation.get(key, [])))
+        return out
+
+    def _write(self, conn: sqlite3.Connection, rows: Sequence[RollupRow], want: Ranges) -> int:
+        stored: dict[tuple[str, int], tuple] = {}
+        spans = set(want.values())
+        if len(spans) == 1:  # the usual case: one query for every device
+            (a, b), = spans
+            for rec in conn.execute(
+                    "SELECT device, hour, mwh, source, coverage, tco2_location, tco2_market, "
+                    "ef_location, ef_id, detail FROM rollups WHERE hour >= ? AND hour < ?",
+                    (a, b)):
+                stored[(rec[0], rec[1])] = tuple(rec[2:])
+        else:
+            for name, (a, b) in want.items():
+                for rec in conn.execute(
+                        "SELECT device, hour, mwh, source, coverage, tco2_location, "
+                        "tco2_market, ef_location, ef_id, detail FROM rollups WHERE device = ? "
+                        "AND hour >= ? AND hour < ?", (name, a, b)):
+                    stored[(rec[0], rec[1])] = tuple(rec[2:])
+        written = 0
+        for r in rows:
+            values = (r.mwh, r.source, r.coverage, r.tco2_location, r.tco2_market,
+                      r.ef_location, r.ef_id, _dumps(r.detail))
+            span = want.get(r.device)
+            if span is not None and span[0] <= r.hour < span[1]:
+                old = stored.get(r.key())
+            else:  # a later stored hour whose certificates moved
+                got = conn.execute(
+                    "SELECT mwh, source, coverage, tco2_location, tco2_market, ef_location, "
+                    "ef_id, detail FROM rollups WHERE device = ? AND hour = ?",
+                    r.key()).fetchone()
+                old = tuple(got) if got else None
+            if old == values:
+                continue
+            seq = self.store.next_seq(conn)
+            conn.execute(
+                "INSERT INTO rollups (device, hour, mwh, source, coverage, tco2_location, "
+                "tco2_market, ef_location, ef_id, detail, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, hour) DO UPDATE "
+                "SET mwh = excluded.mwh, source = excluded.source, coverage = excluded.coverage, "
+                "tco2_location = excluded.tco2_location, tco2_market = excluded.tco2_market, "
+                "ef_location = excluded.ef_location, ef_id = excluded.ef_id, "
+                "detail = excluded.detail, seq = excluded.seq",
+                (r.device, r.hour, *values, seq))
+            written += 1
+        return written
+
+    def _reconcile(self, conn: sqlite3.Connection, statements: Sequence[Statement],
+                   now_ms: int) -> list[dict[str, Any]]:
+        """Fully metered statement periods that disagree with the meter: returned, and kept
+        as `reconciliation` rows in the alerts table unless an alert rule of that type is
+        configured (the alert engine then owns those episodes)."""
+        if not statements:
+            return []
+        tol = self.config.accounting.reconciliation_tolerance
+        rows = self._rows_for(conn, statements)
+        findings = reconciliation_findings(statements, rows, tol)
+        if any(r.type == "reconciliation" for r in self.config.alerts.rules):
+            return findings
+        flagged = {f["statement"]: f for f in findings}
+        for st in statements:
+            existing = conn.execute(
+                "SELECT id, state, detail FROM alerts WHERE rule = ? AND device = ? "
+                "AND started = ? ORDER BY id DESC LIMIT 1",
+                (RULE, st.account, st.start_ms)).fetchone()
+            f = flagged.get(st.id)
+            if f is not None:
+                detail = _dumps({**f, "message": _finding_message(f)})
+                if existing is None or existing[1] != "active" or existing[2] != detail:
+                    seq = self.store.next_seq(conn)
+                    if existing is not None and existing[1] == "active":
+                        conn.execute("UPDATE alerts SET detail = ?, seq = ? WHERE id = ?",
+                                     (detail, seq, existing[0]))
+                    else:
+                        conn.execute(
+                            "INSERT INTO alerts (rule, device, state, started, ended, detail, "
+                            "seq) VALUES (?, ?, 'active', ?, NULL, ?, ?)",
+                            (RULE, st.account, st.start_ms, detail, seq))
+            elif existing is not None and existing[1] == "active":
+                conn.execute("UPDATE alerts SET state = 'resolved', ended = ?, seq = ? "
+                             "WHERE id = ?", (now_ms, self.store.next_seq(conn), existing[0]))
+        return findings
+
+    def _rows_for(self, conn: sqlite3.Connection,
+                  statements: Sequence[Statement]) -> list[RollupRow]:
+        devs = sorted({d for st in statements for d in st.devices})
+        lo = floor_hour(min(st.start_ms for st in statements))
+        hi = max(st.end_ms for st in statements)
+        marks = ",".join("?" * len(devs))
+        return [_row(rec) for rec in conn.execute(
+            f"SELECT device, hour, mwh, source, coverage, tco2_location, tco2_market, "
+            f"ef_location, ef_id, detail FROM rollups WHERE device IN ({marks}) "
+            f"AND hour >= ? AND hour < ?", (*devs, lo, hi))]
+
+    # --- the hourly job ----------------------------------------------------------------------
+
+    def run(self, now_ms: int, *, recompute_hours: int = 0) -> RecomputeResult:
+        """Everything due at `now_ms`: new complete hours, late readings, changed factors or
+        certificates, and (at start-up) the last `recompute_hours` hours."""
+        end = floor_hour(now_ms)
+        max_id = self.store.execute("SELECT coalesce(max(id), 0) FROM readings")[0][0]
+        done = self.store.get_meta(META_DONE)
+        position = self.store.get_meta(META_POSITION)
+        wanted: dict[str, list[tuple[int, int]]] = {d.name: [] for d in self.devices}
+        start = end - HOUR_MS if done is None or done > end else done
+        if recompute_hours:
+            start = min(start, end - recompute_hours * HOUR_MS)
+        for name in wanted:
+            wanted[name].append((start, end))
+        if position is not None and max_id > position:
+            for name, a in self._late(position, max_id, start).items():
+                wanted[name].append((a, end))
+        fp = self.fingerprint()
+        old_fp = self.store.get_meta(META_FINGERPRINT)
+        if old_fp is not None and old_fp != fp:
+            for a, b in self._changed_windows(old_fp, fp, end):
+                for name in wanted:
+                    wanted[name].append((a, b))
+        ranges: Ranges = {}
+        for name, spans in wanted.items():
+            if spans:
+                ranges[name] = (min(a for a, _ in spans), max(b for _, b in spans))
+        result = self.recompute(ranges, now_ms)
+        self.store.set_meta(META_POSITION, max_id)
+        self.store.set_meta(META_DONE, end)
+        self.store.set_meta(META_FINGERPRINT, fp)
+        return result
+
+    def _late(self, position: int, max_id: int, before: int) -> dict[str, int]:
+        """device -> the hour from which readings stored after `position` call for a
+        recompute: from the sample before the earliest of them, so a gap they close (or a
+        statement period they fall in) is recomputed, if that lies before `before`."""
+        first = dict(self.store.execute(
+            "SELECT series, min(time) FROM readings WHERE id > ? AND id <= ? GROUP BY series",
+            (position, max_id)))
+        out: dict[str, int] = {}
+        for device in self.devices:
+            src = self._source(device)
+            t = first.get(src.series) if src.series is not None else None
+            if t is None:
+                continue
+            prev = self.store.execute(
+                "SELECT max(time) FROM readings WHERE series = ? AND time < ?",
+                (src.series, t))[0][0]
+            a = floor_hour(prev if prev is not None else t)
+            if a < before:
+                out[device.name] = a
+        return out
+
+    def _changed_windows(self, old: Mapping[str, Any], new: Mapping[str, Any],
+                         end: int) -> list[tuple[int, int]]:
+        first = self.store.execute("SELECT min(hour) FROM rollups")[0][0]
+        if first is None:
+            return []
+        windows = []
+        of, nf = old.get("factors", {}), new.get("factors", {})
+        for fid in set(of) | set(nf):
+            if of.get(fid) != nf.get(fid):
+                f = self.factors.by_id(fid)
+                if f is None:  # removed: its hours are unknown now, recompute all
+                    windows.append((first, end))
+                else:
+                    windows.append(validity_ms(f, self.tz))
+        if old.get("certificates") != new.get("certificates") \
+                or old.get("certificate_order") != new.get("certificate_order"):
+            windows.append((min([c.start_ms for c in self.certificates], default=first), end))
+        if old.get("regions") != new.get("regions"):
+            windows.append((first, end))
+        return [(max(a, first), min(b, end)) for a, b in merge(windows) if min(b, end) > a]
+
+    # --- statements -------------------------------------------------------------------------
+
+    def import_statements(self, stream: TextIO, filename: str,
+                          now_ms: int) -> tuple[list[StatementRow], RecomputeResult]:
+        """Store a statements file whole (or raise ImportRejected) and recompute the hours of
+        its periods: estimated hours become invoice hours."""
+        accounts = self.accounts()
+        stored = [StoredPeriod(i, a, p0, p1, doc) for i, a, p0, p1, doc in self.store.execute(
+            "SELECT id, account, period_start, period_end, document FROM invoices")]
+        rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored)
+        with self.store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO invoices (account, period_start, period_end, energy_kwh, supplier, "
+                "document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.account, r.start_ms, r.end_ms, r.kwh, r.supplier, r.document, now_ms)
+                 for r in rows])
+        ranges: Ranges = {}
+        for r in rows:
+            for d in accounts[r.account]:
+                a, b = ranges.get(d, (r.start_ms, r.end_ms))
+                ranges[d] = (min(a, r.start_ms), max(b, r.end_ms))
+        return rows, self.recompute(ranges, now_ms)
+
+    # --- reports -----------------------------------------------------------------------------
+
+    def month_bounds(self, month: str) -> tuple[int, int]:
+        try:
+            first = datetime.strptime(month, "%Y-%m").date()
+        except ValueError:
+            raise ValueError(f"month {month!r} is not YYYY-MM") from None
+        nxt = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        return (round(datetime.combine(first, time(0), self.tz).timestamp() * 1000),
+                round(datetime.combine(nxt, time(0), self.tz).timestamp() * 1000))
+
+    def rows(self, start: int, end: int, devices: Sequence[str] | None = None) -> list[RollupRow]:
+        sql = ("SELECT device, hour, mwh, source, coverage, tco2_location, tco2_market, "
+               "ef_location, ef_id, detail FROM rollups WHERE hour >= ? AND hour < ?")
+        params: list[Any] = [start, end]
+        if devices is not None:
+            sql += f" AND device IN ({','.join('?' * len(devices))})"
+            params += list(devices)
+        return [_row(r) for r in self.store.execute(sql + " ORDER BY hour, device", params)]
+
+    def report(self, month: str, now_ms: int) -> dict[str, Any]:
+        start, end = self.month_bounds(month)
+        hours = list(range(ceil_hour(start), end, HOUR_MS))
+        rows = self.rows(start, end)
+        statements = self.statements(start, end)
+        findings = reconciliation_findings(
+            statements, self._rows_for_statements(statements),
+            self.config.accounting.reconciliation_tolerance) if statements else []
+        certs = []
+        month_use = dict(self.store.execute(
+            "SELECT certificate, sum(mwh) FROM certificate_allocations WHERE hour >= ? "
+            "AND hour < ? GROUP BY certificate", (start, end)))
+        total_use = dict(self.store.execute(
+            "SELECT certificate, sum(mwh) FROM certificate_allocations "
+            "WHERE hour < ? GROUP BY certificate", (end,)))
+        for c in self.certificates:
+            used = total_use.get(c.id, 0.0)
+            certs.append({"id": c.id, "type": c.type, "vintage": c.vintage, "market": c.market,
+                          "mwh": c.mwh,
+                          "allocated_in_month_mwh": round(month_use.get(c.id, 0.0), 6),
+                          "allocated_to_date_mwh": round(used, 6),
+                          "remaining_mwh": round(max(c.mwh - used, 0.0), 6)})
+        accounted = [(d.name, d.role) for d in self.devices
+                     if d.role in ("grid_import", "fuel")
+                     or self._source(d).kind != "none"]
+        report = build_report(
+            site={"name": self.config.site.name, "grid_region": self.policy.region,
+                  "residual_region": self.policy.residual_region},
+            month=month, timezone=self.config.site.timezone, hours=hours, devices=accounted,
+            rows=rows, findings=findings, certificates=certs, complete=now_ms >= end)
+        report["flags"].extend(self.certificate_problems + self.config_problems)
+        report["statements"] = [st.as_detail() for st in statements]
+        return report
+
+    def _rows_for_statements(self, statements: Sequence[Statement]) -> list[RollupRow]:
+        lo = floor_hour(min(st.start_ms for st in statements))
+        hi = max(st.end_ms for st in statements)
+        return self.rows(lo, hi, sorted({d for st in statements for d in st.devices}))
+
+    def export_evidence(self, month: str, directory: str | Path, now_ms: int) -> dict[str, Any]:
+        """The month's evidence for a verifier: raw readings (with the samples around the
+        month's edges the boundary hours were interpolated from), statements, factors,
+        certificates, devices, rollups and the report, and MANIFEST.sha256 over them
+        (`sha256sum -c MANIFEST.sha256` checks it). Refuses a directory that is not empty."""
+        out = Path(directory)
+        if out.exists() and any(out.iterdir()):
+            raise StoreError(f"{out}: not empty; evidence is never written over")
+        out.mkdir(parents=True, exist_ok=True)
+        start, end = self.month_bounds(month)
+        report = self.report(month, now_ms)
+        margin = max(self.max_gap_ms, HOUR_MS)
+        files: list[str] = []
+
+        with open(out / "readings.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["time", "device", "quantity", "value", "quality"])
+            n = 0
+            for t, d, q, v, qual in self.store.iterate(
+                    "SELECT r.time, s.device, s.quantity, r.value, r.quality FROM readings r "
+                    "JOIN series s ON s.id = r.series WHERE r.time >= ? AND r.time < ? "
+                    "ORDER BY s.device, s.quantity, r.time", (start - margin, end + margin)):
+                w.writerow([iso(t), d, q, repr(v), qual])
+                n += 1
+        files.append("readings.csv")
+        statements = self.statements(start, end)
+        with open(out / "invoices.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["id", "account", "period_start", "period_end", "energy_kwh", "supplier",
+                        "document", "devices"])
+            for st in statements:
+                w.writerow([st.id, st.account, iso(st.start_ms), iso(st.end_ms), repr(st.kwh),
+                            st.supplier or "", st.document or "", " ".join(st.devices)])
+        files.append("invoices.csv")
+        rows = self.rows(start, end)
+        with open(out / "rollups.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["hour", "device", "mwh", "source", "coverage", "tco2_location",
+                        "tco2_market", "ef_location", "ef_id", "detail"])
+            for r in rows:
+                w.writerow([iso(r.hour), r.device, repr(r.mwh), r.source, r.coverage,
+                            r.tco2_location, r.tco2_market, r.ef_location, r.ef_id,
+                            _dumps(r.detail)])
+        files.append("rollups.csv")
+        used_ids = {f["id"] for f in report["factors"]}
+        _write_json(out / "factors.json", {
+            "table": self.factors.origin,
+            "used": [self.factors.by_id(i).as_dict() for i in sorted(used_ids)
+                     if self.factors.by_id(i) is not None],
+            "all": [f.as_dict() for f in self.factors.factors]})
+        files.append("factors.json")
+        _write_json(out / "certificates.json", report["certificates"])
+        files.append("certificates.json")
+        _write_json(out / "devices.json", [
+            {"name": d.name, "role": d.role, "rated_power_kw": d.rated_power_kw,
+             "counter_rollover": d.counter_rollover,
+             "fuel": d.fuel.model_dump() if d.fuel else None} for d in self.devices]
+            + [{"accounts": {k: list(v) for k, v in self.accounts().items()},
+                "max_interpolation_gap_s": self.config.accounting.max_interpolation_gap,
+                "reconciliation_tolerance": self.config.accounting.reconciliation_tolerance,
+                "timezone": self.config.site.timezone}])
+        files.append("devices.json")
+        _write_json(out / "report.json", report)
+        files.append("report.json")
+        manifest = []
+        for name in files:
+            digest = hashlib.sha256((out / name).read_bytes()).hexdigest()
+            manifest.append(f"{digest}  {name}\n")
+        (out / "MANIFEST.sha256").write_text("".join(manifest), encoding="utf-8")
+        return {"directory": str(out), "files": files, "readings": n, "rows": len(rows),
+                "statements": len(statements), "status": report["status"]}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n",
+                    encoding="utf-8")
+
+
+def _row(rec: Sequence[Any]) -> RollupRow:
+    d, h, mwh, src, cov, tl, tm, ef, efid, detail = rec
+    return RollupRow(d, h, mwh, src, cov, tl, tm, ef, efid, json.loads(detail or "{}"))
+
+
+def _finding_message(f: Mapping[str, Any]) -> str:
+    return (f"statement {f.get('document') or f['statement']} for {f['account']} "
+            f"({f['period_start']} to {f['period_end']}): {f['statement_kwh']:g} kWh billed, "
+            f"{f['metered_kwh']:g} kWh metered ({f['difference_share']:.1%} apart, tolerance "
+            f"{f['tolerance']:.0%})")

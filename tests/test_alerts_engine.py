@@ -1,0 +1,378 @@
+"""The alert engine over a real store: hourly spikes against a weekly pattern, episodes that
+survive a restart, off-shift load from the compressor model, stale devices, reconciliation
+and sink backlog.
+
+Hourly energy is written into the store's rollups table as the accounting job writes it;
+the weekly pattern is the meter simulator's load shape with noise, the night leak comes from
+the compressor station's air model with a leak injected.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from energyd.alerts.engine import AlertEngine, statement_findings
+from energyd.alerts.episodes import load_episodes
+from energyd.config.loader import parse_config
+from energyd.model import Reading, to_ms
+from energyd.simulators.air import AirSystem
+from energyd.simulators.loadshape import load_factor
+from energyd.store.sqlite import Store
+
+H = 3_600_000
+TZ = "Asia/Shanghai"
+BASE_KW = 120.0
+
+
+def make_config(tmp_path: Path, rules: str, devices: str | None = None, extra: str = "",
+                tz: str = TZ):
+    devices = devices or """
+  - {name: incomer-1, role: grid_import, driver: modbus, interval: 10s, profile: eastron_sdm630,
+     modbus: {host: 127.0.0.1, port: 1502}}
+"""
+    text = f"""
+site: {{name: plant-a, timezone: {tz}}}
+storage: {{path: {tmp_path / 'energyd.db'}}}
+devices:{devices}
+alerts:
+  rules:
+{rules}
+  channels: [{{type: log}}]
+{extra}
+"""
+    return parse_config(text, "test.yaml")
+
+
+def put_hours(store: Store, device: str, kwh: dict[int, float], source: str = "meter") -> None:
+    with store.transaction() as conn:
+        for hour, value in sorted(kwh.items()):
+            seq = store.next_seq(conn)
+            conn.execute(
+                "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
+                "VALUES (?, ?, ?, ?, 1.0, '{}', ?) ON CONFLICT (device, hour) DO UPDATE SET "
+                "mwh = excluded.mwh, source = excluded.source, seq = excluded.seq",
+                (device, hour, value / 1000.0, source, seq))
+
+
+def weekly_pattern(start: datetime, weeks: int, seed: int = 7) -> dict[int, float]:
+    """Hourly kWh of a plant following the simulator's load shape, +-8% noise."""
+    rng = random.Random(seed)
+    tz = ZoneInfo(TZ)
+    out = {}
+    t = start
+    while t < start + timedelta(weeks=weeks):
+        mid = t + timedelta(minutes=30)
+        out[to_ms(t)] = BASE_KW * load_factor(mid, seed, tz) * rng.uniform(0.92, 1.08)
+        t += timedelta(hours=1)
+    return out
+
+
+SPIKE_RULE = """
+    - {name: incomer-spike, type: spike, devices: [incomer-1], factor: 1.5, min_delta_kwh: 20,
+       baseline_weeks: 4, window: 0}
+"""
+# Monday 2026-05-04 00:00 Shanghai: six weeks of history from here
+START = datetime(2026, 5, 4, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store.open(tmp_path / "energyd.db") as s:
+        yield s
+
+
+def engine_for(config, store, now: datetime | None = None) -> AlertEngine:
+    when = to_ms(now or START + timedelta(weeks=6))
+    return AlertEngine(config, store, now_ms=lambda: when)
+
+
+def test_four_weeks_of_a_normal_weekly_pattern_raise_no_spike(tmp_path, store):
+    config = make_config(tmp_path, SPIKE_RULE)
+    history = weekly_pattern(START, 6)
+    put_hours(store, "incomer-1", history)
+    # the pattern is not flat: Monday 07:00 against Sunday 07:00 would look like a spike
+    monday7 = to_ms(START + timedelta(weeks=5, hours=7))
+    sunday7 = monday7 - 24 * H
+    assert history[monday7] > 1.5 * history[sunday7] and history[monday7] - history[sunday7] > 20
+    engine = engine_for(config, store)
+    four_weeks = (to_ms(START + timedelta(weeks=2)), to_ms(START + timedelta(weeks=6)))
+    assert engine.evaluate_hours(*four_weeks) == []
+    assert load_episodes(store) == []
+
+
+def test_an_hourly_spike_fires_once_and_resolves_once_even_across_restarts(tmp_path, store):
+    config = make_config(tmp_path, SPIKE_RULE)
+    history = weekly_pattern(START, 6)
+    spike_at = to_ms(START + timedelta(weeks=5, days=2, hours=10))  # Wednesday 10:00 local
+    normal = history[spike_at]
+    history[spike_at] *= 2.2
+    history[spike_at + H] *= 2.4
+    put_hours(store, "incomer-1", history)
+    span = (to_ms(START + timedelta(weeks=2)), to_ms(START + timedelta(weeks=6)))
+
+    # the hourly job sees the hours one by one
+    engine = engine_for(config, store)
+    events = []
+    for hour in range(span[0], span[1], H):
+        events += engine.evaluate_hours(hour, hour + H)
+    assert [(e.kind, e.episode.started, e.episode.ended) for e in events] == [
+        ("start", spike_at, None), ("end", spike_at, spike_at + 2 * H)]
+    start = events[0].episode
+    assert start.detail["start"]["kwh"] == pytest.approx(normal * 2.2, rel=1e-6)
+    assert start.detail["start"]["baseline_kwh"] > 0
+    assert start.detail["start"]["baseline_weeks"] == 4
+
+    # a restarted daemon recomputes recent hours (and again after a late invoice): no repeat
+    for _ in range(2):
+        again = engine_for(config, store)
+        assert again.evaluate_hours(*span) == []
+    rows = store.execute("SELECT rule, device, state, started, ended FROM alerts")
+    assert rows == [("incomer-spike", "incomer-1", "resolved", spike_at, spike_at + 2 * H)]
+
+
+def test_a_spike_while_the_daemon_was_down_is_reported_once_by_the_recomputation(tmp_path,
+                                                                                    store):
+    config = make_config(tmp_path, SPIKE_RULE)
+    history = weekly_pattern(START, 6)
+    spike_at = to_ms(START + timedelta(weeks=5, days=5, hours=3))  # Saturday 03:00
+    history[spike_at] += 60.0  # e.g. a heater left on for an hour
+    put_hours(store, "incomer-1", history)
+    recent = (to_ms(START + timedelta(weeks=6)) - 48 * H, to_ms(START + timedelta(weeks=6)))
+    assert recent[0] < spike_at < recent[1]
+    first = engine_for(config, store).evaluate_hours(*recent)
+    assert [(e.kind, e.episode.started) for e in first] == [("start", spike_at),
+                                                            ("end", spike_at)]
+    assert first[1].episode.ended == spike_at + H
+    assert engine_for(config, store).evaluate_hours(*recent) == []
+    assert len(load_episodes(store)) == 1
+
+
+def test_an_active_episode_survives_a_restart_and_ends_once(tmp_path, store):
+    config = make_config(tmp_path, SPIKE_RULE)
+    history = weekly_pattern(START, 6)
+    spike_at = to_ms(START + timedelta(weeks=5, days=1, hours=14))
+    for k in range(3):
+        history[spike_at + k * H] *= 2.5
+    put_hours(store, "incomer-1", history)
+    e1 = engine_for(config, store)
+    assert [e.kind for e in e1.evaluate_hours(spike_at, spike_at + 2 * H)] == ["start"]
+    seq_after_start = store.get_meta("seq")
+    # restart in the middle of it: the episode is loaded, not started again
+    e2 = engine_for(config, store)
+    assert [ep.started for ep in e2.tracker.active] == [spike_at]
+    assert e2.evaluate_hours(spike_at, spike_at + 3 * H) == []
+    ends = e2.evaluate_hours(spike_at + 3 * H, spike_at + 5 * H)
+    assert [(e.kind, e.episode.ended) for e in ends] == [("end", spike_at + 3 * H)]
+    assert store.get_meta("seq") > seq_after_start  # the sinks see the change
+
+
+def test_invoice_filled_and_estimated_hours_never_alert(tmp_path, store):
+    config = make_config(tmp_path, SPIKE_RULE)
+    history = weekly_pattern(START, 6)
+    put_hours(store, "incomer-1", history)
+    odd = to_ms(START + timedelta(weeks=5, days=3, hours=11))
+    put_hours(store, "incomer-1", {odd: history[odd] * 4}, source="estimated")
+    put_hours(store, "incomer-1", {odd + H: history[odd + H] * 4}, source="invoice")
+    assert engine_for(config, store).evaluate_hours(odd - 2 * H, odd + 4 * H) == []
+
+
+def night_of_compressors(leak_from: datetime | None) -> dict[str, dict[int, float]]:
+    """Hourly kWh per compressor of the station simulator's air model, Tuesday 18:00 to
+    Wednesday 09:00 UTC; a leak of 8 m3/min opens at `leak_from`."""
+    system = AirSystem.build(4, prefix="air1-c", seed=3)
+    t = datetime(2026, 6, 2, 18, tzinfo=UTC)
+    before = {c.name: c.energy_kwh for c in system.compressors}
+    out: dict[str, dict[int, float]] = {c.name: {} for c in system.compressors}
+    while t < datetime(2026, 6, 3, 9, tzinfo=UTC):
+        if leak_from is not None and t >= leak_from:
+            system.inject_leak(8.0)
+        t += timedelta(seconds=60)
+        system.step(t, 60)
+        if t.minute == 0:
+            for c in system.compressors:
+                out[c.name][to_ms(t) - H] = c.energy_kwh - before[c.name]
+                before[c.name] = c.energy_kwh
+    return out
+
+
+AIR_DEVICES = "".join(f"""
+  - {{name: air1-c{i}, role: compressor, driver: mqtt,
+     mqtt: {{topic: plant/air/air1-c{i}/telemetry, fields: {{active_power_kw: power_kw}}}}}}"""
+                      for i in range(1, 5))
+OFF_SHIFT_RULE = """
+    - {name: air-leak, type: off_shift, role: compressor, aggregate: true, margin_kwh: 55,
+       production_hours: ["Mon-Fri 06:00-22:00"]}
+"""
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_a_night_leak_on_the_compressor_station_fires_off_shift_load(tmp_path, store, leak):
+    config = make_config(tmp_path, OFF_SHIFT_RULE, AIR_DEVICES,
+                         "mqtt: {host: 127.0.0.1, port: 1883}", tz="UTC")
+    night = night_of_compressors(datetime(2026, 6, 2, 23, tzinfo=UTC) if leak else None)
+    for device, hours in night.items():
+        put_hours(store, device, hours)
+    engine = AlertEngine(config, store, now_ms=lambda: to_ms(datetime(2026, 6, 3, 9,
+                                                                      tzinfo=UTC)))
+    span = (to_ms(datetime(2026, 6, 2, 18, tzinfo=UTC)), to_ms(datetime(2026, 6, 3, 9,
+                                                                          tzinfo=UTC)))
+    events = []
+    for hour in range(*span, H):
+        events += engine.evaluate_hours(hour, hour + H)
+    if not leak:
+        assert events == []
+        return
+    assert [(e.kind, e.episode.device) for e in events] == [("start", "compressor"),
+                                                           ("end", "compressor")]
+    start, end = events
+    assert start.episode.started == to_ms(datetime(2026, 6, 2, 23, tzinfo=UTC))
+    assert start.episode.detail["start"]["kwh"] > 55
+    # the morning shift ends the night's episode
+    assert end.episode.ended == to_ms(datetime(2026, 6, 3, 6, tzinfo=UTC))
+
+
+def test_stale_silent_device_and_stuck_counter(tmp_path, store):
+    config = make_config(tmp_path, """
+    - {name: stale, type: stale, multiple: 3}
+""", """
+  - {name: m1, role: grid_import, driver: modbus, interval: 10s, profile: eastron_sdm630,
+     modbus: {host: 127.0.0.1, port: 1502}}
+  - {name: m2, role: submeter, driver: modbus, interval: 10s, profile: eastron_sdm630,
+     modbus: {host: 127.0.0.1, port: 1502, unit: 2}}
+""")
+    t0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    now = [to_ms(t0)]
+    engine = AlertEngine(config, store, now_ms=lambda: now[0])
+    events = []
+    for i in range(10):  # m1 polls well; m2's counter stands while 300 kW flow
+        t = t0 + timedelta(seconds=10 * i)
+        now[0] = to_ms(t)
+        events += engine.on_readings([
+            Reading(t, "m1", "active_power_kw", 50.0),
+            Reading(t, "m1", "active_energy_import_kwh", 1000 + i * 0.14),
+            Reading(t, "m2", "active_power_kw", 300.0),
+            Reading(t, "m2", "active_energy_import_kwh", 2000.0)])
+        events += engine.check_stale()
+    assert [(e.kind, e.episode.device, e.episode.detail["start"]["reason"]) for e in events] \
+        == [("start", "m2", "counter_stuck")]
+    # then m1 goes silent: 31 s after its last reading it is stale
+    last = t0 + timedelta(seconds=90)
+    assert engine.check_stale(to_ms(last + timedelta(seconds=29))) == []
+    silent = engine.check_stale(to_ms(last + timedelta(seconds=31)))
+    assert [(e.kind, e.episode.device, e.episode.detail["start"]["reason"]) for e in silent] \
+        == [("start", "m1", "silent")]
+    assert engine.check_stale(to_ms(last + timedelta(seconds=60))) == []  # not repeated
+    back = last + timedelta(seconds=70)
+    engine.on_readings([Reading(back, "m1", "active_power_kw", 50.0)])
+    ended = engine.check_stale(to_ms(back))
+    assert [(e.kind, e.episode.device) for e in ended] == [("end", "m1")]
+
+
+def test_reconciliation_episode_from_accounting_findings(tmp_path, store):
+    config = make_config(tmp_path, """
+    - {name: statement-check, type: reconciliation}
+""", extra="accounting: {reconciliation_tolerance: 0.02}")
+    day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
+    hours = {to_ms(day) + k * H: 100.0 for k in range(24)}  # 2400 kWh metered
+    put_hours(store, "incomer-1", hours)
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
+                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 2600.0, "grid", "B-1", 0))
+    now = [to_ms(day) + 30 * H]
+    engine = AlertEngine(config, store, now_ms=lambda: now[0],
+                         reconciliation=statement_findings(config, store))
+    events = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
+    assert [(e.kind, e.episode.rule, e.episode.device) for e in events] == [
+        ("start", "statement-check", "incomer-1")]
+    figures = events[0].episode.detail["start"]
+    assert figures["meter_kwh"] == pytest.approx(2400) and figures["statement_kwh"] == 2600
+    assert figures["difference"] == pytest.approx(200 / 2600, rel=1e-4)
+    assert engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H) == []
+    # a corrected statement replaces the wrong one: the episode ends
+    with store.transaction() as conn:
+        conn.execute("UPDATE invoices SET energy_kwh = 2410.0")
+    now[0] += H
+    ends = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
+    assert [e.kind for e in ends] == ["end"]
+
+
+def test_backlog_of_a_dead_sink(tmp_path, store):
+    config = make_config(tmp_path, """
+    - {name: sink-backlog, type: backlog, max_age: 1h}
+""", extra="influxdb: {name: central, api: v1, url: 'http://127.0.0.1:9', database: energy}")
+    t0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    store.insert_readings([Reading(t0 + timedelta(minutes=m), "incomer-1", "active_power_kw", 1.0)
+                           for m in range(120)])
+    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0))
+    assert engine.check_backlog(to_ms(t0 + timedelta(minutes=50))) == []
+    fired = engine.check_backlog(to_ms(t0 + timedelta(minutes=61)))
+    assert [(e.kind, e.episode.device) for e in fired] == [("start", "central")]
+    assert fired[0].episode.detail["start"]["backlog"] == 120
+    last_id = store.execute("SELECT max(id) FROM readings")[0][0]
+    store.set_cursor("central", "readings", last_id)  # the sink caught up
+    assert [e.kind for e in engine.check_backlog(to_ms(t0 + timedelta(minutes=130)))] == ["end"]
+
+
+def test_removed_rules_end_their_active_episodes(tmp_path, store):
+    config = make_config(tmp_path, SPIKE_RULE)
+    history = weekly_pattern(START, 6)
+    spike_at = to_ms(START + timedelta(weeks=5, hours=12))
+    history[spike_at] *= 3
+    put_hours(store, "incomer-1", history)
+    assert [e.kind for e in engine_for(config, store).evaluate_hours(spike_at,
+                                                                     spike_at + H)] == ["start"]
+    other = make_config(tmp_path, """
+    - {name: incomer-limit, type: threshold, limit: 500}
+""")
+    ended = engine_for(other, store).retire_removed_rules()
+    assert [(e.kind, e.episode.rule) for e in ended] == [("end", "incomer-spike")]
+    row = store.execute("SELECT state, detail FROM alerts")[0]
+    assert row[0] == "resolved" and "rule removed" in json.loads(row[1])["end"]["reason"]
+
+
+def test_threshold_fires_after_its_duration_from_live_readings(tmp_path, store):
+    config = make_config(tmp_path, """
+    - {name: demand-limit, type: threshold, devices: [incomer-1], limit: 500, duration: 30s}
+""")
+    t0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0))
+    kw = [400, 520, 540, 560, 530, 510, 480, 460, 440]  # above from 10 s to 50 s
+    events = []
+    for i, v in enumerate(kw):
+        t = t0 + timedelta(seconds=10 * i)
+        events += engine.on_readings([Reading(t, "incomer-1", "active_power_kw", v),
+                                      Reading(t, "incomer-1", "voltage_l1_v", 231.0)])
+    at = [to_ms(t0 + timedelta(seconds=s)) for s in (40, 80)]
+    # fires once it has held 30 s; ends only below the band (450 kW), not at 480 or 460
+    assert [(e.kind, e.episode.started, e.episode.ended) for e in events] == [
+        ("start", at[0], None), ("end", at[0], at[1])]
+    assert events[0].episode.detail["start"]["peak"] == 560
+    assert events[0].episode.detail["message"].startswith("threshold: value=530")
+
+
+def test_a_topic_template_is_watched_as_the_devices_it_names(tmp_path, store):
+    config = make_config(tmp_path, """
+    - {name: stale, type: stale, multiple: 3}
+""", """
+  - {name: air1, role: compressor, driver: mqtt, interval: 5s,
+     mqtt: {topic: plant/air/+/telemetry, device_level: 2, devices: [air1-c1, air1-c2],
+            fields: {active_power_kw: power_kw}}}
+  - {name: spare, role: submeter, driver: modbus, enabled: false, profile: eastron_sdm630,
+     modbus: {host: 127.0.0.1}}
+""", "mqtt: {host: 127.0.0.1}")
+    t0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0))
+    engine.on_readings([Reading(t0, "air1-c1", "active_power_kw", 40.0),
+                        Reading(t0, "air1-c2", "active_power_kw", 0.0)])
+    engine.on_readings([Reading(t0 + timedelta(seconds=14), "air1-c1", "active_power_kw", 41)])
+    fired = engine.check_stale(to_ms(t0 + timedelta(seconds=16)))
+    # c2 has been silent 16 s > 3 x 5 s; the template's own name and the disabled meter
+    # are no devices that could fall silent
+    assert [(e.kind, e.episode.device) for e in fired] == [("start", "air1-c2")]
