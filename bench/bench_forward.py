@@ -8,7 +8,9 @@ Starts its own influxd (tests/servers.py) on a loopback port, fills a store with
              to /write on one keep-alive connection: what the server takes at best
   energyd    a fresh process runs the sink's Forwarder over the store until the backlog is
              empty (reading the store, encoding, writing, committing each cursor)
-Each goes to a database of its own; both are checked to hold every point afterwards.
+The two alternate (--rounds, 2 by default) and the best of each is compared, so that a burst
+of other load on the machine does not decide the figure. Each run goes to a database of its
+own, checked afterwards to hold every point.
 Targets: energyd >= 50% of the ceiling's points/s, its peak RSS < 200 MB.
 """
 
@@ -18,6 +20,7 @@ import argparse
 import gzip
 import http.client
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -105,17 +108,21 @@ def post_all(server, database: str, bodies: list[bytes], use_gzip: bool) -> floa
 def child(store_path: str, url: str, database: str, use_gzip: bool) -> None:
     """The energyd side, alone in its process so that its peak RSS is its own."""
     from energyd.sinks import Forwarder, make_transport
-    from energyd.store.sqlite import Store
+    from energyd.sinks.forwarder import GAP, LIVE
+    from energyd.store.sqlite import READINGS, Store
 
     cfg = sink(url, database, use_gzip)
     with Store.open(store_path) as store:
+        store.commit_sink(cfg.name, {READINGS: 0, GAP: None, LIVE: None})  # all unsent
         forwarder = Forwarder(cfg.name, store, make_transport(cfg), encoder=encoder(),
                               chunk_size=cfg.chunk_size)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         readings = forwarder.drain(timeout=3600)
-        elapsed = time.perf_counter() - started
-        backlog = store.backlog("bench").count
-    print(json.dumps({"readings": readings, "seconds": elapsed, "backlog_after": backlog,
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        backlog = store.backlog(cfg.name).count
+        forwarder.close()
+    print(json.dumps({"readings": readings, "seconds": elapsed, "cpu": cpu,
+                      "backlog_after": backlog,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -125,9 +132,16 @@ def points_in(server, database: str) -> int:
     return series[0]["values"][0][1]
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="ceiling and energyd alternate this many times; best of each")
     parser.add_argument("--gzip", action="store_true", help="gzip the bodies on both sides")
     parser.add_argument("--child", nargs=3, metavar=("STORE", "URL", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -137,6 +151,8 @@ def main() -> int:
 
     from servers import InfluxDBServer
 
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start "
+          "(the server and energyd share them: other load lowers both figures)")
     with tempfile.TemporaryDirectory(prefix="energyd-bench-") as tmp, \
             InfluxDBServer(Path(tmp) / "influxdb") as server:
         store_path = Path(tmp) / "energyd.db"
@@ -146,34 +162,44 @@ def main() -> int:
         print(f"store: {n:,} readings = {points:,} points "
               f"({DEVICES} devices x {len(QUANTITIES)} quantities), "
               f"filled in {time.perf_counter() - t:.1f} s; gzip {'on' if args.gzip else 'off'}")
-        for db in ("ceiling", "energyd"):
-            server.create_database(db)
-
         bodies = ceiling_bodies(store_path, args.gzip)
-        ceiling_s = post_all(server, "ceiling", bodies, args.gzip)
-        del bodies
-        ceiling = points / ceiling_s
-        print(f"ceiling  (bare bulk POST, {CHUNK} points/request): {ceiling_s:6.2f} s "
-              f"{ceiling:10,.0f} points/s")
+        ceilings, runs, ok = [], [], True
+        for r in range(1, args.rounds + 1):
+            db = f"ceiling{r}"
+            server.create_database(db)
+            influx_cpu = cpu_seconds(server.proc.pid)
+            seconds = post_all(server, db, bodies, args.gzip)
+            influx_cpu = cpu_seconds(server.proc.pid) - influx_cpu
+            ceilings.append(points / seconds)
+            ok &= points_in(server, db) == points
+            print(f"round {r} ceiling (bare bulk POST, {CHUNK} points/request): {seconds:6.2f} s "
+                  f"{points / seconds:9,.0f} points/s   influxd {influx_cpu:.2f} s CPU")
 
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(store_path), server.url, "energyd"]
-            + (["--gzip"] if args.gzip else []),
-            check=True, capture_output=True, text=True)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        rate = points / result["seconds"]
-        print(f"energyd  (store -> Forwarder -> /write):       {result['seconds']:6.2f} s "
-              f"{rate:10,.0f} points/s ({result['readings'] / result['seconds']:,.0f} readings/s)")
-
-        got = {db: points_in(server, db) for db in ("ceiling", "energyd")}
-        share = rate / ceiling
-        rss = result["peak_rss_mb"]
-        print(f"points in InfluxDB: ceiling {got['ceiling']:,}, energyd {got['energyd']:,} "
-              f"(expected {points:,}); backlog left {result['backlog_after']}")
+            db = f"energyd{r}"
+            server.create_database(db)
+            influx_cpu = cpu_seconds(server.proc.pid)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(store_path), server.url, db]
+                + (["--gzip"] if args.gzip else []),
+                check=True, capture_output=True, text=True)
+            influx_cpu = cpu_seconds(server.proc.pid) - influx_cpu
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.append(result)
+            got = points_in(server, db)
+            ok &= got == points and result["backlog_after"] == 0
+            print(f"round {r} energyd (store -> Forwarder -> /write):       "
+                  f"{result['seconds']:6.2f} s {points / result['seconds']:9,.0f} points/s   "
+                  f"influxd {influx_cpu:.2f} s CPU, energyd {result['cpu']:.2f} s CPU, "
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB; {got:,} points arrived")
+        ceiling = max(ceilings)
+        best = max(points / r["seconds"] for r in runs)
+        rss = max(r["peak_rss_mb"] for r in runs)
+        share = best / ceiling
+        print(f"best of {args.rounds}: energyd {best:,.0f} points/s "
+              f"({best * len(QUANTITIES):,.0f} readings/s), ceiling {ceiling:,.0f} points/s")
         print(f"energyd / ceiling: {share:.0%} (target >= 50%)   "
               f"peak RSS of the forwarding process: {rss:.0f} MB (target < 200 MB)")
-        ok = (share >= 0.5 and rss < 200 and got["energyd"] == points
-              and got["ceiling"] == points and result["backlog_after"] == 0)
+        ok = ok and share >= 0.5 and rss < 200
         print("PASS" if ok else "FAIL")
         return 0 if ok else 1
 

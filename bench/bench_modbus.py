@@ -1,6 +1,6 @@
 """Modbus acquisition benchmark: 200 meters on 20 gateways, polled every second.
 
-    .venv/bin/python bench/bench_modbus.py [--duration 60] [--capacity-duration 10]
+    .venv/bin/python bench/bench_modbus.py [--duration 60] [--capacity-duration 20] [--rounds 10]
 
 The simulators run in a child process (20 Modbus TCP gateways on 127.0.0.1, 10 Eastron
 SDM630 units each). In this process:
@@ -163,8 +163,9 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
     await asyncio.sleep(1.5)  # the first (jittered) slots have passed
     owners = [fn.__self__ for k, fn in daemon.context.health.items() if k.endswith(".poll")]
     slice_s = duration / rounds
-    totals = {"bare_requests": 0.0, "bare_s": 0.0, "bare_sim_cpu": 0.0, "mine_requests": 0.0,
-              "mine_polls": 0.0, "mine_s": 0.0, "mine_sim_cpu": 0.0}
+    totals = {"bare_requests": 0.0, "bare_s": 0.0, "bare_sim_cpu": 0.0, "bare_cpu": 0.0,
+              "mine_requests": 0.0, "mine_polls": 0.0, "mine_s": 0.0, "mine_sim_cpu": 0.0,
+              "mine_cpu": 0.0}
 
     async def bare_gateway(client: AsyncModbusTcpClient, stop: float) -> int:
         n = 0
@@ -187,9 +188,10 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
     try:
         for _ in range(rounds):
             cpu.mark()
-            t0 = time.perf_counter()
+            t0, own0 = time.perf_counter(), time.process_time()
             counts = await asyncio.gather(*(bare_gateway(c, t0 + slice_s) for c in clients))
             wall = time.perf_counter() - t0
+            totals["bare_cpu"] += time.process_time() - own0
             totals["bare_sim_cpu"] += cpu.share() * wall
             totals["bare_requests"] += sum(counts)
             totals["bare_s"] += wall
@@ -197,9 +199,10 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
             req0 = sum(o._link.requests for o in owners)
             polls0 = sum(o.polls for o in owners)
             cpu.mark()
-            t0 = time.perf_counter()
+            t0, own0 = time.perf_counter(), time.process_time()
             await asyncio.gather(*(mine_gateway(o, t0 + slice_s) for o in owners))
             wall = time.perf_counter() - t0
+            totals["mine_cpu"] += time.process_time() - own0
             totals["mine_sim_cpu"] += cpu.share() * wall
             totals["mine_requests"] += sum(o._link.requests for o in owners) - req0
             totals["mine_polls"] += sum(o.polls for o in owners) - polls0
@@ -212,6 +215,10 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
     return {
         "bare": totals["bare_requests"] / totals["bare_s"],
         "bare_sim_share": totals["bare_sim_cpu"] / totals["bare_s"],
+        "bare_share": totals["bare_cpu"] / totals["bare_s"],
+        "bare_us": totals["bare_cpu"] / totals["bare_requests"] * 1e6,
+        "mine_share": totals["mine_cpu"] / totals["mine_s"],
+        "mine_us": totals["mine_cpu"] / totals["mine_requests"] * 1e6,
         "mine": totals["mine_requests"] / totals["mine_s"],
         "mine_polls": totals["mine_polls"] / totals["mine_s"],
         "mine_sim_share": totals["mine_sim_cpu"] / totals["mine_s"],
@@ -250,10 +257,12 @@ async def main_async(args: argparse.Namespace) -> None:
             text2 = config_text(ports, units, 1.0, Path(tmp) / "capacity.db")
             c = await capacity(ports, units, text2, args.capacity_duration, args.rounds, cpu)
             bare, mine = c["bare"], c["mine"]
-            print(f"  bare pymodbus loop      {bare:8.1f} requests/s  (simulators at "
+            print(f"  bare pymodbus loop      {bare:8.1f} requests/s  ({c['bare_us']:.0f} us CPU "
+                  f"per request; this process at {c['bare_share'] * 100:.0f} %, simulators at "
                   f"{c['bare_sim_share'] * 100:.0f} % of a core)")
-            print(f"  energyd poll path       {mine:8.1f} requests/s  ({c['mine_polls']:.0f} "
-                  f"polls/s; simulators at {c['mine_sim_share'] * 100:.0f} % of a core)")
+            print(f"  energyd poll path       {mine:8.1f} requests/s  ({c['mine_us']:.0f} us CPU "
+                  f"per request; this process at {c['mine_share'] * 100:.0f} %, simulators at "
+                  f"{c['mine_sim_share'] * 100:.0f} % of a core; {c['mine_polls']:.0f} polls/s)")
             print(f"  energyd / bare          {mine / bare * 100:8.1f} %  (target >= 80 %)")
             ok = (s["late_p99_ms"] < 100 and s["peak_rss_mb"] < 150 and mine >= 0.8 * bare
                   and s["polls_per_s"] >= 0.95 * s["devices"])
@@ -275,10 +284,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0,
                         help="seconds of scheduled polling (default 60)")
-    parser.add_argument("--capacity-duration", type=float, default=10.0,
-                        help="seconds of each back-to-back capacity run (default 10)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="alternations of the two capacity runs (default 5)")
+    parser.add_argument("--capacity-duration", type=float, default=20.0,
+                        help="seconds of each back-to-back capacity run (default 20)")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="alternations of the two capacity runs (default 10)")
     parser.add_argument("--meters", type=int, default=200)
     parser.add_argument("--gateways", type=int, default=20)
     args = parser.parse_args()

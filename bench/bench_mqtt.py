@@ -151,6 +151,12 @@ class Fleet:
         return out
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of another process (the broker), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -286,7 +292,8 @@ async def main() -> None:
         await run_energyd_until(config, lambda c: True, 5)
         fleet = Fleet(addr, prefix, "bench-drain")
         fleet.start()
-        print(f"\n{'drain round':<28}{'messages':>10}{'msg/s':>10}{'CPU s/10k':>11}")
+        print(f"\n{'drain round':<28}{'messages':>10}{'msg/s':>10}{'CPU s/10k':>11}"
+              f"{'broker CPU':>13}")
         bare_rates, e_rates, bare_cpus, e_cpus = [], [], [], []
         drained = 0
         for rnd in range(1, args.rounds + 1):
@@ -300,24 +307,27 @@ async def main() -> None:
 
             bare.target, bare.count = total, 0
             bare.done.clear()
-            c0, t0 = _cpu(), time.perf_counter()
+            b0, c0, t0 = _proc_cpu(broker.proc.pid), _cpu(), time.perf_counter()
             bare.connect()
             bare.done.wait(300)
             bare_s, bare_cpu = time.perf_counter() - t0, _cpu() - c0
+            bare_broker = _proc_cpu(broker.proc.pid) - b0
             bare.disconnect()
             bare_rates.append(bare.count / bare_s)
             bare_cpus.append(bare_cpu / bare.count * 1e4)
 
             drained += total
+            b0 = _proc_cpu(broker.proc.pid)
             e_s, e_cpu, comp = await run_energyd_until(config,
                                                        lambda c: c.acked >= total, 300)
+            e_broker = _proc_cpu(broker.proc.pid) - b0
             e_rates.append(comp.acked / e_s)
             e_cpus.append(e_cpu / max(1, comp.acked) * 1e4)
             print(f"{rnd}: published {total} ({total / pub_s:,.0f}/s), queued for both")
             print(f"   {'bare paho (ceiling)':<25}{bare.count:>10}{bare_rates[-1]:>10,.0f}"
-                  f"{bare_cpus[-1]:>11.2f}")
+                  f"{bare_cpus[-1]:>11.2f}{bare_broker / bare.count * 1e4:>13.2f}")
             print(f"   {'energyd into the store':<25}{comp.acked:>10}{e_rates[-1]:>10,.0f}"
-                  f"{e_cpus[-1]:>11.2f}")
+                  f"{e_cpus[-1]:>11.2f}{e_broker / max(1, comp.acked) * 1e4:>13.2f}")
         fleet.stop()
         acked = fleet.acked()
         sent, missing, rows = check_store(db, acked)

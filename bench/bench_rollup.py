@@ -109,8 +109,9 @@ def hourly_job(work: Path, n: int, interval: int) -> None:
     job = time.perf_counter() - t
     assert result.ranges == [(h - HOUR_MS, h)], result.ranges
     assert result.written == n, result.written
-    scan, rows = bare_scan(store, [d.name for d in config.devices], h - HOUR_MS - interval * 1000,
-                           h + interval * 1000)
+    scans = [bare_scan(store, [d.name for d in config.devices], h - HOUR_MS - interval * 1000,
+                       h + interval * 1000) for _ in range(3)]
+    scan, rows = min(scans)
     print(f"hourly job: {n} devices at {interval} s, {new} new readings in the hour "
           f"(setup {setup:.1f} s)")
     print(f"  hourly job             {job:8.3f} s   ({result.written} rows written)")
@@ -119,7 +120,7 @@ def hourly_job(work: Path, n: int, interval: int) -> None:
     store.close()
 
 
-def month(work: Path, n: int, interval: int, days: int) -> None:
+def month(work: Path, n: int, interval: int, days: int, rounds: int) -> None:
     db = work / "month.db"
     config = parse_config(config_text(db, n, interval), "bench.yaml")
     store = Store.open(db)
@@ -130,23 +131,30 @@ def month(work: Path, n: int, interval: int, days: int) -> None:
     setup = time.perf_counter() - t
     names = [d.name for d in config.devices]
     now = end + 2 * HOUR_MS
-    scan1, rows = bare_scan(store, names, start - HOUR_MS, end + HOUR_MS)
-    t = time.perf_counter()
-    first = acc.recompute((start, end), now)
-    t_first = time.perf_counter() - t
-    t = time.perf_counter()
-    again = acc.recompute((start, end), now)
-    t_again = time.perf_counter() - t
-    scan2, _ = bare_scan(store, names, start - HOUR_MS, end + HOUR_MS)
-    scan = min(scan1, scan2)
-    assert again.written == 0
+    # Measurements alternate with the ceiling and the best of each is kept, so a busy
+    # machine slows both alike instead of one of them.
+    scans, firsts, agains = [], [], []
+    for _ in range(rounds):
+        with store.transaction() as conn:
+            conn.execute("DELETE FROM rollups")
+        s, rows = bare_scan(store, names, start - HOUR_MS, end + HOUR_MS)
+        scans.append(s)
+        t = time.perf_counter()
+        first = acc.recompute((start, end), now)
+        firsts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        again = acc.recompute((start, end), now)
+        agains.append(time.perf_counter() - t)
+        assert again.written == 0
+    scan, t_first, t_again = min(scans), min(firsts), min(agains)
     print(f"month recompute: {n} devices x {days} days at {interval} s, {stored} readings "
           f"(setup {setup:.1f} s, store {db.stat().st_size / 1e6:.0f} MB)")
     print(f"  first computation      {t_first:8.3f} s   ({first.written} rows written)   "
           f"ratio {t_first / scan:.2f}x")
     print(f"  re-run (no change)     {t_again:8.3f} s   ({again.written} rows written)   "
           f"ratio {t_again / scan:.2f}x")
-    print(f"  ceiling: bare scan     {scan:8.3f} s   ({rows} counter rows)")
+    print(f"  ceiling: bare scan     {scan:8.3f} s   ({rows} counter rows)   "
+          f"best of {rounds} rounds each")
     verdict = "met" if t_first <= 3 * scan and t_again <= 3 * scan else "MISSED"
     print(f"  target recompute <= 3x bare scan: {verdict}")
     store.close()
@@ -159,6 +167,7 @@ def main() -> None:
     ap.add_argument("--month-devices", type=int, default=100)
     ap.add_argument("--month-interval", type=int, default=10)
     ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=2, help="repetitions, best kept")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where the benchmark stores go (default: a temporary directory)")
     args = ap.parse_args()
@@ -166,7 +175,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         hourly_job(work, args.devices, args.interval)
-        month(work, args.month_devices, args.month_interval, args.days)
+        month(work, args.month_devices, args.month_interval, args.days, args.rounds)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

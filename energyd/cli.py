@@ -103,6 +103,66 @@ def run(config_path: str) -> None:
 
 
 @cli.command()
+@click.option("--dir", "workdir", default="demo-data", show_default=True,
+              type=click.Path(file_okay=False), help="working directory: store, config, log")
+@click.option("-c", "--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="the plant to simulate (default: config/demo.yaml)")
+@click.option("--speed", default=360.0, show_default=True, type=click.FloatRange(min=1),
+              help="simulated seconds per wall second")
+@click.option("--duration", default=None, type=click.FloatRange(min=0),
+              help="stop after this many wall seconds (default: until Ctrl-C)")
+@click.option("--broker", default="auto", show_default=True,
+              type=click.Choice(["auto", "mosquitto", "amqtt"]),
+              help="MQTT broker: Mosquitto when installed, else the embedded amqtt")
+@click.option("--live/--no-live", default=None,
+              help="live view (default: when the terminal is interactive)")
+@click.option("--influx", "influx_url", default=None, metavar="URL",
+              help="also forward to this InfluxDB, e.g. http://127.0.0.1:8086")
+@click.option("--influx-api", default="v1", show_default=True, type=click.Choice(["v1", "v2"]))
+@click.option("--influx-database", default="energy", show_default=True,
+              help="v1 database (v2: the bucket when --influx-bucket is not given)")
+@click.option("--influx-org", default=None, help="v2 organisation")
+@click.option("--influx-bucket", default=None, help="v2 bucket")
+@click.option("--influx-username", default=None, help="v1 user")
+@click.option("--influx-password-file", default=None, type=click.Path(dir_okay=False),
+              help="v1 password, read from this file")
+@click.option("--influx-token-file", default=None, type=click.Path(dir_okay=False),
+              help="v2 token, read from this file")
+def demo(workdir: str, config_path: str | None, speed: float, duration: float | None,
+         broker: str, live: bool | None, influx_url: str | None, influx_api: str,
+         influx_database: str, influx_org: str | None, influx_bucket: str | None,
+         influx_username: str | None, influx_password_file: str | None,
+         influx_token_file: str | None) -> None:
+    """A whole simulated plant in one process, time accelerated; no servers needed."""
+    from pathlib import Path
+
+    from energyd.demo import SOURCE_CONFIG, DemoOptions, InfluxTarget, run_demo
+
+    source = Path(config_path) if config_path else SOURCE_CONFIG
+    if not source.exists():
+        raise click.BadParameter(f"{source} does not exist (run from energyd's source tree, "
+                                 "or give --config)", param_hint="--config")
+    influx = None
+    if influx_url:
+        influx = InfluxTarget(influx_url, api=influx_api, database=influx_database,
+                              org=influx_org, bucket=influx_bucket, username=influx_username,
+                              password_file=influx_password_file,
+                              token_file=influx_token_file)
+    options = DemoOptions(workdir=Path(workdir), config=source, speed=speed,
+                          duration=duration, influx=influx, broker=broker, live=live)
+    try:
+        code = asyncio.run(run_demo(options, console))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except EnergydError as exc:
+        click.echo(f"energyd demo: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@cli.command()
 @click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(config_path: str, as_json: bool) -> None:
@@ -400,15 +460,22 @@ def invoices() -> None:
     """Supplier billing statements."""
 
 
-def _accountant(config: Config, store: Any) -> Any:
-    from energyd.accounting.storage import Accountant
+def _factors(config: Config) -> Any:
+    """The emission-factor table, checked before anything is opened (exit 2 if bad)."""
+    from energyd.accounting.factors import load_factors
 
     try:
-        return Accountant(store, config)
+        return load_factors(config.accounting.emission_factors)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _accountant(config: Config, store: Any, factors: Any) -> Any:
+    from energyd.accounting.storage import Accountant
+
+    return Accountant(store, config, factors)
 
 
 def _now_ms() -> int:
@@ -424,12 +491,14 @@ def invoices_import(config_path: str, csv_file: str) -> None:
     """Import statements (account,period_start,period_end,energy_kwh[,supplier,document])
     whole or not at all, and recompute the hours of their periods."""
     config = _load(config_path)
+    factors = _factors(config)
     from energyd.store import Store
 
     try:
         with open(csv_file, newline="", encoding="utf-8") as f, \
                 Store.open(config.storage.path, quota=config.storage.quota) as store:
-            rows, result = _accountant(config, store).import_statements(f, csv_file, _now_ms())
+            rows, result = _accountant(config, store, factors).import_statements(
+                f, csv_file, _now_ms())
     except OSError as exc:
         click.echo(f"{csv_file}: cannot read: {exc.strerror}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -456,11 +525,12 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
     """(Re)compute hourly rollups in [--from, --to); complete hours only."""
     config = _load(config_path)
     t0, t1 = _parse_time(start, "--from"), _parse_time(end, "--to")
+    factors = _factors(config)
     from energyd.model import to_ms
     from energyd.store import Store
 
     with Store.open(config.storage.path, quota=config.storage.quota) as store:
-        acc = _accountant(config, store)
+        acc = _accountant(config, store, factors)
         names = [d.name for d in acc.devices]
         for d in devices:
             if d not in names:
@@ -496,12 +566,13 @@ def _fmt(x: float | None) -> str:
 def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None:
     """Monthly MWh by source, coverage, tCO2 (location, market, fuel) with provenance."""
     config = _load(config_path)
+    factors = _factors(config)
     from energyd.accounting.report import report_csv
     from energyd.store import Store
 
     try:
         with Store.open(config.storage.path, must_exist=True) as store:
-            acc = _accountant(config, store)
+            acc = _accountant(config, store, factors)
             try:
                 payload = acc.report(month, _now_ms())
             except ValueError as exc:
@@ -540,6 +611,36 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None
             console.print(f"  reconciliation: {f['account']} {f['period_start']}..{f['period_end']}"
                           f" billed {f['statement_kwh']:g} kWh, metered {f['metered_kwh']:g} kWh",
                           markup=False)
+
+
+# --- forwarding ---------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--sink", "sinks", multiple=True, help="only this sink (repeatable)")
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=1),
+              help="give up after this many seconds")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def forward(config_path: str, sinks: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Forward what the sinks have not sent yet, once, and exit (while the daemon is
+    stopped: commissioning, or pushing a backfill). Exit 1 if a sink failed."""
+    config = _load(config_path)
+    from energyd.sinks import forward_once
+
+    try:
+        report = forward_once(config, sinks=list(sinks) or None, timeout=timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sink") from None
+    if as_json:
+        _print_json(report)
+    else:
+        for r in report:
+            state = f"failed: {r['error']}" if r["error"] else f"{r['forwarded']:,} items sent"
+            click.echo(f"{r['sink']} ({r['api']} {r['url']}): {state}; "
+                       f"{r['backlog']:,} readings unsent, {r['rejected']:,} rejected")
+    if any(r["error"] for r in report):
+        sys.exit(1)
 
 
 def main() -> None:

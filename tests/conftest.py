@@ -87,3 +87,41 @@ def victoria_metrics_db() -> str:
 def victoria_metrics_private(tmp_path: Path) -> Iterator[VictoriaMetricsServer]:
     with VictoriaMetricsServer(tmp_path / "victoria-metrics") as server:
         yield server
+
+
+# --- `energyd demo`, run once for tests/test_demo.py and tests/test_grafana.py ---
+
+import subprocess  # noqa: E402
+
+
+class DemoRun:
+    """What one `energyd demo --duration` run left: its output, directory and database."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str], workdir: Path, database: str,
+                 influx: InfluxDBServer, duration: float):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.workdir = workdir
+        self.database = database
+        self.influx = influx
+        self.duration = duration
+
+
+DEMO_SECONDS = 40.0  # at 360x: four simulated hours, the spike and the leak alert included
+
+
+@pytest.fixture(scope="session")
+def demo_run(influxdb: InfluxDBServer, tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """`energyd demo` as `make demo` runs it (the console script, in a subprocess), for a
+    bounded time, also forwarding to the shared InfluxDB through the v1 sink."""
+    workdir = tmp_path_factory.mktemp("demo") / "demo-data"
+    database = _unique("demo_")
+    influxdb.create_database(database)
+    energyd = Path(sys.executable).parent / "energyd"
+    proc = subprocess.run(
+        [str(energyd), "demo", "--dir", str(workdir), "--duration", str(DEMO_SECONDS),
+         "--influx", influxdb.url, "--influx-database", database],
+        capture_output=True, text=True, timeout=DEMO_SECONDS + 60,
+        cwd=Path(__file__).resolve().parent.parent)
+    return DemoRun(proc, workdir, database, influxdb, DEMO_SECONDS)

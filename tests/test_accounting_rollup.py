@@ -414,3 +414,57 @@ def test_dst_months_in_berlin_have_743_and_745_hours_and_local_factor_days(
     acc.recompute({"incomer": (new_year - HOUR_MS, new_year + HOUR_MS)}, now)
     got = {r.hour: r.ef_id for r in acc.rows(new_year - HOUR_MS, new_year + HOUR_MS)}
     assert got == {new_year - HOUR_MS: "DE-2025", new_year: "DE-2026"}
+
+
+def test_configured_rollover_wraps_and_generation_is_not_purchased(tmp_path: Path) -> None:
+    pv = """
+  - name: pv-roof
+    role: generation
+    driver: modbus
+    modbus: {host: 127.0.0.1, port: 1502}
+    registers: [{quantity: active_energy_export_kwh, address: 0}]
+    rated_power_kw: 200
+"""
+    acc = make(tmp_path, device_yaml("incomer", extra="    counter_rollover: 10000\n") + pv)
+    t0 = ms("2023-05-01T00:00")
+    rows = []
+    for k, t in enumerate(range(t0 - HOUR_MS, t0 + 7 * HOUR_MS, 30_000)):
+        rows.append((t, "incomer", "active_energy_import_kwh",
+                     round((9_500.0 + 250.0 * k * 30 / 3600) % 10_000, 4), 0))
+        rows.append((t, "pv-roof", "active_energy_export_kwh", 50.0 * k * 30 / 3600, 0))
+    with acc.store.transaction() as conn:
+        acc.store.insert_rows(conn, rows)
+    acc.recompute((t0, t0 + 6 * HOUR_MS), ms("2023-06-01T00:00"))
+    incomer = [r for r in acc.rows(t0, t0 + 6 * HOUR_MS) if r.device == "incomer"]
+    # one wrap, in the hour from 01:00
+    assert sum(1 for r in incomer if r.detail.get("events")) == 1
+    assert all(r.source == "meter" and r.mwh == pytest.approx(0.25, abs=1e-6) for r in incomer)
+    report = acc.report("2023-05", ms("2023-06-01T00:00"))
+    assert report["totals"]["purchased_mwh"] == pytest.approx(1.5, abs=1e-6)
+    assert report["totals"]["generation_mwh"] == pytest.approx(0.3, abs=1e-6)
+    pv_row = [d for d in report["devices"] if d["device"] == "pv-roof"][0]
+    assert pv_row["tco2_location"] == 0 and pv_row["scope"] is None
+
+
+def test_earlier_hours_computed_later_take_certificates_first_and_later_rows_follow(
+        tmp_path: Path) -> None:
+    acc = make(tmp_path, device_yaml("incomer"), accounting="""\
+  certificates:
+    - {id: I-REC-1, type: I-REC, mwh: 1.0, vintage: 2023, market: CN}
+""")
+    t0 = ms("2023-05-01T00:00")
+    load(acc, "incomer", t0 - HOUR_MS, t0 + 31 * HOUR_MS, 60, flat)
+    now = ms("2023-06-01T00:00")
+    acc.recompute((t0 + 5 * HOUR_MS, t0 + 30 * HOUR_MS), now)
+    covered = {r.hour: r.tco2_market == 0 for r in acc.rows(t0, t0 + 30 * HOUR_MS)}
+    assert [h for h, c in sorted(covered.items()) if c] == \
+        [t0 + k * HOUR_MS for k in range(5, 15)]
+    seq_late = dict((r[1], r[2]) for r in seqs(acc))
+    acc.recompute((t0, t0 + 5 * HOUR_MS), now)  # the first hours arrive afterwards
+    rows = acc.rows(t0, t0 + 30 * HOUR_MS)
+    assert [r.hour for r in rows if r.tco2_market == 0] == [t0 + k * HOUR_MS for k in range(10)]
+    after = dict((r[1], r[2]) for r in seqs(acc))
+    moved = [h for h in seq_late if after[h] != seq_late[h]]
+    assert moved == [t0 + k * HOUR_MS for k in range(10, 15)]  # re-sent to the sinks
+    used = acc.store.execute("SELECT sum(mwh) FROM certificate_allocations")[0][0]
+    assert used == pytest.approx(1.0, abs=1e-9)

@@ -67,3 +67,16 @@ def test_bad_rules_are_refused_with_their_line(rules, line, message):
 def test_bad_channels_are_refused(channel, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(DEVICES + f"alerts:\n  channels: [{channel}]\n", "plant.yaml")
+
+
+def test_energyd_alerts_without_a_store_says_so(tmp_path):
+    from click.testing import CliRunner
+
+    from energyd.cli import cli
+
+    path = tmp_path / "energyd.yaml"
+    path.write_text(f"storage: {{path: {tmp_path / 'none' / 'energyd.db'}}}\n")
+    result = CliRunner().invoke(cli, ["alerts", "-c", str(path)])
+    assert result.exit_code == 1
+    assert "no store here yet" in result.output
+    assert not (tmp_path / "none" / "energyd.db").exists()  # nothing left behind

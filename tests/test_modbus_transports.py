@@ -271,3 +271,44 @@ async def test_nan_from_the_meter_is_no_reading_and_no_failure() -> None:
     got = {r.quantity for r in result.readings}
     assert "voltage_l3_v" not in got and "voltage_l2_v" in got
     assert result.unavailable == ["voltage_l3_v"] and result.failures == []
+
+
+async def test_slow_replies(gateway) -> None:
+    import time
+
+    sim, settings, clock = gateway
+    slow = 1 + builtin_names().index("eastron_sdm630")
+    other = 1 + builtin_names().index("janitza_umg96")
+    sim.unit(slow).faults.delay = 0.1
+    async with ModbusLink(settings) as link:
+        t0 = time.perf_counter()
+        assert len(await link.read(4, 0, 2, unit=slow, timeout=0.5)) == 2  # slow but in time
+        assert time.perf_counter() - t0 >= 0.1
+        sim.unit(slow).faults.delay = 0.35
+        with pytest.raises(DeviceTimeout):
+            await link.read(4, 0, 2, unit=slow, timeout=0.2)
+        # its late reply turns up while the next unit is asked: that unit still gets its own
+        words = await link.read(3, 19000, 2, unit=other, timeout=0.5)
+        assert decode(words, "float32") == pytest.approx(
+            sim.unit(other).values()["voltage_l1_v"], rel=1e-6)
+
+
+def test_late_reply_coalesced_with_the_next_is_not_lost() -> None:
+    """Regression: pymodbus's RTU framer dropped a good frame that arrived in one chunk
+    after a stale one (drivers/modbus.py _FramerRTU)."""
+    from pymodbus.framer.rtu import FramerRTU
+    from pymodbus.pdu import DecodePDU
+    from pymodbus.pdu.register_message import ReadInputRegistersResponse
+
+    from energyd.drivers.modbus import _FramerRTU
+
+    def frame(unit: int, regs: list[int]) -> bytes:
+        pdu = ReadInputRegistersResponse(registers=regs, dev_id=unit)
+        return FramerRTU(DecodePDU(False)).buildFrame(pdu)
+
+    chunk = frame(1, [0x4366, 0x8000]) + frame(2, [0x1234, 0x5678])  # stale, then ours
+    stock = FramerRTU(DecodePDU(False)).handleFrame(chunk, 2, 0)
+    assert stock == (len(chunk), None)  # the stock framer loses the good frame
+    used, pdu = _FramerRTU(DecodePDU(False)).handleFrame(chunk, 2, 0)
+    assert used == len(chunk) and pdu is not None
+    assert pdu.dev_id == 2 and pdu.registers == [0x1234, 0x5678]

@@ -72,12 +72,26 @@ class Running:
                     if isinstance(getattr(h, "__self__", None), MqttComponent))
 
 
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+async def _until(predicate: Callable[[], bool], timeout: float, what: str,
+                 state: Callable[[], object] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}"
+                                 + (f": {state()}" if state is not None else ""))
         await asyncio.sleep(0.05)
+
+
+def _state(*running: Running) -> list[dict[str, Any]]:
+    out = []
+    for r in running:
+        c = r.component
+        front = c._queue[0] if c._queue else None
+        out.append({**c._health(), "acked": c.acked, "generation": c.subscriber.generation,
+                    "front": front and (front.mid, front.left, front.generation),
+                    "by_reading": len(c._by_reading), "pending": r.daemon.context.writer.pending
+                    if r.daemon.context else None})
+    return out
 
 
 def _times(store_path: Path, device: str, quantity: str = "active_power_kw") -> dict[int, float]:
@@ -164,7 +178,7 @@ async def test_energyd_restart_mid_stream_loses_no_qos1_message(
             await sim.close()
             want = sum(len(v) for v in sim.acked.values())
             await _until(lambda: first.component.acked + second.component.acked >= want, 15,
-                         "all messages committed")
+                         "all messages committed", lambda: _state(first, second))
     assert taken_first > 0 and published_while_down > 30
     assert _assert_nothing_lost(sim, tmp_path / "energyd.db") == want
 
@@ -180,7 +194,7 @@ async def test_energyd_killed_mid_stream_loses_no_qos1_message(
     config["storage"]["flush_interval"] = 1.0
     path = tmp_path / "energyd.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
-    command = [sys.executable, "-m", "energyd.cli", "--log-level", "warning", "run", "-c",
+    command = [sys.executable, "-m", "energyd.cli", "--log-level", "info", "run", "-c",
                str(path)]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
 

@@ -331,3 +331,36 @@ async def test_daemon_runs_one_forwarder_per_sink(influxdb, tmp_path):
         await asyncio.wait_for(task, 15)
         for db in ("central_a", "central_b"):
             influxdb.drop_database(db)
+
+
+def test_forward_command_sends_the_backlog_once_and_reports_each_sink(
+        influxdb, influxdb_database, tmp_path):
+    from click.testing import CliRunner
+
+    from energyd.cli import cli
+
+    db_path = tmp_path / "energyd.db"
+    with Store.open(db_path) as s:
+        s.insert_readings(polls(["inc1", "pv1"], 10))
+    config = tmp_path / "energyd.yaml"
+    config.write_text(f"""\
+site: {{name: plant}}
+storage: {{path: {db_path}}}
+influxdb:
+  - {{name: central, api: v1, url: "{influxdb.url}", database: {influxdb_database}}}
+  - {{name: away, api: v1, url: "http://127.0.0.1:{free_port()}", database: x, timeout: 0.5}}
+""")
+    result = CliRunner().invoke(cli, ["forward", "-c", str(config), "--timeout", "2"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("central (v1") and "60 items sent; 0 readings unsent" in line
+               for line in lines), result.output
+    assert any(line.startswith("away (v1") and "failed: away" in line
+               and "60 readings unsent" in line for line in lines), result.output
+    assert len(influx_points(influxdb, influxdb_database)) == 20
+
+    only = CliRunner().invoke(cli, ["forward", "-c", str(config), "--sink", "central", "--json"])
+    assert only.exit_code == 0, only.output
+    assert json.loads(only.output)[0]["forwarded"] == 0
+    bad = CliRunner().invoke(cli, ["forward", "-c", str(config), "--sink", "nope"])
+    assert bad.exit_code == 2 and "no influxdb sink named nope" in bad.output

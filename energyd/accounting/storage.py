@@ -215,13 +215,14 @@ class Accountant:
             return Trace([], [])
         sid = src.series
         ex = self.store.execute
-        before = ex("SELECT time, value FROM readings WHERE series = ? AND time < ? "
-                    "ORDER BY time DESC LIMIT 1", (sid, start))
-        main = ex("SELECT time, value FROM readings WHERE series = ? AND time >= ? AND time < ? "
-                  "ORDER BY time", (sid, start, end))
-        after = ex("SELECT time, value FROM readings WHERE series = ? AND time >= ? "
-                   "ORDER BY time LIMIT 1", (sid, end))
-        rows = before + main + after
+        # the samples on either side of the range bound its first and last hours
+        lo = ex("SELECT max(time) FROM readings WHERE series = ? AND time < ?",
+                (sid, start))[0][0]
+        hi = ex("SELECT min(time) FROM readings WHERE series = ? AND time >= ?",
+                (sid, end))[0][0]
+        rows = ex("SELECT time, value FROM readings WHERE series = ? AND time >= ? "
+                  "AND time <= ? ORDER BY time",
+                  (sid, start if lo is None else lo, end - 1 if hi is None else hi))
         if not rows:
             return Trace([], [])
         times = list(map(itemgetter(0), rows))
@@ -297,7 +298,9 @@ class Accountant:
                 prof, basis = make_profile(self._profile_history(device, a) + full, self.tz)
                 profiles[name] = prof
             infos[name] = self._info(device, basis)
-        filled = fill_missing(hour_energy, statements, profiles)
+        # a statement whose period has not ended cannot say what its missing hours drew
+        filled = fill_missing(hour_energy, [st for st in statements if st.end_ms <= limit],
+                              profiles)
         rows: list[RollupRow] = []
         for name, fs in filled.items():
             if traces[name].power_integrated:

@@ -44,8 +44,9 @@ class ForwardingComponent:
             raise RuntimeError(f"{self.name}: the forwarding thread ended")
         finally:
             forwarder.stop()
+            # the write in flight ends within the sink's timeout; wait off the event loop
             await asyncio.to_thread(thread.join, self.sink.timeout + 5)
-            forwarder.close()
+            await asyncio.to_thread(forwarder.close)
             if wake in ctx.reading_listeners:
                 ctx.reading_listeners.remove(wake)
             ctx.health.pop(f"sink:{self.sink.name}", None)

@@ -61,6 +61,7 @@ class DeviceState:
     last_ok_ms: int | None = None
     last_error: str | None = None
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    polls_metric: Any = None  # the device's child of metrics.polls, looked up once
 
 
 class LinkOwner:
@@ -72,6 +73,14 @@ class LinkOwner:
         self.name = f"energyd[{link}].poll"
         self.devices = devices
         self.settings = LinkSettings.from_options(devices[0].modbus)
+        for d in devices[1:]:
+            other = LinkSettings.from_options(d.modbus)
+            if (other.baudrate, other.parity, other.bytesize, other.stopbits) != (
+                    self.settings.baudrate, self.settings.parity, self.settings.bytesize,
+                    self.settings.stopbits):
+                log.warning("%s: %s sets other serial parameters than %s; one bus has one "
+                            "setting, %s's is used", link, d.name, devices[0].name,
+                            devices[0].name)
         self.states = [
             DeviceState(d, DevicePoller.from_device(d, ctx.clock),
                         max(ctx.clock.real_seconds(d.interval), 0.001))
@@ -158,7 +167,9 @@ class LinkOwner:
         if result.readings:
             self.ctx.writer.submit(result.readings)
         self.ctx.writer.record_poll(device.name, when_ms, result.error)
-        self.ctx.metrics.polls.labels(device.name).inc()
+        if st.polls_metric is None:
+            st.polls_metric = self.ctx.metrics.polls.labels(device.name)
+        st.polls_metric.inc()
         if result.failures:
             st.errors += 1
             st.last_error = result.error

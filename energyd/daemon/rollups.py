@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from energyd.accounting.rollup import iso
 from energyd.accounting.storage import Accountant, RecomputeResult
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
@@ -30,6 +31,8 @@ class Rollups:
         self.accountant = accountant
         self._lock = asyncio.Lock()
         self._failing = False
+        self._last: dict[str, object] = {}
+        ctx.health["rollups"] = lambda: dict(self._last)
 
     async def run(self) -> None:
         await self.recompute(startup=True)
@@ -55,6 +58,9 @@ class Rollups:
             if self._failing:
                 log.info("hourly rollup works again")
                 self._failing = False
+            self._last = {"run": iso(now), "hours": [[iso(a), iso(b)] for a, b in result.ranges],
+                          "changed": result.written,
+                          "reconciliation_findings": len(result.findings)}
         for start, end in result.ranges:
             for listener in list(self.ctx.rollup_listeners):
                 try:

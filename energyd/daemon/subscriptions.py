@@ -90,6 +90,7 @@ class MqttComponent:
         self._flush_asked = False
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
         self._messages: dict[str, Any] = {}
+        self._counts: dict[str, int] = {}
 
     # --- the component ----------------------------------------------------------------------
 
@@ -104,7 +105,11 @@ class MqttComponent:
         sub.start()
         try:
             while True:
-                await self._flush_wanted.wait()
+                try:
+                    await asyncio.wait_for(self._flush_wanted.wait(), 1.0)
+                except TimeoutError:
+                    self._publish_counts()  # also when nothing is committed (all refused)
+                    continue
                 self._flush_wanted.clear()
                 self._flush_asked = False
                 try:
@@ -142,10 +147,6 @@ class MqttComponent:
             return  # stopping: left unacknowledged, the broker keeps it for the session
         topic = msg.topic
         self.received += 1
-        counter = self._messages.get(topic)
-        if counter is None:
-            counter = self._messages[topic] = self.ctx.metrics.mqtt_messages.labels(topic)
-        counter.inc()
         problems: list[Rejected] = []
         try:
             readings = self.mapper.map(topic, msg.payload, self.ctx.clock.now(), problems)
@@ -153,22 +154,26 @@ class MqttComponent:
             readings = []
             self.refused += 1
             problems.insert(0, exc)
-        seen: set[str] = set()
-        for p in problems:  # counted once per message and reason, however many fields
-            if p.reason not in seen:
-                seen.add(p.reason)
-                self._refuse(topic, p)
-        self._take(msg.mid, msg.qos, generation, readings)
+        if problems:
+            seen: set[str] = set()
+            for p in problems:  # counted once per message and reason, however many fields
+                if p.reason not in seen:
+                    seen.add(p.reason)
+                    self._refuse(topic, p)
+        self._take(topic, msg.mid, msg.qos, generation, readings)
 
-    def _take(self, mid: int, qos: int, generation: int, readings: list[Reading]) -> None:
-        if qos == 0:
-            if readings:
-                self.ctx.writer.submit(readings)
-            return
+    def _take(self, topic: str, mid: int, qos: int, generation: int,
+              readings: list[Reading]) -> None:
         # One submit() is one atomic part of a writer batch (taken, committed or put back
         # whole), so the message is committed exactly when its last reading is.
         taken = _Taken(mid, qos, generation, 1 if readings else 0)
         with self._lock:
+            # counted here, added to the metric at the next commit (one lock per message)
+            self._counts[topic] = self._counts.get(topic, 0) + 1
+            if qos == 0:
+                if readings:
+                    self.ctx.writer.submit(readings)
+                return
             self._queue.append(taken)
             if readings:
                 self._by_reading[id(readings[-1])] = taken
@@ -209,6 +214,16 @@ class MqttComponent:
                 if taken is not None:
                     taken.left -= 1
         self._ack_ready()
+        self._publish_counts()
+
+    def _publish_counts(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        for topic, n in counts.items():
+            counter = self._messages.get(topic)
+            if counter is None:
+                counter = self._messages[topic] = self.ctx.metrics.mqtt_messages.labels(topic)
+            counter.inc(n)
 
     def _ack_ready(self) -> None:
         with self._send_lock:

@@ -43,6 +43,7 @@ from typing import Any
 from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.framer.rtu import FramerRTU
 
 from energyd.clock import Clock, RealClock
 from energyd.config.profiles import Profile, RegisterSpec
@@ -111,6 +112,34 @@ class LinkSettings:
         return f"{self.transport}:{self.host}:{self.port}"
 
 
+class _FramerRTU(FramerRTU):
+    """pymodbus 3.16's RTU framer, except that a decoded frame consumes only its own bytes.
+
+    The stock decode() reports the whole receive buffer as used, so when a unit's late reply
+    and the next unit's reply arrive in one chunk, the stale frame is skipped and the good
+    one thrown away with it: one slow unit would cost its neighbour a timeout.
+    """
+
+    def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
+        data_len = len(data)
+        for start in range(data_len):
+            if data_len - start < self.MIN_SIZE:
+                return 0, 0, 0, self.EMPTY
+            dev_id = int(data[start])
+            if not (pdu_class := self.decoder.lookupPduClass(data[start:])):
+                continue
+            if not (size := pdu_class.calculateRtuFrameSize(data[start:])):
+                return 0, dev_id, 0, self.EMPTY
+            if data_len < start + size:
+                return 0, dev_id, 0, self.EMPTY
+            crc_start = start + size - 2
+            crc = data[crc_start:crc_start + 2]
+            if not FramerRTU.check_CRC(data[start:crc_start], (crc[0] << 8) + crc[1]):
+                return data_len, 0, 0, self.EMPTY  # garbage: drop it, as pymodbus does
+            return start + size, dev_id, 0, data[start + 1:crc_start]
+        return 0, 0, 0, self.EMPTY
+
+
 class ModbusLink:
     """One connection to a bus; an async context manager.
 
@@ -139,9 +168,13 @@ class ModbusLink:
             self._client = AsyncModbusTcpClient(s.host, port=s.port, framer=framer, **common)
         else:
             raise ValueError(f"unknown transport {s.transport!r}")
+        if s.transport != "tcp":
+            self._client.ctx.framer = _FramerRTU(self._client.ctx.framer.decoder)
         # Silence from one dead unit behind a gateway must not close the link of the others
         # (pymodbus closes after retries+3 unanswered requests); the owner decides instead.
         self._client.set_max_no_responses(1_000_000)
+        # the bound client methods, keyed by the four read codes and nothing else
+        self._readers = {code: getattr(self._client, name) for code, name in _READERS.items()}
         self.requests = 0
 
     async def __aenter__(self) -> ModbusLink:
@@ -173,35 +206,44 @@ class ModbusLink:
     async def read(self, code: ReadCode | int, address: int, count: int, *, unit: int,
                    timeout: float, retries: int = 0) -> list[int]:
         """Read `count` registers (or bits, as 0/1) starting at wire `address`."""
-        code = ReadCode(code)  # ValueError for anything but 1-4, before any I/O
-        method = getattr(self._client, _READERS[code])
-        await self.connect()
-        what = f"unit {unit} fc{int(code)} {address}+{count}"
+        method = self._readers.get(code)  # type: ignore[call-overload]
+        if method is None:
+            raise ValueError(f"function code {code!r} is not a read (energyd sends 1-4 only)")
+        if not self._client.connected:
+            await self.connect()
         for attempt in range(retries + 1):
             self._client.ctx.comm_params.timeout_connect = timeout
             self.requests += 1
             try:
                 rr = await method(address, count=count, device_id=unit)
             except ConnectionException as exc:
+                what = _what(code, address, count, unit)
                 raise DeviceError(f"{what}: connection lost ({exc})") from exc
             except ModbusIOException as exc:
-                if "No response" in str(exc) or "no response" in str(exc).lower():
+                what = _what(code, address, count, unit)
+                if "no response" in str(exc).lower():
                     if attempt < retries:
                         continue
                     raise DeviceTimeout(f"{what}: no reply within {timeout:g} s") from exc
                 raise DeviceError(f"{what}: {exc}") from exc
             except ModbusException as exc:
-                raise DeviceError(f"{what}: {exc}") from exc
+                raise DeviceError(f"{_what(code, address, count, unit)}: {exc}") from exc
             if rr.isError():
                 code_ = getattr(rr, "exception_code", None)
-                name = EXCEPTION_NAMES.get(code_ or 0, "exception")
                 if code_ == 6 and attempt < retries:  # busy: worth another try
                     continue
-                raise DeviceRefused(f"{what}: exception {code_} ({name})", code_)
-            if code in (ReadCode.COILS, ReadCode.DISCRETE_INPUTS):
+                name = EXCEPTION_NAMES.get(code_ or 0, "exception")
+                raise DeviceRefused(
+                    f"{_what(code, address, count, unit)}: exception {code_} ({name})", code_)
+            if code in (1, 2):
                 return [int(b) for b in rr.bits[:count]]
             return list(rr.registers)
-        raise DeviceTimeout(f"{what}: no reply")  # not reached: the loop returns or raises
+        # not reached: the last attempt returns or raises
+        raise DeviceTimeout(f"{_what(code, address, count, unit)}: no reply")
+
+
+def _what(code: int, address: int, count: int, unit: int) -> str:
+    return f"unit {unit} fc{int(code)} {address}+{count}"
 
 
 @dataclass

@@ -75,6 +75,7 @@ from energyd.drivers.decode import encode
 from energyd.simulators.loadshape import load_factor
 
 NOMINAL_V = 230.0
+RTU_SILENCE = 0.002  # seconds between RTU frames on the simulated bus
 SQRT3 = math.sqrt(3.0)
 _A = cmath.exp(-2j * math.pi / 3)  # phase rotation L1 -> L2
 
@@ -436,6 +437,10 @@ class MeterSimulator:
             response.transaction_id = pdu.transaction_id
             response.dev_id = pdu.dev_id
             handler.server_send(response, addr)
+            if self.framer == "rtu":
+                # a bus is silent between frames (3.5 characters); without it a late reply
+                # and the next one could reach the master as one chunk
+                await asyncio.sleep(RTU_SILENCE)
 
     async def start(self) -> MeterSimulator:
         framer = FramerType.SOCKET if self.framer == "socket" else FramerType.RTU

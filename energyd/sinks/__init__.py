@@ -22,7 +22,7 @@ from energyd.sinks.transport import Transport
 from energyd.store.sqlite import Store
 
 __all__ = ["Encoder", "Forwarder", "Outcome", "Point", "Transport", "backoff_delay",
-           "encoder_for", "for_sink", "make_transport"]
+           "encoder_for", "for_sink", "forward_once", "make_transport"]
 
 
 def make_transport(sink: InfluxDB) -> Transport:
@@ -52,3 +52,32 @@ def for_sink(sink: InfluxDB, config: Config, store: Store, *, metrics: Any = Non
         sink.name, store, transport or make_transport(sink), encoder=encoder_for(config),
         chunk_size=sink.chunk_size, max_points_per_second=sink.max_points_per_second,
         interval=sink.interval, backoff_max=sink.backoff_max, metrics=metrics, now_ms=now_ms)
+
+
+def forward_once(config: Config, *, sinks: list[str] | None = None,
+                 timeout: float = 600.0) -> list[dict[str, Any]]:
+    """Forward what the configured sinks have not sent yet, once, and report per sink:
+    `energyd forward` (commissioning, or pushing a backfill while the daemon is stopped).
+    A sink that fails is reported with its error and the others still run."""
+    from energyd.errors import SinkError
+
+    chosen = [s for s in config.influxdb if sinks is None or s.name in sinks]
+    unknown = set(sinks or ()) - {s.name for s in config.influxdb}
+    if unknown:
+        raise ValueError(f"no influxdb sink named {', '.join(sorted(unknown))}")
+    report = []
+    with Store.open(config.storage.path) as store:
+        for sink in chosen:
+            forwarder = for_sink(sink, config, store)
+            entry: dict[str, Any] = {"sink": sink.name, "api": sink.api, "url": sink.url}
+            try:
+                entry["forwarded"] = forwarder.drain(timeout=timeout)
+                entry["error"] = None
+            except (SinkError, TimeoutError) as exc:
+                entry["forwarded"], entry["error"] = None, str(exc)
+            finally:
+                forwarder.close()
+            entry["backlog"] = store.backlog(sink.name).count
+            entry["rejected"] = store.rejected_count(sink.name)
+            report.append(entry)
+    return report

@@ -124,7 +124,9 @@ class Forwarder:
         self.metrics = metrics
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._pos = store.sink_positions(name)
-        self._ratio = 1.0  # readings per point, learnt from the chunks sent
+        # readings per point (quantities per poll): sizes the reads, learnt from each chunk
+        self._ratio = store.execute(
+            "SELECT coalesce(count(*) * 1.0 / count(DISTINCT device), 1.0) FROM series")[0][0]
         self._names: dict[int, tuple[str, str]] = {}  # series id -> (device, quantity)
         # one write in flight while the next chunk is read and encoded
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"energyd[{name}.write]")
@@ -160,7 +162,8 @@ class Forwarder:
     # --- one cycle ----------------------------------------------------------------------------
 
     def step(self) -> Outcome:
-        """One cycle: the live tail, one backlog chunk if the rate allows, then rollups,
+        """One cycle: a chunk of the live tail (while a backlog drains), the oldest unsent
+        readings for up to a second as the rate allows, then a chunk each of rollups,
         alerts and air_hourly. Raises SinkRetryable when the server cannot take a chunk
         (what was acknowledged before stays acknowledged)."""
         out = Outcome(wait=self.interval)
@@ -275,8 +278,10 @@ class Forwarder:
                 points = self._encode(rows)
                 if self.rate is not None:
                     self._next_backlog = max(now, self._next_backlog) + len(points) / self.rate
-                pending = (self._pool.submit(self._write, points), points, positions,
-                           (head, end))
+                # the body is joined here: the writing thread then needs the GIL only to
+                # send it and to read the reply
+                pending = (self._pool.submit(self._write, points, body(points)), points,
+                           positions, (head, end))
                 if not more:
                     future, points, positions, span = pending
                     pending = None
@@ -338,15 +343,16 @@ class Forwarder:
             "WHERE s.device = ? AND r.time = ? AND r.id > ? AND r.id <= ? ORDER BY r.id",
             (device, t, span[0], span[1]))]
 
-    def _write(self, points: list[Point]) -> list[tuple[Point, str]]:
-        """Write `points`; return those refused for good, with the server's message.
+    def _write(self, points: list[Point], data: bytes | None = None) -> list[tuple[Point, str]]:
+        """Write `points` (`data`: their body, when already joined); return those refused
+        for good, with the server's message.
 
         A refused chunk is split in halves until each refused point stands alone, so one
         bad point costs about 2*log2(chunk) writes and never holds the stream up."""
         if not points:
             return []
         try:
-            self.transport.write(body(points))
+            self.transport.write(body(points) if data is None else data)
             return []
         except SinkRejected as exc:
             if len(points) == 1:

@@ -132,12 +132,23 @@ class Encoder:
             # the store refuses NaN and infinities; should one be there, it must not spoil
             # a chunk (fsum is exact, so only a non-finite value makes it non-finite)
             rows = [r for r in rows if math.isfinite(r[2])]
+        try:
+            groups = self._group(rows)
+        except KeyError:  # a series seen for the first time
+            for sid in {r[0] for r in rows} - self._series_info.keys():
+                self._series(sid, names)
+            groups = self._group(rows)
+        devices = self._devices
+        return [Point(f"{k} {','.join(f)} {t}", (), len(f), (devices[k], t))
+                for (k, t), f in groups.items()]
+
+    def _group(self, rows: list[Sequence[Any]]) -> dict[tuple[str, int], list[str]]:
         info = self._series_info
         groups: dict[tuple[str, int], list[str]] = {}
         key: str | None = None
         at = fields = None
         for sid, t, value in rows:
-            prefix, field = info.get(sid) or self._series(sid, names)
+            prefix, field = info[sid]
             if prefix is not key or t != at:
                 # a poll's readings are usually contiguous: the dict sees each poll once
                 fields = groups.get((prefix, t))
@@ -145,9 +156,7 @@ class Encoder:
                     fields = groups[(prefix, t)] = []
                 key, at = prefix, t
             fields.append(field + repr(value))  # type: ignore[union-attr]
-        devices = self._devices
-        return [Point(f"{k} {','.join(f)} {t}", (), len(f), (devices[k], t))
-                for (k, t), f in groups.items()]
+        return groups
 
     # --- hourly rollups -------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""`energyd demo`: what `make demo` runs, checked on what it shows and what it stored.
+
+`demo_run` (conftest.py) runs the console script for a bounded time at the default speed
+(360x: a simulated hour every 10 s), as a newcomer would, but with `--duration` and with
+forwarding to the shared InfluxDB. Within that time, well inside the two minutes the issue
+allows, the view must show the polled devices, hourly rows with MWh and tCO2, and alerts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from energyd.config import load_config
+from energyd.demo import SOURCE_CONFIG, demo_start
+
+ROOT = Path(__file__).resolve().parent.parent
+ENERGYD = Path(sys.executable).parent / "energyd"
+DEVICES = [d.name for d in load_config(SOURCE_CONFIG).devices]
+
+
+def store(run: Any) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{run.workdir / 'energyd.db'}?mode=ro", uri=True)
+
+
+def test_the_view_shows_devices_hourly_rows_and_alerts(demo_run: Any) -> None:
+    assert demo_run.returncode == 0, demo_run.stderr[-3000:]
+    out = demo_run.stdout
+
+    def section(title: str) -> int:
+        m = re.search(rf"^{title}\s*$", out, re.M)  # a table's title, on a line of its own
+        assert m, f"no {title!r} table in:\n{out}"
+        return m.start()
+
+    devices = out[section("devices"):section(r"hourly rollups \(latest\)")]
+    for name in DEVICES:
+        row = next((line for line in devices.splitlines() if f" {name} " in line), None)
+        assert row is not None, f"{name} missing from the devices table"
+        assert re.search(r"\d+\.\d\s", row), f"{name}: no current kW in {row!r}"
+        assert row.rstrip(" │").endswith("ok"), row
+    hourly = out[section(r"hourly rollups \(latest\)"):section("alerts")]
+    rows = [line for line in hourly.splitlines() if "sub1-incomer" in line]
+    assert rows, hourly
+    # hour, device, MWh, source, coverage, tCO2 location, tCO2 market
+    cells = [c.strip() for c in rows[0].strip("│ ").split("│")]
+    assert float(cells[2]) > 0 and cells[3] == "meter"
+    assert float(cells[5]) > 0 and float(cells[6]) > 0
+    alerts = out[section("alerts"):]
+    assert "incomer-overload" in alerts and "air-leak" in alerts
+    assert "The data is in" in out and "energyd.yaml" in out
+
+
+def test_the_store_holds_what_the_view_showed(demo_run: Any) -> None:
+    db = store(demo_run)
+    polled = {r[0] for r in db.execute(
+        "SELECT DISTINCT s.device FROM readings r JOIN series s ON s.id = r.series")}
+    assert polled == set(DEVICES)
+    # meter-first hours of the incomer with MWh and both tCO2 figures
+    hours = db.execute("SELECT mwh, tco2_location, tco2_market, ef_location FROM rollups "
+                       "WHERE device = 'sub1-incomer' AND source = 'meter'").fetchall()
+    assert len(hours) >= 2
+    for mwh, tco2_l, tco2_m, ef in hours:
+        assert mwh > 0 and tco2_l == pytest.approx(mwh * ef) and tco2_m > 0
+    episodes = {(r[0], r[1]) for r in db.execute("SELECT rule, device FROM alerts")}
+    assert ("incomer-overload", "sub1-incomer") in episodes
+    assert any(rule == "air-leak" for rule, _ in episodes)
+
+
+def test_the_spike_and_the_leak_are_in_the_data(demo_run: Any) -> None:
+    """The alerts answer to what was injected, at the simulated times it was injected."""
+    tz = ZoneInfo(load_config(SOURCE_CONFIG).site.timezone)
+    db = store(demo_run)
+    first_ms = db.execute("SELECT min(time) FROM readings").fetchone()[0]
+    start = datetime.fromtimestamp(first_ms / 1000, UTC).replace(minute=0, second=0,
+                                                                  microsecond=0)
+    assert start.astimezone(tz).hour == 20 and start.astimezone(tz).weekday() < 5
+    ms = int(start.timestamp() * 1000)
+    hour = 3_600_000
+
+    def peak(t0: int, t1: int) -> float:
+        return db.execute(
+            "SELECT max(r.value) FROM readings r JOIN series s ON s.id = r.series WHERE "
+            "s.device = 'sub1-incomer' AND s.quantity = 'active_power_kw' AND r.time >= ? "
+            "AND r.time < ?", (t0, t1)).fetchone()[0]
+
+    assert peak(ms + hour + 600_000, ms + 2 * hour) > 1200  # the spike, hour 2
+    assert peak(ms, ms + hour) < 1200  # before it
+    started = db.execute("SELECT started FROM alerts WHERE rule = 'incomer-overload'"
+                         ).fetchone()[0]
+    assert ms + hour <= started < ms + 2 * hour
+    leak = db.execute("SELECT hour, kwh FROM air_hourly WHERE device = 'air' "
+                      "ORDER BY hour").fetchall()
+    by_hour = dict(leak)
+    assert by_hour[ms + 2 * hour] > 50  # 22:00-23:00: off shift, leaking
+    # alerts within the first two minutes (at 360x, 12 simulated hours) of a run
+    first_alert = db.execute("SELECT min(started) FROM alerts").fetchone()[0]
+    assert first_alert - ms < 12 * hour
+
+
+def test_energyd_alerts_reads_the_demo_store(demo_run: Any) -> None:
+    proc = subprocess.run([str(ENERGYD), "alerts", "-c", str(demo_run.workdir / "energyd.yaml"),
+                           "--json"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    rules = {e["rule"] for e in json.loads(proc.stdout)}
+    assert {"incomer-overload", "air-leak"} <= rules
+
+
+def test_demo_start_is_a_weekday_evening_half_a_day_back() -> None:
+    tz = ZoneInfo("Asia/Shanghai")
+    sunday_noon = datetime(2026, 11, 22, 12, 0, tzinfo=tz)
+    assert demo_start(sunday_noon, tz) == datetime(2026, 11, 20, 20, 0, tzinfo=tz)
+    wednesday = datetime(2026, 11, 18, 9, 0, tzinfo=tz)  # 12 h back is Tuesday 21:00
+    assert demo_start(wednesday, tz) == datetime(2026, 11, 17, 20, 0, tzinfo=tz)
+    for h in range(0, 24 * 7, 5):
+        now = sunday_noon + timedelta(hours=h)
+        start = demo_start(now, tz)
+        assert start <= now - timedelta(hours=12) and start.astimezone(tz).weekday() < 5
+
+
+def test_ctrl_c_stops_cleanly_with_the_embedded_broker(tmp_path: Path) -> None:
+    """Without --duration, with amqtt instead of Mosquitto: Ctrl-C ends it, exit 0, and the
+    store it names holds what was read."""
+    workdir = tmp_path / "demo-data"
+    proc = subprocess.Popen([str(ENERGYD), "demo", "--dir", str(workdir), "--broker", "amqtt",
+                             "--no-live"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        mqtt_seen = False
+        while time.monotonic() < deadline and not mqtt_seen:
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.communicate()
+            if (workdir / "energyd.db").exists():
+                with sqlite3.connect(f"file:{workdir / 'energyd.db'}?mode=ro", uri=True) as db:
+                    with_data = {r[0] for r in db.execute(
+                        "SELECT DISTINCT s.device FROM series s JOIN readings r "
+                        "ON r.series = s.id")}
+                mqtt_seen = {"air-c1", "sub1-incomer"} <= with_data
+        assert mqtt_seen, "no readings over MQTT and Modbus within 30 s"
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "broker amqtt" in out
+    assert f"The data is in {workdir}/" in out.replace("\n", " ") or "The data is in" in out
+    with sqlite3.connect(f"file:{workdir / 'energyd.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM readings").fetchone()[0] > 0
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
