@@ -14,7 +14,9 @@ SDM630 units each). In this process:
    - ceiling: the bare pymodbus client loop, one AsyncModbusTcpClient per gateway issuing
      the same reads (each meter's two planned blocks) as fast as the server answers;
    - energyd: the same owners' production poll path (driver, planner, decoding, readings
-     into the store writer, poll records, metrics), fed back to back instead of by the clock;
+     into the store writer, poll records, metrics), driven back to back instead of by the
+     clock; and the same once more with the store writer discarding what it is given, which
+     tells the acquisition's share from the durable store's;
    requests/s of each and the ratio (target: energyd >= 80 % of the bare loop). The two
    are alternated in short rounds so a change in the machine's load weighs on both alike.
    The simulator process's CPU use is printed beside each, to show whether the server was
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -138,9 +141,13 @@ async def scheduled(config_text_: str, duration: float) -> dict[str, float]:
 
 
 async def capacity(ports: list[int], units: int, text: str, duration: float,
-                   rounds: int, cpu: ChildCpu) -> dict[str, float]:
-    """Bare loop and energyd's poll path, alternated in `rounds` short runs each, so that a
-    change in the machine's load during the run weighs on both alike."""
+                   rounds: int, cpu: ChildCpu) -> dict[str, dict[str, float]]:
+    """Three runs against the same server, alternated in `rounds` short slices so that a
+    change in the machine's load weighs on all alike:
+    bare   the bare pymodbus client loop (the ceiling)
+    full   energyd's poll path, readings going into the durable store
+    acq    the same with the store writer discarding what it is given (acquisition alone)
+    """
     from pymodbus.client import AsyncModbusTcpClient
 
     from energyd.config.loader import parse_config
@@ -159,13 +166,15 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
                                  "bench.yaml"), builders=[polling.build])
     task = asyncio.create_task(daemon.run(handle_signals=False))
     await asyncio.wait_for(daemon.ready.wait(), 30)
-    assert daemon.context is not None
+    ctx = daemon.context
+    assert ctx is not None
     await asyncio.sleep(1.5)  # the first (jittered) slots have passed
-    owners = [fn.__self__ for k, fn in daemon.context.health.items() if k.endswith(".poll")]
+    owners = [fn.__self__ for k, fn in ctx.health.items() if k.endswith(".poll")]
+    writer = ctx.writer
+    real = (writer.submit, writer.record_poll)
     slice_s = duration / rounds
-    totals = {"bare_requests": 0.0, "bare_s": 0.0, "bare_sim_cpu": 0.0, "bare_cpu": 0.0,
-              "mine_requests": 0.0, "mine_polls": 0.0, "mine_s": 0.0, "mine_sim_cpu": 0.0,
-              "mine_cpu": 0.0}
+    totals = {k: {"requests": 0.0, "s": 0.0, "cpu": 0.0, "sim_cpu": 0.0, "polls": 0.0}
+              for k in ("bare", "full", "acq")}
 
     async def bare_gateway(client: AsyncModbusTcpClient, stop: float) -> int:
         n = 0
@@ -178,51 +187,53 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
                     n += 1
         return n
 
-    async def mine_gateway(owner: object, stop: float) -> None:
+    async def mine_gateway(owner: Any, stop: float) -> None:
         while time.perf_counter() < stop:
-            for st in owner.states:  # type: ignore[attr-defined]
+            for st in owner.states:
                 st.slot = time.time()
-                result = await owner.poll(st)  # type: ignore[attr-defined]
+                result = await owner.poll(st)
                 assert not result.failures, result.error
+
+    async def run(kind: str) -> None:
+        if kind == "acq":
+            writer.submit = lambda readings: None
+            writer.record_poll = lambda *args: None
+        else:
+            writer.submit, writer.record_poll = real
+        req0 = sum(o._link.requests for o in owners)
+        polls0 = sum(o.polls for o in owners)
+        cpu.mark()
+        t0, own0 = time.perf_counter(), time.process_time()
+        if kind == "bare":
+            counts = await asyncio.gather(*(bare_gateway(c, t0 + slice_s) for c in clients))
+        else:
+            await asyncio.gather(*(mine_gateway(o, t0 + slice_s) for o in owners))
+        wall = time.perf_counter() - t0
+        t = totals[kind]
+        t["cpu"] += time.process_time() - own0
+        t["sim_cpu"] += cpu.share() * wall
+        t["s"] += wall
+        if kind == "bare":
+            t["requests"] += sum(counts)
+            t["polls"] += sum(counts) / len(blocks)
+        else:
+            t["requests"] += sum(o._link.requests for o in owners) - req0
+            t["polls"] += sum(o.polls for o in owners) - polls0
 
     try:
         for _ in range(rounds):
-            cpu.mark()
-            t0, own0 = time.perf_counter(), time.process_time()
-            counts = await asyncio.gather(*(bare_gateway(c, t0 + slice_s) for c in clients))
-            wall = time.perf_counter() - t0
-            totals["bare_cpu"] += time.process_time() - own0
-            totals["bare_sim_cpu"] += cpu.share() * wall
-            totals["bare_requests"] += sum(counts)
-            totals["bare_s"] += wall
-
-            req0 = sum(o._link.requests for o in owners)
-            polls0 = sum(o.polls for o in owners)
-            cpu.mark()
-            t0, own0 = time.perf_counter(), time.process_time()
-            await asyncio.gather(*(mine_gateway(o, t0 + slice_s) for o in owners))
-            wall = time.perf_counter() - t0
-            totals["mine_cpu"] += time.process_time() - own0
-            totals["mine_sim_cpu"] += cpu.share() * wall
-            totals["mine_requests"] += sum(o._link.requests for o in owners) - req0
-            totals["mine_polls"] += sum(o.polls for o in owners) - polls0
-            totals["mine_s"] += wall
+            for kind in ("bare", "full", "acq"):
+                await run(kind)
     finally:
+        writer.submit, writer.record_poll = real
         for c in clients:
             c.close()
         daemon.stop()
         await asyncio.wait_for(task, 30)
-    return {
-        "bare": totals["bare_requests"] / totals["bare_s"],
-        "bare_sim_share": totals["bare_sim_cpu"] / totals["bare_s"],
-        "bare_share": totals["bare_cpu"] / totals["bare_s"],
-        "bare_us": totals["bare_cpu"] / totals["bare_requests"] * 1e6,
-        "mine_share": totals["mine_cpu"] / totals["mine_s"],
-        "mine_us": totals["mine_cpu"] / totals["mine_requests"] * 1e6,
-        "mine": totals["mine_requests"] / totals["mine_s"],
-        "mine_polls": totals["mine_polls"] / totals["mine_s"],
-        "mine_sim_share": totals["mine_sim_cpu"] / totals["mine_s"],
-    }
+    return {kind: {"rate": t["requests"] / t["s"], "polls": t["polls"] / t["s"],
+                   "us": t["cpu"] / t["requests"] * 1e6, "share": t["cpu"] / t["s"],
+                   "sim_share": t["sim_cpu"] / t["s"]}
+            for kind, t in totals.items()}
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -256,14 +267,16 @@ async def main_async(args: argparse.Namespace) -> None:
                   f"alternated in {args.rounds} rounds ...", flush=True)
             text2 = config_text(ports, units, 1.0, Path(tmp) / "capacity.db")
             c = await capacity(ports, units, text2, args.capacity_duration, args.rounds, cpu)
-            bare, mine = c["bare"], c["mine"]
-            print(f"  bare pymodbus loop      {bare:8.1f} requests/s  ({c['bare_us']:.0f} us CPU "
-                  f"per request; this process at {c['bare_share'] * 100:.0f} %, simulators at "
-                  f"{c['bare_sim_share'] * 100:.0f} % of a core)")
-            print(f"  energyd poll path       {mine:8.1f} requests/s  ({c['mine_us']:.0f} us CPU "
-                  f"per request; this process at {c['mine_share'] * 100:.0f} %, simulators at "
-                  f"{c['mine_sim_share'] * 100:.0f} % of a core; {c['mine_polls']:.0f} polls/s)")
-            print(f"  energyd / bare          {mine / bare * 100:8.1f} %  (target >= 80 %)")
+            labels = {"bare": "bare pymodbus loop", "full": "energyd poll path",
+                      "acq": "  without the store"}
+            for kind, label in labels.items():
+                r = c[kind]
+                print(f"  {label:22}{r['rate']:8.1f} requests/s  ({r['us']:.0f} us CPU per "
+                      f"request; this process at {r['share'] * 100:.0f} %, simulators at "
+                      f"{r['sim_share'] * 100:.0f} % of a core)")
+            bare, mine = c["bare"]["rate"], c["full"]["rate"]
+            print(f"  energyd / bare          {mine / bare * 100:8.1f} %  (target >= 80 %; "
+                  f"without the store {c['acq']['rate'] / bare * 100:.1f} %)")
             ok = (s["late_p99_ms"] < 100 and s["peak_rss_mb"] < 150 and mine >= 0.8 * bare
                   and s["polls_per_s"] >= 0.95 * s["devices"])
             print("targets met" if ok else "TARGETS MISSED")

@@ -9,7 +9,8 @@
 #   --wheel FILE      the energyd wheel (default: the newest dist/energyd-*.whl)
 #   --root DIR        install under DIR instead of / (tests, staging); systemctl is not called
 #   --python PY       interpreter for the virtualenv (default: python3, must be 3.11 or newer)
-#   --uv UV           create the virtualenv and install with uv instead of pip
+#   --uv UV           install with uv instead of pip; with the source tree's uv.lock at hand,
+#                     the dependencies are the locked versions (those energyd was tested with)
 #   --find-links DIR  a wheelhouse for gateways without access to a package index
 #   --uninstall       remove the package and the unit; keeps config, data, credentials, user
 #   --purge           with --uninstall: also remove /etc/energyd, /var/lib/energyd and
@@ -116,10 +117,18 @@ make_venv() {
   mkdir -p "$prefix"
   if [ -n "$uv" ]; then
     [ -x "$venv/bin/python" ] || "$uv" venv --quiet --python "$python" "$venv"
+    if [ -f "$src/uv.lock" ] && [ -z "$find_links" ]; then
+      # the dependencies exactly as uv.lock pins them: the versions energyd was tested with
+      UV_PROJECT_ENVIRONMENT=$venv "$uv" sync --quiet --frozen --no-dev --no-install-project \
+        --project "$src" --python "$venv/bin/python"
+      set -- --no-deps
+    else
+      set --
+      [ -z "$find_links" ] || set -- --find-links "$find_links"
+    fi
     # --reinstall-package: a rebuilt wheel of the same version still replaces the old code
-    set -- --quiet --python "$venv/bin/python" --reinstall-package energyd
-    [ -z "$find_links" ] || set -- "$@" --find-links "$find_links"
-    "$uv" pip install "$@" "$wheel"
+    "$uv" pip install --quiet --python "$venv/bin/python" --reinstall-package energyd "$@" \
+      "$wheel"
   else
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
     set -- --quiet --disable-pip-version-check
@@ -134,6 +143,8 @@ install_files() {
   mkdir -p "$prefix/share" "$(dirname "$unit")" "$confdir"
   rm -rf "$prefix/share/grafana" "$prefix/share/config"
   [ ! -d "$here/grafana" ] || cp -R "$here/grafana" "$prefix/share/grafana"
+  rm -rf "$prefix/share/influxdb"
+  [ ! -d "$here/influxdb" ] || cp -R "$here/influxdb" "$prefix/share/influxdb"
   mkdir -p "$prefix/share/config"
   cp "$src"/config/*.yaml "$prefix/share/config/"
   [ ! -f "$src/README.md" ] || install -m 0644 "$src/README.md" "$prefix/README.md"
@@ -158,8 +169,15 @@ do_install() {
   if live_systemd; then
     systemctl daemon-reload
     systemctl enable energyd.service >/dev/null 2>&1
-    # an upgrade restarts a running daemon; a first install waits for the config
-    systemctl try-restart energyd.service
+    # an upgrade restarts a running daemon, but only into a config the new version accepts;
+    # a first install waits for the config to be edited
+    if CREDENTIALS_DIRECTORY=$credstore "$venv/bin/energyd" check-config \
+        -c "$confdir/energyd.yaml" >/dev/null 2>&1; then
+      systemctl try-restart energyd.service
+    elif systemctl is-active --quiet energyd.service; then
+      say "the config does not validate with $version: not restarted, the old process runs on"
+      say "see: CREDENTIALS_DIRECTORY=/etc/credstore $venv/bin/energyd check-config -c /etc/energyd/energyd.yaml"
+    fi
   fi
   say "$version installed in $venv"
   if [ -z "$root" ]; then

@@ -541,14 +541,14 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
     if as_json:
         _print_json([r.as_json() for r in result.rows])
         return
-    table = Table("hour (UTC)", "device", "MWh", "source", "coverage", "tCO2 loc", "tCO2 mkt",
-                  "factor")
+    click.echo(f"{'hour (UTC)':<20} {'device':<20} {'MWh':>10} {'source':<18} {'cover':>6} "
+               f"{'tCO2 loc':>10} {'tCO2 mkt':>10}  factor")
     for r in result.rows:
-        table.add_row(r.as_json()["hour"], r.device, f"{r.mwh:.4f}", r.source,
-                      f"{r.coverage:.0%}", _fmt(r.tco2_location), _fmt(r.tco2_market),
-                      r.ef_id or "")
-    console.print(table)
-    console.print(f"{len(result.rows)} device-hours, {result.written} changed", markup=False)
+        flag = " (power)" if r.detail.get("power_integrated") else ""
+        click.echo(f"{r.as_json()['hour']:<20} {r.device:<20} {r.mwh:>10.4f} "
+                   f"{r.source + flag:<18} {r.coverage:>6.0%} {_fmt(r.tco2_location):>10} "
+                   f"{_fmt(r.tco2_market):>10}  {r.ef_id or ''}")
+    click.echo(f"{len(result.rows)} device-hours, {result.written} changed")
 
 
 def _fmt(x: float | None) -> str:
@@ -591,26 +591,28 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None
         click.echo(report_csv(payload), nl=False)
     else:
         t = payload["totals"]
-        table = Table("device", "role", "MWh", "meter", "interp.", "invoice", "estimated",
-                      "coverage", "tCO2 loc", "tCO2 mkt", "status",
-                      title=f"{payload['site']['name']} {month} ({payload['timezone']}): "
-                            f"{payload['status']}")
+        click.echo(f"{payload['site']['name']} {month} ({payload['timezone']}, "
+                   f"{payload['period']['hours']} hours): {payload['status']}")
+        click.echo(f"{'device':<20} {'role':<12} {'MWh':>10} {'meter':>10} {'interp.':>10} "
+                   f"{'invoice':>10} {'estimated':>10} {'cover':>6} {'tCO2 loc':>10} "
+                   f"{'tCO2 mkt':>10}  status")
         for d in payload["devices"]:
-            s = d["by_source"]
-            table.add_row(d["device"], d["role"], f"{d['mwh']:.3f}", f"{s['meter']:.3f}",
-                          f"{s['meter_interpolated']:.3f}", f"{s['invoice']:.3f}",
-                          f"{s['estimated']:.3f}", f"{d['coverage']:.1%}",
-                          f"{d['tco2_location']:.3f}", f"{d['tco2_market']:.3f}", d["status"])
-        console.print(table)
-        console.print(f"purchased {t['purchased_mwh']:.3f} MWh; scope 2 location "
-                      f"{t['scope2_location_tco2']:.3f} t, market {t['scope2_market_tco2']:.3f} t;"
-                      f" scope 1 fuel {t['scope1_fuel_tco2']:.3f} t", markup=False)
+            b = d["by_source"]
+            click.echo(f"{d['device']:<20} {d['role']:<12} {d['mwh']:>10.3f} "
+                       f"{b['meter']:>10.3f} {b['meter_interpolated']:>10.3f} "
+                       f"{b['invoice']:>10.3f} {b['estimated']:>10.3f} {d['coverage']:>6.1%} "
+                       f"{d['tco2_location']:>10.3f} {d['tco2_market']:>10.3f}  {d['status']}")
+        click.echo(f"purchased {t['purchased_mwh']:.3f} MWh; scope 2 location "
+                   f"{t['scope2_location_tco2']:.3f} t, market {t['scope2_market_tco2']:.3f} t "
+                   f"({t['certificates_mwh']:.3f} MWh of certificates); scope 1 fuel "
+                   f"{t['scope1_fuel_tco2']:.3f} t")
+        for f in payload["factors"]:
+            click.echo(f"  factor {f['id']}: {f['value']} tCO2/MWh, {f['hours']} hours "
+                       f"({f['source']})")
         for reason in payload["reasons"]:
-            console.print(f"  provisional: {reason}", markup=False)
-        for f in payload["reconciliation"]:
-            console.print(f"  reconciliation: {f['account']} {f['period_start']}..{f['period_end']}"
-                          f" billed {f['statement_kwh']:g} kWh, metered {f['metered_kwh']:g} kWh",
-                          markup=False)
+            click.echo(f"  provisional: {reason}")
+        for flag in payload["flags"]:
+            click.echo(f"  flag: {flag}")
 
 
 # --- forwarding ---------------------------------------------------------------------------

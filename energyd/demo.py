@@ -127,13 +127,13 @@ def demo_start(now: datetime, tz: ZoneInfo) -> datetime:
         day -= timedelta(days=1)
 
 
-def demo_factors(path: Path, start: datetime) -> None:
-    """Write the shipped emission factors, plus, for a region whose latest factor no longer
+def demo_factors(path: Path, start: datetime, table_path: Path | None = None) -> None:
+    """Write the configured emission factors, plus, for a region whose latest factor no longer
     reaches the simulated dates, that factor carried to them and marked provisional: the
     demo runs on today's calendar, which the published series may not cover yet."""
     from energyd.accounting.factors import load_factors
 
-    table = load_factors(None)
+    table = load_factors(table_path)
     latest: dict[tuple[str, str], Any] = {}
     for f in table.factors:
         key = (f.region, f.method)
@@ -153,8 +153,8 @@ def demo_factors(path: Path, start: datetime) -> None:
         items.append(d)
     for d in items:
         d.pop("unit", None)
-    header = ("# Written by `energyd demo`: the shipped factors, and for the simulated dates the\n"
-              "# latest published factor of each region carried forward (marked provisional).\n")
+    header = ("# Written by `energyd demo`: the configured factors, and for the simulated dates\n"
+              "# the latest published factor of each region carried forward (provisional).\n")
     path.write_text(header + json.dumps({"factors": items}, indent=1) + "\n", encoding="utf-8")
 
 
@@ -590,7 +590,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
 
     tree.setdefault("storage", {})["path"] = str(workdir / "energyd.db")
     factors = workdir / "emission-factors.yaml"
-    demo_factors(factors, start)
+    demo_factors(factors, start, source.accounting.emission_factors)
     tree.setdefault("accounting", {})["emission_factors"] = str(factors)
     if options.influx is not None:
         tree["influxdb"] = [options.influx.sink()]
@@ -672,7 +672,10 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             loop.remove_signal_handler(sig)
         if scenario_task is not None:
             scenario_task.cancel()
-        hours = (clock.now() - start).total_seconds() / 3600
+        end = clock.now()
+        hours = (end - start).total_seconds() / 3600
+        # the daemon ended by itself (it never does unless something broke)
+        crashed = daemon_task is not None and daemon_task.done()
         if daemon is not None and daemon_task is not None:
             daemon.stop()
             try:
@@ -690,10 +693,16 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         restore_log()
     rel = os.path.relpath(workdir)
     shown = rel if not rel.startswith("..") else str(workdir)
+    if crashed:
+        console.print(f"\nThe daemon stopped by itself: see {shown}/energyd.log")
+    t0 = start.astimezone(tz).isoformat(timespec="minutes")
+    t1 = end.astimezone(tz).isoformat(timespec="minutes")
     console.print(
         f"\nStopped after {hours:.1f} simulated hours. The data is in {shown}/: energyd.db "
         f"(the store), energyd.yaml (the configuration that ran), energyd.log.\n"
         f"  energyd status -c {shown}/energyd.yaml\n"
         f"  energyd alerts -c {shown}/energyd.yaml\n"
-        f"  energyd readings export -c {shown}/energyd.yaml --from ... --to ...")
-    return 0
+        f"  energyd report -c {shown}/energyd.yaml --month {start.astimezone(tz):%Y-%m}\n"
+        f"  energyd readings export -c {shown}/energyd.yaml --from {t0} --to {t1}",
+        markup=False, soft_wrap=True)
+    return 1 if crashed else 0

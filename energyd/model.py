@@ -83,6 +83,9 @@ QUANTITIES: dict[str, Quantity] = {
 
 ROLES = ("grid_import", "submeter", "generation", "compressor", "fuel")
 
+# Where an hour's energy came from, best first (DESIGN.md, "meter first, invoice fallback").
+ENERGY_SOURCES = ("meter", "meter_interpolated", "invoice", "estimated")
+
 
 def utc(dt: datetime) -> datetime:
     """Return `dt` as an aware UTC datetime; naive datetimes are refused, not guessed."""

@@ -108,7 +108,7 @@ class DemoRun:
         self.duration = duration
 
 
-DEMO_SECONDS = 40.0  # at 360x: four simulated hours, the spike and the leak alert included
+DEMO_SECONDS = 45.0  # at 360x: 4.5 simulated hours, the spike and the leak alert included
 
 
 @pytest.fixture(scope="session")

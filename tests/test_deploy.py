@@ -115,6 +115,13 @@ def test_install_twice_verify_uninstall(tmp_path: Path, wheel: Path) -> None:
         (creds / name).write_text("not-a-real-secret\n")
     ok = run(energyd, "check-config", "-c", config, env={"CREDENTIALS_DIRECTORY": str(creds)})
     assert "OK" in ok.stdout
+    # the emission factors the config names are where the installer put them, and load
+    factors = re.search(r"^\s*emission_factors:\s*(\S+)", config.read_text(), re.M)
+    assert factors, "the example config names no emission-factor table"
+    installed = root / factors.group(1).lstrip("/")
+    assert installed.read_bytes() == (ROOT / "config/emission-factors.yaml").read_bytes()
+    run(root / "opt/energyd/venv/bin/python", "-c",
+        f"from energyd.accounting.factors import load_factors; load_factors({str(installed)!r})")
 
     # twice: the same tree, and a config edited by the plant's engineer stays as it is
     before = snapshot(root)

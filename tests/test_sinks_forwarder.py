@@ -162,6 +162,9 @@ def test_a_backlog_opens_a_gap_and_every_reading_is_sent_exactly_once(store):
     first = fwd.step()
     assert fwd.gap is not None and first.sent > 0
     assert b"active_power_kw=399.0 " in transport.bodies[0]  # the live tail went first
+    while len(transport.bodies) < 2:  # the backlog waits its turn at the rate
+        time.sleep(0.005)
+        fwd.step()
     assert b"active_power_kw=0.0 " in transport.bodies[1]  # then the head of the backlog
     store.insert_readings(readings(5, start=1_800_000_000_000))
     fwd.step()

@@ -65,9 +65,12 @@ def test_escaping():
 def test_rollups_and_air_skip_nulls():
     enc = Encoder("s", {"inc1": "grid_import"})
     rollups = enc.rollups([(7, "inc1", 3_600_000, 1.25, "meter", 1.0, 0.76, None, 0.6101)])
-    assert [(p.line, p.items) for p in rollups] == [(
+    assert [(p.line, p.items) for p in rollups] == [("\n".join([
         "energy_hourly,device=inc1,role=grid_import,site=s,source=meter "
-        "mwh=1.25,coverage=1.0,tco2_location=0.76,ef_location=0.6101 3600000", (7,))]
+        "mwh=1.25,coverage=1.0,tco2_location=0.76,ef_location=0.6101 3600000",
+        *(f"energy_hourly,device=inc1,role=grid_import,site=s,source={other} "
+          "mwh=0.0,tco2_location=0.0,tco2_market=0.0 3600000"
+          for other in ("meter_interpolated", "invoice", "estimated"))]), (7,))]
     air = enc.air_hourly([(8, "c1", 7_200_000, 40, 300.5, None, 0.8)])
     assert [p.line for p in air] == [
         "energy_air_hourly,device=c1,site=s kwh=40.0,m3=300.5,loaded_share=0.8 7200000"]

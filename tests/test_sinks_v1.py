@@ -67,6 +67,33 @@ def influx_points(server: InfluxDBServer, db: str, measurement: str = "energy_re
     return out
 
 
+def hourly_by_source(server: InfluxDBServer, db: str) -> dict[str, tuple[dict, dict]]:
+    result = server.query('SELECT * FROM "energy_hourly" GROUP BY *', db=db, epoch="ms")
+    out = {}
+    for series in result["results"][0].get("series", []):
+        tags = {k: v for k, v in series["tags"].items() if v}
+        (row,) = series["values"]
+        out[tags["source"]] = (tags, {c: v for c, v in zip(series["columns"][1:], row[1:],
+                                                            strict=True) if v is not None})
+    return out
+
+
+def test_an_hour_recomputed_under_another_source_is_not_counted_twice(
+        influxdb, influxdb_database, store):
+    add_table_rows(store)
+    fwd = forwarder(store, sink(influxdb.url, influxdb_database))
+    fwd.drain(timeout=30)
+    # the statement arrives: the hour is now sourced from the invoice, with another value
+    with store.transaction() as conn:
+        conn.execute("UPDATE rollups SET source = 'invoice', mwh = 1.75, seq = ? "
+                     "WHERE device = 'inc1'", (store.next_seq(conn),))
+    assert fwd.drain(timeout=30) == 1
+    total = influxdb.query("SELECT sum(mwh) FROM energy_hourly WHERE device = 'inc1'",
+                           db=influxdb_database)["results"][0]["series"][0]["values"][0][1]
+    assert total == 1.75
+    assert hourly_by_source(influxdb, influxdb_database)["meter"][1]["mwh"] == 0
+
+
 def add_table_rows(store: Store) -> None:
     with store.transaction() as conn:
         conn.execute(
@@ -109,11 +136,15 @@ def test_readings_rollups_alerts_and_air_read_back_equal(influxdb, influxdb_data
         assert tags == {"site": "plant", "gateway": "gw1", "device": device,
                         "role": ROLES[device]}
 
-    hourly = influx_points(influxdb, influxdb_database, "energy_hourly")
-    assert hourly == {("inc1", 1_699_999_200_000): (
-        {"site": "plant", "gateway": "gw1", "device": "inc1", "role": "grid_import",
-         "source": "meter"},
-        {"mwh": 1.5, "coverage": 1.0, "tco2_location": 0.91515, "ef_location": 0.6101})}
+    hourly = hourly_by_source(influxdb, influxdb_database)
+    assert hourly == {
+        "meter": ({"site": "plant", "gateway": "gw1", "device": "inc1", "role": "grid_import",
+                   "source": "meter"},
+                  {"mwh": 1.5, "coverage": 1.0, "tco2_location": 0.91515,
+                   "ef_location": 0.6101}),
+        **{other: ({"site": "plant", "gateway": "gw1", "device": "inc1", "role": "grid_import",
+                    "source": other}, {"mwh": 0, "tco2_location": 0, "tco2_market": 0})
+           for other in ("meter_interpolated", "invoice", "estimated")}}
     air = influx_points(influxdb, influxdb_database, "energy_air_hourly")
     assert air == {("comp1", 1_699_999_200_000): (
         {"site": "plant", "gateway": "gw1", "device": "comp1"},
@@ -364,3 +395,16 @@ influxdb:
     assert json.loads(only.output)[0]["forwarded"] == 0
     bad = CliRunner().invoke(cli, ["forward", "-c", str(config), "--sink", "nope"])
     assert bad.exit_code == 2 and "no influxdb sink named nope" in bad.output
+
+
+def test_a_connection_closed_while_idle_is_reopened_without_an_error(influxdb_private, store):
+    server = influxdb_private
+    server.create_database("plant")
+    fwd = forwarder(store, sink(server.url, "plant"))
+    store.insert_readings(polls(["inc1"], 2))
+    assert fwd.step().sent == 6
+    server.restart()  # the kept-alive connection is gone
+    store.insert_readings(polls(["inc1"], 2, start=T0 + 10_000))
+    assert fwd.step().sent == 6
+    fwd.close()
+    assert len(influx_points(server, "plant")) == 4

@@ -42,11 +42,12 @@ def forwarder(store: Store, config: InfluxDB, site: str, **options) -> Forwarder
                      encoder=Encoder(site, ROLES), **options)
 
 
-def exported(vm: VictoriaMetricsServer, site: str, measurement: str = "energy_reading"):
+def exported(vm: VictoriaMetricsServer, site: str, measurement: str = "energy_reading",
+             extra: str = ""):
     """{(device, field): [(time_ms, value), ...]} for one site, as VictoriaMetrics exports it."""
     vm.force_flush()
     out = {}
-    for series in vm.export(f'{{__name__=~"{measurement}_.*",site="{site}"}}'):
+    for series in vm.export(f'{{__name__=~"{measurement}_.*",site="{site}"{extra}}}'):
         labels = series["metric"]
         field = labels.pop("__name__")[len(measurement) + 1:]
         key = (labels["device"], field)
@@ -88,7 +89,7 @@ def test_readings_and_rollups_read_back_equal(victoria_metrics, store, site):
     assert {k: v for k, (_, v) in got.items()} == expected(store)
     for (device, _), (labels, _) in got.items():
         assert labels == {"site": site, "device": device, "role": ROLES[device]}
-    hourly = exported(victoria_metrics, site, "energy_hourly")
+    hourly = exported(victoria_metrics, site, "energy_hourly", ',source="meter_interpolated"')
     assert {k: v for k, (_, v) in hourly.items()} == {
         ("inc1", "mwh"): [(1_699_999_200_000, 2.25)],
         ("inc1", "coverage"): [(1_699_999_200_000, 0.5)],
@@ -97,6 +98,11 @@ def test_readings_and_rollups_read_back_equal(victoria_metrics, store, site):
         ("inc1", "ef_location"): [(1_699_999_200_000, 0.6101)],
     }
     assert hourly["inc1", "mwh"][0]["source"] == "meter_interpolated"
+    # the hour's other sources are zeroed, so a sum over sources counts it once
+    zeroed = victoria_metrics.export(
+        f'{{__name__="energy_hourly_mwh",site="{site}",source!="meter_interpolated"}}')
+    assert sorted(s["metric"]["source"] for s in zeroed) == ["estimated", "invoice", "meter"]
+    assert all(s["values"] == [0] for s in zeroed)
     assert all(store.backlog("cloud", s).count == 0 for s in STREAMS)
 
 

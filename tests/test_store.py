@@ -150,3 +150,17 @@ def test_rolled_back_transaction_leaves_no_series_behind(tmp_path: Path) -> None
         assert store.series() == []
         store.insert_readings(readings("ghost", "active_power_kw", 1))
         assert store.series() == [("ghost", "active_power_kw")]
+
+
+def test_ids_are_never_reused_after_the_newest_rows_are_removed(tmp_path: Path) -> None:
+    """A sink whose cursor stands at the newest id must still see every later reading."""
+    with Store.open(tmp_path / "e.db") as store:
+        store.insert_readings(readings("m1", "active_power_kw", 10))
+        newest = store.readings_after(0, 100)[-1].id
+        store.set_cursor("influx", READINGS, newest)
+        # everything is forwarded and old, so retention empties the table
+        assert store.apply_retention(to_ms(T0 + timedelta(days=30)), 86400_000, ["influx"]) == 10
+        store.insert_readings(readings("m1", "active_power_kw", 3, start=T0 + timedelta(days=30)))
+        fresh = store.readings_after(store.cursor("influx", READINGS), 100)
+        assert len(fresh) == 3
+        assert min(r.id for r in fresh) > newest

@@ -181,8 +181,9 @@ def plant_overview() -> dict:
                  f'FROM "energy_reading" WHERE {SITE} AND {GRID} AND $timeFilter '
                  'GROUP BY "device")')
     panels = [
-        stat("Purchased power now", power_now, 0, 0, "kwatt",
-             description="Sum of the latest active power of every grid_import meter.", w=4),
+        stat("Purchased power now", power_now, 0, 0, "kwatt", "15m",
+             description="Sum of the latest active power of every grid_import meter "
+                         "(readings of the last 15 minutes).", w=4),
         stat("Today: MWh", f'SELECT sum("mwh") {hourly_grid}', 4, 0, "none", "now/d",
              "Purchased electricity since midnight (site time in Grafana's time zone), "
              "from the hourly rollups.", decimals=3),

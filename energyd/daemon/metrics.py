@@ -35,6 +35,12 @@ class Metrics:
                                      ["topic"], registry=r)
         self.mqtt_rejected = Counter("energyd_mqtt_rejected", "MQTT messages refused",
                                      ["topic", "reason"], registry=r)
+        self.mqtt_connected = Gauge("energyd_mqtt_connected",
+                                    "1 while connected and subscribed to the MQTT broker",
+                                    registry=r)
+        self.mqtt_waiting = Gauge("energyd_mqtt_waiting_for_commit",
+                                  "MQTT messages received but not yet committed and "
+                                  "acknowledged", registry=r)
         self.alerts = Counter("energyd_alerts", "Alert episodes started", ["rule"], registry=r)
         self.alerts_active = Gauge("energyd_alerts_active", "Alert episodes now active",
                                    registry=r)

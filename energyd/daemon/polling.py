@@ -138,29 +138,52 @@ class LinkOwner:
         self._queue.put_nowait(st)
 
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             st = await self._queue.get()
             try:
-                await self.poll(st)
+                result = await self.read(st)
             except Exception:  # a bug in one poll must not end the bus
                 log.exception("%s: poll of %s failed", self.name, st.device.name)
-            finally:
                 st.queued = False
+                continue
+            finally:
+                self._queue.task_done()
+            # decoding and storing run while the next unit's request is on the wire
+            loop.call_soon(self._finish_safely, st, result)
+
+    def _finish_safely(self, st: DeviceState, result: PollResult) -> None:
+        try:
+            self.finish(st, result)
+        except Exception:
+            log.exception("%s: poll of %s failed", self.name, st.device.name)
+        finally:
+            st.queued = False
 
     async def poll(self, st: DeviceState) -> PollResult:
+        """One poll of one device, read and finished."""
+        result = await self.read(st)
+        self.finish(st, result)
+        return result
+
+    async def read(self, st: DeviceState) -> PollResult:
         assert self._link is not None
         link = self._link
         late = max(0.0, time.time() - st.slot)
         self.lateness.append(late)
         st.lateness.append(late)
-        device = st.device
-        opts = device.modbus
+        opts = st.device.modbus
         assert opts is not None
         try:
-            result = await st.poller.poll(link)  # failures come back per block, not raised
+            return await st.poller.read(link)  # failures come back per block, not raised
         finally:
             if opts.close_after_poll:
                 link.close()
+
+    def finish(self, st: DeviceState, result: PollResult) -> None:
+        """Decode, hand the readings to the store, count, log changes of state."""
+        st.poller.decode(result)
+        device = st.device
         self.polls += 1
         st.polls += 1
         when_ms = to_ms(self.ctx.clock.now())
@@ -177,7 +200,6 @@ class LinkOwner:
         if result.readings:
             st.last_ok_ms = when_ms
         self._account(st, result)
-        return result
 
     def _account(self, st: DeviceState, result: PollResult) -> None:
         name = st.device.name

@@ -21,6 +21,12 @@ acknowledged at once (sending them again would not make them better).
   so a repeat carries the same time).
 * Broker restart: the broker's persistence keeps the session and its queue (mosquitto
   writes it on a clean shutdown and every autosave_interval).
+* What the broker keeps for an absent energyd is bounded by the broker: mosquitto drops
+  messages beyond `max_queued_messages` (1000 by default) per session and logs "Outgoing
+  messages are being dropped". Size it for the longest outage to cover (messages per
+  second x seconds); energyd cannot get back what the broker dropped. A session only
+  exists once energyd has connected: what was published before its first connection
+  was never meant for it.
 
 The number of messages waiting for their commit is bounded by `mqtt.max_inflight` (sent
 to the broker as Receive Maximum). When half of it is waiting, the component asks the
@@ -126,6 +132,7 @@ class MqttComponent:
                 log.exception("mqtt: final store flush failed; unacknowledged messages "
                               "will come again from the broker")
             await asyncio.to_thread(sub.stop)
+            self.ctx.metrics.mqtt_connected.set(0)
             if self._committed in self.ctx.reading_listeners:
                 self.ctx.reading_listeners.remove(self._committed)
             self.ctx.health.pop("mqtt", None)
@@ -134,6 +141,7 @@ class MqttComponent:
         sub = self.subscriber
         return {
             "connected": bool(sub and sub.connected),
+            "subscribed": bool(sub and sub.subscribed),
             "last_error": sub.last_error if sub else None,
             "received": self.received,
             "refused": self.refused,
@@ -217,6 +225,9 @@ class MqttComponent:
         self._publish_counts()
 
     def _publish_counts(self) -> None:
+        sub = self.subscriber
+        self.ctx.metrics.mqtt_connected.set(1 if sub is not None and sub.subscribed else 0)
+        self.ctx.metrics.mqtt_waiting.set(len(self._queue))
         with self._lock:
             counts, self._counts = self._counts, {}
         for topic, n in counts.items():

@@ -261,6 +261,7 @@ class PollResult:
     readings: list[Reading] = field(default_factory=list)
     failures: list[BlockFailure] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)  # quantities the meter sent as NaN
+    raw: list[tuple[Block, Any, list[int]]] = field(default_factory=list)  # read, not decoded
 
     @property
     def timed_out(self) -> bool:
@@ -320,6 +321,12 @@ class DevicePoller:
                     max_gap=self.max_gap, single=self.single, isolated=self.isolated)
 
     async def poll(self, link: ModbusLink) -> PollResult:
+        """Read every block and decode it."""
+        return self.decode(await self.read(link))
+
+    async def read(self, link: ModbusLink) -> PollResult:
+        """Read every block; the words are decoded later by decode(), so a bus owner can
+        send the next unit's request first and decode while it is on the wire."""
         result = PollResult(self.name)
         first = True
         queue: list[Block] = list(self.blocks)
@@ -350,11 +357,19 @@ class DevicePoller:
             except DeviceError as exc:
                 result.failures.append(BlockFailure(str(block), exc))
                 break
+            result.raw.append((block, when, words))
+        return result
+
+    def decode(self, result: PollResult) -> PollResult:
+        """Turn the words read into Readings (stamped with each read's time)."""
+        name = self.name
+        for block, when, words in result.raw:
             for quantity, value in block.decode(words).items():
                 if math.isfinite(value):
-                    result.readings.append(Reading(when, self.name, quantity, value))
+                    result.readings.append(Reading(when, name, quantity, value))
                 else:  # meters send NaN for what they do not measure (an unwired phase)
                     result.unavailable.append(quantity)
+        result.raw.clear()
         return result
 
 

@@ -348,6 +348,7 @@ class Subscriber:
         self._on_connected_cb = on_connected
         self.generation = 0
         self.connected = False
+        self.subscribed = False  # the broker granted every subscription on this connection
         self.last_error: str | None = None
         self._disconnected = threading.Event()
         v5 = options.protocol == "5"
@@ -433,14 +434,18 @@ class Subscriber:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any,
                       properties: Any) -> None:
+        refused = False
         for topic, rc in zip(self.filters, reason_codes, strict=False):
             if rc.is_failure:
+                refused = True
                 log.error("mqtt: the broker refused the subscription to %s: %s", topic, rc)
+        self.subscribed = not refused
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         was = self.connected
         self.connected = False
+        self.subscribed = False
         self._disconnected.set()
         if was and reason_code != 0:
             self._failure(f"connection to {self.options.host}:{self.options.port} lost: "

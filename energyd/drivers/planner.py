@@ -69,13 +69,12 @@ class Block:
                     chunk = _reorder(chunk, step.order)
                 (value,) = step.unpack(chunk)
             # float32 carries about 7 significant digits; the rest is binary noise
-            value = float(f"{value:.7g}") if step.float32 and math.isfinite(value) \
-                else float(value)
-            if step.scale != 1.0 or step.offset != 0.0:
+            value = float(f"{value:.7g}") if step.float32 else float(value)
+            if step.scaled:
                 value = value * step.scale + step.offset
                 if math.isfinite(value):
                     value = round(value, 10)
-            if step.transform == "four_quadrant_pf":
+            if step.transform is not None:
                 value = _four_quadrant_pf(value)
             out[step.quantity] = value
         return out
@@ -93,13 +92,14 @@ class _Step:
     offset: float
     transform: str | None
     code: str  # struct code of the type, e.g. "f"
+    scaled: bool  # scale or offset to apply
 
     @classmethod
     def of(cls, spec: RegisterSpec, base: int) -> _Step:
         count, fmt = TYPES[spec.type]
         return cls(spec.quantity, spec.address - base, 2 * count, struct.Struct(fmt).unpack,
                    spec.order, spec.type == "float32", spec.scale, spec.offset,
-                   spec.transform, fmt[1:])
+                   spec.transform, fmt[1:], spec.scale != 1.0 or spec.offset != 0.0)
 
 
 def _whole_block_unpacker(steps: tuple[_Step, ...], count: int

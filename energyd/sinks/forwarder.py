@@ -14,11 +14,13 @@ Streams and their cursors (table sink_cursors, keyed by the sink's name)
     readings.gap   } only while a backlog drains (below)
     readings.live  }
 
-Newest first, backlog at a bounded rate. When more than two chunks of readings are unsent
-(an outage, a slow link), the forwarder opens a *gap*: it records the id where the newest
-chunk starts as both `readings.gap` (G) and `readings.live` (L). From then on each cycle
-sends a chunk of the live tail (ids after L, so dashboards stay current) and, when the rate
-limit allows, a chunk of the backlog (ids in (H, G], H being the `readings` cursor). Sent
+Newest first, backlog at a bounded rate. When more than two backlog chunks of readings are
+unsent (an outage, a slow link; a backlog chunk is one second's worth at
+`max_points_per_second`, or `chunk_size` points without a rate), the forwarder opens a
+*gap*: it records the id where the newest chunk's worth starts as both `readings.gap` (G)
+and `readings.live` (L). From then on each cycle sends a chunk of the live tail (ids
+after L, so dashboards stay current) and, as the rate limit allows, chunks of the backlog
+(ids in (H, G], H being the `readings` cursor). Sent
 are exactly the ids <= H and the ids in (G, L]; the invariant is that every reading falls
 in one of these ranges before its cursor moves past it, so each is sent at least once. When
 H reaches G the two ranges meet: H jumps to L and the gap is closed, in one transaction.
@@ -26,7 +28,9 @@ H reaches G the two ranges meet: H jumps to L and the gap is closed, in one tran
 deletes a reading above any sink's `readings` cursor). Store.backlog counts both ranges.
 
 `max_points_per_second` bounds the backlog lane only (the live tail is the plant's own
-rate); each backlog chunk holds at most one second's worth of points.
+rate); each backlog chunk holds at most one second's worth of points. Unbounded, the
+backlog lane reads and encodes chunk k+1 while chunk k is in flight (one write at a time,
+cursors committed in order), for a second at a time before the other lanes get their turn.
 
 Replies (transport.py): a retryable failure (connection, 5xx, 429, auth, missing database)
 stops the cycle; the cursors stay and the forwarder waits with exponential backoff and
@@ -186,30 +190,33 @@ class Forwarder:
     def _readings_limit(self, points: int) -> int:
         return max(1, math.ceil(points * self._ratio))
 
-    def _fetch_readings(self, after: int, upto: int, limit: int) -> tuple[list[tuple], int]:
-        """Up to `limit` readings with ids in (after, upto], as (series, time, value), and
-        the last id among them (`after` if none). The end is read first: an id is assigned
-        above every existing one, so nothing can appear below it later, and the rows need
-        not carry their ids (a fifth less to build on the hot path)."""
-        end = self.store.execute(
-            "SELECT max(id) FROM (SELECT id FROM readings WHERE id > ? AND id <= ? "
-            "ORDER BY id LIMIT ?)", (after, upto, limit))[0][0]
-        if end is None:
-            return [], after
-        return self.store.execute(
+    def _fetch_readings(self, after: int, upto: int, span: int) -> tuple[list[tuple], int, bool]:
+        """The readings with ids in (after, end], end = min(after + span, upto, the newest
+        id), as (series, time, value) rows; returns (rows, end, whether ids above end and
+        up to `upto` exist). Ids are given out in insertion order above every existing one,
+        so nothing can appear below `end` later: the rows need not carry their ids (a fifth
+        less to build on the hot path), and a hole left by deleted rows is just skipped."""
+        top = self.store.execute("SELECT max(id) FROM readings")[0][0] or 0
+        last = min(upto, top)
+        if last <= after:
+            return [], after, False
+        end = min(after + span, last)
+        rows = self.store.execute(
             "SELECT series, time, value FROM readings WHERE id > ? AND id <= ? ORDER BY id",
-            (after, end)), end
+            (after, end))
+        return rows, end, end < last
 
     def _maybe_open_gap(self) -> None:
         if self.gap is not None:
             return
         head = self.position(READINGS)
         top = self.store.execute("SELECT max(id) FROM readings")[0][0] or 0
-        live = self._readings_limit(self.chunk_size)
+        # one backlog chunk: a second's worth at the rate, or a whole chunk without one
+        chunk = self._readings_limit(self._points_wanted(True))
         # ids are dense in insertion order, so their span is a good count of what is unsent
-        if top - head <= 2 * self._readings_limit(self._points_wanted(True)) + live:
+        if top - head <= 2 * chunk:
             return
-        start = top - live
+        start = top - chunk  # the live tail starts with the newest chunk's worth
         self._commit({GAP: start, LIVE: start})
         log.info("%s: %d readings to catch up; the newest go first, the backlog follows%s",
                  self.name, top - head,
@@ -218,11 +225,17 @@ class Forwarder:
     def _readings_live(self, out: Outcome) -> None:
         _, live = self.gap  # type: ignore[misc]
         limit = self._readings_limit(self.chunk_size)
-        rows, end = self._fetch_readings(live, _TOP, limit)
-        if rows:
+        rows, end, more = self._fetch_readings(live, _TOP, limit)
+        if end > live:
             points = self._encode(rows)
             self._finish(READINGS, points, self._write(points), {LIVE: end}, out, (live, end))
-            if len(rows) == limit:
+            if self.rate is not None:
+                # the live tail never waits, but what it sends counts against the rate, so
+                # a big import arriving while a backlog drains slows the backlog instead of
+                # adding to it
+                now = time.monotonic()
+                self._next_backlog = max(now, self._next_backlog) + len(points) / self.rate
+            elif more:
                 out.wait = 0.0
 
     def _encode(self, rows: list[tuple]) -> list[Point]:
@@ -238,17 +251,17 @@ class Forwarder:
 
     def _head_chunk(self, head: int) -> tuple[list[tuple], dict[str, int | None], int, bool] | None:
         """The oldest unsent readings after `head`: (rows, the positions they move the
-        cursors to, the last id among them, whether more may follow)."""
+        cursors to, the last id they cover, whether more may follow)."""
         gap = self.gap
         upto = gap[0] if gap is not None else _TOP
-        limit = self._readings_limit(self._points_wanted(True))
-        rows, end = self._fetch_readings(head, upto, limit) if head < upto else ([], head)
-        if gap is not None and (len(rows) < limit or end >= gap[0]):
+        span = self._readings_limit(self._points_wanted(True))
+        rows, end, more = self._fetch_readings(head, upto, span)
+        if gap is not None and not more:
             # the backlog is used up: (H, G] and (G, L] meet, everything <= L is sent
             return rows, {READINGS: gap[1], GAP: None, LIVE: None}, end, False
-        if not rows:
+        if end == head:
             return None
-        return rows, {READINGS: end}, end, len(rows) == limit
+        return rows, {READINGS: end}, end, more
 
     def _readings_head(self, out: Outcome) -> None:
         """Send the oldest unsent readings, chunk after chunk for up to a second (then the

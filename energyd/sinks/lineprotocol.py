@@ -3,7 +3,8 @@
     energy_reading     tags site, device, role[, gateway]; one float field per quantity;
                        one point per device per poll; time = the reading's time
     energy_hourly      tags site, device, role, source[, gateway]; fields mwh, coverage,
-                       tco2_location, tco2_market, ef_location (NULLs left out)
+                       tco2_location, tco2_market, ef_location (NULLs left out); the
+                       hour's other sources get mwh = tco2 = 0 (see `rollups`)
     energy_alert       tags site, device, rule, state[, gateway]; numeric entries of the
                        alert's detail as float fields plus `text`; one point at `started`
                        (state "active"), one at `ended` (the row's final state)
@@ -28,11 +29,14 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from energyd.model import ENERGY_SOURCES
+
 READING = "energy_reading"
 HOURLY = "energy_hourly"
 ALERT = "energy_alert"
 AIR_HOURLY = "energy_air_hourly"
 
+_ZEROED = "mwh=0.0,tco2_location=0.0,tco2_market=0.0"
 _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", "\n": " ", "\r": " "})
 _KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": " ", "\r": " "})
 _STRING = str.maketrans({'"': '\\"', "\\": "\\\\", "\n": " ", "\r": " "})
@@ -163,14 +167,23 @@ class Encoder:
     def rollups(self, rows: Iterable[Sequence[Any]]) -> list[Point]:
         """Rows (seq, device, hour_ms, mwh, source, coverage, tco2_location, tco2_market,
         ef_location)."""
+        # `source` is a tag, so an hour recomputed from `estimated` to `invoice` lands in
+        # another series and the old point would stay, counted twice by every sum. Writing
+        # zeros to the hour's other sources overwrites whatever an earlier version left.
         points = []
         for seq, device, hour, mwh, source, coverage, tco2_l, tco2_m, ef_l in rows:
             fields = _fields((("mwh", mwh), ("coverage", coverage), ("tco2_location", tco2_l),
                               ("tco2_market", tco2_m), ("ef_location", ef_l)))
-            if fields:
-                key = series_key(HOURLY, self._tags(device, role=self.roles.get(device),
-                                                    source=source))
-                points.append(Point(f"{key} {fields} {hour}", (seq,)))
+            if not fields:
+                continue
+            role = self.roles.get(device)
+            lines = [f"{series_key(HOURLY, self._tags(device, role=role, source=source))} "
+                     f"{fields} {hour}"]
+            for other in ENERGY_SOURCES:
+                if other != source:
+                    key = series_key(HOURLY, self._tags(device, role=role, source=other))
+                    lines.append(f"{key} {_ZEROED} {hour}")
+            points.append(Point("\n".join(lines), (seq,)))
         return points
 
     # --- compressed air -------------------------------------------------------------------

@@ -73,17 +73,22 @@ class V1Transport:
             raise SinkRetryable(f"{self._where}: the transport is closed")
         if self._gzip:
             body = gzip_module.compress(body, compresslevel=1)
-        try:
-            conn = self._connection()
-            conn.request("POST", self._path, body=body, headers=self._headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop()
-            reason = "timed out" if isinstance(exc, socket.timeout) else (
-                exc.strerror or str(exc) if isinstance(exc, OSError) else
-                type(exc).__name__)
-            raise SinkRetryable(self._redact(f"{self._where}: {reason}")) from None
+        # a kept-alive connection the server (or a proxy) has closed while idle fails on
+        # first use: that attempt is repeated at once on a new connection
+        for fresh in (self._conn is None, True):
+            try:
+                conn = self._connection()
+                conn.request("POST", self._path, body=body, headers=self._headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                if fresh or isinstance(exc, socket.timeout):
+                    reason = "timed out" if isinstance(exc, socket.timeout) else (
+                        exc.strerror or str(exc) if isinstance(exc, OSError) else
+                        type(exc).__name__)
+                    raise SinkRetryable(self._redact(f"{self._where}: {reason}")) from None
         if 200 <= resp.status < 300:
             return
         if resp.getheader("Connection", "").lower() == "close":

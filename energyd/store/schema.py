@@ -17,8 +17,10 @@ MIGRATIONS: list[str] = [
         quantity TEXT NOT NULL,
         UNIQUE (device, quantity)
     );
+    -- AUTOINCREMENT: ids are never handed out twice, even after retention or the quota
+    -- removed the newest rows, so a sink's cursor can never skip a new reading
     CREATE TABLE readings (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         series INTEGER NOT NULL REFERENCES series(id),
         time INTEGER NOT NULL,
         value REAL NOT NULL,
