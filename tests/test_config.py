@@ -191,3 +191,16 @@ def test_bad_duration_and_sizes() -> None:
     assert parse_size("500MB") == 500_000_000
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+
+
+def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
+    """The example a newcomer copies first must itself pass check-config."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = write(tmp_path, block, "readme.yaml")
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for name in _secret_names(example):
+        (creds / name).write_text("dummy\n")
+    result = run_cli("check-config", "-c", str(example), env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert result.returncode == 0, result.stderr
