@@ -4,7 +4,7 @@ PYTHON ?= python3
 UV_VERSION := 0.13.9
 VENV := .venv
 UV := .uv/bin/uv
-DEBIAN_TEST_PACKAGES := influxdb mosquitto victoria-metrics socat
+DEBIAN_TEST_PACKAGES := influxdb mosquitto victoria-metrics socat systemd
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: demo test venv system-deps bench lint clean security
@@ -30,6 +30,7 @@ system-deps:
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -64,7 +64,7 @@ METER_FIELDS = {
     "voltage_l3_v": "u.l3", "power_factor": "pf", "frequency_hz": "f",
     "active_energy_import_kwh": "e.import",
 }
-RECEIVE_MAXIMUM = int(os.environ.get("BENCH_RECEIVE_MAXIMUM", "1000"))
+RECEIVE_MAXIMUM = int(os.environ.get("BENCH_RECEIVE_MAXIMUM", "10000"))  # energyd's default
 START = datetime(2026, 3, 2, 8, tzinfo=UTC)
 
 
@@ -195,12 +195,13 @@ class BareSubscriber:
 
 
 def energyd_config(broker: MosquittoServer, db: Path, prefix: str) -> Config:
+    """energyd for one phase: a session of its own (`bench-energyd-<prefix>`)."""
     return Config.model_validate({
         "storage": {"path": str(db)},
         "http": {"enabled": False},
         # the hourly air job's start-up recomputation is not what is measured here
         "accounting": {"recompute_hours": 0},
-        "mqtt": {"host": broker.host, "port": broker.port, "client_id": "bench-energyd",
+        "mqtt": {"host": broker.host, "port": broker.port, "client_id": f"bench-energyd-{prefix}",
                  "max_inflight": RECEIVE_MAXIMUM, "max_clock_skew": "3650d"},
         "devices": devices_config(prefix),
     })
@@ -371,7 +372,9 @@ async def main() -> None:
         print(f"   {'energyd into the store':<25}{'':>10}{e_rate:>10,.0f}"
               f"{statistics.median(e_cpus):>11.2f}")
         expected_rows = args.rounds * (args.per_device + args.history) * fields
-        lost_ok = missing == 0 and rows == expected_rows and sent == drained
+        # a message taken after a round's energyd began to stop is sent again to the next
+        # round's energyd (and store): more rows than messages is fine, fewer is a loss
+        lost_ok = missing == 0 and rows >= expected_rows and sent == drained
         print(f"energyd / bare = {share:.0%} (target >= 50%); broker acknowledged {sent}, "
               f"missing in store {missing}, rows {rows} (expected {expected_rows})")
 

@@ -94,6 +94,7 @@ def test_subscriptions_are_each_filter_once(mapper):
     ("plant/meters/meter1", b'{"data": {"p": NaN, "e": Infinity, "u": [-Infinity]}}',
      "not_finite"),
     ("plant/meters/meter1", b'{"data": {"p": "n/a", "e": true, "u": [null]}}', "not_numeric"),
+    ("plant/meters/meter1", b'{"data": {"p": 1' + b"0" * 400 + b'}}', "not_finite"),
     ("plant/meters/meter1", b'{"data": {"p": 1}, "pad": "' + b"x" * 1100 + b'"}', "too_large"),
     ("plant/meters/meter1", b'{"meta": {"time": "yesterday"}, "data": {"p": 1}}',
      "bad_timestamp"),

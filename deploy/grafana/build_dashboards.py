@@ -124,9 +124,10 @@ def query_var(name: str, label: str, query: str, *, multi: bool = False,
     return v
 
 
+# the provisioned data source (provisioning/datasources/energyd.yaml) unless one picks another
 DATASOURCE_VAR = {"name": "datasource", "label": "InfluxDB", "type": "datasource",
-                  "query": "influxdb", "current": {}, "hide": 0, "refresh": 1,
-                  "regex": "", "options": []}
+                  "query": "influxdb", "hide": 0, "refresh": 1, "regex": "", "options": [],
+                  "current": {"text": "energyd InfluxDB", "value": "energyd-influxdb"}}
 
 SITE_VAR = query_var("site", "Site", 'SHOW TAG VALUES FROM "energy_reading" WITH KEY = "site"')
 
@@ -363,7 +364,7 @@ def carbon() -> dict:
             0, 13, w=12, h=8, decimals=4),
         table("By source and role (range)", [target(
             'SELECT sum("mwh") AS "MWh", sum("tco2_location") AS "tCO2 location", '
-            'sum("tco2_market") AS "tCO2 market", count("mwh") AS "hours" '
+            'sum("tco2_market") AS "tCO2 market", count("coverage") AS "hours" '
             f'FROM "energy_hourly" WHERE {SITE} AND $timeFilter GROUP BY "role", "source"',
             fmt="table")], 12, 13, w=12, h=8,
             transformations=[{"id": "merge", "options": {}},
@@ -388,8 +389,11 @@ def data_quality() -> dict:
             target(f'SELECT count("active_power_kw") {reading} '
                    'GROUP BY time($__interval), "device" fill(0)', alias="$tag_device")],
             12, 0, w=12, h=8, bars=True),
+        # energyd zeroes mwh and tCO2 of an hour's other sources (so that sums stay right
+        # when a source changes); those points carry no coverage, so counting coverage
+        # counts each hour once, under the source it has
         table("Hours by source (gaps are every source but meter)", [target(
-            f'SELECT count("mwh") AS "hours", mean("coverage") AS "coverage" {hourly} '
+            f'SELECT count("coverage") AS "hours", mean("coverage") AS "coverage" {hourly} '
             'GROUP BY "device", "source"', fmt="table")], 0, 8, w=12, h=8,
             transformations=[{"id": "merge", "options": {}},
                              {"id": "organize", "options": {"excludeByName": {"Time": True}}}]),

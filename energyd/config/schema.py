@@ -288,8 +288,9 @@ class Mqtt(Strict):
     session_expiry: Duration = 7 * 86400.0
     # Messages are acknowledged only once committed to the store; this many may wait for
     # their commit. Sent as Receive Maximum (MQTT 5). A 3.1.1 broker applies its own limit
-    # (mosquitto: max_inflight_messages, 20 by default).
-    max_inflight: int = Field(1000, ge=1, le=65535)
+    # (mosquitto: max_inflight_messages, 20 by default, which energyd assumes unless this
+    # is set): set it to the broker's value.
+    max_inflight: int = Field(10000, ge=1, le=65535)
     reconnect_delay_max: Duration = 60.0
     username: str | None = None
     password_file: str | None = None

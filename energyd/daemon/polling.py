@@ -39,7 +39,7 @@ from energyd.model import to_ms
 
 log = logging.getLogger(__name__)
 
-LATENESS_SAMPLES = 200_000
+LATENESS_SAMPLES = 20_000  # per link: the recent polls, for /health and the benchmark
 
 
 @dataclass
@@ -60,7 +60,7 @@ class DeviceState:
     missed: int = 0  # slots that came while the previous poll still waited
     last_ok_ms: int | None = None
     last_error: str | None = None
-    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     polls_metric: Any = None  # the device's child of metrics.polls, looked up once
 
 

@@ -29,11 +29,14 @@ acknowledged at once (sending them again would not make them better).
   was never meant for it.
 
 The number of messages waiting for their commit is bounded by `mqtt.max_inflight` (sent
-to the broker as Receive Maximum). When half of it is waiting, the component asks the
-writer for an early flush, so a fast stream is not held back to one window per
-`storage.flush_interval`. QoS 2 is accepted, but paho answers PUBREC before the message is
-handed over: a crash between PUBREC and the commit loses it, so QoS 1 is what gives
-at-least-once into the store.
+to the broker as Receive Maximum under MQTT 5; under 3.1.1 the broker's own limit
+applies, taken as mosquitto's default of 20 unless max_inflight is set). When half of it
+is waiting, the component asks the writer for an early flush, so a fast stream is not
+held back to one window per `storage.flush_interval`.
+
+QoS 2 is accepted, but paho answers PUBREC before the message is handed over: a crash
+between PUBREC and the commit loses it, so QoS 1 is what gives at-least-once into the
+store.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ from energyd.model import Reading
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 60.0  # wall seconds between two log lines for the same topic and reason
+# A 3.1.1 client cannot tell the broker its window; mosquitto's max_inflight_messages
+# defaults to this. Set mqtt.max_inflight to the broker's value when it differs.
+MQTT311_BROKER_INFLIGHT = 20
 
 
 def build(ctx: Context) -> list[Component]:
@@ -81,6 +87,7 @@ class MqttComponent:
         assert ctx.config.mqtt is not None
         self.options = ctx.config.mqtt
         self.mapper = PayloadMapper(ctx.config)
+        self._now = ctx.clock.now
         self.subscriber: Subscriber | None = None
         self.received = 0
         self.refused = 0
@@ -90,7 +97,11 @@ class MqttComponent:
         self._send_lock = threading.Lock()  # keeps acks in order across committing threads
         self._queue: deque[_Taken] = deque()
         self._by_reading: dict[int, _Taken] = {}
-        self._window = max(1, self.options.max_inflight // 4)
+        inflight = self.options.max_inflight
+        if self.options.protocol == "3.1.1" and "max_inflight" not in \
+                self.options.model_fields_set:
+            inflight = min(inflight, MQTT311_BROKER_INFLIGHT)
+        self._window = max(1, inflight // 2)
         self._flush_wanted: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_asked = False
@@ -105,16 +116,27 @@ class MqttComponent:
         self._flush_wanted = asyncio.Event()
         self.ctx.reading_listeners.append(self._committed)
         self.ctx.health["mqtt"] = self._health
-        sub = self.subscriber = Subscriber(self.options, self.mapper.filters(),
-                                           on_message=self._on_message)
+        filters = self.mapper.filters()
+        key = f"mqtt.filters.{self.options.client_id}"
+        previous = await asyncio.to_thread(self.ctx.store.get_meta, key, [])
+        sub = self.subscriber = Subscriber(self.options, filters, on_message=self._on_message,
+                                           stale=previous)
+        saved = previous == filters
         self._taking = True
         sub.start()
         try:
             while True:
                 try:
                     await asyncio.wait_for(self._flush_wanted.wait(), 1.0)
+                    wanted = True
                 except TimeoutError:
+                    wanted = False
                     self._publish_counts()  # also when nothing is committed (all refused)
+                if not saved and sub.subscribed and not sub.stale:
+                    # remembered once the broker has the new set, for the next start
+                    await asyncio.to_thread(self.ctx.store.set_meta, key, filters)
+                    saved = True
+                if not wanted:
                     continue
                 self._flush_wanted.clear()
                 self._flush_asked = False
@@ -126,6 +148,8 @@ class MqttComponent:
         finally:
             # Stop taking messages; commit and acknowledge what was taken; then leave.
             self._taking = False
+            if not saved and sub.subscribed and not sub.stale:
+                self.ctx.store.set_meta(key, filters)
             try:
                 await asyncio.shield(self.ctx.writer.flush())
             except BaseException:
@@ -157,11 +181,16 @@ class MqttComponent:
         self.received += 1
         problems: list[Rejected] = []
         try:
-            readings = self.mapper.map(topic, msg.payload, self.ctx.clock.now(), problems)
+            readings = self.mapper.map(topic, msg.payload, self._now(), problems)
         except Rejected as exc:
             readings = []
             self.refused += 1
             problems.insert(0, exc)
+        except Exception as exc:  # a fault here must still end in an ack, or the window leaks
+            log.exception("mqtt: mapping a message on %s failed", topic)
+            readings = []
+            self.refused += 1
+            problems.insert(0, Rejected("error", type(exc).__name__))
         if problems:
             seen: set[str] = set()
             for p in problems:  # counted once per message and reason, however many fields

@@ -364,7 +364,7 @@ class DevicePoller:
         """Turn the words read into Readings (stamped with each read's time)."""
         name = self.name
         for block, when, words in result.raw:
-            for quantity, value in block.decode(words).items():
+            for quantity, value in block.values(words):
                 if math.isfinite(value):
                     result.readings.append(Reading(when, name, quantity, value))
                 else:  # meters send NaN for what they do not measure (an unwired phase)

@@ -11,7 +11,7 @@ Two parts, kept apart so the mapping can be tested without a broker:
   clean start off with a session expiry), TLS, username and password.
 
 Broker options (config `mqtt:`): host, port (1883), client_id ("energyd"), protocol ("5" or
-"3.1.1"), keepalive (30 s), qos (1), session_expiry (7 d, MQTT 5), max_inflight (1000),
+"3.1.1"), keepalive (30 s), qos (1), session_expiry (7 d, MQTT 5), max_inflight (10000),
 reconnect_delay_max (60 s), username, password_file / password_env, tls {ca_file,
 cert_file, key_file, insecure}, max_payload (64 KiB), max_clock_skew (1 d).
 
@@ -164,7 +164,10 @@ def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or value is None:
         raise Rejected("not_numeric", f"{what} is {json.dumps(value)}, not a number")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise Rejected("not_finite", f"{what} is too large for a float") from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -217,7 +220,7 @@ class PayloadMapper:
                 d.name, o.topic, o, fields, _path(o.timestamp) if o.timestamp else None,
                 frozenset(o.devices) if o.devices else None))
         self._exact: dict[str, list[Route]] = {}
-        self._cache: dict[str, list[Route]] = {}
+        self._cache: dict[str, list[tuple[Route, str]] | Rejected] = {}
         self._patterns: list[Route] = []
         for r in self.routes:
             if r.is_pattern:
@@ -230,15 +233,28 @@ class PayloadMapper:
         return list(dict.fromkeys(r.topic for r in self.routes))
 
     def routes_for(self, topic: str) -> list[Route]:
-        routes = self._cache.get(topic)
-        if routes is None:
-            routes = self._exact.get(topic, [])
-            if self._patterns:
-                levels = topic.split("/")
-                routes = routes + [r for r in self._patterns if _matches(r.levels, levels)]
-            if len(self._cache) < _CACHE_TOPICS:  # bounded: a publisher may invent topics
-                self._cache[topic] = routes
+        routes = self._exact.get(topic, [])
+        if self._patterns:
+            levels = topic.split("/")
+            routes = routes + [r for r in self._patterns if _matches(r.levels, levels)]
         return routes
+
+    def _named(self, topic: str) -> list[tuple[Route, str]] | Rejected:
+        """The routes that take `topic`, each with the device it names (cached per topic)."""
+        named = self._cache.get(topic)
+        if named is None:
+            routes = self.routes_for(topic)
+            found: list[tuple[Route, str]] = []
+            refusal = Rejected("no_route", "no device is configured for this topic")
+            for route in routes:
+                try:
+                    found.append((route, route.device_for(topic)))
+                except Rejected as exc:
+                    refusal = exc  # another template may take this device
+            named = found or refusal
+            if len(self._cache) < _CACHE_TOPICS:  # bounded: a publisher may invent topics
+                self._cache[topic] = named
+        return named
 
     def map(self, topic: str, payload: bytes, received: datetime,
             problems: list[Rejected] | None = None) -> list[Reading]:
@@ -246,21 +262,11 @@ class PayloadMapper:
         left out and, when `problems` is given, appended to it."""
         if len(payload) > self.max_payload:
             raise Rejected("too_large", f"{len(payload)} bytes, the limit is {self.max_payload}")
-        routes = self.routes_for(topic)
-        if not routes:
-            raise Rejected("no_route", "no device is configured for this topic")
+        named = self._named(topic)
+        if isinstance(named, Rejected):
+            raise Rejected(named.reason, named.detail)
         out: list[Reading] = []
         doc: Any = None
-        named: list[tuple[Route, str]] = []
-        refusal: Rejected | None = None
-        for route in routes:
-            try:
-                named.append((route, route.device_for(topic)))
-            except Rejected as exc:
-                refusal = exc  # another template may take this device
-        if not named:
-            assert refusal is not None
-            raise refusal
         for route, device in named:
             o = route.options
             if o.format == "value":
@@ -292,9 +298,8 @@ class PayloadMapper:
                 except KeyError:
                     missing.append(".".join(path))
                     continue
-                kind = type(raw)
-                if (kind is float or kind is int) and raw - raw == 0:  # finite: the usual case
-                    value = float(raw)
+                if type(raw) is float and raw - raw == 0:  # finite: the usual case
+                    value = raw
                 else:
                     try:
                         value = _number(raw, f"field {'.'.join(path)!r}")
@@ -341,9 +346,13 @@ class Subscriber:
 
     def __init__(self, options: Mqtt, filters: list[str], *,
                  on_message: Callable[[paho.MQTTMessage, int], None],
-                 on_connected: Callable[[bool], None] | None = None):
+                 on_connected: Callable[[bool], None] | None = None,
+                 stale: list[str] | None = None):
         self.options = options
         self.filters = filters
+        # filters an earlier configuration subscribed to: a persistent session keeps them
+        # (and queues their messages) until they are unsubscribed
+        self.stale = [f for f in stale or [] if f not in filters]
         self._on_message_cb = on_message
         self._on_connected_cb = on_connected
         self.generation = 0
@@ -427,6 +436,10 @@ class Subscriber:
         if not flags.session_present:
             log.info("mqtt: new session at the broker (messages published while energyd "
                      "had no session there were not kept for it)")
+        if self.stale:
+            log.info("mqtt: unsubscribing from %s (no longer configured)", ", ".join(self.stale))
+            client.unsubscribe(self.stale)
+            self.stale = []
         if self.filters:
             client.subscribe([(f, o.qos) for f in self.filters])
         if self._on_connected_cb is not None:

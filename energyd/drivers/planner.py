@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,22 +52,21 @@ class Block:
     def decode(self, words: list[int]) -> dict[str, float]:
         """Values of the block's quantities from the registers (or bits) read
         (the same numbers as decode.decode() gives value by value)."""
-        out: dict[str, float] = {}
+        return dict(self.values(words))
+
+    def values(self, words: list[int]) -> Iterator[tuple[str, float]]:
+        """(quantity, value) for each value of the block, in address order."""
         if self.function in (1, 2):
             for step in self._steps:
-                value = float(bool(words[step.start])) * step.scale + step.offset
-                out[step.quantity] = value
-            return out
+                yield step.quantity, float(bool(words[step.start])) * step.scale + step.offset
+            return
         raw = struct.pack(f">{len(words)}H", *words)
-        whole = self._whole(raw) if self._whole is not None else None
-        for i, step in enumerate(self._steps):
-            if whole is not None:
-                value = whole[i]
-            else:
-                chunk = raw[2 * step.start:2 * step.start + step.size]
-                if step.order != "ABCD":
-                    chunk = _reorder(chunk, step.order)
-                (value,) = step.unpack(chunk)
+        if self._whole is not None:
+            raws: Iterable[Any] = self._whole(raw)
+        else:
+            raws = [step.unpack(_reorder(raw[2 * step.start:2 * step.start + step.size],
+                                         step.order))[0] for step in self._steps]
+        for step, value in zip(self._steps, raws, strict=True):
             # float32 carries about 7 significant digits; the rest is binary noise
             value = float(f"{value:.7g}") if step.float32 else float(value)
             if step.scaled:
@@ -76,8 +75,7 @@ class Block:
                     value = round(value, 10)
             if step.transform is not None:
                 value = _four_quadrant_pf(value)
-            out[step.quantity] = value
-        return out
+            yield step.quantity, value
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +120,8 @@ def _whole_block_unpacker(steps: tuple[_Step, ...], count: int
 
 def _reorder(chunk: bytes, order: str) -> bytes:
     """Bytes as the meter sent them -> big-endian (see decode.py for the orders)."""
+    if order == "ABCD":
+        return chunk
     if order == "DCBA":
         return chunk[::-1]
     if order == "BADC":
