@@ -321,7 +321,8 @@ async def main() -> None:
         bare.connect()
         bare.disconnect()
         # energyd's session: connect once and leave (as after an earlier run)
-        await run_energyd_until(config, lambda c: True, 5)
+        await run_energyd_until(
+            config, lambda c: c.subscriber is not None and c.subscriber.subscribed, 10)
         fleet = Fleet(addr, prefix, "bench-drain")
         fleet.start()
         print(f"\n{'drain round':<28}{'messages':>10}{'msg/s':>10}{'CPU s/10k':>11}"

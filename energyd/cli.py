@@ -92,8 +92,14 @@ def check_config(config_path: str) -> None:
 def run(config_path: str) -> None:
     """Run the daemon in the foreground (systemd Type=notify)."""
     config = _load(config_path)
-    from energyd.daemon.app import Daemon
+    from energyd.daemon.app import Daemon, preflight
 
+    try:
+        preflight(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EXIT_BAD_INPUT)
     try:
         code = asyncio.run(Daemon(config, config_path=config_path).run())
     except EnergydError as exc:
@@ -258,7 +264,7 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--host", default=None, help="TCP meter or gateway (loopback only)")
+@click.option("--host", default=None, help="TCP meter or serial gateway to probe")
 @click.option("--port", default=502, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--rtu-over-tcp", is_flag=True, help="the gateway tunnels RTU frames")
 @click.option("--serial-port", default=None, help="scan an RS485 bus on this serial device")

@@ -219,3 +219,39 @@ async def test_stop_commits_every_reading_that_was_read(tmp_path: Path) -> None:
     assert len(submitted) > 50
     with Store.open(tmp_path / "e.db") as store:
         assert store.count_readings() == len(submitted)
+
+
+def test_reload_that_cannot_build_keeps_the_running_configuration(tmp_path: Path) -> None:
+    """A file that passes the schema but names a broken factor table must not stop the
+    daemon on SIGHUP: the running configuration stays."""
+    port = free_port()
+    factors = tmp_path / "factors.yaml"
+    root = Path(__file__).resolve().parent.parent
+    factors.write_text((root / "config" / "emission-factors.yaml").read_text())
+    cfg = write_config(tmp_path / "e.yaml", tmp_path / "e.db", port)
+    cfg.write_text(cfg.read_text() + f"accounting: {{emission_factors: {factors}}}\n")
+    proc = start(cfg)
+    try:
+        wait_health(port, proc)
+        factors.write_text("factors:\n  - {id: x, value: [\n")  # YAML syntax error
+        cfg.write_text(cfg.read_text().replace("plant-a", "plant-b"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        health = wait_health(port, proc)
+        assert health["site"] == "plant-a"
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    assert "reload refused, the running configuration stays" in err
+    assert str(factors) in err
+
+
+def test_start_with_a_broken_factor_table_exits_2_naming_it(tmp_path: Path) -> None:
+    factors = tmp_path / "factors.yaml"
+    factors.write_text("factors:\n  - {id: x, value: [\n")
+    cfg = write_config(tmp_path / "e.yaml", tmp_path / "e.db", free_port())
+    cfg.write_text(cfg.read_text() + f"accounting: {{emission_factors: {factors}}}\n")
+    result = subprocess.run([*ENERGYD, "run", "-c", str(cfg)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{factors}:3: ")

@@ -25,7 +25,10 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from energyd.errors import ConfigError, Problem
 
-DEFAULT_FACTORS = Path(__file__).resolve().parents[2] / "config" / "emission-factors.yaml"
+# Shipped inside the wheel as package data; a source checkout reads the repository's copy.
+_PACKAGED = Path(__file__).resolve().parents[1] / "data" / "emission-factors.yaml"
+_CHECKOUT = Path(__file__).resolve().parents[2] / "config" / "emission-factors.yaml"
+DEFAULT_FACTORS = _PACKAGED if _PACKAGED.exists() else _CHECKOUT
 METHODS = ("location", "residual")
 CARRY_FORWARD_DAYS = 365
 _KEYS = {"id", "region", "method", "value", "unit", "valid_from", "valid_to", "source",

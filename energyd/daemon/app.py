@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
 from energyd.daemon.scheduler import Scheduler
-from energyd.errors import ConfigError
+from energyd.errors import ConfigError, EnergydError
 from energyd.store.sqlite import Store
 from energyd.store.writer import StoreWriter
 
@@ -47,7 +48,23 @@ BUILDERS: list[Builder] = [
     alerting.build,
 ]
 
+# Data files a config names, loaded before a generation starts: a reload whose files are
+# broken is refused while the running generation goes on untouched.
+PREFLIGHTS: list[Callable[[Config], None]] = [rollups.preflight]
+
 RESTART_DELAY_MAX = 60.0
+
+
+def preflight(config: Config) -> None:
+    """Raise ConfigError if a file the config names cannot be loaded."""
+    problems = []
+    for check in PREFLIGHTS:
+        try:
+            check(config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
 
 
 class Daemon:
@@ -67,6 +84,8 @@ class Daemon:
         self._action: str | None = None
         self._started = time.monotonic()
         self._stopping = False
+        self._previous: Config | None = None  # the running config while a reload is tried
+        self._next: Config | None = None  # a checked config waiting for its generation
         self.context: Context | None = None
 
     # --- control ------------------------------------------------------------------------
@@ -98,12 +117,26 @@ class Daemon:
             self._install_signals()
         try:
             while True:
-                await self._generation(self.config)
+                try:
+                    await self._generation(self.config)
+                except EnergydError as exc:
+                    # a reloaded file can pass the schema and still fail to build (a broken
+                    # emission-factor table, a profile file that went missing): keep running
+                    # what ran before; at start-up there is nothing to fall back to
+                    if self._previous is None or self._action == "stop":
+                        raise
+                    log.error("reload refused, the running configuration stays: %s", exc)
+                    self.config, self._previous = self._previous, None
+                    self._action = None
+                    self._wake.clear()
+                    continue
                 if self._action == "stop":
                     break
+                # the generation ended for a reload whose file was already checked
                 self._action = None
                 self._wake.clear()
-                self._reload_config()
+                self._previous, self.config = self.config, self._next or self.config
+                self._next = None
         finally:
             if handle_signals:
                 self._remove_signals()
@@ -112,18 +145,21 @@ class Daemon:
             log.info("energyd stopped")
         return 0
 
-    def _reload_config(self) -> None:
+    def _check_reload(self) -> Config | None:
+        """The new configuration if it validates and its files load; None keeps the old."""
         if self.config_path is None:
             log.warning("reload asked, but the daemon was started without a config file")
-            return
+            return None
         self.notifier.reloading(time.monotonic_ns() // 1000)
         try:
             new = load_config(self.config_path)
+            preflight(new)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays:\n%s", exc)
-            return
+            self.notifier.ready("reload refused; running the previous configuration")
+            return None
         log.info("configuration reloaded from %s", self.config_path)
-        self.config = new
+        return new
 
     def _open_store(self, config: Config) -> Store:
         if self.store is not None and self.store.path == config.storage.path:
@@ -173,7 +209,17 @@ class Daemon:
                 self.notifier.ready(status)
                 log.info("energyd %s running: %s", __version__, status)
                 self.ready.set()
-                await self._wake.wait()
+                self._previous = None
+                # a reload ends this generation only once the new file has been checked
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    if self._action == "stop":
+                        break
+                    self._next = self._check_reload()
+                    if self._next is not None:
+                        break
+                    self._action = None
                 self.ready.clear()
                 if self._action == "stop":
                     self.notifier.stopping()

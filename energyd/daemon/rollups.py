@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from energyd.accounting.factors import load_factors
 from energyd.accounting.rollup import iso
 from energyd.accounting.storage import Accountant, RecomputeResult
+from energyd.config.schema import Config
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
 
@@ -68,6 +70,11 @@ class Rollups:
                 except Exception:
                     log.exception("a rollup listener failed for %d..%d", start, end)
         return result
+
+
+def preflight(config: Config) -> None:
+    """Load the factor table the config names; raises ConfigError with its file and line."""
+    load_factors(config.accounting.emission_factors)
 
 
 def build(ctx: Context) -> list[Component]:
