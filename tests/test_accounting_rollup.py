@@ -240,6 +240,18 @@ def test_hourly_job_turns_estimated_gap_hours_into_interpolated_when_readings_re
         [s for s in before if s[1] < t0 + 11 * HOUR_MS]
 
 
+def test_no_rows_for_hours_before_a_device_was_first_seen(tmp_path: Path) -> None:
+    """A gateway's first start recomputes the last hours: the ones before the meter's first
+    reading (and before any statement of its account) are not made up as `estimated`."""
+    acc = make(tmp_path, device_yaml("incomer") + device_yaml("spare"))
+    t0 = ms("2023-05-01T00:00")
+    load(acc, "incomer", t0 + 20 * 60_000, t0 + 3 * HOUR_MS, 10, flat)
+    acc.run(t0 + 3 * HOUR_MS + 300_000, recompute_hours=48)
+    hours = sorted(by_hour(acc, "incomer"))
+    assert hours == [t0, t0 + HOUR_MS, t0 + 2 * HOUR_MS]
+    assert by_hour(acc, "spare") == {}  # never seen, never billed: nothing to report yet
+
+
 # --- factors, certificates, fuel, roles --------------------------------------------------------
 
 

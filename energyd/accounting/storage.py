@@ -507,14 +507,38 @@ class Accountant:
                 for name in wanted:
                     wanted[name].append((a, b))
         ranges: Ranges = {}
+        since = self._known_since()
         for name, spans in wanted.items():
-            if spans:
-                ranges[name] = (min(a for a, _ in spans), max(b for _, b in spans))
+            # hours before a device's first reading or statement are not "estimated": they
+            # are before energyd knew the device (a new gateway, a meter added later)
+            if spans and name in since:
+                a = max(min(a for a, _ in spans), floor_hour(since[name]))
+                b = max(b for _, b in spans)
+                if b > a:
+                    ranges[name] = (a, b)
         result = self.recompute(ranges, now_ms)
         self.store.set_meta(META_POSITION, max_id)
         self.store.set_meta(META_DONE, end)
         self.store.set_meta(META_FINGERPRINT, fp)
         return result
+
+    def _known_since(self) -> dict[str, int]:
+        """device -> the earliest of its first reading and its first statement (ms)."""
+        out: dict[str, int] = {}
+        for device in self.devices:
+            src = self._source(device)
+            if src.series is not None:
+                t = self.store.execute("SELECT min(time) FROM readings WHERE series = ?",
+                                       (src.series,))[0][0]
+                if t is not None:
+                    out[device.name] = t
+        for account, devices in self.accounts().items():
+            t = self.store.execute("SELECT min(period_start) FROM invoices WHERE account = ?",
+                                   (account,))[0][0]
+            if t is not None:
+                for d in devices:
+                    out[d] = min(out.get(d, t), t)
+        return out
 
     def _late(self, position: int, max_id: int, before: int) -> dict[str, int]:
         """device -> the hour from which readings stored after `position` call for a
