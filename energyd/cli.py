@@ -390,7 +390,8 @@ def simulate() -> None:
 @click.option("--serial-port", default=None, help="serve RTU on this serial device instead")
 @click.option("--baudrate", default=9600, show_default=True, type=int)
 @click.option("--fault", "faults", multiple=True,
-              help="UNIT:KIND[=VALUE]; kinds: no_reply, exception=ADDR[/CODE], slow=SECONDS, "
+              help="UNIT:KIND[=VALUE]; kinds: no_reply, drop=N, exception=ADDR[/CODE], "
+                   "slow=SECONDS, "
                    "swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER] (repeatable)")
 @click.option("--base-kw", default=50.0, show_default=True, type=float,
               help="full-production load per unit in kW (negative: generation)")

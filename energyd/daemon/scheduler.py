@@ -7,6 +7,7 @@ interval, coalesced), never twice at once, and errors and misses are logged, not
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,17 @@ from apscheduler.triggers.interval import IntervalTrigger
 from energyd.clock import Clock
 
 log = logging.getLogger(__name__)
+
+
+class _DropCancelled(logging.Filter):
+    """A job cancelled because the daemon stops is not an error worth a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+logging.getLogger("apscheduler.executors.default").addFilter(_DropCancelled())
 
 Job = Callable[[], Awaitable[None]]
 
@@ -70,6 +82,8 @@ class Scheduler:
                        first_delay=self.clock.real_seconds(delay))
 
     def _on_event(self, event: JobExecutionEvent) -> None:
+        if isinstance(event.exception, asyncio.CancelledError):
+            return
         if event.code == EVENT_JOB_MISSED:
             log.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
         elif event.exception is not None:

@@ -21,6 +21,7 @@ Python API::
         meter.values()                             # {quantity: value} at clock.now()
         meter.power_kw(), meter.import_kwh         # the physical state
         meter.faults.no_reply = True               # the unit goes silent
+        meter.faults.drop = 2                      # the next 2 requests go unanswered
         meter.faults.exceptions[52] = 2            # reads touching wire 52 get exception 2
         meter.faults.delay = 0.3                   # every reply 0.3 s late (wall time)
         meter.faults.order = "BADC"                # serve with the bytes of each register swapped
@@ -85,6 +86,7 @@ class Faults:
     """Switches a test or an operator can flip while the simulator runs."""
 
     no_reply: bool = False
+    drop: int = 0  # the next this many requests go unanswered (a noisy line), then replies
     exceptions: dict[int, int] = field(default_factory=dict)  # wire address -> exception code
     delay: float = 0.0  # wall seconds added before each reply
     order: str | None = None  # serve every value in this byte order instead of the profile's
@@ -265,7 +267,7 @@ def _counter_limit(profile: Profile) -> float:
 
 
 def parse_fault(spec: str) -> tuple[int, str, str | None]:
-    """"UNIT:KIND[=VALUE]" -> (unit, kind, value). Kinds: no_reply, exception=ADDR[/CODE],
+    """"UNIT:KIND[=VALUE]" -> (unit, kind, value). Kinds: no_reply, drop=N, exception=ADDR[/CODE],
     slow=SECONDS, swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER]."""
     try:
         unit_text, rest = spec.split(":", 1)
@@ -279,7 +281,7 @@ def parse_fault(spec: str) -> tuple[int, str, str | None]:
     return unit, kind, value or None
 
 
-FAULT_KINDS = {"no_reply", "exception", "slow", "swap", "spike", "reset", "wrap"}
+FAULT_KINDS = {"no_reply", "drop", "exception", "slow", "swap", "spike", "reset", "wrap"}
 
 
 def apply_fault(meter: SimulatedMeter, kind: str, value: str | None) -> None:
@@ -287,6 +289,8 @@ def apply_fault(meter: SimulatedMeter, kind: str, value: str | None) -> None:
     try:
         if kind == "no_reply":
             f.no_reply = True
+        elif kind == "drop":
+            f.drop = int(value or 1)
         elif kind == "exception":
             if value is None:
                 raise ValueError("exception needs =ADDRESS[/CODE]")
@@ -427,6 +431,9 @@ class MeterSimulator:
         async with self._bus:
             meter.requests += 1
             if meter.faults.no_reply:
+                return
+            if meter.faults.drop > 0:
+                meter.faults.drop -= 1
                 return
             if meter.faults.delay > 0:
                 await asyncio.sleep(meter.faults.delay)

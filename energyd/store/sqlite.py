@@ -330,23 +330,35 @@ class Store:
     # --- device status ----------------------------------------------------------------
 
     def record_polls(self, results: Iterable[tuple[str, int, str | None]]) -> None:
-        """(device, poll time ms, error or None) for each poll since the last flush."""
+        """(device, poll time ms, error or None) for each poll since the last flush.
+
+        Folded per device first: one row update per device and flush, however fast it polls.
+        """
+        folded: dict[str, list[Any]] = {}
+        for device, when, error in results:
+            # [last_poll, last_success, last_error, last_error_time, polls, errors]
+            f = folded.setdefault(device, [None, None, None, None, 0, 0])
+            f[0] = when if f[0] is None else max(f[0], when)
+            f[4] += 1
+            if error is None:
+                f[1] = when if f[1] is None else max(f[1], when)
+            else:
+                if f[3] is None or when >= f[3]:
+                    f[2], f[3] = error, when
+                f[5] += 1
         with self.transaction() as conn:
-            for device, when, error in results:
-                if error is None:
-                    conn.execute(
-                        "INSERT INTO device_status (device, last_poll, last_success, polls) "
-                        "VALUES (?, ?, ?, 1) ON CONFLICT (device) DO UPDATE SET "
-                        "last_poll = excluded.last_poll, last_success = excluded.last_success, "
-                        "polls = polls + 1", (device, when, when))
-                else:
-                    conn.execute(
-                        "INSERT INTO device_status (device, last_poll, last_error, "
-                        "last_error_time, polls, errors) VALUES (?, ?, ?, ?, 1, 1) "
-                        "ON CONFLICT (device) DO UPDATE SET last_poll = excluded.last_poll, "
-                        "last_error = excluded.last_error, "
-                        "last_error_time = excluded.last_error_time, "
-                        "polls = polls + 1, errors = errors + 1", (device, when, error, when))
+            conn.executemany(
+                "INSERT INTO device_status (device, last_poll, last_success, last_error, "
+                "last_error_time, polls, errors) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET "
+                "last_poll = max(coalesce(last_poll, 0), excluded.last_poll), "
+                "last_success = coalesce(max(last_success, excluded.last_success), "
+                "last_success, excluded.last_success), "
+                "last_error = CASE WHEN excluded.last_error_time IS NOT NULL "
+                "THEN excluded.last_error ELSE last_error END, "
+                "last_error_time = coalesce(excluded.last_error_time, last_error_time), "
+                "polls = polls + excluded.polls, errors = errors + excluded.errors",
+                [(device, *f) for device, f in folded.items()])
 
     def device_status(self) -> dict[str, dict[str, Any]]:
         rows = self.execute("SELECT device, last_poll, last_success, last_error, last_error_time, "
