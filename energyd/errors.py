@@ -43,6 +43,28 @@ class ConfigError(EnergydError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class LineProblems:
+    """Collects what is wrong with an input file, line by line. Every bad line is counted;
+    the first `limit` are kept to report, so a broken million-row file stays readable."""
+
+    def __init__(self, filename: str, limit: int = 50):
+        self.filename = filename
+        self.limit = limit
+        self.problems: list[Problem] = []
+        self.count = 0
+
+    def __call__(self, line: int, message: str) -> None:
+        self.count += 1
+        if len(self.problems) < self.limit:
+            self.problems.append(Problem(self.filename, line, "", message))
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def rejected(self) -> ImportRejected:
+        return ImportRejected(sorted(self.problems, key=lambda p: p.line or 0), self.count)
+
+
 class StoreError(EnergydError):
     pass
 

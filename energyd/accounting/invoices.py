@@ -23,7 +23,7 @@ from datetime import date, datetime, time, timedelta
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
-from energyd.errors import ImportRejected, Problem
+from energyd.errors import ImportRejected, LineProblems, Problem
 
 REQUIRED = ["account", "period_start", "period_end", "energy_kwh"]
 OPTIONAL = ["supplier", "document"]
@@ -58,14 +58,7 @@ def parse_statements(
     stored: Sequence[StoredPeriod] = (),
 ) -> list[StatementRow]:
     """Parse and check a statements file; raise ImportRejected listing every bad line."""
-    problems: list[Problem] = []
-    bad = 0
-
-    def fail(line: int, message: str) -> None:
-        nonlocal bad
-        bad += 1
-        if len(problems) < MAX_REPORTED:
-            problems.append(Problem(filename, line, "", message))
+    fail = LineProblems(filename, MAX_REPORTED)
 
     reader = csv.reader(stream)
     header = next(reader, None)
@@ -134,8 +127,8 @@ def parse_statements(
                     doc = f", document {s.document}" if s.document else ""
                     fail(r.line, f"statement for {account} {what} stored statement {s.id} "
                                  f"({_span(s.start_ms, s.end_ms, tz)}{doc})")
-    if bad:
-        raise ImportRejected(sorted(problems, key=lambda p: p.line or 0), bad)
+    if fail:
+        raise fail.rejected()
     if not rows:
         raise ImportRejected([Problem(filename, 2, "", "no statements in the file")], 1)
     return rows

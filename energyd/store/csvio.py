@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
 
-from energyd.errors import ImportRejected, Problem
+from energyd.errors import ImportRejected, LineProblems, Problem
 from energyd.model import QUANTITIES, Quality, from_ms, to_ms
 from energyd.store.sqlite import Store
 
@@ -37,16 +37,9 @@ def import_readings(
     known_device: Callable[[str], bool] | None = None,
 ) -> ImportResult:
     """Import a CSV file whole, or raise ImportRejected listing the bad rows."""
-    problems: list[Problem] = []
-    bad = 0
+    fail = LineProblems(filename, MAX_REPORTED)
     rows = 0
     inserted = 0
-
-    def fail(line: int, message: str) -> None:
-        nonlocal bad
-        bad += 1
-        if len(problems) < MAX_REPORTED:
-            problems.append(Problem(filename, line, "", message))
 
     reader = csv.reader(stream)
     header = next(reader, None)
@@ -67,15 +60,15 @@ def import_readings(
                 continue
             rows += 1
             row = parse(fields, reader.line_num)
-            if row is None or bad:
+            if row is None or fail:
                 chunk.clear()
                 continue
             chunk.append(row)
             if len(chunk) >= CHUNK:
                 inserted += store.insert_rows(conn, chunk)
                 chunk.clear()
-        if bad:
-            raise ImportRejected(problems, bad)
+        if fail:
+            raise fail.rejected()
         if chunk:
             inserted += store.insert_rows(conn, chunk)
     return ImportResult(rows, inserted)
