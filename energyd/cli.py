@@ -536,7 +536,12 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
     from energyd.model import to_ms
     from energyd.store import Store
 
-    with Store.open(config.storage.path, quota=config.storage.quota) as store:
+    try:
+        store = Store.open(config.storage.path, quota=config.storage.quota, must_exist=True)
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+    with store:
         acc = _accountant(config, store, factors)
         names = [d.name for d in acc.devices]
         for d in devices:

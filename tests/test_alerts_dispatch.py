@@ -172,21 +172,25 @@ def black_hole():
 
 def test_a_dead_webhook_does_not_delay_mqtt(mosquitto, mqtt_topic_prefix, black_hole):
     sub = Subscriber(mosquitto.port, f"{mqtt_topic_prefix}/events", mqtt_topic_prefix + "-sub")
-    hook = WebhookChannel(name="dead", url=black_hole, timeout=3.0, retries=3, backoff=1.0)
+    hook = WebhookChannel(name="dead", url=black_hole, timeout=6.0, retries=3, backoff=1.0)
     channel = MqttChannel(name="mqtt", host="127.0.0.1", port=mosquitto.port,
                           topic=mqtt_topic_prefix, client_id=mqtt_topic_prefix + "-alerts")
     dispatcher = Dispatcher([hook, LogChannel(), channel], "plant-a")
     dispatcher.start()
     try:
-        time.sleep(0.3)  # let the MQTT client connect, as in a running daemon
+        deadline = time.monotonic() + 10  # connected, as in a running daemon
+        while not channel._connected:
+            assert time.monotonic() < deadline, "the alert channel never connected"
+            time.sleep(0.02)
         t0 = time.monotonic()
         for i in range(3):
             dispatcher.send(event(device=f"incomer-{i}").payload("plant-a"))
         sent = time.monotonic() - t0
         got = sub.wait(3, timeout=5)
         delivered = time.monotonic() - t0
-        assert sent < 0.2  # send() only queues
-        assert len(got) == 3 and delivered < 1.0  # the webhook is still hanging meanwhile
+        assert sent < 0.5  # send() only queues
+        # well inside the webhook's first 6 s timeout: it is still hanging meanwhile
+        assert len(got) == 3 and delivered < 3.0
         assert hook.delivered == 0 and hook.running
     finally:
         t_close = time.monotonic()

@@ -204,3 +204,21 @@ def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
         (creds / name).write_text("dummy\n")
     result = run_cli("check-config", "-c", str(example), env={"CREDENTIALS_DIRECTORY": str(creds)})
     assert result.returncode == 0, result.stderr
+
+
+def test_summary_names_every_device_of_a_topic_template(tmp_path: Path) -> None:
+    cfg = write(tmp_path, (
+        "mqtt: {host: 127.0.0.1}\n"
+        "devices:\n"
+        "  - name: air\n"
+        "    role: compressor\n"
+        "    driver: mqtt\n"
+        "    mqtt:\n"
+        "      topic: plant/air/+/telemetry\n"
+        "      device_level: 2\n"
+        "      devices: [c1, c2, c3]\n"
+        "      fields: {active_power_kw: power_kw}\n"))
+    result = run_cli("check-config", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "names 3 devices: c1, c2, c3" in out

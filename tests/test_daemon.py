@@ -163,6 +163,7 @@ def test_status_shows_devices_store_and_backlog(tmp_path: Path) -> None:
     assert device["device"] == "m1"
     assert device["last_reading"] == (now - timedelta(seconds=55)).isoformat()
     assert device["last_error"] == "timeout after 1.0 s" and device["errors"] == 1
+    assert device["last_poll"] == now.isoformat()
     (sink,) = payload["sinks"]
     assert sink["readings"]["backlog"] == 4
     assert sink["readings"]["oldest_unsent"] == (now - timedelta(seconds=58)).isoformat()

@@ -98,7 +98,7 @@ def test_read_of_a_silent_device_fails_clearly(gateway: MeterSimulator, tmp_path
 def test_scan_finds_units_profiles_and_byte_order(gateway: MeterSimulator) -> None:
     gateway.unit(3).faults.order = "BADC"
     result = CliRunner().invoke(cli, ["scan", "--host", "127.0.0.1", "--port",
-                                      str(gateway.port), "--units", "1-4", "--timeout", "0.2",
+                                      str(gateway.port), "--units", "1-4", "--timeout", "1.0",
                                       "--json"])
     assert result.exit_code == 0, result.output
     hits = {h["unit"]: h for h in json.loads(result.stdout)}
@@ -166,7 +166,7 @@ def test_scan_on_a_serial_line(tmp_path: Path) -> None:
                               serial_port=a, baudrate=19200)
         try:
             result = CliRunner().invoke(cli, ["scan", "--serial-port", b, "--baudrate", "19200",
-                                              "--units", "1-3", "--timeout", "0.2", "--json"])
+                                              "--units", "1-3", "--timeout", "1.0", "--json"])
         finally:
             t.close()
         assert result.exit_code == 0, result.output

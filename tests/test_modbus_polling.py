@@ -60,13 +60,14 @@ class Running:
 async def test_a_silent_unit_costs_its_neighbours_at_most_one_timeout(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="energyd.daemon.polling")
-    interval, timeout = 0.4, 0.2
+    # long enough that a loaded 2-core CI machine does not time out the healthy units
+    interval, timeout = 0.8, 0.4
     async with MeterSimulator(profile="eastron_sdm630", units=[1, 2, 3], framer="rtu") as sim:
         sim.unit(2).faults.no_reply = True
         text = plant(tmp_path, sim.port, [1, 2, 3], interval=interval, timeout=timeout,
-                     backoff_max=1.2)
+                     backoff_max=2.4)
         async with Running(text) as run:
-            await asyncio.sleep(3.2)
+            await asyncio.sleep(6.4)
             dead = {d: (run.state(d).polls, run.state(d).errors) for d in ("m1", "m3")}
             m2 = run.state("m2")
             m2_polls, m2_skipped = m2.polls, m2.skipped
@@ -74,18 +75,18 @@ async def test_a_silent_unit_costs_its_neighbours_at_most_one_timeout(
             missed = {d: run.state(d).missed for d in ("m1", "m3")}
             # the unit comes back
             sim.unit(2).faults.no_reply = False
-            await asyncio.sleep(2.5)
+            await asyncio.sleep(5.0)
             recovered = run.state("m2")
             assert recovered.failing is None
             assert recovered.polls - recovered.errors >= 2
-    slots = 3.2 / interval
+    slots = 6.4 / interval
     for d in ("m1", "m3"):
         polls, errors = dead[d]
         assert errors == 0
         assert polls >= slots - 2, (d, polls)  # none dropped
         assert missed[d] == 0
         # delayed by one timeout at most (plus the scheduling noise of a busy test machine)
-        assert late[d] <= timeout + 0.15, (d, late[d])
+        assert late[d] <= timeout + 0.2, (d, late[d])
     # the silent unit was backed off instead of costing a timeout every slot
     assert m2_skipped >= 2 and m2_polls <= slots / 2, (m2_polls, m2_skipped)
     warnings = [r for r in caplog.records if "m2" in r.getMessage() and

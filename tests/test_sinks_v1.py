@@ -320,7 +320,9 @@ def test_password_never_appears_in_errors_or_logs(tmp_path, monkeypatch, caplog,
     caplog.set_level("DEBUG")
     thread = threading.Thread(target=fwd.run, daemon=True)
     thread.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while "retrying" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
     fwd.stop()
     thread.join(5)
     fwd.close()

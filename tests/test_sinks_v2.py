@@ -161,7 +161,9 @@ def test_v2_against_a_server_without_the_v2_api_blocks_without_losing_data(
     fwd.backoff_max = 0.05
     thread = threading.Thread(target=fwd.run, daemon=True)
     thread.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while "HTTP 404" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
     fwd.stop()
     thread.join(5)
     fwd.close()

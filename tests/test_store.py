@@ -178,3 +178,15 @@ def test_poll_records_fold_per_device(tmp_path: Path) -> None:
         assert status["m2"] == {"last_poll": 1500, "last_success": None,
                                 "last_error": "refused", "last_error_time": 1500,
                                 "polls": 1, "errors": 1}
+
+
+def test_quota_sheds_forwarded_samples_before_unsent_ones(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        store.insert_readings(readings("m1", "active_power_kw", 20000))
+        store.insert_readings(readings("m2", "active_power_kw", 20000))
+        m1_last = max(r.id for r in store.query_readings(device="m1"))
+        store.set_cursor("influx", READINGS, m1_last)  # m1 forwarded, m2 not yet
+        store.quota = store.size_bytes() * 3 // 4
+        assert store.enforce_quota(batch=1000, sinks=["influx"]) > 0
+        assert len(list(store.query_readings(device="m2"))) == 20000
+        assert len(list(store.query_readings(device="m1"))) < 20000

@@ -524,6 +524,11 @@ class AlertChannel(Strict):
             given = [k for k in ("url", "url_file", "url_env") if getattr(self, k)]
             if len(given) != 1:
                 raise ValueError("a webhook channel needs one of url, url_file, url_env")
+            if self.url and ("@" in self.url.split("/", 3)[2] if "://" in self.url else False
+                             or "?" in self.url):
+                # credentials or a query string (where hook tokens live) are secrets
+                raise ValueError("this webhook url carries credentials or a query string; "
+                                 "put it in a file (url_file) or the environment (url_env)")
             self._url = (SecretStr(self.url) if self.url else
                          read_secret(self.url_file, self.url_env, _base_dir(info)))
             assert self._url is not None

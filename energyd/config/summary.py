@@ -21,6 +21,10 @@ def _source(d: Device) -> str:
         what = d.profile or f"{len(d.registers)} inline registers"
         return f"modbus {m.transport} {where} unit {m.unit}, {what}"
     assert d.mqtt is not None
+    if d.mqtt.devices:
+        # a template entry: one line, but every device it stands for is named
+        return (f"mqtt {d.mqtt.topic} ({d.mqtt.format}), level {d.mqtt.device_level} names "
+                f"{len(d.mqtt.devices)} devices: {', '.join(d.mqtt.devices)}")
     return f"mqtt {d.mqtt.topic} ({d.mqtt.format})"
 
 

@@ -115,6 +115,9 @@ class Daemon:
     async def run(self, *, handle_signals: bool = True) -> int:
         if handle_signals:
             self._install_signals()
+        # one watchdog for the daemon's life: a reload that takes a while must not miss pings
+        watchdog = (asyncio.create_task(self._watchdog(), name="energyd[watchdog]")
+                    if self.notifier.watchdog_interval else None)
         try:
             while True:
                 try:
@@ -138,6 +141,9 @@ class Daemon:
                 self._previous, self.config = self.config, self._next or self.config
                 self._next = None
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
             if handle_signals:
                 self._remove_signals()
             if self.store is not None:
@@ -196,8 +202,6 @@ class Daemon:
         writer_task = asyncio.create_task(writer.run(), name="energyd[store].flush")
         tasks = [asyncio.create_task(self._supervise(c), name=f"energyd[{c.name}]")
                  for c in components]
-        if self.notifier.watchdog_interval:
-            tasks.append(asyncio.create_task(self._watchdog(), name="energyd[watchdog]"))
         http = (HealthServer(config.http.host, config.http.port, self._health,
                              self.metrics.render) if config.http.enabled else None)
         try:

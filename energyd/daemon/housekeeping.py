@@ -43,7 +43,7 @@ class Housekeeping:
 
     def _upkeep(self) -> None:
         ctx = self.ctx
-        shed = ctx.store.enforce_quota()
+        shed = ctx.store.enforce_quota(sinks=[s.name for s in ctx.config.influxdb])
         if shed:
             ctx.metrics.store_shed.inc(shed)
             log.warning("store over its quota: shed %d instantaneous readings "

@@ -36,6 +36,7 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
             p = polls.get(d.name, {})
             devices.append({
                 "device": d.name, "role": d.role, "driver": d.driver,
+                "last_poll": _iso(p.get("last_poll")),
                 "last_reading": _iso(last),
                 "last_reading_age_s": round((now_ms - last) / 1000, 1) if last else None,
                 "last_error": p.get("last_error"),
@@ -67,11 +68,13 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
 
 def status_tables(payload: dict[str, Any]) -> list[Table]:
     devices = Table(title=f"devices at {payload['site']} ({payload['time']})")
-    for col in ("device", "role", "last reading", "age", "polls", "errors", "last error"):
+    for col in ("device", "role", "last poll", "last reading", "age", "polls", "errors",
+                "last error"):
         devices.add_column(col)
     for d in payload["devices"]:
         age = f"{d['last_reading_age_s']:.0f}s" if d["last_reading_age_s"] is not None else "-"
-        devices.add_row(d["device"], d["role"], d["last_reading"] or "never", age,
+        devices.add_row(d["device"], d["role"], d["last_poll"] or "never",
+                        d["last_reading"] or "never", age,
                         str(d["polls"]), str(d["errors"]), d["last_error"] or "")
     st = payload["store"]
     store = Table(title="store", show_header=False)

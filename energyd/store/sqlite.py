@@ -178,20 +178,28 @@ class Store:
     def insert_readings(self, readings: Iterable[Reading]) -> int:
         """Commit `readings` in one transaction; returns how many were new."""
         with self.transaction() as conn:
-            return self._insert(conn, ((r.time_ms, r.device, r.quantity, r.value, int(r.quality))
-                                       for r in readings))
+            # the daemon's hot path: one tuple per reading, no intermediate objects
+            known = self._series
+            params = [((known.get((r.device, r.quantity))
+                        or self.series_id(r.device, r.quantity, conn)),
+                       round(r.time.timestamp() * 1000), r.value, int(r.quality))
+                      for r in readings]
+            return self._insert_params(conn, params)
 
     def insert_rows(self, conn: sqlite3.Connection,
                     rows: Iterable[tuple[int, str, str, float, int]]) -> int:
         """Insert (time_ms, device, quantity, value, quality) rows inside `transaction()`;
         returns how many were new."""
-        return self._insert(conn, rows)
-
-    def _insert(self, conn: sqlite3.Connection,
-                rows: Iterable[tuple[int, str, str, float, int]]) -> int:
         known = self._series
         params = [((known.get((device, quantity)) or self.series_id(device, quantity, conn)),
                    t, v, q) for t, device, quantity, v, q in rows]
+        return self._insert_params(conn, params)
+
+    def _insert_params(self, conn: sqlite3.Connection,
+                       params: list[tuple[int, int, float, int]]) -> int:
+        # In (series, time) order consecutive rows land in the same index leaf: a batch from
+        # many devices then touches each leaf once instead of once per row.
+        params.sort()
         before = conn.total_changes
         # the same series and time twice is one reading: replays and re-imports are harmless
         conn.executemany(
@@ -383,11 +391,13 @@ class Store:
                 total += p.stat().st_size
         return total
 
-    def enforce_quota(self, batch: int = 20000) -> int:
+    def enforce_quota(self, batch: int = 20000, sinks: Sequence[str] = ()) -> int:
         """Shed the oldest sheddable readings (power, voltage, current...) until under quota.
 
-        Energy counters are never shed: they carry what the accounting signs for. Returns the
-        number of readings shed; if only counters are left, the store stays over quota.
+        What every sink in `sinks` has already forwarded goes first; only if that is not
+        enough are unsent samples shed. Energy counters are never shed: they carry what the
+        accounting signs for. Returns the number of readings shed; if only counters are
+        left, the store stays over quota.
         """
         if self.quota is None:
             return 0
@@ -398,15 +408,17 @@ class Store:
             return 0
         marks = ",".join("?" * len(sheddable))
         target = int(self.quota * 0.9)  # leave headroom so shedding is not re-run every flush
-        while self.size_bytes() > self.quota or (shed and self.size_bytes() > target):
-            with self.transaction() as conn:
-                n = conn.execute(
-                    f"DELETE FROM readings WHERE id IN (SELECT id FROM readings "
-                    f"WHERE series IN ({marks}) ORDER BY id LIMIT ?)",
-                    (*sheddable, batch)).rowcount
-            shed += n
-            if n == 0:
-                break
+        forwarded = min((self.cursor(s, READINGS) for s in sinks), default=None)
+        for limit in ([forwarded] if forwarded is not None else []) + [2**62]:
+            while self.size_bytes() > self.quota or (shed and self.size_bytes() > target):
+                with self.transaction() as conn:
+                    n = conn.execute(
+                        f"DELETE FROM readings WHERE id IN (SELECT id FROM readings "
+                        f"WHERE series IN ({marks}) AND id <= ? ORDER BY id LIMIT ?)",
+                        (*sheddable, limit, batch)).rowcount
+                shed += n
+                if n == 0:
+                    break
         return shed
 
     def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
