@@ -115,6 +115,9 @@ class Reading:
             raise ValueError(f"{self.device}/{self.quantity}: value {self.value!r} is not finite")
 
 
+HOUR_MS = 3_600_000  # the rollups' grain, in the store's time unit
+
+
 def to_ms(dt: datetime) -> int:
     """Milliseconds since the epoch; the store's and the sinks' time unit."""
     return round(dt.timestamp() * 1000)

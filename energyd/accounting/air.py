@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-HOUR_MS = 3_600_000
+from energyd.model import HOUR_MS
+
 MIN_COVERAGE = 0.9
 LOADED = 2
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import mul, sub
 
-HOUR_MS = 3_600_000
+from energyd.model import HOUR_MS
 
 PLAUSIBILITY_MARGIN = 1.1  # a link may carry 10% more than rated power x elapsed time
 PLAUSIBILITY_SLACK = 0.5  # plus this much (counter units): register resolution, rounding

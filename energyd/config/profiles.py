@@ -35,9 +35,24 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from energyd.drivers.decode import register_count
 from energyd.errors import ConfigError, Problem
 from energyd.model import QUANTITIES
+
+# type -> (registers, struct format of the big-endian value)
+TYPES: dict[str, tuple[int, str]] = {
+    "int16": (1, ">h"),
+    "uint16": (1, ">H"),
+    "int32": (2, ">i"),
+    "uint32": (2, ">I"),
+    "int64": (4, ">q"),
+    "uint64": (4, ">Q"),
+    "float32": (2, ">f"),
+    "float64": (4, ">d"),
+}
+
+
+def register_count(type_: str) -> int:
+    return TYPES[type_][0]
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
 

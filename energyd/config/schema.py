@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from energyd.config.hours import ProductionHours
 from energyd.config.secrets import check_secret_file, read_secret
 from energyd.config.units import Duration, Size
 from energyd.model import QUANTITIES, ROLES
@@ -481,8 +482,6 @@ class AlertRule(Strict):
     @field_validator("production_hours")
     @classmethod
     def _hours(cls, v: list[str]) -> list[str]:
-        from energyd.alerts.rules import ProductionHours
-
         ProductionHours.parse(v)
         return v
 

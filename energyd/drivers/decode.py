@@ -21,22 +21,9 @@ from __future__ import annotations
 import math
 import struct
 
-# type -> (registers, struct format of the big-endian value)
-TYPES: dict[str, tuple[int, str]] = {
-    "int16": (1, ">h"),
-    "uint16": (1, ">H"),
-    "int32": (2, ">i"),
-    "uint32": (2, ">I"),
-    "int64": (4, ">q"),
-    "uint64": (4, ">Q"),
-    "float32": (2, ">f"),
-    "float64": (4, ">d"),
-}
+from energyd.config.profiles import TYPES
+
 ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
-
-
-def register_count(type_: str) -> int:
-    return TYPES[type_][0]
 
 
 def _words_from_big_endian(data: bytes, order: str) -> list[int]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import threading
@@ -46,6 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from energyd.clock import Clock, RealClock
 from energyd.model import to_ms
 from energyd.simulators.air import AirSystem
+from energyd.simulators.loopback import check_loopback
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,11 @@ MALFORMED_KINDS = ("not_json", "not_finite", "missing_field", "not_numeric", "cl
                    "too_large")
 
 
-def check_loopback(host: str) -> None:
-    """Simulators talk to loopback only."""
-    if host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise ValueError(f"broker {host!r} is not a loopback address (127.0.0.0/8, ::1)")
-
-
 class Publisher:
     """A paho client that publishes QoS 1 and remembers what the broker acknowledged."""
 
     def __init__(self, broker: tuple[str, int], client_id: str, *, max_inflight: int = 100):
-        check_loopback(broker[0])
+        check_loopback(broker[0], "broker")
         self.broker = broker
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
@@ -275,7 +263,7 @@ async def run_cli(host: str, port: int, *, station: str, compressors: int, rate:
     """`energyd simulate compressor`: run a station and print the config that reads it."""
     from energyd.clock import AcceleratedClock
 
-    check_loopback(host)
+    check_loopback(host, "broker")
     clock: Clock = RealClock() if speed == 1.0 else AcceleratedClock(speed)
     sim = CompressorStation(broker=(host, port), station=station, compressors=compressors,
                             clock=clock, rate=rate, leak=leak, malformed=malformed,

@@ -74,6 +74,7 @@ from energyd.clock import Clock, RealClock
 from energyd.config.profiles import Profile, RegisterSpec, load_profile
 from energyd.drivers.decode import encode
 from energyd.simulators.loadshape import load_factor
+from energyd.simulators.loopback import check_loopback
 
 NOMINAL_V = 230.0
 RTU_SILENCE = 0.002  # seconds between RTU frames on the simulated bus
@@ -358,8 +359,7 @@ class MeterSimulator:
         units = list(units)
         if not units or any(not 1 <= u <= 247 for u in units):
             raise ValueError("units must be ids from 1 to 247")
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            raise ValueError("the simulator listens on loopback only (127.0.0.1 or ::1)")
+        check_loopback(host, "the simulator's listening address")
         if framer not in ("socket", "rtu"):
             raise ValueError("framer must be 'socket' or 'rtu'")
         if serial_port is not None and framer != "rtu":
