@@ -529,7 +529,7 @@ def render(snap: Snapshot, *, config: Config, tz: ZoneInfo, speed: float, workdi
     if n_air > 0:
         air = _Table("compressed air (station, hourly)", [
             ("hour", "left"), ("station", "left"), ("kWh", "right"), ("m3", "right"),
-            ("kWh/m3", "right"), ("loaded", "right")], wide)
+            ("kW per m3/min", "right"), ("loaded", "right")], wide)
         for hour, device, kwh, m3, sp, loaded in snap.air[:n_air]:
             air.add_row(_local(hour, tz), device, _fmt(kwh, 1), _fmt(m3, 0), _fmt(sp, 3),
                         "-" if loaded is None else f"{100 * loaded:.0f} %")
