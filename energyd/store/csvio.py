@@ -52,9 +52,9 @@ def import_readings(
 
     # One transaction for the whole file. Rows are parsed and inserted chunk by chunk; on the
     # first bad row insertion stops, but parsing goes on so every bad row can be reported.
-    parse = _RowParser(fail, known_device)
     with store.transaction() as conn:
-        chunk: list[tuple[int, str, str, float, int]] = []
+        parse = _RowParser(fail, known_device, lambda d, q: store.series_id(d, q, conn))
+        chunk: list[tuple[int, int, float, int]] = []
         for fields in reader:
             if not fields or fields == [""]:
                 continue
@@ -65,12 +65,12 @@ def import_readings(
                 continue
             chunk.append(row)
             if len(chunk) >= CHUNK:
-                inserted += store.insert_rows(conn, chunk)
+                inserted += store.insert_series_rows(conn, chunk)
                 chunk.clear()
         if fail:
             raise fail.rejected()
         if chunk:
-            inserted += store.insert_rows(conn, chunk)
+            inserted += store.insert_series_rows(conn, chunk)
     return ImportResult(rows, inserted)
 
 
@@ -79,14 +79,18 @@ class _RowParser:
     timestamp, so a million-row file holds far fewer distinct times than rows."""
 
     def __init__(self, fail: Callable[[int, str], None],
-                 known_device: Callable[[str], bool] | None):
+                 known_device: Callable[[str], bool] | None,
+                 series_id: Callable[[str, str], int]):
         self._fail = fail
         self._known_device = known_device
+        self._series_id = series_id
+        self._series: dict[tuple[str, str], int] = {}
         self._times: dict[str, int] = {}
         self._devices: set[str] = set()
         self._imported = int(Quality.IMPORTED)
 
-    def __call__(self, fields: list[str], line: int) -> tuple[int, str, str, float, int] | None:
+    def __call__(self, fields: list[str], line: int) -> tuple[int, int, float, int] | None:
+        """The row as the store keeps it, (series id, time ms, value, quality), or None."""
         fail = self._fail
         if len(fields) != 4:
             fail(line, f"expected 4 columns (time,device,quantity,value), got {len(fields)}")
@@ -119,7 +123,10 @@ class _RowParser:
         if not math.isfinite(value):
             fail(line, f"value {v.strip()!r} is not finite")
             return None
-        return (ms, device, quantity, value, self._imported)
+        sid = self._series.get((device, quantity))
+        if sid is None:
+            sid = self._series[(device, quantity)] = self._series_id(device, quantity)
+        return (sid, ms, value, self._imported)
 
     def _time(self, text: str, line: int) -> int | None:
         t = text.strip()
