@@ -6,11 +6,13 @@ Exit codes: 0 success, 1 a runtime failure, 2 bad input (config, CSV, arguments)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from rich.console import Console
@@ -54,6 +56,24 @@ def _parse_time(value: str, option: str) -> datetime:
         raise click.BadParameter(f"{value!r} needs a UTC offset, e.g. {value}+00:00",
                                  param_hint=option)
     return when
+
+
+@contextlib.contextmanager
+def _csv_import(config: Config, csv_file: str) -> Iterator[tuple[TextIO, Any]]:
+    """The CSV file and the store for an import; an unreadable file or refused rows exit 2
+    (the import's transaction has rolled back by then: nothing of the file is stored)."""
+    from energyd.store import Store
+
+    try:
+        with open(csv_file, newline="", encoding="utf-8") as f, \
+                Store.open(config.storage.path, quota=config.storage.quota) as store:
+            yield f, store
+    except OSError as exc:
+        click.echo(f"{csv_file}: cannot read: {exc.strerror}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except ImportRejected as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _print_json(payload: Any) -> None:
@@ -327,22 +347,13 @@ def readings() -> None:
 def readings_import(config_path: str, csv_file: str) -> None:
     """Import a CSV file whole, or nothing of it."""
     config = _load(config_path)
-    from energyd.store import Store
     from energyd.store.csvio import import_readings
 
     names = {d.name for d in config.devices}
-    try:
-        with open(csv_file, newline="", encoding="utf-8") as f, \
-                Store.open(config.storage.path, quota=config.storage.quota) as store:
-            result = import_readings(store, f, csv_file, known_device=names.__contains__)
-    except OSError as exc:
-        click.echo(f"{csv_file}: cannot read: {exc.strerror}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except ImportRejected as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    with _csv_import(config, csv_file) as (f, store):
+        result = import_readings(store, f, csv_file, known_device=names.__contains__)
     click.echo(f"{csv_file}: {result.rows} rows, {result.inserted} new readings stored "
-                  f"({result.rows - result.inserted} already present)")
+               f"({result.rows - result.inserted} already present)")
 
 
 @readings.command("export")
@@ -499,19 +510,10 @@ def invoices_import(config_path: str, csv_file: str) -> None:
     whole or not at all, and recompute the hours of their periods."""
     config = _load(config_path)
     factors = _factors(config)
-    from energyd.store import Store
 
-    try:
-        with open(csv_file, newline="", encoding="utf-8") as f, \
-                Store.open(config.storage.path, quota=config.storage.quota) as store:
-            rows, result = _accountant(config, store, factors).import_statements(
-                f, csv_file, _now_ms())
-    except OSError as exc:
-        click.echo(f"{csv_file}: cannot read: {exc.strerror}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except ImportRejected as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    with _csv_import(config, csv_file) as (f, store):
+        rows, result = _accountant(config, store, factors).import_statements(
+            f, csv_file, _now_ms())
     click.echo(f"{csv_file}: {len(rows)} statements stored; rollups recomputed, "
                f"{result.written} device-hours changed")
     for finding in result.findings:
