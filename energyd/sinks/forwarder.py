@@ -281,19 +281,23 @@ class Forwarder:
                     chunk = self._head_chunk(head)
                 else:
                     out.wait = 0.0  # the second is up; more is waiting
+                if chunk is not None:
+                    # read and encode the next chunk while the previous one is in flight;
+                    # the body is joined here, so the writing thread needs the GIL only to
+                    # send it and to read the reply
+                    rows, positions, end, more = chunk
+                    points = self._encode(rows)
+                    data = body(points)
                 if pending is not None:
-                    future, points, positions, span = pending
+                    future, done_points, done_positions, span = pending
                     pending = None
-                    self._finish(READINGS, points, future.result(), positions, out, span)
+                    self._finish(READINGS, done_points, future.result(), done_positions, out,
+                                 span)
                 if chunk is None:
                     return
-                rows, positions, end, more = chunk
-                points = self._encode(rows)
                 if self.rate is not None:
                     self._next_backlog = max(now, self._next_backlog) + len(points) / self.rate
-                # the body is joined here: the writing thread then needs the GIL only to
-                # send it and to read the reply
-                pending = (self._pool.submit(self._write, points, body(points)), points,
+                pending = (self._pool.submit(self._write, points, data), points,
                            positions, (head, end))
                 if not more:
                     future, points, positions, span = pending
