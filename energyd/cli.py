@@ -555,18 +555,11 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
     if as_json:
         _print_json([r.as_json() for r in result.rows])
         return
-    click.echo(f"{'hour (UTC)':<20} {'device':<20} {'MWh':>10} {'source':<18} {'cover':>6} "
-               f"{'tCO2 loc':>10} {'tCO2 mkt':>10}  factor")
-    for r in result.rows:
-        flag = " (power)" if r.detail.get("power_integrated") else ""
-        click.echo(f"{r.as_json()['hour']:<20} {r.device:<20} {r.mwh:>10.4f} "
-                   f"{r.source + flag:<18} {r.coverage:>6.0%} {_fmt(r.tco2_location):>10} "
-                   f"{_fmt(r.tco2_market):>10}  {r.ef_id or ''}")
+    from energyd.accounting.report import rollup_lines
+
+    for line in rollup_lines(result.rows):
+        click.echo(line)
     click.echo(f"{len(result.rows)} device-hours, {result.written} changed")
-
-
-def _fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:.4f}"
 
 
 @cli.command()
@@ -581,7 +574,7 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None
     """Monthly MWh by source, coverage, tCO2 (location, market, fuel) with provenance."""
     config = _load(config_path)
     factors = _factors(config)
-    from energyd.accounting.report import report_csv
+    from energyd.accounting.report import report_csv, report_lines
     from energyd.store import Store
 
     try:
@@ -604,29 +597,8 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None
     elif fmt == "csv":
         click.echo(report_csv(payload), nl=False)
     else:
-        t = payload["totals"]
-        click.echo(f"{payload['site']['name']} {month} ({payload['timezone']}, "
-                   f"{payload['period']['hours']} hours): {payload['status']}")
-        click.echo(f"{'device':<20} {'role':<12} {'MWh':>10} {'meter':>10} {'interp.':>10} "
-                   f"{'invoice':>10} {'estimated':>10} {'cover':>6} {'tCO2 loc':>10} "
-                   f"{'tCO2 mkt':>10}  status")
-        for d in payload["devices"]:
-            b = d["by_source"]
-            click.echo(f"{d['device']:<20} {d['role']:<12} {d['mwh']:>10.3f} "
-                       f"{b['meter']:>10.3f} {b['meter_interpolated']:>10.3f} "
-                       f"{b['invoice']:>10.3f} {b['estimated']:>10.3f} {d['coverage']:>6.1%} "
-                       f"{d['tco2_location']:>10.3f} {d['tco2_market']:>10.3f}  {d['status']}")
-        click.echo(f"purchased {t['purchased_mwh']:.3f} MWh; scope 2 location "
-                   f"{t['scope2_location_tco2']:.3f} t, market {t['scope2_market_tco2']:.3f} t "
-                   f"({t['certificates_mwh']:.3f} MWh of certificates); scope 1 fuel "
-                   f"{t['scope1_fuel_tco2']:.3f} t")
-        for f in payload["factors"]:
-            click.echo(f"  factor {f['id']}: {f['value']} tCO2/MWh, {f['hours']} hours "
-                       f"({f['source']})")
-        for reason in payload["reasons"]:
-            click.echo(f"  provisional: {reason}")
-        for flag in payload["flags"]:
-            click.echo(f"  flag: {flag}")
+        for line in report_lines(payload, month):
+            click.echo(line)
 
 
 # --- forwarding ---------------------------------------------------------------------------

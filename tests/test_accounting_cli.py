@@ -170,3 +170,27 @@ async def test_daemon_recomputes_at_start_then_hourly_and_tells_listeners(
         rows = store.execute("SELECT hour, source, mwh FROM rollups ORDER BY hour")
     assert rows[0][0] == h - 3 * HOUR_MS and len(rows) >= 4
     assert all(src == "meter" and abs(mwh - 0.1) < 1e-9 for _, src, mwh in rows)
+
+
+def test_rollup_and_report_tables_for_a_terminal(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    start = ms("2023-02-28T16:00:00+00:00")
+    fill(tmp_path / "energyd.db", start - HOUR_MS, start + 3 * HOUR_MS)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["rollup", "-c", str(cfg), "--from", "2023-03-01T00:00:00+08:00",
+                              "--to", "2023-03-01T02:00:00+08:00"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split() == ["hour", "(UTC)", "device", "MWh", "source", "cover", "tCO2",
+                                "loc", "tCO2", "mkt", "factor"]
+    first = lines[1].split()
+    assert first[:4] == ["2023-02-28T16:00:00Z", "incomer", "0.1000", "meter"]
+    assert first[-1] == "CN-MEE-2023-East"
+    assert lines[-1] == "2 device-hours, 2 changed"
+    res = runner.invoke(cli, ["report", "-c", str(cfg), "--month", "2023-03"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("plant-a 2023-03 (Asia/Shanghai, 744 hours): ")
+    device_line = next(line for line in res.output.splitlines() if line.startswith("incomer"))
+    assert device_line.split()[1:3] == ["grid_import", "0.200"]  # the two hours rolled up
+    assert "purchased 0.200 MWh; scope 2 location" in res.output
+    assert "  factor CN-MEE-2023-East: 0.55 tCO2/MWh" in res.output

@@ -192,3 +192,47 @@ def report_csv(report: dict[str, Any]) -> str:
     w.writerow(["TOTAL fuel", "fuel", 1, "", "", "", "", "", "", "", "", "",
                 t["scope1_fuel_tco2"], t["scope1_fuel_tco2"], "", report["status"]])
     return out.getvalue()
+
+
+# --- for a terminal --------------------------------------------------------------------------
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def rollup_lines(rows: Iterable[RollupRow]) -> list[str]:
+    """Hourly rows as `energyd rollup` prints them: one line per device-hour."""
+    lines = [f"{'hour (UTC)':<20} {'device':<20} {'MWh':>10} {'source':<18} {'cover':>6} "
+             f"{'tCO2 loc':>10} {'tCO2 mkt':>10}  factor"]
+    for r in rows:
+        flag = " (power)" if r.detail.get("power_integrated") else ""
+        lines.append(f"{r.as_json()['hour']:<20} {r.device:<20} {r.mwh:>10.4f} "
+                     f"{r.source + flag:<18} {r.coverage:>6.0%} {_fmt(r.tco2_location):>10} "
+                     f"{_fmt(r.tco2_market):>10}  {r.ef_id or ''}")
+    return lines
+
+
+def report_lines(report: dict[str, Any], month: str) -> list[str]:
+    """The monthly report as `energyd report` prints it: devices, totals, factors, flags."""
+    t = report["totals"]
+    lines = [f"{report['site']['name']} {month} ({report['timezone']}, "
+             f"{report['period']['hours']} hours): {report['status']}",
+             f"{'device':<20} {'role':<12} {'MWh':>10} {'meter':>10} {'interp.':>10} "
+             f"{'invoice':>10} {'estimated':>10} {'cover':>6} {'tCO2 loc':>10} "
+             f"{'tCO2 mkt':>10}  status"]
+    for d in report["devices"]:
+        b = d["by_source"]
+        lines.append(f"{d['device']:<20} {d['role']:<12} {d['mwh']:>10.3f} "
+                     f"{b['meter']:>10.3f} {b['meter_interpolated']:>10.3f} "
+                     f"{b['invoice']:>10.3f} {b['estimated']:>10.3f} {d['coverage']:>6.1%} "
+                     f"{d['tco2_location']:>10.3f} {d['tco2_market']:>10.3f}  {d['status']}")
+    lines.append(f"purchased {t['purchased_mwh']:.3f} MWh; scope 2 location "
+                 f"{t['scope2_location_tco2']:.3f} t, market {t['scope2_market_tco2']:.3f} t "
+                 f"({t['certificates_mwh']:.3f} MWh of certificates); scope 1 fuel "
+                 f"{t['scope1_fuel_tco2']:.3f} t")
+    lines += [f"  factor {f['id']}: {f['value']} tCO2/MWh, {f['hours']} hours ({f['source']})"
+              for f in report["factors"]]
+    lines += [f"  provisional: {reason}" for reason in report["reasons"]]
+    lines += [f"  flag: {flag}" for flag in report["flags"]]
+    return lines
