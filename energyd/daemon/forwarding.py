@@ -10,11 +10,14 @@ short is simply sent again next time, since the cursor moves only after the ackn
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 from energyd.config.schema import InfluxDB
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
+
+log = logging.getLogger(__name__)
 
 
 class ForwardingComponent:
@@ -46,6 +49,11 @@ class ForwardingComponent:
             forwarder.stop()
             # the write in flight ends within the sink's timeout; wait off the event loop
             await asyncio.to_thread(thread.join, self.sink.timeout + 5)
+            if thread.is_alive():
+                # its next store call fails once the store is closed, and it ends there; the
+                # chunk it holds is not acknowledged, so it is sent again after the restart
+                log.warning("%s: the write in flight did not end within %.0f s",
+                            self.name, self.sink.timeout + 5)
             await asyncio.to_thread(forwarder.close)
             if wake in ctx.reading_listeners:
                 ctx.reading_listeners.remove(wake)

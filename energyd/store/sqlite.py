@@ -310,15 +310,6 @@ class Store:
             f"SELECT count(*), min({time_col}) FROM {table} WHERE seq > ?", (position,))[0]
         return Backlog(row[0], row[1])
 
-    def reject(self, sink: str, stream: str, items: Iterable[tuple[int, str]]) -> int:
-        """Keep items a server refused for good, with its message, out of the way of the stream."""
-        now = int(time.time() * 1000)
-        with self.transaction() as conn:
-            cur = conn.executemany(
-                "INSERT INTO rejected (sink, stream, item, message, time) VALUES (?, ?, ?, ?, ?)",
-                [(sink, stream, item, message, now) for item, message in items])
-            return cur.rowcount
-
     def rejected_count(self, sink: str | None = None) -> int:
         if sink is None:
             return self.execute("SELECT count(*) FROM rejected")[0][0]
