@@ -83,7 +83,6 @@ class Daemon:
         self._wake = asyncio.Event()
         self._action: str | None = None
         self._started = time.monotonic()
-        self._stopping = False
         self._previous: Config | None = None  # the running config while a reload is tried
         self._next: Config | None = None  # a checked config waiting for its generation
         self.context: Context | None = None
