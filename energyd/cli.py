@@ -58,6 +58,18 @@ def _parse_time(value: str, option: str) -> datetime:
     return when
 
 
+def _existing_store(config: Config) -> Any:
+    """The configured store for a command that reads or recomputes: if there is none yet,
+    say so and exit 1 rather than leave an empty one behind."""
+    from energyd.store import Store
+
+    try:
+        return Store.open(config.storage.path, quota=config.storage.quota, must_exist=True)
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+
+
 @contextlib.contextmanager
 def _csv_import(config: Config, csv_file: str) -> Iterator[tuple[TextIO, Any]]:
     """The CSV file and the store for an import; an unreadable file or refused rows exit 2
@@ -217,14 +229,8 @@ def alerts(config_path: str, as_json: bool, limit: int) -> None:
     """Alert episodes, active and resolved: rule, device, start, end, the figures."""
     config = _load(config_path)
     from energyd.alerts.report import collect_episodes, episodes_table
-    from energyd.store import Store
 
-    try:
-        store = Store.open(config.storage.path, must_exist=True)
-    except EnergydError as exc:
-        click.echo(f"energyd: {exc}", err=True)
-        sys.exit(1)
-    with store:
+    with _existing_store(config) as store:
         rows = collect_episodes(store, limit=limit)
     if as_json:
         _print_json(rows)
@@ -368,15 +374,9 @@ def readings_export(config_path: str, start: str, end: str, device: str | None,
     """Export readings in [--from, --to) as CSV."""
     config = _load(config_path)
     t0, t1 = _parse_time(start, "--from"), _parse_time(end, "--to")
-    from energyd.store import Store
     from energyd.store.csvio import export_readings
 
-    try:
-        store = Store.open(config.storage.path, must_exist=True)
-    except EnergydError as exc:
-        click.echo(f"energyd: {exc}", err=True)
-        sys.exit(1)
-    with store:
+    with _existing_store(config) as store:
         if output:
             with open(output, "w", newline="", encoding="utf-8") as f:
                 n = export_readings(store, f, t0, t1, device)
@@ -536,14 +536,8 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
     t0, t1 = _parse_time(start, "--from"), _parse_time(end, "--to")
     factors = _factors(config)
     from energyd.model import to_ms
-    from energyd.store import Store
 
-    try:
-        store = Store.open(config.storage.path, quota=config.storage.quota, must_exist=True)
-    except EnergydError as exc:
-        click.echo(f"energyd: {exc}", err=True)
-        sys.exit(1)
-    with store:
+    with _existing_store(config) as store:
         acc = _accountant(config, store, factors)
         names = [d.name for d in acc.devices]
         for d in devices:
