@@ -69,7 +69,7 @@ class Running:
         ctx = self.daemon.context
         assert ctx is not None
         from energyd.daemon.subscriptions import MqttComponent
-        return next(h.__self__ for h in ctx.reading_listeners
+        return next(h.__self__ for h in ctx.commit_listeners
                     if isinstance(getattr(h, "__self__", None), MqttComponent))
 
 
@@ -90,7 +90,7 @@ def _state(*running: Running) -> list[dict[str, Any]]:
         front = c._queue[0] if c._queue else None
         out.append({**c._health(), "acked": c.acked, "generation": c.subscriber.generation,
                     "front": front and (front.mid, front.left, front.generation),
-                    "by_reading": len(c._by_reading), "pending": r.daemon.context.writer.pending
+                    "pending": r.daemon.context.writer.pending
                     if r.daemon.context else None})
     return out
 

@@ -23,8 +23,11 @@ class Context:
     writer: StoreWriter
     metrics: Metrics
     scheduler: Scheduler
-    # Called with every committed batch of readings (live alert rules listen here).
+    # Called with every committed batch of readings (live alert rules listen here). While
+    # one is registered the writer keeps every Reading object until its commit.
     reading_listeners: list[Callable[[list[Reading]], None]] = field(default_factory=list)
+    # Called with the number of readings of every commit, for those that only need to know.
+    commit_listeners: list[Callable[[int], None]] = field(default_factory=list)
     # Awaited after every rollup run with (start_ms, end_ms) of the hours (re)computed, so
     # alert rules see each hour, including the recomputation at start-up.
     rollup_listeners: list[Callable[[int, int], Awaitable[None]]] = field(default_factory=list)

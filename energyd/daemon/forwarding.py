@@ -33,12 +33,12 @@ class ForwardingComponent:
         forwarder = for_sink(self.sink, ctx.config, ctx.store, metrics=ctx.metrics,
                              now_ms=lambda: to_ms(ctx.clock.now()))
 
-        def wake(batch: object) -> None:
+        def wake(count: int) -> None:
             forwarder.wake()
 
         thread = threading.Thread(target=forwarder.run, name=f"energyd[{self.name}]",
                                   daemon=True)
-        ctx.reading_listeners.append(wake)
+        ctx.commit_listeners.append(wake)
         ctx.health[f"sink:{self.sink.name}"] = forwarder.health
         thread.start()
         try:
@@ -55,8 +55,8 @@ class ForwardingComponent:
                 log.warning("%s: the write in flight did not end within %.0f s",
                             self.name, self.sink.timeout + 5)
             await asyncio.to_thread(forwarder.close)
-            if wake in ctx.reading_listeners:
-                ctx.reading_listeners.remove(wake)
+            if wake in ctx.commit_listeners:
+                ctx.commit_listeners.remove(wake)
             ctx.health.pop(f"sink:{self.sink.name}", None)
 
 

@@ -78,6 +78,10 @@ class _Taken:
         self.generation = generation
         self.left = left
 
+    def committed(self) -> None:
+        """From the writer, once the message's readings are on disk."""
+        self.left = 0
+
 
 class MqttComponent:
     name = "mqtt"
@@ -93,10 +97,9 @@ class MqttComponent:
         self.refused = 0
         self.acked = 0
         self._taking = False
-        self._lock = threading.Lock()  # _queue and _by_reading: paho thread and committer
+        self._lock = threading.Lock()  # _queue: paho thread and committer
         self._send_lock = threading.Lock()  # keeps acks in order across committing threads
         self._queue: deque[_Taken] = deque()
-        self._by_reading: dict[int, _Taken] = {}
         inflight = self.options.max_inflight
         if self.options.protocol == "3.1.1" and "max_inflight" not in \
                 self.options.model_fields_set:
@@ -114,7 +117,7 @@ class MqttComponent:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._flush_wanted = asyncio.Event()
-        self.ctx.reading_listeners.append(self._committed)
+        self.ctx.commit_listeners.append(self._committed)
         self.ctx.health["mqtt"] = self._health
         filters = self.mapper.filters()
         key = f"mqtt.filters.{self.options.client_id}"
@@ -157,8 +160,8 @@ class MqttComponent:
                               "will come again from the broker")
             await asyncio.to_thread(sub.stop)
             self.ctx.metrics.mqtt_connected.set(0)
-            if self._committed in self.ctx.reading_listeners:
-                self.ctx.reading_listeners.remove(self._committed)
+            if self._committed in self.ctx.commit_listeners:
+                self.ctx.commit_listeners.remove(self._committed)
             self.ctx.health.pop("mqtt", None)
 
     def _health(self) -> dict[str, Any]:
@@ -212,11 +215,9 @@ class MqttComponent:
                     self.ctx.writer.submit(readings)
                 return
             self._queue.append(taken)
-            if readings:
-                self._by_reading[id(readings[-1])] = taken
             waiting = len(self._queue)
         if readings:
-            self.ctx.writer.submit(readings)
+            self.ctx.writer.submit(readings, taken.committed)
         else:
             self._ack_ready()
         if waiting >= self._window and not self._flush_asked and self._loop is not None:
@@ -243,13 +244,8 @@ class MqttComponent:
 
     # --- committing thread ------------------------------------------------------------------
 
-    def _committed(self, batch: list[Reading]) -> None:
-        with self._lock:
-            by = self._by_reading
-            for r in batch:
-                taken = by.pop(id(r), None)
-                if taken is not None:
-                    taken.left -= 1
+    def _committed(self, count: int) -> None:
+        # the writer has marked this commit's messages (taken.committed) before calling here
         self._ack_ready()
         self._publish_counts()
 

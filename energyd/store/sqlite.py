@@ -97,14 +97,15 @@ class Store:
             raise StoreError(f"{path}: cannot open the store: {exc}") from None
         return cls(conn, path, quota)
 
-    def close(self) -> None:
+    def close(self, *, checkpoint: bool = True) -> None:
         with self._lock:
             if self.state is State.CLOSED:
                 return
             self.state = State.CLOSED
             # another process may be reading; the next open checkpoints then
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if checkpoint:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
 
     def __enter__(self) -> Store:
@@ -161,14 +162,22 @@ class Store:
         key = (device, quantity)
         sid = self._series.get(key)
         if sid is None:
-            c = conn or self._conn
-            c.execute("INSERT OR IGNORE INTO series (device, quantity) VALUES (?, ?)", key)
-            sid = c.execute(
-                "SELECT id FROM series WHERE device = ? AND quantity = ?", key
-            ).fetchone()[0]
-            self._series[key] = sid
-            self._series_names[sid] = key
+            with self._lock:  # outside a transaction: a commit of its own (new series are rare)
+                self._check_open()
+                c = conn or self._conn
+                c.execute("INSERT OR IGNORE INTO series (device, quantity) VALUES (?, ?)", key)
+                sid = c.execute(
+                    "SELECT id FROM series WHERE device = ? AND quantity = ?", key
+                ).fetchone()[0]
+                self._series[key] = sid
+                self._series_names[sid] = key
         return sid
+
+    @property
+    def known_series(self) -> dict[tuple[str, str], int]:
+        """(device, quantity) -> series id of every series this store has seen; a lookup
+        needs no lock (a miss only means: ask `series_id()`). Not to be changed."""
+        return self._series
 
     def series(self) -> list[tuple[str, str]]:
         return sorted(self._series)
@@ -177,18 +186,35 @@ class Store:
 
     def insert_readings(self, readings: Iterable[Reading]) -> int:
         """Commit `readings` in one transaction; returns how many were new."""
+        return self.commit_batch(self.series_rows(readings), ())
+
+    def series_rows(self, readings: Iterable[Reading]) -> list[tuple[int, int, float, int]]:
+        """(series id, time ms, value, quality) for each reading; new series are created."""
+        if not isinstance(readings, list):
+            readings = list(readings)
+        known = self._series
+        missing = {(r.device, r.quantity) for r in readings} - known.keys()
+        if missing:  # a new device's first poll: its series in one commit, not one each
+            with self.transaction() as conn:
+                for device, quantity in sorted(missing):
+                    self.series_id(device, quantity, conn)
+        # the daemon's hot path: one tuple per reading, no intermediate objects
+        return [((known.get((r.device, r.quantity)) or self.series_id(r.device, r.quantity)),
+                 round(r.time.timestamp() * 1000), r.value, int(r.quality))
+                for r in readings]
+
+    def commit_batch(self, rows: list[tuple[int, int, float, int]],
+                     polls: Iterable[tuple[str, int, str | None]]) -> int:
+        """One flush of the daemon: `series_rows()` rows and the polls that read them, in one
+        transaction (one sync to disk). Returns how many readings were new."""
+        # A flush holds about one poll per device: in (series, time) order each device's
+        # readings stay together (its series ids are neighbours) and consecutive rows
+        # land in the same index leaf, which roughly halves SQLite's work per reading.
+        rows.sort()
         with self.transaction() as conn:
-            # the daemon's hot path: one tuple per reading, no intermediate objects
-            known = self._series
-            params = [((known.get((r.device, r.quantity))
-                        or self.series_id(r.device, r.quantity, conn)),
-                       round(r.time.timestamp() * 1000), r.value, int(r.quality))
-                      for r in readings]
-            # A flush holds about one poll per device: in (series, time) order each device's
-            # readings stay together (its series ids are neighbours) and consecutive rows
-            # land in the same index leaf, which roughly halves SQLite's work per reading.
-            params.sort()
-            return self.insert_series_rows(conn, params)
+            inserted = self.insert_series_rows(conn, rows) if rows else 0
+            self._record_polls(conn, polls)
+        return inserted
 
     def insert_rows(self, conn: sqlite3.Connection,
                     rows: Iterable[tuple[int, str, str, float, int]]) -> int:
@@ -334,10 +360,14 @@ class Store:
     # --- device status ----------------------------------------------------------------
 
     def record_polls(self, results: Iterable[tuple[str, int, str | None]]) -> None:
-        """(device, poll time ms, error or None) for each poll since the last flush.
+        """(device, poll time ms, error or None) for each poll since the last flush."""
+        with self.transaction() as conn:
+            self._record_polls(conn, results)
 
-        Folded per device first: one row update per device and flush, however fast it polls.
-        """
+    @staticmethod
+    def _record_polls(conn: sqlite3.Connection,
+                      results: Iterable[tuple[str, int, str | None]]) -> None:
+        # folded per device first: one row update per device and flush, however fast it polls
         folded: dict[str, list[Any]] = {}
         for device, when, error in results:
             # [last_poll, last_success, last_error, last_error_time, polls, errors]
@@ -350,7 +380,7 @@ class Store:
                 if f[3] is None or when >= f[3]:
                     f[2], f[3] = error, when
                 f[5] += 1
-        with self.transaction() as conn:
+        if folded:
             conn.executemany(
                 "INSERT INTO device_status (device, last_poll, last_success, last_error, "
                 "last_error_time, polls, errors) VALUES (?, ?, ?, ?, ?, ?, ?) "

@@ -1,0 +1,48 @@
+"""The store's committer process: `python -m energyd.store.committer STORE_PATH`.
+
+Started and fed by `StoreWriter` through a pipe (stdin: pickled batches, stdout: one answer
+each). It ignores SIGINT, SIGTERM and SIGHUP: a Ctrl-C in a terminal or systemd's stop reaches
+the whole process group, and the daemon decides when to stop; the committer then commits
+what it was sent and ends when its input does, also when the daemon is killed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import sqlite3
+import sys
+
+from energyd.errors import StoreError
+from energyd.store.sqlite import Store
+
+
+def main(argv: list[str]) -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    if len(argv) != 1:
+        print("usage: python -m energyd.store.committer STORE_PATH", file=sys.stderr)
+        return 2
+    batches, answers = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but answers on the pipe
+    store = Store.open(argv[0])
+    try:
+        while True:
+            try:
+                columns, rows, polls = pickle.load(batches)
+            except EOFError:
+                return 0
+            rows.extend(zip(*columns, strict=True))
+            try:
+                answer: tuple[str, object] = ("ok", store.commit_batch(rows, polls))
+            except (sqlite3.Error, StoreError) as exc:
+                answer = ("error", f"{store.path}: cannot commit readings: {exc}")
+            pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+            answers.flush()
+    finally:
+        # no checkpoint: the daemon's own connection may be reading, and it checkpoints
+        store.close(checkpoint=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,138 @@
+"""The store writer and its committer process: batches, callbacks, and nothing lost when
+the committer or the daemon dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from energyd.errors import StoreError
+from energyd.model import Reading
+from energyd.store import Store
+from energyd.store.writer import StoreWriter
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def poll(device: str, second: int, values: tuple[float, ...] = (1.0, 2.0)) -> list[Reading]:
+    when = T0 + timedelta(seconds=second)
+    quantities = ("active_power_kw", "active_energy_import_kwh")
+    return [Reading(when, device, q, v) for q, v in zip(quantities, values, strict=False)]
+
+
+def stored(path: Path) -> list[tuple[str, str, int, float]]:
+    with Store.open(path) as store:
+        return sorted((r.device, r.quantity, r.time_ms, r.value)
+                      for r in store.query_readings())
+
+
+def gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a child of ours stays a zombie until reaped; a zombie has ended
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_flush_commits_readings_and_polls_and_then_calls_back(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    calls: list[tuple[str, int]] = []
+    store = Store.open(path)
+    with StoreWriter(store, on_commit=lambda n, kept: calls.append(("commit", n))) as writer:
+        # a new device's series are created at the flush, the known ones resolved at submit
+        writer.submit(poll("m1", 0), lambda: calls.append(("message", writer.pending)))
+        writer.record_poll("m1", 1000, None)
+        assert writer.pending == 2 and calls == []
+        assert writer.flush_sync() == 2
+        writer.submit(poll("m1", 1, (3.0, 4.0)))
+        writer.record_poll("m1", 2000, "timeout")
+        assert writer.flush_sync() == 2
+    assert calls == [("message", 0), ("commit", 2), ("commit", 2)]
+    assert stored(path) == [
+        ("m1", "active_energy_import_kwh", 1772323200000, 2.0),
+        ("m1", "active_energy_import_kwh", 1772323201000, 4.0),
+        ("m1", "active_power_kw", 1772323200000, 1.0),
+        ("m1", "active_power_kw", 1772323201000, 3.0)]
+    status = store.device_status()["m1"]
+    assert (status["polls"], status["errors"], status["last_error"]) == (2, 1, "timeout")
+    store.close()
+
+
+def test_a_dead_committer_loses_nothing_and_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    called: list[int] = []
+    with Store.open(path) as store, StoreWriter(store) as writer:
+        writer.submit(poll("m1", 0))
+        writer.flush_sync()
+        first = writer.committer_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        assert gone(first, 5)
+        writer.submit(poll("m1", 1), lambda: called.append(1))
+        writer.submit(poll("m2", 1))
+        with pytest.raises(StoreError, match="committer process ended .*the batch is kept"):
+            writer.flush_sync()
+        assert writer.pending == 4 and called == []  # not acknowledged: not on disk
+        assert writer.flush_sync() == 4
+        assert called == [1]
+        assert writer.committer_pid not in (None, first)
+    assert [(d, q[:6], v) for d, q, _, v in stored(path)] == [
+        ("m1", "active", 2.0), ("m1", "active", 2.0), ("m1", "active", 1.0),
+        ("m1", "active", 1.0), ("m2", "active", 2.0), ("m2", "active", 1.0)]
+
+
+def test_the_committer_ends_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    """No orphan: a SIGKILLed daemon closes the pipe and its committer ends with it; what
+    the committer had answered for is on disk."""
+    script = f"""
+import sys, time
+from datetime import UTC, datetime
+from energyd.model import Reading
+from energyd.store import Store
+from energyd.store.writer import StoreWriter
+store = Store.open({str(tmp_path / "s.db")!r})
+writer = StoreWriter(store)
+writer.submit([Reading(datetime(2026, 3, 1, tzinfo=UTC), "m1", "active_power_kw", 7.5)])
+writer.flush_sync()
+print(writer.committer_pid, flush=True)
+time.sleep(60)
+"""
+    daemon = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert daemon.stdout is not None
+    committer = int(daemon.stdout.readline())
+    daemon.kill()
+    daemon.wait(5)
+    assert gone(committer, 5), "the committer outlived its daemon"
+    assert stored(tmp_path / "s.db") == [("m1", "active_power_kw", 1772323200000, 7.5)]
+
+
+def test_the_committer_does_not_take_a_terminal_interrupt(tmp_path: Path) -> None:
+    """Ctrl-C and systemd's stop signal the whole group; the daemon decides when to stop."""
+    with Store.open(tmp_path / "s.db") as store, StoreWriter(store) as writer:
+        writer.submit(poll("m1", 0))
+        writer.flush_sync()
+        pid = writer.committer_pid
+        assert pid is not None
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.kill(pid, sig)
+        time.sleep(0.3)
+        writer.submit(poll("m1", 1))
+        assert writer.flush_sync() == 2
+        assert writer.committer_pid == pid
+    assert gone(pid, 5)
