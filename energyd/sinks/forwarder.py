@@ -265,12 +265,14 @@ class Forwarder:
 
     def _readings_head(self, out: Outcome) -> None:
         """Send the oldest unsent readings, chunk after chunk for up to a second (then the
-        live tail and the other streams get their turn). Chunk k+1 is read and encoded
-        while chunk k is in flight; one write at a time, and a cursor only ever moves over
-        an acknowledged chunk, in order."""
+        live tail and the other streams get their turn). Chunk k+1 is read, encoded and
+        queued behind chunk k while k is in flight, so the server never waits for the
+        cursor's commit; one write at a time, and a cursor only ever moves over an
+        acknowledged chunk, in order (should k fail, k+1 is sent again with it later)."""
         deadline = time.monotonic() + 1.0
         head = self.position(READINGS)
         pending: tuple[Future[list[tuple[Point, str]]], list[Point], dict, tuple] | None = None
+        queued = None
         try:
             while True:
                 chunk = None
@@ -282,23 +284,23 @@ class Forwarder:
                 else:
                     out.wait = 0.0  # the second is up; more is waiting
                 if chunk is not None:
-                    # read and encode the next chunk while the previous one is in flight;
                     # the body is joined here, so the writing thread needs the GIL only to
                     # send it and to read the reply
                     rows, positions, end, more = chunk
                     points = self._encode(rows)
-                    data = body(points)
+                    if self.rate is not None:
+                        self._next_backlog = (max(now, self._next_backlog)
+                                              + len(points) / self.rate)
+                    queued = (self._pool.submit(self._write, points, body(points)), points,
+                              positions, (head, end))
                 if pending is not None:
                     future, done_points, done_positions, span = pending
                     pending = None
                     self._finish(READINGS, done_points, future.result(), done_positions, out,
                                  span)
-                if chunk is None:
+                pending, queued = queued, None
+                if pending is None:
                     return
-                if self.rate is not None:
-                    self._next_backlog = max(now, self._next_backlog) + len(points) / self.rate
-                pending = (self._pool.submit(self._write, points, data), points,
-                           positions, (head, end))
                 if not more:
                     future, points, positions, span = pending
                     pending = None
@@ -309,11 +311,12 @@ class Forwarder:
                     return
                 head = end
         finally:
-            if pending is not None:
-                # something failed while this chunk was in flight: let the write end, and
-                # leave the cursor where it is (the chunk is sent again)
-                with contextlib.suppress(Exception):
-                    pending[0].result()
+            for left in (pending, queued):
+                if left is not None:
+                    # something failed while this chunk was in flight: let the write end,
+                    # and leave the cursor where it is (the chunk is sent again)
+                    with contextlib.suppress(Exception):
+                        left[0].result()
 
     def _table(self, stream: str, out: Outcome) -> None:
         table, columns = _TABLES[stream]

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from energyd.model import ENERGY_SOURCES
 
 READING = "energy_reading"
@@ -149,9 +151,15 @@ class Encoder:
     def _group(self, rows: list[Sequence[Any]]) -> dict[tuple[str, int], list[str]]:
         info = self._series_info
         groups: dict[tuple[str, int], list[str]] = {}
+        if not rows:
+            return groups
         key: str | None = None
         at = fields = None
-        for sid, t, value in rows:
+        # The values' text in one call: orjson writes the shortest text that reads back as
+        # the same double (as repr does, only some exponents are spelled differently), at a
+        # fraction of repr's cost per value, which was the largest part of this loop.
+        texts = orjson.dumps(list(map(itemgetter(2), rows))).decode()[1:-1].split(",")
+        for (sid, t, _), text in zip(rows, texts, strict=True):
             prefix, field = info[sid]
             if prefix is not key or t != at:
                 # a poll's readings are usually contiguous: the dict sees each poll once
@@ -159,7 +167,7 @@ class Encoder:
                 if fields is None:
                     fields = groups[(prefix, t)] = []
                 key, at = prefix, t
-            fields.append(field + repr(value))  # type: ignore[union-attr]
+            fields.append(field + text)  # type: ignore[union-attr]
         return groups
 
     # --- hourly rollups -------------------------------------------------------------------
