@@ -146,9 +146,12 @@ def test_ctrl_c_stops_cleanly_with_the_embedded_broker(tmp_path: Path) -> None:
             assert proc.poll() is None, proc.communicate()
             if (workdir / "energyd.db").exists():
                 with sqlite3.connect(f"file:{workdir / 'energyd.db'}?mode=ro", uri=True) as db:
-                    with_data = {r[0] for r in db.execute(
-                        "SELECT DISTINCT s.device FROM series s JOIN readings r "
-                        "ON r.series = s.id")}
+                    try:
+                        with_data = {r[0] for r in db.execute(
+                            "SELECT DISTINCT s.device FROM series s JOIN readings r "
+                            "ON r.series = s.id")}
+                    except sqlite3.OperationalError:  # created, its tables not yet committed
+                        continue
                 mqtt_seen = {"air-c1", "sub1-incomer"} <= with_data
         assert mqtt_seen, "no readings over MQTT and Modbus within 30 s"
         os.kill(proc.pid, signal.SIGINT)

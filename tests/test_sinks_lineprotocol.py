@@ -49,10 +49,12 @@ def test_interleaved_polls_group_and_unknown_device_has_no_role():
 
 def test_values_keep_every_digit_and_non_finite_values_are_left_out():
     enc = Encoder("s", {})
-    values = [0.1 + 0.2, 1e-300, 123456789.123456789, 2.0**60, float("inf")]
+    values = [0.1 + 0.2, 1e-300, 123456789.123456789, 2.0**60, 1e-7, 1e16, 5e-324, -0.0,
+              1.7976931348623157e308, 0.00001, float("inf")]
     points = enc.readings([(1, i, v) for i, v in enumerate(values)], NAMES)
-    got = [float(p.line.split("=")[-1].split(" ")[0]) for p in points]
-    assert got == values[:4]
+    texts = [p.line.split("=")[-1].split(" ")[0] for p in points]
+    assert [float(t) for t in texts] == values[:-1]
+    assert texts[7] == "-0.0"  # the sign of a zero is kept too
     assert "i " not in body(points).decode()  # never an integer field
 
 
