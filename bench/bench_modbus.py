@@ -1,6 +1,6 @@
 """Modbus acquisition benchmark: 200 meters on 20 gateways, polled every second.
 
-    .venv/bin/python bench/bench_modbus.py [--duration 60] [--capacity-duration 20] [--rounds 10]
+    .venv/bin/python bench/bench_modbus.py [--duration 60] [--capacity-duration 60] [--rounds 6]
 
 The simulators run in a child process (20 Modbus TCP gateways on 127.0.0.1, 10 Eastron
 SDM630 units each). In this process:
@@ -20,9 +20,10 @@ SDM630 units each). In this process:
    - the same with the store writer discarding what it is given: the acquisition alone,
      which tells the Modbus layer's cost from the durable store's;
    requests/s and CPU microseconds per request of each (the committer's included), and the
-   ratio to the bare loop
-   (target: energyd >= 80 %). The three are alternated in short rounds so a change in the
-   machine's load weighs on all alike. The simulator process's CPU use is printed beside
+   ratio to the bare loop (target: energyd >= 80 %). The three are alternated in rounds
+   (10 s slices by default) so a change in the machine's load weighs on all alike; each
+   `energyd` slice ends with a wait for the committer to commit the slice's last batch,
+   which weighs less the longer the slice. The simulator process's CPU use is printed beside
    each, to show whether the server was the limit.
 """
 
@@ -334,10 +335,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0,
                         help="seconds of scheduled polling (default 60)")
-    parser.add_argument("--capacity-duration", type=float, default=20.0,
-                        help="seconds of each back-to-back capacity run (default 20)")
-    parser.add_argument("--rounds", type=int, default=10,
-                        help="alternations of the two capacity runs (default 10)")
+    parser.add_argument("--capacity-duration", type=float, default=60.0,
+                        help="seconds of each back-to-back capacity run (default 60)")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="alternations of the three capacity runs (default 6)")
     parser.add_argument("--meters", type=int, default=200)
     parser.add_argument("--gateways", type=int, default=20)
     args = parser.parse_args()
