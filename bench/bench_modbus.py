@@ -207,7 +207,8 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
     committer = CommitterCpu(writer)
     real = (writer.submit, writer.record_poll)
     slice_s = duration / rounds
-    totals = {k: {"requests": 0.0, "s": 0.0, "cpu": 0.0, "sim_cpu": 0.0, "polls": 0.0}
+    totals = {k: {"requests": 0.0, "s": 0.0, "cpu": 0.0, "sim_cpu": 0.0, "polls": 0.0,
+                  "committer": 0.0}
               for k in ("bare", "full", "acq")}
 
     async def bare_gateway(client: AsyncModbusTcpClient, stop: float) -> int:
@@ -237,7 +238,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
         req0 = sum(o._link.requests for o in owners)
         polls0 = sum(o.polls for o in owners)
         cpu.mark()
-        t0, own0 = time.perf_counter(), time.process_time() + committer.seconds()
+        t0, own0, com0 = time.perf_counter(), time.process_time(), committer.seconds()
         if kind == "bare":
             counts = await asyncio.gather(*(bare_gateway(c, t0 + slice_s) for c in clients))
         else:
@@ -247,7 +248,8 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
             await writer.flush()
         wall = time.perf_counter() - t0
         t = totals[kind]
-        t["cpu"] += time.process_time() + committer.seconds() - own0
+        t["committer"] += committer.seconds() - com0
+        t["cpu"] += time.process_time() - own0 + committer.seconds() - com0
         t["sim_cpu"] += cpu.share() * wall
         t["s"] += wall
         if kind == "bare":
@@ -269,6 +271,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
         await asyncio.wait_for(task, 30)
     return {kind: {"rate": t["requests"] / t["s"], "polls": t["polls"] / t["s"],
                    "us": t["cpu"] / t["requests"] * 1e6, "share": t["cpu"] / t["s"],
+                   "committer_us": t["committer"] / t["requests"] * 1e6,
                    "sim_share": t["sim_cpu"] / t["s"]}
             for kind, t in totals.items()}
 
@@ -309,9 +312,11 @@ async def main_async(args: argparse.Namespace) -> None:
                       "acq": "  without the store"}
             for kind, label in labels.items():
                 r = c[kind]
+                committer_us = (f", {r['committer_us']:.0f} of them in the committer"
+                                if kind == "full" else "")
                 print(f"  {label:22}{r['rate']:8.1f} requests/s  ({r['us']:.0f} us CPU per "
-                      f"request; client side at {r['share'] * 100:.0f} %, simulators at "
-                      f"{r['sim_share'] * 100:.0f} % of a core)")
+                      f"request{committer_us}; client side at {r['share'] * 100:.0f} %, "
+                      f"simulators at {r['sim_share'] * 100:.0f} % of a core)")
             bare, mine = c["bare"]["rate"], c["full"]["rate"]
             print(f"  energyd / bare          {mine / bare * 100:8.1f} %  (target >= 80 %; "
                   f"without the store {c['acq']['rate'] / bare * 100:.1f} %)")
