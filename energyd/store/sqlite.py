@@ -193,15 +193,17 @@ class Store:
         if not isinstance(readings, list):
             readings = list(readings)
         known = self._series
+        try:
+            # the daemon's hot path: one tuple per reading, no intermediate objects
+            return [(known[(r.device, r.quantity)], round(r.time.timestamp() * 1000), r.value,
+                     int(r.quality)) for r in readings]
+        except KeyError:
+            pass
         missing = {(r.device, r.quantity) for r in readings} - known.keys()
-        if missing:  # a new device's first poll: its series in one commit, not one each
-            with self.transaction() as conn:
-                for device, quantity in sorted(missing):
-                    self.series_id(device, quantity, conn)
-        # the daemon's hot path: one tuple per reading, no intermediate objects
-        return [((known.get((r.device, r.quantity)) or self.series_id(r.device, r.quantity)),
-                 round(r.time.timestamp() * 1000), r.value, int(r.quality))
-                for r in readings]
+        with self.transaction() as conn:  # a new device's series in one commit, not one each
+            for device, quantity in sorted(missing):
+                self.series_id(device, quantity, conn)
+        return self.series_rows(readings)
 
     def commit_batch(self, rows: list[tuple[int, int, float, int]],
                      polls: Iterable[tuple[str, int, str | None]]) -> int:
