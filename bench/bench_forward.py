@@ -117,6 +117,7 @@ def post_all(server, database: str, bodies: list[bytes], use_gzip: bool) -> floa
 
 def child(store_path: str, url: str, database: str, use_gzip: bool) -> None:
     """The energyd side, alone in its process so that its peak RSS is its own."""
+    from energyd.daemon.app import tune_gc
     from energyd.sinks import Forwarder, make_transport
     from energyd.sinks.forwarder import GAP, LIVE
     from energyd.store.sqlite import READINGS, Store
@@ -126,6 +127,7 @@ def child(store_path: str, url: str, database: str, use_gzip: bool) -> None:
         store.commit_sink(cfg.name, {READINGS: 0, GAP: None, LIVE: None})  # all unsent
         forwarder = Forwarder(cfg.name, store, make_transport(cfg), encoder=encoder(),
                               chunk_size=cfg.chunk_size)
+        tune_gc()  # as the daemon runs its forwarders
         started, cpu = time.perf_counter(), time.process_time()
         readings = forwarder.drain(timeout=3600)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu

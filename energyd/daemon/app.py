@@ -68,6 +68,20 @@ def preflight(config: Config) -> None:
         raise ConfigError(problems)
 
 
+def tune_gc() -> None:
+    """The daemon's garbage-collection policy, set once its start-up is done.
+
+    Readings, store rows and line-protocol points are made and dropped by the hundred
+    thousand; none of them forms a cycle, yet with the default threshold each 700 of them
+    set off a collection, and the big lists a backlog chunk holds set off full ones (a fifth
+    of the forwarder's CPU went there). Collections are made rarer, and what is loaded by
+    now (modules, the config, the profiles), which lives as long as the process, is moved
+    out of the collector's sight. Cycles are still collected, only less often.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | Path | None = None,
                  clock: Clock | None = None, notifier: Notifier | None = None,
@@ -115,9 +129,7 @@ class Daemon:
     async def run(self, *, handle_signals: bool = True) -> int:
         if handle_signals:
             self._install_signals()
-        # What is loaded by now (modules, the config, the profiles) lives as long as the
-        # process: the cyclic collector need not walk it again at every full collection.
-        gc.freeze()
+        tune_gc()
         # one watchdog for the daemon's life: a reload that takes a while must not miss pings
         watchdog = (asyncio.create_task(self._watchdog(), name="energyd[watchdog]")
                     if self.notifier.watchdog_interval else None)

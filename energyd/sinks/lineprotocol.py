@@ -25,9 +25,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -76,8 +75,9 @@ def series_key(measurement: str, tags: Mapping[str, str | None]) -> str:
     return ",".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
+class Point(NamedTuple):
+    # A named tuple, not a frozen dataclass: a backlog makes one per device and poll, and
+    # a tuple is built several times faster.
     line: str
     items: tuple[int, ...] = ()  # change sequence numbers of the table rows it carries
     count: int = 1  # store items in it: readings of the poll, or 1 for a row
