@@ -136,3 +136,17 @@ def test_the_committer_does_not_take_a_terminal_interrupt(tmp_path: Path) -> Non
         assert writer.flush_sync() == 2
         assert writer.committer_pid == pid
     assert gone(pid, 5)
+
+
+def test_the_committer_is_given_none_of_the_daemons_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENERGYD_TEST_INFLUX_TOKEN", "s3cr3t-token")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    with Store.open(tmp_path / "s.db") as store, StoreWriter(store) as writer:
+        writer.submit(poll("m1", 0))
+        writer.flush_sync()
+        environ = Path(f"/proc/{writer.committer_pid}/environ").read_bytes().split(b"\0")
+    names = {e.split(b"=", 1)[0] for e in environ if e}
+    assert b"PYTHONPATH" in names
+    assert b"ENERGYD_TEST_INFLUX_TOKEN" not in names and b"CREDENTIALS_DIRECTORY" not in names
+    assert not any(b"s3cr3t" in e for e in environ)

@@ -203,6 +203,9 @@ class StoreWriter:
                 log.exception("final store flush failed")
 
 
+_COMMITTER_ENV = ("PATH", "LANG", "TZ", "TMPDIR", "SQLITE_TMPDIR", "PYTHONPATH")
+
+
 class CommitterGone(StoreError):
     """The committer process ended or stopped answering; a new one is started next flush."""
 
@@ -212,7 +215,9 @@ class Committer:
     ("ok", inserted) or ("error", message) comes back for each."""
 
     def __init__(self, path: Path):
-        env = dict(os.environ)
+        # Only what a Python process and SQLite need: none of the daemon's secrets (tokens
+        # given as `*_env`, $CREDENTIALS_DIRECTORY) reaches the committer.
+        env = {k: v for k, v in os.environ.items() if k in _COMMITTER_ENV or k.startswith("LC_")}
         # the committer imports this very energyd, however the daemon found it
         root = str(Path(energyd.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
