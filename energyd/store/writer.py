@@ -1,11 +1,11 @@
 """Batching in front of the store: readings are collected and committed once per flush.
 
 `submit()` is safe from any thread (the MQTT driver calls it from paho's network thread) and
-never blocks on the database: it appends to a list under a short lock.
+never blocks on the database: it appends to the batch's columns under a short lock.
 
 A flush hands the batch to the committer, a process of its own (`energyd.store.committer`)
-that writes it to SQLite and syncs it to disk. SQLite's work per reading (a row, an index
-entry, a foreign-key check) is the largest CPU cost of a busy gateway; in the daemon's process
+that writes it to SQLite and syncs it to disk. SQLite's work per reading (a row and an index
+entry) is the largest CPU cost of a busy gateway; in the daemon's process
 it would hold up the bus owners and the MQTT thread, in its own it runs on another core. The
 writer keeps what it sent until the committer answers that it is on disk, so a committer that
 dies loses nothing: the batch goes again to a new one (the store ignores a reading it already
@@ -71,8 +71,9 @@ class StoreWriter:
     committed and the committer stopped at the end.
 
     `on_commit(count, readings)` is called after each commit; `readings` holds the committed
-    Reading objects when `keep_readings()` said so at submit time (live alert rules, the MQTT
-    acknowledgements), else it is empty.
+    Reading objects when `keep_readings()` said so at submit time (live alert rules need
+    them), else it is empty. A submitter that only needs to know when its readings are on
+    disk (the MQTT acknowledgements) gives a callback to `submit()`.
     """
 
     def __init__(self, store: Store, *, flush_interval: float = 1.0,
