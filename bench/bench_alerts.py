@@ -8,10 +8,11 @@ Eastron SDM630, and four rules on every meter: live spike (15 min window), thres
 stale, and the hourly spike over --weeks weeks of rollups.
 
 1. live: each batch is committed to the SQLite store (`Store.insert_readings`, what the
-   writer does once per flush) and then given to the engine (`AlertEngine.on_readings`,
-   what the reading listener triggers). Printed: readings/s of each, and the engine's cost
-   as a share of the commit's (target: < 25 %: alerting must not be what limits a gateway);
-   the listener's own cost in the writer's thread (a queue put) per batch.
+   writer and its committer do once per flush) and then given to the engine
+   (`AlertEngine.on_readings`, what the reading listener triggers). Printed: readings/s of
+   each, and the engine's cost as a share of the commit's (target: < 25 %: alerting must not
+   be what limits a gateway); the listener's own cost in the writer's thread (a queue put)
+   per batch.
 2. hourly: the start-up recomputation's 48 hours evaluated for every meter against
    --weeks weeks of history, timed against the same hours read back from the rollups table
    (the least any evaluation must do) and against one rollup interval (3600 s).

@@ -3,9 +3,10 @@
     .venv/bin/python bench/bench_store.py [--readings 1000000]
 
 Figures printed:
-- insert rate through Store.insert_readings (batches of 1,000 Readings, as the daemon's
-  writer commits them) and, as the ceiling, bare sqlite3 executemany of the same rows into
-  the same schema with no energyd code in between;
+- insert rate through Store.insert_readings (batches of 1,000 Readings: series resolved,
+  sorted and committed as the daemon's committer process does with a flush) and, as the
+  ceiling, bare sqlite3 executemany of the same rows into the same schema with no energyd
+  code in between;
 - read-back rate through Store.query_readings, next to a bare SELECT of the same rows;
 - `energyd readings import` of a CSV with N readings in a child process: readings/s and the
   child's peak RSS (target: >= 200,000 readings/s, peak RSS < 300 MB).

@@ -168,9 +168,9 @@ def test_ids_are_never_reused_after_the_newest_rows_are_removed(tmp_path: Path) 
 
 def test_poll_records_fold_per_device(tmp_path: Path) -> None:
     with Store.open(tmp_path / "e.db") as store:
-        store.record_polls([("m1", 1000, None), ("m1", 2000, "timeout"), ("m1", 3000, None),
-                            ("m2", 1500, "refused")])
-        store.record_polls([("m1", 4000, None)])
+        store.commit_batch([], [("m1", 1000, None), ("m1", 2000, "timeout"),
+                                ("m1", 3000, None), ("m2", 1500, "refused")])
+        store.commit_batch([], [("m1", 4000, None)])
         status = store.device_status()
         assert status["m1"] == {"last_poll": 4000, "last_success": 4000,
                                 "last_error": "timeout", "last_error_time": 2000,

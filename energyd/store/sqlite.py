@@ -1,8 +1,9 @@
 """The durable local store: SQLite in WAL mode.
 
-A reading is durable once `insert_readings` (or an import's transaction) has returned: the
-database runs with `synchronous=FULL`, so a commit survives a crash or a power cut. Writers
-batch: one transaction per flush, not per reading. One connection serves the process, guarded
+A reading is durable once `commit_batch` (the daemon's committer process), `insert_readings`
+or an import's transaction has returned: the database runs with `synchronous=FULL`, so a
+commit survives a crash or a power cut. Writers batch: one transaction per flush, not per
+reading. One connection serves the process, guarded
 by a lock, so the asyncio loop may call it through `asyncio.to_thread`; other processes
 (`energyd status`, `export`) read concurrently, which WAL allows.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from energyd.errors import StoreError
-from energyd.model import QUANTITIES, Quality, Reading, from_ms
+from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
 from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 READINGS = "readings"
@@ -195,8 +196,8 @@ class Store:
         known = self._series
         try:
             # the daemon's hot path: one tuple per reading, no intermediate objects
-            return [(known[(r.device, r.quantity)], round(r.time.timestamp() * 1000), r.value,
-                     int(r.quality)) for r in readings]
+            return [(known[(r.device, r.quantity)], to_ms(r.time), r.value, int(r.quality))
+                    for r in readings]
         except KeyError:
             pass
         missing = {(r.device, r.quantity) for r in readings} - known.keys()
@@ -361,15 +362,11 @@ class Store:
 
     # --- device status ----------------------------------------------------------------
 
-    def record_polls(self, results: Iterable[tuple[str, int, str | None]]) -> None:
-        """(device, poll time ms, error or None) for each poll since the last flush."""
-        with self.transaction() as conn:
-            self._record_polls(conn, results)
-
     @staticmethod
     def _record_polls(conn: sqlite3.Connection,
                       results: Iterable[tuple[str, int, str | None]]) -> None:
-        # folded per device first: one row update per device and flush, however fast it polls
+        """(device, poll time ms, error or None) for each poll since the last flush, folded
+        per device first: one row update per device and flush, however fast it polls."""
         folded: dict[str, list[Any]] = {}
         for device, when, error in results:
             # [last_poll, last_success, last_error, last_error_time, polls, errors]

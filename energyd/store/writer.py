@@ -28,7 +28,7 @@ from pathlib import Path
 
 import energyd
 from energyd.errors import StoreError
-from energyd.model import Reading
+from energyd.model import Reading, to_ms
 from energyd.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class StoreWriter:
                     b.new.append(r)
                     continue
                 if r.time is not last_time:  # a poll's readings share their time
-                    last_time, last_ms = r.time, round(r.time.timestamp() * 1000)
+                    last_time, last_ms = r.time, to_ms(r.time)
                 b.series.append(sid)
                 b.times.append(last_ms)
                 b.values.append(r.value)
