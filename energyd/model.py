@@ -11,6 +11,7 @@ import enum
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 
 class Quality(enum.IntEnum):
@@ -94,25 +95,38 @@ def utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value of one quantity of one device at one instant (the time of the read)."""
-
+class _ReadingFields(NamedTuple):
     time: datetime  # aware, UTC
     device: str
     quantity: str
     value: float
     quality: Quality = Quality.GOOD
 
+
+class Reading(_ReadingFields):
+    """One value of one quantity of one device at one instant (the time of the read).
+
+    An immutable record checked when made. A named tuple rather than a frozen dataclass:
+    a poller makes one per value, hundreds of thousands a minute, and a tuple is made in
+    a third of the time.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, time: datetime, device: str, quantity: str, value: float,
+                quality: Quality = Quality.GOOD) -> Reading:
+        if time.tzinfo is None:
+            raise ValueError("Reading.time must be timezone-aware")
+        if not math.isfinite(value):
+            raise ValueError(f"{device}/{quantity}: value {value!r} is not finite")
+        return _new_tuple(cls, (time, device, quantity, value, quality))
+
     @property
     def time_ms(self) -> int:
         return to_ms(self.time)
 
-    def __post_init__(self) -> None:
-        if self.time.tzinfo is None:
-            raise ValueError("Reading.time must be timezone-aware")
-        if not math.isfinite(self.value):
-            raise ValueError(f"{self.device}/{self.quantity}: value {self.value!r} is not finite")
+
+_new_tuple = tuple.__new__
 
 
 HOUR_MS = 3_600_000  # the rollups' grain, in the store's time unit

@@ -37,13 +37,24 @@ class Block:
     _steps: tuple[_Step, ...] = field(default=(), compare=False, repr=False)
     _whole: Callable[[bytes], tuple[Any, ...]] | None = field(default=None, compare=False,
                                                                repr=False)
+    # a big-endian block without transforms (most meters): one format call makes every
+    # value's text at once, float32 values shortened to 7 digits
+    _text: str | None = field(default=None, compare=False, repr=False)
+    _scaled: tuple[tuple[int, float, float], ...] = field(default=(), compare=False,
+                                                           repr=False)
 
     def __post_init__(self) -> None:
         # worked out once per plan, not per poll: decoding is the poller's hot path
         steps = tuple(sorted((_Step.of(spec, self.address) for spec in self.specs),
                              key=lambda st: st.start))
         object.__setattr__(self, "_steps", steps)
-        object.__setattr__(self, "_whole", _whole_block_unpacker(steps, self.count))
+        whole = _whole_block_unpacker(steps, self.count)
+        object.__setattr__(self, "_whole", whole)
+        if whole is not None and all(st.transform is None for st in steps):
+            object.__setattr__(self, "_text", " ".join(
+                "%.7g" if st.float32 else "%r" for st in steps))
+            object.__setattr__(self, "_scaled", tuple(
+                (i, st.scale, st.offset) for i, st in enumerate(steps) if st.scaled))
 
     def __str__(self) -> str:
         last = self.address + self.count - 1
@@ -61,6 +72,13 @@ class Block:
                 yield step.quantity, float(bool(words[step.start])) * step.scale + step.offset
             return
         raw = struct.pack(f">{len(words)}H", *words)
+        if self._text is not None:
+            values = list(map(float, (self._text % self._whole(raw)).split()))  # type: ignore[misc]
+            for i, scale, offset in self._scaled:
+                value = values[i] * scale + offset
+                values[i] = round(value, 10) if math.isfinite(value) else value
+            yield from zip((st.quantity for st in self._steps), values, strict=True)
+            return
         if self._whole is not None:
             raws: Iterable[Any] = self._whole(raw)
         else:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ class StoredReading:
 class Backlog:
     count: int
     oldest_ms: int | None  # reading time of the oldest unsent item
+
+
+_series_of = itemgetter(0)
 
 
 class Store:
@@ -210,10 +214,12 @@ class Store:
                      polls: Iterable[tuple[str, int, str | None]]) -> int:
         """One flush of the daemon: `series_rows()` rows and the polls that read them, in one
         transaction (one sync to disk). Returns how many readings were new."""
-        # A flush holds about one poll per device: in (series, time) order each device's
-        # readings stay together (its series ids are neighbours) and consecutive rows
-        # land in the same index leaf, which roughly halves SQLite's work per reading.
-        rows.sort()
+        # A flush holds many polls of each device: in series order (a stable sort keeps each
+        # series' readings in the order they were read) consecutive rows land in the same
+        # index leaf, which roughly halves SQLite's work per reading. The order only speeds
+        # the insert, so sorting on the series id alone (an int key) is enough, at half the
+        # cost of comparing whole rows.
+        rows.sort(key=_series_of)
         with self.transaction() as conn:
             inserted = self.insert_series_rows(conn, rows) if rows else 0
             self._record_polls(conn, polls)
