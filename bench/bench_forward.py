@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from _proc import cpu_seconds  # noqa: E402
+
 DEVICES = 50
 QUANTITIES = ["active_power_kw", "reactive_power_kvar", "power_factor", "frequency_hz",
               "voltage_l1_v", "voltage_l2_v", "voltage_l3_v", "current_l1_a", "current_l2_a",
@@ -142,11 +144,6 @@ def points_in(server, database: str) -> int:
     result = server.query("SELECT count(active_power_kw) FROM energy_reading", db=database)
     series = result["results"][0].get("series") or [{"values": [[0, 0]]}]
     return series[0]["values"][0][1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def settle(pid: int, limit: float = 20.0) -> float:

@@ -43,6 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _proc import cpu_seconds, peak_rss_mb  # noqa: E402
+
 PROFILE = "eastron_sdm630"
 
 
@@ -87,18 +89,14 @@ def pct(values: list[float], p: float) -> float:
 
 class ChildCpu:
     def __init__(self, pid: int):
-        import psutil
-
-        self.proc = psutil.Process(pid)
+        self.pid = pid
         self.mark()
 
     def mark(self) -> None:
-        t = self.proc.cpu_times()
-        self._cpu, self._wall = t.user + t.system, time.perf_counter()
+        self._cpu, self._wall = cpu_seconds(self.pid), time.perf_counter()
 
     def share(self) -> float:
-        t = self.proc.cpu_times()
-        return (t.user + t.system - self._cpu) / (time.perf_counter() - self._wall)
+        return (cpu_seconds(self.pid) - self._cpu) / (time.perf_counter() - self._wall)
 
 
 class CommitterCpu:
@@ -108,22 +106,12 @@ class CommitterCpu:
         self.writer = writer
 
     def seconds(self) -> float:
-        import psutil
-
         pid = self.writer.committer_pid
-        if pid is None:
-            return 0.0
-        t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
+        return 0.0 if pid is None else cpu_seconds(pid)
 
     def peak_rss_mb(self) -> float:
         pid = self.writer.committer_pid
-        if pid is None:
-            return 0.0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return 0.0 if pid is None else peak_rss_mb(pid)
 
 
 # --- phases ----------------------------------------------------------------------------------

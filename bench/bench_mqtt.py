@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import paho.mqtt.client as paho  # noqa: E402
+from _proc import cpu_seconds  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
@@ -152,12 +153,6 @@ class Fleet:
         return out
 
 
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds of another process (the broker), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -217,7 +212,7 @@ async def run_energyd_until(config: Config, done: Any, timeout: float) -> tuple[
 
     def energyd_cpu() -> float:  # the daemon's and its store committer's
         pid = writer.committer_pid
-        return _cpu() + (_proc_cpu(pid) if pid is not None else 0.0)
+        return _cpu() + (cpu_seconds(pid) if pid is not None else 0.0)
 
     t0, c0 = time.perf_counter(), energyd_cpu()
     deadline = time.monotonic() + timeout
@@ -347,21 +342,21 @@ async def main() -> None:
 
             bare.target, bare.count = total, 0
             bare.done.clear()
-            b0, c0, t0 = _proc_cpu(broker.proc.pid), _cpu(), time.perf_counter()
+            b0, c0, t0 = cpu_seconds(broker.proc.pid), _cpu(), time.perf_counter()
             bare.connect()
             bare.done.wait(300)
             bare_s, bare_cpu = time.perf_counter() - t0, _cpu() - c0
-            bare_broker = _proc_cpu(broker.proc.pid) - b0
+            bare_broker = cpu_seconds(broker.proc.pid) - b0
             bare.disconnect()
             bare_rates.append(bare.count / bare_s)
             bare_cpus.append(bare_cpu / bare.count * 1e4)
 
             drained += total
             config = energyd_config(broker, dbs[rnd - 1], prefix)
-            b0 = _proc_cpu(broker.proc.pid)
+            b0 = cpu_seconds(broker.proc.pid)
             e_s, e_cpu, comp = await run_energyd_until(config,
                                                        lambda c: c.acked >= total, 300)
-            e_broker = _proc_cpu(broker.proc.pid) - b0
+            e_broker = cpu_seconds(broker.proc.pid) - b0
             e_rates.append(comp.acked / e_s)
             e_cpus.append(e_cpu / max(1, comp.acked) * 1e4)
             print(f"{rnd}: published {total} ({total / pub_s:,.0f}/s), queued for both")

@@ -89,7 +89,7 @@ def _state(*running: Running) -> list[dict[str, Any]]:
         c = r.component
         front = c._queue[0] if c._queue else None
         out.append({**c._health(), "acked": c.acked, "generation": c.subscriber.generation,
-                    "front": front and (front.mid, front.left, front.generation),
+                    "front": front and (front.mid, front.done, front.generation),
                     "pending": r.daemon.context.writer.pending
                     if r.daemon.context else None})
     return out

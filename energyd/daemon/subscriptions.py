@@ -70,17 +70,17 @@ def build(ctx: Context) -> list[Component]:
 class _Taken:
     """One acknowledgeable message: done when its readings are committed."""
 
-    __slots__ = ("mid", "qos", "generation", "left")
+    __slots__ = ("mid", "qos", "generation", "done")
 
-    def __init__(self, mid: int, qos: int, generation: int, left: int):
+    def __init__(self, mid: int, qos: int, generation: int, done: bool):
         self.mid = mid
         self.qos = qos
         self.generation = generation
-        self.left = left
+        self.done = done  # a message without readings has nothing to wait for
 
     def committed(self) -> None:
         """From the writer, once the message's readings are on disk."""
-        self.left = 0
+        self.done = True
 
 
 class MqttComponent:
@@ -206,7 +206,7 @@ class MqttComponent:
               readings: list[Reading]) -> None:
         # One submit() is one atomic part of a writer batch (taken, committed or put back
         # whole), so the message is committed exactly when its last reading is.
-        taken = _Taken(mid, qos, generation, 1 if readings else 0)
+        taken = _Taken(mid, qos, generation, not readings)
         with self._lock:
             # counted here, added to the metric at the next commit (one lock per message)
             self._counts[topic] = self._counts.get(topic, 0) + 1
@@ -266,7 +266,7 @@ class MqttComponent:
             with self._lock:
                 ready: list[_Taken] = []
                 q = self._queue
-                while q and q[0].left <= 0:
+                while q and q[0].done:
                     ready.append(q.popleft())
             sub = self.subscriber
             if sub is None:
