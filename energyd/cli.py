@@ -240,9 +240,6 @@ def alerts(config_path: str, as_json: bool, limit: int) -> None:
         console.print("no alert episodes")
 
 
-# --- readings in and out ----------------------------------------------------------------
-
-
 # --- Modbus commissioning ------------------------------------------------------------
 
 
@@ -262,26 +259,21 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
         click.echo(f"{device}: `energyd read` polls Modbus devices; this one is "
                           f"{dev.driver}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    from energyd.drivers.scan import read_device
+    from energyd.drivers.scan import read_device, read_summary
     from energyd.model import QUANTITIES
 
     profile, result = asyncio.run(read_device(dev))
-    values = {r.quantity: r.value for r in result.readings}
+    summary = read_summary(device, profile, result)
+    values = summary["values"]
     if as_json:
-        _print_json({
-            "device": device, "profile": profile.name,
-            "time": result.readings[0].time.isoformat() if result.readings else None,
-            "values": {q: {"value": v, "unit": QUANTITIES[q].unit} for q, v in values.items()},
-            "errors": [{"block": f.block, "error": str(f.error)} for f in result.failures],
-            "unavailable": result.unavailable,
-        })
+        _print_json(summary)
     else:
         table = Table(title=f"{device} ({profile.name}, unit {dev.modbus.unit})")
         for col in ("quantity", "value", "unit"):
             table.add_column(col, justify="right" if col == "value" else "left")
         for q, v in values.items():
-            table.add_row(q, f"{v:.6g}", QUANTITIES[q].unit)
-        for q in result.unavailable:
+            table.add_row(q, f"{v['value']:.6g}", v["unit"])
+        for q in summary["unavailable"]:
             table.add_row(q, "n/a (NaN)", QUANTITIES[q].unit)
         console.print(table)
         for f in result.failures:
@@ -340,6 +332,9 @@ def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | Non
                       "" if h.voltage_v is None else f"{h.voltage_v:g}",
                       "" if h.frequency_hz is None else f"{h.frequency_hz:g}")
     console.print(table)
+
+
+# --- readings in and out ----------------------------------------------------------------
 
 
 @cli.group()
