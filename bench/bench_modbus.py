@@ -15,8 +15,10 @@ SDM630 units each). In this process:
    - ceiling: the bare pymodbus client loop, one AsyncModbusTcpClient per gateway issuing
      the same reads (each meter's two planned blocks) back to back;
    - energyd: the same owners' production poll path (driver, planner, decoding, readings
-     into the store writer, poll records, metrics), driven back to back instead of by the
-     clock, every reading committed to SQLite within the slice that read it;
+     into the store writer, poll records, metrics): every unit is queued to its owner as if
+     due, again as soon as the owner's worker has read them all, instead of by the clock;
+     the worker decodes and stores each poll while the next request is on the wire, as in
+     the daemon; every reading is committed to SQLite within the slice that read it;
    - the same with the store writer discarding what it is given: the acquisition alone,
      which tells the Modbus layer's cost from the durable store's;
    requests/s and CPU microseconds per request of each (the committer's included), and the
@@ -182,7 +184,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
     for c in clients:
         await c.connect()
     # the owners run as in the daemon, with a schedule too slow to fire during the run;
-    # their poll path is then driven back to back
+    # their queues are then kept full (mine_gateway)
     daemon = Daemon(parse_config(text.replace("interval: 1.0", "interval: 3600"),
                                  "bench.yaml"), builders=[polling.build])
     task = asyncio.create_task(daemon.run(handle_signals=False))
@@ -211,11 +213,18 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
         return n
 
     async def mine_gateway(owner: Any, stop: float) -> None:
+        # every unit queued at once, as if all were due: the owner's worker reads them in
+        # turn and decodes and stores each while the next request is on the wire, which is
+        # how the daemon polls
         while time.perf_counter() < stop:
             for st in owner.states:
+                st.queued = True
                 st.slot = time.time()
-                result = await owner.poll(st)
-                assert not result.failures, result.error
+                owner._queue.put_nowait(st)
+            await owner._queue.join()
+            await asyncio.sleep(0)  # the last unit's decoding, queued by the worker, runs
+        errors = sum(st.errors for st in owner.states)
+        assert not errors, f"{owner.link_id}: {errors} polls failed"
 
     async def run(kind: str) -> None:
         if kind == "acq":
