@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from servers import free_port
 
+from energyd.alerts.outbox import Outbox
 from energyd.model import Reading
 from energyd.store import READINGS, Store
 
@@ -155,6 +156,7 @@ def test_status_shows_devices_store_and_backlog(tmp_path: Path) -> None:
         store.commit_batch([], [("m1", int(now.timestamp() * 1000), "timeout after 1.0 s")])
         first = store.readings_after(0, 2)
         store.set_cursor("influxdb", READINGS, first[-1].id)
+        Outbox(store).add(["ops"], {"event": "start", "rule": "spike", "device": "m1"})
     result = subprocess.run([*ENERGYD, "status", "-c", str(cfg), "--json"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -168,9 +170,10 @@ def test_status_shows_devices_store_and_backlog(tmp_path: Path) -> None:
     assert sink["readings"]["backlog"] == 4
     assert sink["readings"]["oldest_unsent"] == (now - timedelta(seconds=58)).isoformat()
     assert payload["store"]["readings"] == 6
+    assert payload["alerts_undelivered"] == {"ops": 1}
     table = subprocess.run([*ENERGYD, "status", "-c", str(cfg)], capture_output=True,
                            text=True, timeout=60)
-    assert table.returncode == 0 and "m1" in table.stdout
+    assert table.returncode == 0 and "m1" in table.stdout and "ops: 1" in table.stdout
 
 
 @pytest.mark.parametrize("flag", ["run", "status", "check-config"])

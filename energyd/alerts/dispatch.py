@@ -2,7 +2,9 @@
 
 Every channel is independent: `send()` only queues, never waits on the network, and each
 channel drains its own queue in its own thread, so a webhook that hangs for its whole
-timeout delays nobody but itself, and the polling never waits on any of them.
+timeout delays nobody but itself, and the polling never waits on any of them. With an
+`Outbox`, what the webhook and MQTT channels have not delivered survives a restart or a crash
+(see outbox.py).
 
 - store: not a channel here; the episode tracker writes each start and end to the alerts
   table with a new seq, and the sinks forward it as the `energy_alert` measurement.
@@ -30,21 +32,29 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from energyd import __version__
+from energyd.alerts.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 Payload = dict[str, Any]
 
 
+Done = Callable[[], None]
+
+
 class Channel(Protocol):
     name: str
+    durable: bool  # its undelivered events are kept in the outbox
 
     def start(self) -> None: ...
 
-    def send(self, payload: Payload) -> None: ...
+    def send(self, payload: Payload, done: Done | None = None) -> None:
+        """Queue `payload`; call `done` once the receiver has it or refused it for good."""
+        ...
 
     def close(self, timeout: float = 2.0) -> None: ...
 
@@ -57,6 +67,7 @@ def _summary(p: Payload) -> str:
 
 class LogChannel:
     name = "log"
+    durable = False
 
     def __init__(self, logger: logging.Logger | None = None):
         self.log = logger or logging.getLogger("energyd.alerts")
@@ -64,18 +75,37 @@ class LogChannel:
     def start(self) -> None:
         pass
 
-    def send(self, payload: Payload) -> None:
+    def send(self, payload: Payload, done: Done | None = None) -> None:
         if payload["event"] == "start":
             self.log.warning("alert started: %s", _summary(payload))
         else:
             self.log.info("alert ended: %s", _summary(payload))
+        if done is not None:
+            done()
 
     def close(self, timeout: float = 2.0) -> None:
         pass
 
 
+class _Delivery:
+    """The messages of one event: done when the broker has acknowledged every one."""
+
+    __slots__ = ("done", "left", "sealed", "failed")
+
+    def __init__(self, done: Done | None):
+        self.done = done
+        self.left = 0
+        self.sealed = False  # every message of the event published (or refused)
+        self.failed = False
+
+    def complete(self) -> bool:
+        return self.sealed and not self.failed and self.left == 0
+
+
 class MqttChannel:
     """Publishes through its own paho-mqtt 2 client; the network thread is paho's."""
+
+    durable = True
 
     def __init__(self, *, name: str, host: str, port: int, topic: str, client_id: str,
                  qos: int = 1, username: str | None = None, password: str | None = None,
@@ -89,7 +119,8 @@ class MqttChannel:
         self.qos = qos
         self._host, self._port, self._keepalive = host, port, keepalive
         self._on_error = on_error
-        self._pending: set[int] = set()
+        self._pending: dict[int, _Delivery] = {}
+        self._early: set[int] = set()  # acknowledged before publish() returned its mid
         self._cond = threading.Condition()
         self._connected = False
         self._closing = False
@@ -123,30 +154,52 @@ class MqttChannel:
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
+        if self.qos == 0:
+            return
         with self._cond:
-            self._pending.discard(mid)
+            delivery = self._pending.pop(mid, None)
+            if delivery is None:
+                self._early.add(mid)
+                return
+            delivery.left -= 1
+            complete = delivery.complete()
             self._cond.notify_all()
+        if complete and delivery.done is not None:
+            delivery.done()
 
     def start(self) -> None:
         self._closing = False
         self.client.connect_async(self._host, self._port, keepalive=self._keepalive)
         self.client.loop_start()
 
-    def send(self, payload: Payload) -> None:
+    def send(self, payload: Payload, done: Done | None = None) -> None:
         body = json.dumps(payload, sort_keys=True)
         state = {**payload, "state": "active" if payload["event"] == "start" else "resolved"}
         state_topic = f"{self.topic}/state/{payload['rule']}/{payload['device']}"
+        delivery = _Delivery(done)
         for topic, data, retain in ((f"{self.topic}/events", body, False),
                                     (state_topic, json.dumps(state, sort_keys=True), True)):
             info = self.client.publish(topic, data, qos=self.qos, retain=retain)
-            if info.rc not in (0, 4):  # 4: not connected yet; QoS 1 stays queued
-                log.error("alerts mqtt %s: cannot queue the message for %s (rc %s)",
-                          self.name, topic, info.rc)
-                if self._on_error:
-                    self._on_error(self.name)
-            elif self.qos > 0:
-                with self._cond:
-                    self._pending.add(info.mid)
+            # 4: not connected yet; a QoS 1 message stays queued, a QoS 0 one is gone
+            if info.rc == 0 or (info.rc == 4 and self.qos > 0):
+                if self.qos > 0:
+                    with self._cond:
+                        if info.mid in self._early:
+                            self._early.discard(info.mid)
+                        else:
+                            self._pending[info.mid] = delivery
+                            delivery.left += 1
+                continue
+            delivery.failed = True
+            log.error("alerts mqtt %s: cannot queue the message for %s (rc %s)",
+                      self.name, topic, info.rc)
+            if self._on_error:
+                self._on_error(self.name)
+        with self._cond:
+            delivery.sealed = True
+            complete = delivery.complete()
+        if complete and done is not None:
+            done()
 
     def close(self, timeout: float = 2.0) -> None:
         deadline = time.monotonic() + timeout
@@ -164,6 +217,8 @@ class MqttChannel:
 class WebhookChannel:
     """POSTs each event as JSON from a thread of its own; retried with backoff."""
 
+    durable = True
+
     def __init__(self, *, name: str, url: str, secret: str | None = None,
                  timeout: float = 5.0, retries: int = 5, backoff: float = 1.0,
                  backoff_max: float = 60.0, on_error: Callable[[str], None] | None = None):
@@ -175,7 +230,8 @@ class WebhookChannel:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self._on_error = on_error
-        self._queue: queue.Queue[Payload | None] = queue.Queue(maxsize=10000)
+        self._queue: queue.Queue[tuple[Payload, Done | None] | None] = queue.Queue(
+            maxsize=10000)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.delivered = 0
@@ -194,9 +250,9 @@ class WebhookChannel:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def send(self, payload: Payload) -> None:
+    def send(self, payload: Payload, done: Done | None = None) -> None:
         try:
-            self._queue.put_nowait(payload)
+            self._queue.put_nowait((payload, done))
         except queue.Full:
             self.failed += 1
             log.error("webhook %s: queue full, an alert event was dropped", self.name)
@@ -207,19 +263,23 @@ class WebhookChannel:
             self._queue.put_nowait(None)  # wakes an idle worker
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
-        left = sum(1 for p in list(self._queue.queue) if p is not None)
+        left = sum(1 for item in list(self._queue.queue) if item is not None)
         if left:
             log.warning("webhook %s: %d alert events not delivered at shutdown "
                         "(the episodes stay in the store)", self.name, left)
 
     def _work(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            payload = self._queue.get()
-            if payload is None:
+            item = self._queue.get()
+            if item is None:
                 continue
-            self._deliver(payload, stop)
+            payload, done = item
+            if self._deliver(payload, stop) and done is not None:
+                done()
 
-    def _deliver(self, payload: Payload, stop: threading.Event) -> None:
+    def _deliver(self, payload: Payload, stop: threading.Event) -> bool:
+        """True once the receiver took the event or refused it for good; False when it is
+        worth sending again later (no answer within the retries, or shutting down)."""
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {"Content-Type": "application/json",
                    "User-Agent": f"energyd/{__version__}",
@@ -230,7 +290,7 @@ class WebhookChannel:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             if stop.is_set():
-                return
+                return False
             try:
                 req = urllib.request.Request(self.url, data=body, headers=headers,
                                              method="POST")
@@ -239,12 +299,13 @@ class WebhookChannel:
                 self.delivered += 1
                 if attempt:
                     log.info("webhook %s: delivered after %d retries", self.name, attempt)
-                return
+                return True
             except urllib.error.HTTPError as exc:
                 if exc.code < 500 and exc.code not in (408, 429):
                     log.error("webhook %s: the receiver refused the event (HTTP %d); dropped",
                               self.name, exc.code)
-                    break
+                    self._failed()
+                    return True
                 reason = f"HTTP {exc.code}"
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 if retry_after and retry_after.isdigit():
@@ -255,23 +316,33 @@ class WebhookChannel:
                 log.warning("webhook %s: attempt %d failed (%s); retrying in %.1f s",
                             self.name, attempt + 1, reason, delay)
                 if stop.wait(delay):
-                    return
+                    return False
                 delay = min(delay * 2, self.backoff_max)
             else:
                 log.error("webhook %s: giving up after %d attempts (%s)", self.name,
                           attempt + 1, reason)
+        self._failed()
+        return False
+
+    def _failed(self) -> None:
         self.failed += 1
         if self._on_error:
             self._on_error(self.name)
 
 
 class Dispatcher:
-    """Fans each event out to every channel; a channel that raises is logged and skipped."""
+    """Fans each event out to every channel; a channel that raises is logged and skipped.
+    With an `outbox`, each event is kept for every durable channel until it is delivered,
+    and `start()` sends each channel what it had not delivered before."""
 
-    def __init__(self, channels: list[Channel], site: str):
+    def __init__(self, channels: list[Channel], site: str, outbox: Outbox | None = None):
         self.channels = channels
         self.site = site
+        self.outbox = outbox
         self._started = False
+
+    def _durable(self) -> list[Channel]:
+        return [ch for ch in self.channels if ch.durable] if self.outbox is not None else []
 
     def start(self) -> None:
         for ch in self.channels:
@@ -280,11 +351,38 @@ class Dispatcher:
             except Exception:
                 log.exception("alert channel %s failed to start", ch.name)
         self._started = True
+        if self.outbox is None:
+            return
+        try:
+            gone = self.outbox.forget_channels_except(ch.name for ch in self._durable())
+            if gone:
+                log.info("alert outbox: %d events of channels no longer configured dropped",
+                         gone)
+            for ch in self._durable():
+                pending = self.outbox.pending(ch.name)
+                if pending:
+                    log.info("alert channel %s: sending %d events not delivered before",
+                             ch.name, len(pending))
+                for row, payload in pending:
+                    ch.send(payload, partial(self.outbox.done, row))
+        except Exception:
+            log.exception("alert outbox: cannot read the undelivered events")
 
     def send(self, payload: Payload) -> None:
-        for ch in self.channels:
+        rows: dict[str, int] = {}
+        durable = self._durable()
+        if durable:
+            assert self.outbox is not None
             try:
-                ch.send(payload)
+                rows = self.outbox.add((ch.name for ch in durable), payload)
+            except Exception:
+                # sent all the same, only not kept for a restart
+                log.exception("alert outbox: cannot keep the event")
+        for ch in self.channels:
+            row = rows.get(ch.name)
+            try:
+                ch.send(payload, None if row is None or self.outbox is None
+                        else partial(self.outbox.done, row))
             except Exception:
                 log.exception("alert channel %s failed", ch.name)
 

@@ -21,6 +21,7 @@ from typing import Any
 from energyd.alerts.dispatch import Channel, Dispatcher, LogChannel, MqttChannel, WebhookChannel
 from energyd.alerts.engine import AlertEngine, statement_findings
 from energyd.alerts.episodes import Event
+from energyd.alerts.outbox import Outbox
 from energyd.config.schema import AlertChannel, Config, Mqtt
 from energyd.daemon.context import Component, Context
 from energyd.model import Reading, to_ms
@@ -72,7 +73,8 @@ class AlertComponent:
             ctx.metrics.alert_dispatch_failures.labels(channel).inc()
 
         self.dispatcher = Dispatcher([make_channel(c, config, failed)
-                                      for c in config.alerts.channels], config.site.name)
+                                      for c in config.alerts.channels], config.site.name,
+                                     outbox=Outbox(ctx.store))
         self._inbox: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -128,8 +130,10 @@ class AlertComponent:
 
     def _health(self) -> dict[str, Any]:
         active = self.engine.tracker.active
+        outbox = self.dispatcher.outbox
         return {"active": len(active),
-                "episodes": [f"{e.rule}/{e.device}" for e in active[:20]]}
+                "episodes": [f"{e.rule}/{e.device}" for e in active[:20]],
+                "undelivered": outbox.counts() if outbox is not None else {}}
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

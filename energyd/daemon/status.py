@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
+from energyd.alerts.outbox import Outbox
 from energyd.config.schema import Config
 from energyd.model import from_ms
 from energyd.store.sqlite import STREAMS, Store
@@ -63,6 +64,7 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
                       "bytes_on_disk": store.file_bytes(), "readings": store.count_readings()},
             "devices": devices,
             "sinks": sinks,
+            "alerts_undelivered": Outbox(store).counts(),
         }
 
 
@@ -82,6 +84,9 @@ def status_tables(payload: dict[str, Any]) -> list[Table]:
     store.add_row("readings", f"{st['readings']:,}")
     store.add_row("size", f"{st['bytes_used'] / 1e6:.1f} MB used, "
                   f"{st['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    waiting = payload["alerts_undelivered"]
+    store.add_row("alert events not yet delivered",
+                  ", ".join(f"{ch}: {n}" for ch, n in sorted(waiting.items())) or "none")
     sinks = Table(title="sinks")
     for col in ("sink", "stream", "backlog", "oldest unsent", "rejected"):
         sinks.add_column(col)

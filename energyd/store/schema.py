@@ -122,6 +122,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX certificate_allocations_hour ON certificate_allocations (hour);
     CREATE INDEX invoices_account ON invoices (account, period_start);
     """,
+    # 4: alert events a channel (webhook, MQTT) has not delivered yet, so that a restart or a
+    # crash sends them again instead of losing them
+    """
+    CREATE TABLE alert_outbox (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE INDEX alert_outbox_channel ON alert_outbox (channel, id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
