@@ -374,10 +374,11 @@ class Snapshot:
 
 
 def snapshot(store: Any, config: Config, now: datetime) -> Snapshot:
-    latest = {row[0]: (row[1], row[2]) for row in store.execute(
-        "SELECT s.device, r.time, r.value FROM series s JOIN readings r ON r.series = s.id "
-        "WHERE s.quantity = 'active_power_kw' "
-        "AND r.time = (SELECT max(time) FROM readings WHERE series = s.id)")}
+    latest = {}
+    for d in config.devices:
+        r = store.latest(d.name, "active_power_kw")
+        if r is not None:
+            latest[d.name] = (r.time_ms, r.value)
     status = store.device_status()
     now_ms = int(now.timestamp() * 1000)
     devices = []
@@ -407,7 +408,7 @@ def snapshot(store: Any, config: Config, now: datetime) -> Snapshot:
     alerts = store.execute(
         "SELECT rule, device, state, started, ended, detail FROM alerts "
         "ORDER BY started DESC LIMIT 8")
-    readings = store.execute("SELECT coalesce(max(id), 0) FROM readings")[0][0]
+    readings = store.last_reading_id()
     backlog = None
     if config.influxdb:
         backlog = store.backlog(config.influxdb[0].name).count

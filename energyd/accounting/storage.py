@@ -214,15 +214,11 @@ class Accountant:
         if src.series is None:
             return Trace([], [])
         sid = src.series
-        ex = self.store.execute
         # the samples on either side of the range bound its first and last hours
-        lo = ex("SELECT max(time) FROM readings WHERE series = ? AND time < ?",
-                (sid, start))[0][0]
-        hi = ex("SELECT min(time) FROM readings WHERE series = ? AND time >= ?",
-                (sid, end))[0][0]
-        rows = ex("SELECT time, value FROM readings WHERE series = ? AND time >= ? "
-                  "AND time <= ? ORDER BY time",
-                  (sid, start if lo is None else lo, end - 1 if hi is None else hi))
+        lo = self.store.series_time_before(sid, start)
+        hi = self.store.series_time_from(sid, end)
+        rows = self.store.series_values(sid, start if lo is None else lo,
+                                        end - 1 if hi is None else hi)
         if not rows:
             return Trace([], [])
         times = list(map(itemgetter(0), rows))
@@ -488,7 +484,7 @@ class Accountant:
         """Everything due at `now_ms`: new complete hours, late readings, changed factors or
         certificates, and (at start-up) the last `recompute_hours` hours."""
         end = floor_hour(now_ms)
-        max_id = self.store.execute("SELECT coalesce(max(id), 0) FROM readings")[0][0]
+        max_id = self.store.last_reading_id()
         done = self.store.get_meta(META_DONE)
         position = self.store.get_meta(META_POSITION)
         wanted: dict[str, list[tuple[int, int]]] = {d.name: [] for d in self.devices}
@@ -528,8 +524,7 @@ class Accountant:
         for device in self.devices:
             src = self._source(device)
             if src.series is not None:
-                t = self.store.execute("SELECT min(time) FROM readings WHERE series = ?",
-                                       (src.series,))[0][0]
+                t = self.store.series_first_time(src.series)
                 if t is not None:
                     out[device.name] = t
         for account, devices in self.accounts().items():
@@ -544,18 +539,14 @@ class Accountant:
         """device -> the hour from which readings stored after `position` call for a
         recompute: from the sample before the earliest of them, so a gap they close (or a
         statement period they fall in) is recomputed, if that lies before `before`."""
-        first = dict(self.store.execute(
-            "SELECT series, min(time) FROM readings WHERE id > ? AND id <= ? GROUP BY series",
-            (position, max_id)))
+        first = self.store.earliest_by_series(position, max_id)
         out: dict[str, int] = {}
         for device in self.devices:
             src = self._source(device)
             t = first.get(src.series) if src.series is not None else None
             if t is None:
                 continue
-            prev = self.store.execute(
-                "SELECT max(time) FROM readings WHERE series = ? AND time < ?",
-                (src.series, t))[0][0]
+            prev = self.store.series_time_before(src.series, t)
             a = floor_hour(prev if prev is not None else t)
             if a < before:
                 out[device.name] = a
@@ -682,10 +673,8 @@ class Accountant:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["time", "device", "quantity", "value", "quality"])
             n = 0
-            for t, d, q, v, qual in self.store.iterate(
-                    "SELECT r.time, s.device, s.quantity, r.value, r.quality FROM readings r "
-                    "JOIN series s ON s.id = r.series WHERE r.time >= ? AND r.time < ? "
-                    "ORDER BY s.device, s.quantity, r.time", (start - margin, end + margin)):
+            for t, d, q, v, qual in self.store.readings_in(start - margin, end + margin,
+                                                            by_series=True):
                 w.writerow([iso(t), d, q, repr(v), qual])
                 n += 1
         files.append("readings.csv")

@@ -196,21 +196,17 @@ class Forwarder:
         up to `upto` exist). Ids are given out in insertion order above every existing one,
         so nothing can appear below `end` later: the rows need not carry their ids (a fifth
         less to build on the hot path), and a hole left by deleted rows is just skipped."""
-        top = self.store.execute("SELECT max(id) FROM readings")[0][0] or 0
-        last = min(upto, top)
+        last = min(upto, self.store.last_reading_id())
         if last <= after:
             return [], after, False
         end = min(after + span, last)
-        rows = self.store.execute(
-            "SELECT series, time, value FROM readings WHERE id > ? AND id <= ? ORDER BY id",
-            (after, end))
-        return rows, end, end < last
+        return self.store.reading_rows(after, end), end, end < last
 
     def _maybe_open_gap(self) -> None:
         if self.gap is not None:
             return
         head = self.position(READINGS)
-        top = self.store.execute("SELECT max(id) FROM readings")[0][0] or 0
+        top = self.store.last_reading_id()
         # one backlog chunk: a second's worth at the rate, or a whole chunk without one
         chunk = self._readings_limit(self._points_wanted(True))
         # ids are dense in insertion order, so their span is a good count of what is unsent
@@ -358,10 +354,7 @@ class Forwarder:
         if point.poll is None or span is None:
             return list(point.items)
         device, t = point.poll
-        return [r[0] for r in self.store.execute(
-            "SELECT r.id FROM readings r JOIN series s ON s.id = r.series "
-            "WHERE s.device = ? AND r.time = ? AND r.id > ? AND r.id <= ? ORDER BY r.id",
-            (device, t, span[0], span[1]))]
+        return self.store.poll_reading_ids(device, t, span[0], span[1])
 
     def _write(self, points: list[Point], data: bytes | None = None) -> list[tuple[Point, str]]:
         """Write `points` (`data`: their body, when already joined); return those refused

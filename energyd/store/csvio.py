@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
@@ -151,19 +151,8 @@ def export_readings(store: Store, out: TextIO, start: datetime, end: datetime,
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(HEADER)
     n = 0
-    for t, d, q, v in _ordered(store, to_ms(start), to_ms(end), device):
+    for t, d, q, v, _ in store.readings_in(to_ms(start), to_ms(end), device=device):
         writer.writerow((from_ms(t).isoformat(timespec="milliseconds"), d, q, repr(v)))
         n += 1
     return n
 
-
-def _ordered(store: Store, start_ms: int, end_ms: int,
-             device: str | None) -> Iterator[tuple[int, str, str, float]]:
-    sql = ("SELECT r.time, s.device, s.quantity, r.value FROM readings r "
-           "JOIN series s ON s.id = r.series WHERE r.time >= ? AND r.time < ?")
-    params: list[object] = [start_ms, end_ms]
-    if device is not None:
-        sql += " AND s.device = ?"
-        params.append(device)
-    sql += " ORDER BY r.time, s.device, s.quantity"
-    yield from store.iterate(sql, params)

@@ -313,6 +313,66 @@ class Store:
     def count_readings(self) -> int:
         return self.execute("SELECT count(*) FROM readings")[0][0]
 
+    def readings_in(self, start_ms: int, end_ms: int, *, device: str | None = None,
+                    by_series: bool = False) -> Iterator[tuple[int, str, str, float, int]]:
+        """(time, device, quantity, value, quality) of the readings with start <= time < end,
+        ordered by time (then device, quantity), or with `by_series` by device, quantity,
+        time; streamed on a connection of its own (exports, evidence files)."""
+        sql = ("SELECT r.time, s.device, s.quantity, r.value, r.quality FROM readings r "
+               "JOIN series s ON s.id = r.series WHERE r.time >= ? AND r.time < ?")
+        params: list[object] = [start_ms, end_ms]
+        if device is not None:
+            sql += " AND s.device = ?"
+            params.append(device)
+        sql += (" ORDER BY s.device, s.quantity, r.time" if by_series
+                else " ORDER BY r.time, s.device, s.quantity")
+        return self.iterate(sql, params)
+
+    # --- one series, by id: what the accounting reads -----------------------------------
+
+    def series_time_before(self, series: int, time_ms: int) -> int | None:
+        """The time of the series' last reading before `time_ms`, if any."""
+        return self.execute("SELECT max(time) FROM readings WHERE series = ? AND time < ?",
+                            (series, time_ms))[0][0]
+
+    def series_time_from(self, series: int, time_ms: int) -> int | None:
+        """The time of the series' first reading at or after `time_ms`, if any."""
+        return self.execute("SELECT min(time) FROM readings WHERE series = ? AND time >= ?",
+                            (series, time_ms))[0][0]
+
+    def series_first_time(self, series: int) -> int | None:
+        return self.execute("SELECT min(time) FROM readings WHERE series = ?",
+                            (series,))[0][0]
+
+    def series_values(self, series: int, first_ms: int, last_ms: int
+                      ) -> list[tuple[int, float]]:
+        """(time, value) of the series' readings with first_ms <= time <= last_ms, by time."""
+        return self.execute("SELECT time, value FROM readings WHERE series = ? AND time >= ? "
+                            "AND time <= ? ORDER BY time", (series, first_ms, last_ms))
+
+    # --- insertion order: what sinks and the hourly job follow ----------------------------
+
+    def last_reading_id(self) -> int:
+        """The newest reading's id, 0 in an empty store. Ids only grow (see the schema)."""
+        return self.execute("SELECT coalesce(max(id), 0) FROM readings")[0][0]
+
+    def reading_rows(self, after: int, upto: int) -> list[tuple[int, int, float]]:
+        """(series id, time, value) of the readings with ids in (after, upto], in id order."""
+        return self.execute("SELECT series, time, value FROM readings WHERE id > ? AND id <= ? "
+                            "ORDER BY id", (after, upto))
+
+    def earliest_by_series(self, after: int, upto: int) -> dict[int, int]:
+        """series id -> the earliest time among its readings with ids in (after, upto]."""
+        return dict(self.execute("SELECT series, min(time) FROM readings WHERE id > ? "
+                                 "AND id <= ? GROUP BY series", (after, upto)))
+
+    def poll_reading_ids(self, device: str, time_ms: int, after: int, upto: int) -> list[int]:
+        """Ids in (after, upto] of the device's readings taken at `time_ms` (one poll)."""
+        return [r[0] for r in self.execute(
+            "SELECT r.id FROM readings r JOIN series s ON s.id = r.series "
+            "WHERE s.device = ? AND r.time = ? AND r.id > ? AND r.id <= ? ORDER BY r.id",
+            (device, time_ms, after, upto))]
+
     # --- sink cursors -------------------------------------------------------------------
 
     def cursor(self, sink: str, stream: str = READINGS) -> int:
