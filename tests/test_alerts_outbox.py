@@ -123,3 +123,27 @@ def test_events_past_the_age_limit_or_of_removed_channels_are_dropped(store, cap
     assert "1 undelivered events older than 24 h dropped" in caplog.text
     assert later.counts() == {"old-hook": 1}
     assert later.forget_channels_except(["ops"]) == 1 and later.counts() == {}
+
+
+def test_a_restarted_channel_sends_what_it_held_once(store):
+    """A component restart (same dispatcher, same channels): events still queued in the
+    channel are sent again from the outbox, not a second time from the old queue."""
+    outbox = Outbox(store)
+    with Receiver(script=[503]) as receiver:
+        hook = WebhookChannel(name="ops", url=receiver.url, retries=5, backoff=30)
+        dispatcher = Dispatcher([hook], "plant-a", outbox)
+        dispatcher.start()
+        dispatcher.send(event(device="incomer-1").payload("plant-a"))  # 503, then backs off
+        wait_for("the first attempt", lambda: len(receiver.requests) == 1)
+        dispatcher.send(event(device="incomer-2").payload("plant-a"))  # waits in the queue
+        dispatcher.close()  # ends the backoff at once
+        assert outbox.counts() == {"ops": 2}
+
+        dispatcher.start()
+        try:
+            wait_for("both events", lambda: outbox.counts() == {})
+            time.sleep(0.3)  # a duplicate would come now
+        finally:
+            dispatcher.close()
+        devices = [json.loads(body)["device"] for _, body, _ in receiver.requests[1:]]
+        assert sorted(devices) == ["incomer-1", "incomer-2"]

@@ -263,10 +263,22 @@ class WebhookChannel:
             self._queue.put_nowait(None)  # wakes an idle worker
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
-        left = sum(1 for item in list(self._queue.queue) if item is not None)
+        left: list[tuple[Payload, Done | None]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                left.append(item)
+        # what the outbox keeps is sent again by the next start; the rest waits here for it
+        for item in left:
+            if item[1] is None:
+                self._queue.put_nowait(item)
         if left:
-            log.warning("webhook %s: %d alert events not delivered at shutdown "
-                        "(the episodes stay in the store)", self.name, left)
+            log.warning("webhook %s: %d alert events not delivered at shutdown (%d kept in "
+                        "the outbox for the next start)", self.name, len(left),
+                        sum(1 for _, done in left if done is not None))
 
     def _work(self, stop: threading.Event) -> None:
         while not stop.is_set():
