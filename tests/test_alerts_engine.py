@@ -315,7 +315,7 @@ def test_backlog_of_a_dead_sink(tmp_path, store):
     fired = engine.check_backlog(to_ms(t0 + timedelta(minutes=61)))
     assert [(e.kind, e.episode.device) for e in fired] == [("start", "central")]
     assert fired[0].episode.detail["start"]["backlog"] == 120
-    last_id = store.execute("SELECT max(id) FROM readings")[0][0]
+    last_id = store.last_reading_id()
     store.set_cursor("central", "readings", last_id)  # the sink caught up
     assert [e.kind for e in engine.check_backlog(to_ms(t0 + timedelta(minutes=130)))] == ["end"]
 

@@ -159,7 +159,7 @@ def test_readings_rollups_alerts_and_air_read_back_equal(influxdb, influxdb_data
         assert store.backlog("central", stream).count == 0
     positions = store.sink_positions("central")
     assert GAP not in positions and LIVE not in positions
-    assert positions[READINGS] == store.execute("SELECT max(id) FROM readings")[0][0]
+    assert positions[READINGS] == store.last_reading_id()
     sent = {s: metrics.sink_sent.labels("central", s)._value.get() for s in STREAMS}
     assert sent == {READINGS: len(readings), ROLLUPS: 1, ALERTS: 1, AIR: 1}
 
@@ -191,9 +191,7 @@ def test_poisoned_point_is_isolated_while_the_rest_arrives(influxdb, influxdb_da
                                                    if k != bad_key}
     rejected = store.execute("SELECT stream, item, message FROM rejected WHERE sink = ?",
                              ("central",))
-    ids = {r[0] for r in store.execute(
-        "SELECT r.id FROM readings r JOIN series s ON s.id = r.series "
-        "WHERE s.device = 'sub1' AND r.time = ?", (far,))}
+    ids = set(store.poll_reading_ids("sub1", far, 0, store.last_reading_id()))
     assert {(stream, item) for stream, item, _ in rejected} == {(READINGS, i) for i in ids}
     assert len(ids) == len(QUANTITIES)
     assert all("field type conflict" in message for _, _, message in rejected)

@@ -36,6 +36,33 @@ def test_insert_and_read_back(tmp_path: Path) -> None:
             ("active_power_kw", 2.0), ("active_power_kw", 3.0)]
 
 
+def test_the_read_api_the_other_layers_use(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        assert store.last_reading_id() == 0
+        store.insert_readings(readings("m1", "active_power_kw", 4))  # t0, +10, +20, +30 s
+        store.insert_readings(readings("m2", "active_power_kw", 2, start=T0 + timedelta(
+            seconds=5)))
+        sid = store.known_series[("m1", "active_power_kw")]
+        t = [to_ms(T0 + timedelta(seconds=10 * i)) for i in range(4)]
+        assert store.series_time_before(sid, t[2]) == t[1]
+        assert store.series_time_before(sid, t[0]) is None
+        assert store.series_time_from(sid, t[1] + 1) == t[2]
+        assert store.series_time_from(sid, t[3] + 1) is None
+        assert store.series_first_time(sid) == t[0]
+        assert store.series_values(sid, t[1], t[2]) == [(t[1], 2.0), (t[2], 3.0)]
+        top = store.last_reading_id()
+        assert [(s_, v) for s_, _, v in store.reading_rows(0, top)][:4] == [
+            (sid, 1.0), (sid, 2.0), (sid, 3.0), (sid, 4.0)]
+        m2 = store.known_series[("m2", "active_power_kw")]
+        assert store.earliest_by_series(4, top) == {m2: to_ms(T0 + timedelta(seconds=5))}
+        assert store.poll_reading_ids("m2", to_ms(T0 + timedelta(seconds=5)), 0, top) == [5]
+        assert [(d, v) for _, d, _, v, _ in store.readings_in(t[0], t[2])] == [
+            ("m1", 1.0), ("m2", 1.0), ("m1", 2.0), ("m2", 2.0)]
+        assert [(d, v) for _, d, _, v, _ in store.readings_in(t[0], t[2], by_series=True)] == [
+            ("m1", 1.0), ("m1", 2.0), ("m2", 1.0), ("m2", 2.0)]
+        assert [v for *_, v, _ in store.readings_in(t[0], t[2], device="m2")] == [1.0, 2.0]
+
+
 def test_same_series_and_time_is_stored_once(tmp_path: Path) -> None:
     with Store.open(tmp_path / "e.db") as store:
         batch = readings("m1", "active_power_kw", 4)
