@@ -155,3 +155,34 @@ async def test_devices_bending_the_spec(tmp_path: Path) -> None:
     with Store.open(tmp_path / "e.db") as store:
         rows = list(store.query_readings(device="pac", quantity="active_energy_import_kwh"))
     assert len(rows) == st.polls
+
+
+async def test_the_owner_reports_its_link_utilisation_and_warns_when_it_is_full(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.INFO, logger="energyd.daemon.polling")
+    monkeypatch.setattr(polling, "UTILISATION_WINDOW", 2.0)
+    monkeypatch.setattr(polling, "BUSY_CHECK_EVERY", 0.2)
+    async with MeterSimulator(profile="eastron_sdm630", units=[1, 2, 3], framer="rtu") as sim:
+        for u in (1, 2, 3):
+            # two requests per poll: 0.24 s of bus per poll, three units every 0.5 s
+            sim.unit(u).faults.delay = 0.12
+        text = plant(tmp_path, sim.port, [1, 2, 3], interval=0.5, timeout=1.0)
+        async with Running(text) as run:
+            await asyncio.sleep(3.5)
+            owner = run.owner()
+            full = owner.health()["utilisation"]
+            busy_total = run.daemon.context.metrics.link_busy.labels(
+                owner.link_id)._value.get()
+            for u in (1, 2, 3):
+                sim.unit(u).faults.delay = 0.0
+            await asyncio.sleep(3.0)
+            idle = owner.health()["utilisation"]
+    assert full >= 0.9, full
+    assert idle < 0.3, idle
+    assert busy_total >= 3.0  # seconds of bus time, counted for Prometheus
+    warnings = [r.getMessage() for r in caplog.records if "busy" in r.getMessage()
+                and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "of the last minute" in warnings[0], warnings
+    assert any("busy" in r.getMessage() and "again" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.INFO)

@@ -11,6 +11,9 @@ class Metrics:
         self.polls = Counter("energyd_polls", "Device polls", ["device"], registry=r)
         self.poll_errors = Counter("energyd_poll_errors", "Failed device polls",
                                    ["device", "reason"], registry=r)
+        self.link_busy = Counter("energyd_link_busy_seconds",
+                                 "Seconds a Modbus link had a request outstanding (its rate "
+                                 "is the link's utilisation)", ["link"], registry=r)
         self.readings = Counter("energyd_readings_committed", "Readings committed to the store",
                                 registry=r)
         self.store_bytes = Gauge("energyd_store_bytes", "Bytes in use by the store", registry=r)

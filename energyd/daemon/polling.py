@@ -17,7 +17,11 @@ A device already queued when it falls due again is not queued twice (the missed 
 counted); the schedule itself never stops.
 
 Lateness (start of a device's first read minus the slot it was scheduled for) is kept per
-owner for /health and the benchmark.
+owner for /health and the benchmark. So is the link's utilisation: the share of the last
+minute it had a request outstanding (timeouts and pauses included: they hold the bus too),
+also counted as `energyd_link_busy_seconds_total` (its rate is the utilisation). A link busy
+more than 90% of a minute is logged, once, with what to do about it: its polls will run late
+and then miss slots.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from energyd.model import to_ms
 log = logging.getLogger(__name__)
 
 LATENESS_SAMPLES = 20_000  # per link: the recent polls, for /health and the benchmark
+UTILISATION_WINDOW = 60.0  # seconds
+BUSY_CHECK_EVERY = 10.0  # seconds between two looks at the utilisation, for the log
+BUSY_WARNING, BUSY_CLEAR = 0.9, 0.75  # utilisation that is logged, and that ends the warning
 
 
 @dataclass
@@ -92,6 +99,11 @@ class LinkOwner:
         self._link: ModbusLink | None = None
         self._silent_in_row = 0
         self._stopping = False
+        self._busy: deque[tuple[float, float]] = deque()  # (end, seconds) of recent polls
+        self._busy_since = time.monotonic()
+        self._busy_checked = self._busy_since
+        self._busy_warned = False
+        self._busy_metric = ctx.metrics.link_busy.labels(link)
 
     async def run(self) -> None:
         async with ModbusLink(self.settings) as link:
@@ -174,14 +186,49 @@ class LinkOwner:
         st.lateness.append(late)
         opts = st.device.modbus
         assert opts is not None
+        started = time.monotonic()
         try:
             return await st.poller.read(link)  # failures come back per block, not raised
         finally:
             if opts.close_after_poll:
                 link.close()
+            ended = time.monotonic()
+            self._busy.append((ended, ended - started))
+            self._busy_metric.inc(ended - started)
+
+    def utilisation(self, now: float | None = None) -> float:
+        """The share of the last minute (or of the time since start, if shorter) that the
+        link had a request outstanding."""
+        now = time.monotonic() if now is None else now
+        horizon = now - UTILISATION_WINDOW
+        busy = self._busy
+        while busy and busy[0][0] <= horizon:
+            busy.popleft()
+        # a poll that began before the window counts only for its part inside it
+        seconds = sum(min(d, end - horizon) for end, d in busy)
+        return min(1.0, seconds / max(min(UTILISATION_WINDOW, now - self._busy_since), 1e-9))
+
+    def _check_busy(self) -> None:
+        now = time.monotonic()
+        if (now - self._busy_checked < BUSY_CHECK_EVERY
+                or now - self._busy_since < UTILISATION_WINDOW):
+            return
+        self._busy_checked = now
+        share = self.utilisation(now)
+        if share >= BUSY_WARNING and not self._busy_warned:
+            self._busy_warned = True
+            log.warning("%s: the link was busy %.0f%% of the last minute; its polls will run "
+                        "late and then miss slots (lengthen the intervals, read fewer "
+                        "registers, or split the units over more links)", self.link_id,
+                        share * 100)
+        elif share < BUSY_CLEAR and self._busy_warned:
+            self._busy_warned = False
+            log.info("%s: the link is busy %.0f%% of the time again", self.link_id,
+                     share * 100)
 
     def finish(self, st: DeviceState, result: PollResult) -> None:
         """Decode, hand the readings to the store, count, log changes of state."""
+        self._check_busy()
         st.poller.decode(result)
         device = st.device
         self.polls += 1
@@ -236,6 +283,7 @@ class LinkOwner:
         return {
             "link": self.link_id,
             "polls": self.polls,
+            "utilisation": round(self.utilisation(), 3),
             "devices": {
                 st.device.name: {
                     "unit": st.device.modbus.unit if st.device.modbus else None,
