@@ -16,6 +16,7 @@ import asyncio
 import logging
 import queue
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from energyd.alerts.dispatch import Channel, Dispatcher, LogChannel, MqttChannel, WebhookChannel
@@ -94,14 +95,13 @@ class AlertComponent:
             loop.call_soon_threadsafe(wake.set)
 
     async def on_rollup(self, start_ms: int, end_ms: int) -> None:
-        events = await asyncio.to_thread(self.engine.evaluate_hours, start_ms, end_ms)
-        self._dispatch(events)
+        await asyncio.to_thread(self._evaluate, self.engine.evaluate_hours, start_ms, end_ms)
 
     async def _stale(self) -> None:
-        self._dispatch(await asyncio.to_thread(self.engine.check_stale))
+        await asyncio.to_thread(self._evaluate, self.engine.check_stale)
 
     async def _backlog(self) -> None:
-        self._dispatch(await asyncio.to_thread(self.engine.check_backlog))
+        await asyncio.to_thread(self._evaluate, self.engine.check_backlog)
 
     async def _live(self, batch: list[Reading]) -> None:
         try:
@@ -116,11 +116,15 @@ class AlertComponent:
         if self._failing:
             log.info("live alert evaluation works again")
             self._failing = False
-        self._dispatch(events)
+        await asyncio.to_thread(self._dispatch, events)
 
     # --- running -----------------------------------------------------------------------
 
+    def _evaluate(self, check: Callable[..., list[Event]], *args: Any) -> None:
+        self._dispatch(check(*args))
+
     def _dispatch(self, events: list[Event]) -> None:
+        """In a worker thread, as the evaluation: the outbox writes each event to the store."""
         for ev in events:
             if ev.kind == "start":
                 self.ctx.metrics.alerts.labels(ev.episode.rule).inc()
@@ -130,17 +134,15 @@ class AlertComponent:
 
     def _health(self) -> dict[str, Any]:
         active = self.engine.tracker.active
-        outbox = self.dispatcher.outbox
         return {"active": len(active),
-                "episodes": [f"{e.rule}/{e.device}" for e in active[:20]],
-                "undelivered": outbox.counts() if outbox is not None else {}}
+                "episodes": [f"{e.rule}/{e.device}" for e in active[:20]]}
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self.dispatcher.start()
+        await asyncio.to_thread(self.dispatcher.start)  # reads the outbox
         try:
-            self._dispatch(await asyncio.to_thread(self.engine.retire_removed_rules))
+            await asyncio.to_thread(self._evaluate, self.engine.retire_removed_rules)
             self.ctx.metrics.alerts_active.set(len(self.engine.tracker.active))
             if self.engine.rules("stale"):
                 self.ctx.scheduler.every(self.engine.stale_period, self._stale,

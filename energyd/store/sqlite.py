@@ -3,9 +3,9 @@
 A reading is durable once `commit_batch` (the daemon's committer process), `insert_readings`
 or an import's transaction has returned: the database runs with `synchronous=FULL`, so a
 commit survives a crash or a power cut. Writers batch: one transaction per flush, not per
-reading. One connection serves the process, guarded
-by a lock, so the asyncio loop may call it through `asyncio.to_thread`; other processes
-(`energyd status`, `export`) read concurrently, which WAL allows.
+reading. One connection serves the process, guarded by a lock, so the asyncio loop may call
+it through `asyncio.to_thread`; other processes (`energyd status`, `export`) read
+concurrently, which WAL allows.
 
 Lifecycle: `Store.open(path)` or `with Store.open(path) as store:`; `close()` is idempotent.
 """
