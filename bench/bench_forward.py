@@ -90,13 +90,10 @@ def ceiling_bodies(store_path: Path, use_gzip: bool) -> list[bytes]:
                  store.execute("SELECT id, device, quantity FROM series")}
         after = 0
         while True:
-            rows = store.execute(
-                "SELECT id, series, time, value FROM readings WHERE id > ? ORDER BY id LIMIT ?",
-                (after, CHUNK * len(QUANTITIES)))
+            rows, after, _ = store.reading_chunk(after, 2**62, CHUNK * len(QUANTITIES))
             if not rows:
                 return bodies
-            after = rows[-1][0]
-            data = body(enc.readings([r[1:] for r in rows], names))
+            data = body(enc.readings(rows, names))
             bodies.append(gzip.compress(data, compresslevel=1) if use_gzip else data)
 
 

@@ -217,7 +217,7 @@ def test_hourly_job_turns_estimated_gap_hours_into_interpolated_when_readings_re
     rows = by_hour(acc, "incomer")
     assert [rows[t0 + k * HOUR_MS].source for k in range(3, 6)] == ["estimated"] * 3
     last = load(acc, "incomer", stop, t0 + 12 * HOUR_MS, 10, diurnal, skip=(stop, resume),
-                base=acc.store.execute("SELECT max(value) FROM readings")[0][0]
+                base=max(r.value for r in acc.store.query_readings())
                 + sum(diurnal(t + 5000) * 10_000 / HOUR_MS for t in range(stop - 10_000, stop,
                                                                            10_000)))
     assert last > 0
@@ -227,9 +227,8 @@ def test_hourly_job_turns_estimated_gap_hours_into_interpolated_when_readings_re
     gap = [rows[t0 + k * HOUR_MS] for k in range(3, 9)]
     assert [r.source for r in gap] == ["meter_interpolated"] * 6
     assert all(r.coverage == 0 for r in gap[1:5])
-    a, b = acc.store.execute(
-        "SELECT r.value FROM readings r WHERE r.time IN (?, ?) ORDER BY r.time",
-        (stop - 10_000, resume))
+    a, b = [(r.value,) for r in acc.store.query_readings()
+            if r.time_ms in (stop - 10_000, resume)]
     spread = sum(r.detail["kwh"]["meter_interpolated"] for r in gap)
     assert spread == pytest.approx(b[0] - a[0], abs=1e-5)
     # nothing new: the next run computes only the new hour and rewrites nothing else

@@ -153,7 +153,7 @@ def test_status_shows_devices_store_and_backlog(tmp_path: Path) -> None:
     with Store.open(db) as store:
         store.insert_readings([Reading(now - timedelta(seconds=60 - i), "m1",
                                        "active_power_kw", float(i)) for i in range(6)])
-        store.commit_batch([], [("m1", int(now.timestamp() * 1000), "timeout after 1.0 s")])
+        store.commit_samples([], [("m1", int(now.timestamp() * 1000), "timeout after 1.0 s")])
         first = store.readings_after(0, 2)
         store.set_cursor("influxdb", READINGS, first[-1].id)
         Outbox(store).add(["ops"], {"event": "start", "rule": "spike", "device": "m1"})

@@ -25,6 +25,7 @@ import pytest
 
 from energyd.config import load_config
 from energyd.demo import SOURCE_CONFIG, demo_start
+from energyd.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENERGYD = Path(sys.executable).parent / "energyd"
@@ -66,8 +67,8 @@ def test_the_view_shows_devices_hourly_rows_and_alerts(demo_run: Any) -> None:
 
 def test_the_store_holds_what_the_view_showed(demo_run: Any) -> None:
     db = store(demo_run)
-    polled = {r[0] for r in db.execute(
-        "SELECT DISTINCT s.device FROM readings r JOIN series s ON s.id = r.series")}
+    with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as st:
+        polled = {d for d, q in st.series() if st.latest(d, q) is not None}
     assert polled == set(DEVICES)
     # meter-first hours of the incomer with MWh and both tCO2 figures
     hours = db.execute("SELECT mwh, tco2_location, tco2_market, ef_location FROM rollups "
@@ -84,7 +85,11 @@ def test_the_spike_and_the_leak_are_in_the_data(demo_run: Any) -> None:
     """The alerts answer to what was injected, at the simulated times it was injected."""
     tz = ZoneInfo(load_config(SOURCE_CONFIG).site.timezone)
     db = store(demo_run)
-    first_ms = db.execute("SELECT min(time) FROM readings").fetchone()[0]
+    with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as st:
+        first_ms = min(t for sid in st.known_series.values()
+                       if (t := st.series_first_time(sid)) is not None)
+        power = st.known_series[("sub1-incomer", "active_power_kw")]
+        incomer = st.series_values(power, first_ms, first_ms + 4 * 3_600_000)
     start = datetime.fromtimestamp(first_ms / 1000, UTC).replace(minute=0, second=0,
                                                                   microsecond=0)
     assert start.astimezone(tz).hour == 20 and start.astimezone(tz).weekday() < 5
@@ -92,10 +97,7 @@ def test_the_spike_and_the_leak_are_in_the_data(demo_run: Any) -> None:
     hour = 3_600_000
 
     def peak(t0: int, t1: int) -> float:
-        return db.execute(
-            "SELECT max(r.value) FROM readings r JOIN series s ON s.id = r.series WHERE "
-            "s.device = 'sub1-incomer' AND s.quantity = 'active_power_kw' AND r.time >= ? "
-            "AND r.time < ?", (t0, t1)).fetchone()[0]
+        return max(v for t, v in incomer if t0 <= t < t1)
 
     assert peak(ms + hour + 600_000, ms + 2 * hour) > 1200  # the spike, hour 2
     assert peak(ms, ms + hour) < 1200  # before it
@@ -148,8 +150,8 @@ def test_ctrl_c_stops_cleanly_with_the_embedded_broker(tmp_path: Path) -> None:
                 with sqlite3.connect(f"file:{workdir / 'energyd.db'}?mode=ro", uri=True) as db:
                     try:
                         with_data = {r[0] for r in db.execute(
-                            "SELECT DISTINCT s.device FROM series s JOIN readings r "
-                            "ON r.series = s.id")}
+                            "SELECT DISTINCT s.device FROM series s JOIN layout_series l "
+                            "ON l.series = s.id")}
                     except sqlite3.OperationalError:  # created, its tables not yet committed
                         continue
                 mqtt_seen = {"air-c1", "sub1-incomer"} <= with_data
@@ -164,7 +166,7 @@ def test_ctrl_c_stops_cleanly_with_the_embedded_broker(tmp_path: Path) -> None:
     assert "broker amqtt" in out
     assert "The data is in" in out and str(workdir) in out
     with sqlite3.connect(f"file:{workdir / 'energyd.db'}?mode=ro", uri=True) as db:
-        assert db.execute("SELECT count(*) FROM readings").fetchone()[0] > 0
+        assert db.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 

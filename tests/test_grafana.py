@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
+
+from energyd.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -76,9 +77,9 @@ def answer(influx: Any, database: str, q: str) -> tuple[str | None, list[list[An
 @pytest.fixture(scope="module")
 def filled(demo_run: Any) -> tuple[Any, str, int, int]:
     assert demo_run.returncode == 0, demo_run.stderr[-3000:]
-    db = sqlite3.connect(f"file:{demo_run.workdir / 'energyd.db'}?mode=ro", uri=True)
-    start_ms, end_ms = db.execute("SELECT min(time), max(time) FROM readings").fetchone()
-    db.close()
+    with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as store:
+        times = [r.time_ms for r in store.query_readings(quantity="active_power_kw")]
+    start_ms, end_ms = min(times), max(times)
     return demo_run.influx, demo_run.database, start_ms - 3_600_000, end_ms + 3_600_000
 
 

@@ -135,7 +135,7 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
     [alert] = [line for line in lines if line.startswith("energy_alert,")]
     assert "device=s,rule=sink_rejected" in alert and "bad point" in alert
     [(item, message)] = store.execute("SELECT item, message FROM rejected")
-    assert store.execute("SELECT value FROM readings WHERE id = ?", (item,)) == [(7.0,)]
+    assert [r.value for r in store.readings_after(item - 1, 1)] == [7.0]
     assert "bad point" in message
     # the chunk, 2 per level of halving (13 -> 7 -> 4 -> 2 -> 1), and the alert
     assert len(transport.times) <= 1 + 2 * 4 + 1
@@ -143,7 +143,7 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
 
 def test_backlog_counts_both_unsent_ranges_while_the_live_tail_goes_first(store):
     store.insert_readings(readings(100))
-    ids = [r[0] for r in store.execute("SELECT id FROM readings ORDER BY id")]
+    ids = [r.id for r in store.readings_after(0, 100)]
     assert store.backlog("s").count == 100
     # sent: ids <= 10 and (60, 80]; unsent: (10, 60] and after 80
     store.commit_sink("s", {READINGS: ids[9], GAP: ids[59], LIVE: ids[79]})

@@ -54,8 +54,13 @@ def test_the_read_api_the_other_layers_use(tmp_path: Path) -> None:
         assert [(s_, v) for s_, _, v in store.reading_rows(0, top)][:4] == [
             (sid, 1.0), (sid, 2.0), (sid, 3.0), (sid, 4.0)]
         m2 = store.known_series[("m2", "active_power_kw")]
-        assert store.earliest_by_series(4, top) == {m2: to_ms(T0 + timedelta(seconds=5))}
-        assert store.poll_reading_ids("m2", to_ms(T0 + timedelta(seconds=5)), 0, top) == [5]
+        m1_done = store.readings_after(0, 4)[-1].id  # ids grow but are not dense
+        assert store.count_after(m1_done) == 2 and store.count_after(0) == 6
+        assert store.earliest_by_series(m1_done, top) == {m2: to_ms(T0 + timedelta(seconds=5))}
+        assert store.earliest_by_series(0, m1_done) == {sid: t[0]}
+        first_m2 = store.readings_after(m1_done, 1)[0].id
+        assert store.poll_reading_ids("m2", to_ms(T0 + timedelta(seconds=5)), 0, top) == [
+            first_m2]
         assert [(d, v) for _, d, _, v, _ in store.readings_in(t[0], t[2])] == [
             ("m1", 1.0), ("m2", 1.0), ("m1", 2.0), ("m2", 2.0)]
         assert [(d, v) for _, d, _, v, _ in store.readings_in(t[0], t[2], by_series=True)] == [
@@ -195,9 +200,9 @@ def test_ids_are_never_reused_after_the_newest_rows_are_removed(tmp_path: Path) 
 
 def test_poll_records_fold_per_device(tmp_path: Path) -> None:
     with Store.open(tmp_path / "e.db") as store:
-        store.commit_batch([], [("m1", 1000, None), ("m1", 2000, "timeout"),
+        store.commit_samples([], [("m1", 1000, None), ("m1", 2000, "timeout"),
                                 ("m1", 3000, None), ("m2", 1500, "refused")])
-        store.commit_batch([], [("m1", 4000, None)])
+        store.commit_samples([], [("m1", 4000, None)])
         status = store.device_status()
         assert status["m1"] == {"last_poll": 4000, "last_success": 4000,
                                 "last_error": "timeout", "last_error_time": 2000,

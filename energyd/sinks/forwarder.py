@@ -190,32 +190,27 @@ class Forwarder:
     def _readings_limit(self, points: int) -> int:
         return max(1, math.ceil(points * self._ratio))
 
-    def _fetch_readings(self, after: int, upto: int, span: int) -> tuple[list[tuple], int, bool]:
-        """The readings with ids in (after, end], end = min(after + span, upto, the newest
-        id), as (series, time, value) rows; returns (rows, end, whether ids above end and
-        up to `upto` exist). Ids are given out in insertion order above every existing one,
-        so nothing can appear below `end` later: the rows need not carry their ids (a fifth
-        less to build on the hot path), and a hole left by deleted rows is just skipped."""
-        last = min(upto, self.store.last_reading_id())
-        if last <= after:
-            return [], after, False
-        end = min(after + span, last)
-        return self.store.reading_rows(after, end), end, end < last
+    def _fetch_readings(self, after: int, upto: int, count: int) -> tuple[list[tuple], int, bool]:
+        """The readings with ids in (after, upto], whole samples until at least `count`, as
+        (series, time, value) rows; returns (rows, the last id they cover, whether more up to
+        `upto` follow). Ids are given out in insertion order above every existing one, so
+        nothing can appear below the end later: the rows need not carry their ids, and a
+        hole left by deleted rows is just skipped."""
+        return self.store.reading_chunk(after, upto, count)
 
     def _maybe_open_gap(self) -> None:
         if self.gap is not None:
             return
         head = self.position(READINGS)
-        top = self.store.last_reading_id()
         # one backlog chunk: a second's worth at the rate, or a whole chunk without one
         chunk = self._readings_limit(self._points_wanted(True))
-        # ids are dense in insertion order, so their span is a good count of what is unsent
-        if top - head <= 2 * chunk:
+        unsent = self.store.count_after(head)
+        if unsent <= 2 * chunk:
             return
-        start = top - chunk  # the live tail starts with the newest chunk's worth
+        start = self.store.reading_id_back(chunk, head)  # the live tail: the newest chunk
         self._commit({GAP: start, LIVE: start})
         log.info("%s: %d readings to catch up; the newest go first, the backlog follows%s",
-                 self.name, top - head,
+                 self.name, unsent,
                  f" at up to {self.rate:g} points/s" if self.rate else "")
 
     def _readings_live(self, out: Outcome) -> None:

@@ -14,6 +14,7 @@ import sqlite3
 import sys
 
 from energyd.errors import StoreError
+from energyd.store.samples import group, group_rows
 from energyd.store.sqlite import Store
 
 
@@ -36,9 +37,9 @@ def main(argv: list[str]) -> int:
                 columns, rows, polls = pickle.load(batches)
             except EOFError:
                 return 0
-            rows.extend(zip(*columns, strict=True))
+            samples = group(*columns) + group_rows(rows)
             try:
-                answer: tuple[str, object] = ("ok", store.commit_batch(rows, polls))
+                answer: tuple[str, object] = ("ok", store.commit_samples(samples, polls))
             except (sqlite3.Error, StoreError) as exc:
                 answer = ("error", f"{store.path}: cannot commit readings: {exc}")
             pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)

@@ -8,7 +8,74 @@ that sinks follow with their cursors, so a recomputed rollup is forwarded again.
 
 from __future__ import annotations
 
-MIGRATIONS: list[str] = [
+import sqlite3
+from array import array
+from collections.abc import Callable
+
+from energyd.store.samples import SLOTS, pack_ids, pack_values
+
+Migration = str | Callable[[sqlite3.Connection], None]
+
+
+_SAMPLE_TABLES = """
+    CREATE TABLE layouts (
+        id INTEGER PRIMARY KEY,
+        series BLOB NOT NULL UNIQUE  -- the series ids, little-endian int64s, in order
+    );
+    CREATE TABLE layout_series (
+        series INTEGER NOT NULL REFERENCES series(id),
+        layout INTEGER NOT NULL REFERENCES layouts(id),
+        position INTEGER NOT NULL,
+        PRIMARY KEY (series, layout)
+    ) WITHOUT ROWID;
+    -- AUTOINCREMENT: ids are never handed out twice (see readings in 1)
+    CREATE TABLE samples (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        layout INTEGER NOT NULL REFERENCES layouts(id),
+        time INTEGER NOT NULL,
+        vals BLOB NOT NULL,  -- float64s, little-endian, one per series of the layout
+        quality BLOB,  -- one byte per value, NULL if all are good
+        UNIQUE (layout, time)
+    )"""
+
+
+def _pack_readings(conn: sqlite3.Connection) -> None:
+    """5: readings are packed into samples (energyd/store/samples.py). Each stored reading
+    becomes a sample of its own with the same id, so what followed reading ids (sink cursors,
+    rejected items, the hourly job's position) is multiplied by SLOTS and stays right."""
+    for statement in _SAMPLE_TABLES.split(";"):
+        conn.execute(statement)
+    layouts = {}
+    for (sid,) in conn.execute("SELECT DISTINCT series FROM readings").fetchall():
+        lid = conn.execute("INSERT INTO layouts (series) VALUES (?)",
+                           (pack_ids([sid]),)).lastrowid
+        conn.execute("INSERT INTO layout_series (series, layout, position) VALUES (?, ?, 0)",
+                     (sid, lid))
+        layouts[sid] = lid
+    last = 0
+    while True:
+        rows = conn.execute("SELECT id, series, time, value, quality FROM readings "
+                            "WHERE id > ? ORDER BY id LIMIT 50000", (last,)).fetchall()
+        if not rows:
+            break
+        conn.executemany(
+            "INSERT INTO samples (id, layout, time, vals, quality) VALUES (?, ?, ?, ?, ?)",
+            [(rid, layouts[sid], t, pack_values(array("d", (v,))),
+              bytes((q,)) if q else None) for rid, sid, t, v, q in rows])
+        last = rows[-1][0]
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+    if seq is not None:  # the newest ids may have been deleted: they are not given out again
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'samples'")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('samples', ?)", seq)
+    conn.execute("DROP TABLE readings")
+    conn.execute("UPDATE sink_cursors SET position = position * ? "
+                 "WHERE stream IN ('readings', 'readings.gap', 'readings.live')", (SLOTS,))
+    conn.execute("UPDATE rejected SET item = item * ? WHERE stream = 'readings'", (SLOTS,))
+    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) * ? "
+                 "WHERE key = 'accounting.readings_position'", (SLOTS,))
+
+
+MIGRATIONS: list[Migration] = [
     # 1: the foundation
     """
     CREATE TABLE series (
@@ -133,6 +200,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alert_outbox_channel ON alert_outbox (channel, id);
     """,
+    _pack_readings,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,6 +1,6 @@
 """The durable local store: SQLite in WAL mode.
 
-A reading is durable once `commit_batch` (the daemon's committer process), `insert_readings`
+A reading is durable once `commit_samples` (the daemon's committer process), `insert_readings`
 or an import's transaction has returned: the database runs with `synchronous=FULL`, so a
 commit survives a crash or a power cut. Writers batch: one transaction per flush, not per
 reading. One connection serves the process, guarded by a lock, so the asyncio loop may call
@@ -14,19 +14,35 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import heapq
+import itertools
 import json
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from energyd.errors import StoreError
 from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
+from energyd.store.samples import (
+    SLOTS,
+    Sample,
+    count,
+    group_rows,
+    pack_ids,
+    pack_quality,
+    pack_values,
+    unpack_ids,
+    unpack_values,
+)
 from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 READINGS = "readings"
@@ -63,7 +79,15 @@ class Backlog:
     oldest_ms: int | None  # reading time of the oldest unsent item
 
 
-_series_of = itemgetter(0)
+_layout_of = itemgetter(0)
+_time_of = itemgetter(0)
+_unpack_double = struct.Struct("<d").unpack
+_INSERT_SAMPLE = ("INSERT INTO samples (layout, time, vals, quality) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (layout, time) DO NOTHING")
+
+
+def _sheddable(quantity: str) -> bool:
+    return quantity not in QUANTITIES or QUANTITIES[quantity].sheddable
 
 
 class Store:
@@ -76,6 +100,10 @@ class Store:
         self._series: dict[tuple[str, str], int] = {}
         self._series_names: dict[int, tuple[str, str]] = {}
         self._load_series()
+        self._layout_ids: dict[bytes, int] = {}  # samples.pack_ids(series) -> layout id
+        self._layouts: dict[int, tuple[int, ...]] = {}
+        self._load_layouts()
+        self._per_sample = 8  # readings per sample, about: sizes the reads by id
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -187,11 +215,49 @@ class Store:
     def series(self) -> list[tuple[str, str]]:
         return sorted(self._series)
 
-    # --- readings -----------------------------------------------------------------------
+    # --- layouts: the sets of series a sample holds (energyd/store/samples.py) -------------
 
-    def insert_readings(self, readings: Iterable[Reading]) -> int:
-        """Commit `readings` in one transaction; returns how many were new."""
-        return self.commit_batch(self.series_rows(readings), ())
+    def _load_layouts(self) -> None:
+        for lid, key in self._conn.execute("SELECT id, series FROM layouts"):
+            self._layout_ids[key] = lid
+            self._layouts[lid] = unpack_ids(key)
+
+    def _layout(self, lid: int) -> tuple[int, ...]:
+        """The series of a layout, by position (the committer process may have made it)."""
+        series = self._layouts.get(lid)
+        if series is None:
+            with self._lock:
+                self._check_open()
+                row = self._conn.execute("SELECT series FROM layouts WHERE id = ?",
+                                         (lid,)).fetchone()
+            if row is None:
+                raise StoreError(f"{self.path}: a sample refers to layout {lid}, which is missing")
+            series = self._layouts[lid] = unpack_ids(row[0])
+        return series
+
+    def _layout_id(self, conn: sqlite3.Connection, key: bytes) -> int:
+        """Inside a transaction: the layout of these series (`samples.pack_ids`), made if new."""
+        lid = self._layout_ids.get(key)
+        if lid is None:
+            row = conn.execute("SELECT id FROM layouts WHERE series = ?", (key,)).fetchone()
+            series = unpack_ids(key)
+            if row is None:
+                lid = conn.execute("INSERT INTO layouts (series) VALUES (?)", (key,)).lastrowid
+                conn.executemany(
+                    "INSERT INTO layout_series (series, layout, position) VALUES (?, ?, ?)",
+                    [(sid, lid, pos) for pos, sid in enumerate(series)])
+            else:
+                lid = row[0]
+            self._layout_ids[key] = lid
+            self._layouts[lid] = series
+        return lid
+
+    def _placements(self, series: int) -> list[tuple[int, int]]:
+        """(layout, position) of each layout that holds the series."""
+        return self.execute("SELECT layout, position FROM layout_series WHERE series = ?",
+                            (series,))
+
+    # --- writing readings ---------------------------------------------------------------
 
     def series_rows(self, readings: Iterable[Reading]) -> list[tuple[int, int, float, int]]:
         """(series id, time ms, value, quality) for each reading; new series are created."""
@@ -199,7 +265,6 @@ class Store:
             readings = list(readings)
         known = self._series
         try:
-            # the daemon's hot path: one tuple per reading, no intermediate objects
             return [(known[(r.device, r.quantity)], to_ms(r.time), r.value, int(r.quality))
                     for r in readings]
         except KeyError:
@@ -210,20 +275,27 @@ class Store:
                 self.series_id(device, quantity, conn)
         return self.series_rows(readings)
 
-    def commit_batch(self, rows: list[tuple[int, int, float, int]],
-                     polls: Iterable[tuple[str, int, str | None]]) -> int:
-        """One flush of the daemon: `series_rows()` rows and the polls that read them, in one
-        transaction (one sync to disk). Returns how many readings were new."""
-        # A flush holds many polls of each device: in series order (a stable sort keeps each
-        # series' readings in the order they were read) consecutive rows land in the same
-        # index leaf, which roughly halves SQLite's work per reading. The order only speeds
-        # the insert, so sorting on the series id alone (an int key) is enough, at half the
-        # cost of comparing whole rows.
-        rows.sort(key=_series_of)
+    def commit_samples(self, samples: list[Sample],
+                       polls: Iterable[tuple[str, int, str | None]]) -> int:
+        """One flush of the daemon: samples (`samples.group`) and the polls that read them, in
+        one transaction (one sync to disk). A sample the store holds already (same layout and
+        time: a batch sent again) is ignored. Returns how many samples were new."""
         with self.transaction() as conn:
-            inserted = self.insert_series_rows(conn, rows) if rows else 0
+            layout_id = self._layout_id
+            rows = [(layout_id(conn, key), t, vals, quality) for key, t, vals, quality in samples]
+            # consecutive rows of a layout land in the same leaf of the (layout, time) index
+            rows.sort(key=_layout_of)
+            before = conn.total_changes
+            conn.executemany(_INSERT_SAMPLE, rows)
+            inserted = conn.total_changes - before
             self._record_polls(conn, polls)
         return inserted
+
+    def insert_readings(self, readings: Iterable[Reading]) -> int:
+        """Commit `readings` in one transaction; returns how many were new."""
+        rows = self.series_rows(readings)
+        with self.transaction() as conn:
+            return self.insert_series_rows(conn, rows)
 
     def insert_rows(self, conn: sqlite3.Connection,
                     rows: Iterable[tuple[int, str, str, float, int]]) -> int:
@@ -237,22 +309,53 @@ class Store:
     def insert_series_rows(self, conn: sqlite3.Connection,
                            params: list[tuple[int, int, float, int]]) -> int:
         """Insert (series id, time ms, value, quality) rows inside `transaction()`; returns
-        how many were new. For bulk paths that resolved their series ids themselves."""
-        # Bulk paths (imports) arrive in time order and stay so: sorting a large batch by
-        # series would cost the import its rate and split polls apart for the sinks.
-        before = conn.total_changes
-        # the same series and time twice is one reading: replays and re-imports are harmless
-        conn.executemany(
-            "INSERT INTO readings (series, time, value, quality) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (series, time) DO NOTHING", params)
-        return conn.total_changes - before
+        how many were new. For bulk paths (imports, backfills): a reading of a series and time
+        the store holds already is left out, so replays and re-imports are harmless whatever
+        samples the readings were first stored in."""
+        rows = self._unknown(conn, params)
+        layout_id = self._layout_id
+        conn.executemany(_INSERT_SAMPLE, [(layout_id(conn, key), t, vals, quality)
+                                          for key, t, vals, quality in group_rows(rows)])
+        return len(rows)
+
+    @staticmethod
+    def _unknown(conn: sqlite3.Connection, rows: list[tuple[int, int, float, int]]
+                 ) -> list[tuple[int, int, float, int]]:
+        """The rows whose (series, time) neither the store nor an earlier row holds."""
+        spans: dict[int, list[int]] = {}
+        for sid, t, _, _ in rows:
+            span = spans.get(sid)
+            if span is None:
+                spans[sid] = [t, t]
+            elif t < span[0]:
+                span[0] = t
+            elif t > span[1]:
+                span[1] = t
+        seen: set[tuple[int, int]] = set()
+        for sid, (lo, hi) in spans.items():
+            for (t,) in conn.execute(
+                    "SELECT s.time FROM layout_series l JOIN samples s ON s.layout = l.layout "
+                    "WHERE l.series = ? AND s.time >= ? AND s.time <= ?", (sid, lo, hi)):
+                seen.add((sid, t))
+        out = []
+        for row in rows:
+            key = (row[0], row[1])
+            if key not in seen:
+                seen.add(key)
+                out.append(row)
+        return out
 
     def invalidate_series_cache(self) -> None:
-        """After a rollback, series created inside it no longer exist."""
+        """After a rollback, series and layouts created inside it no longer exist."""
         with self._lock:
             self._series.clear()
             self._series_names.clear()
             self._load_series()
+            self._layout_ids.clear()
+            self._layouts.clear()
+            self._load_layouts()
+
+    # --- reading by series and time -------------------------------------------------------
 
     def query_readings(
         self,
@@ -265,113 +368,272 @@ class Store:
     ) -> Iterator[StoredReading]:
         """Readings in [start_ms, end_ms), ordered by series then time."""
         with self._lock:
-            self._check_open()
             wanted = [sid for (d, q), sid in self._series.items()
                       if (device is None or d == device) and (quantity is None or q == quantity)]
         lo = start_ms if start_ms is not None else -(2**62)
         hi = end_ms if end_ms is not None else 2**62
         for sid in sorted(wanted, key=lambda s: self._series_names[s]):
             d, q = self._series_names[sid]
-            after = lo - 1
-            last_id = -1
-            while True:
-                with self._lock:
-                    rows = self._conn.execute(
-                        "SELECT id, time, value, quality FROM readings "
-                        "WHERE series = ? AND (time > ? OR (time = ? AND id > ?)) AND time < ? "
-                        "ORDER BY time, id LIMIT ?",
-                        (sid, after, after, last_id, hi, batch),
-                    ).fetchall()
-                for rid, t, v, qual in rows:
+            streams = [self._placement_pages(lid, pos, lo, hi, batch)
+                       for lid, pos in self._placements(sid)]
+            last = None
+            for t, rid, v, qual in heapq.merge(*streams):
+                if t != last:  # one reading per series and time, should two samples hold it
+                    last = t
                     yield StoredReading(rid, t, d, q, v, qual)
-                if len(rows) < batch:
-                    break
-                after, last_id = rows[-1][1], rows[-1][0]
 
-    def readings_after(self, position: int, limit: int) -> list[StoredReading]:
-        """The next `limit` readings in insertion order after `position` (a sink's cursor)."""
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute(
-                "SELECT id, series, time, value, quality FROM readings WHERE id > ? "
-                "ORDER BY id LIMIT ?", (position, limit)).fetchall()
-        names = self._series_names
-        if any(r[1] not in names for r in rows):
-            self.invalidate_series_cache()
-        return [StoredReading(rid, t, *names[sid], v, q) for rid, sid, t, v, q in rows]
+    def _placement_pages(self, lid: int, pos: int, lo: int, hi: int, batch: int
+                         ) -> Iterator[tuple[int, int, float, int]]:
+        """(time, reading id, value, quality) at one position of one layout, by time."""
+        after = lo - 1
+        while True:
+            with self._lock:
+                self._check_open()
+                rows = self._conn.execute(
+                    "SELECT time, id, substr(vals, ?, 8), quality FROM samples "
+                    "WHERE layout = ? AND time > ? AND time < ? ORDER BY time LIMIT ?",
+                    (pos * 8 + 1, lid, after, hi, batch)).fetchall()
+            for t, sid, value, quality in rows:
+                yield t, sid * SLOTS + pos, _unpack_double(value)[0], \
+                    quality[pos] if quality else 0
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
 
     def latest(self, device: str, quantity: str) -> StoredReading | None:
         sid = self._series.get((device, quantity))
         if sid is None:
             return None
-        rows = self.execute(
-            "SELECT id, time, value, quality FROM readings WHERE series = ? "
-            "ORDER BY time DESC LIMIT 1", (sid,))
-        return StoredReading(rows[0][0], rows[0][1], device, quantity, rows[0][2], rows[0][3]) \
-            if rows else None
+        best = None
+        for lid, pos in self._placements(sid):
+            rows = self.execute("SELECT time, id, vals, quality FROM samples WHERE layout = ? "
+                                "ORDER BY time DESC LIMIT 1", (lid,))
+            if rows and (best is None or rows[0][0] > best[0][0]):
+                best = rows[0], pos
+        if best is None:
+            return None
+        (t, sample, vals, quality), pos = best
+        return StoredReading(sample * SLOTS + pos, t, device, quantity,
+                             unpack_values(vals)[pos], quality[pos] if quality else 0)
 
     def count_readings(self) -> int:
-        return self.execute("SELECT count(*) FROM readings")[0][0]
+        return self.execute("SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples")[0][0]
 
     def readings_in(self, start_ms: int, end_ms: int, *, device: str | None = None,
                     by_series: bool = False) -> Iterator[tuple[int, str, str, float, int]]:
         """(time, device, quantity, value, quality) of the readings with start <= time < end,
         ordered by time (then device, quantity), or with `by_series` by device, quantity,
         time; streamed on a connection of its own (exports, evidence files)."""
-        sql = ("SELECT r.time, s.device, s.quantity, r.value, r.quality FROM readings r "
-               "JOIN series s ON s.id = r.series WHERE r.time >= ? AND r.time < ?")
-        params: list[object] = [start_ms, end_ms]
-        if device is not None:
-            sql += " AND s.device = ?"
-            params.append(device)
-        sql += (" ORDER BY s.device, s.quantity, r.time" if by_series
-                else " ORDER BY r.time, s.device, s.quantity")
-        return self.iterate(sql, params)
+        self._check_open()
+        return self._stream_readings(start_ms, end_ms, device, by_series)
+
+    def _stream_readings(self, start_ms: int, end_ms: int, device: str | None,
+                         by_series: bool) -> Iterator[tuple[int, str, str, float, int]]:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        try:
+            names = {sid: (d, q) for sid, d, q in
+                     conn.execute("SELECT id, device, quantity FROM series")
+                     if device is None or d == device}
+            layouts: dict[int, list[tuple[int, int]]] = {}  # layout -> [(position, series)]
+            for sid, lid, pos in conn.execute(
+                    "SELECT series, layout, position FROM layout_series ORDER BY series"):
+                if sid in names:
+                    layouts.setdefault(lid, []).append((pos, sid))
+
+            def stream(lid: int, placed: list[tuple[int, int]]
+                       ) -> Iterator[tuple[int, list[tuple[str, str, float, int]]]]:
+                for t, vals, quality in conn.execute(
+                        "SELECT time, vals, quality FROM samples WHERE layout = ? "
+                        "AND time >= ? AND time < ? ORDER BY time", (lid, start_ms, end_ms)):
+                    values = unpack_values(vals)
+                    yield t, [(*names[sid], values[pos], quality[pos] if quality else 0)
+                              for pos, sid in placed]
+
+            if by_series:
+                by_sid: dict[int, list[tuple[int, int]]] = {}
+                for lid, placed in layouts.items():
+                    for pos, sid in placed:
+                        by_sid.setdefault(sid, []).append((lid, pos))
+                for sid in sorted(by_sid, key=names.__getitem__):
+                    last = None
+                    merged = heapq.merge(*(stream(lid, [(pos, sid)]) for lid, pos in by_sid[sid]),
+                                         key=_time_of)
+                    for t, ((d, q, v, qual),) in merged:
+                        if t != last:
+                            last = t
+                            yield t, d, q, v, qual
+                return
+            merged = heapq.merge(*(stream(lid, placed) for lid, placed in layouts.items()),
+                                 key=_time_of)
+            for t, group in itertools.groupby(merged, key=_time_of):
+                at: dict[tuple[str, str], tuple[float, int]] = {}
+                for _, items in group:
+                    for d, q, v, qual in items:
+                        at.setdefault((d, q), (v, qual))
+                for (d, q), (v, qual) in sorted(at.items()):
+                    yield t, d, q, v, qual
+        finally:
+            conn.close()
 
     # --- one series, by id: what the accounting reads -----------------------------------
 
+    def _series_time(self, series: int, sql: str, params: tuple,
+                     pick: Callable[[list[int]], int]) -> int | None:
+        found = []
+        for lid, _ in self._placements(series):
+            t = self.execute(sql, (lid, *params))[0][0]
+            if t is not None:
+                found.append(t)
+        return pick(found) if found else None
+
     def series_time_before(self, series: int, time_ms: int) -> int | None:
         """The time of the series' last reading before `time_ms`, if any."""
-        return self.execute("SELECT max(time) FROM readings WHERE series = ? AND time < ?",
-                            (series, time_ms))[0][0]
+        return self._series_time(
+            series, "SELECT max(time) FROM samples WHERE layout = ? AND time < ?",
+            (time_ms,), max)
 
     def series_time_from(self, series: int, time_ms: int) -> int | None:
         """The time of the series' first reading at or after `time_ms`, if any."""
-        return self.execute("SELECT min(time) FROM readings WHERE series = ? AND time >= ?",
-                            (series, time_ms))[0][0]
+        return self._series_time(
+            series, "SELECT min(time) FROM samples WHERE layout = ? AND time >= ?",
+            (time_ms,), min)
 
     def series_first_time(self, series: int) -> int | None:
-        return self.execute("SELECT min(time) FROM readings WHERE series = ?",
-                            (series,))[0][0]
+        return self._series_time(series, "SELECT min(time) FROM samples WHERE layout = ?",
+                                 (), min)
 
     def series_values(self, series: int, first_ms: int, last_ms: int
                       ) -> list[tuple[int, float]]:
         """(time, value) of the series' readings with first_ms <= time <= last_ms, by time."""
-        return self.execute("SELECT time, value FROM readings WHERE series = ? AND time >= ? "
-                            "AND time <= ? ORDER BY time", (series, first_ms, last_ms))
+        found: dict[int, float] = {}
+        for lid, pos in self._placements(series):
+            for t, value in self.execute(
+                    "SELECT time, substr(vals, ?, 8) FROM samples WHERE layout = ? "
+                    "AND time >= ? AND time <= ?", (pos * 8 + 1, lid, first_ms, last_ms)):
+                found.setdefault(t, _unpack_double(value)[0])
+        return sorted(found.items())
 
     # --- insertion order: what sinks and the hourly job follow ----------------------------
 
     def last_reading_id(self) -> int:
-        """The newest reading's id, 0 in an empty store. Ids only grow (see the schema)."""
-        return self.execute("SELECT coalesce(max(id), 0) FROM readings")[0][0]
+        """The newest reading's id, 0 in an empty store. Ids only grow (see the schema), but
+        they are not dense (see samples.py): count readings with `count_after`."""
+        rows = self.execute("SELECT id, length(vals) FROM samples ORDER BY id DESC LIMIT 1")
+        return rows[0][0] * SLOTS + rows[0][1] // 8 - 1 if rows else 0
+
+    def reading_chunk(self, after: int, upto: int, count: int
+                      ) -> tuple[list[tuple[int, int, float]], int, bool]:
+        """(series id, time, value) of the readings with ids in (after, upto], in id order,
+        whole samples until at least `count` are in: (rows, the last id they cover or
+        `after`, whether more readings up to `upto` follow)."""
+        out: list[tuple[int, int, float]] = []
+        end = after
+        first, last = after // SLOTS, upto // SLOTS
+        page = max(8, count // self._per_sample + 1)
+        layouts = self._layouts
+        while True:
+            with self._lock:
+                self._check_open()
+                samples = self._conn.execute(
+                    "SELECT id, layout, time, vals FROM samples WHERE id >= ? AND id <= ? "
+                    "ORDER BY id LIMIT ?", (first, last, page)).fetchall()
+            for sample, lid, t, vals in samples:
+                base = sample * SLOTS
+                if len(out) >= count:
+                    return out, end, base <= upto
+                series = layouts.get(lid) or self._layout(lid)
+                values = unpack_values(vals)
+                top = base + len(values) - 1
+                if base > after and top <= upto:
+                    out.extend(zip(series, repeat(t), values, strict=False))
+                    end = top
+                else:  # a sample the range cuts (a position not at a sample's end)
+                    for pos, (sid, v) in enumerate(zip(series, values, strict=True)):
+                        if after < base + pos <= upto:
+                            out.append((sid, t, v))
+                            end = base + pos
+            if samples:
+                self._per_sample = max(1, len(out) // len(samples))
+            if len(samples) < page:
+                return out, end, False
+            first = samples[-1][0] + 1
 
     def reading_rows(self, after: int, upto: int) -> list[tuple[int, int, float]]:
         """(series id, time, value) of the readings with ids in (after, upto], in id order."""
-        return self.execute("SELECT series, time, value FROM readings WHERE id > ? AND id <= ? "
-                            "ORDER BY id", (after, upto))
+        return self.reading_chunk(after, upto, 2**62)[0]
+
+    def readings_after(self, position: int, limit: int) -> list[StoredReading]:
+        """The next `limit` readings in insertion order after `position`, with their ids."""
+        with self._lock:
+            self._check_open()
+            samples = self._conn.execute(
+                "SELECT id, layout, time, vals, quality FROM samples WHERE id >= ? "
+                "ORDER BY id LIMIT ?", (position // SLOTS, limit + 1)).fetchall()
+        names = self._series_names
+        if any(sid not in names for _, lid, *_ in samples for sid in self._layout(lid)):
+            self.invalidate_series_cache()
+        out = []
+        for sample, lid, t, vals, quality in samples:
+            for pos, (sid, v) in enumerate(zip(self._layout(lid), unpack_values(vals),
+                                                  strict=True)):
+                if sample * SLOTS + pos > position and len(out) < limit:
+                    out.append(StoredReading(sample * SLOTS + pos, t, *names[sid], v,
+                                             quality[pos] if quality else 0))
+        return out
+
+    def count_after(self, position: int) -> int:
+        """How many readings have ids above `position`."""
+        k = position // SLOTS
+        rows = self.execute(
+            "SELECT coalesce(sum(length(vals)), 0) / 8, "
+            "(SELECT length(vals) / 8 FROM samples WHERE id = ?) FROM samples WHERE id > ?",
+            (k, k))[0]
+        partial = max(0, k * SLOTS + rows[1] - 1 - position) if rows[1] is not None else 0
+        return rows[0] + partial
+
+    def reading_id_back(self, count: int, floor: int) -> int:
+        """A position p >= floor, at a sample's start, with at least `count` readings in
+        (p, newest]; `floor` if there are not that many above it."""
+        total = 0
+        for sample, n in self.execute(
+                "SELECT id, length(vals) / 8 FROM samples WHERE id > ? ORDER BY id DESC "
+                "LIMIT ?", (floor // SLOTS, count)):
+            total += n
+            if total >= count:
+                return max(floor, sample * SLOTS - 1)
+        return floor
 
     def earliest_by_series(self, after: int, upto: int) -> dict[int, int]:
         """series id -> the earliest time among its readings with ids in (after, upto]."""
-        return dict(self.execute("SELECT series, min(time) FROM readings WHERE id > ? "
-                                 "AND id <= ? GROUP BY series", (after, upto)))
+        first, last = after // SLOTS, upto // SLOTS
+        out: dict[int, int] = {}
+
+        def note(sid: int, t: int) -> None:
+            if t < out.get(sid, t + 1):
+                out[sid] = t
+        for lid, t in self.execute("SELECT layout, min(time) FROM samples WHERE id > ? "
+                                   "AND id < ? GROUP BY layout", (first, last)):
+            for sid in self._layout(lid):
+                note(sid, t)
+        for sample, lid, t, vals in self.execute(
+                "SELECT id, layout, time, vals FROM samples WHERE id IN (?, ?)", (first, last)):
+            for pos, sid in enumerate(self._layout(lid)[:count(vals)]):
+                if after < sample * SLOTS + pos <= upto:
+                    note(sid, t)
+        return out
 
     def poll_reading_ids(self, device: str, time_ms: int, after: int, upto: int) -> list[int]:
         """Ids in (after, upto] of the device's readings taken at `time_ms` (one poll)."""
-        return [r[0] for r in self.execute(
-            "SELECT r.id FROM readings r JOIN series s ON s.id = r.series "
-            "WHERE s.device = ? AND r.time = ? AND r.id > ? AND r.id <= ? ORDER BY r.id",
-            (device, time_ms, after, upto))]
+        mine = {sid for (sid,) in self.execute("SELECT id FROM series WHERE device = ?",
+                                                (device,))}
+        ids = []
+        for sample, lid, n in self.execute(
+                "SELECT id, layout, length(vals) / 8 FROM samples WHERE id >= ? AND id <= ? "
+                "AND time = ?", (after // SLOTS, upto // SLOTS, time_ms)):
+            for pos, sid in enumerate(self._layout(lid)[:n]):
+                if sid in mine and after < sample * SLOTS + pos <= upto:
+                    ids.append(sample * SLOTS + pos)
+        return sorted(ids)
 
     # --- sink cursors -------------------------------------------------------------------
 
@@ -394,11 +656,8 @@ class Store:
             split = self._split_backlog(sink, position)
             if split is not None:
                 return split
-            count = self.execute("SELECT count(*) FROM readings WHERE id > ?", (position,))[0][0]
-            oldest = self.execute(
-                "SELECT min(time) FROM readings WHERE id > ? AND id <= ?",
-                (position, position + 10000))[0][0] if count else None
-            return Backlog(count, oldest)
+            count = self.count_after(position)
+            return Backlog(count, self._oldest_after(position) if count else None)
         table, time_col = {ROLLUPS: ("rollups", "hour"), ALERTS: ("alerts", "started"),
                            AIR: ("air_hourly", "hour")}[stream]
         row = self.execute(
@@ -482,45 +741,82 @@ class Store:
                 total += p.stat().st_size
         return total
 
-    def enforce_quota(self, batch: int = 20000, sinks: Sequence[str] = ()) -> int:
+    def enforce_quota(self, batch: int = 5000, sinks: Sequence[str] = ()) -> int:
         """Shed the oldest sheddable readings (power, voltage, current...) until under quota.
 
         What every sink in `sinks` has already forwarded goes first; only if that is not
         enough are unsent samples shed. Energy counters are never shed: they carry what the
-        accounting signs for. Returns the number of readings shed; if only counters are
-        left, the store stays over quota.
+        accounting signs for (a sample holding both keeps its counters). Returns the number
+        of readings shed; if only counters are left, the store stays over quota.
         """
         if self.quota is None:
             return 0
         shed = 0
-        sheddable = [sid for (_, q), sid in self._series.items()
-                     if q not in QUANTITIES or QUANTITIES[q].sheddable]
-        if not sheddable:
-            return 0
-        marks = ",".join("?" * len(sheddable))
         target = int(self.quota * 0.9)  # leave headroom so shedding is not re-run every flush
         forwarded = min((self.cursor(s, READINGS) for s in sinks), default=None)
         for limit in ([forwarded] if forwarded is not None else []) + [2**62]:
             while self.size_bytes() > self.quota or (shed and self.size_bytes() > target):
-                with self.transaction() as conn:
-                    n = conn.execute(
-                        f"DELETE FROM readings WHERE id IN (SELECT id FROM readings "
-                        f"WHERE series IN ({marks}) AND id <= ? ORDER BY id LIMIT ?)",
-                        (*sheddable, limit, batch)).rowcount
+                n = self._shed(limit, batch)
                 shed += n
                 if n == 0:
                     break
         return shed
 
+    def _shed(self, upto: int, batch: int) -> int:
+        """Shed the sheddable readings of the oldest `batch` samples with ids up to `upto`
+        that hold any; returns how many readings went."""
+        with self._lock:
+            self._load_series()
+            kept = {}  # layout -> positions of the readings it keeps
+            for lid, key in self.execute("SELECT id, series FROM layouts"):
+                series = unpack_ids(key)
+                keep = [pos for pos, sid in enumerate(series)
+                        if not _sheddable(self._series_names[sid][1])]
+                if len(keep) < len(series):
+                    kept[lid] = keep
+        if not kept:
+            return 0
+        shed = 0
+        marks = ",".join("?" * len(kept))
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT id, layout, vals, quality FROM samples WHERE layout IN ({marks}) "
+                f"AND id * ? + length(vals) / 8 - 1 <= ? ORDER BY id LIMIT ?",
+                (*kept, SLOTS, upto, batch)).fetchall()
+            for sample, lid, vals, quality in rows:
+                keep = kept[lid]
+                n = count(vals)
+                shed += n - len(keep)
+                if not keep:
+                    conn.execute("DELETE FROM samples WHERE id = ?", (sample,))
+                    continue
+                # the counters stay, in a sample of their own layout with the same id: a
+                # reader's position is at the end of a sample, so no reading id crosses one
+                series, values = self._layout(lid), unpack_values(vals)
+                key = pack_ids([series[p] for p in keep])
+                q = array("b", [quality[p] for p in keep]) if quality else None
+                changed = conn.execute(
+                    "UPDATE OR IGNORE samples SET layout = ?, vals = ?, quality = ? WHERE id = ?",
+                    (self._layout_id(conn, key), pack_values(array("d", [values[p] for p in keep])),
+                     pack_quality(q) if q is not None else None, sample)).rowcount
+                if not changed:  # the counters' own sample at that time holds them already
+                    conn.execute("DELETE FROM samples WHERE id = ?", (sample,))
+        return shed
+
     def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
-        """Delete raw readings older than the retention that every sink has forwarded."""
+        """Delete raw readings older than the retention that every sink has forwarded;
+        returns how many went."""
         horizon = now_ms - retention_ms
         limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
+        where, params = "time < ?", [horizon]
+        if limit is not None:
+            where += " AND id * ? + length(vals) / 8 - 1 <= ?"
+            params += [SLOTS, limit]
         with self.transaction() as conn:
-            if limit is None:
-                return conn.execute("DELETE FROM readings WHERE time < ?", (horizon,)).rowcount
-            return conn.execute("DELETE FROM readings WHERE time < ? AND id <= ?",
-                                (horizon, limit)).rowcount
+            gone = conn.execute(f"SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples "
+                                f"WHERE {where}", params).fetchone()[0]
+            conn.execute(f"DELETE FROM samples WHERE {where}", params)
+        return gone
 
     # --- sink forwarding state (energyd/sinks/forwarder.py) -------------------------------
 
@@ -557,11 +853,18 @@ class Store:
         gap, live = positions.get("readings.gap"), positions.get("readings.live")
         if gap is None or live is None:
             return None
-        old = self.execute("SELECT count(*), min(time) FROM readings WHERE id > ? AND id <= ?",
-                           (head, gap))[0]
-        new = self.execute("SELECT count(*), min(time) FROM readings WHERE id > ?", (live,))[0]
-        times = [t for t in (old[1], new[1]) if t is not None]
-        return Backlog(old[0] + new[0], min(times) if times else None)
+        old = self.count_after(head) - self.count_after(gap)
+        new = self.count_after(live)
+        times = [t for n, after in ((old, head), (new, live)) if n
+                 and (t := self._oldest_after(after)) is not None]
+        return Backlog(old + new, min(times) if times else None)
+
+    def _oldest_after(self, position: int) -> int | None:
+        """The earliest reading time among the (about) 10,000 readings after `position`."""
+        return self.execute(
+            "SELECT min(time) FROM (SELECT time, id, vals FROM samples WHERE id >= ? "
+            "ORDER BY id LIMIT ?) WHERE id * ? + length(vals) / 8 - 1 > ?",
+            (position // SLOTS, 10000 // self._per_sample + 1, SLOTS, position))[0][0]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -573,8 +876,12 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     for number in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(MIGRATIONS[number]):
-                conn.execute(statement)
+            migration = MIGRATIONS[number]
+            if callable(migration):
+                migration(conn)
+            else:
+                for statement in _statements(migration):
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
             conn.execute("COMMIT")
         except BaseException:

@@ -4,12 +4,13 @@
 never blocks on the database: it appends to the batch's columns under a short lock.
 
 A flush hands the batch to the committer, a process of its own (`energyd.store.committer`)
-that writes it to SQLite and syncs it to disk. SQLite's work per reading (a row and an index
-entry) is the largest CPU cost of a busy gateway; in the daemon's process
-it would hold up the bus owners and the MQTT thread, in its own it runs on another core. The
-writer keeps what it sent until the committer answers that it is on disk, so a committer that
-dies loses nothing: the batch goes again to a new one (the store ignores a reading it already
-has). Series ids are resolved here, in the daemon's store, so its series cache stays right.
+that packs it into samples (`energyd.store.samples`), writes them to SQLite and syncs them to
+disk. SQLite's work is the largest CPU cost of a busy gateway; in the daemon's process it would
+hold up the bus owners and the MQTT thread, in its own it runs on another core. The writer
+keeps what it sent until the committer answers that it is on disk, so a committer that dies
+loses nothing: the batch goes again to a new one, which packs it into the same samples, and the
+store ignores a sample it already has. Series ids are resolved here, in the daemon's store, so
+its series cache stays right.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ class Batch:
     garbage collector to walk through while they wait, and a copy of memory to pickle),
     readings of series the store has not seen yet, and the polls."""
 
-    __slots__ = ("series", "times", "values", "quality", "new", "polls", "kept", "callbacks")
+    __slots__ = ("series", "times", "values", "quality", "starts", "new", "polls", "kept",
+                 "callbacks")
 
     def __init__(self) -> None:
+        self.starts = array("q")  # where each submit() call's readings begin: see samples.group
         self.series = array("q")
         self.times = array("q")
         self.values = array("d")
@@ -57,6 +60,8 @@ class Batch:
         return len(self.series) + len(self.new)
 
     def merge(self, later: Batch) -> None:
+        offset = len(self.series)
+        self.starts.extend(start + offset for start in later.starts)
         for mine, theirs in ((self.series, later.series), (self.times, later.times),
                              (self.values, later.values), (self.quality, later.quality)):
             mine.extend(theirs)
@@ -100,6 +105,7 @@ class StoreWriter:
         keep = self._keep_readings()
         with self._lock:
             b = self._batch
+            b.starts.append(len(b.series))
             last_time, last_ms = None, 0
             for r in readings:
                 sid = known.get((r.device, r.quantity))
@@ -136,7 +142,7 @@ class StoreWriter:
             if not len(batch) and not batch.polls:
                 return 0
             try:
-                columns = (batch.series, batch.times, batch.values, batch.quality)
+                columns = (batch.series, batch.times, batch.values, batch.quality, batch.starts)
                 new = self._store.series_rows(batch.new)
                 if self._committer is None:
                     self._committer = Committer(self._store.path)
@@ -227,10 +233,12 @@ class Committer:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         self.pid = self._proc.pid
 
-    def commit(self, columns: tuple[array, array, array, array],
+    def commit(self, columns: tuple[array, array, array, array, array],
                rows: list[tuple[int, int, float, int]], polls: list[Poll]) -> int:
-        """Columns (series ids, times ms, values, qualities) and rows of the same four: the
-        first for the bulk, the second for readings whose series were created this flush."""
+        """Columns (series ids, times ms, values, qualities, where each submit() call
+        begins) and rows (series id, time ms, value, quality): the first for the bulk, the
+        second for readings whose series were created this flush. Returns how many samples
+        were new."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
             pickle.dump((columns, rows, polls), self._proc.stdin,
