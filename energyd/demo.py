@@ -408,7 +408,7 @@ def snapshot(store: Any, config: Config, now: datetime) -> Snapshot:
     alerts = store.execute(
         "SELECT rule, device, state, started, ended, detail FROM alerts "
         "ORDER BY started DESC LIMIT 8")
-    readings = store.last_reading_id()
+    readings = store.count_readings()
     backlog = None
     if config.influxdb:
         backlog = store.backlog(config.influxdb[0].name).count

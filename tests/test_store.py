@@ -56,6 +56,7 @@ def test_the_read_api_the_other_layers_use(tmp_path: Path) -> None:
         m2 = store.known_series[("m2", "active_power_kw")]
         m1_done = store.readings_after(0, 4)[-1].id  # ids grow but are not dense
         assert store.count_after(m1_done) == 2 and store.count_after(0) == 6
+        assert store.count_after(0, at_least=1) == 2  # one reading per sample here
         assert store.earliest_by_series(m1_done, top) == {m2: to_ms(T0 + timedelta(seconds=5))}
         assert store.earliest_by_series(0, m1_done) == {sid: t[0]}
         first_m2 = store.readings_after(m1_done, 1)[0].id

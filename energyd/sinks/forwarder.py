@@ -204,13 +204,12 @@ class Forwarder:
         head = self.position(READINGS)
         # one backlog chunk: a second's worth at the rate, or a whole chunk without one
         chunk = self._readings_limit(self._points_wanted(True))
-        unsent = self.store.count_after(head)
-        if unsent <= 2 * chunk:
+        if self.store.count_after(head, at_least=2 * chunk + 1) <= 2 * chunk:
             return
         start = self.store.reading_id_back(chunk, head)  # the live tail: the newest chunk
         self._commit({GAP: start, LIVE: start})
         log.info("%s: %d readings to catch up; the newest go first, the backlog follows%s",
-                 self.name, unsent,
+                 self.name, self.store.count_after(head),
                  f" at up to {self.rate:g} points/s" if self.rate else "")
 
     def _readings_live(self, out: Outcome) -> None:

@@ -581,13 +581,16 @@ class Store:
                                              quality[pos] if quality else 0))
         return out
 
-    def count_after(self, position: int) -> int:
-        """How many readings have ids above `position`."""
+    def count_after(self, position: int, at_least: int | None = None) -> int:
+        """How many readings have ids above `position`; with `at_least`, counting may stop
+        once it has found that many (a sample holds at least one)."""
         k = position // SLOTS
+        limit = -1 if at_least is None else at_least + 1  # -1: no limit
         rows = self.execute(
             "SELECT coalesce(sum(length(vals)), 0) / 8, "
-            "(SELECT length(vals) / 8 FROM samples WHERE id = ?) FROM samples WHERE id > ?",
-            (k, k))[0]
+            "(SELECT length(vals) / 8 FROM samples WHERE id = ?) "
+            "FROM (SELECT vals FROM samples WHERE id > ? ORDER BY id LIMIT ?)",
+            (k, k, limit))[0]
         partial = max(0, k * SLOTS + rows[1] - 1 - position) if rows[1] is not None else 0
         return rows[0] + partial
 
