@@ -9,12 +9,14 @@ that sinks follow with their cursors, so a recomputed rollup is forwarded again.
 from __future__ import annotations
 
 import sqlite3
-from array import array
+import struct
 from collections.abc import Callable
 
-from energyd.store.samples import SLOTS, pack_ids, pack_values
+from energyd.store.samples import SLOTS, pack_ids
 
 Migration = str | Callable[[sqlite3.Connection], None]
+
+pack_double = struct.Struct("<d").pack  # samples.pack_values for one value
 
 
 _SAMPLE_TABLES = """
@@ -34,9 +36,10 @@ _SAMPLE_TABLES = """
         layout INTEGER NOT NULL REFERENCES layouts(id),
         time INTEGER NOT NULL,
         vals BLOB NOT NULL,  -- float64s, little-endian, one per series of the layout
-        quality BLOB,  -- one byte per value, NULL if all are good
-        UNIQUE (layout, time)
+        quality BLOB  -- one byte per value, NULL if all are good
     )"""
+# made once the old readings are in: building an index at once is faster than growing it
+_SAMPLE_INDEX = "CREATE UNIQUE INDEX samples_layout_time ON samples (layout, time)"
 
 
 def _pack_readings(conn: sqlite3.Connection) -> None:
@@ -60,13 +63,14 @@ def _pack_readings(conn: sqlite3.Connection) -> None:
             break
         conn.executemany(
             "INSERT INTO samples (id, layout, time, vals, quality) VALUES (?, ?, ?, ?, ?)",
-            [(rid, layouts[sid], t, pack_values(array("d", (v,))),
-              bytes((q,)) if q else None) for rid, sid, t, v, q in rows])
+            [(rid, layouts[sid], t, pack_double(v), bytes((q,)) if q else None)
+             for rid, sid, t, v, q in rows])
         last = rows[-1][0]
     seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
     if seq is not None:  # the newest ids may have been deleted: they are not given out again
         conn.execute("DELETE FROM sqlite_sequence WHERE name = 'samples'")
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('samples', ?)", seq)
+    conn.execute(_SAMPLE_INDEX)
     conn.execute("DROP TABLE readings")
     conn.execute("UPDATE sink_cursors SET position = position * ? "
                  "WHERE stream IN ('readings', 'readings.gap', 'readings.live')", (SLOTS,))

@@ -7,6 +7,9 @@ reading. One connection serves the process, guarded by a lock, so the asyncio lo
 it through `asyncio.to_thread`; other processes (`energyd status`, `export`) read
 concurrently, which WAL allows.
 
+Readings are kept packed, a row per instant and set of series (energyd/store/samples.py says
+how and why); the methods here take and give readings, so no layer above needs to know.
+
 Lifecycle: `Store.open(path)` or `with Store.open(path) as store:`; `close()` is idempotent.
 """
 
