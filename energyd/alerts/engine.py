@@ -30,6 +30,7 @@ from energyd.store.sqlite import READINGS, Store
 log = logging.getLogger(__name__)
 
 COUNTER = "active_energy_import_kwh"
+Feed = Callable[[int, float], None]  # (time ms, value) into a rule's gathered state
 # Hours filled from a statement or a profile are not measurements of that hour: a spike
 # there would be an artefact of the spreading, so they neither alert nor feed baselines.
 UNMEASURED = ("invoice", "estimated")
@@ -60,7 +61,8 @@ class AlertEngine:
         self.live_rules = [r for r in config.alerts.rules
                             if (r.type == "spike" and r.window > 0) or r.type == "threshold"
                             or r.type == "stale"]
-        self._index: dict[tuple[str, str], list[AlertRule]] | None = None
+        self._index: dict[tuple[str, str], list[tuple[AlertRule, Feed | None]]] | None = None
+        self._quantities: frozenset[str] = frozenset()  # the quantities a live rule reads
         self._load_last_seen()
 
     def _select(self, rule: AlertRule) -> list[str]:
@@ -219,6 +221,8 @@ class AlertEngine:
             last_seen = self._last_seen
             index = self._live_index
             active = self.tracker.is_active
+            read = self._quantities  # made with the index
+            hold, on = R.Level.HOLD, R.Level.ON
             when, t, device = None, 0, None
             for r in batch:
                 if r.time is not when:  # one poll's readings share their time
@@ -227,45 +231,52 @@ class AlertEngine:
                     device = r.device
                     if t > last_seen.get(device, -1):
                         last_seen[device] = t
-                rules = index.get((r.device, r.quantity))
+                if r.quantity not in read:  # most of a meter's quantities: no rule reads them
+                    continue
+                rules = index.get((device, r.quantity))
                 if rules is None:
                     continue
-                for rule in rules:
-                    obs = self._live(rule, r, t)
-                    # the common case, nothing to start or end, stays out of the tracker
-                    if obs is None or obs.verdict.level is R.Level.HOLD:
+                for rule, feed in rules:
+                    if feed is not None:
+                        feed(t, r.value)
                         continue
-                    if (obs.verdict.level is R.Level.ON) != active(rule.name, r.device):
-                        observations.append(obs)
+                    is_active = active(rule.name, device)
+                    v = self._live(rule, r, t, is_active)
+                    # the common case, nothing to start or end, stays out of the tracker
+                    if v is None or v.level is hold:
+                        continue
+                    if (v.level is on) != is_active:
+                        observations.append(Observation(rule.name, rule.type, device, t, v,
+                                                        "live"))
             return self.tracker.observe(observations) if observations else []
 
     @property
-    def _live_index(self) -> dict[tuple[str, str], list[AlertRule]]:
-        """(device, quantity) -> the live rules that read it."""
+    def _live_index(self) -> dict[tuple[str, str], list[tuple[AlertRule, Feed | None]]]:
+        """(device, quantity) -> the live rules that read it, each with the method its
+        reading feeds when the rule only gathers (a stale rule's counter watch)."""
         if self._index is None:
-            index: dict[tuple[str, str], list[AlertRule]] = defaultdict(list)
+            index: dict[tuple[str, str], list[tuple[AlertRule, Feed | None]]] = \
+                defaultdict(list)
             for rule in self.live_rules:
-                quantities = ([COUNTER, "active_power_kw"] if rule.type == "stale"
-                              else [rule.quantity])
                 for device in self._devices[rule.name]:
-                    for q in quantities:
-                        index[(device, q)].append(rule)
+                    if rule.type != "stale":
+                        index[(device, rule.quantity)].append((rule, None))
+                        continue
+                    watch = self._counters.get((rule.name, device))
+                    if watch is None:
+                        watch = self._counters[(rule.name, device)] = R.CounterWatch(
+                            interval_s=self._intervals.get(device, 10.0),
+                            multiple=rule.multiple, stuck_kwh=rule.stuck_kwh)
+                    index[(device, COUNTER)].append((rule, watch.counter))
+                    index[(device, "active_power_kw")].append((rule, watch.power))
             self._index = dict(index)
+            self._quantities = frozenset(q for _, q in self._index)
         return self._index
 
-    def _live(self, rule: AlertRule, r: Reading, t: int) -> Observation | None:
+    def _live(self, rule: AlertRule, r: Reading, t: int, active: bool) -> R.Verdict | None:
+        """The rule's verdict on one reading; None (or HOLD) when it changes nothing: the
+        figures of a verdict are only made for one that starts or ends an episode."""
         key = (rule.name, r.device)
-        if rule.type == "stale":
-            watch = self._counters.get(key)
-            if watch is None:
-                watch = self._counters[key] = R.CounterWatch(
-                    interval_s=self._intervals.get(r.device, 10.0), multiple=rule.multiple,
-                    stuck_kwh=rule.stuck_kwh)
-            if r.quantity == COUNTER:
-                watch.counter(t, r.value)
-            elif r.quantity == "active_power_kw":
-                watch.power(t, r.value)
-            return None
         if r.quantity != rule.quantity:
             return None
         if rule.type == "threshold":
@@ -274,7 +285,7 @@ class AlertEngine:
                 assert rule.limit is not None
                 th = self._thresholds[key] = R.Threshold(rule.limit, rule.duration,
                                                           rule.hysteresis)
-            v = th.add(t, r.value)
+            v = th.add(t, r.value, active=active)
         else:  # live spike
             win = self._windows.get(key)
             if win is None:
@@ -284,11 +295,15 @@ class AlertEngine:
             if mean is None:
                 return None
             base = self._live_baseline(rule, r.device, t)
+            level = R.spike_level(mean, base, factor=rule.factor, min_delta=rule.min_delta_kwh,
+                                  hysteresis=rule.hysteresis)
+            if level is R.Level.HOLD or (level is R.Level.ON) == active:
+                return None
             v = R.spike(mean, base, factor=rule.factor, min_delta=rule.min_delta_kwh,
                         hysteresis=rule.hysteresis, unit="kw")
             if v.level is not R.Level.HOLD:
                 v.figures["window_s"] = rule.window
-        return Observation(rule.name, rule.type, r.device, t, v, "live")
+        return v
 
     def _live_baseline(self, rule: AlertRule, device: str, t_ms: int) -> float | None:
         """Average kW of this hour of the week: its median hourly kWh (kWh per hour = kW)."""

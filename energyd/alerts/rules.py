@@ -50,8 +50,17 @@ class Verdict:
 HOLD = Verdict(Level.HOLD)
 
 
-def band(value: float, fire_at: float, hysteresis: float, figures: dict) -> Verdict:
+def band_level(value: float, fire_at: float, hysteresis: float) -> Level:
     """ON above `fire_at`, OFF at or below the release threshold, HOLD in between."""
+    if value > fire_at:
+        return Level.ON
+    if value <= fire_at - abs(fire_at) * hysteresis:
+        return Level.OFF
+    return Level.HOLD
+
+
+def band(value: float, fire_at: float, hysteresis: float, figures: dict) -> Verdict:
+    """`band_level`, with the figures an event carries."""
     release_at = fire_at - abs(fire_at) * hysteresis
     figures = {**figures, "fire_at": round(fire_at, 6), "release_at": round(release_at, 6)}
     if value > fire_at:
@@ -105,6 +114,14 @@ def spike(value: float, base: float | None, *, factor: float, min_delta: float,
                  "factor": round(value / base, 4) if base > 0 else None})
 
 
+def spike_level(value: float, base: float | None, *, factor: float, min_delta: float,
+                hysteresis: float) -> Level:
+    """The level `spike` would give, without its figures (the live path's common case)."""
+    if base is None:
+        return Level.HOLD
+    return band_level(value, max(base * factor, base + min_delta), hysteresis)
+
+
 class RollingMean:
     """Mean of a gauge over the samples of the last `window` seconds (live spike).
 
@@ -152,7 +169,9 @@ class Threshold:
         self.above_since: int | None = None
         self.peak: float | None = None
 
-    def add(self, t_ms: int, value: float) -> Verdict:
+    def add(self, t_ms: int, value: float, *, active: bool = True) -> Verdict:
+        """`active`: whether an episode of this threshold is going on; if not, a value below
+        the limit has nothing to end, and its verdict is HOLD without figures."""
         if value > self.limit:
             if self.above_since is None:
                 self.above_since, self.peak = t_ms, value
@@ -162,6 +181,8 @@ class Threshold:
                        "above_s": held / 1000}
             return Verdict(Level.ON, figures) if held >= self.duration_ms else HOLD
         self.above_since = self.peak = None
+        if not active:
+            return HOLD
         return band(value, self.limit, self.hysteresis, {"value": value, "limit": self.limit})
 
 
