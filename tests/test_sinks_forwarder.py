@@ -174,3 +174,33 @@ def test_a_backlog_opens_a_gap_and_every_reading_is_sent_exactly_once(store):
     lines = b"\n".join(transport.bodies).decode().splitlines()
     assert len(lines) == len(set(lines)) == 405
     assert store.backlog("s").count == 0
+
+
+def test_packed_polls_with_sparse_ids_are_each_sent_once_across_gap_and_tail(store):
+    """A poll of nine quantities is one sample: its readings' ids leave holes up to the next
+    sample. The forwarder counts readings, never subtracts ids."""
+    quantities = ["active_power_kw", "reactive_power_kvar", "voltage_l1_v", "voltage_l2_v",
+                  "voltage_l3_v", "current_l1_a", "current_l2_a", "current_l3_a",
+                  "active_energy_import_kwh"]
+
+    def polls(n: int, start: int) -> None:
+        for k in range(n):
+            for device in ("m1", "m2", "m3"):
+                store.insert_readings([Reading(from_ms(start + k * 1000), device, q,
+                                               float(k * 10 + i))
+                                       for i, q in enumerate(quantities)])
+
+    polls(120, 1_700_000_000_000)
+    assert store.last_reading_id() > 10 * store.count_readings()  # ids are far from dense
+    transport = Scripted([])
+    fwd = Forwarder("s", store, transport, encoder=Encoder("site", {}), chunk_size=20,
+                    max_points_per_second=200)
+    fwd.step()
+    assert fwd.gap is not None  # 3,240 readings unsent: more than two chunks' worth
+    polls(3, 1_800_000_000_000)
+    fwd.drain(timeout=10)
+    assert fwd.gap is None and store.backlog("s").count == 0
+    lines = b"\n".join(transport.bodies).decode().splitlines()
+    assert len(lines) == len(set(lines)) == 3 * 123  # a point per device and poll
+    fields = [f for line in lines for f in line.split(" ")[1].split(",")]
+    assert len(fields) == store.count_readings() == 9 * 3 * 123
