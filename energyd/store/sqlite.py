@@ -379,6 +379,10 @@ class Store:
             d, q = self._series_names[sid]
             streams = [self._placement_pages(lid, pos, lo, hi, batch)
                        for lid, pos in self._placements(sid)]
+            if len(streams) == 1:  # the usual case: the series is always read in one block
+                for t, rid, v, qual in streams[0]:
+                    yield StoredReading(rid, t, d, q, v, qual)
+                continue
             last = None
             for t, rid, v, qual in heapq.merge(*streams):
                 if t != last:  # one reading per series and time, should two samples hold it
