@@ -7,10 +7,13 @@ from array import array
 from datetime import timedelta
 from pathlib import Path
 
-from energyd.model import Quality, Reading, to_ms
+import pytest
+
+from energyd.model import Quality, Reading, from_ms, to_ms
 from energyd.store import READINGS, Store
 from energyd.store.samples import SLOTS, group, group_rows, unpack_ids, unpack_values
 from energyd.store.schema import MIGRATIONS
+from energyd.store.writer import StoreWriter
 from tests.test_store import T0
 
 
@@ -130,3 +133,54 @@ def test_migration_packs_readings_and_moves_every_position(tmp_path: Path) -> No
         assert [(r.value, r.quality) for r in store.readings_after(4 * SLOTS, 1)] == [(5.0, 2)]
         store.insert_readings([Reading(T0 + timedelta(hours=1), "m1", "active_power_kw", 1.0)])
         assert store.last_reading_id() > 10 * SLOTS  # above the deleted newest id
+
+
+def test_a_full_disk_leaves_no_layout_id_behind_for_another_process_to_reuse(tmp_path: Path):
+    path = tmp_path / "e.db"
+    with Store.open(path) as store, Store.open(path) as importer:
+        power = store.series_id("m1", "active_power_kw")
+        volts = store.series_id("m1", "voltage_l1_v")
+        pages = store.execute("PRAGMA page_count")[0][0]
+        store.execute(f"PRAGMA max_page_count = {pages + 3}")
+        poll = group_rows([(power, 1000, 1.0, 0), (volts, 1000, 2.0, 0)])[0]
+        many = [(poll[0], 1000 + k, poll[2], None) for k in range(20000)]
+        with pytest.raises(sqlite3.OperationalError, match="full"):  # not "cannot rollback"
+            store.commit_samples(many, [])
+        store.execute("PRAGMA max_page_count = 1000000")
+        # another process makes a layout, which may get the id the failed one had
+        importer.insert_readings([Reading(from_ms(500), "m1", "voltage_l1_v", 230.0)])
+        store.commit_samples(group_rows([(power, 9000, 7.0, 0), (volts, 9000, 231.0, 0)]), [])
+        assert importer.series_values(power, 0, 10_000) == [(9000, 7.0)]
+        assert importer.series_values(volts, 0, 10_000) == [(500, 230.0), (9000, 231.0)]
+
+
+def test_a_message_with_a_new_series_is_packed_as_it_will_be_when_delivered_again(
+        tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        store.series_id("m1", "active_power_kw")  # known; the counter is new
+        message = [Reading(T0, "m1", "active_power_kw", 5.0),
+                   Reading(T0, "m1", "active_energy_import_kwh", 100.0)]
+        with StoreWriter(store) as writer:
+            writer.submit(list(message))
+            writer.flush_sync()
+            writer.submit(list(message))  # QoS 1: the broker delivers it again
+            writer.flush_sync()
+        assert store.count_readings() == 2
+        assert store.execute("SELECT count(*) FROM samples")[0][0] == 1
+
+
+def test_quota_leaves_a_sample_alone_when_a_cursor_points_inside_it(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        ids = [store.series_id("m1", q) for q in ("active_power_kw", "voltage_l1_v",
+                                                   "active_energy_import_kwh")]
+        store.commit_samples([s for k in range(200) for s in group_rows(
+            [(sid, 1000 * k, float(k), 0) for sid in ids])], [])
+        first = store.readings_after(0, 3)
+        # resend from the first sample's second reading on (deploy/influxdb/README.md)
+        store.set_cursor("influx", READINGS, first[0].id)
+        assert store.count_after(first[0].id) == 3 * 200 - 1
+        store.quota = store.size_bytes() // 2
+        assert store.enforce_quota(batch=50) > 0
+        rest = store.readings_after(first[0].id, 2)
+        assert [(r.quantity, r.value) for r in rest] == [
+            ("voltage_l1_v", 0.0), ("active_energy_import_kwh", 0.0)]

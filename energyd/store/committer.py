@@ -34,10 +34,10 @@ def main(argv: list[str]) -> int:
     try:
         while True:
             try:
-                columns, rows, polls = pickle.load(batches)
+                columns, calls, polls = pickle.load(batches)
             except EOFError:
                 return 0
-            samples = group(*columns) + group_rows(rows)
+            samples = group(*columns) + [s for rows in calls for s in group_rows(rows)]
             try:
                 answer: tuple[str, object] = ("ok", store.commit_samples(samples, polls))
             except (sqlite3.Error, StoreError) as exc:

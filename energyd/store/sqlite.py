@@ -162,12 +162,16 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite may have rolled back on its own (a full disk, an I/O error): then
+                # there is nothing to roll back, and the error to report is the first one
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                # ids handed out inside the transaction are free again: another process
+                # could give them to a different series or layout
                 self.invalidate_series_cache()
                 raise
-            else:
-                self._conn.execute("COMMIT")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Read query for the layers above (accounting, alerts, status)."""
@@ -544,6 +548,8 @@ class Store:
                 samples = self._conn.execute(
                     "SELECT id, layout, time, vals FROM samples WHERE id >= ? AND id <= ? "
                     "ORDER BY id LIMIT ?", (first, last, page)).fetchall()
+            if samples:
+                self._per_sample = max(1, sum(len(row[3]) for row in samples) // 8 // len(samples))
             for sample, lid, t, vals in samples:
                 base = sample * SLOTS
                 if len(out) >= count:
@@ -559,8 +565,6 @@ class Store:
                         if after < base + pos <= upto:
                             out.append((sid, t, v))
                             end = base + pos
-            if samples:
-                self._per_sample = max(1, len(out) // len(samples))
             if len(samples) < page:
                 return out, end, False
             first = samples[-1][0] + 1
@@ -789,19 +793,23 @@ class Store:
         shed = 0
         marks = ",".join("?" * len(kept))
         with self.transaction() as conn:
+            pinned = self._pinned(conn)
             rows = conn.execute(
                 f"SELECT id, layout, vals, quality FROM samples WHERE layout IN ({marks}) "
                 f"AND id * ? + length(vals) / 8 - 1 <= ? ORDER BY id LIMIT ?",
-                (*kept, SLOTS, upto, batch)).fetchall()
+                (*kept, SLOTS, upto, batch + len(pinned))).fetchall()
             for sample, lid, vals, quality in rows:
                 keep = kept[lid]
+                if keep and sample in pinned:
+                    continue
                 n = count(vals)
                 shed += n - len(keep)
                 if not keep:
                     conn.execute("DELETE FROM samples WHERE id = ?", (sample,))
                     continue
-                # the counters stay, in a sample of their own layout with the same id: a
-                # reader's position is at the end of a sample, so no reading id crosses one
+                # the counters stay, in a sample of their own layout with the same id; their
+                # ids may go down, which no reader sees unless its position is inside the
+                # sample: those samples are pinned
                 series, values = self._layout(lid), unpack_values(vals)
                 key = pack_ids([series[p] for p in keep])
                 q = array("b", [quality[p] for p in keep]) if quality else None
@@ -812,6 +820,20 @@ class Store:
                 if not changed:  # the counters' own sample at that time holds them already
                     conn.execute("DELETE FROM samples WHERE id = ?", (sample,))
         return shed
+
+    @staticmethod
+    def _pinned(conn: sqlite3.Connection) -> set[int]:
+        """Samples a reading position points into (a cursor set by hand to resend refused
+        readings, a refused reading itself): rewriting them could move an id across it."""
+        positions = [p for (p,) in conn.execute(
+            "SELECT position FROM sink_cursors WHERE stream IN (?, ?, ?) UNION ALL "
+            "SELECT item FROM rejected WHERE stream = ?",
+            (READINGS, f"{READINGS}.gap", f"{READINGS}.live", READINGS))]
+        row = conn.execute("SELECT value FROM meta WHERE key = 'accounting.readings_position'"
+                           ).fetchone()
+        if row is not None:
+            positions.append(int(json.loads(row[0])))
+        return {p // SLOTS for p in positions}
 
     def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
         """Delete raw readings older than the retention that every sink has forwarded;

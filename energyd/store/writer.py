@@ -51,13 +51,15 @@ class Batch:
         self.times = array("q")
         self.values = array("d")
         self.quality = array("b")
-        self.new: list[Reading] = []  # series resolved at flush: creating one is a write
+        # calls with a series the store has not seen: resolved at flush (creating one is a
+        # write), each call packed on its own
+        self.new: list[list[Reading]] = []
         self.polls: list[Poll] = []
         self.kept: list[Reading] = []  # for the reading listeners, when there are any
         self.callbacks: list[Callable[[], None]] = []  # given with submit()
 
     def __len__(self) -> int:
-        return len(self.series) + len(self.new)
+        return len(self.series) + sum(map(len, self.new))
 
     def merge(self, later: Batch) -> None:
         offset = len(self.series)
@@ -105,13 +107,19 @@ class StoreWriter:
         keep = self._keep_readings()
         with self._lock:
             b = self._batch
-            b.starts.append(len(b.series))
+            start = len(b.series)
+            b.starts.append(start)
             last_time, last_ms = None, 0
             for r in readings:
                 sid = known.get((r.device, r.quantity))
                 if sid is None:
-                    b.new.append(r)
-                    continue
+                    # the call waits whole for its new series, so that it is packed as it
+                    # will be when sent again (an MQTT message delivered twice)
+                    for column in (b.series, b.times, b.values, b.quality):
+                        del column[start:]
+                    b.starts.pop()
+                    b.new.append(list(readings))
+                    break
                 if r.time is not last_time:  # a poll's readings share their time
                     last_time, last_ms = r.time, to_ms(r.time)
                 b.series.append(sid)
@@ -143,7 +151,7 @@ class StoreWriter:
                 return 0
             try:
                 columns = (batch.series, batch.times, batch.values, batch.quality, batch.starts)
-                new = self._store.series_rows(batch.new)
+                new = [self._store.series_rows(call) for call in batch.new]
                 if self._committer is None:
                     self._committer = Committer(self._store.path)
                 try:
@@ -234,14 +242,14 @@ class Committer:
         self.pid = self._proc.pid
 
     def commit(self, columns: tuple[array, array, array, array, array],
-               rows: list[tuple[int, int, float, int]], polls: list[Poll]) -> int:
+               calls: list[list[tuple[int, int, float, int]]], polls: list[Poll]) -> int:
         """Columns (series ids, times ms, values, qualities, where each submit() call
-        begins) and rows (series id, time ms, value, quality): the first for the bulk, the
-        second for readings whose series were created this flush. Returns how many samples
-        were new."""
+        begins) and calls as rows (series id, time ms, value, quality): the first for the
+        bulk, the second for the calls with series created this flush. Returns how many
+        samples were new."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
-            pickle.dump((columns, rows, polls), self._proc.stdin,
+            pickle.dump((columns, calls, polls), self._proc.stdin,
                         protocol=pickle.HIGHEST_PROTOCOL)
             self._proc.stdin.flush()
             status, value = pickle.load(self._proc.stdout)
