@@ -204,3 +204,14 @@ def test_packed_polls_with_sparse_ids_are_each_sent_once_across_gap_and_tail(sto
     assert len(lines) == len(set(lines)) == 3 * 123  # a point per device and poll
     fields = [f for line in lines for f in line.split(" ")[1].split(",")]
     assert len(fields) == store.count_readings() == 9 * 3 * 123
+
+
+def test_the_backlogs_oldest_time_counts_only_unsent_readings(store):
+    store.insert_readings(readings(20, start=1_700_000_100_000))
+    store.insert_readings(readings(20, start=1_700_000_000_000))  # older, stored later
+    ids = [r.id for r in store.readings_after(0, 40)]
+    # sent: up to the 5th and the 11th to 30th (among them the older ones' first ten)
+    store.commit_sink("s", {READINGS: ids[4], GAP: ids[9], LIVE: ids[29]})
+    backlog = store.backlog("s")
+    assert backlog.count == 5 + 10
+    assert backlog.oldest_ms == 1_700_000_000_000 + 10 * 1000

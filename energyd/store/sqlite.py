@@ -887,16 +887,18 @@ class Store:
             return None
         old = self.count_after(head) - self.count_after(gap)
         new = self.count_after(live)
-        times = [t for n, after in ((old, head), (new, live)) if n
-                 and (t := self._oldest_after(after)) is not None]
+        times = [t for n, after, upto in ((old, head, gap), (new, live, 2**62)) if n
+                 and (t := self._oldest_after(after, upto)) is not None]
         return Backlog(old + new, min(times) if times else None)
 
-    def _oldest_after(self, position: int) -> int | None:
-        """The earliest reading time among the (about) 10,000 readings after `position`."""
+    def _oldest_after(self, position: int, upto: int = 2**62) -> int | None:
+        """The earliest reading time among the (about) 10,000 readings with ids in
+        (position, upto]."""
         return self.execute(
             "SELECT min(time) FROM (SELECT time, id, vals FROM samples WHERE id >= ? "
-            "ORDER BY id LIMIT ?) WHERE id * ? + length(vals) / 8 - 1 > ?",
-            (position // SLOTS, 10000 // self._per_sample + 1, SLOTS, position))[0][0]
+            "AND id <= ? ORDER BY id LIMIT ?) WHERE id * ? + length(vals) / 8 - 1 > ?",
+            (position // SLOTS, upto // SLOTS, 10000 // self._per_sample + 1, SLOTS,
+             position))[0][0]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
