@@ -184,3 +184,23 @@ def test_quota_leaves_a_sample_alone_when_a_cursor_points_inside_it(tmp_path: Pa
         rest = store.readings_after(first[0].id, 2)
         assert [(r.quantity, r.value) for r in rest] == [
             ("voltage_l1_v", 0.0), ("active_energy_import_kwh", 0.0)]
+
+
+def test_a_series_held_in_two_layouts_reads_back_as_one(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        a, b = store.series_id("m1", "voltage_l1_v"), store.series_id("m1", "current_l1_a")
+        store.commit_samples(group_rows([(a, 3000, 232.0, 0), (b, 3000, 6.0, 0)]), [])
+        store.commit_samples(group_rows([(a, 2000, 231.0, 0)]), [])
+        store.commit_samples(group_rows([(a, 1000, 230.0, 0), (b, 1000, 5.0, 0)]), [])
+        by_time = [(t, q, v) for t, _, q, v, _ in store.readings_in(0, 4000)]
+        assert by_time == [(1000, "current_l1_a", 5.0), (1000, "voltage_l1_v", 230.0),
+                           (2000, "voltage_l1_v", 231.0),
+                           (3000, "current_l1_a", 6.0), (3000, "voltage_l1_v", 232.0)]
+        by_series = [(q, t) for t, _, q, _, _ in store.readings_in(0, 4000, by_series=True)]
+        assert by_series == [("current_l1_a", 1000), ("current_l1_a", 3000),
+                             ("voltage_l1_v", 1000), ("voltage_l1_v", 2000),
+                             ("voltage_l1_v", 3000)]
+        assert [r.value for r in store.query_readings(quantity="voltage_l1_v")] == [
+            230.0, 231.0, 232.0]
+        assert store.series_time_before(a, 3000) == 2000
+        assert store.latest("m1", "voltage_l1_v").value == 232.0
