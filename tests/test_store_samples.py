@@ -204,3 +204,15 @@ def test_a_series_held_in_two_layouts_reads_back_as_one(tmp_path: Path) -> None:
             230.0, 231.0, 232.0]
         assert store.series_time_before(a, 3000) == 2000
         assert store.latest("m1", "voltage_l1_v").value == 232.0
+
+
+def test_a_sparse_import_over_densely_stored_time_finds_what_is_held(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        a, b = store.series_id("m1", "voltage_l1_v"), store.series_id("m1", "current_l1_a")
+        store.commit_samples([s for k in range(2000) for s in group_rows(
+            [(a, 1000 * k, 230.0, 0), (b, 1000 * k, 5.0, 0)])], [])
+        sparse = [(a, 0, 1.0, 0), (a, 999_500, 2.0, 0), (a, 1_999_000, 3.0, 0)]
+        with store.transaction() as conn:
+            assert store.insert_series_rows(conn, sparse) == 1  # only 999,500 is new
+        assert store.series_values(a, 999_000, 1_000_000) == [
+            (999_000, 230.0), (999_500, 2.0), (1_000_000, 230.0)]

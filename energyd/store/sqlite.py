@@ -329,21 +329,36 @@ class Store:
     def _unknown(conn: sqlite3.Connection, rows: list[tuple[int, int, float, int]]
                  ) -> list[tuple[int, int, float, int]]:
         """The rows whose (series, time) neither the store nor an earlier row holds."""
-        spans: dict[int, list[int]] = {}
+        times: dict[int, list[int]] = {}
         for sid, t, _, _ in rows:
-            span = spans.get(sid)
-            if span is None:
-                spans[sid] = [t, t]
-            elif t < span[0]:
-                span[0] = t
-            elif t > span[1]:
-                span[1] = t
+            times.setdefault(sid, []).append(t)
+        layouts: dict[int, list[int]] = {}
+        ids = list(times)
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for sid, lid in conn.execute(
+                    f"SELECT series, layout FROM layout_series WHERE series IN "
+                    f"({','.join('?' * len(part))})", part):
+                layouts.setdefault(sid, []).append(lid)
         seen: set[tuple[int, int]] = set()
-        for sid, (lo, hi) in spans.items():
-            for (t,) in conn.execute(
-                    "SELECT s.time FROM layout_series l JOIN samples s ON s.layout = l.layout "
-                    "WHERE l.series = ? AND s.time >= ? AND s.time <= ?", (sid, lo, hi)):
-                seen.add((sid, t))
+        for sid, lids in layouts.items():
+            mine = times[sid]
+            lo, hi, most = min(mine), max(mine), 4 * len(mine)
+            for lid in lids:
+                # the usual backfill: little or nothing stored over its span, read it all
+                found = conn.execute("SELECT time FROM samples WHERE layout = ? AND "
+                                     "time >= ? AND time <= ? LIMIT ?",
+                                     (lid, lo, hi, most + 1)).fetchall()
+                if len(found) <= most:
+                    seen.update((sid, t) for (t,) in found)
+                    continue
+                # sparse rows over densely stored time: look each one up instead
+                for i in range(0, len(mine), 500):
+                    part = mine[i:i + 500]
+                    found = conn.execute(
+                        f"SELECT time FROM samples WHERE layout = ? AND time IN "
+                        f"({','.join('?' * len(part))})", (lid, *part))
+                    seen.update((sid, t) for (t,) in found)
         out = []
         for row in rows:
             key = (row[0], row[1])
