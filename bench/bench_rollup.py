@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -34,8 +33,7 @@ from energyd.accounting.energy import HOUR_MS  # noqa: E402
 from energyd.accounting.storage import Accountant  # noqa: E402
 from energyd.config.loader import parse_config  # noqa: E402
 from energyd.store import Store  # noqa: E402
-
-unpack_double = struct.Struct("<d").unpack_from
+from energyd.store.samples import value_at  # noqa: E402
 
 T_MONTH = 1_677_600_000_000 - 1_677_600_000_000 % HOUR_MS  # 2023-02-28T16:00Z: March in CST
 
@@ -90,8 +88,8 @@ def bare_scan(store: Store, names: list[str], start: int, end: int) -> tuple[flo
     for name in names:
         sid = store.execute("SELECT id FROM series WHERE device = ? AND quantity = ?",
                             (name, "active_energy_import_kwh"))[0][0]
-        # the samples that hold the counter, its value taken out of each: no energyd code
-        rows = [(t, unpack_double(vals, 8 * pos)[0]) for t, pos, vals in store.execute(
+        # the samples that hold the counter, its value taken out of each: raw SQL, no Store
+        rows = [(t, value_at(vals, pos)) for t, pos, vals in store.execute(
             "SELECT s.time, l.position, s.vals FROM layout_series l JOIN samples s "
             "ON s.layout = l.layout WHERE l.series = ? AND s.time >= ? AND s.time < ? "
             "ORDER BY s.time", (sid, start, end))]

@@ -51,7 +51,7 @@ def test_the_read_api_the_other_layers_use(tmp_path: Path) -> None:
         assert store.series_first_time(sid) == t[0]
         assert store.series_values(sid, t[1], t[2]) == [(t[1], 2.0), (t[2], 3.0)]
         top = store.last_reading_id()
-        assert [(s_, v) for s_, _, v in store.reading_rows(0, top)][:4] == [
+        assert [(s_, v) for s_, _, v in store.reading_chunk(0, top, 4)[0]] == [
             (sid, 1.0), (sid, 2.0), (sid, 3.0), (sid, 4.0)]
         m2 = store.known_series[("m2", "active_power_kw")]
         m1_done = store.readings_after(0, 4)[-1].id  # ids grow but are not dense

@@ -68,12 +68,12 @@ from energyd.accounting.rollup import (
 )
 from energyd.config.schema import Config, Device
 from energyd.errors import StoreError
-from energyd.store.sqlite import Store
+from energyd.store.sqlite import READINGS_POSITION, Store
 
 log = logging.getLogger(__name__)
 
 PROFILE_DAYS = 14
-META_POSITION = "accounting.readings_position"
+META_POSITION = READINGS_POSITION
 META_DONE = "accounting.done_until"
 META_FINGERPRINT = "accounting.fingerprint"
 RULE = "reconciliation"

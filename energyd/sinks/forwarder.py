@@ -190,14 +190,6 @@ class Forwarder:
     def _readings_limit(self, points: int) -> int:
         return max(1, math.ceil(points * self._ratio))
 
-    def _fetch_readings(self, after: int, upto: int, count: int) -> tuple[list[tuple], int, bool]:
-        """The readings with ids in (after, upto], whole samples until at least `count`, as
-        (series, time, value) rows; returns (rows, the last id they cover, whether more up to
-        `upto` follow). Ids are given out in insertion order above every existing one, so
-        nothing can appear below the end later: the rows need not carry their ids, and a
-        hole left by deleted rows is just skipped."""
-        return self.store.reading_chunk(after, upto, count)
-
     def _maybe_open_gap(self) -> None:
         if self.gap is not None:
             return
@@ -215,7 +207,7 @@ class Forwarder:
     def _readings_live(self, out: Outcome) -> None:
         _, live = self.gap  # type: ignore[misc]
         limit = self._readings_limit(self.chunk_size)
-        rows, end, more = self._fetch_readings(live, _TOP, limit)
+        rows, end, more = self.store.reading_chunk(live, _TOP, limit)
         if end > live:
             points = self._encode(rows)
             self._finish(READINGS, points, self._write(points), {LIVE: end}, out, (live, end))
@@ -245,7 +237,7 @@ class Forwarder:
         gap = self.gap
         upto = gap[0] if gap is not None else _TOP
         span = self._readings_limit(self._points_wanted(True))
-        rows, end, more = self._fetch_readings(head, upto, span)
+        rows, end, more = self.store.reading_chunk(head, upto, span)
         if gap is not None and not more:
             # the backlog is used up: (H, G] and (G, L] meet, everything <= L is sent
             return rows, {READINGS: gap[1], GAP: None, LIVE: None}, end, False

@@ -17,6 +17,7 @@ These functions only turn columns into samples and back; the store does the I/O.
 
 from __future__ import annotations
 
+import struct
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
@@ -62,6 +63,19 @@ def unpack_values(blob: bytes) -> array:
 
 def pack_quality(quality: array) -> bytes | None:
     return quality.tobytes() if any(quality) else None
+
+
+_DOUBLE = struct.Struct("<d")
+pack_value = _DOUBLE.pack  # `pack_values` for a single value
+
+
+def value_at(blob: bytes, position: int) -> float:
+    """One value of a values blob (or the blob of that value alone, at position 0)."""
+    return _DOUBLE.unpack_from(blob, 8 * position)[0]
+
+
+def quality_at(blob: bytes | None, position: int) -> int:
+    return blob[position] if blob else 0
 
 
 def count(blob: bytes) -> int:

@@ -9,14 +9,11 @@ that sinks follow with their cursors, so a recomputed rollup is forwarded again.
 from __future__ import annotations
 
 import sqlite3
-import struct
 from collections.abc import Callable
 
-from energyd.store.samples import SLOTS, pack_ids
+from energyd.store.samples import SLOTS, pack_ids, pack_value
 
 Migration = str | Callable[[sqlite3.Connection], None]
-
-pack_double = struct.Struct("<d").pack  # samples.pack_values for one value
 
 
 _SAMPLE_TABLES = """
@@ -63,7 +60,7 @@ def _pack_readings(conn: sqlite3.Connection) -> None:
             break
         conn.executemany(
             "INSERT INTO samples (id, layout, time, vals, quality) VALUES (?, ?, ?, ?, ?)",
-            [(rid, layouts[sid], t, pack_double(v), bytes((q,)) if q else None)
+            [(rid, layouts[sid], t, pack_value(v), bytes((q,)) if q else None)
              for rid, sid, t, v, q in rows])
         last = rows[-1][0]
     seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()

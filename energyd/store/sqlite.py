@@ -21,7 +21,6 @@ import heapq
 import itertools
 import json
 import sqlite3
-import struct
 import threading
 import time
 from array import array
@@ -43,8 +42,10 @@ from energyd.store.samples import (
     pack_ids,
     pack_quality,
     pack_values,
+    quality_at,
     unpack_ids,
     unpack_values,
+    value_at,
 )
 from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -84,7 +85,11 @@ class Backlog:
 
 _layout_of = itemgetter(0)
 _time_of = itemgetter(0)
-_unpack_double = struct.Struct("<d").unpack
+# the id of a sample's last reading, in SQL (see samples.py)
+_LAST_ID = f"id * {SLOTS} + length(vals) / 8 - 1"
+READINGS_POSITION = "accounting.readings_position"
+"""The meta key of the hourly job's position among the reading ids: the quota must not move
+an id across it (see `_pinned`)."""
 _INSERT_SAMPLE = ("INSERT INTO samples (layout, time, vals, quality) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT (layout, time) DO NOTHING")
 
@@ -396,17 +401,23 @@ class Store:
         hi = end_ms if end_ms is not None else 2**62
         for sid in sorted(wanted, key=lambda s: self._series_names[s]):
             d, q = self._series_names[sid]
-            streams = [self._placement_pages(lid, pos, lo, hi, batch)
-                       for lid, pos in self._placements(sid)]
-            if len(streams) == 1:  # the usual case: the series is always read in one block
-                for t, rid, v, qual in streams[0]:
-                    yield StoredReading(rid, t, d, q, v, qual)
-                continue
-            last = None
-            for t, rid, v, qual in heapq.merge(*streams):
-                if t != last:  # one reading per series and time, should two samples hold it
-                    last = t
-                    yield StoredReading(rid, t, d, q, v, qual)
+            for t, rid, v, qual in self._series_stream(sid, lo, hi, batch):
+                yield StoredReading(rid, t, d, q, v, qual)
+
+    def _series_stream(self, series: int, lo: int, hi: int, batch: int = 10000
+                       ) -> Iterator[tuple[int, int, float, int]]:
+        """(time, reading id, value, quality) of the series' readings with lo <= time < hi,
+        by time, one per time should two layouts hold the same."""
+        streams = [self._placement_pages(lid, pos, lo, hi, batch)
+                   for lid, pos in self._placements(series)]
+        if len(streams) == 1:  # the usual case: the series is always read in one block
+            yield from streams[0]
+            return
+        last = None
+        for reading in heapq.merge(*streams):
+            if reading[0] != last:
+                last = reading[0]
+                yield reading
 
     def _placement_pages(self, lid: int, pos: int, lo: int, hi: int, batch: int
                          ) -> Iterator[tuple[int, int, float, int]]:
@@ -420,8 +431,7 @@ class Store:
                     "WHERE layout = ? AND time > ? AND time < ? ORDER BY time LIMIT ?",
                     (pos * 8 + 1, lid, after, hi, batch)).fetchall()
             for t, sid, value, quality in rows:
-                yield t, sid * SLOTS + pos, _unpack_double(value)[0], \
-                    quality[pos] if quality else 0
+                yield t, sid * SLOTS + pos, value_at(value, 0), quality_at(quality, pos)
             if len(rows) < batch:
                 return
             after = rows[-1][0]
@@ -440,7 +450,7 @@ class Store:
             return None
         (t, sample, vals, quality), pos = best
         return StoredReading(sample * SLOTS + pos, t, device, quantity,
-                             unpack_values(vals)[pos], quality[pos] if quality else 0)
+                             value_at(vals, pos), quality_at(quality, pos))
 
     def count_readings(self) -> int:
         return self.execute("SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples")[0][0]
@@ -472,7 +482,7 @@ class Store:
                         "SELECT time, vals, quality FROM samples WHERE layout = ? "
                         "AND time >= ? AND time < ? ORDER BY time", (lid, start_ms, end_ms)):
                     values = unpack_values(vals)
-                    yield t, [(*names[sid], values[pos], quality[pos] if quality else 0)
+                    yield t, [(*names[sid], values[pos], quality_at(quality, pos))
                               for pos, sid in placed]
 
             if by_series:
@@ -531,13 +541,7 @@ class Store:
     def series_values(self, series: int, first_ms: int, last_ms: int
                       ) -> list[tuple[int, float]]:
         """(time, value) of the series' readings with first_ms <= time <= last_ms, by time."""
-        found: dict[int, float] = {}
-        for lid, pos in self._placements(series):
-            for t, value in self.execute(
-                    "SELECT time, substr(vals, ?, 8) FROM samples WHERE layout = ? "
-                    "AND time >= ? AND time <= ?", (pos * 8 + 1, lid, first_ms, last_ms)):
-                found.setdefault(t, _unpack_double(value)[0])
-        return sorted(found.items())
+        return [(t, v) for t, _, v, _ in self._series_stream(series, first_ms, last_ms + 1)]
 
     # --- insertion order: what sinks and the hourly job follow ----------------------------
 
@@ -551,7 +555,9 @@ class Store:
                       ) -> tuple[list[tuple[int, int, float]], int, bool]:
         """(series id, time, value) of the readings with ids in (after, upto], in id order,
         whole samples until at least `count` are in: (rows, the last id they cover or
-        `after`, whether more readings up to `upto` follow)."""
+        `after`, whether more readings up to `upto` follow). Ids are given out above every
+        existing one, so nothing can appear below that last id later: a sink that moves its
+        cursor there misses nothing, and the rows need not carry their ids."""
         out: list[tuple[int, int, float]] = []
         end = after
         first, last = after // SLOTS, upto // SLOTS
@@ -584,10 +590,6 @@ class Store:
                 return out, end, False
             first = samples[-1][0] + 1
 
-    def reading_rows(self, after: int, upto: int) -> list[tuple[int, int, float]]:
-        """(series id, time, value) of the readings with ids in (after, upto], in id order."""
-        return self.reading_chunk(after, upto, 2**62)[0]
-
     def readings_after(self, position: int, limit: int) -> list[StoredReading]:
         """The next `limit` readings in insertion order after `position`, with their ids."""
         with self._lock:
@@ -604,7 +606,7 @@ class Store:
                                                   strict=True)):
                 if sample * SLOTS + pos > position and len(out) < limit:
                     out.append(StoredReading(sample * SLOTS + pos, t, *names[sid], v,
-                                             quality[pos] if quality else 0))
+                                             quality_at(quality, pos)))
         return out
 
     def count_after(self, position: int, at_least: int | None = None) -> int:
@@ -811,8 +813,8 @@ class Store:
             pinned = self._pinned(conn)
             rows = conn.execute(
                 f"SELECT id, layout, vals, quality FROM samples WHERE layout IN ({marks}) "
-                f"AND id * ? + length(vals) / 8 - 1 <= ? ORDER BY id LIMIT ?",
-                (*kept, SLOTS, upto, batch + len(pinned))).fetchall()
+                f"AND {_LAST_ID} <= ? ORDER BY id LIMIT ?",
+                (*kept, upto, batch + len(pinned))).fetchall()
             for sample, lid, vals, quality in rows:
                 keep = kept[lid]
                 if keep and sample in pinned:
@@ -844,8 +846,8 @@ class Store:
             "SELECT position FROM sink_cursors WHERE stream IN (?, ?, ?) UNION ALL "
             "SELECT item FROM rejected WHERE stream = ?",
             (READINGS, f"{READINGS}.gap", f"{READINGS}.live", READINGS))]
-        row = conn.execute("SELECT value FROM meta WHERE key = 'accounting.readings_position'"
-                           ).fetchone()
+        row = conn.execute("SELECT value FROM meta WHERE key = ?",
+                           (READINGS_POSITION,)).fetchone()
         if row is not None:
             positions.append(int(json.loads(row[0])))
         return {p // SLOTS for p in positions}
@@ -857,8 +859,8 @@ class Store:
         limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
         where, params = "time < ?", [horizon]
         if limit is not None:
-            where += " AND id * ? + length(vals) / 8 - 1 <= ?"
-            params += [SLOTS, limit]
+            where += f" AND {_LAST_ID} <= ?"
+            params.append(limit)
         with self.transaction() as conn:
             gone = conn.execute(f"SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples "
                                 f"WHERE {where}", params).fetchone()[0]
@@ -911,9 +913,8 @@ class Store:
         (position, upto]."""
         return self.execute(
             "SELECT min(time) FROM (SELECT time, id, vals FROM samples WHERE id >= ? "
-            "AND id <= ? ORDER BY id LIMIT ?) WHERE id * ? + length(vals) / 8 - 1 > ?",
-            (position // SLOTS, upto // SLOTS, 10000 // self._per_sample + 1, SLOTS,
-             position))[0][0]
+            f"AND id <= ? ORDER BY id LIMIT ?) WHERE {_LAST_ID} > ?",
+            (position // SLOTS, upto // SLOTS, 10000 // self._per_sample + 1, position))[0][0]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
