@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from servers import free_port
 from test_alerts_dispatch import Receiver, Subscriber, event
 
 from energyd.alerts.dispatch import Dispatcher, LogChannel, MqttChannel, WebhookChannel
@@ -29,14 +29,6 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float = 10.0) ->
 def store(tmp_path: Path):
     with Store.open(tmp_path / "store.db") as s:
         yield s
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_a_webhook_event_not_delivered_is_sent_again_at_the_next_start(store):
@@ -89,7 +81,7 @@ def test_delivered_and_refused_events_leave_the_outbox(store):
 def test_an_mqtt_event_is_kept_until_the_broker_acknowledges_it(store, mosquitto,
                                                                mqtt_topic_prefix):
     outbox = Outbox(store)
-    away = MqttChannel(name="mqtt", host="127.0.0.1", port=closed_port(),
+    away = MqttChannel(name="mqtt", host="127.0.0.1", port=free_port(),  # nothing listens there
                        topic=mqtt_topic_prefix, client_id=mqtt_topic_prefix + "-a")
     first = Dispatcher([away], "plant-a", outbox)
     first.start()
@@ -116,7 +108,7 @@ def test_an_mqtt_event_is_kept_until_the_broker_acknowledges_it(store, mosquitto
 
 def test_events_past_the_age_limit_or_of_removed_channels_are_dropped(store, caplog):
     t0 = 1_780_000_000_000
-    Outbox(store, now_ms=lambda: t0).add(["ops", "old-hook"], event().payload("plant-a"))
+    Outbox(store, now_ms=lambda: t0).add(["ops", "old-hook"], [event().payload("plant-a")])
     later = Outbox(store, now_ms=lambda: t0 + 25 * 3_600_000)
     with caplog.at_level(logging.WARNING):
         assert later.pending("ops") == []
@@ -126,8 +118,8 @@ def test_events_past_the_age_limit_or_of_removed_channels_are_dropped(store, cap
 
 
 def test_a_restarted_channel_sends_what_it_held_once(store):
-    """A component restart (same dispatcher, same channels): events still queued in the
-    channel are sent again from the outbox, not a second time from the old queue."""
+    """A component restart (same dispatcher, same channels): the channel sends what it
+    held, in order, and the outbox does not send it a second time."""
     outbox = Outbox(store)
     with Receiver(script=[503]) as receiver:
         hook = WebhookChannel(name="ops", url=receiver.url, retries=5, backoff=30)
@@ -146,4 +138,20 @@ def test_a_restarted_channel_sends_what_it_held_once(store):
         finally:
             dispatcher.close()
         devices = [json.loads(body)["device"] for _, body, _ in receiver.requests[1:]]
-        assert sorted(devices) == ["incomer-1", "incomer-2"]
+        assert devices == ["incomer-1", "incomer-2"]
+
+
+def test_events_dispatched_together_are_kept_together_and_sent_in_order(store):
+    outbox = Outbox(store)
+    with Receiver(script=[]) as receiver:
+        hook = WebhookChannel(name="ops", url=receiver.url, retries=3, backoff=0.05)
+        dispatcher = Dispatcher([hook, LogChannel()], "plant-a", outbox)
+        dispatcher.start()
+        try:
+            dispatcher.send_all([event(device=f"incomer-{k}").payload("plant-a")
+                                 for k in range(3)])
+            wait_for("the outbox to empty", lambda: outbox.counts() == {})
+        finally:
+            dispatcher.close()
+        assert [json.loads(body)["device"] for _, body, _ in receiver.requests] == [
+            "incomer-0", "incomer-1", "incomer-2"]

@@ -156,7 +156,7 @@ def test_status_shows_devices_store_and_backlog(tmp_path: Path) -> None:
         store.commit_samples([], [("m1", int(now.timestamp() * 1000), "timeout after 1.0 s")])
         first = store.readings_after(0, 2)
         store.set_cursor("influxdb", READINGS, first[-1].id)
-        Outbox(store).add(["ops"], {"event": "start", "rule": "spike", "device": "m1"})
+        Outbox(store).add(["ops"], [{"event": "start", "rule": "spike", "device": "m1"}])
     result = subprocess.run([*ENERGYD, "status", "-c", str(cfg), "--json"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -103,9 +103,9 @@ class _Delivery:
 
 
 class MqttChannel:
-    """Publishes through its own paho-mqtt 2 client; the network thread is paho's."""
-
-    durable = True
+    """Publishes through its own paho-mqtt 2 client; the network thread is paho's. Kept in
+    the outbox until acknowledged with QoS 1 or 2; with QoS 0 nothing is acknowledged, so
+    nothing is kept."""
 
     def __init__(self, *, name: str, host: str, port: int, topic: str, client_id: str,
                  qos: int = 1, username: str | None = None, password: str | None = None,
@@ -117,6 +117,7 @@ class MqttChannel:
         self.name = name
         self.topic = topic.rstrip("/")
         self.qos = qos
+        self.durable = qos > 0
         self._host, self._port, self._keepalive = host, port, keepalive
         self._on_error = on_error
         self._pending: dict[int, _Delivery] = {}
@@ -234,6 +235,7 @@ class WebhookChannel:
             maxsize=10000)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held: tuple[Payload, Done | None] | None = None  # interrupted by close()
         self.delivered = 0
         self.failed = 0
 
@@ -263,31 +265,22 @@ class WebhookChannel:
             self._queue.put_nowait(None)  # wakes an idle worker
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
-        left: list[tuple[Payload, Done | None]] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                left.append(item)
-        # what the outbox keeps is sent again by the next start; the rest waits here for it
-        for item in left:
-            if item[1] is None:
-                self._queue.put_nowait(item)
+        # what is queued waits for a restart; if the process ends, the outbox has it
+        left = (self._held is not None) + sum(item is not None for item in list(self._queue.queue))
         if left:
-            log.warning("webhook %s: %d alert events not delivered at shutdown (%d kept in "
-                        "the outbox for the next start)", self.name, len(left),
-                        sum(1 for _, done in left if done is not None))
+            log.warning("webhook %s: %d alert events not delivered yet", self.name, left)
 
     def _work(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            item = self._queue.get()
+            item, self._held = self._held or self._queue.get(), None
             if item is None:
                 continue
             payload, done = item
-            if self._deliver(payload, stop) and done is not None:
-                done()
+            if self._deliver(payload, stop):
+                if done is not None:
+                    done()
+            elif stop.is_set():  # interrupted: first in line for a restarted worker
+                self._held = item
 
     def _deliver(self, payload: Payload, stop: threading.Event) -> bool:
         """True once the receiver took the event or refused it for good; False when it is
@@ -345,13 +338,16 @@ class WebhookChannel:
 class Dispatcher:
     """Fans each event out to every channel; a channel that raises is logged and skipped.
     With an `outbox`, each event is kept for every durable channel until it is delivered,
-    and `start()` sends each channel what it had not delivered before."""
+    and the first `start()` sends each channel what an earlier process had not delivered.
+    A later start (the component restarted) does not: the channels kept what they held, the
+    webhook its queue and the MQTT client its unacknowledged messages, and send it then."""
 
     def __init__(self, channels: list[Channel], site: str, outbox: Outbox | None = None):
         self.channels = channels
         self.site = site
         self.outbox = outbox
         self._started = False
+        self._replayed = False
 
     def _durable(self) -> list[Channel]:
         return [ch for ch in self.channels if ch.durable] if self.outbox is not None else []
@@ -363,8 +359,9 @@ class Dispatcher:
             except Exception:
                 log.exception("alert channel %s failed to start", ch.name)
         self._started = True
-        if self.outbox is None:
+        if self.outbox is None or self._replayed:
             return
+        self._replayed = True
         try:
             gone = self.outbox.forget_channels_except(ch.name for ch in self._durable())
             if gone:
@@ -381,22 +378,29 @@ class Dispatcher:
             log.exception("alert outbox: cannot read the undelivered events")
 
     def send(self, payload: Payload) -> None:
-        rows: dict[str, int] = {}
+        self.send_all([payload])
+
+    def send_all(self, payloads: list[Payload]) -> None:
+        """Send events in order; the outbox keeps them all in one transaction."""
+        if not payloads:
+            return
+        rows: list[dict[str, int]] = [{} for _ in payloads]
         durable = self._durable()
         if durable:
             assert self.outbox is not None
             try:
-                rows = self.outbox.add((ch.name for ch in durable), payload)
+                rows = self.outbox.add([ch.name for ch in durable], payloads)
             except Exception:
                 # sent all the same, only not kept for a restart
-                log.exception("alert outbox: cannot keep the event")
-        for ch in self.channels:
-            row = rows.get(ch.name)
-            try:
-                ch.send(payload, None if row is None or self.outbox is None
-                        else partial(self.outbox.done, row))
-            except Exception:
-                log.exception("alert channel %s failed", ch.name)
+                log.exception("alert outbox: cannot keep the events")
+        for payload, kept in zip(payloads, rows, strict=True):
+            for ch in self.channels:
+                row = kept.get(ch.name)
+                try:
+                    ch.send(payload, None if row is None or self.outbox is None
+                            else partial(self.outbox.done, row))
+                except Exception:
+                    log.exception("alert channel %s failed", ch.name)
 
     def close(self) -> None:
         if not self._started:

@@ -34,17 +34,21 @@ class Outbox:
         self.max_age_ms = round(max_age * 1000)
         self._now_ms = now_ms
 
-    def add(self, channels: Iterable[str], payload: Payload) -> dict[str, int]:
-        """Keep `payload` for each of `channels` (one transaction); channel -> row id."""
-        body = json.dumps(payload, sort_keys=True)
+    def add(self, channels: list[str], payloads: list[Payload]) -> list[dict[str, int]]:
+        """Keep each payload for each of `channels`, all in one transaction; for each
+        payload, channel -> row id."""
         now = self._now_ms()
-        ids: dict[str, int] = {}
+        out: list[dict[str, int]] = []
         with self.store.transaction() as conn:
-            for channel in channels:
-                cur = conn.execute("INSERT INTO alert_outbox (channel, payload, created) "
-                                   "VALUES (?, ?, ?)", (channel, body, now))
-                ids[channel] = int(cur.lastrowid or 0)
-        return ids
+            for payload in payloads:
+                body = json.dumps(payload, sort_keys=True)
+                ids: dict[str, int] = {}
+                for channel in channels:
+                    cur = conn.execute("INSERT INTO alert_outbox (channel, payload, created) "
+                                       "VALUES (?, ?, ?)", (channel, body, now))
+                    ids[channel] = int(cur.lastrowid or 0)
+                out.append(ids)
+        return out
 
     def done(self, row: int) -> None:
         """The channel delivered the row's event (or it was refused for good)."""

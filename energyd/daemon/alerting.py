@@ -105,7 +105,7 @@ class AlertComponent:
 
     async def _live(self, batch: list[Reading]) -> None:
         try:
-            events = await asyncio.to_thread(self.engine.on_readings, batch)
+            await asyncio.to_thread(self._evaluate, self.engine.on_readings, batch)
         except Exception:
             # the store refused the episode (disk full, locked): the live state moved on,
             # the next batch gives the verdict again
@@ -116,7 +116,6 @@ class AlertComponent:
         if self._failing:
             log.info("live alert evaluation works again")
             self._failing = False
-        await asyncio.to_thread(self._dispatch, events)
 
     # --- running -----------------------------------------------------------------------
 
@@ -128,7 +127,7 @@ class AlertComponent:
         for ev in events:
             if ev.kind == "start":
                 self.ctx.metrics.alerts.labels(ev.episode.rule).inc()
-            self.dispatcher.send(ev.payload(self.ctx.config.site.name))
+        self.dispatcher.send_all([ev.payload(self.ctx.config.site.name) for ev in events])
         if events:
             self.ctx.metrics.alerts_active.set(len(self.engine.tracker.active))
 

@@ -172,12 +172,6 @@ class LinkOwner:
         finally:
             st.queued = False
 
-    async def poll(self, st: DeviceState) -> PollResult:
-        """One poll of one device, read and finished."""
-        result = await self.read(st)
-        self.finish(st, result)
-        return result
-
     async def read(self, st: DeviceState) -> PollResult:
         assert self._link is not None
         link = self._link
