@@ -20,6 +20,16 @@ class Quality(enum.IntEnum):
     GOOD = 0
     UNCERTAIN = 1  # plausible but suspicious: a counter that stepped back, a clipped value
     IMPORTED = 2  # came in through a CSV backfill rather than from the device itself
+    # The payload had no time of its own: stamped on receipt (made strictly increasing per
+    # series), so the time is when energyd saw it, not when it was measured.
+    RECEIVED = 3
+    # Stamped on receipt, but delivered from the broker's session backlog right after a
+    # (re)connect: the value is real, its time only an upper bound of when it was produced.
+    RECEIVED_BACKLOG = 4
+    # Stamped while the gateway's own clock could not be trusted (before the build date, or
+    # far from a server's time): kept, held out of the rollup, and never expired by retention
+    # until reviewed.
+    CLOCK_SUSPECT = 5
 
 
 class Kind(enum.StrEnum):
