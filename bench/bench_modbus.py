@@ -219,7 +219,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
         while time.perf_counter() < stop:
             for st in owner.states:
                 st.queued = True
-                st.slot = time.time()
+                st.slot = time.monotonic()
                 owner._queue.put_nowait(st)
             await owner._queue.join()
             await asyncio.sleep(0)  # the last unit's decoding, queued by the worker, runs

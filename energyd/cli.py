@@ -34,8 +34,6 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # APScheduler logs every job run at INFO: at a 1 s poll that drowns the journal
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _load(path: str) -> Config:

@@ -54,9 +54,9 @@ class DeviceState:
     device: Device
     poller: DevicePoller
     interval_wall: float
-    start_wall: float = 0.0  # time.time() of the first slot
+    start: float = 0.0  # time.monotonic() of the first slot
     queued: bool = False
-    slot: float = 0.0  # wall time of the slot the queued poll belongs to
+    slot: float = 0.0  # monotonic time of the slot the queued poll belongs to
     not_before: float = 0.0  # monotonic; backing off until then
     backoff: float = 0.0  # current backoff in wall seconds
     failing: str | None = None  # reason while in failure
@@ -113,7 +113,7 @@ class LinkOwner:
                 # spread the units of a bus over the interval (stable per device name)
                 frac = (zlib.crc32(st.device.name.encode()) % 1000) / 1000.0
                 first = min(st.interval_wall, 1.0) * frac
-                st.start_wall = time.time() + first
+                st.start = time.monotonic() + first
                 self.ctx.scheduler.every(st.device.interval, self._due_job(st),
                                          name=f"poll:{st.device.name}", first_delay=first)
             self.ctx.health[self.name] = self.health
@@ -136,9 +136,9 @@ class LinkOwner:
         return due
 
     def due(self, st: DeviceState) -> None:
-        now = time.time()
-        k = math.floor((now - st.start_wall) / st.interval_wall + 0.01)
-        slot = st.start_wall + max(k, 0) * st.interval_wall
+        now = time.monotonic()
+        k = math.floor((now - st.start) / st.interval_wall + 0.01)
+        slot = st.start + max(k, 0) * st.interval_wall
         if st.queued:
             st.missed += 1
             return
@@ -175,7 +175,7 @@ class LinkOwner:
     async def read(self, st: DeviceState) -> PollResult:
         assert self._link is not None
         link = self._link
-        late = max(0.0, time.time() - st.slot)
+        late = max(0.0, time.monotonic() - st.slot)
         self.lateness.append(late)
         st.lateness.append(late)
         opts = st.device.modbus
