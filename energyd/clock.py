@@ -187,7 +187,8 @@ class ClockWatch:
         if self._reference is not None:
             off, source = self._reference
             if abs(off) > self.tolerance:
-                return f"the clock is {_span(abs(off))} {'behind' if off > 0 else 'ahead of'} {source}"
+                way = "behind" if off > 0 else "ahead of"
+                return f"the clock is {_span(abs(off))} {way} {source}"
         return None
 
 

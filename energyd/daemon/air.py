@@ -22,7 +22,7 @@ from datetime import datetime
 from energyd.accounting.air import HOUR_MS, AirHour, compressor_hour, station_hour
 from energyd.config.schema import Config
 from energyd.daemon.context import Component, Context
-from energyd.model import from_ms, to_ms
+from energyd.model import Quality, from_ms, to_ms
 from energyd.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def compute_hours(store: Store, config: Config, start_ms: int, end_ms: int) -> i
                 samples = {
                     key: [(r.time_ms, r.value) for r in store.query_readings(
                         device=device, quantity=q, start_ms=hour - max_gap,
-                        end_ms=hour + HOUR_MS + max_gap + 1)]
+                        end_ms=hour + HOUR_MS + max_gap + 1)
+                          if r.quality != Quality.CLOCK_SUSPECT]  # held for review
                     for key, q in QUANTITIES.items()}
                 row = compressor_hour(device, hour, max_gap_ms=max_gap, **samples)
                 if row is not None:

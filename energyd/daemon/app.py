@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from energyd import __version__
-from energyd.clock import Clock, RealClock
+from energyd.clock import STEPPED_FOR, Clock, ClockWatch, RealClock
 from energyd.config.loader import load_config
 from energyd.config.schema import Config
 from energyd.daemon import air, alerting, forwarding, housekeeping, polling, rollups, subscriptions
 from energyd.daemon.context import Builder, Component, Context
+from energyd.daemon.degraded import Degraded
 from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
@@ -54,6 +55,7 @@ BUILDERS: list[Builder] = [
 PREFLIGHTS: list[Callable[[Config], None]] = [rollups.preflight]
 
 RESTART_DELAY_MAX = 60.0
+CLOCK_LOOK_EVERY = 1.0  # seconds between two comparisons of the wall and monotonic clocks
 
 
 def preflight(config: Config) -> None:
@@ -92,6 +94,10 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.builders = builders if builders is not None else BUILDERS
         self.metrics = Metrics()
+        self.degraded = Degraded()
+        # only the real wall clock can be stepped under the daemon: the simulated ones are
+        # made from the monotonic clock (or by hand, in tests)
+        self.clock_watch = ClockWatch() if isinstance(self.clock, RealClock) else None
         self.store: Store | None = None
         self.http_port: int | None = None
         self.ready = asyncio.Event()
@@ -133,6 +139,8 @@ class Daemon:
         # one watchdog for the daemon's life: a reload that takes a while must not miss pings
         watchdog = (asyncio.create_task(self._watchdog(), name="energyd[watchdog]")
                     if self.notifier.watchdog_interval else None)
+        clock_task = (asyncio.create_task(self._watch_clock(), name="energyd[clock]")
+                      if self.clock_watch is not None else None)
         try:
             while True:
                 try:
@@ -156,9 +164,10 @@ class Daemon:
                 self._previous, self.config = self.config, self._next or self.config
                 self._next = None
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
-                await asyncio.gather(watchdog, return_exceptions=True)
+            for task in (watchdog, clock_task):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if handle_signals:
                 self._remove_signals()
             if self.store is not None:
@@ -214,7 +223,8 @@ class Daemon:
                              on_commit=on_commit, keep_readings=lambda: bool(listeners))
         scheduler = Scheduler(self.clock)
         ctx = Context(config, self.clock, store, writer, self.metrics, scheduler,
-                      reading_listeners=listeners, commit_listeners=commit_listeners)
+                      reading_listeners=listeners, commit_listeners=commit_listeners,
+                      degraded=self.degraded, clock_watch=self.clock_watch)
         self.context = ctx
         components: list[Component] = []
         for build in self.builders:
@@ -286,15 +296,50 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(self.notifier.watchdog_interval)
 
+    async def _watch_clock(self) -> None:
+        """Compare the wall clock with the monotonic one every second: a step is logged once
+        (one line, whatever it changed), counted, and shown for a while; a clock that cannot
+        be trusted is shown for as long as it lasts."""
+        watch = self.clock_watch
+        assert watch is not None
+        suspect: str | None = None
+        first = True
+        while True:
+            step = watch.look()
+            now_suspect = watch.suspect()
+            said = []
+            if step is not None:
+                self.metrics.clock_steps.inc()
+                self.metrics.clock_last_step.set(step.seconds)
+                self.degraded.enter("clock_stepped", step.describe(), lasts=STEPPED_FOR)
+                said.append(f"{step.describe()}; schedules run on the monotonic clock and "
+                            "are not affected")
+            if now_suspect != suspect or first:
+                if now_suspect is not None:
+                    self.degraded.enter("clock_suspect", now_suspect)
+                    said.append(f"{now_suspect}: readings stamped now are flagged "
+                                "clock_suspect, kept and held out of the rollup")
+                elif not first:
+                    self.degraded.clear("clock_suspect")
+                    said.append("the clock is plausible again: readings are stamped as usual")
+                self.metrics.clock_suspect.set(1 if now_suspect else 0)
+                suspect, first = now_suspect, False
+            if said:
+                log.warning("%s", "; ".join(said))
+            await asyncio.sleep(CLOCK_LOOK_EVERY)
+
     def _health(self) -> dict[str, Any]:
         ctx = self.context
+        degraded = self.degraded.active()
         payload: dict[str, Any] = {
-            "status": "ok" if self.ready.is_set() else "stopping",
+            "status": ("stopping" if not self.ready.is_set() else
+                       "degraded" if degraded else "ok"),
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "site": self.config.site.name,
             "devices": len(self.config.devices),
             "sinks": [s.name for s in self.config.influxdb],
+            "degraded": degraded,
         }
         if ctx is not None:
             payload["pending_readings"] = ctx.writer.pending

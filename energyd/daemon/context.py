@@ -6,11 +6,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from energyd.clock import Clock
+from energyd.clock import Clock, ClockWatch
 from energyd.config.schema import Config
+from energyd.daemon.degraded import Degraded
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.scheduler import Scheduler
-from energyd.model import Reading
+from energyd.model import Quality, Reading
 from energyd.store.sqlite import Store
 from energyd.store.writer import StoreWriter
 
@@ -33,6 +34,21 @@ class Context:
     rollup_listeners: list[Callable[[int, int], Awaitable[None]]] = field(default_factory=list)
     # Set by components that hold state worth showing in /health.
     health: dict[str, Callable[[], object]] = field(default_factory=dict)
+    # Named states of trouble the daemon lives with (shown in /health), shared by all.
+    degraded: Degraded = field(default_factory=Degraded)
+    # Says whether a time stamped from the wall clock can be trusted; None on a simulated
+    # clock, which cannot be stepped.
+    clock_watch: ClockWatch | None = None
+
+    def stamped(self, readings: list[Reading]) -> list[Reading]:
+        """`readings`, all stamped from the wall clock at one instant, flagged CLOCK_SUSPECT
+        if that clock could not be trusted then (counted; the store keeps them, retention
+        leaves them, the rollup holds them out)."""
+        watch = self.clock_watch
+        if not readings or watch is None or watch.suspect(readings[0].time) is None:
+            return readings
+        self.metrics.readings_clock_suspect.inc(len(readings))
+        return [r._replace(quality=Quality.CLOCK_SUSPECT) for r in readings]
 
 
 class Component(Protocol):

@@ -1,6 +1,6 @@
 """Health and Prometheus metrics over HTTP, on 127.0.0.1 by default.
 
-GET /health  -> 200 JSON while the daemon runs (503 while stopping)
+GET /health  -> 200 JSON while the daemon runs, also when degraded (503 while stopping)
 GET /metrics -> Prometheus text format
 A deliberately small HTTP/1.0 server on asyncio streams: two read-only endpoints do not
 justify a web framework in a gateway daemon.
@@ -46,7 +46,7 @@ class HealthServer:
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"read-only\n"
             elif path == "/health":
                 payload = self._health()
-                ok = payload.get("status") == "ok"
+                ok = payload.get("status") in ("ok", "degraded")
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = "application/json", json.dumps(payload).encode() + b"\n"
             elif path == "/metrics":

@@ -50,6 +50,17 @@ class Metrics:
         self.alert_dispatch_failures = Counter(
             "energyd_alert_dispatch_failures", "Alert events a channel could not deliver",
             ["channel"], registry=r)
+        self.clock_steps = Counter("energyd_clock_steps",
+                                   "Steps of the wall clock against the monotonic clock",
+                                   registry=r)
+        self.clock_last_step = Gauge("energyd_clock_last_step_seconds",
+                                     "Size of the last step of the wall clock (negative: back)",
+                                     registry=r)
+        self.clock_suspect = Gauge("energyd_clock_suspect",
+                                   "1 while the wall clock cannot be trusted", registry=r)
+        self.readings_clock_suspect = Counter(
+            "energyd_readings_clock_suspect",
+            "Readings stamped under a suspect clock: kept, held out of the rollup", registry=r)
         self.up = Gauge("energyd_up", "1 while the daemon runs", registry=r)
 
     def render(self) -> bytes:

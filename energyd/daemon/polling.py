@@ -229,7 +229,7 @@ class LinkOwner:
         st.polls += 1
         when_ms = to_ms(self.ctx.clock.now())
         if result.readings:
-            self.ctx.writer.submit(result.readings)
+            self.ctx.writer.submit(self.ctx.stamped(result.readings))
         self.ctx.writer.record_poll(device.name, when_ms, result.error)
         if st.polls_metric is None:
             st.polls_metric = self.ctx.metrics.polls.labels(device.name)

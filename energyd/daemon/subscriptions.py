@@ -46,11 +46,12 @@ import logging
 import threading
 import time
 from collections import deque
+from datetime import datetime
 from typing import Any
 
 from energyd.daemon.context import Component, Context
 from energyd.drivers.mqtt import PayloadMapper, Rejected, Subscriber
-from energyd.model import Reading
+from energyd.model import Quality, Reading
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,15 @@ class MqttComponent:
         topic = msg.topic
         self.received += 1
         problems: list[Rejected] = []
+        received = self._now()
+        watch = self.ctx.clock_watch
+        trusted = watch is None or watch.suspect(received) is None
         try:
-            readings = self.mapper.map(topic, msg.payload, self._now(), problems)
+            # a payload's own time is not refused as skewed by a clock known to be wrong
+            readings = self.mapper.map(topic, msg.payload, received, problems,
+                                       check_skew=trusted)
+            if not trusted:
+                readings = self._held(readings, received)
         except Rejected as exc:
             readings = []
             self.refused += 1
@@ -201,6 +209,17 @@ class MqttComponent:
                     seen.add(p.reason)
                     self._refuse(topic, p)
         self._take(topic, msg.mid, msg.qos, generation, readings)
+
+    def _held(self, readings: list[Reading], received: datetime) -> list[Reading]:
+        """The readings stamped on receipt by a suspect clock, flagged CLOCK_SUSPECT; those
+        with the payload's own time stand as they are."""
+        out = []
+        for r in readings:
+            if r.time == received:
+                r = r._replace(quality=Quality.CLOCK_SUSPECT)
+                self.ctx.metrics.readings_clock_suspect.inc()
+            out.append(r)
+        return out
 
     def _take(self, topic: str, mid: int, qos: int, generation: int,
               readings: list[Reading]) -> None:

@@ -257,9 +257,12 @@ class PayloadMapper:
         return named
 
     def map(self, topic: str, payload: bytes, received: datetime,
-            problems: list[Rejected] | None = None) -> list[Reading]:
+            problems: list[Rejected] | None = None, *, check_skew: bool = True
+            ) -> list[Reading]:
         """Readings of one message. A refused message raises Rejected; a refused field is
-        left out and, when `problems` is given, appended to it."""
+        left out and, when `problems` is given, appended to it. Without `check_skew` (the
+        local clock is known to be wrong) a payload's own time is taken however far it is
+        from `received`."""
         if len(payload) > self.max_payload:
             raise Rejected("too_large", f"{len(payload)} bytes, the limit is {self.max_payload}")
         named = self._named(topic)
@@ -288,7 +291,7 @@ class PayloadMapper:
                     raw = None  # no time in this message: the receive time stands
                 if raw is not None:
                     when = parse_time(raw)
-                    if abs(when - received) > self.max_skew:
+                    if check_skew and abs(when - received) > self.max_skew:
                         raise Rejected("clock_skew", f"time {when.isoformat()} is more than "
                                        f"{self.max_skew} from now ({received.isoformat()})")
             missing: list[str] = []

@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import repeat
@@ -90,6 +90,13 @@ _LAST_ID = f"id * {SLOTS} + length(vals) / 8 - 1"
 READINGS_POSITION = "accounting.readings_position"
 """The meta key of the hourly job's position among the reading ids: the quota must not move
 an id across it (see `_pinned`)."""
+HELD = Quality.CLOCK_SUSPECT
+"""Readings of this quality wait for review: the accounting reads around them and retention
+keeps them, however old they look (their time came from a clock that was wrong)."""
+_HELD_BYTE = f"x'{int(HELD):02x}'"
+_NOT_HELD_AT = f"(quality IS NULL OR substr(quality, ?, 1) != {_HELD_BYTE})"  # ? = position + 1
+_HOLDS_NONE = f"(quality IS NULL OR instr(quality, {_HELD_BYTE}) = 0)"
+
 _INSERT_SAMPLE = ("INSERT INTO samples (layout, time, vals, quality) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT (layout, time) DO NOTHING")
 
@@ -512,36 +519,43 @@ class Store:
             conn.close()
 
     # --- one series, by id: what the accounting reads -----------------------------------
+    # Readings held for review (HELD) are left out: their time cannot be trusted.
 
-    def _series_time(self, series: int, sql: str, params: tuple,
-                     pick: Callable[[list[int]], int]) -> int | None:
+    def _series_time(self, series: int, where: str, params: tuple, last: bool) -> int | None:
+        # an ordered walk of the (layout, time) index that stops at the first reading not
+        # held: as quick as min()/max() when none is held, which the filter would not be
+        sql = (f"SELECT time FROM samples WHERE layout = ? {where} AND {_NOT_HELD_AT} "
+               f"ORDER BY time {'DESC' if last else 'ASC'} LIMIT 1")
         found = []
-        for lid, _ in self._placements(series):
-            t = self.execute(sql, (lid, *params))[0][0]
-            if t is not None:
-                found.append(t)
-        return pick(found) if found else None
+        for lid, pos in self._placements(series):
+            rows = self.execute(sql, (lid, *params, pos + 1))
+            if rows:
+                found.append(rows[0][0])
+        if not found:
+            return None
+        return max(found) if last else min(found)
 
     def series_time_before(self, series: int, time_ms: int) -> int | None:
         """The time of the series' last reading before `time_ms`, if any."""
-        return self._series_time(
-            series, "SELECT max(time) FROM samples WHERE layout = ? AND time < ?",
-            (time_ms,), max)
+        return self._series_time(series, "AND time < ?", (time_ms,), last=True)
 
     def series_time_from(self, series: int, time_ms: int) -> int | None:
         """The time of the series' first reading at or after `time_ms`, if any."""
-        return self._series_time(
-            series, "SELECT min(time) FROM samples WHERE layout = ? AND time >= ?",
-            (time_ms,), min)
+        return self._series_time(series, "AND time >= ?", (time_ms,), last=False)
 
     def series_first_time(self, series: int) -> int | None:
-        return self._series_time(series, "SELECT min(time) FROM samples WHERE layout = ?",
-                                 (), min)
+        return self._series_time(series, "", (), last=False)
 
     def series_values(self, series: int, first_ms: int, last_ms: int
                       ) -> list[tuple[int, float]]:
         """(time, value) of the series' readings with first_ms <= time <= last_ms, by time."""
-        return [(t, v) for t, _, v, _ in self._series_stream(series, first_ms, last_ms + 1)]
+        return [(t, v) for t, _, v, q in self._series_stream(series, first_ms, last_ms + 1)
+                if q != HELD]
+
+    def held_count(self) -> int:
+        """Readings held for review (stamped under a suspect clock)."""
+        return sum(q.count(int(HELD)) for (q,) in self.execute(
+            f"SELECT quality FROM samples WHERE NOT {_HOLDS_NONE}"))
 
     # --- insertion order: what sinks and the hourly job follow ----------------------------
 
@@ -854,10 +868,11 @@ class Store:
 
     def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
         """Delete raw readings older than the retention that every sink has forwarded;
-        returns how many went."""
+        returns how many went. Samples holding a reading held for review stay: their time
+        says nothing about their age."""
         horizon = now_ms - retention_ms
         limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
-        where, params = "time < ?", [horizon]
+        where, params = f"time < ? AND {_HOLDS_NONE}", [horizon]
         if limit is not None:
             where += f" AND {_LAST_ID} <= ?"
             params.append(limit)
