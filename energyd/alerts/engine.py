@@ -24,7 +24,7 @@ from typing import Any
 from energyd.alerts import rules as R
 from energyd.alerts.episodes import HOURLY, EpisodeTracker, Event, Observation
 from energyd.config.schema import AlertRule, Config
-from energyd.model import Reading, from_ms
+from energyd.model import Quality, Reading, from_ms
 from energyd.store.sqlite import READINGS, Store
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,16 @@ UNMEASURED = ("invoice", "estimated")
 
 class AlertEngine:
     def __init__(self, config: Config, store: Store, *, now_ms: Callable[[], int],
-                 reconciliation: Callable[[int, int], Iterable[Any]] | None = None):
+                 reconciliation: Callable[[int, int], Iterable[Any]] | None = None,
+                 monotonic: Callable[[], float] | None = None):
+        """`monotonic` (seconds), when given, measures how long a device has been silent
+        instead of the readings' times: a step of the wall clock then neither makes every
+        device silent for years nor hides a silence behind a clock that went back."""
         self.config = config
         self.store = store
         self.now_ms = now_ms
+        self.monotonic = monotonic
+        self._heard: dict[str, int] = {}  # device -> monotonic ms it was last heard of
         self.tz = config.site.tz
         self.tracker = EpisodeTracker(store)
         self.reconciliation_source = reconciliation
@@ -58,6 +64,7 @@ class AlertEngine:
         self._baselines: dict[tuple[str, str, int], float | None] = {}
         self._last_seen: dict[str, int] = {}
         self._started_ms = now_ms()
+        self._started_mono_ms = self._mono_ms()
         self.live_rules = [r for r in config.alerts.rules
                             if (r.type == "spike" and r.window > 0) or r.type == "threshold"
                             or r.type == "stale"]
@@ -89,13 +96,22 @@ class AlertEngine:
     def retire_removed_rules(self) -> list[Event]:
         return self.tracker.retire({r.name for r in self.config.alerts.rules}, self.now_ms())
 
+    def _mono_ms(self) -> int:
+        return round(self.monotonic() * 1000) if self.monotonic is not None else 0
+
     def _load_last_seen(self) -> None:
         wanted = {d for r in self.rules("stale") for d in self._devices[r.name]}
         for device, quantity in self.store.series():
             if device in wanted:
                 latest = self.store.latest(device, quantity)
-                if latest is not None:
+                # a time stamped under a suspect clock says nothing of how long ago it was
+                if latest is not None and latest.quality != Quality.CLOCK_SUSPECT:
                     self._last_seen[device] = max(self._last_seen.get(device, 0), latest.time_ms)
+        # on the monotonic clock, a device last heard of before the start was heard of as
+        # long before it as the wall clock says (never a negative time: a clock that was
+        # ahead then)
+        for device, t in self._last_seen.items():
+            self._heard[device] = self._started_mono_ms - max(0, self._started_ms - t)
 
     # --- hourly ----------------------------------------------------------------------
 
@@ -223,12 +239,14 @@ class AlertEngine:
             active = self.tracker.is_active
             read = self._quantities  # made with the index
             hold, on = R.Level.HOLD, R.Level.ON
+            heard, mono = self._heard, self._mono_ms()
             when, t, device = None, 0, None
             for r in batch:
                 if r.time is not when:  # one poll's readings share their time
                     when, t, device = r.time, r.time_ms, None
                 if r.device != device:
                     device = r.device
+                    heard[device] = mono
                     if t > last_seen.get(device, -1):
                         last_seen[device] = t
                 if r.quantity not in read:  # most of a meter's quantities: no rule reads them
@@ -321,13 +339,18 @@ class AlertEngine:
 
     def check_stale(self, now_ms: int | None = None) -> list[Event]:
         now = now_ms if now_ms is not None else self.now_ms()
+        by_mono = self.monotonic is not None and now_ms is None
+        mono = self._mono_ms()
         with self._lock:
             observations = []
             for rule in self.rules("stale"):
                 for device in self._devices[rule.name]:
                     # never heard of since start: silent since the daemon started
-                    last = self._last_seen.get(device, self._started_ms)
-                    quiet = R.silent(now, last, interval_s=self._intervals.get(device, 10.0),
+                    if by_mono:
+                        at, last = mono, self._heard.get(device, self._started_mono_ms)
+                    else:
+                        at, last = now, self._last_seen.get(device, self._started_ms)
+                    quiet = R.silent(at, last, interval_s=self._intervals.get(device, 10.0),
                                      multiple=rule.multiple, hysteresis=rule.hysteresis)
                     watch = self._counters.get((rule.name, device))
                     stuck = watch.verdict(now) if watch is not None else R.HOLD

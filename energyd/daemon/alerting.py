@@ -16,6 +16,7 @@ import asyncio
 import logging
 import queue
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,8 +68,10 @@ class AlertComponent:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         config = ctx.config
+        # silence measured on the monotonic clock where the wall clock can be stepped
         self.engine = AlertEngine(config, ctx.store, now_ms=lambda: to_ms(ctx.clock.now()),
-                                  reconciliation=statement_findings(config, ctx.store))
+                                  reconciliation=statement_findings(config, ctx.store),
+                                  monotonic=time.monotonic if ctx.clock_watch else None)
 
         def failed(channel: str) -> None:
             ctx.metrics.alert_dispatch_failures.labels(channel).inc()

@@ -1,4 +1,9 @@
-"""The store's own upkeep: disk quota, retention of raw readings, and the gauges about it."""
+"""The store's own upkeep: disk quota, retention of raw readings, and the gauges about it.
+
+Retention measures age on the wall clock, so it waits while that clock cannot be trusted or
+has just stepped (a clock set years ahead would make every reading look expired); readings
+stamped under a suspect clock are never expired (the store keeps them for review).
+"""
 
 from __future__ import annotations
 
@@ -48,6 +53,9 @@ class Housekeeping:
             ctx.metrics.store_shed.inc(shed)
             log.warning("store over its quota: shed %d instantaneous readings "
                         "(energy counters are kept)", shed)
+        watch = ctx.clock_watch
+        if watch is not None and (watch.stepped_recently() or watch.suspect() is not None):
+            return
         gone = ctx.store.apply_retention(
             to_ms(ctx.clock.now()), int(ctx.config.storage.retention * 1000),
             [s.name for s in ctx.config.influxdb])

@@ -6,6 +6,10 @@ recomputes what is due (see `Accountant.run`): the hour just completed, hours to
 readings, hours a changed factor or certificate applies to. After each run every callback in
 `ctx.rollup_listeners` is awaited with (start_ms, end_ms) of each span of hours (re)computed.
 
+While the wall clock cannot be trusted (see energyd.clock.ClockWatch) no run is made: "now"
+would put the completed hours in the wrong year. The first run once it is trusted again
+does what was left, the start-up recomputation included.
+
 The emission-factor table is loaded when the component is built, so a broken table stops the
 daemon at start-up with the file and line, instead of failing an hour later.
 """
@@ -34,6 +38,8 @@ class Rollups:
         self._lock = asyncio.Lock()
         self._failing = False
         self._last: dict[str, object] = {}
+        self._startup_due = True
+        self._waiting_for_clock = False
         ctx.health["rollups"] = lambda: dict(self._last)
 
     async def run(self) -> None:
@@ -45,7 +51,19 @@ class Rollups:
     async def job(self) -> None:
         await self.recompute(startup=False)
 
+    def _clock_suspect(self) -> str | None:
+        watch = self.ctx.clock_watch
+        reason = watch.suspect() if watch is not None else None
+        if reason is not None and not self._waiting_for_clock:
+            log.warning("hourly rollup waits for a trusted clock: %s", reason)
+        self._waiting_for_clock = reason is not None
+        return reason
+
     async def recompute(self, *, startup: bool) -> RecomputeResult:
+        if self._clock_suspect() is not None:
+            self._last = {"waiting_for_clock": True}
+            return RecomputeResult()
+        startup, self._startup_due = startup or self._startup_due, False
         hours = self.ctx.config.accounting.recompute_hours if startup else 0
         async with self._lock:
             now = to_ms(self.ctx.clock.now())
