@@ -186,3 +186,40 @@ devices:
     assert refused.value.reason == "clock_skew"
     (r,) = mapper.map("plant/air1", payload, wrong, check_skew=False)
     assert r.time == datetime(2026, 6, 1, 12, tzinfo=UTC) and r.value == 40.0
+
+
+def test_silence_is_measured_on_the_monotonic_clock(tmp_path: Path) -> None:
+    from energyd.alerts.engine import AlertEngine
+
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(f"""
+site: {{name: plant-a}}
+storage: {{path: {tmp_path / "e.db"}}}
+devices:
+  - {{name: m1, role: grid_import, driver: modbus, interval: 10s, profile: eastron_sdm630,
+     modbus: {{host: 127.0.0.1}}}}
+alerts:
+  rules:
+    - {{name: quiet, type: stale, devices: [m1], multiple: 3}}
+""")
+    config = load_config(cfg)
+    t2000 = datetime(2000, 1, 1, tzinfo=UTC)
+    with Store.open(tmp_path / "e.db") as store:
+        # the last reading before the restart was stamped by a clock set to 2000
+        store.insert_readings([Reading(t2000, "m1", "active_power_kw", 5.0,
+                                       Quality.CLOCK_SUSPECT)])
+        wall = [to_ms(datetime(2026, 6, 1, tzinfo=UTC))]
+        mono = [500.0]
+        engine = AlertEngine(config, store, now_ms=lambda: wall[0], monotonic=lambda: mono[0])
+        assert engine.check_stale() == []  # not silent since 2000: since the start at most
+        for i in range(5):  # polls go on while the wall clock steps years forward
+            mono[0] += 10
+            wall[0] += 10_000 + (3 * 365 * 86400_000 if i == 2 else 0)
+            engine.on_readings([Reading(datetime.fromtimestamp(wall[0] / 1000, tz=UTC), "m1",
+                                        "active_power_kw", 5.0)])
+            assert engine.check_stale() == []
+        mono[0] += 31  # then the meter falls silent for 31 s of real time
+        wall[0] -= 180_000  # while the wall clock steps back three minutes
+        (event,) = engine.check_stale()
+        assert event.kind == "start" and event.episode.device == "m1"
+        assert event.episode.detail["start"]["silent_s"] == 31.0

@@ -234,6 +234,12 @@ def test_boot_with_a_wrong_clock_then_the_right_one(tmp_path: Path, meter: int) 
         # retention, however short, leaves the held readings for review
         assert store.apply_retention(now_ms, 1000, []) > 0
         assert store.held_count() == len(held)
+    status = subprocess.run([*ENERGYD, "status", "-c", str(cfg), "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert json.loads(status.stdout)["store"]["held_for_review"] == len(held), status.stderr
+    table = subprocess.run([*ENERGYD, "status", "-c", str(cfg)], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert f"{len(held)} readings stamped under a suspect clock" in table.stdout
     conn = sqlite3.connect(db)
     try:
         hours = conn.execute("SELECT count(*), min(hour) FROM rollups").fetchone()

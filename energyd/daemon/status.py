@@ -61,7 +61,8 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
             "site": config.site.name,
             "time": now.isoformat(timespec="seconds"),
             "store": {"path": str(config.storage.path), "bytes_used": store.size_bytes(),
-                      "bytes_on_disk": store.file_bytes(), "readings": store.count_readings()},
+                      "bytes_on_disk": store.file_bytes(), "readings": store.count_readings(),
+                      "held_for_review": store.held_count()},
             "devices": devices,
             "sinks": sinks,
             "alerts_undelivered": Outbox(store).counts(),
@@ -82,6 +83,9 @@ def status_tables(payload: dict[str, Any]) -> list[Table]:
     store = Table(title="store", show_header=False)
     store.add_row("path", st["path"])
     store.add_row("readings", f"{st['readings']:,}")
+    if st["held_for_review"]:
+        store.add_row("held for review", f"{st['held_for_review']:,} readings stamped under a "
+                      "suspect clock (kept, not in the rollups)")
     store.add_row("size", f"{st['bytes_used'] / 1e6:.1f} MB used, "
                   f"{st['bytes_on_disk'] / 1e6:.1f} MB on disk")
     waiting = payload["alerts_undelivered"]
