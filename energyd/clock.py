@@ -155,7 +155,9 @@ class ClockWatch:
         self.steps = 0
         self.last_step: Step | None = None
         self.stepped_at: float | None = None  # monotonic time of the last step
-        self._reference: tuple[float, str] | None = None  # (server minus wall, source)
+        # (a server's time minus the monotonic clock, the server): a step of the wall clock
+        # after the server's reply leaves it right
+        self._reference: tuple[float, str] | None = None
 
     def look(self) -> Step | None:
         wall, mono = self._wall(), self._monotonic()
@@ -175,7 +177,7 @@ class ClockWatch:
 
     def reference(self, server_time: datetime, source: str) -> None:
         """A server's idea of the time now (second resolution is enough)."""
-        self._reference = (server_time.timestamp() - self._wall(), source)
+        self._reference = (server_time.timestamp() - self._monotonic(), source)
 
     def suspect(self, when: datetime | float | None = None) -> str | None:
         """Why the wall clock's time `when` (default: now) cannot be trusted, or None."""
@@ -185,7 +187,8 @@ class ClockWatch:
             return (f"the clock read {_utc(t).isoformat(timespec='seconds')}, before this "
                     f"energyd was released ({_utc(self.earliest_s).date().isoformat()})")
         if self._reference is not None:
-            off, source = self._reference
+            base, source = self._reference
+            off = base + self._monotonic() - t  # the server's time now minus the stamp
             if abs(off) > self.tolerance:
                 way = "behind" if off > 0 else "ahead of"
                 return f"the clock is {_span(abs(off))} {way} {source}"

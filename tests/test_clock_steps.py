@@ -118,9 +118,9 @@ def meter() -> Any:
         proc.wait(timeout=10)
 
 
-def config(tmp_path: Path, meter_port: int, http_port: int) -> Path:
+def config(tmp_path: Path, meter_port: int, http_port: int, extra: str = "") -> Path:
     cfg = tmp_path / "energyd.yaml"
-    cfg.write_text(f"""
+    cfg.write_text(extra + f"""
 site: {{name: plant-a}}
 storage: {{path: {tmp_path / "energyd.db"}}}
 http: {{host: 127.0.0.1, port: {http_port}}}
@@ -251,3 +251,39 @@ def test_boot_with_a_wrong_clock_then_the_right_one(tmp_path: Path, meter: int) 
     assert hours[1] is None or hours[1] >= now_ms - 3 * 3600_000
     assert episodes == 0, "a stale alert fired across the clock's correction"
     assert "silent_s" not in err
+
+
+def test_a_clock_far_from_influxdbs_is_suspect(tmp_path: Path, meter: int, influxdb: Any,
+                                               influxdb_database: str) -> None:
+    control = tmp_path / "faketime.rc"
+    set_clock(control, "+3y")  # plausible on its own, but not what the server says
+    port = free_port()
+    cfg = config(tmp_path, meter, port, f"""
+influxdb:
+  - {{name: central, api: v1, url: "{influxdb.url}", database: {influxdb_database}}}
+""")
+    proc = start(cfg, faketime_env(control))
+    try:
+        deadline = time.monotonic() + 20
+        while "clock_suspect" not in health(port, proc)["degraded"]:
+            assert time.monotonic() < deadline, "the server's time was never compared"
+            time.sleep(0.2)
+        reason = health(port, proc)["degraded"]["clock_suspect"]["reason"]
+        assert reason.startswith("the clock is 1095.0 days ahead of InfluxDB 'central'"), reason
+        time.sleep(2)
+        flagged = metric(port, "energyd_readings_clock_suspect_total")
+        assert flagged > 0
+        set_clock(control, "+0")  # NTP sets it right
+        deadline = time.monotonic() + 10
+        while "clock_suspect" in health(port, proc)["degraded"]:
+            assert time.monotonic() < deadline, "the clock was not trusted again"
+            time.sleep(0.2)
+        time.sleep(1)
+        settled = metric(port, "energyd_readings_clock_suspect_total")
+        polled = polls(health(port, proc))
+        time.sleep(2)
+        assert polls(health(port, proc)) > polled
+        assert metric(port, "energyd_readings_clock_suspect_total") == settled
+    finally:
+        err = stop(proc)
+    assert "the clock is plausible again" in err

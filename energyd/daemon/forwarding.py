@@ -1,7 +1,9 @@
 """Forwarding: one forwarder per configured InfluxDB sink, following its cursors in the store.
 
 Each forwarder runs its loop in a thread of its own (influxdb-client's synchronous API and
-SQLite both block), named `energyd[<sink>.forward]`. Committed readings wake it, so data
+SQLite both block), named `energyd[<sink>.forward]`. A transport that keeps the Date of the
+server's last reply (`server_date`, the v1 API's) gives the clock watch a second opinion of
+the time. Committed readings wake it, so data
 reaches InfluxDB within a flush interval rather than a forwarding interval. Cancelling the
 component stops the loop after the write in flight (at most the sink's timeout); a chunk cut
 short is simply sent again next time, since the cursor moves only after the acknowledgement.
@@ -10,6 +12,8 @@ short is simply sent again next time, since the cursor moves only after the ackn
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
 import logging
 import threading
 
@@ -42,8 +46,15 @@ class ForwardingComponent:
         ctx.health[f"sink:{self.sink.name}"] = forwarder.health
         thread.start()
         try:
+            seen = None
             while thread.is_alive():
                 await asyncio.sleep(1.0)
+                date = getattr(forwarder.transport, "server_date", None)
+                if date is not None and date != seen and ctx.clock_watch is not None:
+                    seen = date
+                    with contextlib.suppress(TypeError, ValueError):
+                        ctx.clock_watch.reference(email.utils.parsedate_to_datetime(date),
+                                                  f"InfluxDB {self.sink.name!r}")
             raise RuntimeError(f"{self.name}: the forwarding thread ended")
         finally:
             forwarder.stop()

@@ -4,7 +4,8 @@ Options (config `influxdb:` with `api: v1`): `url`, `database`, `retention_polic
 database's default when unset), `username` with `password_file`/`password_env` (sent as
 HTTP Basic authentication, never in the query string, so no proxy or server log sees it),
 `timeout`, `gzip`. One keep-alive connection; on any connection error it is dropped and
-opened afresh on the next write. Replies are sorted by `transport.classify`.
+opened afresh on the next write. Replies are sorted by `transport.classify`. The Date of the
+last reply is kept in `server_date` (the daemon checks its own clock against it).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class V1Transport:
         self._redact = Redactor([password, credentials])
         self._conn: http.client.HTTPConnection | None = None
         self._closed = False
+        self.server_date: str | None = None  # the Date header of the last reply
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -81,6 +83,7 @@ class V1Transport:
                 conn.request("POST", self._path, body=body, headers=self._headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                self.server_date = resp.getheader("Date")
                 break
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
