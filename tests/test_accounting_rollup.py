@@ -479,3 +479,23 @@ def test_earlier_hours_computed_later_take_certificates_first_and_later_rows_fol
     assert moved == [t0 + k * HOUR_MS for k in range(10, 15)]  # re-sent to the sinks
     used = acc.store.execute("SELECT sum(mwh) FROM certificate_allocations")[0][0]
     assert used == pytest.approx(1.0, abs=1e-9)
+
+
+def test_readings_held_for_a_suspect_clock_make_no_hours(tmp_path: Path) -> None:
+    """A gateway ran with its clock in 2000 (readings flagged CLOCK_SUSPECT, the hourly job
+    done up to 2000), then restarts with the right clock: only the hours of trusted readings
+    are rolled up, not the 23 years between."""
+    acc = make(tmp_path, device_yaml("incomer"))
+    t2000 = ms("2000-01-01T00:00")
+    with acc.store.transaction() as conn:
+        acc.store.insert_rows(conn, [(t2000 + i * 60_000, "incomer",
+                                      "active_energy_import_kwh", 5000.0 + i, 5)
+                                     for i in range(30)])
+    acc.run(t2000 + 2 * HOUR_MS, recompute_hours=48)  # the first start, clock wrong
+    assert by_hour(acc, "incomer") == {}
+    t0 = ms("2023-05-01T00:00")
+    load(acc, "incomer", t0 + 20 * 60_000, t0 + 3 * HOUR_MS, 10, flat)
+    acc.run(t0 + 3 * HOUR_MS + 300_000, recompute_hours=48)
+    hours = sorted(by_hour(acc, "incomer"))
+    assert hours == [t0, t0 + HOUR_MS, t0 + 2 * HOUR_MS]
+    assert acc.store.held_count() == 30  # kept for review
