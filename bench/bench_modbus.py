@@ -5,7 +5,7 @@
 The simulators run in a child process (20 Modbus TCP gateways on 127.0.0.1, 10 Eastron
 SDM630 units each). In this process:
 
-1. scheduled: the daemon's polling component (LinkOwner per gateway, APScheduler, the
+1. scheduled: the daemon's polling component (LinkOwner per gateway, the monotonic scheduler, the
    SQLite store through the writer) polls all 200 meters every second for --duration s:
    polls/s achieved against the 200/s scheduled, lateness of each poll's first request
    against its slot (p50, p99, max), CPU seconds of this process per 1,000 polls, and this
