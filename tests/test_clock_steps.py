@@ -287,3 +287,57 @@ influxdb:
     finally:
         err = stop(proc)
     assert "the clock is plausible again" in err
+
+
+def test_mqtt_under_a_wrong_clock_keeps_payload_times_and_flags_receipt_times(
+        tmp_path: Path, mosquitto: Any, mqtt_topic_prefix: str) -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    p = mqtt_topic_prefix
+    control = tmp_path / "faketime.rc"
+    set_clock(control, "@2000-01-01 00:00:00")
+    port = free_port()
+    cfg = tmp_path / "energyd.yaml"
+    cfg.write_text(f"""
+site: {{name: plant-a}}
+storage: {{path: {tmp_path / "energyd.db"}}}
+http: {{host: 127.0.0.1, port: {port}}}
+mqtt: {{host: 127.0.0.1, port: {mosquitto.port}, client_id: {p}-energyd}}
+devices:
+  - {{name: air1, role: compressor, driver: mqtt, interval: 5s,
+     mqtt: {{topic: {p}/air1, timestamp: ts, fields: {{active_power_kw: kw}}}}}}
+  - {{name: v1, role: submeter, driver: mqtt, interval: 5s,
+     mqtt: {{topic: {p}/v1, format: value, quantity: active_power_kw}}}}
+""")
+    proc = start(cfg, faketime_env(control))
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{p}-pub")
+    measured = datetime.now(UTC).replace(microsecond=0)
+    try:
+        deadline = time.monotonic() + 20
+        while not health(port, proc).get("mqtt", {}).get("subscribed"):
+            assert time.monotonic() < deadline, "never subscribed"
+            time.sleep(0.2)
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        client.publish(f"{p}/air1", json.dumps({"ts": measured.isoformat(), "kw": 40.0}),
+                       qos=1).wait_for_publish(5)
+        client.publish(f"{p}/v1", b"6.5", qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while True:
+            mqtt = health(port, proc)["mqtt"]
+            if mqtt["received"] == 2 and mqtt["waiting_for_commit"] == 0:
+                break
+            assert time.monotonic() < deadline, mqtt
+            time.sleep(0.2)
+        assert mqtt["refused"] == 0  # the payload's own time is not "clock skew"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        stop(proc)
+    with Store.open(tmp_path / "energyd.db", must_exist=True) as store:
+        rows = {d: (t, v, q) for t, d, _, v, q in store.readings_in(0, 2**62)}
+    assert rows["air1"] == (int(measured.timestamp() * 1000), 40.0, Quality.GOOD)
+    t, v, q = rows["v1"]
+    assert t < int(datetime(2000, 1, 2, tzinfo=UTC).timestamp() * 1000)
+    assert (v, q) == (6.5, Quality.CLOCK_SUSPECT)
