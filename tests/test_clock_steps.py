@@ -182,6 +182,7 @@ def test_forward_step_of_years_and_back_step_of_minutes_while_polling(
         assert abs(metric(port, "energyd_clock_last_step_seconds") + 180) < 5
         assert metric(port, "energyd_clock_suspect") == 0
         assert polls(h, "errors") == 0 and polls(h, "missed") == 0
+        assert h["jobs_skipped"] == {}  # no slot was skipped, none replayed
     finally:
         err = stop(proc)
     steps = [line for line in err.splitlines() if STEP_LINE in line]

@@ -344,6 +344,7 @@ class Daemon:
         if ctx is not None:
             payload["pending_readings"] = ctx.writer.pending
             payload["committed_readings"] = ctx.writer.committed
+            payload["jobs_skipped"] = dict(ctx.scheduler.missed)  # slots never made up
             for key, fn in ctx.health.items():
                 try:
                     payload[key] = fn()
