@@ -378,6 +378,38 @@ def readings_export(config_path: str, start: str, end: str, device: str | None,
             export_readings(store, sys.stdout, t0, t1, device)
 
 
+@readings.command("held")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--reviewed", is_flag=True,
+              help="mark the readings listed as reviewed: retention may then remove them")
+def readings_held(config_path: str, as_json: bool, reviewed: bool) -> None:
+    """Readings held for review: stamped while the gateway's clock could not be trusted.
+
+    They stay out of the rollups for good (their times are wrong); retention keeps them
+    until they are marked reviewed. Export them with `readings export` over their span.
+    """
+    config = _load(config_path)
+    from energyd.model import from_ms
+
+    with _existing_store(config) as store:
+        held = [{"device": d, "quantity": q, "readings": n,
+                 "first": from_ms(a).isoformat(timespec="seconds"),
+                 "last": from_ms(b).isoformat(timespec="seconds")}
+                for d, q, n, a, b in store.held()]
+        marked = store.mark_held_reviewed() if reviewed else 0
+    if as_json:
+        click.echo(json.dumps({"held": held, "marked_reviewed": marked}, indent=2))
+        return
+    for h in held:
+        click.echo(f"{h['device']} {h['quantity']}: {h['readings']} readings, "
+                   f"{h['first']} .. {h['last']}")
+    total = sum(h["readings"] for h in held)
+    click.echo(f"{total} readings held for review" if total else "no readings held for review")
+    if reviewed:
+        click.echo(f"{marked} readings marked reviewed: retention may remove them now")
+
+
 @cli.group()
 def simulate() -> None:
     """Run a simulator alone (a Modbus meter, an MQTT compressor station)."""

@@ -223,3 +223,25 @@ alerts:
         (event,) = engine.check_stale()
         assert event.kind == "start" and event.episode.device == "m1"
         assert event.episode.detail["start"]["silent_s"] == 31.0
+
+
+def test_held_readings_go_with_retention_only_once_reviewed(tmp_path: Path) -> None:
+    t2000 = datetime(2000, 1, 1, tzinfo=UTC)
+    t2026 = datetime(2026, 6, 1, tzinfo=UTC)
+    with Store.open(tmp_path / "s.db") as store:
+        store.insert_readings([Reading(t2000, "m1", "active_power_kw", 1.0,
+                                       Quality.CLOCK_SUSPECT),
+                               Reading(t2000, "m1", "voltage_l1_v", 230.0,
+                                       Quality.CLOCK_SUSPECT)])
+        store.insert_readings([Reading(t2026, "m1", "active_power_kw", 2.0)])
+        assert [(d, q, n) for d, q, n, _, _ in store.held()] == \
+            [("m1", "active_power_kw", 1), ("m1", "voltage_l1_v", 1)]
+        now = to_ms(t2026 + timedelta(days=1))
+        assert store.apply_retention(now, 3600_000, []) == 1  # the 2026 reading only
+        assert store.mark_held_reviewed() == 2
+        # a reading held after the review waits for a review of its own
+        store.insert_readings([Reading(t2000 + timedelta(hours=1), "m1", "active_power_kw",
+                                       3.0, Quality.CLOCK_SUSPECT)])
+        assert store.held_count() == 1
+        assert store.apply_retention(now, 3600_000, []) == 2
+        assert [v for _, _, _, v, _ in store.readings_in(0, 2**62)] == [3.0]

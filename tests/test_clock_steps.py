@@ -235,6 +235,12 @@ def test_boot_with_a_wrong_clock_then_the_right_one(tmp_path: Path, meter: int) 
         # retention, however short, leaves the held readings for review
         assert store.apply_retention(now_ms, 1000, []) > 0
         assert store.held_count() == len(held)
+    listed = subprocess.run([*ENERGYD, "readings", "held", "-c", str(cfg), "--json"],
+                            capture_output=True, text=True, timeout=60)
+    rows = json.loads(listed.stdout)["held"]
+    assert {r["device"] for r in rows} == {"m1"} and sum(r["readings"] for r in rows) == \
+        len(held)
+    assert all(r["first"].startswith("2000-01-01T00:00") for r in rows)
     status = subprocess.run([*ENERGYD, "status", "-c", str(cfg), "--json"],
                             capture_output=True, text=True, timeout=60)
     assert json.loads(status.stdout)["store"]["held_for_review"] == len(held), status.stderr

@@ -92,7 +92,10 @@ READINGS_POSITION = "accounting.readings_position"
 an id across it (see `_pinned`)."""
 HELD = Quality.CLOCK_SUSPECT
 """Readings of this quality wait for review: the accounting reads around them and retention
-keeps them, however old they look (their time came from a clock that was wrong)."""
+keeps them, however old they look (their time came from a clock that was wrong), until they
+are marked reviewed (`mark_held_reviewed`). Reviewed, they stay out of the accounting."""
+HELD_REVIEWED = "store.held_reviewed_until"
+"""The meta key of the last reading id whose held readings were reviewed."""
 _HELD_BYTE = f"x'{int(HELD):02x}'"
 _NOT_HELD_AT = f"(quality IS NULL OR substr(quality, ?, 1) != {_HELD_BYTE})"  # ? = position + 1
 _HOLDS_NONE = f"(quality IS NULL OR instr(quality, {_HELD_BYTE}) = 0)"
@@ -552,10 +555,30 @@ class Store:
         return [(t, v) for t, _, v, q in self._series_stream(series, first_ms, last_ms + 1)
                 if q != HELD]
 
+    def held(self) -> list[tuple[str, str, int, int, int]]:
+        """(device, quantity, count, first time, last time) of the readings held for review
+        (stamped under a suspect clock, not yet marked reviewed), by device and quantity."""
+        reviewed = self.get_meta(HELD_REVIEWED, -1)
+        out: dict[int, list[int]] = {}
+        for sample, lid, t, q in self.execute(
+                f"SELECT id, layout, time, quality FROM samples WHERE NOT {_HOLDS_NONE}"):
+            for pos, sid in enumerate(self._layout(lid)):
+                if q[pos] == HELD and sample * SLOTS + pos > reviewed:
+                    span = out.setdefault(sid, [0, t, t])
+                    span[0] += 1
+                    span[1], span[2] = min(span[1], t), max(span[2], t)
+        return sorted((*self._series_names[sid], n, a, b) for sid, (n, a, b) in out.items())
+
     def held_count(self) -> int:
-        """Readings held for review (stamped under a suspect clock)."""
-        return sum(q.count(int(HELD)) for (q,) in self.execute(
-            f"SELECT quality FROM samples WHERE NOT {_HOLDS_NONE}"))
+        """Readings held for review (stamped under a suspect clock, not yet reviewed)."""
+        return sum(n for _, _, n, _, _ in self.held())
+
+    def mark_held_reviewed(self) -> int:
+        """Mark the readings held now as reviewed: retention may remove them once they are
+        older than it keeps and forwarded, like any other. Returns how many were marked."""
+        count = self.held_count()
+        self.set_meta(HELD_REVIEWED, self.last_reading_id())
+        return count
 
     # --- insertion order: what sinks and the hourly job follow ----------------------------
 
@@ -872,7 +895,8 @@ class Store:
         says nothing about their age."""
         horizon = now_ms - retention_ms
         limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
-        where, params = f"time < ? AND {_HOLDS_NONE}", [horizon]
+        reviewed = self.get_meta(HELD_REVIEWED, -1)
+        where, params = f"time < ? AND ({_HOLDS_NONE} OR {_LAST_ID} <= ?)", [horizon, reviewed]
         if limit is not None:
             where += f" AND {_LAST_ID} <= ?"
             params.append(limit)
