@@ -111,6 +111,10 @@ before it counts as stepped. NTP slews at most 0.5 ms a second; a step is what i
 STEPPED_FOR = 900.0
 """Monotonic seconds a step stays on show as a degraded state."""
 
+JUMP = 3600.0
+"""A forward step of more than this (seconds) jumped over hours that never were: the rollup
+does not fill them (see energyd.daemon.rollups)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -155,6 +159,8 @@ class ClockWatch:
         self.steps = 0
         self.last_step: Step | None = None
         self.stepped_at: float | None = None  # monotonic time of the last step
+        self.jumps = 0  # forward steps of more than JUMP
+        self.last_jump: Step | None = None
         # (a server's time minus the monotonic clock, the server): a step of the wall clock
         # after the server's reply leaves it right
         self._reference: tuple[float, str] | None = None
@@ -169,6 +175,9 @@ class ClockWatch:
         self.steps += 1
         self.stepped_at = mono
         self.last_step = Step(moved, _utc(wall - moved), _utc(wall))
+        if moved > JUMP:
+            self.jumps += 1
+            self.last_jump = self.last_step
         return self.last_step
 
     def stepped_recently(self) -> bool:

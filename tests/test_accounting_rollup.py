@@ -499,3 +499,19 @@ def test_readings_held_for_a_suspect_clock_make_no_hours(tmp_path: Path) -> None
     hours = sorted(by_hour(acc, "incomer"))
     assert hours == [t0, t0 + HOUR_MS, t0 + 2 * HOUR_MS]
     assert acc.store.held_count() == 30  # kept for review
+
+
+def test_hours_a_clock_step_jumped_over_are_not_filled(tmp_path: Path) -> None:
+    """The wall clock stepped three years forward while a meter was polled: its counter's
+    readings before and after the step are continuous, but the hours between never passed
+    for it. The run after the step starts at the hour the clock landed in."""
+    acc = make(tmp_path, device_yaml("incomer"))
+    t0 = ms("2026-05-01T00:00")
+    last = load(acc, "incomer", t0, t0 + 2 * HOUR_MS, 10, flat)
+    acc.run(t0 + 2 * HOUR_MS + 300_000, recompute_hours=48)
+    assert len(by_hour(acc, "incomer")) == 2
+    landed = t0 + 3 * 365 * 24 * HOUR_MS
+    load(acc, "incomer", landed, landed + 2 * HOUR_MS, 10, flat, base=last)
+    acc.run(landed + 2 * HOUR_MS + 300_000, not_before=landed)
+    hours = sorted(by_hour(acc, "incomer"))
+    assert hours == [t0, t0 + HOUR_MS, landed, landed + HOUR_MS]

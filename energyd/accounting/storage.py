@@ -480,9 +480,11 @@ class Accountant:
 
     # --- the hourly job ----------------------------------------------------------------------
 
-    def run(self, now_ms: int, *, recompute_hours: int = 0) -> RecomputeResult:
+    def run(self, now_ms: int, *, recompute_hours: int = 0,
+            not_before: int | None = None) -> RecomputeResult:
         """Everything due at `now_ms`: new complete hours, late readings, changed factors or
-        certificates, and (at start-up) the last `recompute_hours` hours."""
+        certificates, and (at start-up) the last `recompute_hours` hours; nothing before
+        `not_before` (ms), if given: hours a step of the wall clock jumped over."""
         end = floor_hour(now_ms)
         max_id = self.store.last_reading_id()
         done = self.store.get_meta(META_DONE)
@@ -508,7 +510,8 @@ class Accountant:
             # hours before a device's first reading or statement are not "estimated": they
             # are before energyd knew the device (a new gateway, a meter added later)
             if spans and name in since:
-                a = max(min(a for a, _ in spans), floor_hour(since[name]))
+                a = max(min(a for a, _ in spans), floor_hour(since[name]),
+                        not_before if not_before is not None else -(2**62))
                 b = max(b for _, b in spans)
                 if b > a:
                     ranges[name] = (a, b)

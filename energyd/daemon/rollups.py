@@ -8,7 +8,11 @@ readings, hours a changed factor or certificate applies to. After each run every
 
 While the wall clock cannot be trusted (see energyd.clock.ClockWatch) no run is made: "now"
 would put the completed hours in the wrong year. The first run once it is trusted again
-does what was left, the start-up recomputation included.
+does what was left, the start-up recomputation included. The hours a forward step of the
+wall clock jumped over never passed for the meters: the first run after such a step starts
+at the hour it landed in, instead of filling years of hours between a counter's last value
+before the step and its first after it (`energyd rollup --from --to` recomputes them, should
+the readings before the step prove right).
 
 The emission-factor table is loaded when the component is built, so a broken table stops the
 daemon at start-up with the file and line, instead of failing an hour later.
@@ -21,7 +25,7 @@ import logging
 
 from energyd.accounting.factors import load_factors
 from energyd.accounting.rollup import iso
-from energyd.accounting.storage import Accountant, RecomputeResult
+from energyd.accounting.storage import Accountant, RecomputeResult, floor_hour
 from energyd.config.schema import Config
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
@@ -40,6 +44,7 @@ class Rollups:
         self._last: dict[str, object] = {}
         self._startup_due = True
         self._waiting_for_clock = False
+        self._jumps_seen = ctx.clock_watch.jumps if ctx.clock_watch is not None else 0
         ctx.health["rollups"] = lambda: dict(self._last)
 
     async def run(self) -> None:
@@ -59,17 +64,31 @@ class Rollups:
         self._waiting_for_clock = reason is not None
         return reason
 
+    def _landed(self) -> int | None:
+        """The hour (ms) the wall clock's last forward jump landed in, if it jumped since the
+        last run."""
+        watch = self.ctx.clock_watch
+        if watch is None or watch.jumps == self._jumps_seen or watch.last_jump is None:
+            return None
+        self._jumps_seen = watch.jumps
+        jump = watch.last_jump
+        log.warning("hourly rollup: the hours from %s to %s, which the wall clock jumped "
+                    "over, are not rolled up", jump.before.isoformat(timespec="seconds"),
+                    jump.after.isoformat(timespec="seconds"))
+        return floor_hour(to_ms(jump.after))
+
     async def recompute(self, *, startup: bool) -> RecomputeResult:
         if self._clock_suspect() is not None:
             self._last = {"waiting_for_clock": True}
             return RecomputeResult()
         startup, self._startup_due = startup or self._startup_due, False
         hours = self.ctx.config.accounting.recompute_hours if startup else 0
+        not_before = self._landed()
         async with self._lock:
             now = to_ms(self.ctx.clock.now())
             try:
                 result = await asyncio.to_thread(self.accountant.run, now,
-                                                 recompute_hours=hours)
+                                                 recompute_hours=hours, not_before=not_before)
             except Exception:
                 if not self._failing:
                     log.exception("hourly rollup failed; it is tried again next hour")
