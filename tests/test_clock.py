@@ -245,3 +245,23 @@ def test_held_readings_go_with_retention_only_once_reviewed(tmp_path: Path) -> N
         assert store.held_count() == 1
         assert store.apply_retention(now, 3600_000, []) == 2
         assert [v for _, _, _, v, _ in store.readings_in(0, 2**62)] == [3.0]
+
+
+async def test_hourly_jobs_look_at_the_clock_at_once_when_told_it_stepped() -> None:
+    clock = ManualClock(datetime(2026, 6, 1, 9, 4, 50, tzinfo=UTC))
+    sched = Scheduler(clock)  # the nap is a minute: only the word of a step wakes it early
+    runs: list[datetime] = []
+
+    async def job() -> None:
+        runs.append(clock.now())
+
+    sched.start()
+    sched.hourly(job, name="rollup", delay=300)
+    await asyncio.sleep(0.02)
+    clock.set(datetime(2029, 6, 1, 9, 30, tzinfo=UTC))
+    await asyncio.sleep(0.05)
+    assert runs == []  # still napping
+    sched.clock_stepped()
+    await asyncio.sleep(0.05)
+    sched.shutdown()
+    assert runs == [datetime(2029, 6, 1, 9, 30, tzinfo=UTC)]

@@ -312,6 +312,8 @@ class Daemon:
                 self.metrics.clock_steps.inc()
                 self.metrics.clock_last_step.set(step.seconds)
                 self.degraded.enter("clock_stepped", step.describe(), lasts=STEPPED_FOR)
+                if self.context is not None:
+                    self.context.scheduler.clock_stepped()
                 said.append(f"{step.describe()}; schedules run on the monotonic clock and "
                             "are not affected")
             if now_suspect != suspect or first:

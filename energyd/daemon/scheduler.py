@@ -13,14 +13,16 @@ up (the poll owners count their own). A job's error is logged with its traceback
 schedule goes on.
 
 The hourly jobs are the exception that needs the wall clock: they run `delay` after each full
-hour of UTC, so they look at the wall clock at least once a minute (on the monotonic clock)
-and run once when it has passed the mark, however far it jumped; after a step back they wait
-for the next mark of the new time, not of the old one.
+hour of UTC, so they look at the wall clock at least once a minute (on the monotonic clock),
+and at once when told the clock stepped (`clock_stepped`), and run once when it has passed
+the mark, however far it jumped; after a step back they wait for the next mark of the new
+time, not of the old one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -43,6 +45,7 @@ class Scheduler:
         self._pending: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self._started = False
         self.missed: dict[str, int] = {}  # job name -> slots skipped
+        self._look_again: set[asyncio.Event] = set()  # one per hourly job
 
     def start(self) -> None:
         """Start inside the running event loop."""
@@ -60,6 +63,11 @@ class Scheduler:
         self._loops.clear()
         self._running.clear()
         self._pending.clear()
+
+    def clock_stepped(self) -> None:
+        """The wall clock stepped: hourly jobs look at it now rather than after their nap."""
+        for event in self._look_again:
+            event.set()
 
     @property
     def jobs(self) -> list[str]:
@@ -121,14 +129,22 @@ class Scheduler:
             mark = t - t % 3600 + delay
             return mark if mark > t else mark + 3600
 
+        look_again = asyncio.Event()
+        self._look_again.add(look_again)
         now = self.clock.now().timestamp()
         mark = mark_after(now)
-        while True:
-            await asyncio.sleep(min(max(0.0, mark - now), HOURLY_NAP))
-            now = self.clock.now().timestamp()
-            if now >= mark:  # once, however many marks a forward step passed
-                self._launch(name, job)
-            mark = mark_after(now)  # after a step back: the new time's next mark
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(look_again.wait(),
+                                           min(max(0.0, mark - now), HOURLY_NAP))
+                look_again.clear()
+                now = self.clock.now().timestamp()
+                if now >= mark:  # once, however many marks a forward step passed
+                    self._launch(name, job)
+                mark = mark_after(now)  # after a step back: the new time's next mark
+        finally:
+            self._look_again.discard(look_again)
 
     def _launch(self, name: str, job: Job) -> None:
         running = self._running.get(name)
