@@ -3,6 +3,8 @@
     EnergydError
     ├── ConfigError           a configuration that cannot run; carries every problem found
     ├── StoreError            the local store cannot do what was asked
+    │   ├── StoreFull         the disk (or a size limit) is full: retryable once space is freed
+    │   ├── StoreCorrupt      the file is not an intact store; nothing was written to it
     │   └── ImportRejected    a CSV import refused whole; carries the bad rows
     ├── DeviceError           a device did not answer as expected (retryable: try next poll)
     │   ├── DeviceTimeout     no reply in time
@@ -66,6 +68,14 @@ class LineProblems:
 
 
 class StoreError(EnergydError):
+    pass
+
+
+class StoreFull(StoreError):
+    retryable = True
+
+
+class StoreCorrupt(StoreError):
     pass
 
 

@@ -28,6 +28,7 @@ from energyd.config.loader import load_config
 from energyd.config.schema import Config
 from energyd.daemon import air, alerting, forwarding, housekeeping, polling, rollups, subscriptions
 from energyd.daemon.context import Builder, Component, Context
+from energyd.daemon.degraded import Degraded
 from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
@@ -92,6 +93,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.builders = builders if builders is not None else BUILDERS
         self.metrics = Metrics()
+        self.degraded = Degraded()
         self.store: Store | None = None
         self.http_port: int | None = None
         self.ready = asyncio.Event()
@@ -210,11 +212,19 @@ class Daemon:
                 except Exception:
                     log.exception("a reading listener failed")
 
+        def on_state(name: str, reason: str | None) -> None:
+            if reason is None:
+                self.degraded.clear(name)
+            else:
+                self.degraded.set(name, reason)
+
         writer = StoreWriter(store, flush_interval=config.storage.flush_interval,
-                             on_commit=on_commit, keep_readings=lambda: bool(listeners))
+                             on_commit=on_commit, keep_readings=lambda: bool(listeners),
+                             on_state=on_state, max_pending=config.storage.pending_limit)
         scheduler = Scheduler(self.clock)
         ctx = Context(config, self.clock, store, writer, self.metrics, scheduler,
-                      reading_listeners=listeners, commit_listeners=commit_listeners)
+                      reading_listeners=listeners, commit_listeners=commit_listeners,
+                      degraded=self.degraded)
         self.context = ctx
         components: list[Component] = []
         for build in self.builders:
@@ -288,8 +298,11 @@ class Daemon:
 
     def _health(self) -> dict[str, Any]:
         ctx = self.context
+        degraded = self.degraded.snapshot()
         payload: dict[str, Any] = {
-            "status": "ok" if self.ready.is_set() else "stopping",
+            "status": ("stopping" if not self.ready.is_set() else
+                       "degraded" if degraded else "ok"),
+            "degraded": degraded,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "site": self.config.site.name,
@@ -299,6 +312,8 @@ class Daemon:
         if ctx is not None:
             payload["pending_readings"] = ctx.writer.pending
             payload["committed_readings"] = ctx.writer.committed
+            payload["shed_readings"] = ctx.writer.shed
+            payload["thinned_readings"] = ctx.writer.thinned
             for key, fn in ctx.health.items():
                 try:
                     payload[key] = fn()

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from energyd.clock import Clock
 from energyd.config.schema import Config
+from energyd.daemon.degraded import Degraded
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.scheduler import Scheduler
 from energyd.model import Reading
@@ -33,6 +34,9 @@ class Context:
     rollup_listeners: list[Callable[[int, int], Awaitable[None]]] = field(default_factory=list)
     # Set by components that hold state worth showing in /health.
     health: dict[str, Callable[[], object]] = field(default_factory=dict)
+    # What keeps the daemon from being wholly well (disk full, a sink failing...): /health
+    # says "degraded" and names each; the daemon's, so it outlives a reload.
+    degraded: Degraded = field(default_factory=Degraded)
 
 
 class Component(Protocol):

@@ -41,11 +41,19 @@ class ForwardingComponent:
         ctx.commit_listeners.append(wake)
         ctx.health[f"sink:{self.sink.name}"] = forwarder.health
         thread.start()
+        sink = self.sink.name
         try:
             while thread.is_alive():
                 await asyncio.sleep(1.0)
+                # the forwarder logs its failure and recovery itself
+                if forwarder.last_error:
+                    ctx.degraded.set("sink_failing", forwarder.last_error, source=sink,
+                                     quiet=True)
+                else:
+                    ctx.degraded.clear("sink_failing", source=sink, quiet=True)
             raise RuntimeError(f"{self.name}: the forwarding thread ended")
         finally:
+            ctx.degraded.clear("sink_failing", source=sink, quiet=True)
             forwarder.stop()
             # the write in flight ends within the sink's timeout; wait off the event loop
             await asyncio.to_thread(thread.join, self.sink.timeout + 5)

@@ -17,6 +17,7 @@ class Housekeeping:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self._dropped = {"shed": 0, "thinned": 0}
 
     async def run(self) -> None:
         self.ctx.scheduler.every(15, self.refresh_gauges, name="store.gauges", jitter=False,
@@ -29,6 +30,15 @@ class Housekeeping:
 
     def _refresh_gauges(self) -> None:
         ctx = self.ctx
+        writer = ctx.writer
+        ctx.metrics.pending.set(writer.pending)
+        for how, total in (("shed", writer.shed), ("thinned", writer.thinned)):
+            if total > self._dropped[how]:
+                ctx.metrics.pending_dropped.labels(how).inc(total - self._dropped[how])
+                self._dropped[how] = total
+        states = ctx.degraded.snapshot()
+        for name in ("disk_full", "store_failing", "store_corrupt", "sink_failing", *states):
+            ctx.metrics.degraded.labels(name).set(1 if name in states else 0)
         ctx.metrics.store_bytes.set(ctx.store.size_bytes())
         now = to_ms(ctx.clock.now())
         for sink in ctx.config.influxdb:

@@ -41,7 +41,9 @@ def main(argv: list[str]) -> int:
             try:
                 answer: tuple[str, object] = ("ok", store.commit_samples(samples, polls))
             except (sqlite3.Error, StoreError) as exc:
-                answer = ("error", f"{store.path}: cannot commit readings: {exc}")
+                full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                answer = ("full" if full else "error",
+                          f"{store.path}: cannot commit readings: {exc}")
             pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
             answers.flush()
     finally:

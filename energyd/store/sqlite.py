@@ -720,21 +720,24 @@ class Store:
 
     @staticmethod
     def _record_polls(conn: sqlite3.Connection,
-                      results: Iterable[tuple[str, int, str | None]]) -> None:
-        """(device, poll time ms, error or None) for each poll since the last flush, folded
+                      results: Iterable[tuple]) -> None:
+        """(device, poll time ms, error or None[, polls, errors]) for each poll since the
+        last flush (or folded by the writer while commits failed), folded
         per device first: one row update per device and flush, however fast it polls."""
         folded: dict[str, list[Any]] = {}
-        for device, when, error in results:
+        for device, when, error, *counts in results:
+            # an entry the writer folded while commits failed carries its counts
+            polls, errors = counts or (1, 0 if error is None else 1)
             # [last_poll, last_success, last_error, last_error_time, polls, errors]
             f = folded.setdefault(device, [None, None, None, None, 0, 0])
             f[0] = when if f[0] is None else max(f[0], when)
-            f[4] += 1
+            f[4] += polls
             if error is None:
                 f[1] = when if f[1] is None else max(f[1], when)
             else:
                 if f[3] is None or when >= f[3]:
                     f[2], f[3] = error, when
-                f[5] += 1
+                f[5] += errors
         if folded:
             conn.executemany(
                 "INSERT INTO device_status (device, last_poll, last_success, last_error, "
