@@ -33,8 +33,8 @@ from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
 from energyd.daemon.scheduler import Scheduler
-from energyd.errors import ConfigError, EnergydError
-from energyd.store.sqlite import Store
+from energyd.errors import ConfigError, EnergydError, StoreCorrupt
+from energyd.store.sqlite import RECOVER_HINT, Store
 from energyd.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,16 @@ class Daemon:
             return self.store
         if self.store is not None:
             self.store.close()
-        self.store = Store.open(config.storage.path, quota=config.storage.quota)
+        store = Store.open(config.storage.path, quota=config.storage.quota)
+        # a damaged page is found now, not by an hourly rollup that then fails each hour
+        started = time.monotonic()
+        problems = store.check()
+        if problems:
+            store.close()
+            raise StoreCorrupt(f"{config.storage.path}: the store is damaged: "
+                               f"{'; '.join(problems[:3])}; {RECOVER_HINT}")
+        log.debug("store checked in %.1f s", time.monotonic() - started)
+        self.store = store
         return self.store
 
     async def _generation(self, config: Config) -> None:

@@ -13,6 +13,7 @@ daemon at start-up with the file and line, instead of failing an hour later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from energyd.accounting.factors import load_factors
@@ -21,6 +22,7 @@ from energyd.accounting.storage import Accountant, RecomputeResult
 from energyd.config.schema import Config
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
+from energyd.store.sqlite import RECOVER_HINT, corrupt
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,17 @@ class Rollups:
         ctx.health["rollups"] = lambda: dict(self._last)
 
     async def run(self) -> None:
-        await self.recompute(startup=True)
+        # a failure is logged once and tried again at the next hour, not by restarting the
+        # component (which would fail again at once, and again: a crash loop)
+        with contextlib.suppress(Exception):
+            await self.recompute(startup=True)
         self.ctx.scheduler.hourly(self.job, name="accounting.rollup",
                                   delay=self.ctx.config.accounting.rollup_delay)
         await asyncio.Event().wait()
 
     async def job(self) -> None:
-        await self.recompute(startup=False)
+        with contextlib.suppress(Exception):  # logged once by recompute()
+            await self.recompute(startup=False)
 
     async def recompute(self, *, startup: bool) -> RecomputeResult:
         hours = self.ctx.config.accounting.recompute_hours if startup else 0
@@ -52,14 +58,18 @@ class Rollups:
             try:
                 result = await asyncio.to_thread(self.accountant.run, now,
                                                  recompute_hours=hours)
-            except Exception:
+            except Exception as exc:
                 if not self._failing:
                     log.exception("hourly rollup failed; it is tried again next hour")
                 self._failing = True
+                if corrupt(exc):
+                    self.ctx.degraded.set("store_corrupt", f"the hourly rollup cannot read "
+                                          f"the store: {exc}; {RECOVER_HINT}", quiet=True)
                 raise
             if self._failing:
                 log.info("hourly rollup works again")
                 self._failing = False
+                self.ctx.degraded.clear("store_corrupt", quiet=True)
             self._last = {"run": iso(now), "hours": [[iso(a), iso(b)] for a, b in result.ranges],
                           "changed": result.written,
                           "reconciliation_findings": len(result.findings)}

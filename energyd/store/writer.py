@@ -14,7 +14,8 @@ its series cache stays right.
 
 When commits fail (a full disk, a locked or damaged file) the batch is held and tried again,
 less often the longer it fails (up to `RETRY_MAX` seconds). The failure is reported once on
-the way in and once on recovery through `on_state` ("disk_full" or "store_failing"), not
+the way in and once on recovery through `on_state` ("disk_full", "store_corrupt" or
+"store_failing"), not
 per attempt. What is held is bounded: past `max_pending` readings the oldest instantaneous
 readings (power, voltage, current: gauges) are shed first, counted in `shed`; energy
 counters are never shed, and only if counters alone pass twice the bound are they thinned,
@@ -40,9 +41,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import energyd
-from energyd.errors import StoreError, StoreFull
+from energyd.errors import StoreCorrupt, StoreError, StoreFull
 from energyd.model import QUANTITIES, Reading, to_ms
-from energyd.store.sqlite import Store
+from energyd.store.sqlite import Store, corrupt
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,9 @@ class StoreWriter:
         return await asyncio.to_thread(self.flush_sync)
 
     def _failed(self, exc: BaseException) -> None:
-        name = "disk_full" if disk_full(exc) else "store_failing"
+        name = ("disk_full" if disk_full(exc) else
+                "store_corrupt" if isinstance(exc, StoreCorrupt) or corrupt(exc) else
+                "store_failing")
         reason = str(exc) or type(exc).__name__
         self._retry_delay = min(max(self._retry_delay * 2, self._flush_interval), RETRY_MAX)
         self._retry_at = time.monotonic() + self._retry_delay
@@ -423,6 +426,8 @@ class Committer:
                                 f"{type(exc).__name__}; the batch is kept") from None
         if status == "full":
             raise StoreFull(value)
+        if status == "corrupt":
+            raise StoreCorrupt(value)
         if status != "ok":
             raise StoreError(value)
         return int(value)
