@@ -22,6 +22,8 @@ Python API::
         meter.power_kw(), meter.import_kwh         # the physical state
         meter.faults.no_reply = True               # the unit goes silent
         meter.faults.drop = 2                      # the next 2 requests go unanswered
+        meter.faults.garble = 1                    # the next reply is garbled (one register
+        meter.faults.garble_kind = "short"         #   short; "exception": a code no device sends)
         meter.faults.exceptions[52] = 2            # reads touching wire 52 get exception 2
         meter.faults.delay = 0.3                   # every reply 0.3 s late (wall time)
         meter.faults.order = "BADC"                # serve with the bytes of each register swapped
@@ -88,6 +90,10 @@ class Faults:
 
     no_reply: bool = False
     drop: int = 0  # the next this many requests go unanswered (a noisy line), then replies
+    # the next this many replies are garbled (a noisy line whose damage the checksum missed):
+    # "short" one register fewer than asked, "exception" an exception code no device sends
+    garble: int = 0
+    garble_kind: str = "short"
     exceptions: dict[int, int] = field(default_factory=dict)  # wire address -> exception code
     delay: float = 0.0  # wall seconds added before each reply
     order: str | None = None  # serve every value in this byte order instead of the profile's
@@ -269,7 +275,8 @@ def _counter_limit(profile: Profile) -> float:
 
 def parse_fault(spec: str) -> tuple[int, str, str | None]:
     """"UNIT:KIND[=VALUE]" -> (unit, kind, value). Kinds: no_reply, drop=N, exception=ADDR[/CODE],
-    slow=SECONDS, swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER]."""
+    slow=SECONDS, swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER],
+    garble=N[/short|exception]."""
     try:
         unit_text, rest = spec.split(":", 1)
         unit = int(unit_text)
@@ -282,7 +289,9 @@ def parse_fault(spec: str) -> tuple[int, str, str | None]:
     return unit, kind, value or None
 
 
-FAULT_KINDS = {"no_reply", "drop", "exception", "slow", "swap", "spike", "reset", "wrap"}
+FAULT_KINDS = {"no_reply", "drop", "exception", "slow", "swap", "spike", "reset", "wrap",
+               "garble"}
+GARBLED_EXCEPTION = 0x5A  # an exception code outside the standard's (1-4, 5, 6, 8, 10, 11)
 
 
 def apply_fault(meter: SimulatedMeter, kind: str, value: str | None) -> None:
@@ -292,6 +301,11 @@ def apply_fault(meter: SimulatedMeter, kind: str, value: str | None) -> None:
             f.no_reply = True
         elif kind == "drop":
             f.drop = int(value or 1)
+        elif kind == "garble":
+            count, _, how = (value or "1").partition("/")
+            if how not in ("", "short", "exception"):
+                raise ValueError(f"garble kind {how!r}: short or exception")
+            f.garble, f.garble_kind = int(count), how or "short"
         elif kind == "exception":
             if value is None:
                 raise ValueError("exception needs =ADDRESS[/CODE]")
@@ -441,6 +455,12 @@ class MeterSimulator:
                 response = await pdu.datastore_update(self._server.context, pdu.dev_id)
             except Exception:  # noqa: BLE001 - a malformed request gets what a meter sends
                 response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+            if meter.faults.garble > 0:
+                meter.faults.garble -= 1
+                if meter.faults.garble_kind == "exception":
+                    response = ExceptionResponse(pdu.function_code, GARBLED_EXCEPTION)
+                elif getattr(response, "registers", None):
+                    response.registers = response.registers[:-1]
             response.transaction_id = pdu.transaction_id
             response.dev_id = pdu.dev_id
             handler.server_send(response, addr)
