@@ -158,6 +158,10 @@ def test_a_full_disk_is_a_named_state_with_bounded_memory_and_logs_and_nothing_l
             rss_growth_mb = (rss_kb(daemon.pid) - rss_start) / 1024
             assert rss_growth_mb < 15, rss_growth_mb
             full_lines = log_path.read_text().splitlines()[lines_before:]
+            # the figures, for `pytest -s`
+            print(f"disk full for 20 s: {len(full_lines)} log lines, peak held "
+                  f"{peak:,} readings (limit {PENDING_LIMIT:,}), {h['shed_readings']:,} "
+                  f"gauge readings shed, RSS {rss_growth_mb:+.1f} MB")
             assert len(full_lines) <= 3, "\n".join(full_lines)
             assert sum("degraded: disk_full" in line for line in full_lines) == 1
             assert not any("Traceback" in line for line in full_lines)
