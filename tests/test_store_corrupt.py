@@ -162,3 +162,60 @@ def test_recover_refuses_to_write_over_the_store_itself(tmp_path: Path) -> None:
     Store.open(db).close()
     with pytest.raises(StoreError, match="already exists"):
         recover(db, db)
+
+
+async def test_a_rollup_that_meets_a_damaged_store_waits_for_the_next_hour(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    from energyd.clock import RealClock
+    from energyd.config.loader import parse_config
+    from energyd.daemon import rollups
+    from energyd.daemon.context import Context
+    from energyd.daemon.metrics import Metrics
+    from energyd.daemon.scheduler import Scheduler
+    from energyd.store.writer import StoreWriter
+
+    caplog.set_level(logging.INFO, logger="energyd")
+    db = tmp_path / "e.db"
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    with Store.open(db) as store:
+        store.insert_readings([
+            Reading(now - timedelta(hours=6) + timedelta(seconds=i), "m1", q, float(i))
+            for i in range(0, 6 * 3600, 2)
+            for q in ("active_power_kw", "active_energy_import_kwh")])
+    data = db.read_bytes()
+    with open(db, "r+b") as f:
+        pages = len(data) // 4096
+        for n in range(pages // 2, pages):  # past the small tables made first
+            if data[n * 4096] == 0x0D:  # the samples' leaf pages: readings lie there
+                f.seek(n * 4096)
+                f.write(b"\xff" * 4096)
+    config = parse_config(
+        f"storage: {{path: {db}}}\nhttp: {{enabled: false}}\nmqtt: {{host: 127.0.0.1}}\n"
+        "devices:\n"
+        "  - {name: m1, role: grid_import, driver: mqtt,\n"
+        "     mqtt: {topic: t/m1, format: value, quantity: active_energy_import_kwh}}\n",
+        "e.yaml")
+    clock = RealClock()
+    store = Store.open(db)
+    writer = StoreWriter(store)
+    scheduler = Scheduler(clock)
+    ctx = Context(config, clock, store, writer, Metrics(), scheduler)
+    (component,) = rollups.build(ctx)
+    scheduler.start()
+    task = asyncio.create_task(component.run())
+    try:
+        await asyncio.sleep(2.0)
+        # it did not end (which would have its supervisor restart it, and fail again)
+        assert not task.done(), task.exception() if task.done() else None
+        assert "store_corrupt" in ctx.degraded.snapshot()
+        failures = [r for r in caplog.records if "hourly rollup failed" in r.getMessage()]
+        assert len(failures) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        scheduler.shutdown()
+        writer.close()
+        store.close()
