@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -705,6 +706,10 @@ def main() -> None:
         cli()
     except EnergydError as exc:  # a command that did not catch it: a message, not a traceback
         click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+    except sqlite3.DatabaseError as exc:  # the store failed part way through a command
+        click.echo(f"energyd: the store cannot be read or written: {exc}; if it is damaged, "
+                   f"`energyd store check -c CONFIG` says what is wrong", err=True)
         sys.exit(1)
 
 

@@ -4,7 +4,8 @@ bound, logs the state once on the way in and once on recovery, and loses nothing
 Setup (needs root, as CI has): the store lives on a tmpfs of 32 MB that the test mounts
 under its temporary directory and unmounts at the end. The disk is filled by a file that
 takes every free byte; removing it is the recovery. The daemon and a simulated meter
-gateway (10 units behind one TCP port) run as processes of their own, as in production.
+gateway (10 units behind one TCP port) run as processes of their own, as in production; a
+sink forwards to InfluxDB meanwhile (its cursor cannot be moved on a full disk either).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import free_port
+from servers import InfluxDBServer, free_port
 from test_daemon import get
 
 from energyd.model import QUANTITIES
@@ -99,7 +100,7 @@ def counter_times(db: Path) -> dict[str, list[int]]:
 
 @needs_root
 def test_a_full_disk_is_a_named_state_with_bounded_memory_and_logs_and_nothing_lost(
-        tmp_path: Path) -> None:
+        tmp_path: Path, influxdb: InfluxDBServer, influxdb_database: str) -> None:
     disk = tmp_path / "small"
     sim_port, http_port = free_port(), free_port()
     with small_filesystem(disk):
@@ -112,7 +113,9 @@ def test_a_full_disk_is_a_named_state_with_bounded_memory_and_logs_and_nothing_l
         cfg.write_text(f"site: {{name: plant-a}}\n"
                        f"storage: {{path: {db}, flush_interval: 0.2, "
                        f"pending_limit: {PENDING_LIMIT}}}\n"
-                       f"http: {{host: 127.0.0.1, port: {http_port}}}\ndevices:\n{devices}")
+                       f"http: {{host: 127.0.0.1, port: {http_port}}}\n"
+                       f"influxdb: {{name: central, api: v1, url: '{influxdb.url}', "
+                       f"database: {influxdb_database}}}\ndevices:\n{devices}")
         sim = subprocess.Popen([*ENERGYD, "simulate", "meter", "--port", str(sim_port),
                                 "--units", f"1-{UNITS}"], stderr=subprocess.DEVNULL)
         log_path = tmp_path / "daemon.log"

@@ -52,6 +52,17 @@ class Housekeeping:
         await asyncio.to_thread(self._upkeep)
 
     def _upkeep(self) -> None:
+        try:
+            self._shed_and_expire()
+        except Exception:
+            # on a full disk even deleting needs room for its journal; the writer has said
+            # the disk is full already, and it is tried again at the next upkeep
+            if self.ctx.degraded.active("disk_full"):
+                log.debug("store upkeep skipped: the disk is full", exc_info=True)
+                return
+            raise
+
+    def _shed_and_expire(self) -> None:
         ctx = self.ctx
         shed = ctx.store.enforce_quota(sinks=[s.name for s in ctx.config.influxdb])
         if shed:

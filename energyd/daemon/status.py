@@ -22,7 +22,7 @@ from energyd.alerts.outbox import Outbox
 from energyd.config.schema import Config
 from energyd.errors import StoreError
 from energyd.model import from_ms
-from energyd.store.sqlite import STREAMS, Store
+from energyd.store.sqlite import STREAMS, Store, corrupt
 
 HEALTH_TIMEOUT = 2.0  # seconds: a daemon busy for longer is reported as not answering
 
@@ -56,6 +56,9 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
     try:
         return _collect(config, now)
     except sqlite3.DatabaseError as exc:
+        if not corrupt(exc):
+            raise StoreError(f"{config.storage.path}: the store cannot be read: {exc}"
+                             ) from None
         raise StoreError(f"{config.storage.path}: the store cannot be read: {exc}; check it "
                          f"with `energyd store check -c CONFIG` and, if it is damaged, "
                          f"`energyd store recover -c CONFIG --to NEW_FILE`") from None
