@@ -381,8 +381,11 @@ class StoreWriter:
         finally:
             try:
                 self.close()
-            except Exception:
-                log.exception("final store flush failed")
+            except Exception as exc:
+                # nowhere left to keep them: say how many, and why
+                log.error("stopping with %d readings that could not be committed: %s",
+                          self.pending, exc,
+                          exc_info=not isinstance(exc, StoreError | sqlite3.Error | OSError))
 
 
 _COMMITTER_ENV = ("PATH", "LANG", "TZ", "TMPDIR", "SQLITE_TMPDIR", "PYTHONPATH")
