@@ -8,6 +8,7 @@ cannot hold (a full disk, a sink's error, any degraded state) it asks the runnin
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import sqlite3
@@ -35,8 +36,18 @@ def daemon_health(config: Config) -> dict[str, Any]:
     """The running daemon's /health, or {"status": "not answering", "error": ...}."""
     if not config.http.enabled:
         return {"status": "unknown", "error": "http is disabled in the config"}
-    host = config.http.host if config.http.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    url = f"http://{host}:{config.http.port}/health"
+    host = config.http.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None  # a name: only "localhost" is asked
+    if host in ("", "localhost") or (address is not None and address.is_unspecified):
+        host = "127.0.0.1"
+    elif address is None or not address.is_loopback:
+        # status talks to loopback only; a daemon listening elsewhere is not asked
+        return {"status": "unknown",
+                "error": f"http listens on {host}, not on loopback: not asked"}
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.http.port}/health"
     try:
         with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as reply:
             payload: dict[str, Any] = json.loads(reply.read())
