@@ -175,6 +175,7 @@ def test_a_full_disk_is_a_named_state_with_bounded_memory_and_logs_and_nothing_l
             wait_for(lambda: health(http_port)["committed_readings"] > committed_at_full, 10,
                      "commits after recovery")
             time.sleep(1.0)
+            committed_in_all = health(http_port)["committed_readings"]
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(20)
@@ -188,6 +189,9 @@ def test_a_full_disk_is_a_named_state_with_bounded_memory_and_logs_and_nothing_l
         assert text.count("degraded: disk_full") == 1
         assert "Traceback" not in text, text[-3000:]
 
+        # every reading the daemon said it committed is in the store
+        with Store.open(db, must_exist=True) as store:
+            assert store.count_readings() >= committed_in_all
         # counters were never shed: every poll's counter readings, through the full disk
         times = counter_times(db)
         assert times
