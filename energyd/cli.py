@@ -479,7 +479,7 @@ def simulate() -> None:
               help="UNIT:KIND[=VALUE]; kinds: no_reply, drop=N, exception=ADDR[/CODE], "
                    "slow=SECONDS, "
                    "swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER], "
-                   "garble=N[/short|exception] (repeatable)")
+                   "garble=N[/short|exception|function] (repeatable)")
 @click.option("--base-kw", default=50.0, show_default=True, type=float,
               help="full-production load per unit in kW (negative: generation)")
 @click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),

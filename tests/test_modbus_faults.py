@@ -24,7 +24,7 @@ from energyd.store import Store
 
 
 @pytest.mark.parametrize("framer", ["socket", "rtu"])
-@pytest.mark.parametrize("kind", ["short", "exception"])
+@pytest.mark.parametrize("kind", ["short", "exception", "function"])
 async def test_a_garbled_reply_is_a_device_error_at_the_driver_edge(framer: str,
                                                                     kind: str) -> None:
     async with MeterSimulator(profile="eastron_sdm630", units=[1], framer=framer) as sim:
@@ -53,7 +53,7 @@ async def test_a_garbled_reply_fails_one_poll_and_leaves_the_read_plan_alone() -
             ModbusLink(LinkSettings(host="127.0.0.1", port=sim.port)) as link:
         clean = await poller.poll(link)
         assert not clean.failures
-        for kind in ("short", "exception", "short"):
+        for kind in ("short", "exception", "function"):
             sim.unit(1).faults.garble, sim.unit(1).faults.garble_kind = 1, kind
             bad = await poller.poll(link)
             assert bad.reason == "garbled", bad.error

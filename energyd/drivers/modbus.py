@@ -22,9 +22,9 @@ Failures are mapped at this edge onto energyd's own errors:
 
     no reply within the timeout (after retries)  -> DeviceTimeout
     an exception reply (illegal address, busy)   -> DeviceRefused(exception_code)
-    a reply of the wrong length, an exception
-    code no device sends, a frame pymodbus
-    cannot decode                                -> DeviceGarbled
+    a reply of the wrong length or to another
+    function, an exception code no device
+    sends, a frame pymodbus cannot decode        -> DeviceGarbled
     cannot connect, connection dropped           -> DeviceError
 
 Garbage never reaches the decoder: a reply is checked for its length before its words are
@@ -260,6 +260,10 @@ class ModbusLink:
                 name = EXCEPTION_NAMES[code_]
                 raise DeviceRefused(
                     f"{_what(code, address, count, unit)}: exception {code_} ({name})", code_)
+            if getattr(rr, "function_code", int(code)) != int(code):
+                # pymodbus hands on whatever reply came under the transaction id
+                raise DeviceGarbled(f"{_what(code, address, count, unit)}: garbled reply "
+                                    f"(function code {rr.function_code})")
             if code in (1, 2):
                 bits = getattr(rr, "bits", None) or []
                 if len(bits) < count:

@@ -23,7 +23,8 @@ Python API::
         meter.faults.no_reply = True               # the unit goes silent
         meter.faults.drop = 2                      # the next 2 requests go unanswered
         meter.faults.garble = 1                    # the next reply is garbled (one register
-        meter.faults.garble_kind = "short"         #   short; "exception": a code no device sends)
+        meter.faults.garble_kind = "short"         #   short; "exception": a code no device
+                                                   #   sends; "function": fc3's reply to fc4)
         meter.faults.exceptions[52] = 2            # reads touching wire 52 get exception 2
         meter.faults.delay = 0.3                   # every reply 0.3 s late (wall time)
         meter.faults.order = "BADC"                # serve with the bytes of each register swapped
@@ -67,6 +68,7 @@ from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.pdu import ExceptionResponse
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -91,7 +93,8 @@ class Faults:
     no_reply: bool = False
     drop: int = 0  # the next this many requests go unanswered (a noisy line), then replies
     # the next this many replies are garbled (a noisy line whose damage the checksum missed):
-    # "short" one register fewer than asked, "exception" an exception code no device sends
+    # "short" one register fewer than asked, "exception" an exception code no device sends,
+    # "function" the reply of the other register read (fc3 for fc4 and back)
     garble: int = 0
     garble_kind: str = "short"
     exceptions: dict[int, int] = field(default_factory=dict)  # wire address -> exception code
@@ -276,7 +279,7 @@ def _counter_limit(profile: Profile) -> float:
 def parse_fault(spec: str) -> tuple[int, str, str | None]:
     """"UNIT:KIND[=VALUE]" -> (unit, kind, value). Kinds: no_reply, drop=N, exception=ADDR[/CODE],
     slow=SECONDS, swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER],
-    garble=N[/short|exception]."""
+    garble=N[/short|exception|function]."""
     try:
         unit_text, rest = spec.split(":", 1)
         unit = int(unit_text)
@@ -303,8 +306,8 @@ def apply_fault(meter: SimulatedMeter, kind: str, value: str | None) -> None:
             f.drop = int(value or 1)
         elif kind == "garble":
             count, _, how = (value or "1").partition("/")
-            if how not in ("", "short", "exception"):
-                raise ValueError(f"garble kind {how!r}: short or exception")
+            if how not in ("", "short", "exception", "function"):
+                raise ValueError(f"garble kind {how!r}: short, exception or function")
             f.garble, f.garble_kind = int(count), how or "short"
         elif kind == "exception":
             if value is None:
@@ -459,6 +462,11 @@ class MeterSimulator:
                 meter.faults.garble -= 1
                 if meter.faults.garble_kind == "exception":
                     response = ExceptionResponse(pdu.function_code, GARBLED_EXCEPTION)
+                elif meter.faults.garble_kind == "function" and pdu.function_code in (3, 4):
+                    # the reply of the other register read: right length, wrong request
+                    other = (ReadInputRegistersResponse if pdu.function_code == 3
+                             else ReadHoldingRegistersResponse)
+                    response = other(registers=list(getattr(response, "registers", [])))
                 elif getattr(response, "registers", None):
                     response.registers = response.registers[:-1]
             response.transaction_id = pdu.transaction_id
