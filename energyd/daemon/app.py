@@ -95,6 +95,8 @@ class Daemon:
         self.metrics = Metrics()
         self.degraded = Degraded()
         self.store: Store | None = None
+        # readings a generation could not commit (a full disk), for the next one on its store
+        self._held: Any = None
         self.http_port: int | None = None
         self.ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -239,6 +241,11 @@ class Daemon:
         for build in self.builders:
             components.extend(build(ctx))
 
+        if self._held is not None:  # once the generation is built: it will run
+            (held, trouble), self._held = self._held, None
+            log.info("the reloaded configuration takes over %d readings not yet committed",
+                     len(held))
+            writer.take_over(held, trouble)
         scheduler.start()
         writer_task = asyncio.create_task(writer.run(), name="energyd[store].flush")
         tasks = [asyncio.create_task(self._supervise(c), name=f"energyd[{c.name}]")
@@ -279,6 +286,11 @@ class Daemon:
                 t.cancel()
             writer_task.cancel()
             await asyncio.gather(writer_task, return_exceptions=True)
+            # a reload on the same store keeps what could not be committed (a full disk)
+            held = writer.hand_over()
+            if (held is not None and self._action == "reload" and self._next is not None
+                    and self._next.storage.path == store.path):
+                self._held = (held, writer.trouble)
             self.metrics.up.set(0)
 
     async def _supervise(self, component: Component) -> None:

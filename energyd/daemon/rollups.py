@@ -23,6 +23,7 @@ from energyd.config.schema import Config
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
 from energyd.store.sqlite import RECOVER_HINT, corrupt
+from energyd.store.writer import disk_full
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,10 @@ class Rollups:
                                                  recompute_hours=hours)
             except Exception as exc:
                 if not self._failing:
-                    log.exception("hourly rollup failed; it is tried again next hour")
+                    # a full disk or a damaged file is said in a line; anything else is a
+                    # fault worth its traceback
+                    log.error("hourly rollup failed (%s); it is tried again next hour", exc,
+                              exc_info=not (corrupt(exc) or disk_full(exc)))
                 self._failing = True
                 if corrupt(exc):
                     self.ctx.degraded.set("store_corrupt", f"the hourly rollup cannot read "

@@ -381,9 +381,28 @@ class StoreWriter:
                 self.close()
             except Exception as exc:
                 # nowhere left to keep them: say how many, and why
-                log.error("stopping with %d readings that could not be committed: %s",
+                log.error("%d readings read could not be committed at the end: %s",
                           self.pending, exc,
                           exc_info=not isinstance(exc, StoreError | sqlite3.Error | OSError))
+
+    def hand_over(self) -> Batch | None:
+        """What is held uncommitted (after `close()` failed), for the writer of a reloaded
+        configuration on the same store to `take_over`; None when nothing is."""
+        with self._lock:
+            batch, self._batch = self._batch, Batch()
+        # the submitters waiting for these commits (an MQTT client's acknowledgements) ended
+        # with their configuration; what they did not acknowledge the broker sends again
+        batch.callbacks = []
+        return batch if len(batch) or batch.polls else None
+
+    def take_over(self, batch: Batch, trouble: tuple[str, str] | None = None) -> None:
+        """Hold `batch` (from `hand_over` of the previous writer on this store) ahead of
+        what this writer has read; it goes with the next commit. `trouble`, the previous
+        writer's, is this one's until a commit succeeds (which then reports the recovery)."""
+        with self._lock:
+            batch.merge(self._batch)
+            self._batch = batch
+        self.trouble = trouble
 
 
 _COMMITTER_ENV = ("PATH", "LANG", "TZ", "TMPDIR", "SQLITE_TMPDIR", "PYTHONPATH")
