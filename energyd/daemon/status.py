@@ -59,6 +59,10 @@ def daemon_health(config: Config) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return {"status": "not answering", "error": f"{url}: {reason}"}
+    if not isinstance(payload, dict) or payload.get("site") != config.site.name:
+        site = payload.get("site") if isinstance(payload, dict) else None
+        return {"status": "unknown",
+                "error": f"{url} answers for site {site!r}, not {config.site.name!r}"}
     return payload
 
 
