@@ -159,3 +159,24 @@ def test_what_is_held_is_bounded_gauges_first_then_counters_thinned(tmp_path: Pa
         kept = [r for r in store.query_readings() if r.quantity == "active_energy_import_kwh"]
         assert len(kept) == 1 + 1300
         writer.close()
+
+
+def test_what_was_held_is_committed_in_slices_and_acknowledged_at_the_end(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import energyd.store.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "COMMIT_MAX", 100)
+    acknowledged: list[int] = []
+    with Store.open(tmp_path / "s.db") as store:
+        writer = StoreWriter(store)
+        writer.submit(_poll("m1", 0))
+        writer.flush_sync()
+        for second in range(1, 334):
+            writer.submit(_poll("m1", second), lambda s=second: acknowledged.append(s))
+        assert writer.pending == 999
+        first = writer.flush_sync()
+        assert first == 102 and writer.pending == 999 - 102  # whole calls: 34 polls of 3
+        assert acknowledged == []  # the messages' readings are not all on disk yet
+        writer.close()
+        assert writer.pending == 0 and acknowledged == list(range(1, 334))
+        assert store.count_readings() == 3 + 999

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from itertools import accumulate, compress, pairwise
 from pathlib import Path
@@ -52,6 +53,8 @@ Poll = tuple  # (device, poll time ms, error or None[, polls, errors]): see Stor
 
 MAX_PENDING = 1_000_000
 """Readings held in memory while commits fail, by default (about 30 MB)."""
+COMMIT_MAX = 200_000
+"""Readings committed in one transaction at most (a slice of what a failure held)."""
 RETRY_MAX = 10.0
 """Seconds between two commit attempts at most while they fail."""
 MAX_POLLS = 10_000  # polls held before they are folded per device
@@ -119,6 +122,26 @@ class Batch:
             if kept_before[end] > kept_before[begin]:
                 starts.append(kept_before[begin])
         self.starts = starts
+
+    def split(self, n: int) -> Batch:
+        """Keep the first whole submit() calls holding at least `n` column readings here,
+        and return the rest, which takes the callbacks (they are called once all is
+        committed). An empty batch when there is nothing to split."""
+        if len(self.series) <= n:
+            return Batch()
+        k = bisect_left(self.starts, n)
+        if k >= len(self.starts):  # one call holds the end: nothing to split at
+            return Batch()
+        cut = self.starts[k]
+        rest = Batch()
+        rest.starts = array("q", (start - cut for start in self.starts[k:]))
+        del self.starts[k:]
+        for name in ("series", "times", "values", "quality"):
+            column = getattr(self, name)
+            setattr(rest, name, column[cut:])
+            del column[cut:]
+        rest.callbacks, self.callbacks = self.callbacks, []
+        return rest
 
     def fold_polls(self) -> None:
         """Polls as one success and one failure entry per device, with their counts."""
@@ -232,9 +255,15 @@ class StoreWriter:
         return self._committer.pid if self._committer is not None else None
 
     def flush_sync(self) -> int:
+        """Commit what is pending, at most about `COMMIT_MAX` readings of it (what a
+        failure held is committed in slices: a disk with a little room again takes them,
+        where one transaction of all might not fit). Returns how many were committed."""
         with self._exchange:
             with self._lock:
                 batch, self._batch = self._batch, Batch()
+                rest = batch.split(COMMIT_MAX)
+                if len(rest) or rest.callbacks:
+                    self._batch = rest
             if not len(batch) and not batch.polls:
                 return 0
             try:
@@ -338,7 +367,8 @@ class StoreWriter:
     def close(self) -> None:
         """Commit what is pending, then stop the committer. Idempotent."""
         try:
-            self.flush_sync()
+            while self.flush_sync() and self.pending:
+                pass
         finally:
             with self._exchange:
                 if self._committer is not None:
@@ -361,7 +391,9 @@ class StoreWriter:
         """Flush every `flush_interval` wall seconds until cancelled; then close."""
         try:
             while True:
-                await asyncio.sleep(self._flush_interval)
+                # what a failure held goes in slices, one after the other
+                behind = self.pending >= COMMIT_MAX and self.trouble is None
+                await asyncio.sleep(0 if behind else self._flush_interval)
                 if time.monotonic() < self._retry_at:
                     # failing: the next attempt waits out its delay, and what is held
                     # meanwhile stays within its bound
