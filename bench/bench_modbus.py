@@ -220,7 +220,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
             for st in owner.states:
                 st.queued = True
                 st.slot = time.monotonic()
-                owner._queue.put_nowait(st)
+                owner.enqueue(st)
             await owner._queue.join()
             await asyncio.sleep(0)  # the last unit's decoding, queued by the worker, runs
         errors = sum(st.errors for st in owner.states)

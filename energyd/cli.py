@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -367,15 +368,94 @@ def readings_export(config_path: str, start: str, end: str, device: str | None,
     """Export readings in [--from, --to) as CSV."""
     config = _load(config_path)
     t0, t1 = _parse_time(start, "--from"), _parse_time(end, "--to")
-    from energyd.store.csvio import export_readings
+    from energyd.store.csvio import ExportProgress, export_readings
 
+    progress = ExportProgress()
     with _existing_store(config) as store:
-        if output:
-            with open(output, "w", newline="", encoding="utf-8") as f:
-                n = export_readings(store, f, t0, t1, device)
-            click.echo(f"{output}: {n} readings", err=True)
-        else:
-            export_readings(store, sys.stdout, t0, t1, device)
+        try:
+            if output:
+                with open(output, "w", newline="", encoding="utf-8") as f:
+                    n = export_readings(store, f, t0, t1, device, progress)
+                click.echo(f"{output}: {n} readings", err=True)
+            else:
+                export_readings(store, sys.stdout, t0, t1, device, progress)
+        except (EnergydError, OSError) as exc:
+            sys.stdout.flush()
+            upto = (f", the last at {progress.last_time}" if progress.last_time else "")
+            click.echo(f"energyd: the export stopped after {progress.rows:,} readings{upto}: "
+                       f"{exc}. The CSV {('in ' + output) if output else 'written'} is "
+                       f"incomplete", err=True)
+            sys.exit(1)
+
+
+@cli.group()
+def store() -> None:
+    """Check the store file, and recover what can be read of a damaged one."""
+
+
+@store.command("check")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--full", is_flag=True,
+              help="integrity_check (indexes against tables too) instead of quick_check")
+def store_check(config_path: str, full: bool) -> None:
+    """Check every page of the store (exit 0 intact, 1 damaged)."""
+    config = _load(config_path)
+    from energyd.store.repair import check_file
+
+    path = config.storage.path
+    try:
+        problems = check_file(path, full=full)
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+    if not problems:
+        click.echo(f"{path}: intact ({'integrity_check' if full else 'quick_check'})")
+        return
+    for problem in problems:
+        click.echo(f"{path}: {problem}", err=True)
+    click.echo(f"{path}: damaged. Stop energyd, then `energyd store recover -c {config_path} "
+               f"--to NEW_FILE` copies what can be read into a new store", err=True)
+    sys.exit(1)
+
+
+@store.command("recover")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--to", "target", required=True, type=click.Path(dir_okay=False),
+              help="the new store file (must not exist)")
+@click.option("--no-shell", is_flag=True,
+              help="copy table by table at once, without trying the sqlite3 shell's .recover")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def store_recover(config_path: str, target: str, no_shell: bool, as_json: bool) -> None:
+    """Copy what can be read of the store into a new file; the store is left as it is."""
+    config = _load(config_path)
+    from pathlib import Path
+
+    from energyd.store.repair import recover
+
+    try:
+        result = recover(config.storage.path, Path(target), shell=None if no_shell else "sqlite3")
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        _print_json({**result.__dict__, "path": str(result.path)})
+    else:
+        click.echo(f"{result.path}: recovered with {result.method} in {result.seconds} s")
+        for table, n in sorted(result.rows.items()):
+            click.echo(f"  {table}: {n:,} rows")
+        if result.lost_and_found:
+            click.echo(f"  lost_and_found: {result.lost_and_found:,} rows that could not be "
+                       f"placed in their table")
+        if result.shell_error:
+            click.echo(f"  (the sqlite3 shell's .recover was not used: {result.shell_error})")
+        for stretch in result.damaged:
+            click.echo(f"  lost on damaged pages: {stretch}")
+        for problem in result.problems:
+            click.echo(f"  the new store: {problem}", err=True)
+        click.echo(f"the store {config.storage.path} was left as it is; point storage.path at "
+                   f"{result.path} (or move it in place while energyd is stopped)")
+    if result.problems:
+        sys.exit(1)
 
 
 @readings.command("held")
@@ -428,7 +508,8 @@ def simulate() -> None:
 @click.option("--fault", "faults", multiple=True,
               help="UNIT:KIND[=VALUE]; kinds: no_reply, drop=N, exception=ADDR[/CODE], "
                    "slow=SECONDS, "
-                   "swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER] (repeatable)")
+                   "swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER], "
+                   "garble=N[/short|exception|function] (repeatable)")
 @click.option("--base-kw", default=50.0, show_default=True, type=float,
               help="full-production load per unit in kW (negative: generation)")
 @click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
@@ -651,7 +732,15 @@ def forward(config_path: str, sinks: tuple[str, ...], timeout: float, as_json: b
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except EnergydError as exc:  # a command that did not catch it: a message, not a traceback
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
+    except sqlite3.DatabaseError as exc:  # the store failed part way through a command
+        click.echo(f"energyd: the store cannot be read or written: {exc}; if it is damaged, "
+                   f"`energyd store check -c CONFIG` says what is wrong", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

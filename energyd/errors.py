@@ -3,10 +3,13 @@
     EnergydError
     ├── ConfigError           a configuration that cannot run; carries every problem found
     ├── StoreError            the local store cannot do what was asked
+    │   ├── StoreFull         the disk (or a size limit) is full: retryable once space is freed
+    │   ├── StoreCorrupt      the file is not an intact store; nothing was written to it
     │   └── ImportRejected    a CSV import refused whole; carries the bad rows
     ├── DeviceError           a device did not answer as expected (retryable: try next poll)
     │   ├── DeviceTimeout     no reply in time
-    │   └── DeviceRefused     an exception reply (illegal address, busy, ...)
+    │   ├── DeviceRefused     an exception reply (illegal address, busy, ...)
+    │   └── DeviceGarbled     a reply that makes no sense (wrong length, unknown exception)
     └── SinkError             a server did not take a chunk
         ├── SinkRetryable     connection error, 5xx, 429: the chunk is tried again later
         └── SinkRejected      a 4xx that will never succeed: the points are isolated
@@ -69,6 +72,14 @@ class StoreError(EnergydError):
     pass
 
 
+class StoreFull(StoreError):
+    retryable = True
+
+
+class StoreCorrupt(StoreError):
+    pass
+
+
 class ImportRejected(StoreError):
     def __init__(self, problems: list[Problem], total_bad: int):
         self.problems = problems
@@ -86,6 +97,11 @@ class DeviceError(EnergydError):
 
 class DeviceTimeout(DeviceError):
     pass
+
+
+class DeviceGarbled(DeviceError):
+    """A reply that passed the checksum but cannot be what the device meant: a failed poll,
+    never a reason to change how the device is read."""
 
 
 class DeviceRefused(DeviceError):

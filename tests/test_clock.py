@@ -81,14 +81,15 @@ def test_a_time_before_the_release_or_far_from_a_server_is_suspect() -> None:
 def test_degraded_states_are_named_held_or_lapse() -> None:
     mono = [0.0]
     d = Degraded(monotonic=lambda: mono[0], wall=lambda: NOW)
-    assert not d and d.active() == {}
-    assert d.enter("clock_stepped", "stepped forward", lasts=900)
-    assert d.enter("disk_full", "no space left on /var/lib/energyd")
-    assert not d.enter("disk_full", "still no space")  # renewed, not entered again
-    assert d.active() == {"clock_stepped": {"reason": "stepped forward", "since": NOW},
-                          "disk_full": {"reason": "still no space", "since": NOW}}
+    since = datetime.fromtimestamp(NOW, UTC).isoformat(timespec="seconds")
+    assert not d and d.snapshot() == {}
+    assert d.set("clock_stepped", "stepped forward", lasts=900, quiet=True)
+    assert d.set("disk_full", "no space left on /var/lib/energyd")
+    assert not d.set("disk_full", "still no space")  # renewed, not entered again
+    assert d.snapshot() == {"clock_stepped": {"reason": "stepped forward", "since": since},
+                            "disk_full": {"reason": "still no space", "since": since}}
     mono[0] = 901
-    assert list(d.active()) == ["disk_full"]
+    assert list(d.snapshot()) == ["disk_full"] and not d.active("clock_stepped")
     assert d.clear("disk_full") and not d.clear("disk_full")
     assert not d
 

@@ -83,6 +83,8 @@ class Storage(Strict):
     retention: Duration = 400 * 86400.0  # raw readings older than this go, once forwarded
     quota: Size | None = None  # above it, gauges are shed oldest first; counters never are
     flush_interval: Duration = 1.0  # readings wait at most this long before the commit
+    # readings held in memory while commits fail (a full disk): past it gauges are shed
+    pending_limit: int = Field(1_000_000, ge=1_000, le=100_000_000)
 
 
 class Http(Strict):

@@ -33,8 +33,8 @@ from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
 from energyd.daemon.scheduler import Scheduler
-from energyd.errors import ConfigError, EnergydError
-from energyd.store.sqlite import Store
+from energyd.errors import ConfigError, EnergydError, StoreCorrupt
+from energyd.store.sqlite import RECOVER_HINT, Store
 from energyd.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ class Daemon:
         # made from the monotonic clock (or by hand, in tests)
         self.clock_watch = ClockWatch() if isinstance(self.clock, RealClock) else None
         self.store: Store | None = None
+        # readings a generation could not commit (a full disk), for the next one on its store
+        self._held: Any = None
         self.http_port: int | None = None
         self.ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -197,7 +199,16 @@ class Daemon:
             return self.store
         if self.store is not None:
             self.store.close()
-        self.store = Store.open(config.storage.path, quota=config.storage.quota)
+        store = Store.open(config.storage.path, quota=config.storage.quota)
+        # a damaged page is found now, not by an hourly rollup that then fails each hour
+        started = time.monotonic()
+        problems = store.check()
+        if problems:
+            store.close()
+            raise StoreCorrupt(f"{config.storage.path}: the store is damaged: "
+                               f"{'; '.join(problems[:3])}; {RECOVER_HINT}")
+        log.debug("store checked in %.1f s", time.monotonic() - started)
+        self.store = store
         return self.store
 
     async def _generation(self, config: Config) -> None:
@@ -219,8 +230,15 @@ class Daemon:
                 except Exception:
                     log.exception("a reading listener failed")
 
+        def on_state(name: str, reason: str | None) -> None:
+            if reason is None:
+                self.degraded.clear(name)
+            else:
+                self.degraded.set(name, reason)
+
         writer = StoreWriter(store, flush_interval=config.storage.flush_interval,
-                             on_commit=on_commit, keep_readings=lambda: bool(listeners))
+                             on_commit=on_commit, keep_readings=lambda: bool(listeners),
+                             on_state=on_state, max_pending=config.storage.pending_limit)
         scheduler = Scheduler(self.clock)
         ctx = Context(config, self.clock, store, writer, self.metrics, scheduler,
                       reading_listeners=listeners, commit_listeners=commit_listeners,
@@ -230,6 +248,11 @@ class Daemon:
         for build in self.builders:
             components.extend(build(ctx))
 
+        if self._held is not None:  # once the generation is built: it will run
+            (held, trouble), self._held = self._held, None
+            log.info("the reloaded configuration takes over %d readings not yet committed",
+                     len(held))
+            writer.take_over(held, trouble)
         scheduler.start()
         writer_task = asyncio.create_task(writer.run(), name="energyd[store].flush")
         tasks = [asyncio.create_task(self._supervise(c), name=f"energyd[{c.name}]")
@@ -270,6 +293,11 @@ class Daemon:
                 t.cancel()
             writer_task.cancel()
             await asyncio.gather(writer_task, return_exceptions=True)
+            # a reload on the same store keeps what could not be committed (a full disk)
+            held = writer.hand_over()
+            if (held is not None and self._action == "reload" and self._next is not None
+                    and self._next.storage.path == store.path):
+                self._held = (held, writer.trouble)
             self.metrics.up.set(0)
 
     async def _supervise(self, component: Component) -> None:
@@ -311,18 +339,18 @@ class Daemon:
             if step is not None:
                 self.metrics.clock_steps.inc()
                 self.metrics.clock_last_step.set(step.seconds)
-                self.degraded.enter("clock_stepped", step.describe(), lasts=STEPPED_FOR)
+                self.degraded.set("clock_stepped", step.describe(), lasts=STEPPED_FOR, quiet=True)
                 if self.context is not None:
                     self.context.scheduler.clock_stepped()
                 said.append(f"{step.describe()}; schedules run on the monotonic clock and "
                             "are not affected")
             if now_suspect != suspect or first:
                 if now_suspect is not None:
-                    self.degraded.enter("clock_suspect", now_suspect)
+                    self.degraded.set("clock_suspect", now_suspect, quiet=True)
                     said.append(f"{now_suspect}: readings stamped now are flagged "
                                 "clock_suspect, kept and held out of the rollup")
                 elif not first:
-                    self.degraded.clear("clock_suspect")
+                    self.degraded.clear("clock_suspect", quiet=True)
                     said.append("the clock is plausible again: readings are stamped as usual")
                 self.metrics.clock_suspect.set(1 if now_suspect else 0)
                 suspect, first = now_suspect, False
@@ -332,21 +360,23 @@ class Daemon:
 
     def _health(self) -> dict[str, Any]:
         ctx = self.context
-        degraded = self.degraded.active()
+        degraded = self.degraded.snapshot()
         payload: dict[str, Any] = {
             "status": ("stopping" if not self.ready.is_set() else
                        "degraded" if degraded else "ok"),
+            "degraded": degraded,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "site": self.config.site.name,
             "devices": len(self.config.devices),
             "sinks": [s.name for s in self.config.influxdb],
-            "degraded": degraded,
         }
         if ctx is not None:
             payload["pending_readings"] = ctx.writer.pending
             payload["committed_readings"] = ctx.writer.committed
             payload["jobs_skipped"] = dict(ctx.scheduler.missed)  # slots never made up
+            payload["shed_readings"] = ctx.writer.shed
+            payload["thinned_readings"] = ctx.writer.thinned
             for key, fn in ctx.health.items():
                 try:
                     payload[key] = fn()

@@ -45,6 +45,7 @@ class ForwardingComponent:
         ctx.commit_listeners.append(wake)
         ctx.health[f"sink:{self.sink.name}"] = forwarder.health
         thread.start()
+        sink = self.sink.name
         try:
             seen = None
             while thread.is_alive():
@@ -55,8 +56,15 @@ class ForwardingComponent:
                     with contextlib.suppress(TypeError, ValueError):
                         ctx.clock_watch.reference(email.utils.parsedate_to_datetime(date),
                                                   f"InfluxDB {self.sink.name!r}")
+                # the forwarder logs its failure and recovery itself
+                if forwarder.last_error:
+                    ctx.degraded.set("sink_failing", forwarder.last_error, source=sink,
+                                     quiet=True)
+                else:
+                    ctx.degraded.clear("sink_failing", source=sink, quiet=True)
             raise RuntimeError(f"{self.name}: the forwarding thread ended")
         finally:
+            ctx.degraded.clear("sink_failing", source=sink, quiet=True)
             forwarder.stop()
             # the write in flight ends within the sink's timeout; wait off the event loop
             await asyncio.to_thread(thread.join, self.sink.timeout + 5)

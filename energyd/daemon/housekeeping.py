@@ -22,6 +22,7 @@ class Housekeeping:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self._dropped = {"shed": 0, "thinned": 0}
 
     async def run(self) -> None:
         self.ctx.scheduler.every(15, self.refresh_gauges, name="store.gauges", jitter=False,
@@ -34,6 +35,15 @@ class Housekeeping:
 
     def _refresh_gauges(self) -> None:
         ctx = self.ctx
+        writer = ctx.writer
+        ctx.metrics.pending.set(writer.pending)
+        for how, total in (("shed", writer.shed), ("thinned", writer.thinned)):
+            if total > self._dropped[how]:
+                ctx.metrics.pending_dropped.labels(how).inc(total - self._dropped[how])
+                self._dropped[how] = total
+        states = ctx.degraded.snapshot()
+        for name in ("disk_full", "store_failing", "store_corrupt", "sink_failing", *states):
+            ctx.metrics.degraded.labels(name).set(1 if name in states else 0)
         ctx.metrics.store_bytes.set(ctx.store.size_bytes())
         now = to_ms(ctx.clock.now())
         for sink in ctx.config.influxdb:
@@ -47,6 +57,17 @@ class Housekeeping:
         await asyncio.to_thread(self._upkeep)
 
     def _upkeep(self) -> None:
+        try:
+            self._shed_and_expire()
+        except Exception:
+            # on a full disk even deleting needs room for its journal; the writer has said
+            # the disk is full already, and it is tried again at the next upkeep
+            if self.ctx.degraded.active("disk_full"):
+                log.debug("store upkeep skipped: the disk is full", exc_info=True)
+                return
+            raise
+
+    def _shed_and_expire(self) -> None:
         ctx = self.ctx
         shed = ctx.store.enforce_quota(sinks=[s.name for s in ctx.config.influxdb])
         if shed:

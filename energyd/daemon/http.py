@@ -1,6 +1,7 @@
 """Health and Prometheus metrics over HTTP, on 127.0.0.1 by default.
 
-GET /health  -> 200 JSON while the daemon runs, also when degraded (503 while stopping)
+GET /health  -> 200 JSON while the daemon runs, "status" ok or degraded (the degraded
+               states named, each with its reason); 503 while stopping
 GET /metrics -> Prometheus text format
 A deliberately small HTTP/1.0 server on asyncio streams: two read-only endpoints do not
 justify a web framework in a gateway daemon.
@@ -46,6 +47,7 @@ class HealthServer:
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"read-only\n"
             elif path == "/health":
                 payload = self._health()
+                # degraded still runs (and keeps what it reads): a restart would not help
                 ok = payload.get("status") in ("ok", "degraded")
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = "application/json", json.dumps(payload).encode() + b"\n"

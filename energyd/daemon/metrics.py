@@ -19,6 +19,16 @@ class Metrics:
         self.store_bytes = Gauge("energyd_store_bytes", "Bytes in use by the store", registry=r)
         self.store_shed = Counter("energyd_store_shed",
                                   "Readings shed under the disk quota", registry=r)
+        self.pending = Gauge("energyd_store_pending_readings",
+                             "Readings read but not yet committed (held while commits fail)",
+                             registry=r)
+        self.pending_dropped = Counter(
+            "energyd_store_pending_dropped",
+            "Readings held while commits failed and dropped to bound memory: gauges shed, "
+            "counters thinned (every other reading, past twice the bound)", ["how"],
+            registry=r)
+        self.degraded = Gauge("energyd_degraded", "1 while the daemon is in this degraded state",
+                              ["state"], registry=r)
         self.backlog = Gauge("energyd_sink_backlog", "Items not yet forwarded",
                              ["sink", "stream"], registry=r)
         self.backlog_age = Gauge("energyd_sink_oldest_unsent_age_seconds",

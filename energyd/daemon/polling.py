@@ -12,6 +12,11 @@ A failure stays with its unit:
 - a timeout ends that unit's poll (costing the bus one timeout) and backs the unit off: its
   next polls are skipped for a delay that doubles from one interval up to
   `ModbusOptions.backoff_max`, so a dead unit does not spend the other units' bus time;
+- a unit in failure waits behind the healthy ones: the queue gives a healthy unit the bus
+  first, so it waits at most for the one request on the wire, whatever the number of
+  failing units on the link;
+- a garbled reply is a failed block of that poll, and changes neither the read plan nor
+  the backoff;
 - the failure is logged once on the way in and once on recovery, never per poll.
 A device already queued when it falls due again is not queued twice (the missed slot is
 counted); the schedule itself never stops.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -95,7 +101,10 @@ class LinkOwner:
         ]
         self.lateness: deque[float] = deque(maxlen=LATENESS_SAMPLES)
         self.polls = 0
-        self._queue: asyncio.Queue[DeviceState] = asyncio.Queue()
+        # (failing, order, state): healthy units first, each kind in the order it fell due
+        self._queue: asyncio.PriorityQueue[tuple[bool, int, DeviceState]] = (
+            asyncio.PriorityQueue())
+        self._order = itertools.count()
         self._link: ModbusLink | None = None
         self._silent_in_row = 0
         self._stopping = False
@@ -145,14 +154,18 @@ class LinkOwner:
         if time.monotonic() < st.not_before:
             st.skipped += 1
             return
-        st.queued = True
         st.slot = slot
-        self._queue.put_nowait(st)
+        self.enqueue(st)
+
+    def enqueue(self, st: DeviceState) -> None:
+        """Queue a unit's poll: after every healthy unit already waiting if it is failing."""
+        st.queued = True
+        self._queue.put_nowait((st.failing is not None, next(self._order), st))
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            st = await self._queue.get()
+            _, _, st = await self._queue.get()
             try:
                 result = await self.read(st)
             except Exception:  # a bug in one poll must not end the bus

@@ -21,6 +21,7 @@ daemon at start-up with the file and line, instead of failing an hour later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from energyd.accounting.factors import load_factors
@@ -29,6 +30,8 @@ from energyd.accounting.storage import Accountant, RecomputeResult, floor_hour
 from energyd.config.schema import Config
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
+from energyd.store.sqlite import RECOVER_HINT, corrupt
+from energyd.store.writer import disk_full
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +51,17 @@ class Rollups:
         ctx.health["rollups"] = lambda: dict(self._last)
 
     async def run(self) -> None:
-        await self.recompute(startup=True)
+        # a failure is logged once and tried again at the next hour, not by restarting the
+        # component (which would fail again at once, and again: a crash loop)
+        with contextlib.suppress(Exception):
+            await self.recompute(startup=True)
         self.ctx.scheduler.hourly(self.job, name="accounting.rollup",
                                   delay=self.ctx.config.accounting.rollup_delay)
         await asyncio.Event().wait()
 
     async def job(self) -> None:
-        await self.recompute(startup=False)
+        with contextlib.suppress(Exception):  # logged once by recompute()
+            await self.recompute(startup=False)
 
     def _clock_suspect(self) -> str | None:
         watch = self.ctx.clock_watch
@@ -89,14 +96,21 @@ class Rollups:
             try:
                 result = await asyncio.to_thread(self.accountant.run, now,
                                                  recompute_hours=hours, not_before=not_before)
-            except Exception:
+            except Exception as exc:
                 if not self._failing:
-                    log.exception("hourly rollup failed; it is tried again next hour")
+                    # a full disk or a damaged file is said in a line; anything else is a
+                    # fault worth its traceback
+                    log.error("hourly rollup failed (%s); it is tried again next hour", exc,
+                              exc_info=not (corrupt(exc) or disk_full(exc)))
                 self._failing = True
+                if corrupt(exc):
+                    self.ctx.degraded.set("store_corrupt", f"the hourly rollup cannot read "
+                                          f"the store: {exc}; {RECOVER_HINT}", quiet=True)
                 raise
             if self._failing:
                 log.info("hourly rollup works again")
                 self._failing = False
+                self.ctx.degraded.clear("store_corrupt", quiet=True)
             self._last = {"run": iso(now), "hours": [[iso(a), iso(b)] for a, b in result.ranges],
                           "changed": result.written,
                           "reconciliation_findings": len(result.findings)}

@@ -1,11 +1,19 @@
 """`energyd status`: read from the store what the running daemon has recorded there.
 
 It opens the store beside the running daemon (WAL lets a reader in while it writes), so it
-works whether or not the daemon is up, and shows how stale the data is.
+works whether or not the daemon is up, and shows how stale the data is. What the store
+cannot hold (a full disk, a sink's error, any degraded state) it asks the running daemon's
+/health for, when the config enables it; a daemon that does not answer is said to.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import shutil
+import sqlite3
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,17 +21,68 @@ from rich.table import Table
 
 from energyd.alerts.outbox import Outbox
 from energyd.config.schema import Config
+from energyd.errors import StoreError
 from energyd.model import from_ms
-from energyd.store.sqlite import STREAMS, Store
+from energyd.store.sqlite import STREAMS, Store, corrupt
+
+HEALTH_TIMEOUT = 2.0  # seconds: a daemon busy for longer is reported as not answering
 
 
 def _iso(ms: int | None) -> str | None:
     return from_ms(ms).isoformat(timespec="seconds") if ms is not None else None
 
 
+def daemon_health(config: Config) -> dict[str, Any]:
+    """The running daemon's /health, or {"status": "not answering", "error": ...}."""
+    if not config.http.enabled:
+        return {"status": "unknown", "error": "http is disabled in the config"}
+    host = config.http.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None  # a name: only "localhost" is asked
+    if host in ("", "localhost") or (address is not None and address.is_unspecified):
+        host = "127.0.0.1"
+    elif address is None or not address.is_loopback:
+        # status talks to loopback only; a daemon listening elsewhere is not asked
+        return {"status": "unknown",
+                "error": f"http listens on {host}, not on loopback: not asked"}
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.http.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as reply:
+            payload: dict[str, Any] = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:  # 503 while stopping: the body still says why
+        try:
+            payload = json.loads(exc.read())
+        except ValueError:
+            return {"status": "not answering", "error": f"{url}: HTTP {exc.code}"}
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return {"status": "not answering", "error": f"{url}: {reason}"}
+    if not isinstance(payload, dict) or payload.get("site") != config.site.name:
+        site = payload.get("site") if isinstance(payload, dict) else None
+        return {"status": "unknown",
+                "error": f"{url} answers for site {site!r}, not {config.site.name!r}"}
+    return payload
+
+
 def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any]:
+    """Raises StoreError (never a traceback of SQLite's) when the store cannot be read."""
+    try:
+        return _collect(config, now)
+    except sqlite3.DatabaseError as exc:
+        if not corrupt(exc):
+            raise StoreError(f"{config.storage.path}: the store cannot be read: {exc}"
+                             ) from None
+        raise StoreError(f"{config.storage.path}: the store cannot be read: {exc}; check it "
+                         f"with `energyd store check -c CONFIG` and, if it is damaged, "
+                         f"`energyd store recover -c CONFIG --to NEW_FILE`") from None
+
+
+def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
+    health = daemon_health(config)
     with Store.open(config.storage.path, must_exist=True) as store:
         polls = store.device_status()
         devices = []
@@ -56,13 +115,21 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
                         round((now_ms - b.oldest_ms) / 1000, 1) if b.oldest_ms else None,
                 }
             entry["rejected"] = store.rejected_count(s.name)
+            live = health.get(f"sink:{s.name}")
+            entry["last_error"] = live.get("last_error") if isinstance(live, dict) else None
             sinks.append(entry)
+        disk = shutil.disk_usage(config.storage.path.parent)
         return {
             "site": config.site.name,
             "time": now.isoformat(timespec="seconds"),
+            "daemon": {"status": health.get("status"), "error": health.get("error"),
+                       "degraded": health.get("degraded") or {},
+                       "pending_readings": health.get("pending_readings"),
+                       "shed_readings": health.get("shed_readings")},
             "store": {"path": str(config.storage.path), "bytes_used": store.size_bytes(),
                       "bytes_on_disk": store.file_bytes(), "readings": store.count_readings(),
-                      "held_for_review": store.held_count()},
+                      "held_for_review": store.held_count(),
+                      "disk_free_bytes": disk.free},
             "devices": devices,
             "sinks": sinks,
             "alerts_undelivered": Outbox(store).counts(),
@@ -70,6 +137,15 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
 
 
 def status_tables(payload: dict[str, Any]) -> list[Table]:
+    d = payload["daemon"]
+    daemon = Table(title="daemon", show_header=False)
+    daemon.add_row("status", str(d["status"]) + (f" ({d['error']})" if d.get("error") else ""))
+    for name, state in d["degraded"].items():
+        daemon.add_row(name, f"{state['reason']} (since {state['since']})")
+    if d.get("pending_readings"):
+        daemon.add_row("readings not yet committed", f"{d['pending_readings']:,}")
+    if d.get("shed_readings"):
+        daemon.add_row("gauge readings shed while commits failed", f"{d['shed_readings']:,}")
     devices = Table(title=f"devices at {payload['site']} ({payload['time']})")
     for col in ("device", "role", "last poll", "last reading", "age", "polls", "errors",
                 "last error"):
@@ -88,15 +164,17 @@ def status_tables(payload: dict[str, Any]) -> list[Table]:
                       "suspect clock (kept, not in the rollups)")
     store.add_row("size", f"{st['bytes_used'] / 1e6:.1f} MB used, "
                   f"{st['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    store.add_row("disk free", f"{st['disk_free_bytes'] / 1e6:.1f} MB")
     waiting = payload["alerts_undelivered"]
     store.add_row("alert events not yet delivered",
                   ", ".join(f"{ch}: {n}" for ch, n in sorted(waiting.items())) or "none")
     sinks = Table(title="sinks")
-    for col in ("sink", "stream", "backlog", "oldest unsent", "rejected"):
+    for col in ("sink", "stream", "backlog", "oldest unsent", "rejected", "last error"):
         sinks.add_column(col)
     for s in payload["sinks"]:
-        for stream in STREAMS:
+        for i, stream in enumerate(STREAMS):
             b = s[stream]
             age = f"{b['oldest_unsent_age_s']:.0f}s ago" if b["oldest_unsent_age_s"] else "-"
-            sinks.add_row(s["sink"], stream, f"{b['backlog']:,}", age, str(s["rejected"]))
-    return [devices, store, sinks]
+            sinks.add_row(s["sink"], stream, f"{b['backlog']:,}", age, str(s["rejected"]),
+                          (s["last_error"] or "") if i == 0 else "")
+    return [daemon, devices, store, sinks]

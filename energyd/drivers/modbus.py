@@ -22,12 +22,22 @@ Failures are mapped at this edge onto energyd's own errors:
 
     no reply within the timeout (after retries)  -> DeviceTimeout
     an exception reply (illegal address, busy)   -> DeviceRefused(exception_code)
-    cannot connect, connection dropped, garbled  -> DeviceError
+    a reply of the wrong length or to another
+    function, an exception code no device
+    sends, a frame pymodbus cannot decode        -> DeviceGarbled
+    cannot connect, connection dropped           -> DeviceError
 
-A refused read of merged registers is retried value by value in the same poll, and those
-values stay isolated (see planner.py); a timeout ends that unit's poll, because a unit that
-does not answer would otherwise cost one timeout per block of the bus's time. Readings are
-stamped with the clock's time taken just before each read was sent.
+Garbage never reaches the decoder: a reply is checked for its length before its words are
+handed on, and a block that still fails to decode is a DeviceGarbled failure of that block.
+
+Only the device's own word that an address or function is wrong (exception 1, 2 or 3) changes
+how it is read: a refused read of merged registers is retried value by value in the same
+poll, and those values stay isolated (see planner.py) until `reprobe_after` seconds later,
+when the merged reads are tried again (a firmware update, a meter replaced). A garbled reply,
+busy or a device failure is a failed block of this poll, nothing more. A timeout (or a
+gateway's exception 10 or 11: the unit behind it did not answer) ends that unit's poll,
+because a unit that does not answer would otherwise cost one timeout per block of the bus's
+time. Readings are stamped with the clock's time taken just before each read was sent.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ import asyncio
 import enum
 import logging
 import math
+import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +60,7 @@ from pymodbus.framer.rtu import FramerRTU
 from energyd.clock import Clock, RealClock
 from energyd.config.profiles import Profile, RegisterSpec
 from energyd.drivers.planner import Block, key, plan
-from energyd.errors import DeviceError, DeviceRefused, DeviceTimeout
+from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
 from energyd.model import Reading
 
 log = logging.getLogger(__name__)
@@ -63,6 +75,12 @@ EXCEPTION_NAMES = {
     4: "device failure", 5: "acknowledge", 6: "device busy", 8: "memory parity error",
     10: "gateway path unavailable", 11: "gateway target failed to respond",
 }
+# exception replies that say the request itself is wrong for this device: the read plan
+# changes for them, and only for them
+PLAN_EXCEPTIONS = frozenset({1, 2, 3})
+# a gateway's word that the unit behind it did not answer: as good as a timeout
+GATEWAY_SILENCE = frozenset({10, 11})
+REPROBE_AFTER = 3600.0  # seconds before isolated values are tried in merged reads again
 
 
 class ReadCode(enum.IntEnum):
@@ -228,16 +246,35 @@ class ModbusLink:
                 raise DeviceError(f"{what}: {exc}") from exc
             except ModbusException as exc:
                 raise DeviceError(f"{_what(code, address, count, unit)}: {exc}") from exc
+            except (struct.error, ValueError, IndexError, TypeError, KeyError) as exc:
+                # pymodbus choking on a frame it could not make sense of
+                raise DeviceGarbled(
+                    f"{_what(code, address, count, unit)}: garbled reply ({exc})") from exc
             if rr.isError():
                 code_ = getattr(rr, "exception_code", None)
+                if code_ not in EXCEPTION_NAMES:
+                    raise DeviceGarbled(f"{_what(code, address, count, unit)}: garbled reply "
+                                        f"(exception code {code_}, which no device sends)")
                 if code_ == 6 and attempt < retries:  # busy: worth another try
                     continue
-                name = EXCEPTION_NAMES.get(code_ or 0, "exception")
+                name = EXCEPTION_NAMES[code_]
                 raise DeviceRefused(
                     f"{_what(code, address, count, unit)}: exception {code_} ({name})", code_)
+            if getattr(rr, "function_code", int(code)) != int(code):
+                # pymodbus hands on whatever reply came under the transaction id
+                raise DeviceGarbled(f"{_what(code, address, count, unit)}: garbled reply "
+                                    f"(function code {rr.function_code})")
             if code in (1, 2):
-                return [int(b) for b in rr.bits[:count]]
-            return list(rr.registers)
+                bits = getattr(rr, "bits", None) or []
+                if len(bits) < count:
+                    raise DeviceGarbled(f"{_what(code, address, count, unit)}: garbled reply "
+                                        f"({len(bits)} bits for {count} asked)")
+                return [int(b) for b in bits[:count]]
+            registers = getattr(rr, "registers", None) or []
+            if len(registers) != count:
+                raise DeviceGarbled(f"{_what(code, address, count, unit)}: garbled reply "
+                                    f"({len(registers)} registers for {count} asked)")
+            return list(registers)
         # not reached: the last attempt returns or raises
         raise DeviceTimeout(f"{_what(code, address, count, unit)}: no reply")
 
@@ -265,7 +302,7 @@ class PollResult:
 
     @property
     def timed_out(self) -> bool:
-        return any(isinstance(f.error, DeviceTimeout) for f in self.failures)
+        return any(_silent(f.error) for f in self.failures)
 
     @property
     def error(self) -> str | None:
@@ -273,15 +310,23 @@ class PollResult:
 
     @property
     def reason(self) -> str | None:
-        """One word for metrics: timeout, refused, connection (or None when clean)."""
+        """One word for metrics: timeout, refused, garbled, connection (None when clean)."""
         if not self.failures:
             return None
-        kinds = {type(f.error) for f in self.failures}
-        if DeviceTimeout in kinds:
+        if self.timed_out:
             return "timeout"
+        kinds = {type(f.error) for f in self.failures}
         if kinds == {DeviceRefused}:
             return "refused"
+        if kinds <= {DeviceRefused, DeviceGarbled}:
+            return "garbled"
         return "connection"
+
+
+def _silent(error: DeviceError) -> bool:
+    """No reply: a timeout, or a gateway saying the unit behind it did not answer."""
+    return isinstance(error, DeviceTimeout) or (
+        isinstance(error, DeviceRefused) and error.exception_code in GATEWAY_SILENCE)
 
 
 class DevicePoller:
@@ -304,6 +349,9 @@ class DevicePoller:
         self.max_registers = max_registers
         self.clock = clock or RealClock()
         self.isolated: set[tuple[int, int]] = set()
+        self.reprobe_after = REPROBE_AFTER
+        self._reprobe_at: float | None = None  # monotonic: merged reads tried again then
+        self._reprobed: set[tuple[int, int]] = set()  # isolated before the last re-probe
         self.blocks = self._plan()
 
     @classmethod
@@ -329,6 +377,7 @@ class DevicePoller:
         send the next unit's request first and decode while it is on the wire."""
         result = PollResult(self.name)
         first = True
+        self._maybe_reprobe()
         queue: list[Block] = list(self.blocks)
         while queue:
             block = queue.pop(0)
@@ -341,14 +390,26 @@ class DevicePoller:
                                         unit=self.unit, timeout=self.timeout,
                                         retries=self.retries)
             except DeviceRefused as exc:
-                if len(block.specs) > 1:
-                    # Which value is refused is unknown: read them alone, now and from now on.
-                    self.isolated.update(key(s) for s in block.specs)
+                if exc.exception_code in GATEWAY_SILENCE:
+                    result.failures.append(BlockFailure(str(block), exc))
+                    break
+                if len(block.specs) > 1 and exc.exception_code in PLAN_EXCEPTIONS:
+                    # Which value is refused is unknown: read them alone, now and until the
+                    # next re-probe.
+                    keys = {key(s) for s in block.specs}
+                    self.isolated.update(keys)
                     self.blocks = self._plan()
                     queue[:0] = plan(block.specs, single=True)
-                    log.info("%s: %s refused (%s); its values are read one by one from now on",
-                             self.name, block, exc)
+                    if self._reprobe_at is None:
+                        self._reprobe_at = time.monotonic() + self.reprobe_after
+                    # refused again at a re-probe: said already
+                    level = logging.DEBUG if keys <= self._reprobed else logging.INFO
+                    log.log(level, "%s: %s refused (%s); its values are read one by one for "
+                            "the next %.0f s", self.name, block, exc, self.reprobe_after)
                     continue
+                result.failures.append(BlockFailure(str(block), exc))
+                continue
+            except DeviceGarbled as exc:
                 result.failures.append(BlockFailure(str(block), exc))
                 continue
             except DeviceTimeout as exc:
@@ -358,13 +419,37 @@ class DevicePoller:
                 result.failures.append(BlockFailure(str(block), exc))
                 break
             result.raw.append((block, when, words))
+        if self._reprobed and not result.timed_out:
+            back = self._reprobed - self.isolated
+            if back:
+                log.info("%s: merged reads work again for %d values that were refused",
+                         self.name, len(back))
+            self._reprobed = set()
         return result
+
+    def _maybe_reprobe(self) -> None:
+        if (self._reprobe_at is None or not self.isolated
+                or time.monotonic() < self._reprobe_at):
+            return
+        self._reprobed = set(self.isolated)
+        self.isolated.clear()
+        self.blocks = self._plan()
+        self._reprobe_at = None
+        log.debug("%s: trying merged reads again for %d isolated values", self.name,
+                  len(self._reprobed))
 
     def decode(self, result: PollResult) -> PollResult:
         """Turn the words read into Readings (stamped with each read's time)."""
         name = self.name
         for block, when, words in result.raw:
-            for quantity, value in block.values(words):
+            try:
+                values = list(block.values(words))
+            except (struct.error, ValueError, IndexError, TypeError) as exc:
+                # read() checked the length already; whatever else cannot be decoded is garbage
+                result.failures.append(BlockFailure(str(block), DeviceGarbled(
+                    f"unit {self.unit} {block}: garbled reply ({exc})")))
+                continue
+            for quantity, value in values:
                 if math.isfinite(value):
                     result.readings.append(Reading(when, name, quantity, value))
                 else:  # meters send NaN for what they do not measure (an unwired phase)

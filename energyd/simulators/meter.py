@@ -22,6 +22,9 @@ Python API::
         meter.power_kw(), meter.import_kwh         # the physical state
         meter.faults.no_reply = True               # the unit goes silent
         meter.faults.drop = 2                      # the next 2 requests go unanswered
+        meter.faults.garble = 1                    # the next reply is garbled (one register
+        meter.faults.garble_kind = "short"         #   short; "exception": a code no device
+                                                   #   sends; "function": fc3's reply to fc4)
         meter.faults.exceptions[52] = 2            # reads touching wire 52 get exception 2
         meter.faults.delay = 0.3                   # every reply 0.3 s late (wall time)
         meter.faults.order = "BADC"                # serve with the bytes of each register swapped
@@ -65,6 +68,7 @@ from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.pdu import ExceptionResponse
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -88,6 +92,11 @@ class Faults:
 
     no_reply: bool = False
     drop: int = 0  # the next this many requests go unanswered (a noisy line), then replies
+    # the next this many replies are garbled (a noisy line whose damage the checksum missed):
+    # "short" one register fewer than asked, "exception" an exception code no device sends,
+    # "function" the reply of the other register read (fc3 for fc4 and back)
+    garble: int = 0
+    garble_kind: str = "short"
     exceptions: dict[int, int] = field(default_factory=dict)  # wire address -> exception code
     delay: float = 0.0  # wall seconds added before each reply
     order: str | None = None  # serve every value in this byte order instead of the profile's
@@ -269,7 +278,8 @@ def _counter_limit(profile: Profile) -> float:
 
 def parse_fault(spec: str) -> tuple[int, str, str | None]:
     """"UNIT:KIND[=VALUE]" -> (unit, kind, value). Kinds: no_reply, drop=N, exception=ADDR[/CODE],
-    slow=SECONDS, swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER]."""
+    slow=SECONDS, swap[=ORDER], spike=FACTOR, reset, wrap[=ROLLOVER],
+    garble=N[/short|exception|function]."""
     try:
         unit_text, rest = spec.split(":", 1)
         unit = int(unit_text)
@@ -282,7 +292,9 @@ def parse_fault(spec: str) -> tuple[int, str, str | None]:
     return unit, kind, value or None
 
 
-FAULT_KINDS = {"no_reply", "drop", "exception", "slow", "swap", "spike", "reset", "wrap"}
+FAULT_KINDS = {"no_reply", "drop", "exception", "slow", "swap", "spike", "reset", "wrap",
+               "garble"}
+GARBLED_EXCEPTION = 0x5A  # an exception code outside the standard's (1-4, 5, 6, 8, 10, 11)
 
 
 def apply_fault(meter: SimulatedMeter, kind: str, value: str | None) -> None:
@@ -292,6 +304,11 @@ def apply_fault(meter: SimulatedMeter, kind: str, value: str | None) -> None:
             f.no_reply = True
         elif kind == "drop":
             f.drop = int(value or 1)
+        elif kind == "garble":
+            count, _, how = (value or "1").partition("/")
+            if how not in ("", "short", "exception", "function"):
+                raise ValueError(f"garble kind {how!r}: short, exception or function")
+            f.garble, f.garble_kind = int(count), how or "short"
         elif kind == "exception":
             if value is None:
                 raise ValueError("exception needs =ADDRESS[/CODE]")
@@ -441,6 +458,17 @@ class MeterSimulator:
                 response = await pdu.datastore_update(self._server.context, pdu.dev_id)
             except Exception:  # noqa: BLE001 - a malformed request gets what a meter sends
                 response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+            if meter.faults.garble > 0:
+                meter.faults.garble -= 1
+                if meter.faults.garble_kind == "exception":
+                    response = ExceptionResponse(pdu.function_code, GARBLED_EXCEPTION)
+                elif meter.faults.garble_kind == "function" and pdu.function_code in (3, 4):
+                    # the reply of the other register read: right length, wrong request
+                    other = (ReadInputRegistersResponse if pdu.function_code == 3
+                             else ReadHoldingRegistersResponse)
+                    response = other(registers=list(getattr(response, "registers", [])))
+                elif getattr(response, "registers", None):
+                    response.registers = response.registers[:-1]
             response.transaction_id = pdu.transaction_id
             response.dev_id = pdu.dev_id
             handler.server_send(response, addr)

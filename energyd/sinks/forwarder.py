@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +57,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from energyd.errors import SinkRejected, SinkRetryable
+from energyd.errors import EnergydError, SinkRejected, SinkRetryable
 from energyd.sinks.lineprotocol import Encoder, Point, body
 from energyd.sinks.transport import Transport
 from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, Store
@@ -462,13 +463,21 @@ class Forwarder:
                 self._stop.wait(delay)
                 continue
             except Exception as exc:
-                # a store problem (disk full, locked): contained, logged, tried again
+                # a store problem (disk full, locked): contained, logged once, tried again
                 delay = backoff_delay(self._attempt, self.backoff_max)
                 self._attempt += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.metrics is not None:
                     self.metrics.sink_errors.labels(self.name, "internal").inc()
-                log.exception("%s: forwarding cycle failed; retrying in %.1f s", self.name, delay)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    # the store's own failures (a full disk) need no traceback; others do
+                    log.warning("%s: forwarding cycle failed (%s); retrying in %.1f s and "
+                                "backing off", self.name, self.last_error, delay,
+                                exc_info=not isinstance(exc, sqlite3.Error | EnergydError))
+                else:
+                    log.debug("%s: forwarding cycle still failing: %s", self.name,
+                              self.last_error)
                 self._stop.wait(delay)
                 continue
             if failing_since is not None:

@@ -15,7 +15,7 @@ import sys
 
 from energyd.errors import StoreError
 from energyd.store.samples import group, group_rows
-from energyd.store.sqlite import Store
+from energyd.store.sqlite import Store, corrupt
 
 
 def main(argv: list[str]) -> int:
@@ -41,7 +41,10 @@ def main(argv: list[str]) -> int:
             try:
                 answer: tuple[str, object] = ("ok", store.commit_samples(samples, polls))
             except (sqlite3.Error, StoreError) as exc:
-                answer = ("error", f"{store.path}: cannot commit readings: {exc}")
+                code = getattr(exc, "sqlite_errorcode", None)
+                kind = ("full" if code == sqlite3.SQLITE_FULL else
+                        "corrupt" if corrupt(exc) else "error")
+                answer = (kind, f"{store.path}: cannot commit readings: {exc}")
             pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
             answers.flush()
     finally:

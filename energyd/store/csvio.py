@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import math
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
 
-from energyd.errors import ImportRejected, LineProblems, Problem
+from energyd.errors import ImportRejected, LineProblems, Problem, StoreError
 from energyd.model import QUANTITIES, Quality, from_ms, to_ms
 from energyd.store.sqlite import Store
 
@@ -145,14 +146,30 @@ class _RowParser:
         return ms
 
 
+@dataclass
+class ExportProgress:
+    """How far an export got: a failure part way says so."""
+
+    rows: int = 0
+    last_time: str | None = None
+
+
 def export_readings(store: Store, out: TextIO, start: datetime, end: datetime,
-                    device: str | None = None) -> int:
-    """Write readings with start <= time < end as CSV, ordered by time; returns the count."""
+                    device: str | None = None, progress: ExportProgress | None = None) -> int:
+    """Write readings with start <= time < end as CSV, ordered by time; returns the count.
+    A store that cannot be read part way raises StoreError; `progress` then says how far
+    the CSV got."""
+    progress = progress if progress is not None else ExportProgress()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(HEADER)
-    n = 0
-    for t, d, q, v, _ in store.readings_in(to_ms(start), to_ms(end), device=device):
-        writer.writerow((from_ms(t).isoformat(timespec="milliseconds"), d, q, repr(v)))
-        n += 1
-    return n
+    try:
+        for t, d, q, v, _ in store.readings_in(to_ms(start), to_ms(end), device=device):
+            stamp = from_ms(t).isoformat(timespec="milliseconds")
+            writer.writerow((stamp, d, q, repr(v)))
+            progress.rows += 1
+            progress.last_time = stamp
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{store.path}: the store cannot be read past this point ({exc}); "
+                         f"check it with `energyd store check`") from None
+    return progress.rows
 

@@ -20,6 +20,7 @@ import enum
 import heapq
 import itertools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -32,7 +33,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from energyd.errors import StoreError
+from energyd.errors import StoreCorrupt, StoreError
 from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
 from energyd.store.samples import (
     SLOTS,
@@ -135,18 +136,44 @@ class Store:
             raise StoreError(f"{path}: no store here yet (has energyd run with this config?)")
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
+            _refuse_what_is_not_a_store(path)
+            if not path.exists():
+                _create(path)
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30
             )
+            _check_ours(conn, path)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
             _migrate(conn, path)
-        except sqlite3.DatabaseError as exc:
+            store = cls(conn, path, quota)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if not isinstance(exc, sqlite3.DatabaseError):
+                raise
+            if corrupt(exc):
+                raise StoreCorrupt(f"{path}: the store is damaged ({exc}); {RECOVER_HINT}"
+                                   ) from None
             raise StoreError(f"{path}: cannot open the store: {exc}") from None
-        return cls(conn, path, quota)
+        return store
+
+    def check(self, *, full: bool = False, limit: int = 20) -> list[str]:
+        """SQLite's own check of every page: `quick_check` (the b-trees and their pages; a
+        few seconds per GB) or, `full`, `integrity_check` (indexes against their tables too).
+        Returns the problems found, [] when the store is intact."""
+        pragma = "integrity_check" if full else "quick_check"
+        try:
+            rows = self.execute(f"PRAGMA {pragma}({int(limit)})")
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        lines = [line for row in rows for line in row[0].splitlines()
+                 if line.strip() and not line.startswith("*** in database")]
+        return [] if lines == ["ok"] else lines
 
     def close(self, *, checkpoint: bool = True) -> None:
         with self._lock:
@@ -757,21 +784,24 @@ class Store:
 
     @staticmethod
     def _record_polls(conn: sqlite3.Connection,
-                      results: Iterable[tuple[str, int, str | None]]) -> None:
-        """(device, poll time ms, error or None) for each poll since the last flush, folded
+                      results: Iterable[tuple]) -> None:
+        """(device, poll time ms, error or None[, polls, errors]) for each poll since the
+        last flush (or folded by the writer while commits failed), folded
         per device first: one row update per device and flush, however fast it polls."""
         folded: dict[str, list[Any]] = {}
-        for device, when, error in results:
+        for device, when, error, *counts in results:
+            # an entry the writer folded while commits failed carries its counts
+            polls, errors = counts or (1, 0 if error is None else 1)
             # [last_poll, last_success, last_error, last_error_time, polls, errors]
             f = folded.setdefault(device, [None, None, None, None, 0, 0])
             f[0] = when if f[0] is None else max(f[0], when)
-            f[4] += 1
+            f[4] += polls
             if error is None:
                 f[1] = when if f[1] is None else max(f[1], when)
             else:
                 if f[3] is None or when >= f[3]:
                     f[2], f[3] = error, when
-                f[5] += 1
+                f[5] += errors
         if folded:
             conn.executemany(
                 "INSERT INTO device_status (device, last_poll, last_success, last_error, "
@@ -954,6 +984,79 @@ class Store:
             "SELECT min(time) FROM (SELECT time, id, vals FROM samples WHERE id >= ? "
             f"AND id <= ? ORDER BY id LIMIT ?) WHERE {_LAST_ID} > ?",
             (position // SLOTS, upto // SLOTS, 10000 // self._per_sample + 1, position))[0][0]
+
+
+RECOVER_HINT = ("it was left as it is. Stop energyd, then `energyd store check -c CONFIG` "
+                "says what is wrong and `energyd store recover -c CONFIG --to NEW_FILE` copies "
+                "what can be read into a new store; point storage.path at it, or move it in "
+                "place of the old one (keep the old one)")
+_SQLITE_HEADER = b"SQLite format 3\0"
+_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+def corrupt(exc: BaseException) -> bool:
+    """Is this SQLite's word for a damaged file (or one that is no database)?"""
+    return (isinstance(exc, sqlite3.DatabaseError)
+            and getattr(exc, "sqlite_errorcode", None) in _CORRUPT)
+
+
+def _refuse_what_is_not_a_store(path: Path) -> None:
+    """A file at the store's path that is not an SQLite database (an empty file left by a
+    full disk or a failed copy, something else entirely) is refused, never made into a new,
+    empty store over it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # a new store
+    except IsADirectoryError:
+        raise StoreError(f"{path}: is a directory, not a store") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the store: {exc.strerror}") from None
+    if not head:
+        raise StoreCorrupt(f"{path}: the file is empty, which is not a store (a store that was "
+                           f"never written is not left empty); {RECOVER_HINT}. If no store "
+                           f"was ever kept here, remove the empty file and energyd starts "
+                           f"a new one")
+    if head != _SQLITE_HEADER:
+        raise StoreCorrupt(f"{path}: the file is not an SQLite database; {RECOVER_HINT}")
+
+
+def _create(path: Path) -> None:
+    """A new store is made beside its path and moved there whole, so a file at the path is
+    always a store that was written (an empty one there is damage, not a new store)."""
+    making = path.with_name(f"{path.name}.new-{os.getpid()}")
+    try:
+        conn = sqlite3.connect(str(making), isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            _migrate(conn, making)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        # a link, not a rename: a store another process made meanwhile is never replaced
+        try:
+            os.link(making, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links (FAT, some network mounts)
+            if not path.exists():
+                making.rename(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"{path}: cannot create the store: {exc}") from None
+    finally:
+        for made in (making, making.with_name(making.name + "-wal"),
+                     making.with_name(making.name + "-shm")):
+            made.unlink(missing_ok=True)
+
+
+def _check_ours(conn: sqlite3.Connection, path: Path) -> None:
+    """Before anything is changed (even the journal mode): refuse another program's
+    database, which has tables but no energyd schema version."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == 0 and conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchone()[0]:
+        raise StoreError(f"{path}: an SQLite database that is not an energyd store (it has "
+                         f"tables of its own); nothing was changed. Check storage.path")
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

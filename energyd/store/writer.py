@@ -11,30 +11,66 @@ keeps what it sent until the committer answers that it is on disk, so a committe
 loses nothing: the batch goes again to a new one, which packs it into the same samples, and the
 store ignores a sample it already has. Series ids are resolved here, in the daemon's store, so
 its series cache stays right.
+
+When commits fail (a full disk, a locked or damaged file) the batch is held and tried again,
+less often the longer it fails (up to `RETRY_MAX` seconds). The failure is reported once on
+the way in and once on recovery through `on_state` ("disk_full", "store_corrupt" or
+"store_failing"), not
+per attempt. What is held is bounded: past `max_pending` readings the oldest instantaneous
+readings (power, voltage, current: gauges) are shed first, counted in `shed`; energy
+counters are never shed, and only if counters alone pass twice the bound are they thinned,
+every other reading of a series, keeping its first and last (the energy between any two
+kept readings stays exact), counted in `thinned`. Polls held are folded per device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import pickle
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from array import array
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from itertools import accumulate, compress, pairwise
 from pathlib import Path
 
 import energyd
-from energyd.errors import StoreError
-from energyd.model import Reading, to_ms
-from energyd.store.sqlite import Store
+from energyd.errors import StoreCorrupt, StoreError, StoreFull
+from energyd.model import QUANTITIES, Reading, to_ms
+from energyd.store.sqlite import Store, corrupt
 
 log = logging.getLogger(__name__)
 
-Poll = tuple[str, int, str | None]  # device, poll time ms, error or None
+Poll = tuple  # (device, poll time ms, error or None[, polls, errors]): see Store._record_polls
+
+MAX_PENDING = 1_000_000
+"""Readings held in memory while commits fail, by default (about 30 MB)."""
+COMMIT_MAX = 200_000
+"""Readings committed in one transaction at most (a slice of what a failure held)."""
+RETRY_MAX = 10.0
+"""Seconds between two commit attempts at most while they fail."""
+MAX_POLLS = 10_000  # polls held before they are folded per device
+
+
+def _sheddable(quantity: str) -> bool:
+    return quantity not in QUANTITIES or QUANTITIES[quantity].sheddable
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Is this failure a full disk (or a file size limit), rather than another fault?"""
+    if isinstance(exc, StoreFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class Batch:
@@ -72,6 +108,71 @@ class Batch:
         self.kept += later.kept
         self.callbacks += later.callbacks
 
+    def drop(self, keep: Sequence[bool]) -> None:
+        """Keep the column readings whose flag is set; a submit() call left empty goes."""
+        # compress and accumulate run in C: a million held readings take a tenth of a
+        # second under the lock that submit() waits for
+        for name in ("series", "times", "values", "quality"):
+            column = getattr(self, name)
+            setattr(self, name, array(column.typecode, compress(column, keep)))
+        kept_before = [0, *accumulate(keep)]  # readings kept before each position
+        starts = array("q")
+        bounds = [*self.starts, len(keep)]
+        for begin, end in pairwise(bounds):
+            if kept_before[end] > kept_before[begin]:
+                starts.append(kept_before[begin])
+        self.starts = starts
+
+    def split(self, n: int) -> Batch:
+        """Keep the first whole submit() calls holding at least `n` column readings here,
+        and return the rest, which takes the callbacks (they are called once all is
+        committed). An empty batch when there is nothing to split."""
+        if len(self.series) <= n:
+            return Batch()
+        k = bisect_left(self.starts, n)
+        if k >= len(self.starts):  # one call holds the end: nothing to split at
+            return Batch()
+        cut = self.starts[k]
+        rest = Batch()
+        rest.starts = array("q", (start - cut for start in self.starts[k:]))
+        del self.starts[k:]
+        for name in ("series", "times", "values", "quality"):
+            column = getattr(self, name)
+            setattr(rest, name, column[cut:])
+            del column[cut:]
+        rest.callbacks, self.callbacks = self.callbacks, []
+        return rest
+
+    def fold_polls(self) -> None:
+        """Polls as one success and one failure entry per device, with their counts."""
+        folded: dict[tuple[str, bool], list] = {}
+        for device, when, error, *counts in self.polls:
+            polls, errors = counts or (1, 0 if error is None else 1)
+            f = folded.setdefault((device, error is None), [device, when, error, 0, 0])
+            if when >= f[1]:
+                f[1], f[2] = when, error
+            f[3] += polls
+            f[4] += errors
+        self.polls = [tuple(f) for f in folded.values()]
+
+
+def _thin(keys: Sequence[object], candidate: Sequence[bool]) -> list[bool]:
+    """Every other candidate reading of each key dropped, its first and last kept."""
+    seen: dict[object, int] = {}
+    last: dict[object, int] = {}
+    for i, k in enumerate(keys):
+        if candidate[i]:
+            last[k] = i
+    keep = [True] * len(keys)
+    for i, k in enumerate(keys):
+        if not candidate[i]:
+            continue
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        if n % 2 == 1 and last[k] != i:
+            keep[i] = False
+    return keep
+
 
 class StoreWriter:
     """Lifetime: `async with`/`with`, or `run()` as a task; either way the last batch is
@@ -85,7 +186,9 @@ class StoreWriter:
 
     def __init__(self, store: Store, *, flush_interval: float = 1.0,
                  on_commit: Callable[[int, list[Reading]], None] | None = None,
-                 keep_readings: Callable[[], bool] = lambda: False):
+                 keep_readings: Callable[[], bool] = lambda: False,
+                 on_state: Callable[[str, str | None], None] | None = None,
+                 max_pending: int = MAX_PENDING):
         self._store = store
         self._flush_interval = flush_interval
         self._batch = Batch()
@@ -97,6 +200,14 @@ class StoreWriter:
         self._keep_readings = keep_readings
         self.committed = 0
         self.failed_flushes = 0
+        # while commits fail: the state's name ("disk_full", "store_failing") and reason
+        self.trouble: tuple[str, str] | None = None
+        self._on_state = on_state
+        self.max_pending = max_pending
+        self.shed = 0  # gauge readings shed while commits failed
+        self.thinned = 0  # counter readings thinned past twice the bound
+        self._retry_at = 0.0  # monotonic: no attempt before, while failing
+        self._retry_delay = 0.0
 
     def submit(self, readings: list[Reading],
                  committed: Callable[[], None] | None = None) -> None:
@@ -144,9 +255,15 @@ class StoreWriter:
         return self._committer.pid if self._committer is not None else None
 
     def flush_sync(self) -> int:
+        """Commit what is pending, at most about `COMMIT_MAX` readings of it (what a
+        failure held is committed in slices: a disk with a little room again takes them,
+        where one transaction of all might not fit). Returns how many were committed."""
         with self._exchange:
             with self._lock:
                 batch, self._batch = self._batch, Batch()
+                rest = batch.split(COMMIT_MAX)
+                if len(rest) or rest.callbacks:
+                    self._batch = rest
             if not len(batch) and not batch.polls:
                 return 0
             try:
@@ -159,13 +276,16 @@ class StoreWriter:
                 except CommitterGone:
                     self._committer = None
                     raise
-            except Exception:
+            except Exception as exc:
                 # keep them for the next flush rather than lose them (disk full, locked file)
                 with self._lock:
                     batch.merge(self._batch)
                     self._batch = batch
+                    self._bound(batch)
                 self.failed_flushes += 1
+                self._failed(exc)
                 raise
+        self._recovered()
         count = len(batch)
         self.committed += count
         for callback in batch.callbacks:
@@ -180,10 +300,75 @@ class StoreWriter:
     async def flush(self) -> int:
         return await asyncio.to_thread(self.flush_sync)
 
+    def _failed(self, exc: BaseException) -> None:
+        name = ("disk_full" if disk_full(exc) else
+                "store_corrupt" if isinstance(exc, StoreCorrupt) or corrupt(exc) else
+                "store_failing")
+        reason = str(exc) or type(exc).__name__
+        self._retry_delay = min(max(self._retry_delay * 2, self._flush_interval), RETRY_MAX)
+        self._retry_at = time.monotonic() + self._retry_delay
+        previous, self.trouble = self.trouble, (name, reason)
+        if self._on_state is not None:
+            if previous is not None and previous[0] != name:
+                self._on_state(previous[0], None)
+            self._on_state(name, f"{reason}; {self.pending:,} readings held in memory")
+
+    def _recovered(self) -> None:
+        self._retry_delay = 0.0
+        self._retry_at = 0.0
+        if self.trouble is not None:
+            name, _ = self.trouble
+            self.trouble = None
+            if self._on_state is not None:
+                self._on_state(name, None)
+
+    def _bound(self, batch: Batch) -> None:
+        """Under the lock: keep what is held within `max_pending` (see the module's doc)."""
+        if len(batch.polls) > MAX_POLLS:
+            batch.fold_polls()
+        if len(batch) <= self.max_pending:
+            return
+        known = self._store.known_series
+        gauges = {sid for (_, quantity), sid in known.items() if _sheddable(quantity)}
+        # shed down to three quarters of the bound, so that it is not done at every attempt
+        excess = len(batch) - self.max_pending * 3 // 4
+        keep = [sid not in gauges for sid in batch.series]
+        shed = len(keep) - sum(keep)
+        if shed > excess:  # the newest gauges stay: find where the oldest `excess` end
+            seen = accumulate(not k for k in keep)
+            cut = next(i for i, n in enumerate(seen) if n >= excess) + 1
+            keep[cut:] = [True] * (len(keep) - cut)
+            shed = excess
+        for call in batch.new:
+            before = len(call)
+            call[:] = [r for r in call if not _sheddable(r.quantity)]
+            shed += before - len(call)
+        batch.new = [call for call in batch.new if call]
+        if batch.kept:
+            batch.kept = [r for r in batch.kept if not _sheddable(r.quantity)]
+        if shed:
+            batch.drop(keep)
+            self.shed += shed
+            log.debug("shed %d gauge readings while commits fail", shed)
+        if len(batch) > 2 * self.max_pending:
+            before = len(batch)
+            batch.drop(_thin(batch.series, [True] * len(batch.series)))
+            for call in batch.new:
+                call[:] = [r for r, k in zip(call, _thin(
+                    [(r.device, r.quantity) for r in call], [True] * len(call)),
+                    strict=True) if k]
+            if batch.kept:
+                batch.kept = [r for r, k in zip(batch.kept, _thin(
+                    [(r.device, r.quantity) for r in batch.kept], [True] * len(batch.kept)),
+                    strict=True) if k]
+            self.thinned += before - len(batch)
+            log.debug("thinned %d counter readings while commits fail", before - len(batch))
+
     def close(self) -> None:
         """Commit what is pending, then stop the committer. Idempotent."""
         try:
-            self.flush_sync()
+            while self.flush_sync() and self.pending:
+                pass
         finally:
             with self._exchange:
                 if self._committer is not None:
@@ -206,16 +391,50 @@ class StoreWriter:
         """Flush every `flush_interval` wall seconds until cancelled; then close."""
         try:
             while True:
-                await asyncio.sleep(self._flush_interval)
+                # what a failure held goes in slices, one after the other
+                behind = self.pending >= COMMIT_MAX and self.trouble is None
+                await asyncio.sleep(0 if behind else self._flush_interval)
+                if time.monotonic() < self._retry_at:
+                    # failing: the next attempt waits out its delay, and what is held
+                    # meanwhile stays within its bound
+                    if self.pending > self.max_pending:
+                        with self._lock:
+                            self._bound(self._batch)
+                    continue
                 try:
                     await self.flush()
                 except Exception:
-                    log.exception("store flush failed; the readings are kept for the next one")
+                    # reported through on_state, once on the way in and once on recovery
+                    if self._on_state is None:
+                        log.warning("store flush failed; the readings are kept for the "
+                                    "next one", exc_info=True)
         finally:
             try:
                 self.close()
-            except Exception:
-                log.exception("final store flush failed")
+            except Exception as exc:
+                # nowhere left to keep them: say how many, and why
+                log.error("%d readings read could not be committed at the end: %s",
+                          self.pending, exc,
+                          exc_info=not isinstance(exc, StoreError | sqlite3.Error | OSError))
+
+    def hand_over(self) -> Batch | None:
+        """What is held uncommitted (after `close()` failed), for the writer of a reloaded
+        configuration on the same store to `take_over`; None when nothing is."""
+        with self._lock:
+            batch, self._batch = self._batch, Batch()
+        # the submitters waiting for these commits (an MQTT client's acknowledgements) ended
+        # with their configuration; what they did not acknowledge the broker sends again
+        batch.callbacks = []
+        return batch if len(batch) or batch.polls else None
+
+    def take_over(self, batch: Batch, trouble: tuple[str, str] | None = None) -> None:
+        """Hold `batch` (from `hand_over` of the previous writer on this store) ahead of
+        what this writer has read; it goes with the next commit. `trouble`, the previous
+        writer's, is this one's until a commit succeeds (which then reports the recovery)."""
+        with self._lock:
+            batch.merge(self._batch)
+            self._batch = batch
+        self.trouble = trouble
 
 
 _COMMITTER_ENV = ("PATH", "LANG", "TZ", "TMPDIR", "SQLITE_TMPDIR", "PYTHONPATH")
@@ -257,6 +476,10 @@ class Committer:
             code = self._stop(timeout=5)
             raise CommitterGone(f"the store's committer process ended (exit status {code}): "
                                 f"{type(exc).__name__}; the batch is kept") from None
+        if status == "full":
+            raise StoreFull(value)
+        if status == "corrupt":
+            raise StoreCorrupt(value)
         if status != "ok":
             raise StoreError(value)
         return int(value)
