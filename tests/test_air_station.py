@@ -47,7 +47,9 @@ async def test_hourly_specific_power_from_the_simulated_station(
                     "air_hourly WHERE hour = ?", (HOUR,))
                 # the hour's first run may come before the last of its readings were
                 # committed (an hour is a second here); later runs take them in
-                complete = len(rows) == 4 and all(r[3] is not None for r in rows)
+                got = {r[0]: r for r in rows}
+                complete = len(rows) == 4 and all(
+                    got[d][3] is not None and got[d][4] is not None for d in ("air5", "air5-c1"))
                 if complete or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
