@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from energyd.accounting.energy import HOUR_MS, HourEnergy
-from energyd.accounting.factors import Choice, FactorTable, local_day
+from energyd.accounting.factors import DEFAULT_MAX_AGE_MONTHS, Choice, FactorTable, local_day
 
 SOURCES = ("meter", "meter_interpolated", "invoice", "estimated")
 PURCHASED_ROLES = ("grid_import",)
@@ -242,14 +242,15 @@ class FactorPolicy:
     tz: ZoneInfo
     region: str  # location-based
     residual_region: str  # market-based, for what certificates do not cover
+    max_age_months: int = DEFAULT_MAX_AGE_MONTHS  # how far a factor is carried forward
 
     def location(self, day: date) -> Choice | None:
-        return self.factors.lookup(self.region, "location", day)
+        return self.factors.lookup(self.region, "location", day, self.max_age_months)
 
     def residual(self, day: date) -> tuple[Choice | None, bool]:
         """The residual factor; when none is published, the location factor (GHG Protocol
         Scope 2 guidance) and True to say so."""
-        c = self.factors.lookup(self.residual_region, "residual", day)
+        c = self.factors.lookup(self.residual_region, "residual", day, self.max_age_months)
         if c is not None:
             return c, False
         return self.location(day), True
@@ -305,8 +306,11 @@ def build_rows(device: DeviceInfo, filled: Sequence[Filled],
             res, fallback = policy.residual(day)
             if loc is None:
                 detail["factor"] = None
-                detail.setdefault("notes", []).append(
-                    f"no location factor for {policy.region} on {day} (none within a year)")
+                detail["no_factor"] = (
+                    f"no location factor for {policy.region}: none published for the "
+                    f"hour's date, or the latest is older than accounting.max_factor_age "
+                    f"({policy.max_age_months} months)")
+                detail.setdefault("notes", []).append(f"{day}: {detail['no_factor']}")
                 provisional = True
                 tco2_loc = ef = None
                 ef_id = None
@@ -316,7 +320,11 @@ def build_rows(device: DeviceInfo, filled: Sequence[Filled],
                 ef, ef_id = loc.value, loc.factor.id
                 tco2_loc = round(mwh * ef, ROUND)
             if res is None:
-                detail["market"] = {"residual": None, "certificates": []}
+                detail["market"] = {"residual": None, "certificates": [],
+                                    "no_factor": f"no residual or location factor for "
+                                                 f"{policy.residual_region} within "
+                                                 f"accounting.max_factor_age "
+                                                 f"({policy.max_age_months} months)"}
                 tco2_mkt = None
                 provisional = True
             else:

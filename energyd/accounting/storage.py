@@ -125,7 +125,8 @@ class Accountant:
             config.accounting.emission_factors)
         acc = config.accounting
         self.policy = FactorPolicy(self.factors, self.tz, config.site.grid_region,
-                                   acc.residual_region or config.site.grid_region)
+                                   acc.residual_region or config.site.grid_region,
+                                   acc.max_factor_age)
         self.max_gap_ms = int(acc.max_interpolation_gap * 1000)
         self.devices = [d for d in config.devices if d.enabled
                         and not (d.role == "fuel" and d.fuel is None)]
@@ -206,7 +207,8 @@ class Accountant:
                 "certificates": {k: hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16]
                                  for k, v in certs.items()},
                 "certificate_order": [c.id for c in self.certificates],
-                "regions": [self.policy.region, self.policy.residual_region]}
+                "regions": [self.policy.region, self.policy.residual_region],
+                "max_factor_age_months": self.policy.max_age_months}
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -565,11 +567,12 @@ class Accountant:
                 if f is None:  # removed: its hours are unknown now, recompute all
                     windows.append((first, end))
                 else:
-                    windows.append(validity_ms(f, self.tz))
+                    windows.append(validity_ms(f, self.tz, self.policy.max_age_months))
         if old.get("certificates") != new.get("certificates") \
                 or old.get("certificate_order") != new.get("certificate_order"):
             windows.append((min([c.start_ms for c in self.certificates], default=first), end))
-        if old.get("regions") != new.get("regions"):
+        if old.get("regions") != new.get("regions") \
+                or old.get("max_factor_age_months") != new.get("max_factor_age_months"):
             windows.append((first, end))
         return [(max(a, first), min(b, end)) for a, b in merge(windows) if min(b, end) > a]
 

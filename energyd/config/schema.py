@@ -30,7 +30,7 @@ from pydantic import (
 
 from energyd.config.hours import ProductionHours
 from energyd.config.secrets import check_secret_file, read_secret
-from energyd.config.units import Duration, Size
+from energyd.config.units import AgeMonths, Duration, Size
 from energyd.model import QUANTITIES, ROLES
 
 Role = Literal["grid_import", "submeter", "generation", "compressor", "fuel"]
@@ -419,6 +419,9 @@ class Accounting(Strict):
     reconciliation_tolerance: float = Field(0.02, ge=0, le=1)
     rollup_delay: Duration = 300.0  # the hourly job runs this long after the hour
     recompute_hours: int = Field(48, ge=0)  # recomputed at start-up
+    # how long after its validity the latest published factor is carried forward
+    # (provisional): '3y', '18mo'; kept in calendar months
+    max_factor_age: AgeMonths = 36
     accounts: dict[str, list[str]] = Field(default_factory=dict)  # invoice account -> devices
     certificates: list[Certificate] = Field(default_factory=list)
 

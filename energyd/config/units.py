@@ -43,5 +43,24 @@ def parse_size(value: object) -> int:
     raise ValueError(f"{value!r} is not a size (e.g. 500MB, 2GiB)")
 
 
+_AGE = re.compile(r"^\s*(\d+)\s*(y|years?|mo|months?)?\s*$", re.IGNORECASE)
+
+
+def parse_age(value: object) -> int:
+    """'3y', '3 years', '18mo', '18 months', or a bare number of years -> calendar months.
+    Kept in months, not days, so that a year is a year whether it has 365 or 366 days."""
+    if isinstance(value, bool):
+        raise ValueError("expected an age like 3y or 18mo")
+    if isinstance(value, int):
+        months = value * 12
+    elif isinstance(value, str) and (m := _AGE.match(value)):
+        unit = (m.group(2) or "y").lower()
+        months = int(m.group(1)) * (1 if unit.startswith("mo") else 12)
+    else:
+        raise ValueError(f"{value!r} is not an age (e.g. 3y, 18mo)")
+    return months
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+AgeMonths = Annotated[int, BeforeValidator(parse_age)]
 Size = Annotated[int, BeforeValidator(parse_size)]
