@@ -518,6 +518,33 @@ def invoices_import(config_path: str, csv_file: str) -> None:
                           f"({finding['difference_share']:.1%} apart)", err=True)
 
 
+@invoices.command("accept")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--statement", "statement_id", required=True, type=int,
+              help="the statement's id (the report's `statements` and `reconciliation`)")
+@click.option("--reason", required=True, help="why the statement stands as it is")
+@click.option("--by", "by", default=None, help="who accepts it (default: the login name)")
+def invoices_accept(config_path: str, statement_id: int, reason: str, by: str | None) -> None:
+    """Accept a statement that is below the metered energy of its period: its gap hours keep
+    their estimate and its month can be final. Stored with who, when and why; shown in the
+    report."""
+    import getpass
+
+    config = _load(config_path)
+    factors = _factors(config)
+    with _existing_store(config) as store:
+        try:
+            acc = _accountant(config, store, factors).accept_statement(
+                statement_id, reason, by if by is not None else getpass.getuser(), _now_ms())
+        except ValueError as exc:
+            click.echo(f"energyd: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+    f = acc["finding"]
+    click.echo(f"statement {statement_id} ({f['account']}, {f['statement_kwh']:g} kWh billed, "
+               f"{f['metered_kwh']:g} kWh metered) accepted by {acc['by']} at {acc['at']}: "
+               f"{acc['reason']}")
+
+
 @cli.command()
 @click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
 @click.option("--from", "start", required=True, help="start, ISO 8601 with offset (inclusive)")

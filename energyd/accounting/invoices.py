@@ -9,8 +9,10 @@
 - `energy_kwh`: the statement's energy for the period, >= 0.
 
 A file goes in whole or not at all. Refused, with the line: a bad field, an unknown account,
-an empty period, and a statement that duplicates or overlaps another one of the same
-account, whether in the file or already stored (statements are never silently replaced).
+an empty period, a statement that duplicates or overlaps another one of the same account,
+and one that bills a meter over time another account's statement already bills it (the same
+meter under its device name and under an `accounting.accounts` id), whether in the file or
+already stored (statements are never silently replaced).
 """
 
 from __future__ import annotations
@@ -56,8 +58,13 @@ def parse_statements(
     tz: ZoneInfo,
     known_account: Callable[[str], bool],
     stored: Sequence[StoredPeriod] = (),
+    devices_of: Callable[[str], Sequence[str]] | None = None,
 ) -> list[StatementRow]:
-    """Parse and check a statements file; raise ImportRejected listing every bad line."""
+    """Parse and check a statements file; raise ImportRejected listing every bad line.
+
+    `devices_of` maps an account to its meters (a grid_import device is its own account, an
+    `accounting.accounts` id names several): two statements of different accounts that bill
+    the same meter over overlapping time would count its energy twice, and are refused."""
     fail = LineProblems(filename, MAX_REPORTED)
 
     reader = csv.reader(stream)
@@ -127,11 +134,38 @@ def parse_statements(
                     doc = f", document {s.document}" if s.document else ""
                     fail(r.line, f"statement for {account} {what} stored statement {s.id} "
                                  f"({_span(s.start_ms, s.end_ms, tz)}{doc})")
+    if devices_of is not None:
+        _same_meter_twice(rows, stored, devices_of, tz, fail)
     if fail:
         raise fail.rejected()
     if not rows:
         raise ImportRejected([Problem(filename, 2, "", "no statements in the file")], 1)
     return rows
+
+
+def _same_meter_twice(rows: Sequence[StatementRow], stored: Sequence[StoredPeriod],
+                      devices_of: Callable[[str], Sequence[str]], tz: ZoneInfo,
+                      fail: LineProblems) -> None:
+    """Overlaps per physical meter across accounts (the same account is checked above)."""
+    for i, r in enumerate(rows):
+        mine = set(devices_of(r.account))
+        for other in rows[:i]:
+            if other.account != r.account and r.start_ms < other.end_ms \
+                    and other.start_ms < r.end_ms:
+                both = sorted(mine & set(devices_of(other.account)))
+                if both:
+                    fail(r.line, f"statement for {r.account} bills meter {', '.join(both)} "
+                                 f"that the statement on line {other.line} bills under "
+                                 f"{other.account} over overlapping time "
+                                 f"({_span(other.start_ms, other.end_ms, tz)})")
+        for s in stored:
+            if s.account != r.account and r.start_ms < s.end_ms and s.start_ms < r.end_ms:
+                both = sorted(mine & set(devices_of(s.account)))
+                if both:
+                    doc = f", document {s.document}" if s.document else ""
+                    fail(r.line, f"statement for {r.account} bills meter {', '.join(both)} "
+                                 f"that stored statement {s.id} bills under {s.account} over "
+                                 f"overlapping time ({_span(s.start_ms, s.end_ms, tz)}{doc})")
 
 
 def _instant(text: str, tz: ZoneInfo, *, end: bool) -> int:

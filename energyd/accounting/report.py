@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from energyd.accounting.rollup import PURCHASED_ROLES, SOURCES, RollupRow, iso
@@ -36,7 +36,11 @@ def build_report(
     findings: Sequence[dict[str, Any]],
     certificates: Sequence[dict[str, Any]],
     complete: bool,
+    acceptances: Mapping[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """`acceptances`: statement id -> the recorded acceptance (by, at, reason) of a statement
+    below the metered energy of its period; its gap hours' estimates then stand."""
+    accepted = acceptances or {}
     expected = set(hours)
     per: dict[str, dict[str, Any]] = {}
     roles = dict(devices)
@@ -56,6 +60,10 @@ def build_report(
         for src in SOURCES:
             d["by_source"][src] += parts.get(src, 0.0) * share
         d["hours_by_source"][row.source] += 1
+        conflicts = [st["id"] for st in row.detail.get("statements", ())
+                     if st.get("conflict") == "below_metered"]
+        if row.source == "estimated" and conflicts and all(i in accepted for i in conflicts):
+            d["_accepted_estimates"] += 1
         if row.detail.get("power_integrated"):
             d["power_integrated_mwh"] += row.mwh
         d["_coverage"] += row.coverage
@@ -114,9 +122,13 @@ def build_report(
         problems = []
         if missing:
             problems.append(f"{missing} hours without a rollup")
-        if d["hours_by_source"]["estimated"]:
-            problems.append(f"{d['hours_by_source']['estimated']} estimated hours "
-                            "(no statement yet)")
+        accepted_estimates = d.pop("_accepted_estimates")
+        if accepted_estimates:
+            d["accepted_estimated_hours"] = accepted_estimates
+        open_estimates = d["hours_by_source"]["estimated"] - accepted_estimates
+        if open_estimates:
+            problems.append(f"{open_estimates} estimated hours "
+                            "(no statement yet, or one in conflict with the meter)")
         if no_factor:
             problems.append(f"{no_factor} hours without an emission factor")
         elif d["provisional_hours"] > d["hours_by_source"]["estimated"]:
@@ -128,10 +140,29 @@ def build_report(
         reasons.insert(0, "the month has not ended")
     # A fully metered period that disagrees with its statement is flagged, not provisional:
     # the meter stands (DESIGN.md), the difference is for people to look into.
-    flags = [f"statement {f.get('document') or f['statement']} for {f['account']}: "
-             f"{f['statement_kwh']:g} kWh billed, {f['metered_kwh']:g} kWh metered "
-             f"({f['difference_share']:.1%} apart, tolerance {f['tolerance']:.0%})"
-             for f in findings]
+    flags = []
+    out_findings = []
+    for f in findings:
+        name = f"statement {f.get('document') or f['statement']} for {f['account']}"
+        if f.get("kind") == "statement_below_metered":
+            acc = accepted.get(f["statement"])
+            f = {**f, "accepted": acc}
+            text = (f"{name}: {f['statement_kwh']:g} kWh billed, below the "
+                    f"{f['metered_kwh']:g} kWh the meter measured in the period alone; its "
+                    f"{f['gap_hours']} gap hours keep an estimate "
+                    f"({f['estimated_kwh']:g} kWh)")
+            if acc is None:
+                reasons.append(f"{text}: not final until the readings or the statement are "
+                               f"corrected, or the difference is accepted "
+                               f"(energyd invoices accept --statement {f['statement']})")
+            else:
+                flags.append(f"{text}; accepted by {acc['by']} at {acc['at']}: "
+                             f"{acc['reason']}")
+        else:
+            flags.append(f"{name}: {f['statement_kwh']:g} kWh billed, {f['metered_kwh']:g} kWh "
+                         f"metered ({f['difference_share']:.1%} apart, tolerance "
+                         f"{f['tolerance']:.0%})")
+        out_findings.append(f)
     purchased = [d for d in out_devices if d["role"] in PURCHASED_ROLES]
     fuel = [d for d in out_devices if d["scope"] == 1]
     totals = {
@@ -171,7 +202,8 @@ def build_report(
         "devices": out_devices,
         "factors": sorted(factors.values(), key=lambda f: f["id"]),
         "certificates": list(certificates),
-        "reconciliation": list(findings),
+        "reconciliation": out_findings,
+        "acceptances": [accepted[k] for k in sorted(accepted)],
         "method": {
             "purchased": "grid_import devices; submeters, compressors and on-site generation "
                          "are reported but not added",
@@ -202,6 +234,7 @@ def _empty(name: str, role: str) -> dict[str, Any]:
             "tco2_location": 0.0, "tco2_market": 0.0, "certificates_mwh": 0.0,
             "provisional_hours": 0, "fuel_quantity": None, "fuel_amount": 0.0,
             "fuel_parameters": None, "_hours": set(), "_coverage": 0.0, "_no_factor": 0,
+            "_accepted_estimates": 0,
             "_null": {"location": {}, "market": {}}}
 
 

@@ -445,7 +445,9 @@ class Accountant:
         findings = reconciliation_findings(statements, rows, tol)
         if any(r.type == "reconciliation" for r in self.config.alerts.rules):
             return findings
-        flagged = {f["statement"]: f for f in findings}
+        accepted = self.acceptances(conn=conn)
+        flagged = {f["statement"]: f for f in findings
+                   if not (f["kind"] == "statement_below_metered" and f["statement"] in accepted)}
         for st in statements:
             existing = conn.execute(
                 "SELECT id, state, detail FROM alerts WHERE rule = ? AND device = ? "
@@ -585,7 +587,8 @@ class Accountant:
         accounts = self.accounts()
         stored = [StoredPeriod(i, a, p0, p1, doc) for i, a, p0, p1, doc in self.store.execute(
             "SELECT id, account, period_start, period_end, document FROM invoices")]
-        rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored)
+        rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored,
+                                lambda a: accounts.get(a, ()))
         with self.store.transaction() as conn:
             conn.executemany(
                 "INSERT INTO invoices (account, period_start, period_end, energy_kwh, supplier, "
@@ -598,6 +601,49 @@ class Accountant:
                 a, b = ranges.get(d, (r.start_ms, r.end_ms))
                 ranges[d] = (min(a, r.start_ms), max(b, r.end_ms))
         return rows, self.recompute(ranges, now_ms)
+
+    def acceptances(self, statement_ids: Iterable[int] | None = None, *,
+                    conn: sqlite3.Connection | None = None) -> dict[int, dict[str, Any]]:
+        """statement id -> its latest recorded acceptance (by, at, reason, the finding as it
+        stood)."""
+        query = (conn.execute if conn is not None else self.store.execute)(
+            "SELECT statement, accepted, accepted_by, reason, finding FROM "
+            "statement_acceptances ORDER BY id")
+        wanted = None if statement_ids is None else set(statement_ids)
+        out = {}
+        for sid, at, by, reason, finding in query:
+            if wanted is None or sid in wanted:
+                out[sid] = {"statement": sid, "at": iso(at), "by": by, "reason": reason,
+                            "finding": json.loads(finding)}
+        return out
+
+    def accept_statement(self, statement_id: int, reason: str, by: str,
+                         now_ms: int) -> dict[str, Any]:
+        """Record that a statement below the metered energy of its period is accepted as it
+        stands (its gap hours keep their estimate), so its month can be final; resolves its
+        reconciliation alert. Raises ValueError when there is nothing to accept."""
+        reason, by = reason.strip(), by.strip()
+        if not reason:
+            raise ValueError("an acceptance needs a reason (--reason)")
+        if not by:
+            raise ValueError("an acceptance needs a name (--by)")
+        statements = [st for st in self.statements() if st.id == statement_id]
+        if not statements:
+            raise ValueError(f"no statement {statement_id} (see the report's `statements`)")
+        findings = [f for f in reconciliation_findings(
+            statements, self._rows_for_statements(statements),
+            self.config.accounting.reconciliation_tolerance)
+            if f["kind"] == "statement_below_metered"]
+        if not findings:
+            raise ValueError(f"statement {statement_id} is not below the metered energy of its "
+                             "period: there is nothing to accept")
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO statement_acceptances (statement, accepted, accepted_by, reason, "
+                "finding) VALUES (?, ?, ?, ?, ?)",
+                (statement_id, now_ms, by, reason, _dumps(findings[0])))
+            self._reconcile(conn, statements, now_ms)
+        return self.acceptances([statement_id])[statement_id]
 
     # --- reports -----------------------------------------------------------------------------
 
@@ -648,7 +694,8 @@ class Accountant:
             site={"name": self.config.site.name, "grid_region": self.policy.region,
                   "residual_region": self.policy.residual_region},
             month=month, timezone=self.config.site.timezone, hours=hours, devices=accounted,
-            rows=rows, findings=findings, certificates=certs, complete=now_ms >= end)
+            rows=rows, findings=findings, certificates=certs, complete=now_ms >= end,
+            acceptances=self.acceptances([st.id for st in statements]))
         report["flags"].extend(self.certificate_problems + self.config_problems)
         report["statements"] = [st.as_detail() for st in statements]
         return report
@@ -747,6 +794,12 @@ def _row(rec: Sequence[Any]) -> RollupRow:
 
 
 def _finding_message(f: Mapping[str, Any]) -> str:
+    if f.get("kind") == "statement_below_metered":
+        return (f"statement {f.get('document') or f['statement']} for {f['account']} "
+                f"({f['period_start']} to {f['period_end']}): {f['statement_kwh']:g} kWh "
+                f"billed, below the {f['metered_kwh']:g} kWh metered in the period alone; "
+                f"{f['gap_hours']} gap hours keep an estimate until the data or the statement "
+                f"is corrected or the difference is accepted")
     return (f"statement {f.get('document') or f['statement']} for {f['account']} "
             f"({f['period_start']} to {f['period_end']}): {f['statement_kwh']:g} kWh billed, "
             f"{f['metered_kwh']:g} kWh metered ({f['difference_share']:.1%} apart, tolerance "

@@ -614,6 +614,22 @@ class Config(Strict):
                     raise ValueError(f"alerts rule {rule.name!r}: unknown device {d!r}")
         return self
 
+    def located_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Checks across sections that point at one list item: (location, message), so the
+        loader can give the item's line."""
+        roles = {d.name: d.role for d in self.devices}
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        for account, devs in self.accounting.accounts.items():
+            for i, d in enumerate(devs):
+                # a statement bills purchased electricity: a submeter or a generator under an
+                # account would add energy that the incomers already count, or that was
+                # never bought
+                if d in roles and roles[d] != "grid_import":
+                    out.append((("accounting", "accounts", account, i),
+                                f"account {account!r} holds {d!r}, a {roles[d]} device: "
+                                "statement accounts hold grid_import devices only"))
+        return out
+
     def device(self, name: str) -> Device:
         for d in self.devices:
             if d.name == name:
