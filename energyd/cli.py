@@ -617,6 +617,45 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None
             click.echo(line)
 
 
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
+def verify(directory: str, as_json: bool) -> None:
+    """Recompute a month from its evidence folder alone (`report --evidence`) and compare:
+    exit 0 when every hour and total equals the folder's, 1 naming each hour that differs,
+    2 when the folder does not match its manifest."""
+    from energyd.accounting.evidence import verify_evidence
+
+    try:
+        verdict = verify_evidence(directory)
+    except (EnergydError, OSError, ValueError, KeyError) as exc:
+        click.echo(f"energyd: {directory}: cannot verify: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if as_json:
+        _print_json({"month": verdict.month, "ok": verdict.ok, "problems": verdict.problems,
+                     "hours": [{"hour": h, "device": d, "difference": w}
+                               for h, d, w in verdict.hours],
+                     "totals": verdict.totals, "rows": verdict.checked_rows})
+    else:
+        for problem in verdict.problems:
+            click.echo(f"manifest: {problem}")
+        for hour, device, what in verdict.hours:
+            click.echo(f"hour {hour} {device}: {what}")
+        for what in verdict.totals:
+            click.echo(f"total: {what}")
+        if verdict.ok:
+            click.echo(f"{directory}: {verdict.month}: {verdict.checked_rows} hours and the "
+                       "totals recomputed from the folder equal the report")
+        elif not verdict.problems:
+            hours = len({(h, d) for h, d, _ in verdict.hours})
+            click.echo(f"{directory}: {verdict.month}: {hours} hours and "
+                       f"{len(verdict.totals)} totals differ")
+    if verdict.problems:
+        sys.exit(EXIT_BAD_INPUT)
+    if not verdict.ok:
+        sys.exit(1)
+
+
 # --- forwarding ---------------------------------------------------------------------------
 
 

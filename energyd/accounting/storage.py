@@ -20,7 +20,6 @@ statement days, report months).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -67,7 +66,6 @@ from energyd.accounting.rollup import (
     reconciliation_findings,
 )
 from energyd.config.schema import Config, Device
-from energyd.errors import StoreError
 from energyd.store.sqlite import READINGS_POSITION, Store
 
 log = logging.getLogger(__name__)
@@ -706,74 +704,11 @@ class Accountant:
         return self.rows(lo, hi, sorted({d for st in statements for d in st.devices}))
 
     def export_evidence(self, month: str, directory: str | Path, now_ms: int) -> dict[str, Any]:
-        """The month's evidence for a verifier: raw readings (with the samples around the
-        month's edges the boundary hours were interpolated from), statements, factors,
-        certificates, devices, rollups and the report, and MANIFEST.sha256 over them
-        (`sha256sum -c MANIFEST.sha256` checks it). Refuses a directory that is not empty."""
-        out = Path(directory)
-        if out.exists() and any(out.iterdir()):
-            raise StoreError(f"{out}: not empty; evidence is never written over")
-        out.mkdir(parents=True, exist_ok=True)
-        start, end = self.month_bounds(month)
-        report = self.report(month, now_ms)
-        margin = max(self.max_gap_ms, HOUR_MS)
-        files: list[str] = []
+        """The month's evidence for a verifier (`evidence.export_evidence`); refuses a
+        directory that is not empty."""
+        from energyd.accounting.evidence import export_evidence
 
-        with open(out / "readings.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["time", "device", "quantity", "value", "quality"])
-            n = 0
-            for t, d, q, v, qual in self.store.readings_in(start - margin, end + margin,
-                                                            by_series=True):
-                w.writerow([iso(t), d, q, repr(v), qual])
-                n += 1
-        files.append("readings.csv")
-        statements = self.statements(start, end)
-        with open(out / "invoices.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["id", "account", "period_start", "period_end", "energy_kwh", "supplier",
-                        "document", "devices"])
-            for st in statements:
-                w.writerow([st.id, st.account, iso(st.start_ms), iso(st.end_ms), repr(st.kwh),
-                            st.supplier or "", st.document or "", " ".join(st.devices)])
-        files.append("invoices.csv")
-        rows = self.rows(start, end)
-        with open(out / "rollups.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["hour", "device", "mwh", "source", "coverage", "tco2_location",
-                        "tco2_market", "ef_location", "ef_id", "detail"])
-            for r in rows:
-                w.writerow([iso(r.hour), r.device, repr(r.mwh), r.source, r.coverage,
-                            r.tco2_location, r.tco2_market, r.ef_location, r.ef_id,
-                            _dumps(r.detail)])
-        files.append("rollups.csv")
-        used_ids = {f["id"] for f in report["factors"]}
-        _write_json(out / "factors.json", {
-            "table": self.factors.origin,
-            "used": [self.factors.by_id(i).as_dict() for i in sorted(used_ids)
-                     if self.factors.by_id(i) is not None],
-            "all": [f.as_dict() for f in self.factors.factors]})
-        files.append("factors.json")
-        _write_json(out / "certificates.json", report["certificates"])
-        files.append("certificates.json")
-        _write_json(out / "devices.json", [
-            {"name": d.name, "role": d.role, "rated_power_kw": d.rated_power_kw,
-             "counter_rollover": d.counter_rollover,
-             "fuel": d.fuel.model_dump() if d.fuel else None} for d in self.devices]
-            + [{"accounts": {k: list(v) for k, v in self.accounts().items()},
-                "max_interpolation_gap_s": self.config.accounting.max_interpolation_gap,
-                "reconciliation_tolerance": self.config.accounting.reconciliation_tolerance,
-                "timezone": self.config.site.timezone}])
-        files.append("devices.json")
-        _write_json(out / "report.json", report)
-        files.append("report.json")
-        manifest = []
-        for name in files:
-            digest = hashlib.sha256((out / name).read_bytes()).hexdigest()
-            manifest.append(f"{digest}  {name}\n")
-        (out / "MANIFEST.sha256").write_text("".join(manifest), encoding="utf-8")
-        return {"directory": str(out), "files": files, "readings": n, "rows": len(rows),
-                "statements": len(statements), "status": report["status"]}
+        return export_evidence(self, month, directory, now_ms)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -781,11 +716,6 @@ class Accountant:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n",
-                    encoding="utf-8")
 
 
 def _row(rec: Sequence[Any]) -> RollupRow:
