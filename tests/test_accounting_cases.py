@@ -91,10 +91,7 @@ def test_case(name: str, tmp_path: Path) -> None:
     store = Store.open(config.storage.path)
     try:
         acc = Accountant(store, config)
-        if month:
-            month_end = acc.month_bounds(str(month))[1]
-        else:
-            month_end = 0
+        month_end = acc.month_bounds(str(month))[1] if month else 0
         now = max([b for _, b in windows] + [month_end]) + 24 * HOUR_MS
         with open(folder / "readings.csv", newline="", encoding="utf-8") as f:
             import_readings(store, f, str(folder / "readings.csv"))

@@ -204,8 +204,13 @@ class AlertEngine:
                 if wanted is not None and not (set(item["devices"]) & wanted
                                                or account in wanted):
                     continue
-                v = R.reconciliation(item["meter_kwh"], item["statement_kwh"], tolerance=tol,
+                # a statement below what the meter alone measured is wrong by any margin,
+                # until a person accepts it as it stands
+                v = R.reconciliation(item["meter_kwh"], item["statement_kwh"],
+                                     tolerance=0.0 if item["below_metered"] else tol,
                                      hysteresis=rule.hysteresis)
+                if item["accepted"]:
+                    v = R.Verdict(R.Level.OFF, {**v.figures, "accepted": True})
                 v.figures.update(period_start=from_ms(item["period_start"]).isoformat(),
                                  period_end=from_ms(item["period_end"]).isoformat())
                 observations.append(Observation(rule.name, rule.type, account, now, v,
@@ -397,7 +402,12 @@ def statement_findings(config: Config, store: Store) -> Callable[[int, int], lis
                 for d, h, mwh, src, cov in store.execute(
                     f"SELECT device, hour, mwh, source, coverage FROM rollups "
                     f"WHERE device IN ({marks}) AND hour >= ? AND hour < ?", (*devs, lo, hi))]
-        return reconciliation_findings(statements, rows, tolerance=-1.0)
+        accepted = {sid for (sid,) in store.execute(
+            "SELECT DISTINCT statement FROM statement_acceptances")}
+        # an accepted statement below the meter stands as it is: its episode ends
+        return [{**f, "accepted": True} if f.get("kind") == "statement_below_metered"
+                and f["statement"] in accepted else f
+                for f in reconciliation_findings(statements, rows, tolerance=-1.0)]
 
     return source
 
@@ -422,6 +432,8 @@ def finding_fields(f: Any) -> dict[str, Any]:
         "period_end": _ms(get("period_end", "end_ms", "end")),
         "meter_kwh": float(get("metered_kwh", "meter_kwh")),
         "statement_kwh": float(get("statement_kwh", "invoice_kwh")),
+        "below_metered": get("kind") == "statement_below_metered",
+        "accepted": bool(get("accepted")),
     }
 
 
