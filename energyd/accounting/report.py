@@ -3,8 +3,10 @@
 The month is the site's calendar month (its time zone, daylight saving included: a March in
 Europe/Berlin has 743 hours, an October 745); rows are stored per UTC hour and an hour
 belongs to the month its start falls in. The month is `final` only when it has ended, every
-accounted device has a row for every hour, no hour is estimated, and no factor used was
-provisional or missing; otherwise `provisional`, with the reasons listed.
+accounted device has a row for every hour, no hour is estimated (but for the gap hours of an
+accepted statement below the meter), no statement below the meter is left unaccepted, and no
+factor used was provisional or missing; otherwise `provisional`, with the reasons listed. A
+tCO2 total that includes an hour without a factor is null, with the reason in `tco2_null`.
 """
 
 from __future__ import annotations
