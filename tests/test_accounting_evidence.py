@@ -141,3 +141,20 @@ def test_verify_refuses_a_folder_missing_a_file(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["verify", str(folder)])
     assert res.exit_code == 2
     assert "profile_inputs.csv: listed in the manifest but missing" in res.output
+
+
+def test_a_month_the_hourly_job_computed_hour_by_hour_verifies(tmp_path: Path) -> None:
+    acc = make(tmp_path, device_yaml("incomer"))
+    start, end = ms("2023-02-01T00:00"), ms("2023-03-01T00:00")
+    # a meter replaced on 10 February: the counter restarts lower after a gap
+    load(acc, "incomer", start - HOUR_MS, ms("2023-02-10T10:00") + 1, 60, diurnal, base=100.0)
+    load(acc, "incomer", ms("2023-02-10T12:30"), end + HOUR_MS, 60, diurnal, base=100.0)
+    h = start + HOUR_MS
+    while h <= end + 2 * HOUR_MS:
+        acc.run(h + 300_000)
+        h += HOUR_MS
+    rows = acc.rows(start, end)
+    assert len(rows) == 672 and {r.source for r in rows} == {"meter", "estimated"}
+    acc.export_evidence("2023-02", tmp_path / "ev", end + 3 * HOUR_MS)
+    verdict = verify_evidence(tmp_path / "ev")
+    assert verdict.ok and verdict.checked_rows == 672, (verdict.hours[:5], verdict.totals)

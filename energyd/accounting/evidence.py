@@ -64,8 +64,12 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
         raise StoreError(f"{out}: not empty; evidence is never written over")
     start, end = acc.month_bounds(month)
     limit = st.floor_hour(now_ms)
-    want = {d.name: (st.floor_hour(start), min(st.ceil_hour(end), limit))
-            for d in acc.devices}
+    # the hours the daemon computes: none before a device was first seen (a reading or a
+    # statement), as in Accountant.run
+    since = acc._known_since()
+    want = {d.name: (max(st.floor_hour(start), st.floor_hour(since[d.name])),
+                     min(st.ceil_hour(end), limit))
+            for d in acc.devices if d.name in since}
     want = {k: v for k, v in want.items() if v[1] > v[0]}
     statements = acc._widen(want, limit) if want else []  # what recompute reads with them
     lo = min([a for a, _ in want.values()], default=st.floor_hour(start))
