@@ -505,3 +505,31 @@ def test_earlier_hours_computed_later_take_certificates_first_and_later_rows_fol
     assert moved == [t0 + k * HOUR_MS for k in range(10, 15)]  # re-sent to the sinks
     used = acc.store.execute("SELECT sum(mwh) FROM certificate_allocations")[0][0]
     assert used == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_newer_factor_replaces_the_carried_one_for_the_years_after_it_too(
+        tmp_path: Path) -> None:
+    base = """factors:
+  - {id: y23, region: CN-national, method: location, value: 0.5, valid_from: 2023-01-01,
+     valid_to: 2023-12-31, source: first notice}
+"""
+    acc = make(tmp_path, device_yaml("incomer"), factors=base)
+    t0 = ms("2025-06-01T00:00")
+    load(acc, "incomer", t0 - 2 * HOUR_MS, t0 + 4 * HOUR_MS, 60, flat)
+    acc.run(t0 + 3 * HOUR_MS + 1, recompute_hours=4)
+    rows = acc.rows(t0, t0 + 3 * HOUR_MS)
+    assert {r.ef_id for r in rows} == {"y23"}
+    assert {r.detail["factor"]["age_days"] for r in rows} == {(datetime(2025, 6, 1)
+                                                               - datetime(2024, 1, 1)).days}
+    (tmp_path / "factors.yaml").write_text(base + """\
+  - {id: y24, region: CN-national, method: location, value: 0.4, valid_from: 2024-01-01,
+     valid_to: 2024-12-31, source: second notice}
+""")
+    acc2 = Accountant(acc.store, acc.config)
+    acc2.run(t0 + 3 * HOUR_MS + 1)
+    rows = acc2.rows(t0, t0 + 3 * HOUR_MS)
+    assert {r.ef_id for r in rows} == {"y24"}
+    assert all(r.detail["provisional"] and r.detail["factor"]["carried_forward"] for r in rows)
+    assert {r.detail["factor"]["age_days"] for r in rows} == {(datetime(2025, 6, 1)
+                                                               - datetime(2025, 1, 1)).days}
+    assert all(r.tco2_location == pytest.approx(0.1 * 0.4, abs=1e-9) for r in rows)
