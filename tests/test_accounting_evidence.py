@@ -158,3 +158,24 @@ def test_a_month_the_hourly_job_computed_hour_by_hour_verifies(tmp_path: Path) -
     acc.export_evidence("2023-02", tmp_path / "ev", end + 3 * HOUR_MS)
     verdict = verify_evidence(tmp_path / "ev")
     assert verdict.ok and verdict.checked_rows == 672, (verdict.hours[:5], verdict.totals)
+
+
+def test_an_accepted_statement_below_the_meter_travels_with_the_evidence(
+        tmp_path: Path) -> None:
+    from tests.test_accounting_statements import below_metered
+
+    acc, result, (_, _, _, _, now) = below_metered(tmp_path)
+    acc.accept_statement(result.findings[0]["statement"], "bill confirmed", "auditor", now)
+    acc.export_evidence("2023-05", tmp_path / "ev", now)
+    accepted = json.loads((tmp_path / "ev" / "acceptances.json").read_text())
+    assert [(a["by"], a["reason"]) for a in accepted] == [("auditor", "bill confirmed")]
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["status"] == "final"
+    verdict = verify_evidence(tmp_path / "ev")
+    assert verdict.ok, (verdict.hours[:5], verdict.totals)
+    # without the acceptance the recomputed month is provisional: verify says so
+    (tmp_path / "ev" / "acceptances.json").write_text("[]\n")
+    rehash(tmp_path / "ev")
+    verdict = verify_evidence(tmp_path / "ev")
+    assert verdict.hours == []
+    assert verdict.totals == ["status final in report.json, provisional recomputed"]
