@@ -316,8 +316,12 @@ def _rebuild_config(folder: Path, db: Path) -> Config:
 
 def _load_store(folder: Path, store: Store) -> None:
     with open(folder / "readings.csv", newline="", encoding="utf-8") as f:
-        readings = [(_ms(r["time"]), r["device"], r["quantity"], float(r["value"]),
-                     int(r["quality"])) for r in csv.DictReader(f)]
+        reader = csv.reader(f)
+        if next(reader, None) != ["time", "device", "quantity", "value", "quality"]:
+            raise ValueError("readings.csv: header must be time,device,quantity,value,quality")
+        readings = [(_ms(t), d, q, float(v), int(qual)) for t, d, q, v, qual in reader]
+    # by time, so the readings of one instant share a sample as when they were polled
+    readings.sort(key=lambda r: (r[0], r[1], r[2]))
     history = _read_rows(folder / "profile_inputs.csv")
     with open(folder / "invoices.csv", newline="", encoding="utf-8") as f:
         invoices = list(csv.DictReader(f))
