@@ -175,3 +175,37 @@ accounting:
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["status"] == "final" and report["acceptances"][0]["by"] == "auditor"
+
+
+def test_a_corrected_statement_replaces_the_one_below_the_meter(tmp_path: Path) -> None:
+    acc, result, (start, end, out0, out1, now) = below_metered(tmp_path)
+    sid = result.findings[0]["statement"]
+    bad = ("account,period_start,period_end,energy_kwh,supplier,document,replaces\n"
+           "incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R,99\n"
+           "incomer-x,2023-05-01,2023-05-03,7200,SG,SG-0501-R,\n")
+    with pytest.raises(ImportRejected) as err:
+        acc.import_statements(io.StringIO(bad), "fix.csv", now)
+    assert "fix.csv:2: replaces 99: no such stored statement" in str(err.value)
+    assert "fix.csv:3: account 'incomer-x' is neither" in str(err.value)
+    # without `replaces` the correction overlaps the stored statement and is refused
+    plain = ("account,period_start,period_end,energy_kwh,supplier,document\n"
+             "incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R\n")
+    with pytest.raises(ImportRejected, match="duplicates stored statement"):
+        acc.import_statements(io.StringIO(plain), "fix.csv", now)
+    fixed = ("account,period_start,period_end,energy_kwh,supplier,document,replaces\n"
+             f"incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R,{sid}\n")
+    _, res = acc.import_statements(io.StringIO(fixed), "fix.csv", now)
+    assert res.findings == []
+    rows = by_hour(acc, "incomer")
+    gap = [rows[h] for h in range(out0, out1, HOUR_MS)]
+    # 7,200 - 6,600 metered = 600 kWh over the six gap hours
+    assert all(r.source == "invoice" and r.mwh == pytest.approx(0.1, abs=1e-6) for r in gap)
+    assert {r.detail["statements"][0]["document"] for r in gap} == {"SG-0501-R"}
+    report = acc.report("2023-05", now)
+    assert report["status"] == "final", report["reasons"]
+    assert report["reconciliation"] == []
+    assert [s["document"] for s in report["statements"]] == ["SG-0501-R"]
+    assert [(s["id"], s["document"]) for s in report["replaced_statements"]] == [
+        (sid, "SG-0501")]
+    assert acc.store.execute("SELECT state FROM alerts") == [("resolved",)]
+    assert acc.store.execute("SELECT count(*) FROM invoices")[0][0] == 2  # the old one kept

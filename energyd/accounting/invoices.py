@@ -7,6 +7,9 @@
   time (ISO 8601) is an instant and `period_end` is then excluded. A time without an offset
   is site time.
 - `energy_kwh`: the statement's energy for the period, >= 0.
+- `replaces` (optional): the id of a stored statement of the same account that this one
+  corrects. The old one is kept, marked as replaced, and no longer used; overlaps are checked
+  without it.
 
 A file goes in whole or not at all. Refused, with the line: a bad field, an unknown account,
 an empty period, a statement that duplicates or overlaps another one of the same account,
@@ -28,7 +31,7 @@ from zoneinfo import ZoneInfo
 from energyd.errors import ImportRejected, LineProblems, Problem
 
 REQUIRED = ["account", "period_start", "period_end", "energy_kwh"]
-OPTIONAL = ["supplier", "document"]
+OPTIONAL = ["supplier", "document", "replaces"]
 MAX_REPORTED = 50
 
 
@@ -41,6 +44,7 @@ class StatementRow:
     kwh: float
     supplier: str | None
     document: str | None
+    replaces: int | None = None  # the stored statement this one corrects
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +116,37 @@ def parse_statements(
         if not math.isfinite(kwh) or kwh < 0:
             fail(line, f"energy_kwh {rec['energy_kwh']!r} must be a finite number >= 0")
             continue
+        replaces = None
+        if rec.get("replaces"):
+            try:
+                replaces = int(rec["replaces"])
+            except ValueError:
+                fail(line, f"replaces {rec['replaces']!r} is not a statement id")
+                continue
+            old = next((s for s in stored if s.id == replaces), None)
+            if old is None:
+                fail(line, f"replaces {replaces}: no such stored statement (or it was "
+                           "replaced already)")
+                continue
+            if old.account != account:
+                fail(line, f"replaces {replaces}: that statement is for {old.account}, not "
+                           f"{account}")
+                continue
         rows.append(StatementRow(line, account, start, end, kwh, rec.get("supplier") or None,
-                                 rec.get("document") or None))
+                                 rec.get("document") or None, replaces))
     # Overlaps: within the file, then against what is stored.
     by_account: dict[str, list[StatementRow]] = {}
     for r in rows:
         by_account.setdefault(r.account, []).append(r)
+    seen: dict[int, int] = {}
+    for r in rows:
+        if r.replaces is not None:
+            if r.replaces in seen:
+                fail(r.line, f"replaces {r.replaces}, as the statement on line "
+                             f"{seen[r.replaces]} does")
+            seen.setdefault(r.replaces, r.line)
+    # a statement being replaced no longer counts against the others
+    stored = [s for s in stored if s.id not in seen]
     for account, group in by_account.items():
         group.sort(key=lambda r: r.start_ms)
         for a, b in zip(group, group[1:], strict=False):

@@ -242,11 +242,12 @@ class Accountant:
 
     def statements(self, start: int | None = None, end: int | None = None) -> list[Statement]:
         accounts = self.accounts()
+        # a statement replaced by a corrected one is kept, but no longer used
         sql = ("SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
-               "FROM invoices")
+               "FROM invoices WHERE replaced_by IS NULL")
         params: list[Any] = []
         if start is not None and end is not None:
-            sql += " WHERE period_start < ? AND period_end > ?"
+            sql += " AND period_start < ? AND period_end > ?"
             params = [end, start]
         out = []
         for sid, account, p0, p1, kwh, supplier, document in self.store.execute(sql, params):
@@ -530,8 +531,8 @@ class Accountant:
                 if t is not None:
                     out[device.name] = t
         for account, devices in self.accounts().items():
-            t = self.store.execute("SELECT min(period_start) FROM invoices WHERE account = ?",
-                                   (account,))[0][0]
+            t = self.store.execute("SELECT min(period_start) FROM invoices WHERE account = ? "
+                                   "AND replaced_by IS NULL", (account,))[0][0]
             if t is not None:
                 for d in devices:
                     out[d] = min(out.get(d, t), t)
@@ -584,20 +585,34 @@ class Accountant:
         its periods: estimated hours become invoice hours."""
         accounts = self.accounts()
         stored = [StoredPeriod(i, a, p0, p1, doc) for i, a, p0, p1, doc in self.store.execute(
-            "SELECT id, account, period_start, period_end, document FROM invoices")]
+            "SELECT id, account, period_start, period_end, document FROM invoices "
+            "WHERE replaced_by IS NULL")]
         rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored,
                                 lambda a: accounts.get(a, ()))
+        spans = [(r.account, r.start_ms, r.end_ms) for r in rows]
         with self.store.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO invoices (account, period_start, period_end, energy_kwh, supplier, "
-                "document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.account, r.start_ms, r.end_ms, r.kwh, r.supplier, r.document, now_ms)
-                 for r in rows])
+            for r in rows:
+                new_id = conn.execute(
+                    "INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
+                    "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (r.account, r.start_ms, r.end_ms, r.kwh, r.supplier, r.document,
+                     now_ms)).lastrowid
+                if r.replaces is not None:
+                    conn.execute("UPDATE invoices SET replaced_by = ? WHERE id = ?",
+                                 (new_id, r.replaces))
+                    old = next(s for s in stored if s.id == r.replaces)
+                    spans.append((old.account, old.start_ms, old.end_ms))
+                    # the old statement's open finding goes with it
+                    conn.execute("UPDATE alerts SET state = 'resolved', ended = ?, seq = ? "
+                                 "WHERE rule = ? AND device = ? AND started = ? "
+                                 "AND state = 'active'",
+                                 (now_ms, self.store.next_seq(conn), RULE, old.account,
+                                  old.start_ms))
         ranges: Ranges = {}
-        for r in rows:
-            for d in accounts[r.account]:
-                a, b = ranges.get(d, (r.start_ms, r.end_ms))
-                ranges[d] = (min(a, r.start_ms), max(b, r.end_ms))
+        for account, start, end in spans:
+            for d in accounts[account]:
+                a, b = ranges.get(d, (start, end))
+                ranges[d] = (min(a, start), max(b, end))
         return rows, self.recompute(ranges, now_ms)
 
     def acceptances(self, statement_ids: Iterable[int] | None = None, *,
@@ -696,6 +711,13 @@ class Accountant:
             acceptances=self.acceptances([st.id for st in statements]))
         report["flags"].extend(self.certificate_problems + self.config_problems)
         report["statements"] = [st.as_detail() for st in statements]
+        report["replaced_statements"] = [
+            {"id": i, "account": a, "period_start": iso(p0), "period_end": iso(p1), "kwh": kwh,
+             "document": doc, "replaced_by": by}
+            for i, a, p0, p1, kwh, doc, by in self.store.execute(
+                "SELECT id, account, period_start, period_end, energy_kwh, document, "
+                "replaced_by FROM invoices WHERE replaced_by IS NOT NULL AND period_start < ? "
+                "AND period_end > ? ORDER BY id", (end, start))]
         return report
 
     def _rows_for_statements(self, statements: Sequence[Statement]) -> list[RollupRow]:

@@ -387,7 +387,8 @@ def statement_findings(config: Config, store: Store) -> Callable[[int, int], lis
         statements = []
         for sid, account, p0, p1, kwh, supplier, document in store.execute(
                 "SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
-                "FROM invoices WHERE period_start < ? AND period_end > ?", (end_ms, start_ms)):
+                "FROM invoices WHERE period_start < ? AND period_end > ? "
+                "AND replaced_by IS NULL", (end_ms, start_ms)):
             devs = devices_of(account)
             if devs:
                 statements.append(Statement(sid, account, p0, p1, kwh, devs, supplier,

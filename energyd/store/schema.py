@@ -203,8 +203,10 @@ MIGRATIONS: list[Migration] = [
     """,
     _pack_readings,
     # 6: accounting: a statement below the metered energy of its period, accepted as it stands
-    # by a person (who, when, why), so that the month it falls in can be final
+    # by a person (who, when, why), so that the month it falls in can be final; a statement
+    # replaced by a corrected one is kept, marked with the one that replaced it
     """
+    ALTER TABLE invoices ADD COLUMN replaced_by INTEGER;
     CREATE TABLE statement_acceptances (
         id INTEGER PRIMARY KEY,
         statement INTEGER NOT NULL,
