@@ -635,7 +635,9 @@ def verify(directory: str, as_json: bool) -> None:
         _print_json({"month": verdict.month, "ok": verdict.ok, "problems": verdict.problems,
                      "hours": [{"hour": h, "device": d, "difference": w}
                                for h, d, w in verdict.hours],
-                     "totals": verdict.totals, "rows": verdict.checked_rows})
+                     "totals": verdict.totals,
+                     "notes": [{"hour": h, "device": d, "note": w} for h, d, w in verdict.notes],
+                     "rows": verdict.checked_rows})
     else:
         for problem in verdict.problems:
             click.echo(f"manifest: {problem}")
@@ -643,6 +645,10 @@ def verify(directory: str, as_json: bool) -> None:
             click.echo(f"hour {hour} {device}: {what}")
         for what in verdict.totals:
             click.echo(f"total: {what}")
+        for hour, device, what in verdict.notes[:20]:
+            click.echo(f"note: hour {hour} {device}: same figures, provenance differs: {what}")
+        if len(verdict.notes) > 20:
+            click.echo(f"note: {len(verdict.notes) - 20} more hours with other provenance")
         if verdict.ok:
             click.echo(f"{directory}: {verdict.month}: {verdict.checked_rows} hours and the "
                        "totals recomputed from the folder equal the report")

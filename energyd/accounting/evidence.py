@@ -51,7 +51,10 @@ MANIFEST = "MANIFEST.sha256"
 # name hosts and credential files.
 _DRIVER_KEYS = {"driver", "interval", "profile", "registers", "modbus", "mqtt"}
 _ROW_FLOATS = ("mwh", "coverage", "tco2_location", "tco2_market", "ef_location")
-TOLERANCE = 1e-9  # MWh and tCO2 are stored rounded to 1e-9
+# Figures are stored rounded (MWh and tCO2 to 1e-9, the kWh split to 1e-6): two roundings
+# of the same figure may be one unit of the last place apart.
+TOLERANCE = 1.5e-9
+KWH_TOLERANCE = 1.5e-6
 
 
 def export_evidence(acc: Accountant, month: str, directory: str | Path,
@@ -225,12 +228,14 @@ def _write_json(path: Path, obj: Any) -> None:
 @dataclass
 class Verdict:
     """What `energyd verify` found: `problems` with the folder itself (a file missing or not
-    matching the manifest), `hours` that differ (hour, device, what), `totals` that differ."""
+    matching the manifest), `hours` whose figures differ (hour, device, what), `totals` that
+    differ; `notes`: hours whose figures agree but whose provenance (`detail`) does not."""
 
     month: str = ""
     problems: list[str] = field(default_factory=list)
     hours: list[tuple[str, str, str]] = field(default_factory=list)
     totals: list[str] = field(default_factory=list)
+    notes: list[tuple[str, str, str]] = field(default_factory=list)  # provenance only
     checked_rows: int = 0
 
     @property
@@ -295,8 +300,11 @@ def verify_evidence(folder: str | Path) -> Verdict:
         if b is None:
             verdict.hours.append((hour, device, "in rollups.csv, but not recomputed"))
             continue
-        for what in _row_differences(a, b):
+        found = _row_differences(a, b)
+        for what in found:
             verdict.hours.append((hour, device, what))
+        if not found:
+            verdict.notes += [(hour, device, what) for what in _detail_notes(a, b)]
     expected = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     verdict.totals = _report_differences(expected, report)
     return verdict
@@ -381,10 +389,31 @@ def _row_differences(a: Mapping[str, Any], b: RollupRow) -> list[str]:
             out.append(f"{k} {x} in the folder, {y} recomputed")
     kwh_a, kwh_b = a["detail"].get("kwh", {}), b.detail.get("kwh", {})
     for k in sorted(set(kwh_a) | set(kwh_b)):
-        if not _same(kwh_a.get(k), kwh_b.get(k), 1e-6):
+        if not _same(kwh_a.get(k), kwh_b.get(k), KWH_TOLERANCE):
             out.append(f"detail.kwh.{k} {kwh_a.get(k)} in the folder, {kwh_b.get(k)} "
                        "recomputed")
     return out
+
+
+def _detail_notes(a: Mapping[str, Any], b: RollupRow) -> list[str]:
+    """Provenance that differs where the figures agree (e.g. an estimate's basis drawn from
+    other hours): worth a look, not a different figure."""
+    return [f"{path} {x!r} in the folder, {y!r} recomputed"
+            for path, x, y in _tree_differences(a["detail"], b.detail, "detail")
+            if not path.startswith("detail.kwh.")][:3]
+
+
+def _tree_differences(a: Any, b: Any, path: str) -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _tree_differences(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in _tree_differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, bool) or isinstance(b, bool) or not (
+            isinstance(a, int | float) and isinstance(b, int | float)):
+        return [] if a == b else [(path, a, b)]
+    return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) else [(path, a, b)]
 
 
 def _report_differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
@@ -396,13 +425,13 @@ def _report_differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> 
         w = got.get("totals", {}).get(k)
         if isinstance(v, dict):
             for s, x in v.items():
-                if not _same(x, (w or {}).get(s), 1e-6):
+                if not _same(x, (w or {}).get(s), KWH_TOLERANCE):
                     out.append(f"totals.{k}.{s} {x} in report.json, {(w or {}).get(s)} "
                                "recomputed")
         elif isinstance(v, list):
             if v != w:
                 out.append(f"totals.{k} differs from the recomputed")
-        elif not _same(v, w, 1e-6):
+        elif not _same(v, w, KWH_TOLERANCE):
             out.append(f"totals.{k} {v} in report.json, {w} recomputed")
     got_devices = {d["device"]: d for d in got.get("devices", [])}
     for d in expected.get("devices", []):
@@ -411,7 +440,7 @@ def _report_differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> 
             out.append(f"device {d['device']}: in report.json, not recomputed")
             continue
         for k in ("mwh", "tco2_location", "tco2_market", "hours", "missing_hours"):
-            if not _same(d.get(k), g.get(k), 1e-6):
+            if not _same(d.get(k), g.get(k), KWH_TOLERANCE):
                 out.append(f"device {d['device']} {k} {d.get(k)} in report.json, {g.get(k)} "
                            "recomputed")
     return out
