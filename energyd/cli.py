@@ -512,10 +512,15 @@ def invoices_import(config_path: str, csv_file: str) -> None:
     click.echo(f"{csv_file}: {len(rows)} statements stored; rollups recomputed, "
                f"{result.written} device-hours changed")
     for finding in result.findings:
+        below = finding.get("kind") == "statement_below_metered"
         click.echo(f"reconciliation: statement {finding['statement']} for "
-                          f"{finding['account']}: {finding['statement_kwh']:g} kWh billed, "
-                          f"{finding['metered_kwh']:g} kWh metered "
-                          f"({finding['difference_share']:.1%} apart)", err=True)
+                   f"{finding['account']}: {finding['statement_kwh']:g} kWh billed, "
+                   f"{finding['metered_kwh']:g} kWh metered "
+                   + (f"in the period alone: below the meter; {finding['gap_hours']} gap hours "
+                      "keep an estimate until the readings or the statement are corrected or "
+                      f"it is accepted (energyd invoices accept --statement "
+                      f"{finding['statement']})" if below
+                      else f"({finding['difference_share']:.1%} apart)"), err=True)
 
 
 @invoices.command("accept")

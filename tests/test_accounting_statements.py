@@ -209,3 +209,29 @@ def test_a_corrected_statement_replaces_the_one_below_the_meter(tmp_path: Path) 
         (sid, "SG-0501")]
     assert acc.store.execute("SELECT state FROM alerts") == [("resolved",)]
     assert acc.store.execute("SELECT count(*) FROM invoices")[0][0] == 2  # the old one kept
+
+
+def test_invoices_import_says_when_a_statement_is_below_the_meter(tmp_path: Path) -> None:
+    acc = make(tmp_path, device_yaml("incomer"))
+    start = ms("2023-05-01T00:00")
+    out0, out1 = ms("2023-05-02T08:00"), ms("2023-05-02T14:00")
+    load(acc, "incomer", start - HOUR_MS, out0 + 1, 60, flat, base=5_000.0)
+    load(acc, "incomer", out1, ms("2023-05-04T01:00"), 60, flat, base=0.0)
+    acc.store.close()
+    cfg = tmp_path / "energyd.yaml"
+    cfg.write_text(f"""
+site: {{name: test-plant, timezone: Asia/Shanghai, grid_region: CN-national}}
+storage: {{path: {tmp_path / 'energyd.db'}}}
+http: {{enabled: false}}
+devices:{device_yaml("incomer")}
+accounting:
+  residual_region: CN-national
+""")
+    bills = tmp_path / "bills.csv"
+    bills.write_text("account,period_start,period_end,energy_kwh\n"
+                     "incomer,2023-05-01,2023-05-03,6000\n")
+    res = CliRunner().invoke(cli, ["invoices", "import", "-c", str(cfg), str(bills)])
+    assert res.exit_code == 0, res.output
+    assert "reconciliation: statement 1 for incomer: 6000 kWh billed, 6600 kWh metered in the " \
+           "period alone: below the meter; 6 gap hours keep an estimate" in res.output
+    assert "energyd invoices accept --statement 1" in res.output
