@@ -179,3 +179,19 @@ def test_an_accepted_statement_below_the_meter_travels_with_the_evidence(
     verdict = verify_evidence(tmp_path / "ev")
     assert verdict.hours == []
     assert verdict.totals == ["status final in report.json, provisional recomputed"]
+
+
+def test_a_replaced_statement_is_in_the_record_but_not_in_the_figures(tmp_path: Path) -> None:
+    from tests.test_accounting_statements import below_metered
+
+    acc, result, (_, _, _, _, now) = below_metered(tmp_path)
+    sid = result.findings[0]["statement"]
+    acc.import_statements(io.StringIO(
+        "account,period_start,period_end,energy_kwh,supplier,document,replaces\n"
+        f"incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R,{sid}\n"), "fix.csv", now)
+    acc.export_evidence("2023-05", tmp_path / "ev", now)
+    invoices = list(csv.DictReader((tmp_path / "ev" / "invoices.csv").open()))
+    assert [(r["document"], r["replaced_by"]) for r in invoices] == [
+        ("SG-0501", str(sid + 1)), ("SG-0501-R", "")]
+    verdict = verify_evidence(tmp_path / "ev")
+    assert verdict.ok, (verdict.hours[:5], verdict.totals)

@@ -89,13 +89,23 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     n = _write_readings(acc, out / "readings.csv", lo - margin, hi + margin)
     done("readings.csv")
 
+    accounts = acc.accounts()
+    replaced = acc.store.execute(
+        "SELECT id, account, period_start, period_end, energy_kwh, supplier, document, "
+        "replaced_by FROM invoices WHERE replaced_by IS NOT NULL AND period_start < ? "
+        "AND period_end > ?", (hi, lo))
     with open(out / "invoices.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["id", "account", "period_start", "period_end", "energy_kwh", "supplier",
-                    "document", "devices"])
-        for s in sorted(statements, key=lambda s: s.id):
-            w.writerow([s.id, s.account, iso(s.start_ms), iso(s.end_ms), repr(s.kwh),
-                        s.supplier or "", s.document or "", " ".join(s.devices)])
+                    "document", "devices", "replaced_by"])
+        lines = [(s.id, s.account, iso(s.start_ms), iso(s.end_ms), repr(s.kwh),
+                  s.supplier or "", s.document or "", " ".join(s.devices), "")
+                 for s in statements]
+        # replaced statements are not used, but they are part of the record
+        lines += [(i, a, iso(p0), iso(p1), repr(kwh), sup or "", doc or "",
+                   " ".join(accounts.get(a, ())), by)
+                  for i, a, p0, p1, kwh, sup, doc, by in replaced]
+        w.writerows(sorted(lines))
     done("invoices.csv")
     _write_json(out / "acceptances.json",
                 list(acc.acceptances([s.id for s in statements]).values()))
@@ -340,9 +350,10 @@ def _load_store(folder: Path, store: Store) -> None:
         store.insert_rows(conn, readings)
         conn.executemany(
             "INSERT INTO invoices (id, account, period_start, period_end, energy_kwh, "
-            "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            "supplier, document, imported, replaced_by) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
             [(int(r["id"]), r["account"], _ms(r["period_start"]), _ms(r["period_end"]),
-              float(r["energy_kwh"]), r["supplier"] or None, r["document"] or None)
+              float(r["energy_kwh"]), r["supplier"] or None, r["document"] or None,
+              int(r["replaced_by"]) if r["replaced_by"] else None)
              for r in invoices])
         conn.executemany(
             "INSERT INTO statement_acceptances (statement, accepted, accepted_by, reason, "
