@@ -133,6 +133,32 @@ def test_verify_names_the_hours_when_a_reading_was_altered_and_the_manifest_reha
     assert "2 hours and 0 totals differ" in res.output
 
 
+def test_verify_names_the_hours_of_an_altered_reading_that_moves_no_figure(
+        tmp_path: Path) -> None:
+    import subprocess
+
+    cfg, _ = month_with_everything(tmp_path)
+    folder = tmp_path / "ev"
+    export(cfg, folder)
+    path = folder / "readings.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    # a sample inside an hour of a straight counter: the hour's figures stay what they were
+    target = "2023-03-09T18:30:00.000Z,incomer-2,active_energy_import_kwh,"
+    [i] = [n for n, line in enumerate(lines) if line.startswith(target)]
+    t, d, q, v, qual = lines[i].rstrip("\n").split(",")
+    lines[i] = f"{t},{d},{q},{float(v) + 1.0!r},{qual}\n"
+    path.write_text("".join(lines))
+    # the manifest re-made as a person would, with sha256sum over the folder
+    manifest = subprocess.run("sha256sum *", shell=True, cwd=folder, check=True,
+                              capture_output=True, text=True).stdout
+    (folder / "MANIFEST.sha256").write_text(manifest)
+    res = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert res.exit_code == 1, res.output
+    assert "hour 2023-03-09T18:00:00Z incomer-2: its readings in readings.csv are not those " \
+           "it was exported with" in res.output
+    assert "1 hours and 0 totals differ" in res.output
+
+
 def test_verify_refuses_a_folder_missing_a_file(tmp_path: Path) -> None:
     cfg, _ = month_with_everything(tmp_path)
     folder = tmp_path / "ev"

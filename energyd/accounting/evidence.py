@@ -23,6 +23,7 @@ What the month depends on, and so what the folder holds:
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import json
@@ -86,7 +87,8 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
         files.append(name)
 
     margin = max(acc.max_gap_ms, HOUR_MS)
-    n = _write_readings(acc, out / "readings.csv", lo - margin, hi + margin)
+    readings = _write_readings(acc, out / "readings.csv", lo - margin, hi + margin)
+    n = len(readings)
     done("readings.csv")
 
     accounts = acc.accounts()
@@ -112,7 +114,8 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     done("acceptances.json")
 
     rows = acc.rows(start, end)
-    _write_rows(out / "rollups.csv", rows)
+    sources = {d.name: acc._source(d).quantity for d in acc.devices}
+    _write_rows(out / "rollups.csv", rows, inputs_digests(readings, rows, sources))
     done("rollups.csv")
     history = [r for name, (a, _) in sorted(want.items())
                for r in acc.rows(a - st.PROFILE_DAYS * 86_400_000, a, [name])]
@@ -176,7 +179,36 @@ def accounting_config(config: Config) -> dict[str, Any]:
     }
 
 
-def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> int:
+Reading = tuple[int, str, str, float, int]  # time ms, device, quantity, value, quality
+
+
+def inputs_digests(readings: Iterable[Reading], rows: Iterable[RollupRow],
+                   sources: Mapping[str, str | None]) -> dict[tuple[int, str], str]:
+    """(hour, device) -> SHA-256 of the readings the hour rests on: its counter's (or
+    power's) readings in the hour and the one on either side, as `readings.csv` writes them.
+    A reading altered in the folder then names its hours even where the figures happen not
+    to move (a sample inside an hour of a straight counter)."""
+    series: dict[str, list[Reading]] = {}
+    for r in readings:
+        if sources.get(r[1]) == r[2]:
+            series.setdefault(r[1], []).append(r)
+    for got in series.values():
+        got.sort()
+    times = {d: [r[0] for r in got] for d, got in series.items()}
+    out = {}
+    for row in rows:
+        got = series.get(row.device)
+        if got is None:
+            continue
+        t = times[row.device]
+        i = max(bisect.bisect_left(t, row.hour) - 1, 0)
+        j = bisect.bisect_left(t, row.hour + HOUR_MS) + 1
+        text = "".join(f"{_iso_ms(r[0])},{r[1]},{r[2]},{r[3]!r},{r[4]}\n" for r in got[i:j])
+        out[(row.hour, row.device)] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
+def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> list[Reading]:
     """Every reading in [lo, hi), and for each accounted series the samples just outside."""
     store = acc.store
     edges: dict[tuple[str, str], list[int]] = {}
@@ -199,18 +231,20 @@ def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> int:
         w.writerow(["time", "device", "quantity", "value", "quality"])
         for t, d, q, v, qual in rows:
             w.writerow([_iso_ms(t), d, q, repr(v), qual])
-    return len(rows)
+    return rows
 
 
-def _write_rows(path: Path, rows: Iterable[RollupRow]) -> None:
+def _write_rows(path: Path, rows: Iterable[RollupRow],
+                digests: Mapping[tuple[int, str], str] | None = None) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["hour", "device", "mwh", "source", "coverage", "tco2_location",
-                    "tco2_market", "ef_location", "ef_id", "detail"])
+                    "tco2_market", "ef_location", "ef_id", "detail", "inputs_sha256"])
         for r in rows:
             w.writerow([iso(r.hour), r.device, _num(r.mwh), r.source, _num(r.coverage),
                         _num(r.tco2_location), _num(r.tco2_market), _num(r.ef_location),
-                        r.ef_id or "", _dumps(r.detail)])
+                        r.ef_id or "", _dumps(r.detail),
+                        (digests or {}).get((r.hour, r.device), "")])
 
 
 def _num(x: float | None) -> str:
@@ -259,9 +293,12 @@ def check_manifest(folder: Path) -> list[str]:
         return [f"{path}: missing"]
     problems = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64:
+        digest, sep, name = line.partition(" ")
+        name = name[1:] if name[:1] in (" ", "*") else name  # sha256sum's text or binary mode
+        if not sep or len(digest) != 64 or not name:
             problems.append(f"{path}:{n}: not `SHA256  NAME`")
+            continue
+        if name == MANIFEST:  # a manifest made with `sha256sum *` lists its old self
             continue
         file = folder / name
         if not file.is_file():
@@ -289,8 +326,9 @@ def verify_evidence(folder: str | Path) -> Verdict:
         config = _rebuild_config(folder, Path(scratch) / "verify.db")
         factors = load_factors(folder / "factors.yaml")
         with Store.open(config.storage.path) as store:
-            _load_store(folder, store)
+            readings = _load_store(folder, store)
             acc = Accountant(store, config, factors)
+            sources = {d.name: acc._source(d).quantity for d in acc.devices}
             until = _ms(meta["computed_until"])
             start, end = _ms(meta["month_start"]), _ms(meta["month_end"])
             acc.recompute({name: (_ms(a), _ms(b)) for name, (a, b) in meta["windows"].items()},
@@ -300,6 +338,7 @@ def verify_evidence(folder: str | Path) -> Verdict:
             report = acc.report(meta["month"], now)
     stored = {(r["hour"], r["device"]): r for r in _read_rows(folder / "rollups.csv")}
     mine = {(iso(r.hour), r.device): r for r in rows}
+    digests = inputs_digests(readings, rows, sources)
     verdict.checked_rows = len(stored)
     for key in sorted(set(stored) | set(mine)):
         hour, device = key
@@ -311,6 +350,9 @@ def verify_evidence(folder: str | Path) -> Verdict:
             verdict.hours.append((hour, device, "in rollups.csv, but not recomputed"))
             continue
         found = _row_differences(a, b)
+        if a.get("inputs_sha256") and a["inputs_sha256"] != digests.get((b.hour, device)):
+            found.append("its readings in readings.csv are not those it was exported with "
+                         "(inputs_sha256)")
         for what in found:
             verdict.hours.append((hour, device, what))
         if not found:
@@ -332,7 +374,7 @@ def _rebuild_config(folder: Path, db: Path) -> Config:
                                   "accounting": accounting})
 
 
-def _load_store(folder: Path, store: Store) -> None:
+def _load_store(folder: Path, store: Store) -> list[Reading]:
     with open(folder / "readings.csv", newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         if next(reader, None) != ["time", "device", "quantity", "value", "quality"]:
@@ -373,6 +415,7 @@ def _load_store(folder: Path, store: Store) -> None:
             "INSERT INTO certificate_allocations (certificate, device, hour, mwh) "
             "VALUES (?, '', ?, ?)",
             [(cid, before, mwh) for cid, mwh in certs["allocated_before_window_mwh"].items()])
+    return readings
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
