@@ -221,6 +221,9 @@ def test_factor_age_parses_years_and_months() -> None:
     from energyd.config.units import parse_age
 
     assert parse_age("3y") == parse_age(3) == parse_age("3 years") == parse_age("36mo") == 36
-    assert parse_age("18 months") == 18
+    assert parse_age("18 months") == 18 == parse_age("P1Y6M") == parse_age(1.5)
+    assert parse_age("P3Y") == 36 and parse_age("2 yrs") == 24
+    with pytest.raises(ValueError, match="whole number of months"):
+        parse_age("1.01y")
     with pytest.raises(ValueError, match="not an age"):
         parse_age("3 weeks")
