@@ -189,6 +189,8 @@ def test_factor_lookup_carries_forward_within_the_age_bound_and_says_so() -> Non
     c = table.lookup("X", "location", date(2024, 7, 1))
     assert c.factor.id == "y23" and c.provisional and c.carried_forward
     assert c.as_detail()["age_days"] == (date(2024, 7, 1) - date(2024, 1, 1)).days
+    assert c.as_detail()["age_months"] == 6
+    assert table.lookup("X", "location", date(2024, 6, 30)).age_months == 5
     # three years by default: through 2026-12-31, not a day more
     assert table.lookup("X", "location", date(2026, 12, 31)).factor.id == "y23"
     assert table.lookup("X", "location", date(2027, 1, 1)) is None

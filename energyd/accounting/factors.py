@@ -67,6 +67,7 @@ class Choice:
     provisional: bool
     carried_forward: bool
     age_days: int = 0  # days from the first day the factor no longer covers to the hour's date
+    age_months: int = 0  # the same in whole calendar months
 
     @property
     def value(self) -> float:
@@ -81,6 +82,7 @@ class Choice:
             d["carried_forward"] = True
             d["valid_to"] = f.valid_to.isoformat()
             d["age_days"] = self.age_days
+            d["age_months"] = self.age_months
         return d
 
 
@@ -108,7 +110,8 @@ class FactorTable:
                 earlier = f
         if choice is None and earlier is not None \
                 and day < carry_end(earlier, max_age_months):
-            choice = Choice(earlier, True, True, (day - earlier.valid_to).days - 1)
+            choice = Choice(earlier, True, True, (day - earlier.valid_to).days - 1,
+                            _months_between(earlier.valid_to + timedelta(days=1), day))
         self._cache[key] = choice
         return choice
 
@@ -141,6 +144,12 @@ def add_months(day: date, months: int) -> date:
     y, m = divmod(day.month - 1 + months, 12)
     year, month = day.year + y, m + 1
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def _months_between(a: date, b: date) -> int:
+    """Whole calendar months from a to b (b >= a)."""
+    months = (b.year - a.year) * 12 + b.month - a.month
+    return months - 1 if add_months(a, months) > b else months
 
 
 def carry_end(f: Factor, max_age_months: int) -> date:
