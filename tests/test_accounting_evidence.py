@@ -221,3 +221,22 @@ def test_a_replaced_statement_is_in_the_record_but_not_in_the_figures(tmp_path: 
         ("SG-0501", str(sid + 1)), ("SG-0501-R", "")]
     verdict = verify_evidence(tmp_path / "ev")
     assert verdict.ok, (verdict.hours[:5], verdict.totals)
+
+
+def test_a_device_first_seen_mid_month_verifies_however_its_month_was_computed(
+        tmp_path: Path) -> None:
+    start, end = ms("2023-02-01T00:00"), ms("2023-03-01T00:00")
+    for how in ("run", "rollup"):
+        acc = make(tmp_path / how, device_yaml("incomer") + device_yaml("incomer-2"))
+        load(acc, "incomer", start - HOUR_MS, end + HOUR_MS, 300, flat)
+        load(acc, "incomer-2", ms("2023-02-14T09:00"), end + HOUR_MS, 300, flat)
+        now = end + 2 * HOUR_MS
+        if how == "run":  # the hourly job: no rows before incomer-2 was first seen
+            acc.run(now, recompute_hours=24 * 28 + 2)
+        else:  # a month's recompute: estimated rows before it was seen
+            acc.recompute((start, end), now)
+        acc.export_evidence("2023-02", tmp_path / how / "ev", now)
+        verdict = verify_evidence(tmp_path / how / "ev")
+        assert verdict.ok, (how, verdict.hours[:3], verdict.totals)
+        n = len(acc.rows(start, end, ["incomer-2"]))
+        assert n == (672 if how == "rollup" else 672 - 13 * 24 - 9)

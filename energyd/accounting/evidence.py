@@ -69,11 +69,18 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     start, end = acc.month_bounds(month)
     limit = st.floor_hour(now_ms)
     # the hours the daemon computes: none before a device was first seen (a reading or a
-    # statement), as in Accountant.run
-    since = acc._known_since()
-    want = {d.name: (max(st.floor_hour(start), st.floor_hour(since[d.name])),
-                     min(st.ceil_hour(end), limit))
-            for d in acc.devices if d.name in since}
+    # statement), as in Accountant.run; but from the month's first stored row where one was
+    # computed earlier (`energyd rollup` over the whole month)
+    since = {name: st.floor_hour(t) for name, t in acc._known_since().items()}
+    first_rows = dict(acc.store.execute(
+        "SELECT device, min(hour) FROM rollups WHERE hour >= ? AND hour < ? GROUP BY device",
+        (st.floor_hour(start), end)))
+    want = {}
+    for d in acc.devices:
+        firsts = [t for t in (since.get(d.name), first_rows.get(d.name)) if t is not None]
+        if firsts:
+            want[d.name] = (max(st.floor_hour(start), min(firsts)),
+                            min(st.ceil_hour(end), limit))
     want = {k: v for k, v in want.items() if v[1] > v[0]}
     statements = acc._widen(want, limit) if want else []  # what recompute reads with them
     lo = min([a for a, _ in want.values()], default=st.floor_hour(start))
