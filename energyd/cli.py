@@ -631,6 +631,8 @@ def verify(directory: str, as_json: bool) -> None:
     2 when the folder does not match its manifest."""
     from energyd.accounting.evidence import verify_evidence
 
+    # the scratch store's recompute is not news
+    logging.getLogger("energyd.accounting").setLevel(logging.WARNING)
     try:
         verdict = verify_evidence(directory)
     except (EnergydError, OSError, ValueError, KeyError) as exc:
@@ -646,8 +648,11 @@ def verify(directory: str, as_json: bool) -> None:
     else:
         for problem in verdict.problems:
             click.echo(f"manifest: {problem}")
+        by_hour: dict[tuple[str, str], list[str]] = {}
         for hour, device, what in verdict.hours:
-            click.echo(f"hour {hour} {device}: {what}")
+            by_hour.setdefault((hour, device), []).append(what)
+        for (hour, device), whats in by_hour.items():
+            click.echo(f"hour {hour} {device}: {'; '.join(whats)}")
         for what in verdict.totals:
             click.echo(f"total: {what}")
         for hour, device, what in verdict.notes[:20]:
