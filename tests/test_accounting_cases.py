@@ -5,7 +5,8 @@
 - `readings.csv`: `time,device,quantity,value` (as `energyd readings import` takes it);
 - `statements.csv` (optional): supplier statements, as `energyd invoices import` takes them;
 - `case.yaml`: `description:`, `windows:` a list of {from, to} recomputed in that order,
-  optional `month:` with `expected_report.json`, a subset of the JSON report's fields;
+  optional `month:` with `expected_report.json`, a subset of the JSON report's fields
+  (times with an offset; a date or a time without one is site time);
 - `expected.csv`: `hour,device,mwh,source`, every row of the windows' hours; mwh to 1e-6.
 
 Readings go in first, then the statements (their import recomputes their periods), then
@@ -18,7 +19,7 @@ import csv
 import io
 import json
 import shutil
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,14 @@ NAMES = sorted(p.name for p in CASES.iterdir() if (p / "case.yaml").is_file()) \
     if CASES.is_dir() else []
 
 
-def _ms(text: Any) -> int:
+def _ms(text: Any, tz: tzinfo | None = None) -> int:
+    """An instant: ISO 8601 with an offset; a date or a time without one is site time."""
     when = text if isinstance(text, datetime) else datetime.fromisoformat(
         str(text).replace("Z", "+00:00"))
     if when.tzinfo is None:
-        raise ValueError(f"{text!r}: times in a case need an offset")
+        if tz is None:
+            raise ValueError(f"{text!r}: a time without an offset")
+        when = when.replace(tzinfo=tz)
     return round(when.timestamp() * 1000)
 
 
@@ -86,7 +90,8 @@ def test_case(name: str, tmp_path: Path) -> None:
     config = load_config(folder / "config.yaml")
     case = YAML(typ="safe").load((folder / "case.yaml").read_text(encoding="utf-8"))
     assert case.get("description"), f"{name}: case.yaml needs a description"
-    windows = [(_ms(w["from"]), _ms(w["to"])) for w in case["windows"]]
+    tz = config.site.tz
+    windows = [(_ms(w["from"], tz), _ms(w["to"], tz)) for w in case["windows"]]
     month = case.get("month")
     store = Store.open(config.storage.path)
     try:
