@@ -14,6 +14,7 @@ already in the store when it returns.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -399,10 +400,13 @@ def statement_findings(config: Config, store: Store) -> Callable[[int, int], lis
         hi = max(st.end_ms for st in statements)
         devs = sorted({d for st in statements for d in st.devices})
         marks = ",".join("?" * len(devs))
-        rows = [RollupRow(d, h, mwh, src, cov, None, None, None, None, {})
-                for d, h, mwh, src, cov in store.execute(
-                    f"SELECT device, hour, mwh, source, coverage FROM rollups "
-                    f"WHERE device IN ({marks}) AND hour >= ? AND hour < ?", (*devs, lo, hi))]
+        # the kWh split (`detail.kwh`) gives the metered part of hours with gaps
+        rows = [RollupRow(d, h, mwh, src, cov, None, None, None, None,
+                          {"kwh": json.loads(kwh)} if kwh else {})
+                for d, h, mwh, src, cov, kwh in store.execute(
+                    f"SELECT device, hour, mwh, source, coverage, json_extract(detail, '$.kwh') "
+                    f"FROM rollups WHERE device IN ({marks}) AND hour >= ? AND hour < ?",
+                    (*devs, lo, hi))]
         accepted = {sid for (sid,) in store.execute(
             "SELECT DISTINCT statement FROM statement_acceptances")}
         # an accepted statement below the meter stands as it is: its episode ends
