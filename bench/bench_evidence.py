@@ -12,7 +12,7 @@ a statement's residual spread by a profile. Measured:
 
 The ceiling printed beside them is the month's recompute on the original store in the same
 run (`Accountant.recompute`, every row written): verifying must do that recompute and load
-its input first. Target: verify within 6x the recompute.
+its input first. Each is the best of three runs. Target: verify within 6x the recompute.
 """
 
 from __future__ import annotations
@@ -84,17 +84,24 @@ def main() -> int:
     try:
         acc = build(workdir, args.devices, args.interval)
         now = END + 86_400_000
-        acc.store.execute("SELECT 1")
-        t = time.perf_counter()
-        acc.recompute((START, END), now)
-        ceiling = time.perf_counter() - t
+        # best of three each: the machine is shared, and the least disturbed run is the
+        # one that says what the code costs
+        ceiling = math.inf
+        for _ in range(3):
+            with acc.store.transaction() as conn:
+                conn.execute("DELETE FROM rollups")
+            t = time.perf_counter()
+            acc.recompute((START, END), now)
+            ceiling = min(ceiling, time.perf_counter() - t)
         t = time.perf_counter()
         info = acc.export_evidence("2023-03", workdir / "evidence", now)
         export = time.perf_counter() - t
         size = sum(p.stat().st_size for p in (workdir / "evidence").iterdir())
-        t = time.perf_counter()
-        verdict = verify_evidence(workdir / "evidence")
-        verify = time.perf_counter() - t
+        verify = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            verdict = verify_evidence(workdir / "evidence")
+            verify = min(verify, time.perf_counter() - t)
         acc.store.close()
         ratio = verify / ceiling if ceiling > 0 else math.inf
         print(f"month: {args.devices} devices at {args.interval} s, {info['readings']} readings "

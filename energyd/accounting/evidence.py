@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import bisect
 import csv
+import functools
 import hashlib
 import json
 import math
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,17 +187,17 @@ def accounting_config(config: Config) -> dict[str, Any]:
     }
 
 
-Reading = tuple[int, str, str, float, int]  # time ms, device, quantity, value, quality
+Line = tuple[int, str, str, str]  # time ms, device, quantity, the line of readings.csv
 
 
-def inputs_digests(readings: Iterable[Reading], rows: Iterable[RollupRow],
+def inputs_digests(lines: Iterable[Line], rows: Iterable[RollupRow],
                    sources: Mapping[str, str | None]) -> dict[tuple[int, str], str]:
-    """(hour, device) -> SHA-256 of the readings the hour rests on: its counter's (or
-    power's) readings in the hour and the one on either side, as `readings.csv` writes them.
-    A reading altered in the folder then names its hours even where the figures happen not
-    to move (a sample inside an hour of a straight counter)."""
-    series: dict[str, list[Reading]] = {}
-    for r in readings:
+    """(hour, device) -> SHA-256 of the `readings.csv` lines the hour rests on: its counter's
+    (or power's) readings in the hour and the one on either side, in file order. A reading
+    altered in the folder then names its hours even where the figures happen not to move (a
+    sample inside an hour of a straight counter)."""
+    series: dict[str, list[Line]] = {}
+    for r in lines:
         if sources.get(r[1]) == r[2]:
             series.setdefault(r[1], []).append(r)
     for got in series.values():
@@ -210,12 +211,15 @@ def inputs_digests(readings: Iterable[Reading], rows: Iterable[RollupRow],
         t = times[row.device]
         i = max(bisect.bisect_left(t, row.hour) - 1, 0)
         j = bisect.bisect_left(t, row.hour + HOUR_MS) + 1
-        text = "".join(f"{_iso_ms(r[0])},{r[1]},{r[2]},{r[3]!r},{r[4]}\n" for r in got[i:j])
+        text = "".join(r[3] for r in got[i:j])
         out[(row.hour, row.device)] = hashlib.sha256(text.encode()).hexdigest()
     return out
 
 
-def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> list[Reading]:
+READINGS_HEADER = ["time", "device", "quantity", "value", "quality"]
+
+
+def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> list[Line]:
     """Every reading in [lo, hi), and for each accounted series the samples just outside."""
     store = acc.store
     edges: dict[tuple[str, str], list[int]] = {}
@@ -233,12 +237,12 @@ def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> list[Readi
             rows.extend(r for r in store.readings_in(t, t + 1, device=device)
                         if r[2] == quantity)
     rows.sort(key=lambda r: (r[1], r[2], r[0]))
+    # device names and quantities never need CSV quoting (config.schema's name pattern)
+    lines = [(t, d, q, f"{_iso_ms(t)},{d},{q},{v!r},{qual}\n") for t, d, q, v, qual in rows]
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["time", "device", "quantity", "value", "quality"])
-        for t, d, q, v, qual in rows:
-            w.writerow([_iso_ms(t), d, q, repr(v), qual])
-    return rows
+        f.write(",".join(READINGS_HEADER) + "\n")
+        f.writelines(r[3] for r in lines)
+    return lines
 
 
 def _write_rows(path: Path, rows: Iterable[RollupRow],
@@ -258,10 +262,21 @@ def _num(x: float | None) -> str:
     return "" if x is None else repr(x)
 
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@functools.lru_cache(maxsize=4096)
+def _day(days: int) -> str:
+    return date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
+
+
 def _iso_ms(ms: int) -> str:
-    """ISO 8601 UTC with milliseconds: exact both ways."""
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") \
-        + f".{ms % 1000:03d}Z"
+    """ISO 8601 UTC with milliseconds: exact both ways (and quick: a month has millions)."""
+    s, milli = divmod(ms, 1000)
+    days, s = divmod(s, 86_400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{_day(days)}T{h:02d}:{m:02d}:{s:02d}.{milli:03d}Z"
 
 
 def _dumps(obj: Any) -> str:
@@ -381,12 +396,17 @@ def _rebuild_config(folder: Path, db: Path) -> Config:
                                   "accounting": accounting})
 
 
-def _load_store(folder: Path, store: Store) -> list[Reading]:
+def _load_store(folder: Path, store: Store) -> list[Line]:
     with open(folder / "readings.csv", newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
-        if next(reader, None) != ["time", "device", "quantity", "value", "quality"]:
+        if next(reader, None) != READINGS_HEADER:
             raise ValueError("readings.csv: header must be time,device,quantity,value,quality")
-        readings = [(_ms(t), d, q, float(v), int(qual)) for t, d, q, v, qual in reader]
+        lines: list[Line] = []
+        readings = []
+        for t, d, q, v, qual in reader:
+            ms = _ms(t)
+            lines.append((ms, d, q, f"{t},{d},{q},{v},{qual}\n"))
+            readings.append((ms, d, q, float(v), int(qual)))
     # by time, so the readings of one instant share a sample as when they were polled
     readings.sort(key=lambda r: (r[0], r[1], r[2]))
     history = _read_rows(folder / "profile_inputs.csv")
@@ -422,7 +442,7 @@ def _load_store(folder: Path, store: Store) -> list[Reading]:
             "INSERT INTO certificate_allocations (certificate, device, hour, mwh) "
             "VALUES (?, '', ?, ?)",
             [(cid, before, mwh) for cid, mwh in certs["allocated_before_window_mwh"].items()])
-    return readings
+    return lines
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
