@@ -623,10 +623,42 @@ def invoices_import(config_path: str, csv_file: str) -> None:
     click.echo(f"{csv_file}: {len(rows)} statements stored; rollups recomputed, "
                f"{result.written} device-hours changed")
     for finding in result.findings:
+        below = finding.get("kind") == "statement_below_metered"
         click.echo(f"reconciliation: statement {finding['statement']} for "
-                          f"{finding['account']}: {finding['statement_kwh']:g} kWh billed, "
-                          f"{finding['metered_kwh']:g} kWh metered "
-                          f"({finding['difference_share']:.1%} apart)", err=True)
+                   f"{finding['account']}: {finding['statement_kwh']:g} kWh billed, "
+                   f"{finding['metered_kwh']:g} kWh metered "
+                   + (f"in the period alone: below the meter; {finding['gap_hours']} gap hours "
+                      "keep an estimate until the readings or the statement are corrected or "
+                      f"it is accepted (energyd invoices accept --statement "
+                      f"{finding['statement']})" if below
+                      else f"({finding['difference_share']:.1%} apart)"), err=True)
+
+
+@invoices.command("accept")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--statement", "statement_id", required=True, type=int,
+              help="the statement's id (the report's `statements` and `reconciliation`)")
+@click.option("--reason", required=True, help="why the statement stands as it is")
+@click.option("--by", "by", default=None, help="who accepts it (default: the login name)")
+def invoices_accept(config_path: str, statement_id: int, reason: str, by: str | None) -> None:
+    """Accept a statement that is below the metered energy of its period: its gap hours keep
+    their estimate and its month can be final. Stored with who, when and why; shown in the
+    report."""
+    import getpass
+
+    config = _load(config_path)
+    factors = _factors(config)
+    with _existing_store(config) as store:
+        try:
+            acc = _accountant(config, store, factors).accept_statement(
+                statement_id, reason, by if by is not None else getpass.getuser(), _now_ms())
+        except ValueError as exc:
+            click.echo(f"energyd: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+    f = acc["finding"]
+    click.echo(f"statement {statement_id} ({f['account']}, {f['statement_kwh']:g} kWh billed, "
+               f"{f['metered_kwh']:g} kWh metered) accepted by {acc['by']} at {acc['at']}: "
+               f"{acc['reason']}")
 
 
 @cli.command()
@@ -699,6 +731,56 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None
     else:
         for line in report_lines(payload, month):
             click.echo(line)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
+def verify(directory: str, as_json: bool) -> None:
+    """Recompute a month from its evidence folder alone (`report --evidence`) and compare:
+    exit 0 when every hour and total equals the folder's, 1 naming each hour that differs,
+    2 when the folder does not match its manifest."""
+    from energyd.accounting.evidence import verify_evidence
+
+    # the scratch store's recompute is not news
+    logging.getLogger("energyd.accounting").setLevel(logging.WARNING)
+    try:
+        verdict = verify_evidence(directory)
+    except (EnergydError, OSError, ValueError, KeyError) as exc:
+        click.echo(f"energyd: {directory}: cannot verify: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if as_json:
+        _print_json({"month": verdict.month, "ok": verdict.ok, "problems": verdict.problems,
+                     "hours": [{"hour": h, "device": d, "difference": w}
+                               for h, d, w in verdict.hours],
+                     "totals": verdict.totals,
+                     "notes": [{"hour": h, "device": d, "note": w} for h, d, w in verdict.notes],
+                     "rows": verdict.checked_rows})
+    else:
+        for problem in verdict.problems:
+            click.echo(f"manifest: {problem}")
+        by_hour: dict[tuple[str, str], list[str]] = {}
+        for hour, device, what in verdict.hours:
+            by_hour.setdefault((hour, device), []).append(what)
+        for (hour, device), whats in by_hour.items():
+            click.echo(f"hour {hour} {device}: {'; '.join(whats)}")
+        for what in verdict.totals:
+            click.echo(f"total: {what}")
+        for hour, device, what in verdict.notes[:20]:
+            click.echo(f"note: hour {hour} {device}: same figures, provenance differs: {what}")
+        if len(verdict.notes) > 20:
+            click.echo(f"note: {len(verdict.notes) - 20} more hours with other provenance")
+        if verdict.ok:
+            click.echo(f"{directory}: {verdict.month}: {verdict.checked_rows} hours and the "
+                       "totals recomputed from the folder equal the report")
+        elif not verdict.problems:
+            hours = len({(h, d) for h, d, _ in verdict.hours})
+            click.echo(f"{directory}: {verdict.month}: {hours} hours and "
+                       f"{len(verdict.totals)} totals differ")
+    if verdict.problems:
+        sys.exit(EXIT_BAD_INPUT)
+    if not verdict.ok:
+        sys.exit(1)
 
 
 # --- forwarding ---------------------------------------------------------------------------

@@ -127,37 +127,6 @@ def demo_start(now: datetime, tz: ZoneInfo) -> datetime:
         day -= timedelta(days=1)
 
 
-def demo_factors(path: Path, start: datetime, table_path: Path | None = None) -> None:
-    """Write the configured emission factors, plus, for a region whose latest factor no longer
-    reaches the simulated dates, that factor carried to them and marked provisional: the
-    demo runs on today's calendar, which the published series may not cover yet."""
-    from energyd.accounting.factors import load_factors
-
-    table = load_factors(table_path)
-    latest: dict[tuple[str, str], Any] = {}
-    for f in table.factors:
-        key = (f.region, f.method)
-        if key not in latest or f.valid_to > latest[key].valid_to:
-            latest[key] = f
-    items = [f.as_dict() for f in table.factors]
-    last_day = (start + timedelta(days=400)).date()
-    for f in latest.values():
-        if f.valid_to >= last_day:
-            continue
-        d = f.as_dict()
-        d.update(id=f"{f.id}-demo", provisional=True,
-                 valid_from=(f.valid_to + timedelta(days=1)).isoformat(),
-                 valid_to=last_day.isoformat(),
-                 source=f"energyd demo: {f.id} ({f.value} tCO2/MWh) carried to the demo's "
-                        f"simulated dates; not a published factor")
-        items.append(d)
-    for d in items:
-        d.pop("unit", None)
-    header = ("# Written by `energyd demo`: the configured factors, and for the simulated dates\n"
-              "# the latest published factor of each region carried forward (provisional).\n")
-    path.write_text(header + json.dumps({"factors": items}, indent=1) + "\n", encoding="utf-8")
-
-
 # --- the MQTT broker -----------------------------------------------------------------------
 
 
@@ -590,9 +559,11 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     clock = AcceleratedClock(options.speed, start)
 
     tree.setdefault("storage", {})["path"] = str(workdir / "energyd.db")
-    factors = workdir / "emission-factors.yaml"
-    demo_factors(factors, start, source.accounting.emission_factors)
-    tree.setdefault("accounting", {})["emission_factors"] = str(factors)
+    # The shipped factor table as it is: the latest published factor is carried forward
+    # (provisional, within accounting.max_factor_age) to the demo's dates.
+    if source.accounting.emission_factors is not None:
+        tree.setdefault("accounting", {})["emission_factors"] = str(
+            source.accounting.emission_factors)
     if options.influx is not None:
         tree["influxdb"] = [options.influx.sink()]
 

@@ -108,8 +108,9 @@ def test_rollup_report_evidence_and_statement_import_from_the_command_line(
                                                     "CN-MEE-2023-national-residual"]
     manifest = (evidence / "MANIFEST.sha256").read_text().splitlines()
     names = [line.split("  ")[1] for line in manifest]
-    assert names == ["readings.csv", "invoices.csv", "rollups.csv", "factors.json",
-                     "certificates.json", "devices.json", "report.json"]
+    assert names == ["readings.csv", "invoices.csv", "acceptances.json", "rollups.csv",
+                     "profile_inputs.csv", "factors.yaml", "factors.json", "certificates.json",
+                     "config.json", "devices.json", "evidence.json", "report.json"]
     for line in manifest:
         digest, name = line.split("  ")
         assert hashlib.sha256((evidence / name).read_bytes()).hexdigest() == digest

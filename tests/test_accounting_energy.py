@@ -174,7 +174,7 @@ def test_factor_table_refuses_overlaps_and_missing_sources_with_lines() -> None:
     assert any(m.startswith("f.yaml:6:") and "source" in m for m in msgs), msgs
 
 
-def test_factor_lookup_carries_forward_a_year_at_most_and_says_so() -> None:
+def test_factor_lookup_carries_forward_within_the_age_bound_and_says_so() -> None:
     from datetime import date
 
     table = parse_factors("""factors:
@@ -188,5 +188,44 @@ def test_factor_lookup_carries_forward_a_year_at_most_and_says_so() -> None:
     assert c.factor.id == "y23" and c.provisional and not c.carried_forward
     c = table.lookup("X", "location", date(2024, 7, 1))
     assert c.factor.id == "y23" and c.provisional and c.carried_forward
-    assert table.lookup("X", "location", date(2025, 1, 1)) is None
+    assert c.as_detail()["age_days"] == (date(2024, 7, 1) - date(2024, 1, 1)).days
+    assert c.as_detail()["age_months"] == 6
+    assert table.lookup("X", "location", date(2024, 6, 30)).age_months == 5
+    # three years by default: through 2026-12-31, not a day more
+    assert table.lookup("X", "location", date(2026, 12, 31)).factor.id == "y23"
+    assert table.lookup("X", "location", date(2027, 1, 1)) is None
+    assert table.lookup("X", "location", date(2024, 12, 31), 12).factor.id == "y23"
+    assert table.lookup("X", "location", date(2025, 1, 1), 12) is None
     assert table.lookup("X", "location", date(2021, 12, 31)) is None
+
+
+def test_factor_carried_into_a_leap_year_covers_all_366_days() -> None:
+    from datetime import date, timedelta
+
+    table = parse_factors("""factors:
+  - {id: y23, region: X, method: location, value: 0.4, valid_from: 2023-01-01,
+     valid_to: 2023-12-31, source: s}
+  - {id: f28, region: Y, method: location, value: 0.4, valid_from: 2023-03-01,
+     valid_to: 2024-02-28, source: s}
+""", "f.yaml")
+    # a year of carry: every day of 2024, 29 February and 31 December included
+    days = [date(2024, 1, 1) + timedelta(days=i) for i in range(366)]
+    assert all(table.lookup("X", "location", d, 12) is not None for d in days)
+    assert table.lookup("X", "location", date(2025, 1, 1), 12) is None
+    # a factor that ends on 28 February of a leap year is carried from the 29th
+    c = table.lookup("Y", "location", date(2024, 2, 29), 12)
+    assert c is not None and c.carried_forward and c.age_days == 0
+    assert table.lookup("Y", "location", date(2025, 2, 28), 12) is not None
+    assert table.lookup("Y", "location", date(2025, 3, 1), 12) is None
+
+
+def test_factor_age_parses_years_and_months() -> None:
+    from energyd.config.units import parse_age
+
+    assert parse_age("3y") == parse_age(3) == parse_age("3 years") == parse_age("36mo") == 36
+    assert parse_age("18 months") == 18 == parse_age("P1Y6M") == parse_age(1.5)
+    assert parse_age("P3Y") == 36 and parse_age("2 yrs") == 24
+    with pytest.raises(ValueError, match="whole number of months"):
+        parse_age("1.01y")
+    with pytest.raises(ValueError, match="not an age"):
+        parse_age("3 weeks")

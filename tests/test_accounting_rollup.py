@@ -282,9 +282,35 @@ def test_year_boundary_uses_each_years_factor_and_carries_forward_provisionally(
     r = rows[c]
     assert r.ef_id == "CN-MEE-2023-national" and r.detail["provisional"]
     assert r.detail["factor"]["carried_forward"]
-    r = rows[e]  # more than a year after the last published factor: none
-    assert r.ef_id is None and r.tco2_location is None and r.detail["provisional"]
+    r = rows[e]  # carried within accounting.max_factor_age (three years), with its age
+    assert r.ef_id == "CN-MEE-2023-national" and r.detail["provisional"]
+    assert r.detail["factor"]["age_days"] == (datetime(2025, 6, 1) - datetime(2024, 1, 1)).days
+    assert r.tco2_location == pytest.approx(0.1 * 0.5306, abs=1e-9)
+
+
+def test_beyond_max_factor_age_the_hour_and_the_month_total_are_null_with_the_reason(
+        tmp_path: Path) -> None:
+    acc = make(tmp_path, device_yaml("incomer"), accounting="  max_factor_age: 1y\n")
+    a, b = ms("2025-06-01T00:00"), ms("2025-07-01T00:00")
+    load(acc, "incomer", a - HOUR_MS, b + HOUR_MS, 300, flat)
+    acc.recompute({"incomer": (a, b)}, ms("2025-08-01T00:00"))
+    r = by_hour(acc, "incomer")[a]
+    assert r.ef_id is None and r.tco2_location is None and r.tco2_market is None
+    assert "max_factor_age (12 months)" in r.detail["no_factor"]
     assert r.mwh == pytest.approx(0.1, abs=1e-9)
+    report = acc.report("2025-06", ms("2025-08-01T00:00"))
+    dev = report["devices"][0]
+    assert dev["tco2_location"] is None and dev["tco2_market"] is None
+    assert dev["mwh"] == pytest.approx(72.0, abs=1e-6)
+    t = report["totals"]
+    assert t["scope2_location_tco2"] is None and t["total_location_tco2"] is None
+    assert t["scope2_market_tco2"] is None and t["total_market_tco2"] is None
+    assert any("720 hours" in why and "max_factor_age" in why for why in t["tco2_null"])
+    assert report["status"] == "provisional"
+    from energyd.accounting.report import report_csv, report_lines
+
+    assert "tCO2 null:" in "\n".join(report_lines(report, "2025-06"))
+    assert report_csv(report).splitlines()[1].split(",")[12:14] == ["", ""]
 
 
 def test_new_factor_file_recomputes_the_hours_it_applies_to(tmp_path: Path) -> None:
@@ -515,3 +541,31 @@ def test_hours_a_clock_step_jumped_over_are_not_filled(tmp_path: Path) -> None:
     acc.run(landed + 2 * HOUR_MS + 300_000, not_before=landed)
     hours = sorted(by_hour(acc, "incomer"))
     assert hours == [t0, t0 + HOUR_MS, landed, landed + HOUR_MS]
+
+
+def test_a_newer_factor_replaces_the_carried_one_for_the_years_after_it_too(
+        tmp_path: Path) -> None:
+    base = """factors:
+  - {id: y23, region: CN-national, method: location, value: 0.5, valid_from: 2023-01-01,
+     valid_to: 2023-12-31, source: first notice}
+"""
+    acc = make(tmp_path, device_yaml("incomer"), factors=base)
+    t0 = ms("2025-06-01T00:00")
+    load(acc, "incomer", t0 - 2 * HOUR_MS, t0 + 4 * HOUR_MS, 60, flat)
+    acc.run(t0 + 3 * HOUR_MS + 1, recompute_hours=4)
+    rows = acc.rows(t0, t0 + 3 * HOUR_MS)
+    assert {r.ef_id for r in rows} == {"y23"}
+    assert {r.detail["factor"]["age_days"] for r in rows} == {(datetime(2025, 6, 1)
+                                                               - datetime(2024, 1, 1)).days}
+    (tmp_path / "factors.yaml").write_text(base + """\
+  - {id: y24, region: CN-national, method: location, value: 0.4, valid_from: 2024-01-01,
+     valid_to: 2024-12-31, source: second notice}
+""")
+    acc2 = Accountant(acc.store, acc.config)
+    acc2.run(t0 + 3 * HOUR_MS + 1)
+    rows = acc2.rows(t0, t0 + 3 * HOUR_MS)
+    assert {r.ef_id for r in rows} == {"y24"}
+    assert all(r.detail["provisional"] and r.detail["factor"]["carried_forward"] for r in rows)
+    assert {r.detail["factor"]["age_days"] for r in rows} == {(datetime(2025, 6, 1)
+                                                               - datetime(2025, 1, 1)).days}
+    assert all(r.tco2_location == pytest.approx(0.1 * 0.4, abs=1e-9) for r in rows)

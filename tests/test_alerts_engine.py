@@ -303,6 +303,34 @@ def test_reconciliation_episode_from_accounting_findings(tmp_path, store):
     assert [e.kind for e in ends] == ["end"]
 
 
+def test_a_statement_below_the_meter_alerts_within_tolerance_until_accepted(tmp_path, store):
+    config = make_config(tmp_path, """
+    - {name: statement-check, type: reconciliation}
+""", extra="accounting: {reconciliation_tolerance: 0.02}")
+    day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
+    put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18)})  # 1800 kWh
+    put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18, 24)},
+              source="estimated")
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
+                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1790.0, "grid", "B-2", 0))
+    now = [to_ms(day) + 30 * H]
+    engine = AlertEngine(config, store, now_ms=lambda: now[0],
+                         reconciliation=statement_findings(config, store))
+    # 10 kWh below the 1800 the meter alone measured: 0.6%, inside the 2% tolerance, but a
+    # statement cannot be below what was metered
+    events = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
+    assert [(e.kind, e.episode.device) for e in events] == [("start", "incomer-1")]
+    assert events[0].episode.detail["start"]["meter_kwh"] == pytest.approx(1800)
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO statement_acceptances (statement, accepted, accepted_by, "
+                     "reason) VALUES (1, 0, 'auditor', 'bill confirmed')")
+    now[0] += H
+    ends = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
+    assert [e.kind for e in ends] == ["end"]
+
+
 def test_backlog_of_a_dead_sink(tmp_path, store):
     config = make_config(tmp_path, """
     - {name: sink-backlog, type: backlog, max_age: 1h}
@@ -376,3 +404,27 @@ def test_a_topic_template_is_watched_as_the_devices_it_names(tmp_path, store):
     # c2 has been silent 16 s > 3 x 5 s; the template's own name and the disabled meter
     # are no devices that could fall silent
     assert [(e.kind, e.episode.device) for e in fired] == [("start", "air1-c2")]
+
+
+def test_the_metered_part_of_gap_hours_counts_against_the_statement(tmp_path, store):
+    config = make_config(tmp_path, """
+    - {name: statement-check, type: reconciliation}
+""")
+    day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
+    put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18)})  # 1800 kWh
+    with store.transaction() as conn:  # six hours metered 20 kWh each, estimated the rest
+        for k in range(18, 24):
+            conn.execute(
+                "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
+                "VALUES ('incomer-1', ?, 0.1, 'estimated', 0.2, ?, ?)",
+                (to_ms(day) + k * H, json.dumps({"kwh": {"meter": 20.0, "estimated": 80.0}}),
+                 store.next_seq(conn)))
+        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
+                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1900.0, "grid", "B-3", 0))
+    engine = AlertEngine(config, store, now_ms=lambda: to_ms(day) + 30 * H,
+                         reconciliation=statement_findings(config, store))
+    # 1,800 + 6 x 20 = 1,920 kWh metered: a statement of 1,900 is below the meter
+    events = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
+    assert [(e.kind, e.episode.device) for e in events] == [("start", "incomer-1")]
+    assert events[0].episode.detail["start"]["meter_kwh"] == pytest.approx(1920)

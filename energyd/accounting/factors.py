@@ -5,13 +5,19 @@ A factor is (id, region, method, value tCO2/MWh, valid_from, valid_to, source, p
 covers 2023-01-01 to 2023-12-31 local time). Two factors of the same region and method may
 not overlap: which one applies must never depend on file order.
 
-Choosing (`lookup`): the factor valid at the hour; if none is, the latest earlier factor of
-the same region and method, marked provisional ("not yet published"), but only while the
-hour lies within a year of that factor's end: a factor is never carried forward further.
+Choosing (`lookup`): the factor valid on the hour's local date; if none is, the most recent
+earlier factor of the same region and method is carried forward, marked provisional with its
+age (the MEE publishes a year's factors about two years late, and the GHG Protocol practice is
+to use the latest available one), but only while the date lies within `max_age_months`
+(`accounting.max_factor_age`, three years by default) of the first day that factor no longer
+covers. The bound is calendar arithmetic (a year is twelve months, whatever its days), so a
+carry into a leap year runs to the same date as any other. Beyond it there is no factor and
+the tCO2 of the hour is null.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -30,7 +36,7 @@ _PACKAGED = Path(__file__).resolve().parents[1] / "data" / "emission-factors.yam
 _CHECKOUT = Path(__file__).resolve().parents[2] / "config" / "emission-factors.yaml"
 DEFAULT_FACTORS = _PACKAGED if _PACKAGED.exists() else _CHECKOUT
 METHODS = ("location", "residual")
-CARRY_FORWARD_DAYS = 365
+DEFAULT_MAX_AGE_MONTHS = 36
 _KEYS = {"id", "region", "method", "value", "unit", "valid_from", "valid_to", "source",
          "provisional", "note"}
 
@@ -60,6 +66,8 @@ class Choice:
     factor: Factor
     provisional: bool
     carried_forward: bool
+    age_days: int = 0  # days from the first day the factor no longer covers to the hour's date
+    age_months: int = 0  # the same in whole calendar months
 
     @property
     def value(self) -> float:
@@ -72,6 +80,9 @@ class Choice:
                              "provisional": self.provisional}
         if self.carried_forward:
             d["carried_forward"] = True
+            d["valid_to"] = f.valid_to.isoformat()
+            d["age_days"] = self.age_days
+            d["age_months"] = self.age_months
         return d
 
 
@@ -82,10 +93,11 @@ class FactorTable:
         self._by_key: dict[tuple[str, str], list[Factor]] = {}
         for f in sorted(factors, key=lambda f: f.valid_from):
             self._by_key.setdefault((f.region, f.method), []).append(f)
-        self._cache: dict[tuple[str, str, date], Choice | None] = {}
+        self._cache: dict[tuple[str, str, date, int], Choice | None] = {}
 
-    def lookup(self, region: str, method: str, day: date) -> Choice | None:
-        key = (region, method, day)
+    def lookup(self, region: str, method: str, day: date,
+               max_age_months: int = DEFAULT_MAX_AGE_MONTHS) -> Choice | None:
+        key = (region, method, day, max_age_months)
         if key in self._cache:
             return self._cache[key]
         choice: Choice | None = None
@@ -94,11 +106,12 @@ class FactorTable:
             if f.valid_from <= day <= f.valid_to:
                 choice = Choice(f, f.provisional, False)
                 break
-            if f.valid_to < day:
+            if f.valid_to < day and (earlier is None or f.valid_to > earlier.valid_to):
                 earlier = f
         if choice is None and earlier is not None \
-                and (day - earlier.valid_to).days <= CARRY_FORWARD_DAYS:
-            choice = Choice(earlier, True, True)
+                and day < carry_end(earlier, max_age_months):
+            choice = Choice(earlier, True, True, (day - earlier.valid_to).days - 1,
+                            _months_between(earlier.valid_to + timedelta(days=1), day))
         self._cache[key] = choice
         return choice
 
@@ -125,10 +138,31 @@ def day_start_ms(day: date, tz: ZoneInfo) -> int:
     return round(datetime.combine(day, time(0), tz).timestamp() * 1000)
 
 
-def validity_ms(f: Factor, tz: ZoneInfo) -> tuple[int, int]:
-    """[start, end) in epoch ms of a factor's validity, including a year carried forward."""
-    return (day_start_ms(f.valid_from, tz),
-            day_start_ms(f.valid_to + timedelta(days=1 + CARRY_FORWARD_DAYS), tz))
+def add_months(day: date, months: int) -> date:
+    """The same day `months` calendar months later (the month's last day where it is short:
+    29 February plus a year is 28 February)."""
+    y, m = divmod(day.month - 1 + months, 12)
+    year, month = day.year + y, m + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def _months_between(a: date, b: date) -> int:
+    """Whole calendar months from a to b (b >= a)."""
+    months = (b.year - a.year) * 12 + b.month - a.month
+    return months - 1 if add_months(a, months) > b else months
+
+
+def carry_end(f: Factor, max_age_months: int) -> date:
+    """The first local date the factor is no longer carried forward to: the day after its
+    last valid day plus `max_age_months` (counted from the last day, so that a factor ending
+    on 28 February of a leap year is carried through the next 28 February)."""
+    return add_months(f.valid_to, max_age_months) + timedelta(days=1)
+
+
+def validity_ms(f: Factor, tz: ZoneInfo,
+                max_age_months: int = DEFAULT_MAX_AGE_MONTHS) -> tuple[int, int]:
+    """[start, end) in epoch ms of the hours a factor may apply to, its carry included."""
+    return day_start_ms(f.valid_from, tz), day_start_ms(carry_end(f, max_age_months), tz)
 
 
 def load_factors(path: str | Path | None = None) -> FactorTable:

@@ -7,10 +7,15 @@
   time (ISO 8601) is an instant and `period_end` is then excluded. A time without an offset
   is site time.
 - `energy_kwh`: the statement's energy for the period, >= 0.
+- `replaces` (optional): the id of a stored statement of the same account that this one
+  corrects. The old one is kept, marked as replaced, and no longer used; overlaps are checked
+  without it.
 
 A file goes in whole or not at all. Refused, with the line: a bad field, an unknown account,
-an empty period, and a statement that duplicates or overlaps another one of the same
-account, whether in the file or already stored (statements are never silently replaced).
+an empty period, a statement that duplicates or overlaps another one of the same account,
+and one that bills a meter over time another account's statement already bills it (the same
+meter under its device name and under an `accounting.accounts` id), whether in the file or
+already stored (statements are never silently replaced).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from zoneinfo import ZoneInfo
 from energyd.errors import ImportRejected, LineProblems, Problem
 
 REQUIRED = ["account", "period_start", "period_end", "energy_kwh"]
-OPTIONAL = ["supplier", "document"]
+OPTIONAL = ["supplier", "document", "replaces"]
 MAX_REPORTED = 50
 
 
@@ -39,6 +44,7 @@ class StatementRow:
     kwh: float
     supplier: str | None
     document: str | None
+    replaces: int | None = None  # the stored statement this one corrects
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +62,13 @@ def parse_statements(
     tz: ZoneInfo,
     known_account: Callable[[str], bool],
     stored: Sequence[StoredPeriod] = (),
+    devices_of: Callable[[str], Sequence[str]] | None = None,
 ) -> list[StatementRow]:
-    """Parse and check a statements file; raise ImportRejected listing every bad line."""
+    """Parse and check a statements file; raise ImportRejected listing every bad line.
+
+    `devices_of` maps an account to its meters (a grid_import device is its own account, an
+    `accounting.accounts` id names several): two statements of different accounts that bill
+    the same meter over overlapping time would count its energy twice, and are refused."""
     fail = LineProblems(filename, MAX_REPORTED)
 
     reader = csv.reader(stream)
@@ -105,12 +116,37 @@ def parse_statements(
         if not math.isfinite(kwh) or kwh < 0:
             fail(line, f"energy_kwh {rec['energy_kwh']!r} must be a finite number >= 0")
             continue
+        replaces = None
+        if rec.get("replaces"):
+            try:
+                replaces = int(rec["replaces"])
+            except ValueError:
+                fail(line, f"replaces {rec['replaces']!r} is not a statement id")
+                continue
+            old = next((s for s in stored if s.id == replaces), None)
+            if old is None:
+                fail(line, f"replaces {replaces}: no such stored statement (or it was "
+                           "replaced already)")
+                continue
+            if old.account != account:
+                fail(line, f"replaces {replaces}: that statement is for {old.account}, not "
+                           f"{account}")
+                continue
         rows.append(StatementRow(line, account, start, end, kwh, rec.get("supplier") or None,
-                                 rec.get("document") or None))
+                                 rec.get("document") or None, replaces))
     # Overlaps: within the file, then against what is stored.
     by_account: dict[str, list[StatementRow]] = {}
     for r in rows:
         by_account.setdefault(r.account, []).append(r)
+    seen: dict[int, int] = {}
+    for r in rows:
+        if r.replaces is not None:
+            if r.replaces in seen:
+                fail(r.line, f"replaces {r.replaces}, as the statement on line "
+                             f"{seen[r.replaces]} does")
+            seen.setdefault(r.replaces, r.line)
+    # a statement being replaced no longer counts against the others
+    stored = [s for s in stored if s.id not in seen]
     for account, group in by_account.items():
         group.sort(key=lambda r: r.start_ms)
         for a, b in zip(group, group[1:], strict=False):
@@ -127,11 +163,38 @@ def parse_statements(
                     doc = f", document {s.document}" if s.document else ""
                     fail(r.line, f"statement for {account} {what} stored statement {s.id} "
                                  f"({_span(s.start_ms, s.end_ms, tz)}{doc})")
+    if devices_of is not None:
+        _same_meter_twice(rows, stored, devices_of, tz, fail)
     if fail:
         raise fail.rejected()
     if not rows:
         raise ImportRejected([Problem(filename, 2, "", "no statements in the file")], 1)
     return rows
+
+
+def _same_meter_twice(rows: Sequence[StatementRow], stored: Sequence[StoredPeriod],
+                      devices_of: Callable[[str], Sequence[str]], tz: ZoneInfo,
+                      fail: LineProblems) -> None:
+    """Overlaps per physical meter across accounts (the same account is checked above)."""
+    for i, r in enumerate(rows):
+        mine = set(devices_of(r.account))
+        for other in rows[:i]:
+            if other.account != r.account and r.start_ms < other.end_ms \
+                    and other.start_ms < r.end_ms:
+                both = sorted(mine & set(devices_of(other.account)))
+                if both:
+                    fail(r.line, f"statement for {r.account} bills meter {', '.join(both)} "
+                                 f"that the statement on line {other.line} bills under "
+                                 f"{other.account} over overlapping time "
+                                 f"({_span(other.start_ms, other.end_ms, tz)})")
+        for s in stored:
+            if s.account != r.account and r.start_ms < s.end_ms and s.start_ms < r.end_ms:
+                both = sorted(mine & set(devices_of(s.account)))
+                if both:
+                    doc = f", document {s.document}" if s.document else ""
+                    fail(r.line, f"statement for {r.account} bills meter {', '.join(both)} "
+                                 f"that stored statement {s.id} bills under {s.account} over "
+                                 f"overlapping time ({_span(s.start_ms, s.end_ms, tz)}{doc})")
 
 
 def _instant(text: str, tz: ZoneInfo, *, end: bool) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from energyd.accounting.energy import HOUR_MS, HourEnergy
-from energyd.accounting.factors import Choice, FactorTable, local_day
+from energyd.accounting.factors import DEFAULT_MAX_AGE_MONTHS, Choice, FactorTable, local_day
 
 SOURCES = ("meter", "meter_interpolated", "invoice", "estimated")
 PURCHASED_ROLES = ("grid_import",)
@@ -191,15 +191,25 @@ def fill_missing(
                 miss = sum(max(0, min(z, m1) - max(a, m0)) for m0, m1 in f.he.missing)
                 if miss:
                     pieces.append((f, miss, prof(h0) * miss / HOUR_MS))
-                    claimed.setdefault((device, h0), []).append((a, z))
         if not pieces:
             continue
         residual = st.kwh - measured
-        note = None
         if residual < 0:
+            # The statement cannot be right and the gap cannot have drawn nothing: the gap
+            # hours keep their estimate and the conflict is a reconciliation finding (see
+            # reconciliation_findings) until the data or the statement is corrected or the
+            # difference is accepted.
             note = (f"statement {st.id} ({st.kwh:g} kWh) is below the metered "
-                    f"{measured:.3f} kWh of its period: its gap hours get zero")
-            residual = 0.0
+                    f"{measured:.3f} kWh of its period: the gap keeps an estimate")
+            for f, _, _ in pieces:
+                f.notes.append(note)
+                f.statements.append({**st.as_detail(), "residual_kwh": residual,
+                                     "share_kwh": 0.0, "conflict": "below_metered"})
+            continue
+        for f, _, _ in pieces:
+            h0 = f.he.hour
+            claimed.setdefault((f.device, h0), []).append(
+                (max(h0, st.start_ms), min(h0 + HOUR_MS, st.end_ms)))
         weight = sum(w for _, _, w in pieces)
         span = sum(ms for _, ms, _ in pieces)
         for f, miss, w in pieces:
@@ -208,8 +218,6 @@ def fill_missing(
             f.statements.append({**st.as_detail(), "residual_kwh": residual,
                                  "share_kwh": share,
                                  "spread": "profile" if weight > 0 else "time"})
-            if note:
-                f.notes.append(note)
     for device, fs in filled.items():
         prof = profiles.get(device, lambda h: 0.0)
         for f in fs:
@@ -242,14 +250,15 @@ class FactorPolicy:
     tz: ZoneInfo
     region: str  # location-based
     residual_region: str  # market-based, for what certificates do not cover
+    max_age_months: int = DEFAULT_MAX_AGE_MONTHS  # how far a factor is carried forward
 
     def location(self, day: date) -> Choice | None:
-        return self.factors.lookup(self.region, "location", day)
+        return self.factors.lookup(self.region, "location", day, self.max_age_months)
 
     def residual(self, day: date) -> tuple[Choice | None, bool]:
         """The residual factor; when none is published, the location factor (GHG Protocol
         Scope 2 guidance) and True to say so."""
-        c = self.factors.lookup(self.residual_region, "residual", day)
+        c = self.factors.lookup(self.residual_region, "residual", day, self.max_age_months)
         if c is not None:
             return c, False
         return self.location(day), True
@@ -305,8 +314,11 @@ def build_rows(device: DeviceInfo, filled: Sequence[Filled],
             res, fallback = policy.residual(day)
             if loc is None:
                 detail["factor"] = None
-                detail.setdefault("notes", []).append(
-                    f"no location factor for {policy.region} on {day} (none within a year)")
+                detail["no_factor"] = (
+                    f"no location factor for {policy.region}: none published for the "
+                    f"hour's date, or the latest is older than accounting.max_factor_age "
+                    f"({policy.max_age_months} months)")
+                detail.setdefault("notes", []).append(f"{day}: {detail['no_factor']}")
                 provisional = True
                 tco2_loc = ef = None
                 ef_id = None
@@ -316,7 +328,11 @@ def build_rows(device: DeviceInfo, filled: Sequence[Filled],
                 ef, ef_id = loc.value, loc.factor.id
                 tco2_loc = round(mwh * ef, ROUND)
             if res is None:
-                detail["market"] = {"residual": None, "certificates": []}
+                detail["market"] = {"residual": None, "certificates": [],
+                                    "no_factor": f"no residual or location factor for "
+                                                 f"{policy.residual_region} within "
+                                                 f"accounting.max_factor_age "
+                                                 f"({policy.max_age_months} months)"}
                 tco2_mkt = None
                 provisional = True
             else:
@@ -411,45 +427,75 @@ def reconciliation_findings(
     rows: Iterable[RollupRow],
     tolerance: float = 0.02,
 ) -> list[dict[str, Any]]:
-    """Statements whose period is fully metered but disagree with the meter beyond
-    `tolerance` (a share of the statement, default 2%).
+    """Statements that disagree with the meter, of two kinds (`kind`):
+
+    - `meter_difference`: the period is fully metered (every hour of every device of the
+      account has a row with source `meter` or `meter_interpolated`) and the meter differs
+      from the statement by more than `tolerance` (a share of the statement, default 2%;
+      negative: every fully metered statement). The meter stands.
+    - `statement_below_metered`: the period has gaps, and the statement is below what the
+      meter alone measured in it, so it cannot say what the gaps drew. The gap hours keep
+      their estimate; whatever the tolerance, the month is not final until the data or the
+      statement is corrected or the difference is accepted.
 
     `rows` are the rollup rows of the statements' devices over their periods (any superset
-    will do). A period counts as fully metered when every hour of every device of the
-    account has a row with source `meter` or `meter_interpolated`; otherwise the statement
-    was used to fill gaps and agrees by construction. Each finding is a plain dict:
-    statement id, account, devices, period_start/period_end (ISO, UTC), statement_kwh,
-    metered_kwh, difference_kwh (metered - statement), difference_share, tolerance,
-    document, supplier. Hours cut by a period boundary count pro rata.
+    will do); a row's `detail.kwh` gives its metered part (without it, a metered row counts
+    whole and another not at all). Each finding is a plain dict: kind, statement id,
+    account, devices, period_start/period_end (ISO, UTC), statement_kwh, metered_kwh,
+    difference_kwh (metered - statement), difference_share, tolerance, document, supplier;
+    `statement_below_metered` adds estimated_kwh and gap_hours. Hours cut by a period
+    boundary count pro rata. Other statements with gaps filled them and agree by
+    construction.
     """
     by_device: dict[str, dict[int, RollupRow]] = {}
     for r in rows:
         by_device.setdefault(r.device, {})[r.hour] = r
     findings = []
     for st in statements:
-        metered = 0.0
+        metered = 0.0  # the rows' energy where complete, else their metered parts
+        measured = 0.0
+        estimated = 0.0
         complete = True
+        gap_hours = 0
         first = st.start_ms - st.start_ms % HOUR_MS
         for device in st.devices:
             got = by_device.get(device, {})
             for h in range(first, st.end_ms, HOUR_MS):
                 r = got.get(h)
+                share = (min(h + HOUR_MS, st.end_ms) - max(h, st.start_ms)) / HOUR_MS
                 if r is None or r.source not in METERED_SOURCES:
                     complete = False
-                    break
-                share = (min(h + HOUR_MS, st.end_ms) - max(h, st.start_ms)) / HOUR_MS
+                    gap_hours += 1
+                if r is None:
+                    continue
+                kwh = r.detail.get("kwh")
+                if kwh is not None:
+                    measured += (kwh.get("meter", 0.0) + kwh.get("meter_interpolated", 0.0)) \
+                        * share
+                    estimated += kwh.get("estimated", 0.0) * share
+                elif r.source in METERED_SOURCES:
+                    measured += r.mwh * 1000.0 * share
                 metered += r.mwh * 1000.0 * share
-            if not complete:
-                break
+        base = {"statement": st.id, "account": st.account, "devices": list(st.devices),
+                "period_start": iso(st.start_ms), "period_end": iso(st.end_ms),
+                "statement_kwh": st.kwh, "tolerance": tolerance, "document": st.document,
+                "supplier": st.supplier}
         if not complete:
+            diff = measured - st.kwh
+            if diff > 1e-6:
+                share = diff / st.kwh if st.kwh > 0 else 1.0
+                findings.append({"kind": "statement_below_metered", **base,
+                                 "metered_kwh": round(measured, 3),
+                                 "difference_kwh": round(diff, 3),
+                                 "difference_share": round(share, 6),
+                                 "estimated_kwh": round(estimated, 3),
+                                 "gap_hours": gap_hours})
             continue
         diff = metered - st.kwh
         share = abs(diff) / st.kwh if st.kwh > 0 else (0.0 if metered == 0 else 1.0)
         if share > tolerance:
-            findings.append({
-                "statement": st.id, "account": st.account, "devices": list(st.devices),
-                "period_start": iso(st.start_ms), "period_end": iso(st.end_ms),
-                "statement_kwh": st.kwh, "metered_kwh": round(metered, 3),
-                "difference_kwh": round(diff, 3), "difference_share": round(share, 6),
-                "tolerance": tolerance, "document": st.document, "supplier": st.supplier})
+            findings.append({"kind": "meter_difference", **base,
+                             "metered_kwh": round(metered, 3),
+                             "difference_kwh": round(diff, 3),
+                             "difference_share": round(share, 6)})
     return findings

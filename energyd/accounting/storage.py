@@ -20,7 +20,6 @@ statement days, report months).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -67,7 +66,6 @@ from energyd.accounting.rollup import (
     reconciliation_findings,
 )
 from energyd.config.schema import Config, Device
-from energyd.errors import StoreError
 from energyd.store.sqlite import READINGS_POSITION, Store
 
 log = logging.getLogger(__name__)
@@ -125,7 +123,8 @@ class Accountant:
             config.accounting.emission_factors)
         acc = config.accounting
         self.policy = FactorPolicy(self.factors, self.tz, config.site.grid_region,
-                                   acc.residual_region or config.site.grid_region)
+                                   acc.residual_region or config.site.grid_region,
+                                   acc.max_factor_age)
         self.max_gap_ms = int(acc.max_interpolation_gap * 1000)
         self.devices = [d for d in config.devices if d.enabled
                         and not (d.role == "fuel" and d.fuel is None)]
@@ -206,7 +205,8 @@ class Accountant:
                 "certificates": {k: hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16]
                                  for k, v in certs.items()},
                 "certificate_order": [c.id for c in self.certificates],
-                "regions": [self.policy.region, self.policy.residual_region]}
+                "regions": [self.policy.region, self.policy.residual_region],
+                "max_factor_age_months": self.policy.max_age_months}
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -242,11 +242,12 @@ class Accountant:
 
     def statements(self, start: int | None = None, end: int | None = None) -> list[Statement]:
         accounts = self.accounts()
+        # a statement replaced by a corrected one is kept, but no longer used
         sql = ("SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
-               "FROM invoices")
+               "FROM invoices WHERE replaced_by IS NULL")
         params: list[Any] = []
         if start is not None and end is not None:
-            sql += " WHERE period_start < ? AND period_end > ?"
+            sql += " AND period_start < ? AND period_end > ?"
             params = [end, start]
         out = []
         for sid, account, p0, p1, kwh, supplier, document in self.store.execute(sql, params):
@@ -443,7 +444,9 @@ class Accountant:
         findings = reconciliation_findings(statements, rows, tol)
         if any(r.type == "reconciliation" for r in self.config.alerts.rules):
             return findings
-        flagged = {f["statement"]: f for f in findings}
+        accepted = self.acceptances(conn=conn)
+        flagged = {f["statement"]: f for f in findings
+                   if not (f["kind"] == "statement_below_metered" and f["statement"] in accepted)}
         for st in statements:
             existing = conn.execute(
                 "SELECT id, state, detail FROM alerts WHERE rule = ? AND device = ? "
@@ -531,8 +534,8 @@ class Accountant:
                 if t is not None:
                     out[device.name] = t
         for account, devices in self.accounts().items():
-            t = self.store.execute("SELECT min(period_start) FROM invoices WHERE account = ?",
-                                   (account,))[0][0]
+            t = self.store.execute("SELECT min(period_start) FROM invoices WHERE account = ? "
+                                   "AND replaced_by IS NULL", (account,))[0][0]
             if t is not None:
                 for d in devices:
                     out[d] = min(out.get(d, t), t)
@@ -568,11 +571,12 @@ class Accountant:
                 if f is None:  # removed: its hours are unknown now, recompute all
                     windows.append((first, end))
                 else:
-                    windows.append(validity_ms(f, self.tz))
+                    windows.append(validity_ms(f, self.tz, self.policy.max_age_months))
         if old.get("certificates") != new.get("certificates") \
                 or old.get("certificate_order") != new.get("certificate_order"):
             windows.append((min([c.start_ms for c in self.certificates], default=first), end))
-        if old.get("regions") != new.get("regions"):
+        if old.get("regions") != new.get("regions") \
+                or old.get("max_factor_age_months") != new.get("max_factor_age_months"):
             windows.append((first, end))
         return [(max(a, first), min(b, end)) for a, b in merge(windows) if min(b, end) > a]
 
@@ -584,20 +588,78 @@ class Accountant:
         its periods: estimated hours become invoice hours."""
         accounts = self.accounts()
         stored = [StoredPeriod(i, a, p0, p1, doc) for i, a, p0, p1, doc in self.store.execute(
-            "SELECT id, account, period_start, period_end, document FROM invoices")]
-        rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored)
+            "SELECT id, account, period_start, period_end, document FROM invoices "
+            "WHERE replaced_by IS NULL")]
+        rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored,
+                                lambda a: accounts.get(a, ()))
+        spans = [(r.account, r.start_ms, r.end_ms) for r in rows]
         with self.store.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO invoices (account, period_start, period_end, energy_kwh, supplier, "
-                "document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.account, r.start_ms, r.end_ms, r.kwh, r.supplier, r.document, now_ms)
-                 for r in rows])
+            for r in rows:
+                new_id = conn.execute(
+                    "INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
+                    "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (r.account, r.start_ms, r.end_ms, r.kwh, r.supplier, r.document,
+                     now_ms)).lastrowid
+                if r.replaces is not None:
+                    conn.execute("UPDATE invoices SET replaced_by = ? WHERE id = ?",
+                                 (new_id, r.replaces))
+                    old = next(s for s in stored if s.id == r.replaces)
+                    spans.append((old.account, old.start_ms, old.end_ms))
+                    # the old statement's open finding goes with it
+                    conn.execute("UPDATE alerts SET state = 'resolved', ended = ?, seq = ? "
+                                 "WHERE rule = ? AND device = ? AND started = ? "
+                                 "AND state = 'active'",
+                                 (now_ms, self.store.next_seq(conn), RULE, old.account,
+                                  old.start_ms))
         ranges: Ranges = {}
-        for r in rows:
-            for d in accounts[r.account]:
-                a, b = ranges.get(d, (r.start_ms, r.end_ms))
-                ranges[d] = (min(a, r.start_ms), max(b, r.end_ms))
+        for account, start, end in spans:
+            for d in accounts[account]:
+                a, b = ranges.get(d, (start, end))
+                ranges[d] = (min(a, start), max(b, end))
         return rows, self.recompute(ranges, now_ms)
+
+    def acceptances(self, statement_ids: Iterable[int] | None = None, *,
+                    conn: sqlite3.Connection | None = None) -> dict[int, dict[str, Any]]:
+        """statement id -> its latest recorded acceptance (by, at, reason, the finding as it
+        stood)."""
+        query = (conn.execute if conn is not None else self.store.execute)(
+            "SELECT statement, accepted, accepted_by, reason, finding FROM "
+            "statement_acceptances ORDER BY id")
+        wanted = None if statement_ids is None else set(statement_ids)
+        out = {}
+        for sid, at, by, reason, finding in query:
+            if wanted is None or sid in wanted:
+                out[sid] = {"statement": sid, "at": iso(at), "by": by, "reason": reason,
+                            "finding": json.loads(finding)}
+        return out
+
+    def accept_statement(self, statement_id: int, reason: str, by: str,
+                         now_ms: int) -> dict[str, Any]:
+        """Record that a statement below the metered energy of its period is accepted as it
+        stands (its gap hours keep their estimate), so its month can be final; resolves its
+        reconciliation alert. Raises ValueError when there is nothing to accept."""
+        reason, by = reason.strip(), by.strip()
+        if not reason:
+            raise ValueError("an acceptance needs a reason (--reason)")
+        if not by:
+            raise ValueError("an acceptance needs a name (--by)")
+        statements = [st for st in self.statements() if st.id == statement_id]
+        if not statements:
+            raise ValueError(f"no statement {statement_id} (see the report's `statements`)")
+        findings = [f for f in reconciliation_findings(
+            statements, self._rows_for_statements(statements),
+            self.config.accounting.reconciliation_tolerance)
+            if f["kind"] == "statement_below_metered"]
+        if not findings:
+            raise ValueError(f"statement {statement_id} is not below the metered energy of its "
+                             "period: there is nothing to accept")
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO statement_acceptances (statement, accepted, accepted_by, reason, "
+                "finding) VALUES (?, ?, ?, ?, ?)",
+                (statement_id, now_ms, by, reason, _dumps(findings[0])))
+            self._reconcile(conn, statements, now_ms)
+        return self.acceptances([statement_id])[statement_id]
 
     # --- reports -----------------------------------------------------------------------------
 
@@ -648,9 +710,17 @@ class Accountant:
             site={"name": self.config.site.name, "grid_region": self.policy.region,
                   "residual_region": self.policy.residual_region},
             month=month, timezone=self.config.site.timezone, hours=hours, devices=accounted,
-            rows=rows, findings=findings, certificates=certs, complete=now_ms >= end)
+            rows=rows, findings=findings, certificates=certs, complete=now_ms >= end,
+            acceptances=self.acceptances([st.id for st in statements]))
         report["flags"].extend(self.certificate_problems + self.config_problems)
         report["statements"] = [st.as_detail() for st in statements]
+        report["replaced_statements"] = [
+            {"id": i, "account": a, "period_start": iso(p0), "period_end": iso(p1), "kwh": kwh,
+             "document": doc, "replaced_by": by}
+            for i, a, p0, p1, kwh, doc, by in self.store.execute(
+                "SELECT id, account, period_start, period_end, energy_kwh, document, "
+                "replaced_by FROM invoices WHERE replaced_by IS NOT NULL AND period_start < ? "
+                "AND period_end > ? ORDER BY id", (end, start))]
         return report
 
     def _rows_for_statements(self, statements: Sequence[Statement]) -> list[RollupRow]:
@@ -659,74 +729,11 @@ class Accountant:
         return self.rows(lo, hi, sorted({d for st in statements for d in st.devices}))
 
     def export_evidence(self, month: str, directory: str | Path, now_ms: int) -> dict[str, Any]:
-        """The month's evidence for a verifier: raw readings (with the samples around the
-        month's edges the boundary hours were interpolated from), statements, factors,
-        certificates, devices, rollups and the report, and MANIFEST.sha256 over them
-        (`sha256sum -c MANIFEST.sha256` checks it). Refuses a directory that is not empty."""
-        out = Path(directory)
-        if out.exists() and any(out.iterdir()):
-            raise StoreError(f"{out}: not empty; evidence is never written over")
-        out.mkdir(parents=True, exist_ok=True)
-        start, end = self.month_bounds(month)
-        report = self.report(month, now_ms)
-        margin = max(self.max_gap_ms, HOUR_MS)
-        files: list[str] = []
+        """The month's evidence for a verifier (`evidence.export_evidence`); refuses a
+        directory that is not empty."""
+        from energyd.accounting.evidence import export_evidence
 
-        with open(out / "readings.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["time", "device", "quantity", "value", "quality"])
-            n = 0
-            for t, d, q, v, qual in self.store.readings_in(start - margin, end + margin,
-                                                            by_series=True):
-                w.writerow([iso(t), d, q, repr(v), qual])
-                n += 1
-        files.append("readings.csv")
-        statements = self.statements(start, end)
-        with open(out / "invoices.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["id", "account", "period_start", "period_end", "energy_kwh", "supplier",
-                        "document", "devices"])
-            for st in statements:
-                w.writerow([st.id, st.account, iso(st.start_ms), iso(st.end_ms), repr(st.kwh),
-                            st.supplier or "", st.document or "", " ".join(st.devices)])
-        files.append("invoices.csv")
-        rows = self.rows(start, end)
-        with open(out / "rollups.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["hour", "device", "mwh", "source", "coverage", "tco2_location",
-                        "tco2_market", "ef_location", "ef_id", "detail"])
-            for r in rows:
-                w.writerow([iso(r.hour), r.device, repr(r.mwh), r.source, r.coverage,
-                            r.tco2_location, r.tco2_market, r.ef_location, r.ef_id,
-                            _dumps(r.detail)])
-        files.append("rollups.csv")
-        used_ids = {f["id"] for f in report["factors"]}
-        _write_json(out / "factors.json", {
-            "table": self.factors.origin,
-            "used": [self.factors.by_id(i).as_dict() for i in sorted(used_ids)
-                     if self.factors.by_id(i) is not None],
-            "all": [f.as_dict() for f in self.factors.factors]})
-        files.append("factors.json")
-        _write_json(out / "certificates.json", report["certificates"])
-        files.append("certificates.json")
-        _write_json(out / "devices.json", [
-            {"name": d.name, "role": d.role, "rated_power_kw": d.rated_power_kw,
-             "counter_rollover": d.counter_rollover,
-             "fuel": d.fuel.model_dump() if d.fuel else None} for d in self.devices]
-            + [{"accounts": {k: list(v) for k, v in self.accounts().items()},
-                "max_interpolation_gap_s": self.config.accounting.max_interpolation_gap,
-                "reconciliation_tolerance": self.config.accounting.reconciliation_tolerance,
-                "timezone": self.config.site.timezone}])
-        files.append("devices.json")
-        _write_json(out / "report.json", report)
-        files.append("report.json")
-        manifest = []
-        for name in files:
-            digest = hashlib.sha256((out / name).read_bytes()).hexdigest()
-            manifest.append(f"{digest}  {name}\n")
-        (out / "MANIFEST.sha256").write_text("".join(manifest), encoding="utf-8")
-        return {"directory": str(out), "files": files, "readings": n, "rows": len(rows),
-                "statements": len(statements), "status": report["status"]}
+        return export_evidence(self, month, directory, now_ms)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -736,17 +743,18 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n",
-                    encoding="utf-8")
-
-
 def _row(rec: Sequence[Any]) -> RollupRow:
     d, h, mwh, src, cov, tl, tm, ef, efid, detail = rec
     return RollupRow(d, h, mwh, src, cov, tl, tm, ef, efid, json.loads(detail or "{}"))
 
 
 def _finding_message(f: Mapping[str, Any]) -> str:
+    if f.get("kind") == "statement_below_metered":
+        return (f"statement {f.get('document') or f['statement']} for {f['account']} "
+                f"({f['period_start']} to {f['period_end']}): {f['statement_kwh']:g} kWh "
+                f"billed, below the {f['metered_kwh']:g} kWh metered in the period alone; "
+                f"{f['gap_hours']} gap hours keep an estimate until the data or the statement "
+                f"is corrected or the difference is accepted")
     return (f"statement {f.get('document') or f['statement']} for {f['account']} "
             f"({f['period_start']} to {f['period_end']}): {f['statement_kwh']:g} kWh billed, "
             f"{f['metered_kwh']:g} kWh metered ({f['difference_share']:.1%} apart, tolerance "

@@ -14,6 +14,7 @@ already in the store when it returns.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -220,8 +221,13 @@ class AlertEngine:
                 if wanted is not None and not (set(item["devices"]) & wanted
                                                or account in wanted):
                     continue
-                v = R.reconciliation(item["meter_kwh"], item["statement_kwh"], tolerance=tol,
+                # a statement below what the meter alone measured is wrong by any margin,
+                # until a person accepts it as it stands
+                v = R.reconciliation(item["meter_kwh"], item["statement_kwh"],
+                                     tolerance=0.0 if item["below_metered"] else tol,
                                      hysteresis=rule.hysteresis)
+                if item["accepted"]:
+                    v = R.Verdict(R.Level.OFF, {**v.figures, "accepted": True})
                 v.figures.update(period_start=from_ms(item["period_start"]).isoformat(),
                                  period_end=from_ms(item["period_end"]).isoformat())
                 observations.append(Observation(rule.name, rule.type, account, now, v,
@@ -405,7 +411,8 @@ def statement_findings(config: Config, store: Store) -> Callable[[int, int], lis
         statements = []
         for sid, account, p0, p1, kwh, supplier, document in store.execute(
                 "SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
-                "FROM invoices WHERE period_start < ? AND period_end > ?", (end_ms, start_ms)):
+                "FROM invoices WHERE period_start < ? AND period_end > ? "
+                "AND replaced_by IS NULL", (end_ms, start_ms)):
             devs = devices_of(account)
             if devs:
                 statements.append(Statement(sid, account, p0, p1, kwh, devs, supplier,
@@ -416,11 +423,19 @@ def statement_findings(config: Config, store: Store) -> Callable[[int, int], lis
         hi = max(st.end_ms for st in statements)
         devs = sorted({d for st in statements for d in st.devices})
         marks = ",".join("?" * len(devs))
-        rows = [RollupRow(d, h, mwh, src, cov, None, None, None, None, {})
-                for d, h, mwh, src, cov in store.execute(
-                    f"SELECT device, hour, mwh, source, coverage FROM rollups "
-                    f"WHERE device IN ({marks}) AND hour >= ? AND hour < ?", (*devs, lo, hi))]
-        return reconciliation_findings(statements, rows, tolerance=-1.0)
+        # the kWh split (`detail.kwh`) gives the metered part of hours with gaps
+        rows = [RollupRow(d, h, mwh, src, cov, None, None, None, None,
+                          {"kwh": json.loads(kwh)} if kwh else {})
+                for d, h, mwh, src, cov, kwh in store.execute(
+                    f"SELECT device, hour, mwh, source, coverage, json_extract(detail, '$.kwh') "
+                    f"FROM rollups WHERE device IN ({marks}) AND hour >= ? AND hour < ?",
+                    (*devs, lo, hi))]
+        accepted = {sid for (sid,) in store.execute(
+            "SELECT DISTINCT statement FROM statement_acceptances")}
+        # an accepted statement below the meter stands as it is: its episode ends
+        return [{**f, "accepted": True} if f.get("kind") == "statement_below_metered"
+                and f["statement"] in accepted else f
+                for f in reconciliation_findings(statements, rows, tolerance=-1.0)]
 
     return source
 
@@ -445,6 +460,8 @@ def finding_fields(f: Any) -> dict[str, Any]:
         "period_end": _ms(get("period_end", "end_ms", "end")),
         "meter_kwh": float(get("metered_kwh", "meter_kwh")),
         "statement_kwh": float(get("statement_kwh", "invoice_kwh")),
+        "below_metered": get("kind") == "statement_below_metered",
+        "accepted": bool(get("accepted")),
     }
 
 

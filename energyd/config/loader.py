@@ -35,9 +35,17 @@ def parse_config(text: str, filename: str = "<config>", base_dir: Path | None = 
     if not isinstance(tree, dict):
         raise ConfigError([Problem(filename, 1, "", "the top level must be a mapping")])
     try:
-        return Config.model_validate(_plain(tree), context={"base_dir": base_dir})
+        config = Config.model_validate(_plain(tree), context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(_problems(exc, tree, filename)) from None
+    located = config.located_problems()
+    if located:
+        problems = []
+        for loc, message in located:
+            line, path = _locate(tree, loc)
+            problems.append(Problem(filename, line, path, message))
+        raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
+    return config
 
 
 def _parse_yaml(text: str, filename: str) -> Any:

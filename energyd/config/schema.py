@@ -30,7 +30,7 @@ from pydantic import (
 
 from energyd.config.hours import ProductionHours
 from energyd.config.secrets import check_secret_file, read_secret
-from energyd.config.units import Duration, Size
+from energyd.config.units import AgeMonths, Duration, Size
 from energyd.model import QUANTITIES, ROLES
 
 Role = Literal["grid_import", "submeter", "generation", "compressor", "fuel"]
@@ -421,6 +421,9 @@ class Accounting(Strict):
     reconciliation_tolerance: float = Field(0.02, ge=0, le=1)
     rollup_delay: Duration = 300.0  # the hourly job runs this long after the hour
     recompute_hours: int = Field(48, ge=0)  # recomputed at start-up
+    # how long after its validity the latest published factor is carried forward
+    # (provisional): '3y', '18mo'; kept in calendar months
+    max_factor_age: AgeMonths = 36
     accounts: dict[str, list[str]] = Field(default_factory=dict)  # invoice account -> devices
     certificates: list[Certificate] = Field(default_factory=list)
 
@@ -612,6 +615,22 @@ class Config(Strict):
                 if d not in known:
                     raise ValueError(f"alerts rule {rule.name!r}: unknown device {d!r}")
         return self
+
+    def located_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Checks across sections that point at one list item: (location, message), so the
+        loader can give the item's line."""
+        roles = {d.name: d.role for d in self.devices}
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        for account, devs in self.accounting.accounts.items():
+            for i, d in enumerate(devs):
+                # a statement bills purchased electricity: a submeter or a generator under an
+                # account would add energy that the incomers already count, or that was
+                # never bought
+                if d in roles and roles[d] != "grid_import":
+                    out.append((("accounting", "accounts", account, i),
+                                f"account {account!r} holds {d!r}, a {roles[d]} device: "
+                                "statement accounts hold grid_import devices only"))
+        return out
 
     def device(self, name: str) -> Device:
         for d in self.devices:

@@ -43,5 +43,31 @@ def parse_size(value: object) -> int:
     raise ValueError(f"{value!r} is not a size (e.g. 500MB, 2GiB)")
 
 
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(y|yrs?|years?|mo|months?)?\s*$", re.IGNORECASE)
+_AGE_ISO = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?$")
+
+
+def parse_age(value: object) -> int:
+    """'3y', '3 years', '18mo', '18 months', 'P3Y', 'P1Y6M', or a bare number of years ->
+    calendar months. Kept in months, not days, so that a year is a year whether it has 365
+    or 366 days."""
+    if isinstance(value, bool):
+        raise ValueError("expected an age like 3y or 18mo")
+    if isinstance(value, int | float):
+        years, unit = float(value), "y"
+    elif isinstance(value, str) and (m := _AGE_ISO.match(value.strip().upper())) \
+            and any(m.groups()):
+        return int(m.group(1) or 0) * 12 + int(m.group(2) or 0)
+    elif isinstance(value, str) and (m := _AGE.match(value)):
+        years, unit = float(m.group(1)), (m.group(2) or "y").lower()
+    else:
+        raise ValueError(f"{value!r} is not an age (e.g. 3y, 18mo)")
+    months = years * (1 if unit.startswith("mo") else 12)
+    if months < 0 or abs(months - round(months)) > 1e-9:
+        raise ValueError(f"{value!r} is not a whole number of months")
+    return round(months)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+AgeMonths = Annotated[int, BeforeValidator(parse_age)]
 Size = Annotated[int, BeforeValidator(parse_size)]

@@ -202,6 +202,21 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX alert_outbox_channel ON alert_outbox (channel, id);
     """,
     _pack_readings,
+    # 6: accounting: a statement below the metered energy of its period, accepted as it stands
+    # by a person (who, when, why), so that the month it falls in can be final; a statement
+    # replaced by a corrected one is kept, marked with the one that replaced it
+    """
+    ALTER TABLE invoices ADD COLUMN replaced_by INTEGER;
+    CREATE TABLE statement_acceptances (
+        id INTEGER PRIMARY KEY,
+        statement INTEGER NOT NULL,
+        accepted INTEGER NOT NULL,
+        accepted_by TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        finding TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX statement_acceptances_statement ON statement_acceptances (statement);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
