@@ -298,7 +298,14 @@ class Mqtt(Strict):
     password_env: str | None = None
     tls: Tls | None = None
     max_payload: Size = 65536
-    max_clock_skew: Duration = 86400.0  # payload timestamps further off are refused
+    # A payload timestamp further ahead of the clock than this is refused ("clock_skew").
+    max_clock_skew: Duration = 86400.0
+    # A payload timestamp older than this is refused ("too_old"). Generous: a persistent
+    # session hands over what it queued during an outage, and that is real data.
+    max_message_age: Duration = 30 * 86400.0
+    # After a reconnect to a kept session, messages are taken as the session's backlog
+    # (quality received_backlog when they carry no time) until none arrives for this long.
+    backlog_gap: Duration = 1.0
     _password: SecretStr | None = PrivateAttr(None)
     _files = field_validator("password_file")(classmethod(_secret_file))
 

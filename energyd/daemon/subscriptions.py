@@ -111,6 +111,12 @@ class MqttComponent:
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
         self._messages: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
+        # the session's backlog (see _from_backlog); times from time.monotonic()
+        self._backlog = False
+        self._backlog_count = 0
+        self.backlog_received = 0
+        self._last_arrival = 0.0
+        self._last_ack = 0.0
 
     # --- the component ----------------------------------------------------------------------
 
@@ -123,7 +129,7 @@ class MqttComponent:
         key = f"mqtt.filters.{self.options.client_id}"
         previous = await asyncio.to_thread(self.ctx.store.get_meta, key, [])
         sub = self.subscriber = Subscriber(self.options, filters, on_message=self._on_message,
-                                           stale=previous)
+                                           on_connected=self._connected, stale=previous)
         saved = previous == filters
         self._taking = True
         sub.start()
@@ -172,10 +178,41 @@ class MqttComponent:
             "last_error": sub.last_error if sub else None,
             "received": self.received,
             "refused": self.refused,
+            "backlog_received": self.backlog_received,
             "waiting_for_commit": len(self._queue),
         }
 
     # --- paho thread ------------------------------------------------------------------------
+
+    def _connected(self, session_present: bool) -> None:
+        now = time.monotonic()
+        self._backlog = session_present
+        self._backlog_count = 0
+        self._last_arrival = self._last_ack = now
+
+    def _from_backlog(self, msg: Any) -> bool:
+        """Whether a message comes from the session's backlog rather than being published
+        now. MQTT does not say, so: a retained message (sent on subscribing, published
+        before) or a resent one (DUP, first sent on an earlier connection) is; and after
+        a reconnect to a kept session (CONNACK session present), the broker first sends what
+        it queued, back to back, as fast as energyd acknowledges, so every message is taken
+        as backlog until the broker has been free to send (nothing of ours unacknowledged)
+        for `mqtt.backlog_gap` without sending anything. Erring towards "backlog" is the
+        safe side: a receive time is an upper bound of a message's production either way,
+        the backlog flag only says it may be far off."""
+        now = time.monotonic()
+        if self._backlog and now - max(self._last_arrival, self._last_ack) > \
+                self.options.backlog_gap:
+            self._backlog = False
+            if self._backlog_count:
+                log.info("mqtt: %d messages came from the session's backlog after the "
+                         "reconnect", self._backlog_count)
+        self._last_arrival = now
+        if self._backlog or msg.retain or msg.dup:
+            self._backlog_count += 1
+            self.backlog_received += 1
+            return True
+        return False
 
     def _on_message(self, msg: Any, generation: int) -> None:
         if not self._taking:
@@ -184,7 +221,8 @@ class MqttComponent:
         self.received += 1
         problems: list[Rejected] = []
         try:
-            readings = self.mapper.map(topic, msg.payload, self._now(), problems)
+            readings = self.mapper.map(topic, msg.payload, self._now(), problems,
+                                       backlog=self._from_backlog(msg))
         except Rejected as exc:
             readings = []
             self.refused += 1
@@ -274,3 +312,5 @@ class MqttComponent:
             for taken in ready:
                 if sub.ack(taken.mid, taken.qos, taken.generation):
                     self.acked += 1
+            if ready:
+                self._last_ack = time.monotonic()

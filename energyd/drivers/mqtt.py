@@ -57,6 +57,7 @@ See energyd/daemon/subscriptions.py for the commit-then-ack path.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -74,7 +75,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from energyd.config.schema import Config, Mqtt, MqttDeviceOptions
-from energyd.model import Reading
+from energyd.model import Quality, Reading, from_ms, to_ms
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,9 @@ class PayloadMapper:
         broker = config.mqtt or Mqtt()
         self.max_payload = broker.max_payload
         self.max_skew = timedelta(seconds=broker.max_clock_skew)
+        self.max_age = timedelta(seconds=broker.max_message_age)
+        # the last receive time (ms) given to each device's messages: see `_receipt`
+        self._receipts: dict[str, int] = {}
         self.routes: list[Route] = []
         for d in config.devices:
             if d.driver != "mqtt" or not d.enabled or d.mqtt is None:
@@ -256,10 +260,26 @@ class PayloadMapper:
                 self._cache[topic] = named
         return named
 
+    def _receipt(self, device: str, received: datetime) -> datetime:
+        """The time of a message that carries none: its receive time, made later than the
+        device's previous one by at least a millisecond (the store's grain), so messages
+        arriving in the same millisecond stay apart, in arrival order (which MQTT keeps per
+        topic). A burst runs ahead of the clock by a millisecond per message at most."""
+        ms = to_ms(received)
+        last = self._receipts.get(device)
+        if last is not None and ms <= last:
+            ms = last + 1
+        elif last is None and len(self._receipts) >= _CACHE_TOPICS:
+            self._receipts.clear()  # bounded like the topic cache; loses only the tie-break
+        self._receipts[device] = ms
+        return from_ms(ms)
+
     def map(self, topic: str, payload: bytes, received: datetime,
-            problems: list[Rejected] | None = None) -> list[Reading]:
+            problems: list[Rejected] | None = None, *, backlog: bool = False) -> list[Reading]:
         """Readings of one message. A refused message raises Rejected; a refused field is
-        left out and, when `problems` is given, appended to it."""
+        left out and, when `problems` is given, appended to it. `backlog`: the message came
+        from the session's backlog (see Subscriber.from_backlog), so a receive time is only
+        an upper bound of when it was produced."""
         if len(payload) > self.max_payload:
             raise Rejected("too_large", f"{len(payload)} bytes, the limit is {self.max_payload}")
         named = self._named(topic)
@@ -267,6 +287,7 @@ class PayloadMapper:
             raise Rejected(named.reason, named.detail)
         out: list[Reading] = []
         doc: Any = None
+        receipt = Quality.RECEIVED_BACKLOG if backlog else Quality.RECEIVED
         for route, device in named:
             o = route.options
             if o.format == "value":
@@ -276,21 +297,26 @@ class PayloadMapper:
                     raise Rejected("not_utf8", "the payload is not UTF-8 text") from None
                 value = _number(text, "the payload")
                 assert o.quantity is not None
-                out.append(Reading(received, device, o.quantity, value))
+                out.append(Reading(self._receipt(device, received), device, o.quantity, value,
+                                   receipt))
                 continue
             if doc is None:
                 doc = _decode_json(payload)
-            when = received
+            raw = None
             if route.timestamp is not None:
-                try:
+                with contextlib.suppress(KeyError):  # none in this message: receive time
                     raw = _lookup(doc, route.timestamp)
-                except KeyError:
-                    raw = None  # no time in this message: the receive time stands
-                if raw is not None:
-                    when = parse_time(raw)
-                    if abs(when - received) > self.max_skew:
-                        raise Rejected("clock_skew", f"time {when.isoformat()} is more than "
-                                       f"{self.max_skew} from now ({received.isoformat()})")
+            if raw is not None:
+                when = parse_time(raw)
+                quality = Quality.GOOD
+                if when - received > self.max_skew:
+                    raise Rejected("clock_skew", f"time {when.isoformat()} is more than "
+                                   f"{self.max_skew} ahead of now ({received.isoformat()})")
+                if received - when > self.max_age:
+                    raise Rejected("too_old", f"time {when.isoformat()} is more than "
+                                   f"{self.max_age} before now ({received.isoformat()})")
+            else:
+                when, quality = None, receipt
             missing: list[str] = []
             for quantity, path in route.fields:
                 try:
@@ -308,7 +334,9 @@ class PayloadMapper:
                             raise
                         problems.append(exc)
                         continue
-                out.append(Reading(when, device, quantity, value))
+                if when is None:  # stamped once the message is known to give a reading
+                    when = self._receipt(device, received)
+                out.append(Reading(when, device, quantity, value, quality))
             if missing:
                 problem = Rejected("missing_field", f"no field {', '.join(missing)}")
                 if problems is None:

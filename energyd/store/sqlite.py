@@ -78,6 +78,22 @@ class StoredReading:
 
 
 @dataclass(frozen=True, slots=True)
+class Conflict:
+    """A reading refused because the store holds another value for its series and time."""
+
+    device: str
+    quantity: str
+    time_ms: int
+    value: float  # the value that came later, not taken
+    quality: int
+    stored: float  # the value the store holds, which stands
+
+
+# (series id, time ms, value, quality, stored value): a conflict as the store finds it
+_Found = tuple[int, int, float, int, float]
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     count: int
     oldest_ms: int | None  # reading time of the oldest unsent item
@@ -288,20 +304,85 @@ class Store:
         return self.series_rows(readings)
 
     def commit_samples(self, samples: list[Sample],
-                       polls: Iterable[tuple[str, int, str | None]]) -> int:
+                       polls: Iterable[tuple[str, int, str | None]],
+                       conflicts: list[Conflict] | None = None) -> int:
         """One flush of the daemon: samples (`samples.group`) and the polls that read them, in
         one transaction (one sync to disk). A sample the store holds already (same layout and
-        time: a batch sent again) is ignored. Returns how many samples were new."""
+        time: a batch sent again) is ignored; where its values differ from the stored ones,
+        the differing readings are kept as conflicts (see `conflicts`) and, when
+        `conflicts` is given, the ones not kept before are appended to it. Returns how many
+        samples were new."""
         with self.transaction() as conn:
             layout_id = self._layout_id
             rows = [(layout_id(conn, key), t, vals, quality) for key, t, vals, quality in samples]
-            # consecutive rows of a layout land in the same leaf of the (layout, time) index
+            # consecutive rows of a layout land in the same leaf of the (layout, time) index;
+            # the sort is stable, so of two samples with one layout and time the first stands
             rows.sort(key=_layout_of)
             before = conn.total_changes
             conn.executemany(_INSERT_SAMPLE, rows)
             inserted = conn.total_changes - before
+            if inserted < len(rows):  # some were held already: replays, or conflicts
+                found = self._sample_conflicts(conn, rows)
+                if found:
+                    new = self._record_conflicts(conn, found, "acquisition")
+                    if conflicts is not None:
+                        conflicts += new
             self._record_polls(conn, polls)
         return inserted
+
+    def _sample_conflicts(self, conn: sqlite3.Connection,
+                          rows: list[tuple[int, int, bytes, bytes | None]]) -> list[_Found]:
+        """The readings of `rows` (layout, time, values, qualities) whose value differs from
+        the one stored for their series and time. A row that was inserted finds itself."""
+        found: list[_Found] = []
+        for lid, t, vals, quality in rows:
+            stored = conn.execute("SELECT vals FROM samples WHERE layout = ? AND time = ?",
+                                  (lid, t)).fetchone()
+            if stored is None or stored[0] == vals:
+                continue
+            old, new = unpack_values(stored[0]), unpack_values(vals)
+            for pos, sid in enumerate(self._layout(lid)):
+                if new[pos] != old[pos]:
+                    found.append((sid, t, new[pos], quality_at(quality, pos), old[pos]))
+        return found
+
+    def _record_conflicts(self, conn: sqlite3.Connection, found: list[_Found],
+                          origin: str) -> list[Conflict]:
+        """Inside a transaction: keep `found`; returns those not kept before."""
+        now = int(time.time() * 1000)
+        new = []
+        for sid, t, value, quality, stored in found:
+            if conn.execute(
+                    "INSERT INTO conflicts (series, time, value, quality, stored, origin, found) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, time, value) DO NOTHING",
+                    (sid, t, value, quality, stored, origin, now)).rowcount:
+                device, quantity = self._series_name(conn, sid)
+                new.append(Conflict(device, quantity, t, value, quality, stored))
+        return new
+
+    def _series_name(self, conn: sqlite3.Connection, sid: int) -> tuple[str, str]:
+        name = self._series_names.get(sid)
+        if name is None:  # made by another process since this one loaded the series
+            device, quantity = conn.execute("SELECT device, quantity FROM series WHERE id = ?",
+                                            (sid,)).fetchone()
+            name = self._series_names[sid] = (device, quantity)
+        return name
+
+    def conflict_counts(self) -> dict[str, int]:
+        """Conflicts kept, per device."""
+        return dict(self.execute(
+            "SELECT s.device, count(*) FROM conflicts c JOIN series s ON s.id = c.series "
+            "GROUP BY s.device"))
+
+    def conflicts(self, device: str | None = None, limit: int = 1000) -> list[Conflict]:
+        """The conflicts kept, by series and time (of `device` only, if given)."""
+        where, params = "", []
+        if device is not None:
+            where, params = "WHERE s.device = ?", [device]
+        return [Conflict(*row) for row in self.execute(
+            "SELECT s.device, s.quantity, c.time, c.value, c.quality, c.stored FROM conflicts c "
+            f"JOIN series s ON s.id = c.series {where} "
+            "ORDER BY s.device, s.quantity, c.time, c.id LIMIT ?", (*params, limit))]
 
     def insert_readings(self, readings: Iterable[Reading]) -> int:
         """Commit `readings` in one transaction; returns how many were new."""
@@ -319,12 +400,21 @@ class Store:
         return self.insert_series_rows(conn, params)
 
     def insert_series_rows(self, conn: sqlite3.Connection,
-                           params: list[tuple[int, int, float, int]]) -> int:
+                           params: list[tuple[int, int, float, int]],
+                           conflicts: list[Conflict] | None = None,
+                           origin: str = "import") -> int:
         """Insert (series id, time ms, value, quality) rows inside `transaction()`; returns
         how many were new. For bulk paths (imports, backfills): a reading of a series and time
         the store holds already is left out, so replays and re-imports are harmless whatever
-        samples the readings were first stored in."""
-        rows = self._unknown(conn, params)
+        samples the readings were first stored in. One with another value than the stored
+        (or an earlier row's) is a conflict: kept in `conflicts` (the table), the stored value
+        stands, and appended to `conflicts` (the list) when given, kept before or not."""
+        rows, found = self._unknown(conn, params)
+        if found:
+            self._record_conflicts(conn, found, origin)
+            if conflicts is not None:
+                conflicts += [Conflict(*self._series_name(conn, sid), t, v, q, stored)
+                              for sid, t, v, q, stored in found]
         layout_id = self._layout_id
         conn.executemany(_INSERT_SAMPLE, [(layout_id(conn, key), t, vals, quality)
                                           for key, t, vals, quality in group_rows(rows)])
@@ -332,45 +422,51 @@ class Store:
 
     @staticmethod
     def _unknown(conn: sqlite3.Connection, rows: list[tuple[int, int, float, int]]
-                 ) -> list[tuple[int, int, float, int]]:
-        """The rows whose (series, time) neither the store nor an earlier row holds."""
+                 ) -> tuple[list[tuple[int, int, float, int]], list[_Found]]:
+        """The rows whose (series, time) neither the store nor an earlier row holds, and the
+        conflicts: rows whose (series, time) is held with another value."""
         times: dict[int, list[int]] = {}
         for sid, t, _, _ in rows:
             times.setdefault(sid, []).append(t)
-        layouts: dict[int, list[int]] = {}
+        layouts: dict[int, list[tuple[int, int]]] = {}
         ids = list(times)
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            for sid, lid in conn.execute(
-                    f"SELECT series, layout FROM layout_series WHERE series IN "
+            for sid, lid, pos in conn.execute(
+                    f"SELECT series, layout, position FROM layout_series WHERE series IN "
                     f"({','.join('?' * len(part))})", part):
-                layouts.setdefault(sid, []).append(lid)
-        seen: set[tuple[int, int]] = set()
-        for sid, lids in layouts.items():
+                layouts.setdefault(sid, []).append((lid, pos))
+        seen: dict[tuple[int, int], float] = {}  # (series, time) -> the value held
+        for sid, placed in layouts.items():
             mine = times[sid]
             lo, hi, most = min(mine), max(mine), 4 * len(mine)
-            for lid in lids:
+            for lid, pos in placed:
                 # the usual backfill: little or nothing stored over its span, read it all
-                found = conn.execute("SELECT time FROM samples WHERE layout = ? AND "
-                                     "time >= ? AND time <= ? LIMIT ?",
-                                     (lid, lo, hi, most + 1)).fetchall()
-                if len(found) <= most:
-                    seen.update((sid, t) for (t,) in found)
-                    continue
-                # sparse rows over densely stored time: look each one up instead
-                for i in range(0, len(mine), 500):
-                    part = mine[i:i + 500]
-                    found = conn.execute(
-                        f"SELECT time FROM samples WHERE layout = ? AND time IN "
-                        f"({','.join('?' * len(part))})", (lid, *part))
-                    seen.update((sid, t) for (t,) in found)
+                found = conn.execute("SELECT time, substr(vals, ?, 8) FROM samples WHERE "
+                                     "layout = ? AND time >= ? AND time <= ? LIMIT ?",
+                                     (pos * 8 + 1, lid, lo, hi, most + 1)).fetchall()
+                if len(found) > most:
+                    # sparse rows over densely stored time: look each one up instead
+                    found = []
+                    for i in range(0, len(mine), 500):
+                        part = mine[i:i + 500]
+                        found += conn.execute(
+                            f"SELECT time, substr(vals, ?, 8) FROM samples WHERE layout = ? "
+                            f"AND time IN ({','.join('?' * len(part))})",
+                            (pos * 8 + 1, lid, *part)).fetchall()
+                for t, value in found:
+                    seen.setdefault((sid, t), value_at(value, 0))
         out = []
+        conflicts: list[_Found] = []
         for row in rows:
             key = (row[0], row[1])
-            if key not in seen:
-                seen.add(key)
+            held = seen.get(key)
+            if held is None:
+                seen[key] = row[2]
                 out.append(row)
-        return out
+            elif held != row[2]:
+                conflicts.append((*row, held))
+        return out, conflicts
 
     def invalidate_series_cache(self) -> None:
         """After a rollback, series and layouts created inside it no longer exist."""
