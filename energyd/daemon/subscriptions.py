@@ -18,7 +18,9 @@ acknowledged at once (sending them again would not make them better).
 * Crash (SIGKILL, power cut): whatever was not acknowledged is sent again by the broker on
   the next connection; what was already committed comes in twice and the store keeps one
   (a reading is unique per device, quantity and time: publish a timestamp in the payload
-  so a repeat carries the same time).
+  so a repeat carries the same time). A message without a time is stamped on receipt, so
+  its repeat (marked DUP by the broker, stored as received_backlog) is a second reading of
+  the same value a little later.
 * Broker restart: the broker's persistence keeps the session and its queue (mosquitto
   writes it on a clean shutdown and every autosave_interval).
 * What the broker keeps for an absent energyd is bounded by the broker: mosquitto drops

@@ -13,7 +13,8 @@ Two parts, kept apart so the mapping can be tested without a broker:
 Broker options (config `mqtt:`): host, port (1883), client_id ("energyd"), protocol ("5" or
 "3.1.1"), keepalive (30 s), qos (1), session_expiry (7 d, MQTT 5), max_inflight (10000),
 reconnect_delay_max (60 s), username, password_file / password_env, tls {ca_file,
-cert_file, key_file, insecure}, max_payload (64 KiB), max_clock_skew (1 d).
+cert_file, key_file, insecure}, max_payload (64 KiB), max_clock_skew (1 d, into the future),
+max_message_age (30 d, into the past), backlog_gap (1 s).
 
 Device options (config `devices[].mqtt:`)::
 
@@ -44,9 +45,18 @@ level's text, which must be one of `devices`; the template's role and station ap
 each (per-compressor settings such as rated power need per-compressor entries).
 Sparkplug B is not offered (see MqttDeviceOptions).
 
+Time: a payload's own timestamp is the readings' time (quality good). A message without one
+takes its receive time, made strictly increasing per device (each message at least a
+millisecond, the store's grain, after the device's previous one, in arrival order, which MQTT
+keeps per topic), so messages arriving together are never stored onto one time; those readings
+are of quality received, or received_backlog when the message came from the session's
+backlog after a reconnect (see MqttComponent._from_backlog in energyd/daemon/subscriptions.py).
+
 Bad input never reaches the store: a payload over max_payload, bytes that are not UTF-8
 JSON, a mapped field that is missing, not a number or not finite, a timestamp that cannot
-be read or lies more than max_clock_skew from the clock. A field that is bad is left out
+be read, lies more than max_clock_skew ahead of the clock ("clock_skew") or more than
+max_message_age behind it ("too_old": a broker session keeps what was queued during an
+outage, and that is real data, so the bound is generous). A field that is bad is left out
 and the message's good fields are kept; a bad timestamp or payload refuses the message.
 
 Durability: messages are taken with paho's `manual_ack`: the PUBACK (QoS 1) goes to the
