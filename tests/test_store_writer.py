@@ -184,3 +184,31 @@ def test_a_replay_is_ignored_and_a_conflict_kept_apart(tmp_path: Path) -> None:
         ("m2", "active_energy_import_kwh", to_ms(T0) + 1000, 6.0),
         ("m2", "active_power_kw", to_ms(T0), 1.0),
         ("m2", "active_power_kw", to_ms(T0) + 1000, 5.0)]
+
+
+def test_a_reading_held_by_another_layout_is_not_stored_twice(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store.open(path) as store, StoreWriter(store) as writer:
+        writer.submit(poll("m1", 0))  # power and energy in one sample
+        writer.submit(poll("m1", 1))
+        writer.flush_sync()
+        # power alone at the same times: a replay, then a conflict
+        writer.submit([Reading(T0, "m1", "active_power_kw", 1.0)])
+        writer.submit([Reading(T0 + timedelta(seconds=1), "m1", "active_power_kw", 4.0)])
+        # power, energy and voltage: the first two are held (one differs), voltage is new
+        when = T0 + timedelta(seconds=1)
+        writer.submit([Reading(when, "m1", "active_power_kw", 1.0),
+                       Reading(when, "m1", "active_energy_import_kwh", 3.0),
+                       Reading(when, "m1", "voltage_l1_v", 230.0)])
+        writer.flush_sync()
+        assert writer.conflicts == {"m1": 2}
+        assert [(c.quantity, c.time_ms - to_ms(T0), c.value, c.stored)
+                for c in store.conflicts()] == [
+            ("active_energy_import_kwh", 1000, 3.0, 2.0),
+            ("active_power_kw", 1000, 4.0, 1.0)]
+        assert store.count_readings() == 5  # nothing stored twice, whatever a reader asks
+        after = [(r.quantity, r.value) for r in store.readings_after(0, 100)]
+        assert sorted(after) == [("active_energy_import_kwh", 2.0),
+                                 ("active_energy_import_kwh", 2.0),
+                                 ("active_power_kw", 1.0), ("active_power_kw", 1.0),
+                                 ("voltage_l1_v", 230.0)]

@@ -128,6 +128,13 @@ class Store:
         self._layouts: dict[int, tuple[int, ...]] = {}
         self._load_layouts()
         self._per_sample = 8  # readings per sample, about: sizes the reads by id
+        # for the conflicts between layouts (see `_across_layouts`): the placements of the
+        # series held by more than one layout, as of the newest layout id seen, and the
+        # latest sample time per layout, as of SQLite's data_version
+        self._shared: dict[int, list[tuple[int, int]]] = {}
+        self._shared_upto = -1
+        self._latest: dict[int, int] = {}
+        self._data_version = -1
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -321,14 +328,90 @@ class Store:
             before = conn.total_changes
             conn.executemany(_INSERT_SAMPLE, rows)
             inserted = conn.total_changes - before
-            if inserted < len(rows):  # some were held already: replays, or conflicts
-                found = self._sample_conflicts(conn, rows)
-                if found:
-                    new = self._record_conflicts(conn, found, "acquisition")
-                    if conflicts is not None:
-                        conflicts += new
+            found = self._sample_conflicts(conn, rows) if inserted < len(rows) else []
+            found += self._across_layouts(conn, rows)
+            if found:
+                new = self._record_conflicts(conn, found, "acquisition")
+                if conflicts is not None:
+                    conflicts += new
             self._record_polls(conn, polls)
         return inserted
+
+    def _across_layouts(self, conn: sqlite3.Connection,
+                        rows: list[tuple[int, int, bytes, bytes | None]]) -> list[_Found]:
+        """Inside commit_samples, after the insert: readings of a new sample whose series and
+        time an earlier sample of another layout holds (a message that came with fewer
+        fields, a block read value by value after a refusal). They are taken out of the new
+        sample, so only the first value is ever read or forwarded; those with another value
+        are returned as conflicts."""
+        top = conn.execute("SELECT max(id) FROM layouts").fetchone()[0] or 0
+        if top != self._shared_upto:
+            self._shared = {}
+            for sid, lid, pos in conn.execute(
+                    "SELECT series, layout, position FROM layout_series WHERE series IN "
+                    "(SELECT series FROM layout_series GROUP BY series HAVING count(*) > 1)"):
+                self._shared.setdefault(sid, []).append((lid, pos))
+            self._shared_upto = top
+        if not self._shared:  # the usual store: every series in one layout
+            return []
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:  # another connection wrote: latest times may move
+            self._latest.clear()
+            self._data_version = version
+        found: list[_Found] = []
+        for lid, t, vals, quality in rows:
+            series = self._layout(lid)
+            others = [(pos, sid, other, at) for pos, sid in enumerate(series)
+                      for other, at in self._shared.get(sid, ()) if other != lid
+                      and self._latest_time(conn, other) >= t]
+            if not others:
+                continue
+            own = conn.execute("SELECT id, vals FROM samples WHERE layout = ? AND time = ?",
+                               (lid, t)).fetchone()
+            if own is None or own[1] != vals:
+                continue  # not this row's sample: a conflict within the layout, found already
+            values = unpack_values(vals)
+            held: set[int] = set()
+            for pos, sid, other, at in others:
+                first = conn.execute("SELECT id, substr(vals, ?, 8) FROM samples WHERE "
+                                     "layout = ? AND time = ? AND id < ?",
+                                     (at * 8 + 1, other, t, own[0])).fetchone()
+                if first is None or pos in held:
+                    continue
+                held.add(pos)
+                stored = value_at(first[1], 0)
+                if stored != values[pos]:
+                    found.append((sid, t, values[pos], quality_at(quality, pos), stored))
+            if held:
+                self._drop_positions(conn, own[0], series, values, quality, held)
+        for lid, t, _, _ in rows:
+            if lid in self._latest and t > self._latest[lid]:
+                self._latest[lid] = t
+        return found
+
+    def _latest_time(self, conn: sqlite3.Connection, lid: int) -> int:
+        latest = self._latest.get(lid)
+        if latest is None:
+            row = conn.execute("SELECT max(time) FROM samples WHERE layout = ?",
+                               (lid,)).fetchone()
+            latest = self._latest[lid] = row[0] if row[0] is not None else -(2**62)
+        return latest
+
+    def _drop_positions(self, conn: sqlite3.Connection, sample: int, series: tuple[int, ...],
+                        values: array, quality: bytes | None, drop: set[int]) -> None:
+        """Take readings out of a sample made in this transaction (no reader has its ids)."""
+        keep = [p for p in range(len(series)) if p not in drop]
+        if not keep:
+            conn.execute("DELETE FROM samples WHERE id = ?", (sample,))
+            return
+        q = pack_quality(array("b", [quality[p] for p in keep])) if quality else None
+        key = pack_ids([series[p] for p in keep])
+        changed = conn.execute(
+            "UPDATE OR IGNORE samples SET layout = ?, vals = ?, quality = ? WHERE id = ?",
+            (self._layout_id(conn, key), pack_values(array("d", [values[p] for p in keep])),
+             q, sample)).rowcount
+        if not changed:  # that layout holds the rest at this time already
+            conn.execute("DELETE FROM samples WHERE id = ?", (sample,))
 
     def _sample_conflicts(self, conn: sqlite3.Connection,
                           rows: list[tuple[int, int, bytes, bytes | None]]) -> list[_Found]:
