@@ -120,6 +120,18 @@ def test_backlog_messages_are_flagged_when_receive_timed(mapper):
     assert {r.quality for r in got} == {Quality.GOOD}
 
 
+def test_a_retained_message_is_taken_only_with_a_time_of_its_own(mapper):
+    for topic, payload in (("plant/air/c1/telemetry", b'{"flow": 1, "state": 2}'),
+                           ("plant/hall/power", b"42")):
+        with pytest.raises(Rejected) as caught:
+            mapper.map(topic, payload, NOW, [], retained=True)
+        assert caught.value.reason == "retained_without_time"
+    got = mapper.map("plant/air/c1/telemetry", b'{"flow": 1, "state": 2, "ts": 1772445590}',
+                     NOW, retained=True)  # the same message again at its own time: a replay
+    assert [(r.time, r.quality) for r in got] == [
+        (datetime(2026, 3, 2, 9, 59, 50, tzinfo=UTC), Quality.GOOD)] * 2
+
+
 def test_old_timestamps_are_taken_up_to_the_message_age_and_counted_beyond():
     mapper = PayloadMapper(parse_config(CONFIG.replace("max_clock_skew: 1h",
                                                        "max_clock_skew: 1h, "

@@ -194,8 +194,8 @@ class MqttComponent:
 
     def _from_backlog(self, msg: Any) -> bool:
         """Whether a message comes from the session's backlog rather than being published
-        now. MQTT does not say, so: a retained message (sent on subscribing, published
-        before) or a resent one (DUP, first sent on an earlier connection) is; and after
+        now. MQTT does not say, so: a resent one (DUP, first sent on an earlier connection)
+        is; and after
         a reconnect to a kept session (CONNACK session present), the broker first sends what
         it queued, back to back, as fast as energyd acknowledges, so every message is taken
         as backlog until the broker has been free to send (nothing of ours unacknowledged)
@@ -210,7 +210,7 @@ class MqttComponent:
                 log.info("mqtt: %d messages came from the session's backlog after the "
                          "reconnect", self._backlog_count)
         self._last_arrival = now
-        if self._backlog or msg.retain or msg.dup:
+        if self._backlog or msg.dup:
             self._backlog_count += 1
             self.backlog_received += 1
             return True
@@ -224,7 +224,7 @@ class MqttComponent:
         problems: list[Rejected] = []
         try:
             readings = self.mapper.map(topic, msg.payload, self._now(), problems,
-                                       backlog=self._from_backlog(msg))
+                                       backlog=self._from_backlog(msg), retained=msg.retain)
         except Rejected as exc:
             readings = []
             self.refused += 1

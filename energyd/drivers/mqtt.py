@@ -285,11 +285,15 @@ class PayloadMapper:
         return from_ms(ms)
 
     def map(self, topic: str, payload: bytes, received: datetime,
-            problems: list[Rejected] | None = None, *, backlog: bool = False) -> list[Reading]:
+            problems: list[Rejected] | None = None, *, backlog: bool = False,
+            retained: bool = False) -> list[Reading]:
         """Readings of one message. A refused message raises Rejected; a refused field is
         left out and, when `problems` is given, appended to it. `backlog`: the message came
-        from the session's backlog (see Subscriber.from_backlog), so a receive time is only
-        an upper bound of when it was produced."""
+        from the session's backlog (see MqttComponent._from_backlog), so a receive time is
+        only an upper bound of when it was produced. `retained`: the broker sent a retained
+        message on subscribing; without a time of its own it is refused, since when it was
+        measured is unknown (hours or months ago) and it comes again at every subscription,
+        where a receive time would make a new reading of an old value each time."""
         if len(payload) > self.max_payload:
             raise Rejected("too_large", f"{len(payload)} bytes, the limit is {self.max_payload}")
         named = self._named(topic)
@@ -298,6 +302,8 @@ class PayloadMapper:
         out: list[Reading] = []
         doc: Any = None
         receipt = Quality.RECEIVED_BACKLOG if backlog else Quality.RECEIVED
+        stale = Rejected("retained_without_time", "a retained message without a time of its "
+                         "own: when it was measured is unknown")
         for route, device in named:
             o = route.options
             if o.format == "value":
@@ -307,6 +313,8 @@ class PayloadMapper:
                     raise Rejected("not_utf8", "the payload is not UTF-8 text") from None
                 value = _number(text, "the payload")
                 assert o.quantity is not None
+                if retained:
+                    raise stale
                 out.append(Reading(self._receipt(device, received), device, o.quantity, value,
                                    receipt))
                 continue
@@ -325,6 +333,8 @@ class PayloadMapper:
                 if received - when > self.max_age:
                     raise Rejected("too_old", f"time {when.isoformat()} is more than "
                                    f"{self.max_age} before now ({received.isoformat()})")
+            elif retained:
+                raise stale
             else:
                 when, quality = None, receipt
             missing: list[str] = []
