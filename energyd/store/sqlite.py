@@ -722,6 +722,11 @@ class Store:
         """(time, value) of the series' readings with first_ms <= time <= last_ms, by time."""
         return [(t, v) for t, _, v, _ in self._series_stream(series, first_ms, last_ms + 1)]
 
+    def series_readings(self, series: int, first_ms: int, last_ms: int
+                        ) -> list[tuple[int, float, int]]:
+        """`series_values` with each reading's quality: (time, value, quality)."""
+        return [(t, v, q) for t, _, v, q in self._series_stream(series, first_ms, last_ms + 1)]
+
     # --- insertion order: what sinks and the hourly job follow ----------------------------
 
     def last_reading_id(self) -> int:
