@@ -43,7 +43,16 @@ Device options (config `devices[].mqtt:`)::
 With an exact topic the readings carry the entry's name. With a template they carry the
 level's text, which must be one of `devices`; the template's role and station apply to
 each (per-compressor settings such as rated power need per-compressor entries).
-Sparkplug B is not offered (see MqttDeviceOptions).
+
+    - name: meter7                     # format sparkplug_b: an edge node's device
+      driver: mqtt
+      mqtt:
+        format: sparkplug_b
+        topic: spBv1.0/plant/+/gateway1/meter7   # spBv1.0/<group>/+/<edge node>[/<device>]
+        fields: {active_power_kw: Power/Active, active_energy_import_kwh: Energy/Import}
+
+Sparkplug B entries subscribe to their edge node's whole subtree; births, aliases, sequence
+numbers and deaths are kept per node by energyd/drivers/sparkplug.py.
 
 Time: a payload's own timestamp is the readings' time (quality good). A message without one
 takes its receive time, made strictly increasing per device (each message at least a
@@ -85,6 +94,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from energyd.config.schema import Config, Mqtt, MqttDeviceOptions
+from energyd.drivers.sparkplug import (
+    Metric,
+    SparkplugDecoder,
+    SparkplugProblem,
+    Topic,
+    parse_topic,
+)
 from energyd.model import Quality, Reading, from_ms, to_ms
 
 log = logging.getLogger(__name__)
@@ -118,6 +134,10 @@ class Route:
     fields: tuple[tuple[str, tuple[str, ...]], ...]  # (quantity, path parts)
     timestamp: tuple[str, ...] | None
     allowed: frozenset[str] | None  # names a template's device level may take
+    # format sparkplug_b: the Sparkplug device the entry reads (None: the edge node's own
+    # metrics) and metric name -> quantity; `topic` is then the node's whole subtree
+    sparkplug_device: str | None = None
+    metrics: tuple[tuple[str, str], ...] = ()
 
     @property
     def levels(self) -> list[str]:
@@ -224,11 +244,21 @@ class PayloadMapper:
         self.max_age = timedelta(seconds=broker.max_message_age)
         # the last receive time (ms) given to each device's messages: see `_receipt`
         self._receipts: dict[str, int] = {}
+        self.sparkplug = SparkplugDecoder()
         self.routes: list[Route] = []
         for d in config.devices:
             if d.driver != "mqtt" or not d.enabled or d.mqtt is None:
                 continue
             o = d.mqtt
+            if o.format == "sparkplug_b":
+                # the node's every message, whatever device the entry reads: its births,
+                # sequence numbers and deaths are the node's (drivers/sparkplug.py)
+                levels = o.topic.split("/")
+                self.routes.append(Route(
+                    d.name, "/".join(levels[:4]) + "/#", o, (), None, None,
+                    levels[4] if len(levels) == 5 else None,
+                    tuple((name, q) for q, name in o.fields.items())))
+                continue
             fields = tuple((q, _path(p)) for q, p in o.fields.items())
             self.routes.append(Route(
                 d.name, o.topic, o, fields, _path(o.timestamp) if o.timestamp else None,
@@ -270,6 +300,53 @@ class PayloadMapper:
                 self._cache[topic] = named
         return named
 
+    def _sparkplug(self, topic: str, payload: bytes, problems: list[Rejected] | None
+                   ) -> tuple[Topic, list[Metric]]:
+        parsed = parse_topic(topic)
+        if parsed is None:
+            raise Rejected("not_sparkplug", "not a Sparkplug B topic")
+        try:
+            metrics, found = self.sparkplug.decode(parsed, payload)
+        except SparkplugProblem as exc:
+            raise Rejected(exc.reason, exc.detail) from None
+        for p in found:
+            if problems is None:
+                raise Rejected(p.reason, p.detail)
+            problems.append(Rejected(p.reason, p.detail))
+        return parsed, metrics
+
+    def _sparkplug_readings(self, route: Route, device: str, metrics: list[Metric],
+                            received: datetime, receipt: Quality,
+                            problems: list[Rejected] | None) -> list[Reading]:
+        quantities = dict(route.metrics)
+        out = []
+        for m in metrics:
+            quantity = quantities.get(m.name)
+            if quantity is None:
+                continue  # a metric this entry does not map
+            if m.time_ms is None:
+                out.append(Reading(self._receipt(device, received), device, quantity, m.value,
+                                   receipt))
+                continue
+            when = from_ms(m.time_ms)
+            try:
+                self._check_time(when, received)
+            except Rejected as exc:
+                if problems is None:
+                    raise
+                problems.append(Rejected(exc.reason, f"metric {m.name!r}: {exc.detail}"))
+                continue
+            out.append(Reading(when, device, quantity, m.value))
+        return out
+
+    def _check_time(self, when: datetime, received: datetime) -> None:
+        if when - received > self.max_skew:
+            raise Rejected("clock_skew", f"time {when.isoformat()} is more than "
+                           f"{self.max_skew} ahead of now ({received.isoformat()})")
+        if received - when > self.max_age:
+            raise Rejected("too_old", f"time {when.isoformat()} is more than "
+                           f"{self.max_age} before now ({received.isoformat()})")
+
     def _receipt(self, device: str, received: datetime) -> datetime:
         """The time of a message that carries none: its receive time, made later than the
         device's previous one by at least a millisecond (the store's grain), so messages
@@ -301,11 +378,19 @@ class PayloadMapper:
             raise Rejected(named.reason, named.detail)
         out: list[Reading] = []
         doc: Any = None
+        spb: tuple[Topic, list[Metric]] | None = None
         receipt = Quality.RECEIVED_BACKLOG if backlog else Quality.RECEIVED
         stale = Rejected("retained_without_time", "a retained message without a time of its "
                          "own: when it was measured is unknown")
         for route, device in named:
             o = route.options
+            if o.format == "sparkplug_b":
+                if spb is None:
+                    spb = self._sparkplug(topic, payload, problems)
+                if spb[0].device == route.sparkplug_device:
+                    out += self._sparkplug_readings(route, device, spb[1], received, receipt,
+                                                    problems)
+                continue
             if o.format == "value":
                 try:
                     text = payload.decode("utf-8")
@@ -327,12 +412,7 @@ class PayloadMapper:
             if raw is not None:
                 when = parse_time(raw)
                 quality = Quality.GOOD
-                if when - received > self.max_skew:
-                    raise Rejected("clock_skew", f"time {when.isoformat()} is more than "
-                                   f"{self.max_skew} ahead of now ({received.isoformat()})")
-                if received - when > self.max_age:
-                    raise Rejected("too_old", f"time {when.isoformat()} is more than "
-                                   f"{self.max_age} before now ({received.isoformat()})")
+                self._check_time(when, received)
             elif retained:
                 raise stale
             else:
