@@ -1037,8 +1037,10 @@ class Store:
         return {p // SLOTS for p in positions}
 
     def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
-        """Delete raw readings older than the retention that every sink has forwarded;
-        returns how many went."""
+        """Delete raw readings older than the retention that every sink has forwarded, and
+        the conflicts older than the retention (kept for inspection as long as readings
+        are, so a publisher that keeps conflicting cannot fill the disk with them); returns
+        how many readings went."""
         horizon = now_ms - retention_ms
         limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
         where, params = "time < ?", [horizon]
@@ -1049,6 +1051,7 @@ class Store:
             gone = conn.execute(f"SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples "
                                 f"WHERE {where}", params).fetchone()[0]
             conn.execute(f"DELETE FROM samples WHERE {where}", params)
+            conn.execute("DELETE FROM conflicts WHERE time < ?", (horizon,))
         return gone
 
     # --- sink forwarding state (energyd/sinks/forwarder.py) -------------------------------
