@@ -212,3 +212,17 @@ def test_a_reading_held_by_another_layout_is_not_stored_twice(tmp_path: Path) ->
                                  ("active_energy_import_kwh", 2.0),
                                  ("active_power_kw", 1.0), ("active_power_kw", 1.0),
                                  ("voltage_l1_v", 230.0)]
+
+
+def test_a_conflict_between_layouts_within_one_flush_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store.open(path) as store, StoreWriter(store) as writer:
+        writer.submit(poll("m1", 0))
+        writer.submit([Reading(T0, "m1", "active_power_kw", 1.0)])  # both layouts known now
+        writer.flush_sync()
+        writer.submit(poll("m1", 5))  # the pair, later than either layout held
+        writer.submit([Reading(T0 + timedelta(seconds=5), "m1", "active_power_kw", 7.0)])
+        writer.flush_sync()
+        assert [(c.time_ms - to_ms(T0), c.value, c.stored) for c in store.conflicts()] == [
+            (5000, 7.0, 1.0)]
+        assert store.count_readings() == 4

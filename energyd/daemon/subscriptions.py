@@ -195,13 +195,14 @@ class MqttComponent:
     def _from_backlog(self, msg: Any) -> bool:
         """Whether a message comes from the session's backlog rather than being published
         now. MQTT does not say, so: a resent one (DUP, first sent on an earlier connection)
-        is; and after
-        a reconnect to a kept session (CONNACK session present), the broker first sends what
-        it queued, back to back, as fast as energyd acknowledges, so every message is taken
-        as backlog until the broker has been free to send (nothing of ours unacknowledged)
-        for `mqtt.backlog_gap` without sending anything. Erring towards "backlog" is the
-        safe side: a receive time is an upper bound of a message's production either way,
-        the backlog flag only says it may be far off."""
+        is; and after a reconnect to a kept session (CONNACK session present), the broker
+        first sends what it queued, back to back, as fast as energyd acknowledges, so every
+        message is taken as backlog until nothing arrives for `mqtt.backlog_gap` after the
+        later of the last arrival and the last acknowledgement (a broker held back by a full
+        window of unacknowledged messages sends again as soon as energyd acknowledges, so a
+        slow commit does not end the backlog early). Erring towards "backlog" is the safe
+        side: a receive time is an upper bound of a message's production either way, the
+        flag only says it may be far off."""
         now = time.monotonic()
         if self._backlog and now - max(self._last_arrival, self._last_ack) > \
                 self.options.backlog_gap:

@@ -76,7 +76,6 @@ See energyd/daemon/subscriptions.py for the commit-then-ack path.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -380,8 +379,6 @@ class PayloadMapper:
         doc: Any = None
         spb: tuple[Topic, list[Metric]] | None = None
         receipt = Quality.RECEIVED_BACKLOG if backlog else Quality.RECEIVED
-        stale = Rejected("retained_without_time", "a retained message without a time of its "
-                         "own: when it was measured is unknown")
         for route, device in named:
             o = route.options
             if o.format == "sparkplug_b":
@@ -399,22 +396,20 @@ class PayloadMapper:
                 value = _number(text, "the payload")
                 assert o.quantity is not None
                 if retained:
-                    raise stale
+                    raise _stale()
                 out.append(Reading(self._receipt(device, received), device, o.quantity, value,
                                    receipt))
                 continue
             if doc is None:
                 doc = _decode_json(payload)
-            raw = None
-            if route.timestamp is not None:
-                with contextlib.suppress(KeyError):  # none in this message: receive time
-                    raw = _lookup(doc, route.timestamp)
+            # none in this message: the receive time stands
+            raw = _lookup_or_none(doc, route.timestamp) if route.timestamp is not None else None
             if raw is not None:
                 when = parse_time(raw)
                 quality = Quality.GOOD
                 self._check_time(when, received)
             elif retained:
-                raise stale
+                raise _stale()
             else:
                 when, quality = None, receipt
             missing: list[str] = []
@@ -446,6 +441,19 @@ class PayloadMapper:
             # nothing usable at all: the message is refused for its first problem
             raise problems.pop(0)
         return out
+
+
+def _lookup_or_none(doc: Any, path: tuple[str, ...]) -> Any:
+    try:
+        return _lookup(doc, path)
+    except KeyError:
+        return None
+
+
+def _stale() -> Rejected:
+    return Rejected("retained_without_time",
+                    "a retained message without a time of its own: when it was measured is "
+                    "unknown")
 
 
 def _decode_json(payload: bytes) -> Any:

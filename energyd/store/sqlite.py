@@ -133,6 +133,8 @@ class Store:
         # latest sample time per layout, as of SQLite's data_version
         self._shared: dict[int, list[tuple[int, int]]] = {}
         self._shared_upto = -1
+        # layout -> (position, series, other layout, position there) for its shared series
+        self._others: dict[int, list[tuple[int, int, int, int]]] = {}
         self._latest: dict[int, int] = {}
         self._data_version = -1
 
@@ -352,18 +354,33 @@ class Store:
                     "(SELECT series FROM layout_series GROUP BY series HAVING count(*) > 1)"):
                 self._shared.setdefault(sid, []).append((lid, pos))
             self._shared_upto = top
+            self._others.clear()
         if not self._shared:  # the usual store: every series in one layout
             return []
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:  # another connection wrote: latest times may move
             self._latest.clear()
             self._data_version = version
+        for lid, t, _, _ in rows:  # this commit's samples, inserted already
+            if lid in self._latest and t > self._latest[lid]:
+                self._latest[lid] = t
+        # per layout of this commit, the latest time another layout holds of its series: a
+        # sample later than that (the usual live sample) has nothing to look up
+        reach: dict[int, int] = {}
+        for lid in {row[0] for row in rows}:
+            others = self._others.get(lid)
+            if others is None:
+                others = self._others[lid] = [
+                    (pos, sid, other, at) for pos, sid in enumerate(self._layout(lid))
+                    for other, at in self._shared.get(sid, ()) if other != lid]
+            reach[lid] = max((self._latest_time(conn, o[2]) for o in others),
+                             default=-(2**62))
         found: list[_Found] = []
         for lid, t, vals, quality in rows:
+            if t > reach[lid]:
+                continue
             series = self._layout(lid)
-            others = [(pos, sid, other, at) for pos, sid in enumerate(series)
-                      for other, at in self._shared.get(sid, ()) if other != lid
-                      and self._latest_time(conn, other) >= t]
+            others = [o for o in self._others[lid] if self._latest_time(conn, o[2]) >= t]
             if not others:
                 continue
             own = conn.execute("SELECT id, vals FROM samples WHERE layout = ? AND time = ?",
@@ -384,9 +401,6 @@ class Store:
                     found.append((sid, t, values[pos], quality_at(quality, pos), stored))
             if held:
                 self._drop_positions(conn, own[0], series, values, quality, held)
-        for lid, t, _, _ in rows:
-            if lid in self._latest and t > self._latest[lid]:
-                self._latest[lid] = t
         return found
 
     def _latest_time(self, conn: sqlite3.Connection, lid: int) -> int:
