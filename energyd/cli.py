@@ -340,7 +340,7 @@ def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | Non
 
 @cli.group()
 def readings() -> None:
-    """Import and export raw readings as CSV (time,device,quantity,value)."""
+    """Import and export raw readings as CSV (time,device,quantity,value[,quality])."""
 
 
 @readings.command("import")

@@ -166,10 +166,15 @@ def test_times_and_payloads_are_checked(mapper: PayloadMapper) -> None:
         mapper.map("spBv1.0/plant/NDATA/gw1", payload(
             1, [{"alias": 1, "double_value": 50.0}], timestamp=future), NOW, [])
     assert caught.value.reason == "clock_skew"
-    # no time at all: the receive time, flagged
+    # no time at all: the receive time, flagged, one for the message
     got = mapper.map("spBv1.0/plant/NDATA/gw1", payload(
         2, [{"alias": 1, "double_value": 50.0}], timestamp=None), NOW, [])
     assert [(r.time, r.quality) for r in got] == [(NOW, Quality.RECEIVED)]
+    mapper.map("spBv1.0/plant/DBIRTH/gw1/meter7", dbirth(3), NOW, [])
+    got = mapper.map("spBv1.0/plant/DDATA/gw1/meter7", payload(
+        4, [{"alias": 10, "double_value": 1.0}, {"alias": 11, "long_value": 2}],
+        timestamp=None), NOW, [])
+    assert [(r.time, r.quality) for r in got] == [(NOW, Quality.RECEIVED)] * 2
 
 
 @pytest.mark.parametrize("topic, message", [

@@ -319,13 +319,15 @@ class PayloadMapper:
                             problems: list[Rejected] | None) -> list[Reading]:
         quantities = dict(route.metrics)
         out = []
+        stamped = None  # the message's one receive time, for the metrics without a time
         for m in metrics:
             quantity = quantities.get(m.name)
             if quantity is None:
                 continue  # a metric this entry does not map
             if m.time_ms is None:
-                out.append(Reading(self._receipt(device, received), device, quantity, m.value,
-                                   receipt))
+                if stamped is None:
+                    stamped = self._receipt(device, received)
+                out.append(Reading(stamped, device, quantity, m.value, receipt))
                 continue
             when = from_ms(m.time_ms)
             try:
