@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
+import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from servers import MosquittoServer
 from test_mqtt_station import Running, _config, _until
 
 from energyd.config.schema import Config
+from energyd.daemon.app import ConflictLog
 from energyd.daemon.status import collect_status
 from energyd.model import Quality, to_ms
 from energyd.store.sqlite import Store
@@ -140,3 +143,17 @@ async def test_a_conflicting_duplicate_shows_in_metrics_and_status(
     with Store.open(tmp_path / "energyd.db") as store:
         [conflict] = store.conflicts()
     assert (conflict.quantity, conflict.value, conflict.stored) == ("active_power_kw", 12.5, 10.0)
+
+
+def test_conflicts_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    report = ConflictLog(every=0.3)
+    with caplog.at_level(logging.WARNING, logger="energyd.daemon.app"):
+        report.add({"m1": 2})  # the first at once
+        report.add({"m1": 1, "m2": 4})  # then held for the interval
+        report.report()
+        assert len(caplog.records) == 1 and "2 readings" in caplog.text
+        time.sleep(0.35)
+        report.report()  # the first commit after the interval says what came since
+        report.report()
+    assert [r.getMessage().split(" (")[1].split(")")[0] for r in caplog.records] == [
+        "m1: 2", "m1: 1, m2: 4"]
