@@ -24,6 +24,7 @@ from energyd.config.schema import Config
 from energyd.daemon.app import ConflictLog
 from energyd.daemon.status import collect_status
 from energyd.model import Quality, to_ms
+from energyd.simulators.compressor import CompressorStation
 from energyd.store.sqlite import Store
 
 MESSAGES = 1000  # mosquitto's default max_queued_messages: what it keeps for one session
@@ -157,3 +158,49 @@ def test_conflicts_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture
         report.report()
     assert [r.getMessage().split(" (")[1].split(")")[0] for r in caplog.records] == [
         "m1: 2", "m1: 1, m2: 4"]
+
+
+async def test_receive_timed_messages_across_broker_and_energyd_restarts(
+        mosquitto_private: MosquittoServer, tmp_path: Path):
+    """The issue's compressor: QoS 1 JSON without a time, a broker restart and an energyd
+    restart mid-stream. Every acknowledged message is stored, in publishing order; a message
+    the broker sent again after a restart (committed, its acknowledgement lost with the
+    connection) may come twice, and then only as a backlog reading."""
+    broker = mosquitto_private
+    sim = CompressorStation(broker=(broker.host, broker.port), station="air9", compressors=3,
+                            rate=50)
+    entries = sim.device_entries()
+    for e in entries:  # the message's sequence number as a value, and no payload time
+        e["mqtt"].pop("timestamp")
+        e["mqtt"]["fields"] = {"fuel_mass_t": "seq", "active_power_kw": "power_kw"}
+    config = _config(tmp_path, broker, entries, "energyd-receipt")
+    async with Running(config):
+        pass  # the session exists from here on
+    async with sim:
+        async with Running(config) as first:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(broker.restart)
+            await _until(lambda: first.component.subscriber.subscribed, 10, "reconnected")
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # queued for energyd while it is away
+        async with Running(config) as second:
+            await asyncio.sleep(1.0)
+            await sim.close()
+            want = sum(len(v) for v in sim.acked.values())
+            await _until(lambda: first.component.acked + second.component.acked >= want, 20,
+                         "all committed")
+    total = 0
+    for device in sim.devices:
+        acked = sorted(sim.acked[device])
+        got = _readings(tmp_path / "energyd.db", device, "fuel_mass_t")
+        values = [v for _, v, _ in got]
+        assert sorted(set(values)) == [float(s) for s in acked], device  # every one
+        first = list(dict.fromkeys(values))
+        assert first == sorted(first), device  # in publishing order
+        seen: set[float] = set()
+        for _, v, q in got:  # a repeat is the broker's, after a reconnect: flagged
+            assert v not in seen or q == Quality.RECEIVED_BACKLOG, (device, v, got)
+            seen.add(v)
+        assert {q for *_, q in got} <= {Quality.RECEIVED, Quality.RECEIVED_BACKLOG}
+        total += len(acked)
+    assert total > 300
