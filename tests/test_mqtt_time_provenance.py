@@ -163,9 +163,12 @@ def test_conflicts_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture
 async def test_receive_timed_messages_across_broker_and_energyd_restarts(
         mosquitto_private: MosquittoServer, tmp_path: Path):
     """The issue's compressor: QoS 1 JSON without a time, a broker restart and an energyd
-    restart mid-stream. Every acknowledged message is stored, in publishing order; a message
-    the broker sent again after a restart (committed, its acknowledgement lost with the
-    connection) may come twice, and then only as a backlog reading."""
+    restart mid-stream. Every acknowledged message is stored, each at a time of its own; a
+    message the broker sent again after a restart (committed, its acknowledgement lost with
+    the connection) may come twice, and then only as a backlog reading. Stored in arrival
+    order, but across a broker restart arrival is not publishing order (the publisher's
+    client resends what the broker had not acknowledged while it already sends new messages),
+    so the order is checked where the broker keeps it: the backlog test above."""
     broker = mosquitto_private
     sim = CompressorStation(broker=(broker.host, broker.port), station="air9", compressors=3,
                             rate=50)
@@ -195,8 +198,7 @@ async def test_receive_timed_messages_across_broker_and_energyd_restarts(
         got = _readings(tmp_path / "energyd.db", device, "fuel_mass_t")
         values = [v for _, v, _ in got]
         assert sorted(set(values)) == [float(s) for s in acked], device  # every one
-        first = list(dict.fromkeys(values))
-        assert first == sorted(first), device  # in publishing order
+        assert len({t for t, _, _ in got}) == len(got), device  # none onto another's time
         seen: set[float] = set()
         for _, v, q in got:  # a repeat is the broker's, after a reconnect: flagged
             assert v not in seen or q == Quality.RECEIVED_BACKLOG, (device, v, got)
