@@ -166,8 +166,8 @@ async def test_receive_timed_messages_across_broker_and_energyd_restarts(
     restart mid-stream. Every acknowledged message is stored, each at a time of its own; a
     message the broker sent again after a restart (committed, its acknowledgement lost with
     the connection) may come twice, and then only as a backlog reading. Stored in arrival
-    order, but across a broker restart arrival is not publishing order (the publisher's
-    client resends what the broker had not acknowledged while it already sends new messages),
+    order, but across a broker restart arrival is not always publishing order (seen here: a
+    newer message arriving before older ones that had to be sent again after the restart),
     so the order is checked where the broker keeps it: the backlog test above."""
     broker = mosquitto_private
     sim = CompressorStation(broker=(broker.host, broker.port), station="air9", compressors=3,
