@@ -22,6 +22,7 @@ from rich.table import Table
 from energyd import __version__
 from energyd.config import Config, load_config
 from energyd.errors import ConfigError, EnergydError, ImportRejected
+from energyd.model import Quality, from_ms
 
 CONFIG_HELP = "configuration file (YAML)"
 EXIT_BAD_INPUT = 2
@@ -338,7 +339,7 @@ def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | Non
 
 @cli.group()
 def readings() -> None:
-    """Import and export raw readings as CSV (time,device,quantity,value)."""
+    """Import and export raw readings as CSV (time,device,quantity,value[,quality])."""
 
 
 @readings.command("import")
@@ -352,8 +353,41 @@ def readings_import(config_path: str, csv_file: str) -> None:
     names = {d.name for d in config.devices}
     with _csv_import(config, csv_file) as (f, store):
         result = import_readings(store, f, csv_file, known_device=names.__contains__)
+    conflicts = len(result.conflicts)
     click.echo(f"{csv_file}: {result.rows} rows, {result.inserted} new readings stored "
-               f"({result.rows - result.inserted} already present)")
+               f"({result.rows - result.inserted - conflicts} already present)")
+    if conflicts:
+        click.echo(f"{csv_file}: {conflicts} rows have another value than the store holds for "
+                   "their device, quantity and time; the stored values stand, the rows are "
+                   "kept as conflicts (energyd readings conflicts):", err=True)
+        for c in result.conflicts[:20]:
+            click.echo(f"  {from_ms(c.time_ms).isoformat()} {c.device} {c.quantity}: "
+                       f"{c.value!r} (stored {c.stored!r})", err=True)
+        if conflicts > 20:
+            click.echo(f"  ... and {conflicts - 20} more", err=True)
+
+
+@readings.command("conflicts")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--device", default=None, help="only this device")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of CSV")
+def readings_conflicts(config_path: str, device: str | None, limit: int,
+                       as_json: bool) -> None:
+    """Readings that came with another value for a time the store holds (the first stands)."""
+    config = _load(config_path)
+    with _existing_store(config) as store:
+        found = store.conflicts(device, limit)
+    rows = [{"time": from_ms(c.time_ms).isoformat(timespec="milliseconds"),
+             "device": c.device, "quantity": c.quantity, "value": c.value,
+             "stored": c.stored, "quality": Quality(c.quality).name.lower()} for c in found]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo("time,device,quantity,value,stored,quality")
+    for r in rows:
+        click.echo(f"{r['time']},{r['device']},{r['quantity']},{r['value']!r},"
+                   f"{r['stored']!r},{r['quality']}")
 
 
 @readings.command("export")

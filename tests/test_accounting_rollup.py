@@ -412,6 +412,24 @@ def test_power_integration_only_without_a_counter_and_flagged(tmp_path: Path) ->
     assert out[("incomer", t0)].as_json()["power_integrated"] is False
 
 
+def test_hours_with_receive_timed_readings_say_so(tmp_path: Path) -> None:
+    acc = make(tmp_path, device_yaml("incomer") + device_yaml("air", "submeter"))
+    t0 = ms("2023-05-01T00:00")
+    load(acc, "incomer", t0 - HOUR_MS, t0 + 4 * HOUR_MS, 10, flat)
+    # an MQTT counter without payload times: received live in the first hour, and from a
+    # broker session's backlog in the third
+    rows = [(t, "air", "active_energy_import_kwh", 500.0 + (t - t0) / 36_000_000,
+             4 if t0 + 2 * HOUR_MS <= t < t0 + 3 * HOUR_MS else 3)
+            for t in range(t0 - HOUR_MS, t0 + 4 * HOUR_MS, 60_000)]
+    with acc.store.transaction() as conn:
+        acc.store.insert_rows(conn, rows)
+    result = acc.recompute((t0, t0 + 3 * HOUR_MS), ms("2023-06-01T00:00"))
+    out = {(r.device, r.hour): r.detail.get("times_from_receipt") for r in result.rows}
+    assert [out[("air", t0 + i * HOUR_MS)] for i in range(3)] == [
+        "received", "received", "received_backlog"]
+    assert {out[("incomer", t0 + i * HOUR_MS)] for i in range(3)} == {None}
+
+
 # --- daylight saving -------------------------------------------------------------------------
 
 

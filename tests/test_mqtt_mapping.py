@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from energyd.config.loader import parse_config
 from energyd.drivers.mqtt import PayloadMapper, Rejected
 from energyd.errors import ConfigError
-from energyd.model import Reading
+from energyd.model import Quality, Reading
 
 NOW = datetime(2026, 3, 2, 10, 0, 0, tzinfo=UTC)
 
@@ -46,9 +46,10 @@ def mapper() -> PayloadMapper:
     return PayloadMapper(parse_config(CONFIG))
 
 
-def _map(mapper: PayloadMapper, topic: str, doc: object, problems=None) -> list[Reading]:
+def _map(mapper: PayloadMapper, topic: str, doc: object, problems=None,
+         at: datetime = NOW) -> list[Reading]:
     payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    return mapper.map(topic, payload, NOW, problems)
+    return mapper.map(topic, payload, at, problems)
 
 
 def test_json_fields_by_dotted_path_with_iso_timestamp(mapper):
@@ -75,9 +76,79 @@ def test_template_topic_names_the_device_and_epoch_times(mapper, ts, expected):
 
 def test_receive_time_when_the_payload_has_none(mapper):
     got = _map(mapper, "plant/air/c1/telemetry", {"flow": 3, "state": 1})
-    assert {r.time for r in got} == {NOW}
+    assert {(r.time, r.quality) for r in got} == {(NOW, Quality.RECEIVED)}
     assert mapper.map("plant/hall/power", b" 42.5\n", NOW) == [
-        Reading(NOW, "hall", "active_power_kw", 42.5)]
+        Reading(NOW, "hall", "active_power_kw", 42.5, Quality.RECEIVED)]
+    # a time of its own is the device's: good
+    got = _map(mapper, "plant/air/c1/telemetry", {"flow": 3, "state": 1, "ts": 1772445590})
+    assert {r.quality for r in got} == {Quality.GOOD}
+
+
+def test_receive_times_are_strictly_increasing_per_device_in_arrival_order(mapper):
+    # 5 messages of each of two devices in one millisecond, then one a little later
+    got = []
+    for i in range(5):
+        for device in ("c1", "c2"):
+            got += _map(mapper, f"plant/air/{device}/telemetry", {"flow": i, "state": 1})
+    got += mapper.map("plant/hall/power", b"1", NOW)
+    later = NOW + timedelta(milliseconds=2)
+    got += _map(mapper, "plant/air/c1/telemetry", {"flow": 5, "state": 1}, at=later)
+    got += _map(mapper, "plant/air/c1/telemetry", {"flow": 6, "state": 1},
+                at=NOW + timedelta(seconds=1))
+    for device in ("c1", "c2"):
+        flows = [(r.time, r.value) for r in got
+                 if r.device == device and r.quantity == "flow_m3_min"]
+        times = [t for t, _ in flows]
+        assert times == sorted(set(times))  # distinct, in arrival order
+        assert [v for _, v in flows] == sorted(v for _, v in flows)
+        # the readings of one message share its time
+        states = [r.time for r in got if r.device == device and r.quantity == "compressor_state"]
+        assert states == times
+    c1 = [r.time for r in got if r.device == "c1" and r.quantity == "flow_m3_min"]
+    assert c1[:5] == [NOW + timedelta(milliseconds=i) for i in range(5)]
+    assert c1[5] == NOW + timedelta(milliseconds=5)  # 2 ms later, but after the 5th
+    assert c1[6] == NOW + timedelta(seconds=1)  # the clock again once it is ahead
+    assert [r.time for r in got if r.device == "hall"] == [NOW]  # its own device
+    assert all(r.quality == Quality.RECEIVED for r in got)
+
+
+def test_backlog_messages_are_flagged_when_receive_timed(mapper):
+    got = mapper.map("plant/air/c1/telemetry", b'{"flow": 1, "state": 2}', NOW, backlog=True)
+    assert {r.quality for r in got} == {Quality.RECEIVED_BACKLOG}
+    got = mapper.map("plant/air/c1/telemetry", b'{"flow": 1, "state": 2, "ts": 1772445590}',
+                     NOW, backlog=True)
+    assert {r.quality for r in got} == {Quality.GOOD}
+
+
+def test_a_retained_message_is_taken_only_with_a_time_of_its_own(mapper):
+    for topic, payload in (("plant/air/c1/telemetry", b'{"flow": 1, "state": 2}'),
+                           ("plant/hall/power", b"42")):
+        with pytest.raises(Rejected) as caught:
+            mapper.map(topic, payload, NOW, [], retained=True)
+        assert caught.value.reason == "retained_without_time"
+    got = mapper.map("plant/air/c1/telemetry", b'{"flow": 1, "state": 2, "ts": 1772445590}',
+                     NOW, retained=True)  # the same message again at its own time: a replay
+    assert [(r.time, r.quality) for r in got] == [
+        (datetime(2026, 3, 2, 9, 59, 50, tzinfo=UTC), Quality.GOOD)] * 2
+
+
+def test_old_timestamps_are_taken_up_to_the_message_age_and_counted_beyond():
+    mapper = PayloadMapper(parse_config(CONFIG.replace("max_clock_skew: 1h",
+                                                       "max_clock_skew: 1h, "
+                                                       "max_message_age: 10d")))
+    nine_days = NOW - timedelta(days=9)  # older than the skew: taken
+    got = _map(mapper, "plant/air/c1/telemetry", {"flow": 1, "state": 2,
+                                                   "ts": nine_days.isoformat()})
+    assert {r.time for r in got} == {nine_days}
+    with pytest.raises(Rejected) as caught:
+        _map(mapper, "plant/air/c1/telemetry", {"flow": 1, "state": 2,
+                                                 "ts": (NOW - timedelta(days=11)).isoformat()})
+    assert caught.value.reason == "too_old"
+    with pytest.raises(Rejected) as caught:
+        _map(mapper, "plant/air/c1/telemetry", {"flow": 1, "state": 2,
+                                                 "ts": (NOW + timedelta(hours=2)).isoformat()})
+    assert caught.value.reason == "clock_skew"
+    assert PayloadMapper(parse_config(CONFIG)).max_age == timedelta(days=30)  # the default
 
 
 def test_subscriptions_are_each_filter_once(mapper):
@@ -118,7 +189,7 @@ def test_each_kind_of_bad_payload_is_refused(mapper, topic, payload, reason):
 def test_a_bad_field_is_left_out_and_the_good_ones_kept(mapper):
     problems: list[Rejected] = []
     got = _map(mapper, "plant/meters/meter1", b'{"data": {"p": 5, "e": NaN}}', problems)
-    assert got == [Reading(NOW, "meter1", "active_power_kw", 5.0)]
+    assert got == [Reading(NOW, "meter1", "active_power_kw", 5.0, Quality.RECEIVED)]
     assert sorted(p.reason for p in problems) == ["missing_field", "not_finite"]
     assert "data.u.0" in str([p for p in problems if p.reason == "missing_field"][0])
 

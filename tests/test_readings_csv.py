@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,10 +62,10 @@ def test_import_then_export_round_trips(tmp_path: Path) -> None:
                   "--to", "2026-01-05T00:05:00+00:00")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0] == "time,device,quantity,value"
+    assert lines[0] == "time,device,quantity,value,quality"
     assert len(lines) == 1 + 30  # 5 minutes at 10 s, end exclusive
-    assert lines[1] == "2026-01-05T00:00:00.000+00:00,m1,active_energy_import_kwh,1000.0"
-    assert lines[-1].endswith(",m1,active_energy_import_kwh,1007.25")
+    assert lines[1] == "2026-01-05T00:00:00.000+00:00,m1,active_energy_import_kwh,1000.0,imported"
+    assert lines[-1].endswith(",m1,active_energy_import_kwh,1007.25,imported")
     with Store.open(tmp_path / "energyd.db") as store:
         first = next(store.query_readings(device="m1"))
         assert first.quality == Quality.IMPORTED
@@ -136,3 +137,44 @@ def test_export_needs_times_with_offsets(tmp_path: Path, bad: str) -> None:
                      "--to", "2026-01-06T00:00:00+00:00")
     assert result.returncode == 2
     assert "--from" in result.stderr
+
+
+def test_a_replayed_import_is_harmless_and_a_conflicting_one_reported(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    src = tmp_path / "in.csv"
+    src.write_text(csv_rows(50))
+    assert energyd("readings", "import", "-c", str(cfg), str(src)).returncode == 0
+    # the export (with its quality column) imported again: nothing new, nothing conflicting
+    exported = tmp_path / "out.csv"
+    out = energyd("readings", "export", "-c", str(cfg), "--from", "2026-01-05T00:00:00Z",
+                  "--to", "2026-01-06T00:00:00Z", "-o", str(exported))
+    assert out.returncode == 0, out.stderr
+    again = energyd("readings", "import", "-c", str(cfg), str(exported))
+    assert again.returncode == 0, again.stderr
+    assert "50 rows, 0 new readings stored (50 already present)" in again.stdout
+    assert "conflict" not in again.stderr
+    # two rows with other values for stored times, one new row: the stored values stand
+    rows = csv_rows(51).splitlines()
+    rows[3] = rows[3].rsplit(",", 1)[0] + ",999.5"
+    rows[7] = rows[7].rsplit(",", 1)[0] + ",0"
+    src.write_text("\n".join(rows) + "\n")
+    # a conflicting import replayed reports them again and keeps them once
+    for new, present in ((1, 48), (0, 49)):
+        result = energyd("readings", "import", "-c", str(cfg), str(src))
+        assert result.returncode == 0, result.stderr
+        assert f"51 rows, {new} new readings stored ({present} already present)" in result.stdout
+        assert "2 rows have another value than the store holds" in result.stderr
+        assert "999.5 (stored 1000.5)" in result.stderr
+    with Store.open(tmp_path / "energyd.db") as store:
+        values = [r.value for r in store.query_readings(device="m1")]
+        assert values == [1000 + i * 0.25 for i in range(51)]
+        assert store.conflict_counts() == {"m1": 2}
+    listed = energyd("readings", "conflicts", "-c", str(cfg), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(c["value"], c["stored"], c["quality"]) for c in json.loads(listed.stdout)] == [
+        (999.5, 1000.5, "imported"), (0.0, 1001.5, "imported")]
+    status = energyd("status", "-c", str(cfg), "--json")
+    assert status.returncode == 0, status.stderr
+    payload = json.loads(status.stdout)
+    assert {d["device"]: d["conflicts"] for d in payload["devices"]}["m1"] == 2
+    assert payload["store"]["conflicts"] == {"m1": 2}

@@ -167,6 +167,17 @@ def test_retention_keeps_what_a_sink_has_not_forwarded(tmp_path: Path) -> None:
         assert gone == 2
 
 
+def test_conflicts_are_kept_as_long_as_readings(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "e.db") as store:
+        store.insert_readings(readings("m1", "active_power_kw", 10, step_s=86400))
+        with store.transaction() as conn:
+            store.insert_rows(conn, [(to_ms(T0 + timedelta(days=d)), "m1", "active_power_kw",
+                                      -1.0, 0) for d in (1, 8)])
+        assert store.conflict_counts() == {"m1": 2}
+        store.apply_retention(to_ms(T0 + timedelta(days=10)), 5 * 86400_000, sinks=[])
+        assert [c.time_ms for c in store.conflicts()] == [to_ms(T0 + timedelta(days=8))]
+
+
 def test_closed_store_says_so(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "e.db")
     store.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from energyd.errors import StoreError
-from energyd.model import Reading
+from energyd.model import Reading, to_ms
 from energyd.store import Store
 from energyd.store.writer import StoreWriter
 
@@ -103,7 +103,7 @@ def test_the_committer_ends_when_the_daemon_is_killed(tmp_path: Path) -> None:
     script = f"""
 import sys, time
 from datetime import UTC, datetime
-from energyd.model import Reading
+from energyd.model import Reading, to_ms
 from energyd.store import Store
 from energyd.store.writer import StoreWriter
 store = Store.open({str(tmp_path / "s.db")!r})
@@ -150,3 +150,79 @@ def test_the_committer_is_given_none_of_the_daemons_secrets(
     assert b"PYTHONPATH" in names
     assert b"ENERGYD_TEST_INFLUX_TOKEN" not in names and b"CREDENTIALS_DIRECTORY" not in names
     assert not any(b"s3cr3t" in e for e in environ)
+
+
+def test_a_replay_is_ignored_and_a_conflict_kept_apart(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    found: list[dict[str, int]] = []
+    with Store.open(path) as store, StoreWriter(store, on_conflicts=found.append) as writer:
+        writer.submit(poll("m1", 0))
+        writer.submit(poll("m2", 0))
+        writer.flush_sync()
+        writer.submit(poll("m1", 0))  # a replay: the same values
+        writer.submit(poll("m1", 0, (1.0, 9.0)))  # the counter differs: a conflict
+        writer.submit(poll("m2", 0, (7.0, 8.0)))  # both differ
+        writer.submit(poll("m2", 1, (5.0, 6.0)))
+        writer.submit(poll("m2", 1, (5.5, 6.0)))  # two in one batch: the first stands
+        writer.flush_sync()
+        writer.submit(poll("m1", 0, (1.0, 9.0)))  # the same conflict again: kept once
+        writer.flush_sync()
+        assert found == [{"m1": 1, "m2": 3}]
+        assert writer.conflicts == {"m1": 1, "m2": 3}
+        assert store.conflict_counts() == {"m1": 1, "m2": 3}
+        assert [(c.device, c.quantity, c.time_ms - to_ms(T0), c.value, c.stored)
+                for c in store.conflicts()] == [
+            ("m1", "active_energy_import_kwh", 0, 9.0, 2.0),
+            ("m2", "active_energy_import_kwh", 0, 8.0, 2.0),
+            ("m2", "active_power_kw", 0, 7.0, 1.0),
+            ("m2", "active_power_kw", 1000, 5.5, 5.0)]
+        assert [c.device for c in store.conflicts("m1")] == ["m1"]
+    assert stored(path) == [
+        ("m1", "active_energy_import_kwh", to_ms(T0), 2.0),
+        ("m1", "active_power_kw", to_ms(T0), 1.0),
+        ("m2", "active_energy_import_kwh", to_ms(T0), 2.0),
+        ("m2", "active_energy_import_kwh", to_ms(T0) + 1000, 6.0),
+        ("m2", "active_power_kw", to_ms(T0), 1.0),
+        ("m2", "active_power_kw", to_ms(T0) + 1000, 5.0)]
+
+
+def test_a_reading_held_by_another_layout_is_not_stored_twice(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store.open(path) as store, StoreWriter(store) as writer:
+        writer.submit(poll("m1", 0))  # power and energy in one sample
+        writer.submit(poll("m1", 1))
+        writer.flush_sync()
+        # power alone at the same times: a replay, then a conflict
+        writer.submit([Reading(T0, "m1", "active_power_kw", 1.0)])
+        writer.submit([Reading(T0 + timedelta(seconds=1), "m1", "active_power_kw", 4.0)])
+        # power, energy and voltage: the first two are held (one differs), voltage is new
+        when = T0 + timedelta(seconds=1)
+        writer.submit([Reading(when, "m1", "active_power_kw", 1.0),
+                       Reading(when, "m1", "active_energy_import_kwh", 3.0),
+                       Reading(when, "m1", "voltage_l1_v", 230.0)])
+        writer.flush_sync()
+        assert writer.conflicts == {"m1": 2}
+        assert [(c.quantity, c.time_ms - to_ms(T0), c.value, c.stored)
+                for c in store.conflicts()] == [
+            ("active_energy_import_kwh", 1000, 3.0, 2.0),
+            ("active_power_kw", 1000, 4.0, 1.0)]
+        assert store.count_readings() == 5  # nothing stored twice, whatever a reader asks
+        after = [(r.quantity, r.value) for r in store.readings_after(0, 100)]
+        assert sorted(after) == [("active_energy_import_kwh", 2.0),
+                                 ("active_energy_import_kwh", 2.0),
+                                 ("active_power_kw", 1.0), ("active_power_kw", 1.0),
+                                 ("voltage_l1_v", 230.0)]
+
+
+def test_a_conflict_between_layouts_within_one_flush_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store.open(path) as store, StoreWriter(store) as writer:
+        writer.submit(poll("m1", 0))
+        writer.submit([Reading(T0, "m1", "active_power_kw", 1.0)])  # both layouts known now
+        writer.flush_sync()
+        writer.submit(poll("m1", 5))  # the pair, later than either layout held
+        writer.submit([Reading(T0 + timedelta(seconds=5), "m1", "active_power_kw", 7.0)])
+        writer.flush_sync()
+        assert [(c.time_ms - to_ms(T0), c.value, c.stored) for c in store.conflicts()] == [
+            (5000, 7.0, 1.0)]
+        assert store.count_readings() == 4

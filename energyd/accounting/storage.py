@@ -66,6 +66,7 @@ from energyd.accounting.rollup import (
     reconciliation_findings,
 )
 from energyd.config.schema import Config, Device
+from energyd.model import Quality
 from energyd.store.sqlite import READINGS_POSITION, Store
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,24 @@ META_FINGERPRINT = "accounting.fingerprint"
 RULE = "reconciliation"
 
 Ranges = dict[str, tuple[int, int]]
+
+
+_RECEIPT = {int(Quality.RECEIVED): "received", int(Quality.RECEIVED_BACKLOG): "received_backlog"}
+
+
+def _receipt_hours(rows: list[tuple[int, float, int]], out: dict[int, str]) -> None:
+    """Marks in `out` the hours holding readings whose time is their receipt's (MQTT payloads
+    without a time): "received", or "received_backlog" when any came from a broker
+    session's backlog, whose times only bound when they were measured, so the energy may
+    belong to earlier hours."""
+    if not _RECEIPT.keys() & set(map(itemgetter(2), rows)):  # the usual case: none
+        return
+    for t, _, quality in rows:
+        kind = _RECEIPT.get(quality)
+        if kind is not None:
+            hour = floor_hour(t)
+            if out.get(hour) != "received_backlog":
+                out[hour] = kind
 
 
 def floor_hour(ms: int) -> int:
@@ -210,17 +229,22 @@ class Accountant:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _trace(self, device: Device, src: Source, start: int, end: int) -> Trace:
+    def _trace(self, device: Device, src: Source, start: int, end: int,
+               receipt: dict[int, str] | None = None) -> Trace:
+        """The device's energy trace over [start, end); `receipt` gets, per hour, the
+        provenance of the receive-timed readings in it (see `_receipt_hours`)."""
         if src.series is None:
             return Trace([], [])
         sid = src.series
         # the samples on either side of the range bound its first and last hours
         lo = self.store.series_time_before(sid, start)
         hi = self.store.series_time_from(sid, end)
-        rows = self.store.series_values(sid, start if lo is None else lo,
-                                        end - 1 if hi is None else hi)
+        rows = self.store.series_readings(sid, start if lo is None else lo,
+                                          end - 1 if hi is None else hi)
         if not rows:
             return Trace([], [])
+        if receipt is not None:
+            _receipt_hours(rows, receipt)
         times = list(map(itemgetter(0), rows))
         values = list(map(itemgetter(1), rows))
         if src.kind == "power":
@@ -278,13 +302,15 @@ class Accountant:
         profiles = {}
         infos = {}
         traces: dict[str, Trace] = {}
+        receipt: dict[str, dict[int, str]] = {}
         for name, (a, b) in list(want.items()):
             device = known[name]
             src = self._source(device)
             if src.kind == "none" and device.role not in ("grid_import", "fuel"):
                 del want[name]  # nothing to say about a submeter that never reported
                 continue
-            trace = self._trace(device, src, a, b)
+            receipt[name] = {}
+            trace = self._trace(device, src, a, b, receipt[name])
             traces[name] = trace
             hes = hourly(trace, range(a, b, HOUR_MS))
             hour_energy[name] = hes
@@ -303,7 +329,12 @@ class Accountant:
             if traces[name].power_integrated:
                 for f in fs:
                     f.power_integrated = True
-            rows.extend(build_rows(infos[name], fs, self.policy))
+            built = build_rows(infos[name], fs, self.policy)
+            for row in built:
+                kind = receipt.get(name, {}).get(row.hour)
+                if kind is not None:
+                    row.detail["times_from_receipt"] = kind
+            rows.extend(built)
         if not want:
             return RecomputeResult()
         result = RecomputeResult(ranges=merge(want.values()))

@@ -159,9 +159,9 @@ class MqttDeviceOptions(Strict):
     """
 
     topic: str  # exact topic, or a pattern with + / # wildcards
-    # Sparkplug B is not offered: doing it properly needs birth/death certificates, alias
-    # tables and rebirth requests, which a plain field mapping does not give.
-    format: Literal["json", "value"] = "json"
+    # sparkplug_b: topic spBv1.0/<group>/+/<edge node>[/<device>], fields map quantities to
+    # metric names (energyd/drivers/sparkplug.py)
+    format: Literal["json", "value", "sparkplug_b"] = "json"
     fields: dict[str, str] = Field(default_factory=dict)  # quantity -> dotted path in payload
     quantity: str | None = None  # for format: value, the one quantity the topic carries
     timestamp: str | None = None  # dotted path of the time field (ISO 8601 or epoch s/ms)
@@ -184,6 +184,17 @@ class MqttDeviceOptions(Strict):
         if not self.topic or any(("+" in x or "#" in x) and len(x) > 1 for x in levels) \
                 or "#" in levels[:-1]:
             raise ValueError(f"{self.topic!r} is not a valid topic or topic pattern")
+        if self.format == "sparkplug_b":
+            if len(levels) not in (4, 5) or levels[0] != "spBv1.0" or levels[2] != "+" or any(
+                    "+" in x or "#" in x for x in levels[1:2] + levels[3:]):
+                raise ValueError(f"format sparkplug_b needs a topic spBv1.0/<group>/+/<edge "
+                                 f"node>[/<device>], not {self.topic!r}")
+            if not self.fields:
+                raise ValueError("format sparkplug_b needs `fields:` (quantity: metric name)")
+            if self.timestamp or self.quantity or self.device_level is not None:
+                raise ValueError("format sparkplug_b takes each metric's own time and names its "
+                                 "device in the topic: no `timestamp:`, `quantity:` or "
+                                 "`device_level:`")
         if self.format == "json" and not self.fields:
             raise ValueError("format json needs `fields:` (quantity: dotted.path)")
         if self.format == "value":
@@ -300,7 +311,14 @@ class Mqtt(Strict):
     password_env: str | None = None
     tls: Tls | None = None
     max_payload: Size = 65536
-    max_clock_skew: Duration = 86400.0  # payload timestamps further off are refused
+    # A payload timestamp further ahead of the clock than this is refused ("clock_skew").
+    max_clock_skew: Duration = 86400.0
+    # A payload timestamp older than this is refused ("too_old"). Generous: a persistent
+    # session hands over what it queued during an outage, and that is real data.
+    max_message_age: Duration = 30 * 86400.0
+    # After a reconnect to a kept session, messages are taken as the session's backlog
+    # (quality received_backlog when they carry no time) until none arrives for this long.
+    backlog_gap: Duration = 1.0
     _password: SecretStr | None = PrivateAttr(None)
     _files = field_validator("password_file")(classmethod(_secret_file))
 

@@ -84,6 +84,36 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+CONFLICT_LOG_EVERY = 60.0  # wall seconds between two reports of conflicting readings
+
+
+class ConflictLog:
+    """Reports readings that conflicted with stored ones in one line per interval, not one
+    per reading: the first at once, then what came since, at the first commit after
+    CONFLICT_LOG_EVERY."""
+
+    def __init__(self, every: float = CONFLICT_LOG_EVERY):
+        self.every = every
+        self._pending: dict[str, int] = {}
+        self._last = -every
+
+    def add(self, found: dict[str, int]) -> None:
+        for device, n in found.items():
+            self._pending[device] = self._pending.get(device, 0) + n
+        self.report()
+
+    def report(self) -> None:
+        now = time.monotonic()
+        if not self._pending or now - self._last < self.every:
+            return
+        pending, self._pending = self._pending, {}
+        self._last = now
+        log.warning("store: %d readings came with another value for a series and time it "
+                    "holds (%s); the first values stand, the others are kept as conflicts "
+                    "(energyd status, energyd readings conflicts)", sum(pending.values()),
+                    ", ".join(f"{d}: {n}" for d, n in sorted(pending.items())))
+
+
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | Path | None = None,
                  clock: Clock | None = None, notifier: Notifier | None = None,
@@ -216,9 +246,16 @@ class Daemon:
         listeners: list[Any] = []
 
         commit_listeners: list[Any] = []
+        conflicts = ConflictLog()
+
+        def on_conflicts(found: dict[str, int]) -> None:
+            for device, n in found.items():
+                self.metrics.store_conflicts.labels(device).inc(n)
+            conflicts.add(found)
 
         def on_commit(count: int, batch: list[Any]) -> None:
             self.metrics.readings.inc(count)
+            conflicts.report()
             for listener in commit_listeners:
                 try:
                     listener(count)
@@ -238,7 +275,8 @@ class Daemon:
 
         writer = StoreWriter(store, flush_interval=config.storage.flush_interval,
                              on_commit=on_commit, keep_readings=lambda: bool(listeners),
-                             on_state=on_state, max_pending=config.storage.pending_limit)
+                             on_state=on_state, max_pending=config.storage.pending_limit,
+                             on_conflicts=on_conflicts)
         scheduler = Scheduler(self.clock)
         ctx = Context(config, self.clock, store, writer, self.metrics, scheduler,
                       reading_listeners=listeners, commit_listeners=commit_listeners,

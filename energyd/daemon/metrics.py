@@ -17,6 +17,10 @@ class Metrics:
         self.readings = Counter("energyd_readings_committed", "Readings committed to the store",
                                 registry=r)
         self.store_bytes = Gauge("energyd_store_bytes", "Bytes in use by the store", registry=r)
+        self.store_conflicts = Counter(
+            "energyd_store_conflicts", "Readings that came with another value for a series "
+            "and time the store holds (kept in its conflicts table; the stored value stands)",
+            ["device"], registry=r)
         self.store_shed = Counter("energyd_store_shed",
                                   "Readings shed under the disk quota", registry=r)
         self.pending = Gauge("energyd_store_pending_readings",

@@ -64,6 +64,10 @@ def daemon_health(config: Config) -> dict[str, Any]:
         return {"status": "unknown",
                 "error": f"{url} answers for site {site!r}, not {config.site.name!r}"}
     return payload
+def _named_by(entry: Any, device: str) -> bool:
+    """Whether an MQTT template entry names `device` (its `devices:` list)."""
+    o = getattr(entry, "mqtt", None)
+    return bool(o is not None and o.devices and device in o.devices and device != entry.name)
 
 
 def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any]:
@@ -85,6 +89,7 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
     health = daemon_health(config)
     with Store.open(config.storage.path, must_exist=True) as store:
         polls = store.device_status()
+        conflicts = store.conflict_counts()
         devices = []
         for d in config.devices:
             last = None
@@ -102,6 +107,9 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
                 "last_error": p.get("last_error"),
                 "last_error_time": _iso(p.get("last_error_time")),
                 "polls": p.get("polls", 0), "errors": p.get("errors", 0),
+                # a template entry's devices carry their own names: counted with it
+                "conflicts": sum(n for device, n in conflicts.items()
+                                 if device == d.name or _named_by(d, device)),
             })
         sinks = []
         for s in config.influxdb:
@@ -129,7 +137,8 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
             "store": {"path": str(config.storage.path), "bytes_used": store.size_bytes(),
                       "bytes_on_disk": store.file_bytes(), "readings": store.count_readings(),
                       "held_for_review": store.held_count(),
-                      "disk_free_bytes": disk.free},
+                      "disk_free_bytes": disk.free,
+                      "conflicts": conflicts},
             "devices": devices,
             "sinks": sinks,
             "alerts_undelivered": Outbox(store).counts(),
@@ -148,13 +157,14 @@ def status_tables(payload: dict[str, Any]) -> list[Table]:
         daemon.add_row("gauge readings shed while commits failed", f"{d['shed_readings']:,}")
     devices = Table(title=f"devices at {payload['site']} ({payload['time']})")
     for col in ("device", "role", "last poll", "last reading", "age", "polls", "errors",
-                "last error"):
+                "conflicts", "last error"):
         devices.add_column(col)
     for d in payload["devices"]:
         age = f"{d['last_reading_age_s']:.0f}s" if d["last_reading_age_s"] is not None else "-"
         devices.add_row(d["device"], d["role"], d["last_poll"] or "never",
                         d["last_reading"] or "never", age,
-                        str(d["polls"]), str(d["errors"]), d["last_error"] or "")
+                        str(d["polls"]), str(d["errors"]), str(d["conflicts"]),
+                        d["last_error"] or "")
     st = payload["store"]
     store = Table(title="store", show_header=False)
     store.add_row("path", st["path"])
@@ -162,6 +172,8 @@ def status_tables(payload: dict[str, Any]) -> list[Table]:
     if st["held_for_review"]:
         store.add_row("held for review", f"{st['held_for_review']:,} readings stamped under a "
                       "suspect clock (kept, not in the rollups)")
+    store.add_row("conflicting readings kept",
+                  ", ".join(f"{d}: {n}" for d, n in sorted(st["conflicts"].items())) or "none")
     store.add_row("size", f"{st['bytes_used'] / 1e6:.1f} MB used, "
                   f"{st['bytes_on_disk'] / 1e6:.1f} MB on disk")
     store.add_row("disk free", f"{st['disk_free_bytes'] / 1e6:.1f} MB")

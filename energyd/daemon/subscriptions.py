@@ -18,7 +18,9 @@ acknowledged at once (sending them again would not make them better).
 * Crash (SIGKILL, power cut): whatever was not acknowledged is sent again by the broker on
   the next connection; what was already committed comes in twice and the store keeps one
   (a reading is unique per device, quantity and time: publish a timestamp in the payload
-  so a repeat carries the same time).
+  so a repeat carries the same time). A message without a time is stamped on receipt, so
+  its repeat (marked DUP by the broker, stored as received_backlog) is a second reading of
+  the same value a little later.
 * Broker restart: the broker's persistence keeps the session and its queue (mosquitto
   writes it on a clean shutdown and every autosave_interval).
 * What the broker keeps for an absent energyd is bounded by the broker: mosquitto drops
@@ -46,7 +48,6 @@ import logging
 import threading
 import time
 from collections import deque
-from datetime import datetime
 from typing import Any
 
 from energyd.daemon.context import Component, Context
@@ -54,6 +55,8 @@ from energyd.drivers.mqtt import PayloadMapper, Rejected, Subscriber
 from energyd.model import Quality, Reading
 
 log = logging.getLogger(__name__)
+
+_RECEIPT_TIMED = (Quality.RECEIVED, Quality.RECEIVED_BACKLOG)
 
 LOG_EVERY = 60.0  # wall seconds between two log lines for the same topic and reason
 # A 3.1.1 client cannot tell the broker its window; mosquitto's max_inflight_messages
@@ -112,6 +115,12 @@ class MqttComponent:
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
         self._messages: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
+        # the session's backlog (see _from_backlog); times from time.monotonic()
+        self._backlog = False
+        self._backlog_count = 0
+        self.backlog_received = 0
+        self._last_arrival = 0.0
+        self._last_ack = 0.0
 
     # --- the component ----------------------------------------------------------------------
 
@@ -124,7 +133,7 @@ class MqttComponent:
         key = f"mqtt.filters.{self.options.client_id}"
         previous = await asyncio.to_thread(self.ctx.store.get_meta, key, [])
         sub = self.subscriber = Subscriber(self.options, filters, on_message=self._on_message,
-                                           stale=previous)
+                                           on_connected=self._connected, stale=previous)
         saved = previous == filters
         self._taking = True
         sub.start()
@@ -173,10 +182,42 @@ class MqttComponent:
             "last_error": sub.last_error if sub else None,
             "received": self.received,
             "refused": self.refused,
+            "backlog_received": self.backlog_received,
             "waiting_for_commit": len(self._queue),
         }
 
     # --- paho thread ------------------------------------------------------------------------
+
+    def _connected(self, session_present: bool) -> None:
+        now = time.monotonic()
+        self._backlog = session_present
+        self._backlog_count = 0
+        self._last_arrival = self._last_ack = now
+
+    def _from_backlog(self, msg: Any) -> bool:
+        """Whether a message comes from the session's backlog rather than being published
+        now. MQTT does not say, so: a resent one (DUP, first sent on an earlier connection)
+        is; and after a reconnect to a kept session (CONNACK session present), the broker
+        first sends what it queued, back to back, as fast as energyd acknowledges, so every
+        message is taken as backlog until nothing arrives for `mqtt.backlog_gap` after the
+        later of the last arrival and the last acknowledgement (a broker held back by a full
+        window of unacknowledged messages sends again as soon as energyd acknowledges, so a
+        slow commit does not end the backlog early). Erring towards "backlog" is the safe
+        side: a receive time is an upper bound of a message's production either way, the
+        flag only says it may be far off."""
+        now = time.monotonic()
+        if self._backlog and now - max(self._last_arrival, self._last_ack) > \
+                self.options.backlog_gap:
+            self._backlog = False
+            if self._backlog_count:
+                log.info("mqtt: %d messages came from the session's backlog after the "
+                         "reconnect", self._backlog_count)
+        self._last_arrival = now
+        if self._backlog or msg.dup:
+            self._backlog_count += 1
+            self.backlog_received += 1
+            return True
+        return False
 
     def _on_message(self, msg: Any, generation: int) -> None:
         if not self._taking:
@@ -190,9 +231,10 @@ class MqttComponent:
         try:
             # a payload's own time is not refused as skewed by a clock known to be wrong
             readings = self.mapper.map(topic, msg.payload, received, problems,
+                                       backlog=self._from_backlog(msg), retained=msg.retain,
                                        check_skew=trusted)
             if not trusted:
-                readings = self._held(readings, received)
+                readings = self._held(readings)
         except Rejected as exc:
             readings = []
             self.refused += 1
@@ -210,12 +252,12 @@ class MqttComponent:
                     self._refuse(topic, p)
         self._take(topic, msg.mid, msg.qos, generation, readings)
 
-    def _held(self, readings: list[Reading], received: datetime) -> list[Reading]:
+    def _held(self, readings: list[Reading]) -> list[Reading]:
         """The readings stamped on receipt by a suspect clock, flagged CLOCK_SUSPECT; those
         with the payload's own time stand as they are."""
         out = []
         for r in readings:
-            if r.time == received:
+            if r.quality in _RECEIPT_TIMED:
                 r = r._replace(quality=Quality.CLOCK_SUSPECT)
                 self.ctx.metrics.readings_clock_suspect.inc()
             out.append(r)
@@ -293,3 +335,5 @@ class MqttComponent:
             for taken in ready:
                 if sub.ack(taken.mid, taken.qos, taken.generation):
                     self.acked += 1
+            if ready:
+                self._last_ack = time.monotonic()

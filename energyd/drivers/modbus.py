@@ -37,7 +37,17 @@ when the merged reads are tried again (a firmware update, a meter replaced). A g
 busy or a device failure is a failed block of this poll, nothing more. A timeout (or a
 gateway's exception 10 or 11: the unit behind it did not answer) ends that unit's poll,
 because a unit that does not answer would otherwise cost one timeout per block of the bus's
-time. Readings are stamped with the clock's time taken just before each read was sent.
+time.
+
+One time per poll: every reading of a unit's poll, whatever block it came in, carries the
+clock's time taken just before the poll's first request was sent. A poll is one
+observation of the meter, and InfluxDB makes one point of the readings that share device
+and time (deploy/influxdb/README.md: one point per device per poll); a time per block
+split a poll into points a few milliseconds apart, each with part of the fields. The start
+rather than the end or the middle: it is known before anything can fail, so a poll cut
+short by a timeout keeps the same instant for what it read, and the blocks' reads lie
+within the poll's duration (milliseconds on TCP, up to about a second on a slow RS485 bus)
+after it, never before.
 """
 
 from __future__ import annotations
@@ -379,12 +389,12 @@ class DevicePoller:
         first = True
         self._maybe_reprobe()
         queue: list[Block] = list(self.blocks)
+        when = self.clock.now()  # the poll's one instant (the module docstring says why)
         while queue:
             block = queue.pop(0)
             if not first and self.pause > 0:
                 await asyncio.sleep(self.pause)
             first = False
-            when = self.clock.now()
             try:
                 words = await link.read(block.function, block.address, block.count,
                                         unit=self.unit, timeout=self.timeout,
@@ -439,7 +449,7 @@ class DevicePoller:
                   len(self._reprobed))
 
     def decode(self, result: PollResult) -> PollResult:
-        """Turn the words read into Readings (stamped with each read's time)."""
+        """Turn the words read into Readings (stamped with the poll's time)."""
         name = self.name
         for block, when, words in result.raw:
             try:

@@ -13,7 +13,8 @@ Two parts, kept apart so the mapping can be tested without a broker:
 Broker options (config `mqtt:`): host, port (1883), client_id ("energyd"), protocol ("5" or
 "3.1.1"), keepalive (30 s), qos (1), session_expiry (7 d, MQTT 5), max_inflight (10000),
 reconnect_delay_max (60 s), username, password_file / password_env, tls {ca_file,
-cert_file, key_file, insecure}, max_payload (64 KiB), max_clock_skew (1 d).
+cert_file, key_file, insecure}, max_payload (64 KiB), max_clock_skew (1 d, into the future),
+max_message_age (30 d, into the past), backlog_gap (1 s).
 
 Device options (config `devices[].mqtt:`)::
 
@@ -42,11 +43,29 @@ Device options (config `devices[].mqtt:`)::
 With an exact topic the readings carry the entry's name. With a template they carry the
 level's text, which must be one of `devices`; the template's role and station apply to
 each (per-compressor settings such as rated power need per-compressor entries).
-Sparkplug B is not offered (see MqttDeviceOptions).
+
+    - name: meter7                     # format sparkplug_b: an edge node's device
+      driver: mqtt
+      mqtt:
+        format: sparkplug_b
+        topic: spBv1.0/plant/+/gateway1/meter7   # spBv1.0/<group>/+/<edge node>[/<device>]
+        fields: {active_power_kw: Power/Active, active_energy_import_kwh: Energy/Import}
+
+Sparkplug B entries subscribe to their edge node's whole subtree; births, aliases, sequence
+numbers and deaths are kept per node by energyd/drivers/sparkplug.py.
+
+Time: a payload's own timestamp is the readings' time (quality good). A message without one
+takes its receive time, made strictly increasing per device (each message at least a
+millisecond, the store's grain, after the device's previous one, in arrival order, which MQTT
+keeps per topic), so messages arriving together are never stored onto one time; those readings
+are of quality received, or received_backlog when the message came from the session's
+backlog after a reconnect (see MqttComponent._from_backlog in energyd/daemon/subscriptions.py).
 
 Bad input never reaches the store: a payload over max_payload, bytes that are not UTF-8
 JSON, a mapped field that is missing, not a number or not finite, a timestamp that cannot
-be read or lies more than max_clock_skew from the clock. A field that is bad is left out
+be read, lies more than max_clock_skew ahead of the clock ("clock_skew") or more than
+max_message_age behind it ("too_old": a broker session keeps what was queued during an
+outage, and that is real data, so the bound is generous). A field that is bad is left out
 and the message's good fields are kept; a bad timestamp or payload refuses the message.
 
 Durability: messages are taken with paho's `manual_ack`: the PUBACK (QoS 1) goes to the
@@ -74,7 +93,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from energyd.config.schema import Config, Mqtt, MqttDeviceOptions
-from energyd.model import Reading
+from energyd.drivers.sparkplug import (
+    Metric,
+    SparkplugDecoder,
+    SparkplugProblem,
+    Topic,
+    parse_topic,
+)
+from energyd.model import Quality, Reading, from_ms, to_ms
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +133,10 @@ class Route:
     fields: tuple[tuple[str, tuple[str, ...]], ...]  # (quantity, path parts)
     timestamp: tuple[str, ...] | None
     allowed: frozenset[str] | None  # names a template's device level may take
+    # format sparkplug_b: the Sparkplug device the entry reads (None: the edge node's own
+    # metrics) and metric name -> quantity; `topic` is then the node's whole subtree
+    sparkplug_device: str | None = None
+    metrics: tuple[tuple[str, str], ...] = ()
 
     @property
     def levels(self) -> list[str]:
@@ -210,11 +240,24 @@ class PayloadMapper:
         broker = config.mqtt or Mqtt()
         self.max_payload = broker.max_payload
         self.max_skew = timedelta(seconds=broker.max_clock_skew)
+        self.max_age = timedelta(seconds=broker.max_message_age)
+        # the last receive time (ms) given to each device's messages: see `_receipt`
+        self._receipts: dict[str, int] = {}
+        self.sparkplug = SparkplugDecoder()
         self.routes: list[Route] = []
         for d in config.devices:
             if d.driver != "mqtt" or not d.enabled or d.mqtt is None:
                 continue
             o = d.mqtt
+            if o.format == "sparkplug_b":
+                # the node's every message, whatever device the entry reads: its births,
+                # sequence numbers and deaths are the node's (drivers/sparkplug.py)
+                levels = o.topic.split("/")
+                self.routes.append(Route(
+                    d.name, "/".join(levels[:4]) + "/#", o, (), None, None,
+                    levels[4] if len(levels) == 5 else None,
+                    tuple((name, q) for q, name in o.fields.items())))
+                continue
             fields = tuple((q, _path(p)) for q, p in o.fields.items())
             self.routes.append(Route(
                 d.name, o.topic, o, fields, _path(o.timestamp) if o.timestamp else None,
@@ -256,13 +299,83 @@ class PayloadMapper:
                 self._cache[topic] = named
         return named
 
+    def _sparkplug(self, topic: str, payload: bytes, problems: list[Rejected] | None
+                   ) -> tuple[Topic, list[Metric]]:
+        parsed = parse_topic(topic)
+        if parsed is None:
+            raise Rejected("not_sparkplug", "not a Sparkplug B topic")
+        try:
+            metrics, found = self.sparkplug.decode(parsed, payload)
+        except SparkplugProblem as exc:
+            raise Rejected(exc.reason, exc.detail) from None
+        for p in found:
+            if problems is None:
+                raise Rejected(p.reason, p.detail)
+            problems.append(Rejected(p.reason, p.detail))
+        return parsed, metrics
+
+    def _sparkplug_readings(self, route: Route, device: str, metrics: list[Metric],
+                            received: datetime, receipt: Quality,
+                            problems: list[Rejected] | None, check_skew: bool = True
+                            ) -> list[Reading]:
+        quantities = dict(route.metrics)
+        out = []
+        stamped = None  # the message's one receive time, for the metrics without a time
+        for m in metrics:
+            quantity = quantities.get(m.name)
+            if quantity is None:
+                continue  # a metric this entry does not map
+            if m.time_ms is None:
+                if stamped is None:
+                    stamped = self._receipt(device, received)
+                out.append(Reading(stamped, device, quantity, m.value, receipt))
+                continue
+            when = from_ms(m.time_ms)
+            try:
+                if check_skew:
+                    self._check_time(when, received)
+            except Rejected as exc:
+                if problems is None:
+                    raise
+                problems.append(Rejected(exc.reason, f"metric {m.name!r}: {exc.detail}"))
+                continue
+            out.append(Reading(when, device, quantity, m.value))
+        return out
+
+    def _check_time(self, when: datetime, received: datetime) -> None:
+        if when - received > self.max_skew:
+            raise Rejected("clock_skew", f"time {when.isoformat()} is more than "
+                           f"{self.max_skew} ahead of now ({received.isoformat()})")
+        if received - when > self.max_age:
+            raise Rejected("too_old", f"time {when.isoformat()} is more than "
+                           f"{self.max_age} before now ({received.isoformat()})")
+
+    def _receipt(self, device: str, received: datetime) -> datetime:
+        """The time of a message that carries none: its receive time, made later than the
+        device's previous one by at least a millisecond (the store's grain), so messages
+        arriving in the same millisecond stay apart, in arrival order (which MQTT keeps per
+        topic). A burst runs ahead of the clock by a millisecond per message at most."""
+        ms = to_ms(received)
+        last = self._receipts.get(device)
+        if last is not None and ms <= last:
+            ms = last + 1
+        elif last is None and len(self._receipts) >= _CACHE_TOPICS:
+            self._receipts.clear()  # bounded like the topic cache; loses only the tie-break
+        self._receipts[device] = ms
+        return from_ms(ms)
+
     def map(self, topic: str, payload: bytes, received: datetime,
-            problems: list[Rejected] | None = None, *, check_skew: bool = True
-            ) -> list[Reading]:
+            problems: list[Rejected] | None = None, *, backlog: bool = False,
+            retained: bool = False, check_skew: bool = True) -> list[Reading]:
         """Readings of one message. A refused message raises Rejected; a refused field is
-        left out and, when `problems` is given, appended to it. Without `check_skew` (the
-        local clock is known to be wrong) a payload's own time is taken however far it is
-        from `received`."""
+        left out and, when `problems` is given, appended to it. `backlog`: the message came
+        from the session's backlog (see MqttComponent._from_backlog), so a receive time is
+        only an upper bound of when it was produced. `retained`: the broker sent a retained
+        message on subscribing; without a time of its own it is refused, since when it was
+        measured is unknown (hours or months ago) and it comes again at every subscription,
+        where a receive time would make a new reading of an old value each time. Without
+        `check_skew` (the local clock is known to be wrong) a payload's own time is taken
+        however far it is from `received`."""
         if len(payload) > self.max_payload:
             raise Rejected("too_large", f"{len(payload)} bytes, the limit is {self.max_payload}")
         named = self._named(topic)
@@ -270,8 +383,17 @@ class PayloadMapper:
             raise Rejected(named.reason, named.detail)
         out: list[Reading] = []
         doc: Any = None
+        spb: tuple[Topic, list[Metric]] | None = None
+        receipt = Quality.RECEIVED_BACKLOG if backlog else Quality.RECEIVED
         for route, device in named:
             o = route.options
+            if o.format == "sparkplug_b":
+                if spb is None:
+                    spb = self._sparkplug(topic, payload, problems)
+                if spb[0].device == route.sparkplug_device:
+                    out += self._sparkplug_readings(route, device, spb[1], received, receipt,
+                                                    problems, check_skew)
+                continue
             if o.format == "value":
                 try:
                     text = payload.decode("utf-8")
@@ -279,21 +401,24 @@ class PayloadMapper:
                     raise Rejected("not_utf8", "the payload is not UTF-8 text") from None
                 value = _number(text, "the payload")
                 assert o.quantity is not None
-                out.append(Reading(received, device, o.quantity, value))
+                if retained:
+                    raise _stale()
+                out.append(Reading(self._receipt(device, received), device, o.quantity, value,
+                                   receipt))
                 continue
             if doc is None:
                 doc = _decode_json(payload)
-            when = received
-            if route.timestamp is not None:
-                try:
-                    raw = _lookup(doc, route.timestamp)
-                except KeyError:
-                    raw = None  # no time in this message: the receive time stands
-                if raw is not None:
-                    when = parse_time(raw)
-                    if check_skew and abs(when - received) > self.max_skew:
-                        raise Rejected("clock_skew", f"time {when.isoformat()} is more than "
-                                       f"{self.max_skew} from now ({received.isoformat()})")
+            # none in this message: the receive time stands
+            raw = _lookup_or_none(doc, route.timestamp) if route.timestamp is not None else None
+            if raw is not None:
+                when = parse_time(raw)
+                quality = Quality.GOOD
+                if check_skew:
+                    self._check_time(when, received)
+            elif retained:
+                raise _stale()
+            else:
+                when, quality = None, receipt
             missing: list[str] = []
             for quantity, path in route.fields:
                 try:
@@ -311,7 +436,9 @@ class PayloadMapper:
                             raise
                         problems.append(exc)
                         continue
-                out.append(Reading(when, device, quantity, value))
+                if when is None:  # stamped once the message is known to give a reading
+                    when = self._receipt(device, received)
+                out.append(Reading(when, device, quantity, value, quality))
             if missing:
                 problem = Rejected("missing_field", f"no field {', '.join(missing)}")
                 if problems is None:
@@ -321,6 +448,19 @@ class PayloadMapper:
             # nothing usable at all: the message is refused for its first problem
             raise problems.pop(0)
         return out
+
+
+def _lookup_or_none(doc: Any, path: tuple[str, ...]) -> Any:
+    try:
+        return _lookup(doc, path)
+    except KeyError:
+        return None
+
+
+def _stale() -> Rejected:
+    return Rejected("retained_without_time",
+                    "a retained message without a time of its own: when it was measured is "
+                    "unknown")
 
 
 def _decode_json(payload: bytes) -> Any:

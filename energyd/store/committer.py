@@ -15,7 +15,7 @@ import sys
 
 from energyd.errors import StoreError
 from energyd.store.samples import group, group_rows
-from energyd.store.sqlite import Store, corrupt
+from energyd.store.sqlite import Conflict, Store, corrupt
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +39,12 @@ def main(argv: list[str]) -> int:
                 return 0
             samples = group(*columns) + [s for rows in calls for s in group_rows(rows)]
             try:
-                answer: tuple[str, object] = ("ok", store.commit_samples(samples, polls))
+                conflicts: list[Conflict] = []
+                inserted = store.commit_samples(samples, polls, conflicts)
+                per_device: dict[str, int] = {}
+                for c in conflicts:
+                    per_device[c.device] = per_device.get(c.device, 0) + 1
+                answer: tuple[str, object] = ("ok", (inserted, per_device))
             except (sqlite3.Error, StoreError) as exc:
                 code = getattr(exc, "sqlite_errorcode", None)
                 kind = ("full" if code == sqlite3.SQLITE_FULL else

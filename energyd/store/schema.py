@@ -217,6 +217,22 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX statement_acceptances_statement ON statement_acceptances (statement);
     """,
+    # 7: a reading that came again for a series and time the store holds, with another value
+    # (a conflict, unlike a replay of the same value) is kept here for inspection; the stored
+    # first value stands. One row per distinct value, so a conflict replayed is kept once.
+    """
+    CREATE TABLE conflicts (
+        id INTEGER PRIMARY KEY,
+        series INTEGER NOT NULL REFERENCES series(id),
+        time INTEGER NOT NULL,
+        value REAL NOT NULL,  -- the value that came later, not taken
+        quality INTEGER NOT NULL,
+        stored REAL NOT NULL,  -- the value the store holds for that series and time
+        origin TEXT NOT NULL,  -- how it came: 'acquisition' or 'import'
+        found INTEGER NOT NULL,  -- when it was found, ms
+        UNIQUE (series, time, value)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -79,6 +79,22 @@ class StoredReading:
 
 
 @dataclass(frozen=True, slots=True)
+class Conflict:
+    """A reading refused because the store holds another value for its series and time."""
+
+    device: str
+    quantity: str
+    time_ms: int
+    value: float  # the value that came later, not taken
+    quality: int
+    stored: float  # the value the store holds, which stands
+
+
+# (series id, time ms, value, quality, stored value): a conflict as the store finds it
+_Found = tuple[int, int, float, int, float]
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     count: int
     oldest_ms: int | None  # reading time of the oldest unsent item
@@ -123,6 +139,15 @@ class Store:
         self._layouts: dict[int, tuple[int, ...]] = {}
         self._load_layouts()
         self._per_sample = 8  # readings per sample, about: sizes the reads by id
+        # for the conflicts between layouts (see `_across_layouts`): the placements of the
+        # series held by more than one layout, as of the newest layout id seen, and the
+        # latest sample time per layout, as of SQLite's data_version
+        self._shared: dict[int, list[tuple[int, int]]] = {}
+        self._shared_upto = -1
+        # layout -> (position, series, other layout, position there) for its shared series
+        self._others: dict[int, list[tuple[int, int, int, int]]] = {}
+        self._latest: dict[int, int] = {}
+        self._data_version = -1
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -325,20 +350,173 @@ class Store:
         return self.series_rows(readings)
 
     def commit_samples(self, samples: list[Sample],
-                       polls: Iterable[tuple[str, int, str | None]]) -> int:
+                       polls: Iterable[tuple[str, int, str | None]],
+                       conflicts: list[Conflict] | None = None) -> int:
         """One flush of the daemon: samples (`samples.group`) and the polls that read them, in
         one transaction (one sync to disk). A sample the store holds already (same layout and
-        time: a batch sent again) is ignored. Returns how many samples were new."""
+        time: a batch sent again) is ignored; where its values differ from the stored ones,
+        the differing readings are kept as conflicts (see `conflicts`) and, when
+        `conflicts` is given, the ones not kept before are appended to it. Returns how many
+        samples were new."""
         with self.transaction() as conn:
             layout_id = self._layout_id
             rows = [(layout_id(conn, key), t, vals, quality) for key, t, vals, quality in samples]
-            # consecutive rows of a layout land in the same leaf of the (layout, time) index
+            # consecutive rows of a layout land in the same leaf of the (layout, time) index;
+            # the sort is stable, so of two samples with one layout and time the first stands
             rows.sort(key=_layout_of)
             before = conn.total_changes
             conn.executemany(_INSERT_SAMPLE, rows)
             inserted = conn.total_changes - before
+            found = self._sample_conflicts(conn, rows) if inserted < len(rows) else []
+            found += self._across_layouts(conn, rows)
+            if found:
+                new = self._record_conflicts(conn, found, "acquisition")
+                if conflicts is not None:
+                    conflicts += new
             self._record_polls(conn, polls)
         return inserted
+
+    def _across_layouts(self, conn: sqlite3.Connection,
+                        rows: list[tuple[int, int, bytes, bytes | None]]) -> list[_Found]:
+        """Inside commit_samples, after the insert: readings of a new sample whose series and
+        time an earlier sample of another layout holds (a message that came with fewer
+        fields, a block read value by value after a refusal). They are taken out of the new
+        sample, so only the first value is ever read or forwarded; those with another value
+        are returned as conflicts."""
+        top = conn.execute("SELECT max(id) FROM layouts").fetchone()[0] or 0
+        if top != self._shared_upto:
+            self._shared = {}
+            for sid, lid, pos in conn.execute(
+                    "SELECT series, layout, position FROM layout_series WHERE series IN "
+                    "(SELECT series FROM layout_series GROUP BY series HAVING count(*) > 1)"):
+                self._shared.setdefault(sid, []).append((lid, pos))
+            self._shared_upto = top
+            self._others.clear()
+        if not self._shared:  # the usual store: every series in one layout
+            return []
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:  # another connection wrote: latest times may move
+            self._latest.clear()
+            self._data_version = version
+        for lid, t, _, _ in rows:  # this commit's samples, inserted already
+            if lid in self._latest and t > self._latest[lid]:
+                self._latest[lid] = t
+        # per layout of this commit, the latest time another layout holds of its series: a
+        # sample later than that (the usual live sample) has nothing to look up
+        reach: dict[int, int] = {}
+        for lid in {row[0] for row in rows}:
+            others = self._others.get(lid)
+            if others is None:
+                others = self._others[lid] = [
+                    (pos, sid, other, at) for pos, sid in enumerate(self._layout(lid))
+                    for other, at in self._shared.get(sid, ()) if other != lid]
+            reach[lid] = max((self._latest_time(conn, o[2]) for o in others),
+                             default=-(2**62))
+        found: list[_Found] = []
+        for lid, t, vals, quality in rows:
+            if t > reach[lid]:
+                continue
+            series = self._layout(lid)
+            others = [o for o in self._others[lid] if self._latest_time(conn, o[2]) >= t]
+            if not others:
+                continue
+            own = conn.execute("SELECT id, vals FROM samples WHERE layout = ? AND time = ?",
+                               (lid, t)).fetchone()
+            if own is None or own[1] != vals:
+                continue  # not this row's sample: a conflict within the layout, found already
+            values = unpack_values(vals)
+            held: set[int] = set()
+            for pos, sid, other, at in others:
+                first = conn.execute("SELECT id, substr(vals, ?, 8) FROM samples WHERE "
+                                     "layout = ? AND time = ? AND id < ?",
+                                     (at * 8 + 1, other, t, own[0])).fetchone()
+                if first is None or pos in held:
+                    continue
+                held.add(pos)
+                stored = value_at(first[1], 0)
+                if stored != values[pos]:
+                    found.append((sid, t, values[pos], quality_at(quality, pos), stored))
+            if held:
+                self._drop_positions(conn, own[0], series, values, quality, held)
+        return found
+
+    def _latest_time(self, conn: sqlite3.Connection, lid: int) -> int:
+        latest = self._latest.get(lid)
+        if latest is None:
+            row = conn.execute("SELECT max(time) FROM samples WHERE layout = ?",
+                               (lid,)).fetchone()
+            latest = self._latest[lid] = row[0] if row[0] is not None else -(2**62)
+        return latest
+
+    def _drop_positions(self, conn: sqlite3.Connection, sample: int, series: tuple[int, ...],
+                        values: array, quality: bytes | None, drop: set[int]) -> None:
+        """Take readings out of a sample made in this transaction (no reader has its ids)."""
+        keep = [p for p in range(len(series)) if p not in drop]
+        if not keep:
+            conn.execute("DELETE FROM samples WHERE id = ?", (sample,))
+            return
+        q = pack_quality(array("b", [quality[p] for p in keep])) if quality else None
+        key = pack_ids([series[p] for p in keep])
+        changed = conn.execute(
+            "UPDATE OR IGNORE samples SET layout = ?, vals = ?, quality = ? WHERE id = ?",
+            (self._layout_id(conn, key), pack_values(array("d", [values[p] for p in keep])),
+             q, sample)).rowcount
+        if not changed:  # that layout holds the rest at this time already
+            conn.execute("DELETE FROM samples WHERE id = ?", (sample,))
+
+    def _sample_conflicts(self, conn: sqlite3.Connection,
+                          rows: list[tuple[int, int, bytes, bytes | None]]) -> list[_Found]:
+        """The readings of `rows` (layout, time, values, qualities) whose value differs from
+        the one stored for their series and time. A row that was inserted finds itself."""
+        found: list[_Found] = []
+        for lid, t, vals, quality in rows:
+            stored = conn.execute("SELECT vals FROM samples WHERE layout = ? AND time = ?",
+                                  (lid, t)).fetchone()
+            if stored is None or stored[0] == vals:
+                continue
+            old, new = unpack_values(stored[0]), unpack_values(vals)
+            for pos, sid in enumerate(self._layout(lid)):
+                if new[pos] != old[pos]:
+                    found.append((sid, t, new[pos], quality_at(quality, pos), old[pos]))
+        return found
+
+    def _record_conflicts(self, conn: sqlite3.Connection, found: list[_Found],
+                          origin: str) -> list[Conflict]:
+        """Inside a transaction: keep `found`; returns those not kept before."""
+        now = int(time.time() * 1000)
+        new = []
+        for sid, t, value, quality, stored in found:
+            if conn.execute(
+                    "INSERT INTO conflicts (series, time, value, quality, stored, origin, found) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, time, value) DO NOTHING",
+                    (sid, t, value, quality, stored, origin, now)).rowcount:
+                device, quantity = self._series_name(conn, sid)
+                new.append(Conflict(device, quantity, t, value, quality, stored))
+        return new
+
+    def _series_name(self, conn: sqlite3.Connection, sid: int) -> tuple[str, str]:
+        name = self._series_names.get(sid)
+        if name is None:  # made by another process since this one loaded the series
+            device, quantity = conn.execute("SELECT device, quantity FROM series WHERE id = ?",
+                                            (sid,)).fetchone()
+            name = self._series_names[sid] = (device, quantity)
+        return name
+
+    def conflict_counts(self) -> dict[str, int]:
+        """Conflicts kept, per device."""
+        return dict(self.execute(
+            "SELECT s.device, count(*) FROM conflicts c JOIN series s ON s.id = c.series "
+            "GROUP BY s.device"))
+
+    def conflicts(self, device: str | None = None, limit: int = 1000) -> list[Conflict]:
+        """The conflicts kept, by series and time (of `device` only, if given)."""
+        where, params = "", []
+        if device is not None:
+            where, params = "WHERE s.device = ?", [device]
+        return [Conflict(*row) for row in self.execute(
+            "SELECT s.device, s.quantity, c.time, c.value, c.quality, c.stored FROM conflicts c "
+            f"JOIN series s ON s.id = c.series {where} "
+            "ORDER BY s.device, s.quantity, c.time, c.id LIMIT ?", (*params, limit))]
 
     def insert_readings(self, readings: Iterable[Reading]) -> int:
         """Commit `readings` in one transaction; returns how many were new."""
@@ -356,12 +534,21 @@ class Store:
         return self.insert_series_rows(conn, params)
 
     def insert_series_rows(self, conn: sqlite3.Connection,
-                           params: list[tuple[int, int, float, int]]) -> int:
+                           params: list[tuple[int, int, float, int]],
+                           conflicts: list[Conflict] | None = None,
+                           origin: str = "import") -> int:
         """Insert (series id, time ms, value, quality) rows inside `transaction()`; returns
         how many were new. For bulk paths (imports, backfills): a reading of a series and time
         the store holds already is left out, so replays and re-imports are harmless whatever
-        samples the readings were first stored in."""
-        rows = self._unknown(conn, params)
+        samples the readings were first stored in. One with another value than the stored
+        (or an earlier row's) is a conflict: kept in `conflicts` (the table), the stored value
+        stands, and appended to `conflicts` (the list) when given, kept before or not."""
+        rows, found = self._unknown(conn, params)
+        if found:
+            self._record_conflicts(conn, found, origin)
+            if conflicts is not None:
+                conflicts += [Conflict(*self._series_name(conn, sid), t, v, q, stored)
+                              for sid, t, v, q, stored in found]
         layout_id = self._layout_id
         conn.executemany(_INSERT_SAMPLE, [(layout_id(conn, key), t, vals, quality)
                                           for key, t, vals, quality in group_rows(rows)])
@@ -369,45 +556,51 @@ class Store:
 
     @staticmethod
     def _unknown(conn: sqlite3.Connection, rows: list[tuple[int, int, float, int]]
-                 ) -> list[tuple[int, int, float, int]]:
-        """The rows whose (series, time) neither the store nor an earlier row holds."""
+                 ) -> tuple[list[tuple[int, int, float, int]], list[_Found]]:
+        """The rows whose (series, time) neither the store nor an earlier row holds, and the
+        conflicts: rows whose (series, time) is held with another value."""
         times: dict[int, list[int]] = {}
         for sid, t, _, _ in rows:
             times.setdefault(sid, []).append(t)
-        layouts: dict[int, list[int]] = {}
+        layouts: dict[int, list[tuple[int, int]]] = {}
         ids = list(times)
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            for sid, lid in conn.execute(
-                    f"SELECT series, layout FROM layout_series WHERE series IN "
+            for sid, lid, pos in conn.execute(
+                    f"SELECT series, layout, position FROM layout_series WHERE series IN "
                     f"({','.join('?' * len(part))})", part):
-                layouts.setdefault(sid, []).append(lid)
-        seen: set[tuple[int, int]] = set()
-        for sid, lids in layouts.items():
+                layouts.setdefault(sid, []).append((lid, pos))
+        seen: dict[tuple[int, int], float] = {}  # (series, time) -> the value held
+        for sid, placed in layouts.items():
             mine = times[sid]
             lo, hi, most = min(mine), max(mine), 4 * len(mine)
-            for lid in lids:
+            for lid, pos in placed:
                 # the usual backfill: little or nothing stored over its span, read it all
-                found = conn.execute("SELECT time FROM samples WHERE layout = ? AND "
-                                     "time >= ? AND time <= ? LIMIT ?",
-                                     (lid, lo, hi, most + 1)).fetchall()
-                if len(found) <= most:
-                    seen.update((sid, t) for (t,) in found)
-                    continue
-                # sparse rows over densely stored time: look each one up instead
-                for i in range(0, len(mine), 500):
-                    part = mine[i:i + 500]
-                    found = conn.execute(
-                        f"SELECT time FROM samples WHERE layout = ? AND time IN "
-                        f"({','.join('?' * len(part))})", (lid, *part))
-                    seen.update((sid, t) for (t,) in found)
+                found = conn.execute("SELECT time, substr(vals, ?, 8) FROM samples WHERE "
+                                     "layout = ? AND time >= ? AND time <= ? LIMIT ?",
+                                     (pos * 8 + 1, lid, lo, hi, most + 1)).fetchall()
+                if len(found) > most:
+                    # sparse rows over densely stored time: look each one up instead
+                    found = []
+                    for i in range(0, len(mine), 500):
+                        part = mine[i:i + 500]
+                        found += conn.execute(
+                            f"SELECT time, substr(vals, ?, 8) FROM samples WHERE layout = ? "
+                            f"AND time IN ({','.join('?' * len(part))})",
+                            (pos * 8 + 1, lid, *part)).fetchall()
+                for t, value in found:
+                    seen.setdefault((sid, t), value_at(value, 0))
         out = []
+        conflicts: list[_Found] = []
         for row in rows:
             key = (row[0], row[1])
-            if key not in seen:
-                seen.add(key)
+            held = seen.get(key)
+            if held is None:
+                seen[key] = row[2]
                 out.append(row)
-        return out
+            elif held != row[2]:
+                conflicts.append((*row, held))
+        return out, conflicts
 
     def invalidate_series_cache(self) -> None:
         """After a rollback, series and layouts created inside it no longer exist."""
@@ -606,6 +799,11 @@ class Store:
         count = self.held_count()
         self.set_meta(HELD_REVIEWED, self.last_reading_id())
         return count
+
+    def series_readings(self, series: int, first_ms: int, last_ms: int
+                        ) -> list[tuple[int, float, int]]:
+        """`series_values` with each reading's quality: (time, value, quality)."""
+        return [(t, v, q) for t, _, v, q in self._series_stream(series, first_ms, last_ms + 1)]
 
     # --- insertion order: what sinks and the hourly job follow ----------------------------
 
@@ -920,8 +1118,10 @@ class Store:
         return {p // SLOTS for p in positions}
 
     def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
-        """Delete raw readings older than the retention that every sink has forwarded;
-        returns how many went. Samples holding a reading held for review stay: their time
+        """Delete raw readings older than the retention that every sink has forwarded, and
+        the conflicts older than the retention (kept for inspection as long as readings
+        are, so a publisher that keeps conflicting cannot fill the disk with them); returns
+        how many readings went. Samples holding a reading held for review stay: their time
         says nothing about their age."""
         horizon = now_ms - retention_ms
         limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
@@ -934,6 +1134,7 @@ class Store:
             gone = conn.execute(f"SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples "
                                 f"WHERE {where}", params).fetchone()[0]
             conn.execute(f"DELETE FROM samples WHERE {where}", params)
+            conn.execute("DELETE FROM conflicts WHERE time < ?", (horizon,))
         return gone
 
     # --- sink forwarding state (energyd/sinks/forwarder.py) -------------------------------

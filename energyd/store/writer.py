@@ -182,13 +182,18 @@ class StoreWriter:
     Reading objects when `keep_readings()` said so at submit time (live alert rules need
     them), else it is empty. A submitter that only needs to know when its readings are on
     disk (the MQTT acknowledgements) gives a callback to `submit()`.
+
+    `on_conflicts({device: count})` is called after a commit that found readings with
+    another value than the store holds for their series and time (kept in the store's
+    conflicts table; the stored values stand).
     """
 
     def __init__(self, store: Store, *, flush_interval: float = 1.0,
                  on_commit: Callable[[int, list[Reading]], None] | None = None,
                  keep_readings: Callable[[], bool] = lambda: False,
                  on_state: Callable[[str, str | None], None] | None = None,
-                 max_pending: int = MAX_PENDING):
+                 max_pending: int = MAX_PENDING,
+                 on_conflicts: Callable[[dict[str, int]], None] | None = None):
         self._store = store
         self._flush_interval = flush_interval
         self._batch = Batch()
@@ -198,6 +203,8 @@ class StoreWriter:
         self._committer: Committer | None = None
         self._on_commit = on_commit
         self._keep_readings = keep_readings
+        self._on_conflicts = on_conflicts
+        self.conflicts: dict[str, int] = {}  # per device, since this writer started
         self.committed = 0
         self.failed_flushes = 0
         # while commits fail: the state's name ("disk_full", "store_failing") and reason
@@ -272,7 +279,7 @@ class StoreWriter:
                 if self._committer is None:
                     self._committer = Committer(self._store.path)
                 try:
-                    self._committer.commit(columns, new, batch.polls)
+                    _, conflicts = self._committer.commit(columns, new, batch.polls)
                 except CommitterGone:
                     self._committer = None
                     raise
@@ -288,6 +295,14 @@ class StoreWriter:
         self._recovered()
         count = len(batch)
         self.committed += count
+        if conflicts:
+            for device, n in conflicts.items():
+                self.conflicts[device] = self.conflicts.get(device, 0) + n
+            if self._on_conflicts is not None:
+                try:
+                    self._on_conflicts(conflicts)
+                except Exception:
+                    log.exception("a conflict listener failed")
         for callback in batch.callbacks:
             try:
                 callback()
@@ -461,11 +476,12 @@ class Committer:
         self.pid = self._proc.pid
 
     def commit(self, columns: tuple[array, array, array, array, array],
-               calls: list[list[tuple[int, int, float, int]]], polls: list[Poll]) -> int:
+               calls: list[list[tuple[int, int, float, int]]], polls: list[Poll]
+               ) -> tuple[int, dict[str, int]]:
         """Columns (series ids, times ms, values, qualities, where each submit() call
         begins) and calls as rows (series id, time ms, value, quality): the first for the
         bulk, the second for the calls with series created this flush. Returns how many
-        samples were new."""
+        samples were new, and the conflicts newly kept, per device."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
             pickle.dump((columns, calls, polls), self._proc.stdin,
@@ -482,7 +498,8 @@ class Committer:
             raise StoreCorrupt(value)
         if status != "ok":
             raise StoreError(value)
-        return int(value)
+        inserted, conflicts = value
+        return int(inserted), conflicts
 
     def _stop(self, timeout: float) -> int | None:
         for stream in (self._proc.stdin, self._proc.stdout):
