@@ -43,11 +43,12 @@ class Page:
     requests: list[str] = field(default_factory=list)  # every URL the tab asked for
     values: dict[str, Any] = field(default_factory=dict)
     screenshot: bytes = b""
+    pdf: bytes = b""  # as the browser prints it (A4, the page's print styles)
     console: list[str] = field(default_factory=list)
 
 
 def open_page(path: Path, profile: Path, scripts: dict[str, str], *, width: int = 1100,
-              timeout: float = 60.0) -> Page:
+              timeout: float = 60.0, pdf: bool = False) -> Page:
     """Load `path`; evaluate each of `scripts` (name -> JavaScript expression returning JSON
     data) once loaded; take a screenshot of the whole page."""
     binary = chromium_binary()
@@ -65,7 +66,7 @@ def open_page(path: Path, profile: Path, scripts: dict[str, str], *, width: int 
         port, ws_path = port_file.read_text().split()[:2]
         with connect(f"ws://127.0.0.1:{port}{ws_path}", max_size=None,
                      open_timeout=timeout) as ws:
-            return _drive(ws, path, scripts, width, deadline)
+            return _drive(ws, path, scripts, width, deadline, pdf)
     finally:
         proc.terminate()
         try:
@@ -76,7 +77,7 @@ def open_page(path: Path, profile: Path, scripts: dict[str, str], *, width: int 
 
 
 def _drive(ws: Any, path: Path, scripts: dict[str, str], width: int,
-           deadline: float) -> Page:
+           deadline: float, pdf: bool) -> Page:
     ids = itertools.count(1)
     page = Page()
     session: str | None = None
@@ -132,4 +133,6 @@ def _drive(ws: Any, path: Path, scripts: dict[str, str], width: int,
         "format": "png", "captureBeyondViewport": True,
         "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
     page.screenshot = base64.b64decode(shot["data"])
+    if pdf:
+        page.pdf = base64.b64decode(call("Page.printToPDF", {"preferCSSPageSize": True})["data"])
     return page

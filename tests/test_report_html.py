@@ -81,7 +81,7 @@ def test_the_html_report_in_chromium_is_the_json_report_and_loads_nothing(
     html = out.read_text(encoding="utf-8")
     _no_external_reference(html)
 
-    page = open_page(out, tmp_path / "chromium-profile", PAGE)
+    page = open_page(out, tmp_path / "chromium-profile", PAGE, pdf=True)
     # the one request is the document itself; nothing else was asked for
     assert page.requests == [out.resolve().as_uri()]
     assert page.values["resources"] == []
@@ -126,8 +126,16 @@ def test_the_html_report_in_chromium_is_the_json_report_and_loads_nothing(
     shot = tmp_path / "report.png"
     shot.write_bytes(page.screenshot)
     assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
+    # printed to PDF by the browser: A4 pages, several of them
+    (tmp_path / "report.pdf").write_bytes(page.pdf)
+    assert page.pdf.startswith(b"%PDF-")
+    assert len(re.findall(rb"/Type\s*/Page\b", page.pdf)) >= 3
+    boxes = re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", page.pdf)
+    assert boxes and all(round(float(w)) == 595 and round(float(h)) == 842  # A4, in points
+                         for w, h in boxes)
     BUILD.mkdir(exist_ok=True)
     shutil.copy(shot, BUILD / "report.png")
+    (BUILD / "report.pdf").write_bytes(page.pdf)
 
 
 def test_verify_html_gives_the_verifier_the_same_document(tmp_path: Path) -> None:
