@@ -337,7 +337,7 @@ def _hourly(series: Mapping[str, Any], tz: ZoneInfo,
     svg = [f'<svg class=chart viewBox="0 0 {CHART_W} {h + FOOT_H}" width="{CHART_W}" '
            f'height="{h + FOOT_H}" role="img" aria-label="purchased MWh by hour">']
     end = start + n * HOUR_MS
-    for a in alerts:
+    for k, a in enumerate(alerts):
         # an active episode runs on to the last hour shown
         t0 = max(start, _ms(a["started"]))
         t1 = min(end, _ms(a["ended"])) if a.get("ended") else end
@@ -347,7 +347,7 @@ def _hourly(series: Mapping[str, Any], tz: ZoneInfo,
         w = max((t1 - t0) / HOUR_MS * step, 2)
         svg.append(f'<rect class=episode x="{x:.1f}" y="0" width="{w:.1f}"'
                    f' height="{h}"><title>{_e(a["rule"])} ({_e(a["device"])})</title></rect>'
-                   f'<text x="{x + 2:.1f}" y="{12 + 11 * (alerts.index(a) % 4)}" class=ep>'
+                   f'<text x="{x + 2:.1f}" y="{12 + 11 * (k % 4)}" class=ep>'
                    f'{_e(a["rule"])}</text>')
     for k in range(5):
         v = top * k / 4
