@@ -157,6 +157,11 @@ def test_verify_html_gives_the_verifier_the_same_document(tmp_path: Path) -> Non
     assert figures(a) == figures(b) and len(figures(a)) > 10
     # the same hours by the same sources, from rollups.csv instead of the store
     assert re.findall(r'<rect class="hour [^"]*', a) == re.findall(r'<rect class="hour [^"]*', b)
+    # a file that cannot be written is named
+    nowhere = tmp_path / "no-such-dir" / "r.html"
+    res = CliRunner().invoke(cli, ["report", "-c", str(cfg), "--month", "2023-03",
+                                   "--format", "html", "-o", str(nowhere)])
+    assert res.exit_code == 1 and f"{nowhere}: cannot write the report" in res.output
     # a folder that does not match its manifest gets no document
     (folder / "report.json").write_text("{}")
     res = CliRunner().invoke(cli, ["verify", str(folder), "--html", str(tmp_path / "c.html")])
