@@ -363,11 +363,13 @@ def _hourly(series: Mapping[str, Any], tz: ZoneInfo,
                        f'width="{max(step, 1.0):.2f}" height="{v * scale:.2f}" '
                        f'fill="{SOURCE_COLOUR["meter"]}"><title>'
                        f'{_e(t.strftime("%Y-%m-%d %H:%M %Z"))}: {v!r} MWh</title></rect>')
+    long = n > 72  # a month: every other day at noon; a short run: every third hour
     for i in range(n):
         t = _local(start + i * HOUR_MS, tz)
-        if (t.hour == 0 and t.day % 2 == 1) if n > 72 else t.hour % 3 == 0:
-            svg.append(f'<text x="{AXIS_W + (i + 12) * step:.1f}" y="{h + 14}" '
-                       f'class="ax c">{t.day if n > 72 else t.strftime("%d %H:00")}</text>')
+        if (t.hour == 0 and t.day % 2 == 1) if long else t.hour % 3 == 0:
+            x = AXIS_W + (i + (12 if long else 0.5)) * step
+            svg.append(f'<text x="{x:.1f}" y="{h + 14}" class="ax c">'
+                       f'{t.day if long else t.strftime("%d %H:00")}</text>')
     svg.append("</svg>")
     return ("<section id=hourly><h2>Purchased electricity hour by hour</h2>"
             + "".join(svg) + f"<p class=note>Every grid meter together, site time, "
