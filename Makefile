@@ -4,7 +4,7 @@ PYTHON ?= python3
 UV_VERSION := 0.13.9
 VENV := .venv
 UV := .uv/bin/uv
-DEBIAN_TEST_PACKAGES := influxdb mosquitto victoria-metrics socat systemd faketime
+DEBIAN_TEST_PACKAGES := influxdb mosquitto victoria-metrics socat systemd faketime chromium chromium-driver
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: demo test venv system-deps bench lint clean security
@@ -32,6 +32,8 @@ system-deps:
 	command -v socat >/dev/null || missing="$$missing socat"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing="$$missing faketime"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

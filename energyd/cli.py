@@ -13,6 +13,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import click
@@ -732,12 +733,16 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
 @click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
 @click.option("--month", required=True, help="YYYY-MM, the site's calendar month")
 @click.option("--format", "fmt", default="table", show_default=True,
-              type=click.Choice(["table", "json", "csv"]))
+              type=click.Choice(["table", "json", "csv", "html"]))
 @click.option("--evidence", default=None, type=click.Path(file_okay=False),
               help="also write the month's evidence (readings, statements, factors, "
                    "rollups, report, SHA-256 manifest) into this new directory")
-def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None:
-    """Monthly MWh by source, coverage, tCO2 (location, market, fuel) with provenance."""
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="write the report to this file instead of standard output")
+def report(config_path: str, month: str, fmt: str, evidence: str | None,
+           output: str | None) -> None:
+    """Monthly MWh by source, coverage, tCO2 (location, market, fuel) with provenance;
+    `--format html`: one self-contained document with charts, for people and for print."""
     config = _load(config_path)
     factors = _factors(config)
     from energyd.accounting.report import report_csv, report_lines
@@ -755,22 +760,51 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None) -> None
                 click.echo(f"evidence: {info['directory']} ({info['readings']} readings, "
                            f"{info['rows']} rollups, {info['statements']} statements; "
                            f"MANIFEST.sha256)", err=True)
+            if fmt == "html":
+                text = _report_html(acc, store, month, payload, evidence)
     except (EnergydError, OSError) as exc:
         click.echo(f"energyd: {exc}", err=True)
         sys.exit(1)
     if fmt == "json":
-        _print_json(payload)
+        text = json.dumps(payload, indent=2, default=str) + "\n"
     elif fmt == "csv":
-        click.echo(report_csv(payload), nl=False)
-    else:
-        for line in report_lines(payload, month):
-            click.echo(line)
+        text = report_csv(payload)
+    elif fmt == "table":
+        text = "".join(f"{line}\n" for line in report_lines(payload, month))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"energyd: {output}: cannot write the report: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"report: {output}", err=True)
+
+
+def _report_html(acc: Any, store: Any, month: str, payload: dict[str, Any],
+                 evidence: str | None) -> str:
+    from energyd.accounting.report_html import (
+        alerts_in_month,
+        read_manifest,
+        render_html,
+        report_series,
+    )
+    from energyd.alerts.report import collect_episodes
+
+    rows = acc.rows(*acc.month_bounds(month))
+    alerts = alerts_in_month(payload, collect_episodes(store, limit=None))
+    manifest = read_manifest(Path(evidence) / "MANIFEST.sha256") if evidence else None
+    return render_html(payload, report_series(payload, rows), alerts=alerts, manifest=manifest)
 
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
-def verify(directory: str, as_json: bool) -> None:
+@click.option("--html", "html_out", default=None, type=click.Path(dir_okay=False),
+              help="also write the folder's report as one self-contained HTML document, "
+                   "with what the verification found")
+def verify(directory: str, as_json: bool, html_out: str | None) -> None:
     """Recompute a month from its evidence folder alone (`report --evidence`) and compare:
     exit 0 when every hour and total equals the folder's, 1 naming each hour that differs,
     2 when the folder does not match its manifest."""
@@ -811,10 +845,31 @@ def verify(directory: str, as_json: bool) -> None:
             hours = len({(h, d) for h, d, _ in verdict.hours})
             click.echo(f"{directory}: {verdict.month}: {hours} hours and "
                        f"{len(verdict.totals)} totals differ")
+    if html_out and not verdict.problems:
+        # a folder that does not match its manifest gets no document: it would vouch for it
+        _verified_html(directory, verdict, html_out)
     if verdict.problems:
         sys.exit(EXIT_BAD_INPUT)
     if not verdict.ok:
         sys.exit(1)
+
+
+def _verified_html(directory: str, verdict: Any, html_out: str) -> None:
+    from energyd.accounting.report_html import evidence_html
+
+    if verdict.ok:
+        found = [f"energyd {__version__} verify: the manifest matches, and the "
+                 f"{verdict.checked_rows} hours and the totals recomputed from the folder "
+                 "equal the report"]
+    else:
+        found = [f"verify: hour {h} {d}: {w}" for h, d, w in verdict.hours[:50]]
+        found += [f"verify: total: {w}" for w in verdict.totals]
+    try:
+        Path(html_out).write_text(evidence_html(directory, found), encoding="utf-8")
+    except (OSError, ValueError, KeyError) as exc:
+        click.echo(f"energyd: {html_out}: cannot write the document: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"report: {html_out}", err=True)
 
 
 # --- forwarding ---------------------------------------------------------------------------
