@@ -38,9 +38,9 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, runnable: bool = False) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, runnable=runnable)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -108,7 +108,7 @@ def cli(log_level: str) -> None:
 @click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
 def check_config(config_path: str) -> None:
     """Validate a configuration and print a summary (exit 2 on errors)."""
-    config = _load(config_path)
+    config = _load(config_path, runnable=True)
     from energyd.config.summary import summary_tables
 
     for table in summary_tables(config):
@@ -123,7 +123,7 @@ def check_config(config_path: str) -> None:
 @click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
 def run(config_path: str) -> None:
     """Run the daemon in the foreground (systemd Type=notify)."""
-    config = _load(config_path)
+    config = _load(config_path, runnable=True)
     from energyd.daemon.app import Daemon, preflight
 
     try:
