@@ -60,7 +60,7 @@ def test_bad_rules_are_refused_with_their_line(rules, line, message):
 
 @pytest.mark.parametrize(("channel", "message"), [
     ("{type: webhook}", "a webhook channel needs one of url, url_file, url_env"),
-    ("{type: webhook, url: 'ftp://127.0.0.1/x'}", "must start with http:// or https://"),
+    ("{type: webhook, url: 'ftp://127.0.0.1/x'}", "is not an http:// or https:// URL"),
     ("{type: webhook, url_env: NOT_SET_ANYWHERE}", "environment variable NOT_SET_ANYWHERE"),
     ("{type: log, broker: {host: 127.0.0.1}}", "only an mqtt channel takes a broker"),
     ("{type: mqtt, topic: 'alerts/#'}", "cannot hold the wildcards"),

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
 from energyd.config.schema import Config, ProblemsAt
 from energyd.errors import ConfigError, Problem
@@ -96,7 +96,13 @@ def parse_config(text: str, filename: str = "<config>", base_dir: Path | None = 
 def storage_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
     """Can the daemon create and write its store where the config puts it? SQLite also
     writes -wal and -shm files beside it, so the directory must be writable too."""
-    path = config.storage.path
+    try:
+        return _storage_problems(config.storage.path)
+    except OSError as exc:  # a name the system refuses, a loop of links, ...
+        return [(("storage", "path"), f"{config.storage.path}: {exc.strerror}")]
+
+
+def _storage_problems(path: Path) -> list[tuple[tuple[str, ...], str]]:
     loc = ("storage", "path")
     if path.is_dir():
         return [(loc, f"{path} is a directory: give the store file's path")]
@@ -139,17 +145,23 @@ def _parse_yaml(text: str, filename: str) -> Any:
         raise ConfigError([Problem(filename, line, "", f"YAML syntax error: {message}")]) from None
     except (YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         # A scalar YAML's resolver takes for a number or a date it cannot build (an int of
-        # 5000 digits, 2024-02-30): ruamel gives no mark, so the line is found by the text.
-        raise ConfigError([Problem(filename, _line_of(text, exc), "",
+        # 5000 digits, 2024-02-30): ruamel gives no mark, so the scalar is looked for.
+        raise ConfigError([Problem(filename, _line_of(text), "",
                                    f"cannot read the YAML: {_reason(exc)}")]) from None
 
 
-def _line_of(text: str, exc: BaseException) -> int:
-    """Best effort: the line of the first scalar the message quotes, else 1."""
-    for quoted in re.findall(r"'([^']{1,200})'", str(exc)):
-        at = text.find(quoted)
-        if at >= 0:
-            return text.count("\n", 0, at) + 1
+def _line_of(text: str) -> int:
+    """The line of the first plain scalar that cannot be built on its own, else 1."""
+    yaml = YAML(typ="safe", pure=True)
+    try:
+        for event in YAML(typ="rt").parse(text):
+            if isinstance(event, ScalarEvent) and event.style is None and event.tag is None:
+                try:
+                    yaml.load(event.value)
+                except Exception:  # any failure is the one being located
+                    return event.start_mark.line + 1
+    except YAMLError:
+        pass
     return 1
 
 

@@ -231,9 +231,11 @@ def _load_file(path_text: str, _stamp: int = 0) -> Profile:
 def check_profile_ref(ref: str, base_dir: Path | None) -> str:
     """For the config schema: resolve `ref` and load it, so a broken profile file is
     refused with the configuration. Returns the resolved reference."""
-    resolved = resolve_ref(ref, base_dir)
     try:
+        resolved = resolve_ref(ref, base_dir)
         load_profile(resolved)
+    except OSError as exc:
+        raise ValueError(f"profile {ref[:60]!r}: {exc.strerror}") from None
     except ConfigError as exc:
         raise ValueError("profile file has errors: " + "; ".join(map(str, exc.problems))) \
             from None

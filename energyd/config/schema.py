@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from energyd.config.hours import ProductionHours
-from energyd.config.secrets import check_secret_file, read_secret
+from energyd.config.secrets import check_http_url, check_secret_file, read_secret
 from energyd.config.units import Duration, Size, size_within, within
 from energyd.model import QUANTITIES, ROLES
 
@@ -69,8 +69,20 @@ def _base_dir(info: ValidationInfo) -> Path | None:
     return (info.context or {}).get("base_dir")
 
 
+def _path(v: Any) -> Any:
+    """A path the system can take: the OS would refuse these with an error, not a message."""
+    if v is None:
+        return v
+    text = str(v)
+    if "\x00" in text:
+        raise ValueError("a path cannot hold a NUL character")
+    if len(text) > 4095 or any(len(part) > 255 for part in text.split("/")):
+        raise ValueError(f"path {text[:40]!r}... is longer than the system allows")
+    return v
+
+
 def _secret_file(cls: type, v: str | None, info: ValidationInfo) -> str | None:
-    return check_secret_file(v, _base_dir(info))
+    return check_secret_file(_path(v), _base_dir(info))
 
 
 def _check_quantity(name: str) -> str:
@@ -93,8 +105,8 @@ class Site(Strict):
     def _tz(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"unknown time zone {v[:60]!r}") from None
         return v
 
     @property
@@ -110,6 +122,8 @@ class Storage(Strict):
     quota: Annotated[Size, size_within(2**20, 2**50)] | None = None
     # readings wait at most this long before the commit
     flush_interval: Annotated[Duration, within(0.01, 60)] = 1.0
+
+    _p = field_validator("path")(classmethod(lambda cls, v: _path(v)))
 
 
 class Http(Strict):
@@ -257,7 +271,7 @@ class Device(Strict):
             return v
         from energyd.config.profiles import check_profile_ref
 
-        return check_profile_ref(v, _base_dir(info))
+        return check_profile_ref(_path(v), _base_dir(info))
 
     @model_validator(mode="after")
     def _driver_options(self) -> Device:
@@ -298,6 +312,8 @@ class Tls(Strict):
     cert_file: Path | None = None  # client certificate (mutual TLS), with key_file
     key_file: Path | None = None
     insecure: bool = False  # skip hostname verification (self-signed lab brokers only)
+
+    _p = field_validator("ca_file", "cert_file", "key_file")(classmethod(lambda cls, v: _path(v)))
 
     @model_validator(mode="after")
     def _pair(self) -> Tls:
@@ -383,14 +399,13 @@ class InfluxDB(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{v!r} is not an http:// or https:// URL")
-        if parts.username is not None or parts.password is not None:
+        parts = check_http_url(v)
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
             raise ValueError("credentials do not belong in the URL: use token_file, "
                              "username and password_file")
+        if parts.query or parts.fragment:
+            raise ValueError("the URL takes no query string (InfluxDB 1.x's ?u=&p= would "
+                             "hold a password): use username and password_file")
         return v
 
     @model_validator(mode="after")
@@ -462,6 +477,7 @@ class Accounting(Strict):
     @field_validator("emission_factors")
     @classmethod
     def _factors_path(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        _path(v)
         base = _base_dir(info)
         return base / v if v is not None and base is not None and not v.is_absolute() else v
 
@@ -561,16 +577,21 @@ class AlertChannel(Strict):
             given = [k for k in ("url", "url_file", "url_env") if getattr(self, k)]
             if len(given) != 1:
                 raise ValueError("a webhook channel needs one of url, url_file, url_env")
-            if self.url and ("@" in self.url.split("/", 3)[2] if "://" in self.url else False
-                             or "?" in self.url):
-                # credentials or a query string (where hook tokens live) are secrets
-                raise ValueError("this webhook url carries credentials or a query string; "
-                                 "put it in a file (url_file) or the environment (url_env)")
-            self._url = (SecretStr(self.url) if self.url else
-                         read_secret(self.url_file, self.url_env, _base_dir(info)))
-            assert self._url is not None
-            if not self._url.get_secret_value().startswith(("http://", "https://")):
-                raise ValueError("the webhook url must start with http:// or https://")
+            try:
+                if self.url is not None:
+                    parts = check_http_url(self.url)
+                    if "@" in parts.netloc or parts.query or parts.fragment or "?" in self.url:
+                        # credentials or a query string (where hook tokens live) are secrets
+                        raise ValueError("this webhook url carries credentials or a query "
+                                         "string; put it in a file (url_file) or the "
+                                         "environment (url_env)")
+                self._url = (SecretStr(self.url) if self.url else
+                             read_secret(self.url_file, self.url_env, _base_dir(info)))
+                assert self._url is not None
+                # from a file, user:password@ is fine: it is sent as HTTP basic auth
+                check_http_url(self._url.get_secret_value())
+            except ValueError as exc:
+                raise ProblemsAt([((given[0],), str(exc))]) from None
         if self.type != "mqtt" and self.broker is not None:
             raise ValueError("only an mqtt channel takes a broker")
         if any(c in self.topic for c in "+#"):

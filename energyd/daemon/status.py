@@ -13,6 +13,7 @@ from rich.table import Table
 
 from energyd.alerts.outbox import Outbox
 from energyd.config.schema import Config
+from energyd.config.secrets import redact_url
 from energyd.model import from_ms
 from energyd.store.sqlite import STREAMS, Store
 
@@ -46,7 +47,7 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
             })
         sinks = []
         for s in config.influxdb:
-            entry: dict[str, Any] = {"sink": s.name, "api": s.api, "url": s.url}
+            entry: dict[str, Any] = {"sink": s.name, "api": s.api, "url": redact_url(s.url)}
             for stream in STREAMS:
                 b = store.backlog(s.name, stream)
                 entry[stream] = {
