@@ -73,11 +73,12 @@ def _existing_store(config: Config) -> Any:
 @contextlib.contextmanager
 def _csv_import(config: Config, csv_file: str) -> Iterator[tuple[TextIO, Any]]:
     """The CSV file and the store for an import; an unreadable file or refused rows exit 2
-    (the import's transaction has rolled back by then: nothing of the file is stored)."""
+    (the import's transaction has rolled back by then: nothing of the file is stored).
+    Bytes that are not UTF-8 are kept as escapes, so the import names their line."""
     from energyd.store import Store
 
     try:
-        with open(csv_file, newline="", encoding="utf-8") as f, \
+        with open(csv_file, newline="", encoding="utf-8-sig", errors="surrogateescape") as f, \
                 Store.open(config.storage.path, quota=config.storage.quota) as store:
             yield f, store
     except OSError as exc:
@@ -86,6 +87,9 @@ def _csv_import(config: Config, csv_file: str) -> Iterator[tuple[TextIO, Any]]:
     except ImportRejected as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
 
 
 def _print_json(payload: Any) -> None:
@@ -354,7 +358,7 @@ def readings_import(config_path: str, csv_file: str) -> None:
     with _csv_import(config, csv_file) as (f, store):
         result = import_readings(store, f, csv_file, known_device=names.__contains__)
     click.echo(f"{csv_file}: {result.rows} rows, {result.inserted} new readings stored "
-               f"({result.rows - result.inserted} already present)")
+               f"({result.rows - result.inserted} already stored with the same value)")
 
 
 @readings.command("export")

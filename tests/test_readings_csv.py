@@ -56,7 +56,7 @@ def test_import_then_export_round_trips(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "100 rows, 100 new readings" in result.stdout
     again = energyd("readings", "import", "-c", str(cfg), str(src))
-    assert "0 new readings stored (100 already present)" in again.stdout
+    assert "0 new readings stored (100 already stored with the same value)" in again.stdout
     out = energyd("readings", "export", "-c", str(cfg), "--from", "2026-01-05T00:00:00+00:00",
                   "--to", "2026-01-05T00:05:00+00:00")
     assert out.returncode == 0, out.stderr

@@ -580,9 +580,12 @@ class Accountant:
         """Store a statements file whole (or raise ImportRejected) and recompute the hours of
         its periods: estimated hours become invoice hours."""
         accounts = self.accounts()
-        stored = [StoredPeriod(i, a, p0, p1, doc) for i, a, p0, p1, doc in self.store.execute(
-            "SELECT id, account, period_start, period_end, document FROM invoices")]
-        rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored)
+        stored = [StoredPeriod(i, a, p0, p1, doc, kwh)
+                  for i, a, p0, p1, doc, kwh in self.store.execute(
+                      "SELECT id, account, period_start, period_end, document, energy_kwh "
+                      "FROM invoices")]
+        rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored,
+                                max_days=self.config.accounting.max_statement_days)
         with self.store.transaction() as conn:
             conn.executemany(
                 "INSERT INTO invoices (account, period_start, period_end, energy_kwh, supplier, "

@@ -4,15 +4,22 @@ An import is one transaction: the file goes in whole or not at all, even if the 
 killed half-way (SQLite rolls an unfinished transaction back on the next open). Rows are
 checked as they stream past, so a million-row file needs no more memory than one chunk;
 every bad row is reported with its line number and nothing is committed.
+
+Lines are read at most MAX_LINE characters at a time (csv_records), so a file of one
+gigabyte-long line costs no more memory than a short one; a line too long, bytes that are
+not UTF-8 and NUL characters are bad rows like any other. A row whose series and time the
+store (or an earlier row) holds with another value is a conflict: reported with both
+values, and the file refused, since the stored reading is never replaced.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TextIO
 
 from energyd.errors import ImportRejected, LineProblems, Problem
@@ -22,6 +29,64 @@ from energyd.store.sqlite import Store
 HEADER = ["time", "device", "quantity", "value"]
 CHUNK = 50_000
 MAX_REPORTED = 50
+MAX_LINE = 64 * 1024  # characters; a reading's row is under 100
+MAX_FIELD = 200  # characters: a time, a device name, a quantity, a number
+# Readings are of this world: a time outside these years is a typo or a clock gone wrong.
+FIRST_MS = to_ms(datetime(1970, 1, 1, tzinfo=UTC))
+END_MS = to_ms(datetime(2200, 1, 1, tzinfo=UTC))
+
+# Undecodable bytes (read with errors="surrogateescape") and NUL: never text a row holds.
+_NOT_TEXT = re.compile("[\x00\udc80-\udcff]")
+
+
+def csv_records(stream: TextIO, fail: Callable[[int, str], None],
+                max_line: int = MAX_LINE) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV record, reading no more than `max_line` characters
+    of a line at once. A line that is too long, not UTF-8 or holds NUL, and a record that is
+    not valid CSV, are passed to `fail` with their line and read as an empty record.
+
+    The stream is best opened with errors="surrogateescape": then a bad byte costs its own
+    line only; with strict decoding the reading stops at it."""
+    count = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal count
+        while True:
+            try:
+                text = stream.readline(max_line + 1)
+            except UnicodeDecodeError as exc:
+                fail(count + 1, f"byte 0x{exc.object[exc.start]:02x} is not UTF-8: the "
+                                "file must be UTF-8 text (nothing after it was read)")
+                return
+            if not text:
+                return
+            count += 1
+            if len(text) > max_line and not text.endswith(("\n", "\r")):
+                while (rest := stream.readline(max_line + 1)) and \
+                        not rest.endswith(("\n", "\r")):
+                    pass
+                fail(count, f"the line is longer than {max_line} characters")
+                yield "\n"
+            elif bad := _NOT_TEXT.search(text):
+                char = bad.group()
+                what = "a NUL character" if char == "\x00" else \
+                    f"byte 0x{ord(char) - 0xDC00:02x}, which is not UTF-8"
+                fail(count, f"column {bad.start() + 1} holds {what}: the file must be "
+                            "UTF-8 text")
+                yield "\n"
+            else:
+                yield text
+
+    reader = csv.reader(lines(), strict=True)
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            fail(reader.line_num, f"not valid CSV: {exc}")
+            continue
+        yield reader.line_num, fields
 
 
 @dataclass(frozen=True)
@@ -41,37 +106,83 @@ def import_readings(
     rows = 0
     inserted = 0
 
-    reader = csv.reader(stream)
-    header = next(reader, None)
+    records = csv_records(stream, fail)
+    header = next(records, None)
+    if fail:
+        raise fail.rejected()
     if header is None:
         raise ImportRejected([Problem(filename, 1, "", "the file is empty")], 1)
-    if [h.strip().lower() for h in header] != HEADER:
+    if [h.strip().lower() for h in header[1]] != HEADER:
         raise ImportRejected(
-            [Problem(filename, 1, "",
-                     f"header must be {','.join(HEADER)}, got {','.join(header)}")], 1)
+            [Problem(filename, header[0], "", f"header must be {','.join(HEADER)}, got "
+                     f"{_shown(','.join(header[1]))}")], 1)
 
     # One transaction for the whole file. Rows are parsed and inserted chunk by chunk; on the
     # first bad row insertion stops, but parsing goes on so every bad row can be reported.
     with store.transaction() as conn:
         parse = _RowParser(fail, known_device, lambda d, q: store.series_id(d, q, conn))
         chunk: list[tuple[int, int, float, int]] = []
-        for fields in reader:
+        lines: list[int] = []
+
+        def insert() -> int:
+            new = store.insert_series_rows(conn, chunk)
+            if new < len(chunk):  # some were stored already: with the same values?
+                _report_conflicts(store, chunk, lines, parse.names, fail)
+            chunk.clear()
+            lines.clear()
+            return new
+
+        for line, fields in records:
             if not fields or fields == [""]:
                 continue
             rows += 1
-            row = parse(fields, reader.line_num)
+            row = parse(fields, line)
             if row is None or fail:
                 chunk.clear()
+                lines.clear()
                 continue
             chunk.append(row)
+            lines.append(line)
             if len(chunk) >= CHUNK:
-                inserted += store.insert_series_rows(conn, chunk)
-                chunk.clear()
+                inserted += insert()
+        if chunk and not fail:
+            inserted += insert()
         if fail:
             raise fail.rejected()
-        if chunk:
-            inserted += store.insert_series_rows(conn, chunk)
     return ImportResult(rows, inserted)
+
+
+def _report_conflicts(store: Store, chunk: list[tuple[int, int, float, int]], lines: list[int],
+                      names: dict[int, tuple[str, str]], fail: Callable[[int, str], None]
+                      ) -> None:
+    """Rows of a chunk whose series and time the store holds with another value. The chunk
+    is inserted by then (same transaction), so a row of an earlier chunk is found too."""
+    by_series: dict[int, dict[int, tuple[float, int]]] = {}
+    for (sid, t, value, _), line in zip(chunk, lines, strict=True):
+        mine = by_series.setdefault(sid, {})
+        if t in mine:
+            first, first_line = mine[t]
+            if first != value:
+                fail(line, f"{_what(names[sid], t)}: value {value!r} conflicts with {first!r} "
+                           f"on line {first_line}")
+            continue
+        mine[t] = (value, line)
+    for sid, mine in by_series.items():
+        device, quantity = names[sid]
+        for r in store.query_readings(device=device, quantity=quantity, start_ms=min(mine),
+                                      end_ms=max(mine) + 1):
+            if r.time_ms in mine and (ours := mine[r.time_ms])[0] != r.value:
+                fail(ours[1], f"{_what(names[sid], r.time_ms)}: the store holds {r.value!r}, "
+                              f"the file says {ours[0]!r}; a stored reading is never replaced "
+                              "(drop or correct the row)")
+
+
+def _what(series: tuple[str, str], time_ms: int) -> str:
+    return f"{series[0]} {series[1]} at {from_ms(time_ms).isoformat(timespec='milliseconds')}"
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _RowParser:
@@ -85,6 +196,7 @@ class _RowParser:
         self._known_device = known_device
         self._series_id = series_id
         self._series: dict[tuple[str, str], int] = {}
+        self.names: dict[int, tuple[str, str]] = {}  # series id -> (device, quantity)
         self._times: dict[str, int] = {}
         self._devices: set[str] = set()
         self._imported = int(Quality.IMPORTED)
@@ -95,6 +207,10 @@ class _RowParser:
         if len(fields) != 4:
             fail(line, f"expected 4 columns (time,device,quantity,value), got {len(fields)}")
             return None
+        for i, field in enumerate(fields):
+            if len(field) > MAX_FIELD:
+                fail(line, f"column {i + 1} ({HEADER[i]}) is longer than {MAX_FIELD} characters")
+                return None
         t, device, quantity, v = fields
         ms = self._times.get(t)
         if ms is None:
@@ -126,6 +242,7 @@ class _RowParser:
         sid = self._series.get((device, quantity))
         if sid is None:
             sid = self._series[(device, quantity)] = self._series_id(device, quantity)
+            self.names[sid] = (device, quantity)
         return (sid, ms, value, self._imported)
 
     def _time(self, text: str, line: int) -> int | None:
@@ -138,7 +255,13 @@ class _RowParser:
         if when.tzinfo is None:
             self._fail(line, f"time {t!r} has no UTC offset (write e.g. {t}+00:00)")
             return None
-        ms = to_ms(when)
+        try:
+            ms = to_ms(when)
+        except OverflowError:
+            ms = -1
+        if not FIRST_MS <= ms < END_MS:
+            self._fail(line, f"time {t!r} is outside the years 1970 to 2199")
+            return None
         if len(self._times) > 100_000:
             self._times.clear()
         self._times[text] = ms
