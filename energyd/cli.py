@@ -74,11 +74,12 @@ def _existing_store(config: Config) -> Any:
 def _csv_import(config: Config, csv_file: str) -> Iterator[tuple[TextIO, Any]]:
     """The CSV file and the store for an import; an unreadable file or refused rows exit 2
     (the import's transaction has rolled back by then: nothing of the file is stored).
-    Bytes that are not UTF-8 are kept as escapes, so the import names their line."""
+    Bytes that are not UTF-8 are kept as escapes, so the import names their line; lines end
+    at LF (CRLF included) only, so line numbers are those an editor shows."""
     from energyd.store import Store
 
     try:
-        with open(csv_file, newline="", encoding="utf-8-sig", errors="surrogateescape") as f, \
+        with open(csv_file, newline="\n", encoding="utf-8-sig", errors="surrogateescape") as f, \
                 Store.open(config.storage.path, quota=config.storage.quota) as store:
             yield f, store
     except OSError as exc:

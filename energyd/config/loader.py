@@ -167,6 +167,8 @@ def _line_of(text: str) -> int:
 
 def _reason(exc: BaseException) -> str:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "integer string conversion" in message:
+        return "a number of more than 4300 digits"
     return message if len(message) <= 200 else message[:197] + "..."
 
 

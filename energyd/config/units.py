@@ -74,7 +74,7 @@ def format_duration(seconds: float) -> str:
 
 def format_size(size: int) -> str:
     if size >= 10**18:
-        return f"{float(size):.3g}B"
+        return f"about 10^{len(str(size)) - 1} B"
     for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"

@@ -61,9 +61,8 @@ def csv_records(stream: TextIO, fail: Callable[[int, str], None],
             if not text:
                 return
             count += 1
-            if len(text) > max_line and not text.endswith(("\n", "\r")):
-                while (rest := stream.readline(max_line + 1)) and \
-                        not rest.endswith(("\n", "\r")):
+            if len(text) > max_line and not text.endswith("\n"):
+                while (rest := stream.readline(max_line + 1)) and not rest.endswith("\n"):
                     pass
                 fail(count, f"the line is longer than {max_line} characters")
                 yield "\n"
