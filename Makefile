@@ -27,7 +27,7 @@ venv: $(UV)
 FUZZ_EXAMPLES ?= 2000
 fuzz: venv
 	ENERGYD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
-	  -o timeout=3600 tests/test_hostile_input.py -k fuzzed_or_hostile_value
+	  -o timeout=3600 tests/test_hostile_input.py -k "fuzzed or hostile_value"
 
 # Real servers for the tests: Debian packages, installed when missing and we are root.
 system-deps:

@@ -328,3 +328,76 @@ def test_fuzzed_statement_imports_are_taken_or_refused_at_a_line(
         accepted_or_refused(invoke("invoices", "import", "-c",
                                    csv_config(Path(tmp), max_statement_days=40), str(path)),
                             str(path), data)
+
+
+# --- conflicts: what is stored is never replaced, and never silently kept ---------------------
+
+
+def test_a_reading_stored_with_another_value_is_a_conflict_not_already_present(
+        tmp_path: Path) -> None:
+    cfg = csv_config(tmp_path)
+    first = tmp_path / "first.csv"
+    first.write_text("time,device,quantity,value\n"
+                     "2025-01-01T00:00:00+00:00,m1,active_power_kw,1.5\n"
+                     "2025-01-01T00:00:10+00:00,m1,active_power_kw,2.5\n")
+    assert invoke("readings", "import", "-c", cfg, str(first)).exit_code == 0
+    again = invoke("readings", "import", "-c", cfg, str(first))
+    assert again.exit_code == 0
+    assert "0 new readings stored (2 already stored with the same value)" in again.output
+
+    second = tmp_path / "second.csv"
+    second.write_text("time,device,quantity,value\n"
+                      "2025-01-01T00:00:20+00:00,m1,active_power_kw,3.5\n"
+                      "2025-01-01T00:00:10+00:00,m1,active_power_kw,9.5\n")
+    found = refused(invoke("readings", "import", "-c", cfg, str(second)), str(second))
+    assert found == [(3, "m1 active_power_kw at 2025-01-01T00:00:10.000+00:00: the store holds "
+                         "2.5, the file says 9.5; a stored reading is never replaced (drop or "
+                         "correct the row)")]
+    out = invoke("readings", "export", "-c", cfg, "--from", "2025-01-01T00:00:00+00:00",
+                 "--to", "2025-01-02T00:00:00+00:00")
+    assert out.output.splitlines()[1:] == ["2025-01-01T00:00:00.000+00:00,m1,active_power_kw,1.5",
+                                           "2025-01-01T00:00:10.000+00:00,m1,active_power_kw,2.5"]
+
+
+def test_a_conflict_with_an_earlier_chunk_of_the_same_file_is_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from energyd.store import csvio
+
+    monkeypatch.setattr(csvio, "CHUNK", 2)
+    path = tmp_path / "readings.csv"
+    path.write_text("time,device,quantity,value\n"
+                    "2025-01-01T00:00:00+00:00,m1,active_power_kw,1\n"
+                    "2025-01-01T00:00:10+00:00,m1,active_power_kw,2\n"
+                    "2025-01-01T00:00:20+00:00,m1,active_power_kw,3\n"
+                    "2025-01-01T00:00:00+00:00,m1,active_power_kw,4\n")
+    found = refused(invoke("readings", "import", "-c", csv_config(tmp_path), str(path)),
+                    str(path))
+    assert [line for line, _ in found] == [5]
+    assert "the store holds 1.0, the file says 4.0" in found[0][1]
+
+
+def test_a_duplicate_statement_says_whether_its_kwh_differ(tmp_path: Path) -> None:
+    cfg = csv_config(tmp_path)
+    header = "account,period_start,period_end,energy_kwh\n"
+    stored = tmp_path / "jan.csv"
+    stored.write_text(header + "m1,2025-01-01,2025-01-31,1000\n")
+    assert invoke("invoices", "import", "-c", cfg, str(stored)).exit_code == 0
+    (line, same), = refused(invoke("invoices", "import", "-c", cfg, str(stored)), str(stored))
+    assert line == 2 and same.endswith("same kWh")
+    other = tmp_path / "jan-corrected.csv"
+    other.write_text(header + "m1,2025-01-01,2025-01-31,1200\n")
+    (line, differs), = refused(invoke("invoices", "import", "-c", cfg, str(other)), str(other))
+    assert "it holds 1000 kWh, this line 1200 kWh: the stored statement is kept" in differs
+
+
+def test_the_statement_period_limit_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "year.csv"
+    path.write_text("account,period_start,period_end,energy_kwh\nm1,2024-01-01,2025-03-31,9\n")
+    (line, message), = refused(invoke("invoices", "import", "-c", csv_config(tmp_path), str(path)),
+                               str(path))
+    assert line == 2 and "longer than 400 days" in message
+    longer = tmp_path / "longer"
+    longer.mkdir()
+    result = invoke("invoices", "import", "-c", csv_config(longer, max_statement_days=500),
+                    str(path))
+    assert result.exit_code == 0, result.stderr

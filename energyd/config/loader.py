@@ -11,6 +11,7 @@ refused with the line where the trouble starts.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -74,7 +75,7 @@ def decode(data: bytes, filename: str) -> str:
 
 def parse_config(text: str, filename: str = "<config>", base_dir: Path | None = None,
                  *, runnable: bool = False) -> Config:
-    tree = _parse_yaml(text, filename)
+    tree = parse_yaml(text, filename)
     if tree is None:
         raise ConfigError([Problem(filename, 1, "", "the file is empty: a configuration needs "
                                    "at least `storage:` and `devices:`")])
@@ -119,7 +120,7 @@ def _storage_problems(path: Path) -> list[tuple[tuple[str, ...], str]]:
     return []
 
 
-def _parse_yaml(text: str, filename: str) -> Any:
+def parse_yaml(text: str, filename: str) -> Any:
     if bad := _FORBIDDEN.search(text):
         line = text.count("\n", 0, bad.start()) + 1
         raise ConfigError([Problem(filename, line, "", f"character U+{ord(bad.group()):04X} "
@@ -143,23 +144,29 @@ def _parse_yaml(text: str, filename: str) -> Any:
         line = mark.line + 1 if mark is not None else 1
         message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
         raise ConfigError([Problem(filename, line, "", f"YAML syntax error: {message}")]) from None
-    except (YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        # A scalar YAML's resolver takes for a number or a date it cannot build (an int of
-        # 5000 digits, 2024-02-30): ruamel gives no mark, so the scalar is looked for.
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- whatever ruamel raises, the file is unreadable
+        # A scalar the resolver takes for a number or a date it cannot build (an int of 5000
+        # digits, 2024-02-30, `!!float x`) fails with ValueError, IndexError, OverflowError...
+        # and no mark: the scalar is looked for.
         raise ConfigError([Problem(filename, _line_of(text), "",
                                    f"cannot read the YAML: {_reason(exc)}")]) from None
 
 
 def _line_of(text: str) -> int:
-    """The line of the first plain scalar that cannot be built on its own, else 1."""
-    yaml = YAML(typ="safe", pure=True)
+    """The line of the first scalar that cannot be built on its own, else 1."""
+    yaml = YAML(typ="rt")
     try:
         for event in YAML(typ="rt").parse(text):
-            if isinstance(event, ScalarEvent) and event.style is None and event.tag is None:
-                try:
-                    yaml.load(event.value)
-                except Exception:  # any failure is the one being located
-                    return event.start_mark.line + 1
+            if not isinstance(event, ScalarEvent) or (event.style and not event.tag):
+                continue
+            alone = event.value if not event.tag else \
+                f"!<{event.tag}> {json.dumps(event.value)}"
+            try:
+                yaml.load(alone)
+            except Exception:  # noqa: BLE001 -- any failure is the one being located
+                return event.start_mark.line + 1
     except YAMLError:
         pass
     return 1
@@ -169,6 +176,8 @@ def _reason(exc: BaseException) -> str:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "integer string conversion" in message:
         return "a number of more than 4300 digits"
+    if not isinstance(exc, ValueError | YAMLError):  # ruamel's own slip, e.g. `!!float e`
+        return f"a value here cannot be built as its type says ({message})"
     return message if len(message) <= 200 else message[:197] + "..."
 
 

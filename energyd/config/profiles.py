@@ -184,10 +184,10 @@ def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
 
 @functools.lru_cache(maxsize=64)
 def _load_file(path_text: str, _stamp: int = 0) -> Profile:
-    from energyd.config.loader import _locate, _parse_yaml, _plain_checked, read_text
+    from energyd.config.loader import _locate, _plain_checked, parse_yaml, read_text
 
     path = Path(path_text)
-    tree = _parse_yaml(read_text(path), path_text)
+    tree = parse_yaml(read_text(path), path_text)
     if not isinstance(tree, dict):
         raise ConfigError([Problem(path_text, 1, "", "a profile must be a mapping")])
     try:
