@@ -15,6 +15,7 @@ point the console script calls: an exception that escapes the command is a failu
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -239,7 +240,7 @@ def yaml_scalar(value: object) -> str:
             return ".inf" if value > 0 else "-.inf"
         return repr(value)
     if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
+        return json.dumps(value)  # a YAML double-quoted scalar: control characters escaped
     return str(value)
 
 
@@ -258,6 +259,8 @@ values = st.one_of(
 @example(field="quota", value=-1)
 @example(field="interval", value=1e300)
 @example(field="retention", value=math.nan)
+@example(field="flush_interval", value="\n\x08")
+@example(field="quota", value="\ud800")
 def test_a_hostile_value_is_refused_at_its_own_line(field: str, value: object) -> None:
     line, template = FIELDS[field]
     lines = BASE.splitlines()

@@ -33,6 +33,7 @@ OPTIONAL = ["supplier", "document"]
 MAX_REPORTED = 50
 MAX_FIELD = 500  # characters: a document number or a supplier's name fits many times
 MAX_DAYS = 400
+MAX_STATEMENTS = 100_000  # a plant's bills for centuries; more is not a statements file
 FIRST_YEAR, END_YEAR = 1970, 2200
 
 
@@ -87,6 +88,9 @@ def parse_statements(
     for line, fields in records:
         if not fields or all(not f.strip() for f in fields):
             continue
+        if len(rows) >= MAX_STATEMENTS:
+            fail(line, f"more than {MAX_STATEMENTS} statements: split the file")
+            break
         if len(fields) != len(names):
             fail(line, f"expected {len(names)} columns, got {len(fields)}")
             continue
