@@ -404,3 +404,34 @@ def test_the_statement_period_limit_is_configurable(tmp_path: Path) -> None:
     result = invoke("invoices", "import", "-c", csv_config(longer, max_statement_days=500),
                     str(path))
     assert result.exit_code == 0, result.stderr
+
+
+# --- the bounded line reader, block by block ----------------------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 16, 64, 4096])
+def test_lines_are_checked_and_numbered_across_blocks(
+        block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from energyd.errors import LineProblems
+    from energyd.store import csvio
+
+    monkeypatch.setattr(csvio, "BLOCK", block)
+    text = ("a,b\r\n"  # 1
+            + "x" * 25 + "\n"  # 2: too long
+            + "c,d\n"  # 3
+            + "e\x00f\n"  # 4: NUL
+            + "y" * 70 + "\n"  # 5: too long, over several blocks
+            + "g,\udcff\n"  # 6: a byte that was not UTF-8
+            + "\n"  # 7
+            + '"h\ni",j\n'  # 8-9: a quoted field across lines
+            + "z" * 21)  # 10: too long, no newline at the end
+    fail = LineProblems("f.csv")
+    records = list(csvio.csv_records(io.StringIO(text, newline="\n"), fail, max_line=20))
+    assert [(p.line, p.message.split(":")[0].split(" holds")[0]) for p in fail.problems] == [
+        (2, "the line is longer than 20 characters"), (4, "column 2"),
+        (5, "the line is longer than 20 characters"), (6, "column 3"),
+        (10, "the line is longer than 20 characters")]
+    assert [(n, f) for n, f in records if f] == [(1, ["a", "b"]), (3, ["c", "d"]),
+                                                 (9, ["h\ni", "j"])]

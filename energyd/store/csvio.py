@@ -15,12 +15,14 @@ values, and the file refused, since the stored reading is never replaced.
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from energyd.errors import ImportRejected, LineProblems, Problem
 from energyd.model import QUANTITIES, Quality, from_ms, to_ms
@@ -30,6 +32,7 @@ HEADER = ["time", "device", "quantity", "value"]
 CHUNK = 50_000
 MAX_REPORTED = 50
 MAX_LINE = 64 * 1024  # characters; a reading's row is under 100
+BLOCK = 256 * 1024  # characters read at once
 MAX_FIELD = 200  # characters: a time, a device name, a quantity, a number
 # Readings are of this world: a time outside these years is a typo or a clock gone wrong.
 FIRST_MS = to_ms(datetime(1970, 1, 1, tzinfo=UTC))
@@ -39,53 +42,94 @@ END_MS = to_ms(datetime(2200, 1, 1, tzinfo=UTC))
 _NOT_TEXT = re.compile("[\x00\udc80-\udcff]")
 
 
-def csv_records(stream: TextIO, fail: Callable[[int, str], None],
-                max_line: int = MAX_LINE) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each CSV record, reading no more than `max_line` characters
-    of a line at once. A line that is too long, not UTF-8 or holds NUL, and a record that is
-    not valid CSV, are passed to `fail` with their line and read as an empty record.
+def csv_reader(stream: TextIO, fail: Callable[[int, str], None],
+               max_line: int = MAX_LINE) -> Any:
+    """A csv.reader over the stream's checked lines, holding no more than one block and
+    `max_line` characters of a line in memory. A line that is too long, not UTF-8 or holds
+    NUL is passed to `fail` with its line and read as an empty record. Lines end at LF only,
+    as an editor counts them. The reader raises csv.Error for a record that is not valid CSV
+    and can be read on after it (csv_records does both).
 
     The stream is best opened with errors="surrogateescape": then a bad byte costs its own
     line only; with strict decoding the reading stops at it."""
-    count = 0
+    lines = itertools.chain.from_iterable(_checked_blocks(stream, fail, max_line))
+    return csv.reader(lines, strict=True)
 
-    def lines() -> Iterator[str]:
-        nonlocal count
-        while True:
-            try:
-                text = stream.readline(max_line + 1)
-            except UnicodeDecodeError as exc:
-                fail(count + 1, f"byte 0x{exc.object[exc.start]:02x} is not UTF-8: the "
-                                "file must be UTF-8 text (nothing after it was read)")
-                return
-            if not text:
-                return
-            count += 1
-            if len(text) > max_line and not text.endswith("\n"):
-                while (rest := stream.readline(max_line + 1)) and not rest.endswith("\n"):
-                    pass
-                fail(count, f"the line is longer than {max_line} characters")
-                yield "\n"
-            elif bad := _NOT_TEXT.search(text):
-                char = bad.group()
-                what = "a NUL character" if char == "\x00" else \
-                    f"byte 0x{ord(char) - 0xDC00:02x}, which is not UTF-8"
-                fail(count, f"column {bad.start() + 1} holds {what}: the file must be "
-                            "UTF-8 text")
-                yield "\n"
-            else:
-                yield text
 
-    reader = csv.reader(lines(), strict=True)
+def csv_records(stream: TextIO, fail: Callable[[int, str], None],
+                max_line: int = MAX_LINE, *, reader: Any = None
+                ) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each record of csv_reader (or of `reader`, one made by it);
+    invalid CSV goes to `fail`."""
+    if reader is None:
+        reader = csv_reader(stream, fail, max_line)
     while True:
         try:
-            fields = next(reader)
-        except StopIteration:
+            for fields in reader:
+                yield reader.line_num, fields
             return
         except csv.Error as exc:
             fail(reader.line_num, f"not valid CSV: {exc}")
+
+
+def _checked_blocks(stream: TextIO, fail: Callable[[int, str], None], max_line: int
+                    ) -> Iterator[list[str]]:
+    """The stream's lines, a block at a time; a block without a bad character or an
+    over-long line (the usual case) is checked by one regex search and passed on whole."""
+    count = 0  # lines passed on
+    carry = ""  # the start of a line the last block cut
+    skipping = False  # inside a line already reported too long
+    while True:
+        try:
+            block = stream.read(BLOCK)
+        except UnicodeDecodeError as exc:
+            fail(count + 1, f"byte 0x{exc.object[exc.start]:02x} is not UTF-8: the file must "
+                            "be UTF-8 text (nothing after it was read)")
+            return
+        if not block:
+            if carry and not skipping:
+                yield _check([carry], count, fail, max_line)
+            return
+        if skipping:
+            cut = block.find("\n")
+            if cut < 0:
+                continue
+            block, skipping = block[cut + 1:], False
+        text = carry + block
+        cut = text.rfind("\n") + 1
+        text, carry = text[:cut], text[cut:]
+        lines = list(io.StringIO(text, newline="\n")) if text else []
+        if len(carry) > max_line:
+            # a line longer than any row: reported once, the rest of it read and dropped
+            lines = _check(lines, count, fail, max_line)
+            count += len(lines) + 1
+            fail(count, f"the line is longer than {max_line} characters")
+            yield [*lines, "\n"]
+            carry, skipping = "", True
             continue
-        yield reader.line_num, fields
+        if _NOT_TEXT.search(text) is not None or \
+                (lines and max(map(len, lines)) > max_line + 1):
+            lines = _check(lines, count, fail, max_line)
+        count += len(lines)
+        yield lines
+
+
+def _check(lines: list[str], before: int, fail: Callable[[int, str], None], max_line: int
+           ) -> list[str]:
+    """The lines of a block that holds trouble: each bad one reported and read as empty."""
+    out = []
+    for n, text in enumerate(lines, before + 1):
+        if len(text.rstrip("\n")) > max_line:
+            fail(n, f"the line is longer than {max_line} characters")
+            text = "\n"
+        elif bad := _NOT_TEXT.search(text):
+            char = bad.group()
+            what = "a NUL character" if char == "\x00" else \
+                f"byte 0x{ord(char) - 0xDC00:02x}, which is not UTF-8"
+            fail(n, f"column {bad.start() + 1} holds {what}: the file must be UTF-8 text")
+            text = "\n"
+        out.append(text)
+    return out
 
 
 @dataclass(frozen=True)
@@ -105,8 +149,8 @@ def import_readings(
     rows = 0
     inserted = 0
 
-    records = csv_records(stream, fail)
-    header = next(records, None)
+    reader = csv_reader(stream, fail)
+    header = next(csv_records(stream, fail, reader=reader), None)
     if fail:
         raise fail.rejected()
     if header is None:
@@ -131,19 +175,25 @@ def import_readings(
             lines.clear()
             return new
 
-        for line, fields in records:
-            if not fields or fields == [""]:
-                continue
-            rows += 1
-            row = parse(fields, line)
-            if row is None or fail:
-                chunk.clear()
-                lines.clear()
-                continue
-            chunk.append(row)
-            lines.append(line)
-            if len(chunk) >= CHUNK:
-                inserted += insert()
+        while True:  # the csv module's loop, fast; a broken record is reported and skipped
+            try:
+                for fields in reader:
+                    if not fields or fields == [""]:
+                        continue
+                    rows += 1
+                    line = reader.line_num
+                    row = parse(fields, line)
+                    if row is None or fail:
+                        chunk.clear()
+                        lines.clear()
+                        continue
+                    chunk.append(row)
+                    lines.append(line)
+                    if len(chunk) >= CHUNK:
+                        inserted += insert()
+                break
+            except csv.Error as exc:
+                fail(reader.line_num, f"not valid CSV: {exc}")
         if chunk and not fail:
             inserted += insert()
         if fail:
@@ -206,10 +256,6 @@ class _RowParser:
         if len(fields) != 4:
             fail(line, f"expected 4 columns (time,device,quantity,value), got {len(fields)}")
             return None
-        for i, field in enumerate(fields):
-            if len(field) > MAX_FIELD:
-                fail(line, f"column {i + 1} ({HEADER[i]}) is longer than {MAX_FIELD} characters")
-                return None
         t, device, quantity, v = fields
         ms = self._times.get(t)
         if ms is None:
@@ -217,6 +263,9 @@ class _RowParser:
             if ms is None:
                 return None
         if device not in self._devices:
+            if len(device) > MAX_FIELD:
+                fail(line, f"column 2 (device) is longer than {MAX_FIELD} characters")
+                return None
             device = device.strip()
             if not device:
                 fail(line, "device is empty")
@@ -228,15 +277,16 @@ class _RowParser:
         if quantity not in QUANTITIES:
             quantity = quantity.strip()
             if quantity not in QUANTITIES:
-                fail(line, f"unknown quantity {quantity!r}")
+                fail(line, f"unknown quantity {_shown(quantity)!r}")
                 return None
         try:
             value = float(v)
         except ValueError:
-            fail(line, f"value {v.strip()!r} is not a number")
+            fail(line, f"value {_shown(v.strip())!r} is not a number")
             return None
-        if not math.isfinite(value):
-            fail(line, f"value {v.strip()!r} is not finite")
+        if not math.isfinite(value) or len(v) > MAX_FIELD:
+            fail(line, f"value {_shown(v.strip())!r} is not finite" if len(v) <= MAX_FIELD
+                 else f"column 4 (value) is longer than {MAX_FIELD} characters")
             return None
         sid = self._series.get((device, quantity))
         if sid is None:
@@ -245,6 +295,9 @@ class _RowParser:
         return (sid, ms, value, self._imported)
 
     def _time(self, text: str, line: int) -> int | None:
+        if len(text) > MAX_FIELD:
+            self._fail(line, f"column 1 (time) is longer than {MAX_FIELD} characters")
+            return None
         t = text.strip()
         try:
             when = datetime.fromisoformat(t)
