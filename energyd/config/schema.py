@@ -206,7 +206,7 @@ class MqttDeviceOptions(Strict):
     fields: dict[str, str] = Field(default_factory=dict)  # quantity -> dotted path in payload
     quantity: str | None = None  # for format: value, the one quantity the topic carries
     timestamp: str | None = None  # dotted path of the time field (ISO 8601 or epoch s/ms)
-    device_level: int | None = Field(None, ge=0)  # topic level (0-based) naming the device
+    device_level: int | None = Field(None, ge=0, le=64)  # topic level (0-based) naming the device
     devices: list[str] | None = None  # with device_level: the device names it may take
     station: str | None = None  # compressed-air station this compressor belongs to
 
@@ -248,7 +248,7 @@ class MqttDeviceOptions(Strict):
 
 
 class Device(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
     role: Role = "submeter"
     driver: Literal["modbus", "mqtt"]
     interval: Annotated[Duration, within(0.01, 86400)] = 10.0
@@ -369,7 +369,8 @@ class InfluxDB(Strict):
     Secrets come only from `*_file` / `*_env`, never from the YAML or the URL.
     """
 
-    name: str = Field("influxdb", pattern=r"^[A-Za-z0-9_.\-]+$")  # keys its cursors in the store
+    # keys its cursors in the store
+    name: str = Field("influxdb", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
     api: Literal["v2", "v1"] = "v2"
     url: str  # http(s)://host:port, without credentials
     # v2
@@ -501,7 +502,7 @@ class AlertRule(Strict):
     as one series, named after the role (e.g. `compressor` for a whole station) or the site.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")  # also an MQTT topic level
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)  # also an MQTT topic level
     type: Literal["spike", "threshold", "off_shift", "stale", "reconciliation", "backlog"]
     devices: list[str] | None = None
     role: Role | None = None
