@@ -32,8 +32,9 @@ MAX_BYTES = 4 * 2**20
 MAX_DEPTH = 32
 MAX_VALUES = 500_000
 
-# What YAML 1.2 does not allow in a stream (ruamel would stop with a traceback-worthy
-# ReaderError without a line): C0 controls but tab/LF/CR, DEL, C1 but NEL, surrogates, U+FFFE/F.
+# What YAML does not allow in a stream: C0 controls but tab/LF/CR, DEL, C1 but NEL,
+# surrogates, U+FFFE/F. ruamel stops at them with a ReaderError that gives an offset, not a
+# line, so they are looked for first.
 _FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -143,6 +144,8 @@ def parse_yaml(text: str, filename: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        if len(message) > 300:  # ruamel quotes whole values (a duplicate key's, say)
+            message = message[:297] + "..."
         raise ConfigError([Problem(filename, line, "", f"YAML syntax error: {message}")]) from None
     except ConfigError:
         raise
