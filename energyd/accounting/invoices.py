@@ -34,6 +34,7 @@ MAX_REPORTED = 50
 MAX_FIELD = 500  # characters: a document number or a supplier's name fits many times
 MAX_DAYS = 400
 MAX_STATEMENTS = 100_000  # a plant's bills for centuries; more is not a statements file
+MAX_KWH = 1e12  # a terawatt-hour: more than any site's bill, a slipped exponent
 FIRST_YEAR, END_YEAR = 1970, 2200
 
 
@@ -126,8 +127,9 @@ def parse_statements(
         except ValueError:
             fail(line, f"energy_kwh {rec['energy_kwh'][:40]!r} is not a number")
             continue
-        if not math.isfinite(kwh) or kwh < 0:
-            fail(line, f"energy_kwh {rec['energy_kwh']!r} must be a finite number >= 0")
+        if not math.isfinite(kwh) or kwh < 0 or kwh > MAX_KWH:
+            fail(line, f"energy_kwh {rec['energy_kwh'][:40]!r} must be a number from 0 to "
+                       f"{MAX_KWH:g}")
             continue
         rows.append(StatementRow(line, account, start, end, kwh, rec.get("supplier") or None,
                                  rec.get("document") or None))
