@@ -19,6 +19,9 @@ import json
 import math
 import os
 import re
+import shutil
+import subprocess
+import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
@@ -435,3 +438,32 @@ def test_lines_are_checked_and_numbered_across_blocks(
         (10, "the line is longer than 20 characters")]
     assert [(n, f) for n, f in records if f] == [(1, ["a", "b"]), (3, ["c", "d"]),
                                                  (9, ["h\ni", "j"])]
+
+
+def test_a_store_directory_that_cannot_be_written_is_refused() -> None:
+    """Run as an unprivileged user (root may write anywhere): as `nobody` through setpriv
+    when the tests run as root, else as the current user under a read-only directory."""
+    work = Path(tempfile.mkdtemp(prefix="energyd-unwritable-"))
+    try:
+        locked = work / "locked"
+        locked.mkdir()
+        cfg = work / "energyd.yaml"
+        cfg.write_text(f"site: {{name: plant}}\nstorage:\n  path: {locked / 'new' / 'e.db'}\n")
+        command = [sys.executable, "-m", "energyd.cli", "check-config", "-c", str(cfg)]
+        if os.geteuid() == 0:
+            for p in (work, locked):
+                p.chmod(0o755)  # readable, writable by root only
+            cfg.chmod(0o644)
+            command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                       *command]
+        else:
+            locked.chmod(0o555)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                cwd=work)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.startswith(f"{cfg}:3: storage.path: "), result.stderr
+        assert f"the directory {locked} is not writable" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        (work / "locked").chmod(0o755)
+        shutil.rmtree(work, ignore_errors=True)
