@@ -84,7 +84,7 @@ def parse_statements(
         got = ",".join(header)
         raise ImportRejected([Problem(
             filename, header_line, "", f"header must be {','.join(REQUIRED)}"
-            f"[,supplier,document], got {got if len(got) <= 80 else got[:77] + '...'}")], 1)
+            f"[,supplier,document], got {got if len(got) <= 80 else got[:77] + '...'!r}")], 1)
     rows: list[StatementRow] = []
     for line, fields in records:
         if not fields or all(not f.strip() for f in fields):

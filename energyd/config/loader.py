@@ -105,6 +105,15 @@ def storage_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
 
 
 def _storage_problems(path: Path) -> list[tuple[tuple[str, ...], str]]:
+    problems = _storage_checks(path)
+    if problems and not str(path).isprintable():
+        # a path with a line break or an escape sequence is shown escaped
+        problems = [(loc, f"{str(path)!r}: cannot be used as the store's path")
+                    for loc, _ in problems]
+    return problems
+
+
+def _storage_checks(path: Path) -> list[tuple[tuple[str, ...], str]]:
     loc = ("storage", "path")
     if path.is_dir():
         return [(loc, f"{path} is a directory: give the store file's path")]
@@ -223,6 +232,13 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def _printable(key: str) -> str:
+    """A key as a message shows it: one that holds a line break or an escape sequence would
+    break the FILE:LINE layout or the terminal, so it is shown escaped, and shortened."""
+    key = key if key.isprintable() else repr(key)
+    return key if len(key) <= 60 else key[:57] + "..."
+
+
 def _locate(tree: Any, loc: tuple[Any, ...]) -> tuple[int | None, str]:
     """Follow `loc` through the YAML tree: the line of the deepest key found, and its path."""
     line = 1
@@ -233,11 +249,11 @@ def _locate(tree: Any, loc: tuple[Any, ...]) -> tuple[int | None, str]:
             if key in node:
                 line = node.lc.key(key)[0] + 1
                 node = node[key]
-                parts.append(key)
+                parts.append(_printable(key))
                 continue
             if node.lc.line is not None:
                 line = node.lc.line + 1
-            parts.append(key)  # a missing required key: point at its parent mapping
+            parts.append(_printable(key))  # a missing required key: its parent mapping
             break
         if isinstance(node, CommentedSeq) and isinstance(key, int) and 0 <= key < len(node):
             line = node.lc.item(key)[0] + 1

@@ -158,7 +158,7 @@ def import_readings(
     if [h.strip().lower() for h in header[1]] != HEADER:
         raise ImportRejected(
             [Problem(filename, header[0], "", f"header must be {','.join(HEADER)}, got "
-                     f"{_shown(','.join(header[1]))}")], 1)
+                     f"{_shown(','.join(header[1]))!r}")], 1)
 
     # One transaction for the whole file. Rows are parsed and inserted chunk by chunk; on the
     # first bad row insertion stops, but parsing goes on so every bad row can be reported.
