@@ -7,7 +7,7 @@ UV := .uv/bin/uv
 DEBIAN_TEST_PACKAGES := influxdb mosquitto victoria-metrics socat systemd faketime chromium chromium-driver
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test venv system-deps bench lint clean security
+.PHONY: demo test venv system-deps bench lint clean security fuzz
 
 demo: venv
 	$(VENV)/bin/energyd demo
@@ -22,6 +22,12 @@ $(UV):
 
 venv: $(UV)
 	$(UV) sync --frozen --quiet
+
+# The hostile-input fuzz tests at length (`make test` runs a few dozen examples of each).
+FUZZ_EXAMPLES ?= 2000
+fuzz: venv
+	ENERGYD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+	  -o timeout=3600 tests/test_hostile_input.py -k "fuzzed or hostile_value"
 
 # Real servers for the tests: Debian packages, installed when missing and we are root.
 system-deps:

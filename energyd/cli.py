@@ -39,9 +39,9 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, runnable: bool = False) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, runnable=runnable)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -74,11 +74,13 @@ def _existing_store(config: Config) -> Any:
 @contextlib.contextmanager
 def _csv_import(config: Config, csv_file: str) -> Iterator[tuple[TextIO, Any]]:
     """The CSV file and the store for an import; an unreadable file or refused rows exit 2
-    (the import's transaction has rolled back by then: nothing of the file is stored)."""
+    (the import's transaction has rolled back by then: nothing of the file is stored).
+    Bytes that are not UTF-8 are kept as escapes, so the import names their line; lines end
+    at LF (CRLF included) only, so line numbers are those an editor shows."""
     from energyd.store import Store
 
     try:
-        with open(csv_file, newline="", encoding="utf-8") as f, \
+        with open(csv_file, newline="\n", encoding="utf-8-sig", errors="surrogateescape") as f, \
                 Store.open(config.storage.path, quota=config.storage.quota) as store:
             yield f, store
     except OSError as exc:
@@ -87,6 +89,9 @@ def _csv_import(config: Config, csv_file: str) -> Iterator[tuple[TextIO, Any]]:
     except ImportRejected as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except EnergydError as exc:
+        click.echo(f"energyd: {exc}", err=True)
+        sys.exit(1)
 
 
 def _print_json(payload: Any) -> None:
@@ -109,7 +114,7 @@ def cli(log_level: str) -> None:
 @click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
 def check_config(config_path: str) -> None:
     """Validate a configuration and print a summary (exit 2 on errors)."""
-    config = _load(config_path)
+    config = _load(config_path, runnable=True)
     from energyd.config.summary import summary_tables
 
     for table in summary_tables(config):
@@ -124,7 +129,7 @@ def check_config(config_path: str) -> None:
 @click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
 def run(config_path: str) -> None:
     """Run the daemon in the foreground (systemd Type=notify)."""
-    config = _load(config_path)
+    config = _load(config_path, runnable=True)
     from energyd.daemon.app import Daemon, preflight
 
     try:
@@ -356,7 +361,7 @@ def readings_import(config_path: str, csv_file: str) -> None:
         result = import_readings(store, f, csv_file, known_device=names.__contains__)
     conflicts = len(result.conflicts)
     click.echo(f"{csv_file}: {result.rows} rows, {result.inserted} new readings stored "
-               f"({result.rows - result.inserted - conflicts} already present)")
+               f"({result.rows - result.inserted - conflicts} already stored with the same value)")
     if conflicts:
         click.echo(f"{csv_file}: {conflicts} rows have another value than the store holds for "
                    "their device, quantity and time; the stored values stand, the rows are "

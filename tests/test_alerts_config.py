@@ -43,10 +43,11 @@ def test_the_documented_example_parses(tmp_path, monkeypatch):
     ("    - {name: a, type: off_shift, production_hours: ['Mon-Fry 06:00-22:00']}",
      9, "alerts.rules[0].production_hours: 'Mon-Fry 06:00-22:00': unknown day 'fry'"),
     ("    - {name: a, type: threshold}", 9, "alerts.rules[0]: a threshold rule needs a limit"),
-    ("    - {name: a, type: spike}\n    - {name: a, type: stale}", 7,
-     "alert rule names must be unique: a"),
+    ("    - {name: a, type: spike}\n    - {name: a, type: stale}", 10,
+     "alerts.rules[1].name: alert rule name 'a' is already used by entry 1"),
     ("    - {name: a/b, type: spike}", 9, "alerts.rules[0].name: String should match"),
-    ("    - {name: a, type: spike, devices: [nowhere]}", 1, "unknown device 'nowhere'"),
+    ("    - {name: a, type: spike, devices: [nowhere]}", 9,
+     "alerts.rules[0].devices[0]: alerts rule 'a': unknown device 'nowhere'"),
     ("    - {name: a, type: spike, quantity: power_kw}", 9, "unknown quantity 'power_kw'"),
 ])
 def test_bad_rules_are_refused_with_their_line(rules, line, message):
@@ -59,7 +60,7 @@ def test_bad_rules_are_refused_with_their_line(rules, line, message):
 
 @pytest.mark.parametrize(("channel", "message"), [
     ("{type: webhook}", "a webhook channel needs one of url, url_file, url_env"),
-    ("{type: webhook, url: 'ftp://127.0.0.1/x'}", "must start with http:// or https://"),
+    ("{type: webhook, url: 'ftp://127.0.0.1/x'}", "is not an http:// or https:// URL"),
     ("{type: webhook, url_env: NOT_SET_ANYWHERE}", "environment variable NOT_SET_ANYWHERE"),
     ("{type: log, broker: {host: 127.0.0.1}}", "only an mqtt channel takes a broker"),
     ("{type: mqtt, topic: 'alerts/#'}", "cannot hold the wildcards"),

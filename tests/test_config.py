@@ -167,7 +167,9 @@ VALUE_DEVICE = "  - {{name: {name}, driver: mqtt, mqtt: {{topic: {topic}, format
 
 
 def test_cross_checks_name_the_problem() -> None:
-    with pytest.raises(ConfigError, match="device names must be unique: a"):
+    # the second definition's own line, not the file's first
+    with pytest.raises(ConfigError, match=r"<config>:3: devices\[1\]\.name: device name 'a' "
+                                          "is already used by entry 1"):
         parse_config("devices:\n" + VALUE_DEVICE.format(name="a", topic="x")
                      + VALUE_DEVICE.format(name="a", topic="y") + "mqtt: {host: 127.0.0.1}\n")
     with pytest.raises(ConfigError, match="mqtt devices need a top-level `mqtt:`"):

@@ -57,7 +57,7 @@ def test_import_then_export_round_trips(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "100 rows, 100 new readings" in result.stdout
     again = energyd("readings", "import", "-c", str(cfg), str(src))
-    assert "0 new readings stored (100 already present)" in again.stdout
+    assert "0 new readings stored (100 already stored with the same value)" in again.stdout
     out = energyd("readings", "export", "-c", str(cfg), "--from", "2026-01-05T00:00:00+00:00",
                   "--to", "2026-01-05T00:05:00+00:00")
     assert out.returncode == 0, out.stderr
@@ -151,7 +151,7 @@ def test_a_replayed_import_is_harmless_and_a_conflicting_one_reported(tmp_path: 
     assert out.returncode == 0, out.stderr
     again = energyd("readings", "import", "-c", str(cfg), str(exported))
     assert again.returncode == 0, again.stderr
-    assert "50 rows, 0 new readings stored (50 already present)" in again.stdout
+    assert "50 rows, 0 new readings stored (50 already stored with the same value)" in again.stdout
     assert "conflict" not in again.stderr
     # two rows with other values for stored times, one new row: the stored values stand
     rows = csv_rows(51).splitlines()
@@ -162,7 +162,7 @@ def test_a_replayed_import_is_harmless_and_a_conflicting_one_reported(tmp_path: 
     for new, present in ((1, 48), (0, 49)):
         result = energyd("readings", "import", "-c", str(cfg), str(src))
         assert result.returncode == 0, result.stderr
-        assert f"51 rows, {new} new readings stored ({present} already present)" in result.stdout
+        assert f"51 rows, {new} new readings stored ({present} already stored with the same value)" in result.stdout
         assert "2 rows have another value than the store holds" in result.stderr
         assert "999.5 (stored 1000.5)" in result.stderr
     with Store.open(tmp_path / "energyd.db") as store:

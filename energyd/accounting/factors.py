@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError
-
+from energyd.config.loader import parse_yaml, read_text
 from energyd.errors import ConfigError, Problem
 
 # Shipped inside the wheel as package data; a source checkout reads the repository's copy.
@@ -167,21 +165,12 @@ def validity_ms(f: Factor, tz: ZoneInfo,
 
 def load_factors(path: str | Path | None = None) -> FactorTable:
     path = Path(path) if path is not None else DEFAULT_FACTORS
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), None, "", f"cannot read: {exc.strerror}")]) \
-            from None
-    return parse_factors(text, str(path))
+    # the config's own reader: bounded, UTF-8 checked, every problem at its line
+    return parse_factors(read_text(path), str(path))
 
 
 def parse_factors(text: str, filename: str) -> FactorTable:
-    try:
-        tree = YAML(typ="rt").load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        raise ConfigError([Problem(filename, mark.line + 1 if mark else None, "",
-                                   f"YAML syntax error: {exc.problem}")]) from None
+    tree = parse_yaml(text, filename)
     items = tree.get("factors") if isinstance(tree, dict) else None
     if not isinstance(items, list):
         raise ConfigError([Problem(filename, 1, "", "expected a top-level `factors:` list")])

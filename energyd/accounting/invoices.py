@@ -12,15 +12,17 @@
   without it.
 
 A file goes in whole or not at all. Refused, with the line: a bad field, an unknown account,
-an empty period, a statement that duplicates or overlaps another one of the same account,
-and one that bills a meter over time another account's statement already bills it (the same
-meter under its device name and under an `accounting.accounts` id), whether in the file or
-already stored (statements are never silently replaced).
+an empty period, a period longer than `accounting.max_statement_days` (a mistyped year would
+spread one bill over a century of hours) or outside the years 1970 to 2199, a statement that
+duplicates or overlaps another one of the same account, and one that bills a meter over time
+another account's statement already bills it (the same meter under its device name and under
+an `accounting.accounts` id), whether in the file or already stored (statements are never
+silently replaced; a duplicate says whether its kWh differ). Lines are read with a bounded
+length (energyd.store.csvio.csv_records).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +31,16 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from energyd.errors import ImportRejected, LineProblems, Problem
+from energyd.store.csvio import csv_records
 
 REQUIRED = ["account", "period_start", "period_end", "energy_kwh"]
 OPTIONAL = ["supplier", "document", "replaces"]
 MAX_REPORTED = 50
+MAX_FIELD = 500  # characters: a document number or a supplier's name fits many times
+MAX_DAYS = 400
+MAX_STATEMENTS = 100_000  # a plant's bills for centuries; more is not a statements file
+MAX_KWH = 1e12  # a terawatt-hour: more than any site's bill, a slipped exponent
+FIRST_YEAR, END_YEAR = 1970, 2200
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,7 @@ class StoredPeriod:
     start_ms: int
     end_ms: int
     document: str | None
+    kwh: float | None = None
 
 
 def parse_statements(
@@ -63,6 +72,8 @@ def parse_statements(
     known_account: Callable[[str], bool],
     stored: Sequence[StoredPeriod] = (),
     devices_of: Callable[[str], Sequence[str]] | None = None,
+    *,
+    max_days: int = MAX_DAYS,
 ) -> list[StatementRow]:
     """Parse and check a statements file; raise ImportRejected listing every bad line.
 
@@ -71,23 +82,33 @@ def parse_statements(
     the same meter over overlapping time would count its energy twice, and are refused."""
     fail = LineProblems(filename, MAX_REPORTED)
 
-    reader = csv.reader(stream)
-    header = next(reader, None)
-    if header is None:
+    records = csv_records(stream, fail)
+    first = next(records, None)
+    if fail:
+        raise fail.rejected()
+    if first is None:
         raise ImportRejected([Problem(filename, 1, "", "the file is empty")], 1)
+    header_line, header = first
     names = [h.strip().lower() for h in header]
     if names[:4] != REQUIRED or any(n not in OPTIONAL for n in names[4:]) \
             or len(set(names)) != len(names):
+        got = ",".join(header)
         raise ImportRejected([Problem(
-            filename, 1, "", f"header must be {','.join(REQUIRED)}[,supplier,document], "
-            f"got {','.join(header)}")], 1)
+            filename, header_line, "", f"header must be {','.join(REQUIRED)}"
+            f"[,supplier,document], got {got if len(got) <= 80 else got[:77] + '...'!r}")], 1)
     rows: list[StatementRow] = []
-    for fields in reader:
-        line = reader.line_num
+    for line, fields in records:
         if not fields or all(not f.strip() for f in fields):
             continue
+        if len(rows) >= MAX_STATEMENTS:
+            fail(line, f"more than {MAX_STATEMENTS} statements: split the file")
+            break
         if len(fields) != len(names):
             fail(line, f"expected {len(names)} columns, got {len(fields)}")
+            continue
+        long = [n for n, f in zip(names, fields, strict=True) if len(f) > MAX_FIELD]
+        if long:
+            fail(line, f"{long[0]} is longer than {MAX_FIELD} characters")
             continue
         rec = dict(zip(names, (f.strip() for f in fields), strict=True))
         account = rec["account"]
@@ -108,13 +129,18 @@ def parse_statements(
             fail(line, f"period_end {rec['period_end']} is not after period_start "
                        f"{rec['period_start']}")
             continue
+        if end - start > max_days * 86_400_000:
+            fail(line, f"the period {rec['period_start']} to {rec['period_end']} is longer "
+                       f"than {max_days} days (accounting.max_statement_days)")
+            continue
         try:
             kwh = float(rec["energy_kwh"])
         except ValueError:
-            fail(line, f"energy_kwh {rec['energy_kwh']!r} is not a number")
+            fail(line, f"energy_kwh {rec['energy_kwh'][:40]!r} is not a number")
             continue
-        if not math.isfinite(kwh) or kwh < 0:
-            fail(line, f"energy_kwh {rec['energy_kwh']!r} must be a finite number >= 0")
+        if not math.isfinite(kwh) or kwh < 0 or kwh > MAX_KWH:
+            fail(line, f"energy_kwh {rec['energy_kwh'][:40]!r} must be a number from 0 to "
+                       f"{MAX_KWH:g}")
             continue
         replaces = None
         if rec.get("replaces"):
@@ -161,8 +187,13 @@ def parse_statements(
                     what = "duplicates" if (r.start_ms, r.end_ms) == (s.start_ms, s.end_ms) \
                         else "overlaps"
                     doc = f", document {s.document}" if s.document else ""
+                    kwh = ""
+                    if what == "duplicates" and s.kwh is not None:
+                        kwh = (", same kWh" if s.kwh == r.kwh else
+                               f"; it holds {s.kwh:g} kWh, this line {r.kwh:g} kWh: the stored "
+                               "statement is kept")
                     fail(r.line, f"statement for {account} {what} stored statement {s.id} "
-                                 f"({_span(s.start_ms, s.end_ms, tz)}{doc})")
+                                 f"({_span(s.start_ms, s.end_ms, tz)}{doc}){kwh}")
     if devices_of is not None:
         _same_meter_twice(rows, stored, devices_of, tz, fail)
     if fail:
@@ -201,18 +232,25 @@ def _instant(text: str, tz: ZoneInfo, *, end: bool) -> int:
     key = "period_end" if end else "period_start"
     if not text:
         raise ValueError(f"{key} is empty")
+    shown = text if len(text) <= 40 else text[:37] + "..."
     if len(text) == 10:
         try:
             day = date.fromisoformat(text)
         except ValueError:
-            raise ValueError(f"{key} {text!r} is not a date (YYYY-MM-DD)") from None
+            raise ValueError(f"{key} {shown!r} is not a date (YYYY-MM-DD)") from None
+        if not FIRST_YEAR <= day.year < END_YEAR:
+            raise ValueError(f"{key} {shown} is outside the years {FIRST_YEAR} to "
+                             f"{END_YEAR - 1}")
         if end:
             day += timedelta(days=1)
         return round(datetime.combine(day, time(0), tz).timestamp() * 1000)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{key} {text!r} is not an ISO 8601 date or time") from None
+        raise ValueError(f"{key} {shown!r} is not an ISO 8601 date or time") from None
+    # checked before any arithmetic: year 9999 plus an offset or a day overflows
+    if not FIRST_YEAR <= when.year < END_YEAR:
+        raise ValueError(f"{key} {shown} is outside the years {FIRST_YEAR} to {END_YEAR - 1}")
     if when.tzinfo is None:
         when = when.replace(tzinfo=tz)
     return round(when.timestamp() * 1000)

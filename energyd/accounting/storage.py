@@ -618,11 +618,13 @@ class Accountant:
         """Store a statements file whole (or raise ImportRejected) and recompute the hours of
         its periods: estimated hours become invoice hours."""
         accounts = self.accounts()
-        stored = [StoredPeriod(i, a, p0, p1, doc) for i, a, p0, p1, doc in self.store.execute(
-            "SELECT id, account, period_start, period_end, document FROM invoices "
-            "WHERE replaced_by IS NULL")]
+        stored = [StoredPeriod(i, a, p0, p1, doc, kwh)
+                  for i, a, p0, p1, doc, kwh in self.store.execute(
+                      "SELECT id, account, period_start, period_end, document, energy_kwh "
+                      "FROM invoices WHERE replaced_by IS NULL")]
         rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored,
-                                lambda a: accounts.get(a, ()))
+                                lambda a: accounts.get(a, ()),
+                                max_days=self.config.accounting.max_statement_days)
         spans = [(r.account, r.start_ms, r.end_ms) for r in rows]
         with self.store.transaction() as conn:
             for r in rows:

@@ -21,6 +21,7 @@ timeout delays nobody but itself, and the polling never waits on any of them. Wi
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 
 from energyd import __version__
 from energyd.alerts.outbox import Outbox
+from energyd.config.secrets import redact_urls, split_credentials
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +226,11 @@ class WebhookChannel:
                  timeout: float = 5.0, retries: int = 5, backoff: float = 1.0,
                  backoff_max: float = 60.0, on_error: Callable[[str], None] | None = None):
         self.name = name
-        self.url = url
+        # user:password@ in the URL (from url_file or url_env) goes as basic auth: left in,
+        # urllib would take it for part of the host and never deliver
+        self.url, user, password = split_credentials(url)
+        self._auth = None if user is None and password is None else "Basic " + \
+            base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
         self._secret = secret.encode() if secret else None
         self.timeout = timeout
         self.retries = retries
@@ -289,6 +295,8 @@ class WebhookChannel:
         headers = {"Content-Type": "application/json",
                    "User-Agent": f"energyd/{__version__}",
                    "X-Energyd-Event": payload["event"]}
+        if self._auth is not None:
+            headers["Authorization"] = self._auth
         if self._secret is not None:
             digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
             headers["X-Energyd-Signature"] = f"sha256={digest}"
@@ -316,7 +324,7 @@ class WebhookChannel:
                 if retry_after and retry_after.isdigit():
                     delay = max(delay, float(retry_after))
             except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
-                reason = str(getattr(exc, "reason", exc))
+                reason = redact_urls(str(getattr(exc, "reason", exc)))
             if attempt < self.retries:
                 log.warning("webhook %s: attempt %d failed (%s); retrying in %.1f s",
                             self.name, attempt + 1, reason, delay)

@@ -184,18 +184,14 @@ def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
 
 @functools.lru_cache(maxsize=64)
 def _load_file(path_text: str, _stamp: int = 0) -> Profile:
-    from energyd.config.loader import _locate, _parse_yaml, _plain
+    from energyd.config.loader import _locate, _plain_checked, parse_yaml, read_text
 
     path = Path(path_text)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem(path_text, None, "", f"cannot read: {exc.strerror}")]) from None
-    tree = _parse_yaml(text, path_text)
+    tree = parse_yaml(read_text(path), path_text)
     if not isinstance(tree, dict):
         raise ConfigError([Problem(path_text, 1, "", "a profile must be a mapping")])
     try:
-        data = _ProfileFile.model_validate(_plain(tree))
+        data = _ProfileFile.model_validate(_plain_checked(tree, path_text))
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
@@ -235,9 +231,11 @@ def _load_file(path_text: str, _stamp: int = 0) -> Profile:
 def check_profile_ref(ref: str, base_dir: Path | None) -> str:
     """For the config schema: resolve `ref` and load it, so a broken profile file is
     refused with the configuration. Returns the resolved reference."""
-    resolved = resolve_ref(ref, base_dir)
     try:
+        resolved = resolve_ref(ref, base_dir)
         load_profile(resolved)
+    except OSError as exc:
+        raise ValueError(f"profile {ref[:60]!r}: {exc.strerror}") from None
     except ConfigError as exc:
         raise ValueError("profile file has errors: " + "; ".join(map(str, exc.problems))) \
             from None

@@ -29,8 +29,8 @@ from pydantic import (
 )
 
 from energyd.config.hours import ProductionHours
-from energyd.config.secrets import check_secret_file, read_secret
-from energyd.config.units import AgeMonths, Duration, Size
+from energyd.config.secrets import check_http_url, check_secret_file, read_secret
+from energyd.config.units import AgeMonths, Duration, Size, size_within, within
 from energyd.model import QUANTITIES, ROLES
 
 Role = Literal["grid_import", "submeter", "generation", "compressor", "fuel"]
@@ -38,15 +38,51 @@ assert set(ROLES) == set(Role.__args__)  # type: ignore[attr-defined]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a sane setting: `scale: .inf` would poison every reading
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ProblemsAt(ValueError):
+    """Problems a model-level check finds, each at the path (below the model) of the value
+    to fix, so the loader reports the line of a duplicate or unknown name, not the line of
+    the section that holds it."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(message for _, message in problems))
+
+
+def _duplicates(names: list[str], what: str, key: str = "name"
+                ) -> list[tuple[tuple[str | int, ...], str]]:
+    first: dict[str, int] = {}
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for i, name in enumerate(names):
+        if name in first:
+            found.append(((i, key), f"{what} {name!r} is already used by entry "
+                                    f"{first[name] + 1}: {what}s must be unique"))
+        else:
+            first[name] = i
+    return found
 
 
 def _base_dir(info: ValidationInfo) -> Path | None:
     return (info.context or {}).get("base_dir")
 
 
+def _path(v: Any) -> Any:
+    """A path the system can take: the OS would refuse these with an error, not a message."""
+    if v is None:
+        return v
+    text = str(v)
+    if "\x00" in text:
+        raise ValueError("a path cannot hold a NUL character")
+    if len(text) > 4095 or any(len(part) > 255 for part in text.split("/")):
+        raise ValueError(f"path {text[:40]!r}... is longer than the system allows")
+    return v
+
+
 def _secret_file(cls: type, v: str | None, info: ValidationInfo) -> str | None:
-    return check_secret_file(v, _base_dir(info))
+    return check_secret_file(_path(v), _base_dir(info))
 
 
 def _check_quantity(name: str) -> str:
@@ -69,8 +105,8 @@ class Site(Strict):
     def _tz(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"unknown time zone {v[:60]!r}") from None
         return v
 
     @property
@@ -80,11 +116,17 @@ class Site(Strict):
 
 class Storage(Strict):
     path: Path = Path("/var/lib/energyd/energyd.db")
-    retention: Duration = 400 * 86400.0  # raw readings older than this go, once forwarded
-    quota: Size | None = None  # above it, gauges are shed oldest first; counters never are
-    flush_interval: Duration = 1.0  # readings wait at most this long before the commit
+    # raw readings older than this go, once forwarded
+    retention: Annotated[Duration, within(3600, 100 * 366 * 86400)] = 400 * 86400.0
+    # above it, gauges are shed oldest first; counters never are
+    quota: Annotated[Size, size_within(2**20, 2**50)] | None = None
+    # readings wait at most this long before the commit
+    flush_interval: Annotated[Duration, within(0.01, 60)] = 1.0
+
     # readings held in memory while commits fail (a full disk): past it gauges are shed
     pending_limit: int = Field(1_000_000, ge=1_000, le=100_000_000)
+
+    _p = field_validator("path")(classmethod(lambda cls, v: _path(v)))
 
 
 class Http(Strict):
@@ -117,21 +159,23 @@ class ModbusOptions(Strict):
     host: str | None = None
     port: int = Field(502, ge=1, le=65535)
     serial_port: str | None = None
-    baudrate: int = 9600
+    baudrate: int = Field(9600, ge=300, le=4_000_000)
     parity: Literal["N", "E", "O"] = "N"
     bytesize: Literal[7, 8] = 8
     stopbits: Literal[1, 2] = 1
     unit: int = Field(1, ge=0, le=255)
-    timeout: Duration = 1.0
+    # a silent unit holds its whole link this long per attempt
+    timeout: Annotated[Duration, within(0.01, 60)] = 1.0
     retries: int = Field(0, ge=0, le=10)
     # Devices that bend the spec:
-    pause_after_connect: Duration = 0.0
-    pause_between_requests: Duration = 0.0
+    pause_after_connect: Annotated[Duration, within(0, 60)] = 0.0
+    pause_between_requests: Annotated[Duration, within(0, 10)] = 0.0
     close_after_poll: bool = False  # for single-master devices
     single_register: bool = False  # one value per request
     max_gap: int = Field(10, ge=0, le=120)  # registers read across to merge two blocks
     max_registers: int = Field(125, ge=1, le=125)
-    backoff_max: Duration = 300.0  # cap of the growing delay after timeouts
+    # cap of the growing delay after timeouts
+    backoff_max: Annotated[Duration, within(0.01, 86400)] = 300.0
 
     @model_validator(mode="after")
     def _link(self) -> ModbusOptions:
@@ -165,7 +209,7 @@ class MqttDeviceOptions(Strict):
     fields: dict[str, str] = Field(default_factory=dict)  # quantity -> dotted path in payload
     quantity: str | None = None  # for format: value, the one quantity the topic carries
     timestamp: str | None = None  # dotted path of the time field (ISO 8601 or epoch s/ms)
-    device_level: int | None = Field(None, ge=0)  # topic level (0-based) naming the device
+    device_level: int | None = Field(None, ge=0, le=64)  # topic level (0-based) naming the device
     devices: list[str] | None = None  # with device_level: the device names it may take
     station: str | None = None  # compressed-air station this compressor belongs to
 
@@ -218,10 +262,10 @@ class MqttDeviceOptions(Strict):
 
 
 class Device(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
     role: Role = "submeter"
     driver: Literal["modbus", "mqtt"]
-    interval: Duration = 10.0
+    interval: Annotated[Duration, within(0.01, 86400)] = 10.0
     enabled: bool = True
     profile: str | None = None  # built-in profile name, or a path to a profile YAML file
     registers: list[Register] = Field(default_factory=list)  # the generic profile, inline
@@ -241,7 +285,7 @@ class Device(Strict):
             return v
         from energyd.config.profiles import check_profile_ref
 
-        return check_profile_ref(v, _base_dir(info))
+        return check_profile_ref(_path(v), _base_dir(info))
 
     @model_validator(mode="after")
     def _driver_options(self) -> Device:
@@ -283,6 +327,8 @@ class Tls(Strict):
     key_file: Path | None = None
     insecure: bool = False  # skip hostname verification (self-signed lab brokers only)
 
+    _p = field_validator("ca_file", "cert_file", "key_file")(classmethod(lambda cls, v: _path(v)))
+
     @model_validator(mode="after")
     def _pair(self) -> Tls:
         if (self.cert_file is None) != (self.key_file is None):
@@ -295,30 +341,30 @@ class Mqtt(Strict):
     port: int = Field(1883, ge=1, le=65535)
     client_id: str = Field("energyd", min_length=1)  # fixed: the broker keeps the session
     protocol: Literal["5", "3.1.1"] = "5"
-    keepalive: int = Field(30, ge=5)
+    keepalive: int = Field(30, ge=5, le=65535)
     qos: Literal[0, 1, 2] = 1
     # MQTT 5 session expiry: how long the broker keeps the session (and queues QoS 1/2
     # messages) while energyd is away. 3.1.1 sessions never expire.
-    session_expiry: Duration = 7 * 86400.0
+    session_expiry: Annotated[Duration, within(0, 2**32 - 1)] = 7 * 86400.0
     # Messages are acknowledged only once committed to the store; this many may wait for
     # their commit. Sent as Receive Maximum (MQTT 5). A 3.1.1 broker applies its own limit
     # (mosquitto: max_inflight_messages, 20 by default, which energyd assumes unless this
     # is set): set it to the broker's value.
     max_inflight: int = Field(10000, ge=1, le=65535)
-    reconnect_delay_max: Duration = 60.0
+    reconnect_delay_max: Annotated[Duration, within(1, 3600)] = 60.0
     username: str | None = None
     password_file: str | None = None
     password_env: str | None = None
     tls: Tls | None = None
-    max_payload: Size = 65536
+    max_payload: Annotated[Size, size_within(16, 268_435_455)] = 65536  # MQTT's own limit
     # A payload timestamp further ahead of the clock than this is refused ("clock_skew").
-    max_clock_skew: Duration = 86400.0
+    max_clock_skew: Annotated[Duration, within(1, 366 * 86400)] = 86400.0
     # A payload timestamp older than this is refused ("too_old"). Generous: a persistent
     # session hands over what it queued during an outage, and that is real data.
-    max_message_age: Duration = 30 * 86400.0
+    max_message_age: Annotated[Duration, within(3600, 10 * 366 * 86400)] = 30 * 86400.0
     # After a reconnect to a kept session, messages are taken as the session's backlog
     # (quality received_backlog when they carry no time) until none arrives for this long.
-    backlog_gap: Duration = 1.0
+    backlog_gap: Annotated[Duration, within(0.05, 600)] = 1.0
     _password: SecretStr | None = PrivateAttr(None)
     _files = field_validator("password_file")(classmethod(_secret_file))
 
@@ -343,7 +389,8 @@ class InfluxDB(Strict):
     Secrets come only from `*_file` / `*_env`, never from the YAML or the URL.
     """
 
-    name: str = Field("influxdb", pattern=r"^[A-Za-z0-9_.\-]+$")  # keys its cursors in the store
+    # keys its cursors in the store
+    name: str = Field("influxdb", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
     api: Literal["v2", "v1"] = "v2"
     url: str  # http(s)://host:port, without credentials
     # v2
@@ -360,10 +407,12 @@ class InfluxDB(Strict):
     # forwarding
     chunk_size: int = Field(5000, ge=1, le=100000)  # points per write, at most
     max_points_per_second: float | None = Field(None, gt=0)  # bounds the backlog drain
-    interval: Duration = 1.0  # once caught up, look for new rows this often
-    timeout: Duration = 10.0
+    # once caught up, look for new rows this often
+    interval: Annotated[Duration, within(0.01, 3600)] = 1.0
+    timeout: Annotated[Duration, within(0.1, 600)] = 10.0
     gzip: bool = True
-    backoff_max: Duration = 300.0  # cap of the jittered delay after a failed write
+    # cap of the jittered delay after a failed write
+    backoff_max: Annotated[Duration, within(0.01, 86400)] = 300.0
     _token: SecretStr | None = PrivateAttr(None)
     _password: SecretStr | None = PrivateAttr(None)
     _files = field_validator("token_file", "password_file")(classmethod(_secret_file))
@@ -371,14 +420,13 @@ class InfluxDB(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{v!r} is not an http:// or https:// URL")
-        if parts.username is not None or parts.password is not None:
+        parts = check_http_url(v)
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
             raise ValueError("credentials do not belong in the URL: use token_file, "
                              "username and password_file")
+        if parts.query or parts.fragment:
+            raise ValueError("the URL takes no query string (InfluxDB 1.x's ?u=&p= would "
+                             "hold a password): use username and password_file")
         return v
 
     @model_validator(mode="after")
@@ -435,29 +483,34 @@ class Accounting(Strict):
     emission_factors: Path | None = None  # default: the file shipped with energyd
     location_method: str = "location"
     residual_region: str | None = None  # default: site.grid_region
-    max_interpolation_gap: Duration = 900.0  # samples further apart do not make a `meter` hour
+    # samples further apart do not make a `meter` hour
+    max_interpolation_gap: Annotated[Duration, within(1, 86400)] = 900.0
     reconciliation_tolerance: float = Field(0.02, ge=0, le=1)
-    rollup_delay: Duration = 300.0  # the hourly job runs this long after the hour
-    recompute_hours: int = Field(48, ge=0)  # recomputed at start-up
+    # the hourly job runs this long after the hour
+    rollup_delay: Annotated[Duration, within(0, 86400)] = 300.0
+    recompute_hours: int = Field(48, ge=0, le=24 * 366)  # recomputed at start-up
+    # a supplier statement covers at most this many days: a mistyped year would otherwise
+    # spread one bill over a century of hours
+    max_statement_days: int = Field(400, ge=1, le=3660)
     # how long after its validity the latest published factor is carried forward
     # (provisional): '3y', '18mo'; kept in calendar months
-    max_factor_age: AgeMonths = 36
+    max_factor_age: Annotated[AgeMonths, Field(ge=0, le=100 * 12)] = 36
     accounts: dict[str, list[str]] = Field(default_factory=dict)  # invoice account -> devices
     certificates: list[Certificate] = Field(default_factory=list)
 
     @field_validator("emission_factors")
     @classmethod
     def _factors_path(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        _path(v)
         base = _base_dir(info)
         return base / v if v is not None and base is not None and not v.is_absolute() else v
 
     @field_validator("certificates")
     @classmethod
     def _unique(cls, v: list[Certificate]) -> list[Certificate]:
-        ids = [c.id for c in v]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = _duplicates([c.id for c in v], "certificate id", key="id")
         if dupes:
-            raise ValueError(f"certificate ids must be unique: {', '.join(dupes)}")
+            raise ProblemsAt(dupes)
         return v
 
 
@@ -472,7 +525,7 @@ class AlertRule(Strict):
     as one series, named after the role (e.g. `compressor` for a whole station) or the site.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")  # also an MQTT topic level
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)  # also an MQTT topic level
     type: Literal["spike", "threshold", "off_shift", "stale", "reconciliation", "backlog"]
     devices: list[str] | None = None
     role: Role | None = None
@@ -481,11 +534,12 @@ class AlertRule(Strict):
     factor: float = Field(1.5, gt=0)
     min_delta_kwh: float = Field(0.0, ge=0)
     baseline_weeks: int = Field(4, ge=1, le=52)  # median of the same hour of the week
-    window: Duration = 900.0  # live spike: rolling window of power; 0 turns the live test off
+    # live spike: rolling window of power; 0 turns the live test off
+    window: Annotated[Duration, within(0, 86400)] = 900.0
     # threshold (and the live spike's power quantity)
     quantity: str = "active_power_kw"
     limit: float | None = None
-    duration: Duration = 0.0
+    duration: Annotated[Duration, within(0, 7 * 86400)] = 0.0
     # off_shift: site-timezone wall clock, e.g. ["Mon-Fri 06:00-22:00", "Sat 06:00-14:00"]
     production_hours: list[str] = Field(default_factory=lambda: ["Mon-Fri 06:00-22:00"])
     margin_kwh: float = Field(0.0, ge=0)
@@ -496,7 +550,7 @@ class AlertRule(Strict):
     # reconciliation: meter vs statement; default accounting.reconciliation_tolerance
     tolerance: float | None = Field(None, ge=0, le=1)
     # backlog
-    max_age: Duration = 3600.0
+    max_age: Annotated[Duration, within(1, 366 * 86400)] = 3600.0
     # a condition clears only below its threshold less this fraction (no flapping)
     hysteresis: float = Field(0.1, ge=0, le=1)
 
@@ -532,10 +586,11 @@ class AlertChannel(Strict):
     url_env: str | None = None
     secret_file: str | None = None  # webhook: HMAC-SHA256 key for the signature header
     secret_env: str | None = None
-    timeout: Duration = 5.0  # webhook: per attempt
-    retries: int = Field(5, ge=0)  # webhook: attempts after the first
-    backoff: Duration = 1.0  # webhook: first wait between attempts, doubled each time
-    backoff_max: Duration = 60.0
+    timeout: Annotated[Duration, within(0.1, 300)] = 5.0  # webhook: per attempt
+    retries: int = Field(5, ge=0, le=100)  # webhook: attempts after the first
+    # webhook: first wait between attempts, doubled each time
+    backoff: Annotated[Duration, within(0.01, 3600)] = 1.0
+    backoff_max: Annotated[Duration, within(0.01, 86400)] = 60.0
     _secret: SecretStr | None = PrivateAttr(None)
     _url: SecretStr | None = PrivateAttr(None)
     _files = field_validator("secret_file", "url_file")(classmethod(_secret_file))
@@ -546,16 +601,21 @@ class AlertChannel(Strict):
             given = [k for k in ("url", "url_file", "url_env") if getattr(self, k)]
             if len(given) != 1:
                 raise ValueError("a webhook channel needs one of url, url_file, url_env")
-            if self.url and ("@" in self.url.split("/", 3)[2] if "://" in self.url else False
-                             or "?" in self.url):
-                # credentials or a query string (where hook tokens live) are secrets
-                raise ValueError("this webhook url carries credentials or a query string; "
-                                 "put it in a file (url_file) or the environment (url_env)")
-            self._url = (SecretStr(self.url) if self.url else
-                         read_secret(self.url_file, self.url_env, _base_dir(info)))
-            assert self._url is not None
-            if not self._url.get_secret_value().startswith(("http://", "https://")):
-                raise ValueError("the webhook url must start with http:// or https://")
+            try:
+                if self.url is not None:
+                    parts = check_http_url(self.url)
+                    if "@" in parts.netloc or parts.query or parts.fragment or "?" in self.url:
+                        # credentials or a query string (where hook tokens live) are secrets
+                        raise ValueError("this webhook url carries credentials or a query "
+                                         "string; put it in a file (url_file) or the "
+                                         "environment (url_env)")
+                self._url = (SecretStr(self.url) if self.url else
+                             read_secret(self.url_file, self.url_env, _base_dir(info)))
+                assert self._url is not None
+                # from a file, user:password@ is fine: it is sent as HTTP basic auth
+                check_http_url(self._url.get_secret_value())
+            except ValueError as exc:
+                raise ProblemsAt([((given[0],), str(exc))]) from None
         if self.type != "mqtt" and self.broker is not None:
             raise ValueError("only an mqtt channel takes a broker")
         if any(c in self.topic for c in "+#"):
@@ -583,13 +643,13 @@ class Alerts(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Alerts:
-        names = [r.name for r in self.rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"alert rule names must be unique: {', '.join(dupes)}")
-        labels = [c.label for c in self.channels]
-        if len(set(labels)) != len(labels):
-            raise ValueError("alert channels of the same type need distinct `name:`s")
+        problems = [(("rules", *loc), message) for loc, message in
+                    _duplicates([r.name for r in self.rules], "alert rule name")]
+        problems += [(("channels", *loc), message + " (channels of the same type need "
+                      "distinct `name:`s)") for loc, message in
+                     _duplicates([c.label for c in self.channels], "alert channel name")]
+        if problems:
+            raise ProblemsAt(problems)
         return self
 
 
@@ -615,40 +675,35 @@ class Config(Strict):
     @model_validator(mode="after")
     def _cross(self) -> Config:
         names = [d.name for d in self.devices]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"device names must be unique: {', '.join(dupes)}")
-        sinks = [s.name for s in self.influxdb]
-        if len(set(sinks)) != len(sinks):
-            raise ValueError("influxdb sink names must be unique (set `name:`)")
-        if any(d.driver == "mqtt" for d in self.devices) and self.mqtt is None:
-            raise ValueError("mqtt devices need a top-level `mqtt:` broker section")
-        known = set(names)
-        for account, devs in self.accounting.accounts.items():
-            for d in devs:
-                if d not in known:
-                    raise ValueError(f"accounting.accounts.{account}: unknown device {d!r}")
-        for rule in self.alerts.rules:
-            for d in rule.devices or []:
-                if d not in known:
-                    raise ValueError(f"alerts rule {rule.name!r}: unknown device {d!r}")
-        return self
-
-    def located_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
-        """Checks across sections that point at one list item: (location, message), so the
-        loader can give the item's line."""
+        problems = [(("devices", *loc), message)
+                    for loc, message in _duplicates(names, "device name")]
+        problems += [(("influxdb", *loc), message + " (set `name:`)") for loc, message in
+                     _duplicates([s.name for s in self.influxdb], "influxdb sink name")]
+        if self.mqtt is None:
+            problems += [(("devices", i, "driver"), "mqtt devices need a top-level `mqtt:` "
+                          "broker section") for i, d in enumerate(self.devices)
+                         if d.driver == "mqtt"][:1]
         roles = {d.name: d.role for d in self.devices}
-        out: list[tuple[tuple[str | int, ...], str]] = []
         for account, devs in self.accounting.accounts.items():
-            for i, d in enumerate(devs):
-                # a statement bills purchased electricity: a submeter or a generator under an
-                # account would add energy that the incomers already count, or that was
-                # never bought
-                if d in roles and roles[d] != "grid_import":
-                    out.append((("accounting", "accounts", account, i),
-                                f"account {account!r} holds {d!r}, a {roles[d]} device: "
-                                "statement accounts hold grid_import devices only"))
-        return out
+            for j, d in enumerate(devs):
+                if d not in roles:
+                    problems.append((("accounting", "accounts", account, j),
+                                     f"unknown device {d!r}"))
+                elif roles[d] != "grid_import":
+                    # a statement bills purchased electricity: a submeter or a generator
+                    # under an account would add energy that the incomers already count,
+                    # or that was never bought
+                    problems.append((("accounting", "accounts", account, j),
+                                     f"account {account!r} holds {d!r}, a {roles[d]} device: "
+                                     "statement accounts hold grid_import devices only"))
+        known = set(names)
+        for i, rule in enumerate(self.alerts.rules):
+            problems += [(("alerts", "rules", i, "devices", j),
+                          f"alerts rule {rule.name!r}: unknown device {d!r}")
+                         for j, d in enumerate(rule.devices or []) if d not in known]
+        if problems:
+            raise ProblemsAt(problems)
+        return self
 
     def device(self, name: str) -> Device:
         for d in self.devices:

@@ -9,7 +9,9 @@ held as a SecretStr so that printing a config, a model or an error never shows i
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
@@ -51,3 +53,55 @@ def read_secret(file: str | None, env: str | None, base_dir: Path | None) -> Sec
             raise ValueError(f"environment variable {env} is not set")
         return SecretStr(value)
     return None
+
+
+# --- URLs in messages ------------------------------------------------------------------------
+#
+# A URL may carry a secret in its user:password@ part or in its query (chat services' hook
+# tokens, InfluxDB 1.x's ?u=&p=). Every message, log line, table or JSON that shows a URL
+# shows it through redact_url, so whatever the URL holds, none of it is echoed.
+
+_USERINFO = re.compile(r"(?<=//)\S*@")
+_QUERY = re.compile(r"[?#]\S*")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+
+
+def redact_url(url: str) -> str:
+    """`url` with user:password@ and the query and fragment masked; any text is accepted,
+    a URL that does not parse is masked all the same."""
+    url = _USERINFO.sub("***@", url, count=1)
+    return _QUERY.sub("?***", url, count=1)
+
+
+def redact_urls(text: str) -> str:
+    """Every URL in a message (an exception's text, a reason) passed through redact_url."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(the URL without user:password@, user, password), user and password unquoted.
+    HTTP clients send them as basic auth; left in the URL, urllib takes them for a host."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None, None
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return urlunsplit(parts._replace(netloc=netloc)), user, password
+
+
+def check_http_url(url: str) -> SplitResult:
+    """The parts of an http(s) URL, or ValueError saying what is wrong without echoing any
+    secret the URL may hold."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- parses the port, raising ValueError when it is not one
+    except ValueError as exc:
+        raise ValueError(f"{shown!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{shown!r} is not an http:// or https:// URL")
+    return parts

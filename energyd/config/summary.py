@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from energyd.config.schema import Config, Device
+from energyd.config.secrets import redact_url
 
 
 def _fmt_seconds(s: float) -> str:
@@ -56,7 +57,7 @@ def summary_tables(config: Config) -> list[Table]:
         target = f"{s.org or '-'}/{s.bucket}" if s.api == "v2" else \
             f"{s.database}" + (f".{s.retention_policy}" if s.retention_policy else "")
         creds = "token" if s.token else ("user+password" if s.password else "none")
-        sinks.add_row(s.name, s.api, s.url, target, creds)
+        sinks.add_row(s.name, s.api, redact_url(s.url), target, creds)
 
     tables = [site, devices, sinks]
     if config.alerts.rules:

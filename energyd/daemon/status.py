@@ -21,6 +21,7 @@ from rich.table import Table
 
 from energyd.alerts.outbox import Outbox
 from energyd.config.schema import Config
+from energyd.config.secrets import redact_url
 from energyd.errors import StoreError
 from energyd.model import from_ms
 from energyd.store.sqlite import STREAMS, Store, corrupt
@@ -113,7 +114,7 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
             })
         sinks = []
         for s in config.influxdb:
-            entry: dict[str, Any] = {"sink": s.name, "api": s.api, "url": s.url}
+            entry: dict[str, Any] = {"sink": s.name, "api": s.api, "url": redact_url(s.url)}
             for stream in STREAMS:
                 b = store.backlog(s.name, stream)
                 entry[stream] = {

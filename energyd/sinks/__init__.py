@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from energyd.config.schema import Config, InfluxDB
+from energyd.config.secrets import redact_url
 from energyd.sinks.forwarder import Forwarder, Outcome, backoff_delay
 from energyd.sinks.lineprotocol import Encoder, Point
 from energyd.sinks.transport import Transport
@@ -69,7 +70,8 @@ def forward_once(config: Config, *, sinks: list[str] | None = None,
     with Store.open(config.storage.path) as store:
         for sink in chosen:
             forwarder = for_sink(sink, config, store)
-            entry: dict[str, Any] = {"sink": sink.name, "api": sink.api, "url": sink.url}
+            entry: dict[str, Any] = {"sink": sink.name, "api": sink.api,
+                                     "url": redact_url(sink.url)}
             try:
                 entry["forwarded"] = forwarder.drain(timeout=timeout)
                 entry["error"] = None

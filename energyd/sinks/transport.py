@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
+from energyd.config.secrets import redact_urls
 from energyd.errors import SinkError, SinkRejected, SinkRetryable
 
 # a server may echo a whole chunk back: keep what goes to logs and the store short
@@ -50,6 +51,7 @@ class Redactor:
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
+        text = redact_urls(text)
         if len(text) > MESSAGE_MAX:
             text = text[:MESSAGE_MAX] + "..."
         return text

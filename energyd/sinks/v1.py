@@ -20,6 +20,7 @@ import ssl
 from urllib.parse import urlencode, urlsplit
 
 from energyd.config.schema import InfluxDB
+from energyd.config.secrets import redact_url
 from energyd.errors import SinkRetryable
 from energyd.sinks.transport import Redactor, classify, retry_after
 
@@ -39,7 +40,8 @@ class V1Transport:
         if sink.retention_policy:
             params["rp"] = sink.retention_policy
         self._path = parts.path.rstrip("/") + "/write?" + urlencode(params)
-        self._where = f"{sink.name} ({parts.scheme}://{parts.netloc}, database {sink.database})"
+        self._where = (f"{sink.name} ({redact_url(f'{parts.scheme}://{parts.netloc}')}, "
+                       f"database {sink.database})")
         password = sink.password.get_secret_value() if sink.password else None
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if sink.gzip:

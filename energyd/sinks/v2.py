@@ -21,6 +21,7 @@ from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from energyd.config.schema import InfluxDB
+from energyd.config.secrets import redact_url
 from energyd.errors import SinkRetryable
 from energyd.sinks.transport import Redactor, classify, retry_after
 
@@ -31,7 +32,7 @@ class V2Transport:
         self.name = sink.name
         self._bucket = sink.bucket
         self._org = sink.org or "-"
-        self._where = f"{sink.name} ({sink.url}, bucket {sink.bucket})"
+        self._where = f"{sink.name} ({redact_url(sink.url)}, bucket {sink.bucket})"
         self._redact = Redactor([token])
         self._client: InfluxDBClient | None = InfluxDBClient(
             url=sink.url, token=token, org=self._org, timeout=int(sink.timeout * 1000),
