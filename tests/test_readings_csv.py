@@ -162,7 +162,8 @@ def test_a_replayed_import_is_harmless_and_a_conflicting_one_reported(tmp_path: 
     for new, present in ((1, 48), (0, 49)):
         result = energyd("readings", "import", "-c", str(cfg), str(src))
         assert result.returncode == 0, result.stderr
-        assert f"51 rows, {new} new readings stored ({present} already stored with the same value)" in result.stdout
+        assert (f"51 rows, {new} new readings stored ({present} already stored with the same "
+                "value)") in result.stdout
         assert "2 rows have another value than the store holds" in result.stderr
         assert "999.5 (stored 1000.5)" in result.stderr
     with Store.open(tmp_path / "energyd.db") as store:
