@@ -130,6 +130,7 @@ class Trace:
     power_integrated: bool = False
     findings: list[Finding] = field(default_factory=list)  # samples set aside, by time
     limit_basis: str = ""
+    validated: bool = False  # each sample was weighed (not the quick all-clear)
 
     @property
     def first(self) -> int | None:
@@ -186,6 +187,7 @@ def analyse_counter(times: Sequence[int], values: Sequence[float], spec: Counter
     trace = _cut(checked.times, checked.values, spec, set(checked.repaired))
     trace.findings = checked.findings
     trace.limit_basis = limits.basis
+    trace.validated = True
     return trace
 
 

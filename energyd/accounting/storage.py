@@ -20,13 +20,14 @@ statement days, report months).
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from operator import itemgetter
 from pathlib import Path
@@ -51,11 +52,14 @@ from energyd.accounting.factors import (
 from energyd.accounting.invoices import StatementRow, StoredPeriod, parse_statements
 from energyd.accounting.report import build_report
 from energyd.accounting.rollup import (
+    LIKE_LOOKBACK_DAYS,
     PURCHASED_ROLES,
+    Calendar,
     CertificateSpec,
     DeviceInfo,
     FactorPolicy,
     FuelSpec,
+    Profile,
     RollupRow,
     Statement,
     allocate_certificates,
@@ -63,16 +67,17 @@ from energyd.accounting.rollup import (
     build_rows,
     fill_missing,
     iso,
-    make_profile,
     reconciliation_findings,
 )
+from energyd.accounting.validation import DAY_MS, LEARN_DAYS, MAX_REPAIR_MS, learn_rates
 from energyd.config.schema import Config, Device
 from energyd.errors import StoreError
 from energyd.store.sqlite import READINGS_POSITION, Store
 
 log = logging.getLogger(__name__)
 
-PROFILE_DAYS = 14
+QUICK_MS = 900_000  # context read first around a recomputed range
+CONTEXT_MS = 2 * MAX_REPAIR_MS + HOUR_MS  # what a validation decision can depend on
 META_POSITION = READINGS_POSITION
 META_DONE = "accounting.done_until"
 META_FINGERPRINT = "accounting.fingerprint"
@@ -134,6 +139,7 @@ class Accountant:
             for d in config.devices if d.enabled and d.role == "fuel" and d.fuel is None]
         self.certificates, self.certificate_problems = self._certificates()
         self._series: dict[tuple[str, str], int] = {}
+        self.calendar = Calendar(self.tz, frozenset(acc.holidays), frozenset(acc.working_days))
 
     # --- configuration views ----------------------------------------------------------------
 
@@ -191,13 +197,13 @@ class Accountant:
                 self._series[(device, quantity)] = sid
         return sid
 
-    def _info(self, device: Device, basis: str = "") -> DeviceInfo:
+    def _info(self, device: Device) -> DeviceInfo:
         fuel = None
         if device.fuel is not None and device.role == "fuel":
             p = device.fuel
             fuel = FuelSpec(p.quantity, p.unit_factor, p.ncv_gj_per_unit,
                             p.carbon_content_tc_per_gj, p.oxidation, p.source)
-        return DeviceInfo(device.name, device.role, fuel, basis)
+        return DeviceInfo(device.name, device.role, fuel)
 
     def fingerprint(self) -> dict[str, Any]:
         certs = {c.id: [c.mwh, c.start_ms, c.end_ms, list(c.devices or [])]
@@ -210,35 +216,69 @@ class Accountant:
 
     # --- reading ---------------------------------------------------------------------------
 
+    def _samples(self, sid: int, first: int, last: int) -> tuple[list[int], list[float]]:
+        """The series' samples in [first, last] and the one on either side beyond."""
+        lo = self.store.series_time_before(sid, first)
+        hi = self.store.series_time_from(sid, last + 1)
+        rows = self.store.series_values(sid, first if lo is None else lo,
+                                        last if hi is None else hi)
+        return list(map(itemgetter(0), rows)), list(map(itemgetter(1), rows))
+
+    def _spec(self, device: Device, quantity: str) -> tuple[CounterSpec, bool]:
+        """The counter's spec, and whether its rate limit must be learned."""
+        if quantity.endswith("_kwh"):
+            rated = device.rated_power_kw
+        elif device.fuel is not None and quantity == device.fuel.quantity:
+            rated = device.rated_flow
+        else:
+            rated = None
+        return CounterSpec(self.max_gap_ms, rated, device.counter_rollover), rated is None
+
     def _trace(self, device: Device, src: Source, start: int, end: int) -> Trace:
+        """The trace over [start, end). What the validation decides about a sample depends
+        on the samples around it, up to CONTEXT_MS away: the samples fetched reach that far
+        beyond the range unless the quick look shows a counter that only rose within its
+        limit (then nothing outside could change a thing), so every window gives its hours
+        the same energy."""
         if src.series is None:
             return Trace([], [])
         sid = src.series
-        # the samples on either side of the range bound its first and last hours
-        lo = self.store.series_time_before(sid, start)
-        hi = self.store.series_time_from(sid, end)
-        rows = self.store.series_values(sid, start if lo is None else lo,
-                                        end - 1 if hi is None else hi)
-        if not rows:
-            return Trace([], [])
-        times = list(map(itemgetter(0), rows))
-        values = list(map(itemgetter(1), rows))
         if src.kind == "power":
+            times, values = self._samples(sid, start, end - 1)
+            if not times:
+                return Trace([], [])
             return integrate_power(times, values, self.max_gap_ms,
                                    sign=-1.0 if device.role == "generation" else 1.0)
-        spec = CounterSpec(self.max_gap_ms,
-                           device.rated_power_kw if src.quantity and src.quantity.endswith(
-                               "_kwh") else None,
-                           device.counter_rollover)
-        return analyse_counter(times, values, spec)
+        spec, learn = self._spec(device, src.quantity or "")
+        if learn:
+            first_day = (start - CONTEXT_MS) - (start - CONTEXT_MS) % DAY_MS
+            times, values = self._samples(sid, first_day - LEARN_DAYS * DAY_MS,
+                                          end + CONTEXT_MS)
+            if not times:
+                return Trace([], [])
+            learned = learn_rates(times, values, self.max_gap_ms,
+                                  range(first_day, end + CONTEXT_MS + 1, DAY_MS))
+            spec = replace(spec, learned=learned)
+            i = max(0, bisect.bisect_left(times, start - CONTEXT_MS) - 1)
+            return analyse_counter(times[i:], values[i:], spec)
+        trace = Trace([], [])
+        for margin in (QUICK_MS, CONTEXT_MS):
+            times, values = self._samples(sid, start - margin, end + margin - 1)
+            if not times:
+                return Trace([], [])
+            trace = analyse_counter(times, values, spec)
+            if not trace.validated:
+                break
+        return trace
 
-    def _profile_history(self, device: Device, start: int) -> list[tuple[int, float]]:
-        fuel = self._info(device).fuel
-        per_mwh = 1.0 / fuel.mwh_per_unit if fuel else 1000.0
-        return [(h, mwh * per_mwh) for h, mwh in self.store.execute(
-            "SELECT hour, mwh FROM rollups WHERE device = ? AND hour >= ? AND hour < ? "
-            "AND source = 'meter' AND coverage >= 0.99",
-            (device.name, start - PROFILE_DAYS * 86400_000, start))]
+    def _clean_hours(self, device: Device, src: Source, start: int, end: int,
+                     ) -> dict[int, float]:
+        """hour -> energy (counter units) of the hours in [start, end) metered whole, with
+        nothing set aside and no event: what like-day estimates are made of."""
+        if end <= start:
+            return {}
+        hes = hourly(self._trace(device, src, start, end), range(start, end, HOUR_MS))
+        return {he.hour: he.metered for he in hes if _clean(he)}
 
     def statements(self, start: int | None = None, end: int | None = None) -> list[Statement]:
         accounts = self.accounts()
@@ -287,13 +327,11 @@ class Accountant:
             traces[name] = trace
             hes = hourly(trace, range(a, b, HOUR_MS))
             hour_energy[name] = hes
-            basis = ""
             if any(he.missing for he in hes):  # a profile is only needed to fill gaps
-                full = [(he.hour, he.metered) for he in hes
-                        if not he.missing and not he.interp_ms and not he.events]
-                prof, basis = make_profile(self._profile_history(device, a) + full, self.tz)
-                profiles[name] = prof
-            infos[name] = self._info(device, basis)
+                clean = self._clean_hours(device, src, a - LIKE_LOOKBACK_DAYS * DAY_MS, a)
+                clean.update((he.hour, he.metered) for he in hes if _clean(he))
+                profiles[name] = Profile(clean, self.calendar)
+            infos[name] = self._info(device)
         # a statement whose period has not ended cannot say what its missing hours drew
         filled = fill_missing(hour_energy, [st for st in statements if st.end_ms <= limit],
                               profiles)
@@ -302,7 +340,10 @@ class Accountant:
             if traces[name].power_integrated:
                 for f in fs:
                     f.power_integrated = True
-            rows.extend(build_rows(infos[name], fs, self.policy))
+            for row in build_rows(infos[name], fs, self.policy):
+                if "validation" in row.detail or "events" in row.detail:
+                    row.detail["rate_limit"] = traces[name].limit_basis
+                rows.append(row)
         if not want:
             return RecomputeResult()
         result = RecomputeResult(ranges=merge(want.values()))
@@ -727,6 +768,10 @@ class Accountant:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _clean(he: HourEnergy) -> bool:
+    return he.meter_ms == HOUR_MS and not he.missing and not he.events and not he.findings
 
 
 def _dumps(obj: Any) -> str:
