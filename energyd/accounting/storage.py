@@ -267,7 +267,9 @@ class Accountant:
             if not times:
                 return Trace([], [])
             trace = analyse_counter(times, values, spec)
-            if not trace.validated:
+            # a value held at either edge may be a stale or dropout run whose end lies outside
+            if not trace.validated and values[0] != values[min(1, len(values) - 1)] \
+                    and values[-1] != values[-2 if len(values) > 1 else -1]:
                 break
         return trace
 

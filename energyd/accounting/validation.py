@@ -16,10 +16,11 @@ What is set aside, and why:
   counter's own trend continues. The samples are set aside and the counter's delta across
   the run is spread over it (`meter_interpolated`).
 - **stale**: the counter held one value for `STALE_MIN_LINKS` links or more and then caught
-  up in one link that the rate limit refuses, or that carried the run's whole advance at
-  `STALE_RATIO` times its rate while the advance over the run matched the trend before it (a
-  gateway serving stale registers). The held samples after the first are set aside and the
-  delta across the run is spread over it.
+  up in one link that the rate limit refuses (but allows over the whole run), or, where no
+  limit is known, in one link that carried the run's advance at `STALE_RATIO` times its rate
+  and by many of the counter's own steps, while the advance over the run matched the trend
+  before it (a gateway serving stale registers). The held samples after the first are set
+  aside and the delta across the run is spread over it.
 
 What stays a break in the counter (energy.py tells them apart): a step back that a configured
 rollover explains (wrap), a restart near zero (reset), a continuation from some other value
@@ -251,8 +252,11 @@ def _stale_run(t: list[int], v: list[float], keep: list[bool], a: int, i: int,
         return None
     dv = v[i] - v[a]
     link, span = t[i] - t[a], t[i] - t[s]
-    if dv > limits.limit(link, t[i]):
+    lim = limits.limit(link, t[i])
+    if dv > lim:
         return s if dv <= limits.limit(span, t[i]) else None
+    if math.isfinite(lim):
+        return None  # the limit allows the catch-up: an idle load that resumed
     # No limit refuses the catch-up: the trend before the run decides. The run must have
     # advanced as the counter did before it, all in the last link, by many of its steps.
     p = s
