@@ -34,18 +34,20 @@ Pure functions over lists of epoch milliseconds and floats; nothing here reads a
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import mul, sub
 
 from energyd.accounting.validation import (
+    LEARN_FACTOR,
     PLAUSIBILITY_MARGIN,
     PLAUSIBILITY_SLACK,
     Finding,
     Limits,
+    sustained,
     validate,
+    wraps,
 )
 from energyd.model import HOUR_MS
 
@@ -201,21 +203,22 @@ def _cut(times: Sequence[int], values: Sequence[float], spec: CounterSpec,
     cur = Block([times[0]], [float(values[0])])
     prev_raw = float(values[0])
     offset = 0.0
+    local = sustained(times, values) if spec.rated_per_hour is None and spec.learned \
+        else None
     for i in range(1, n):
         t, v = times[i], float(values[i])
         pt = cur.times[-1]
         dt = t - pt
         dv = v - prev_raw
         limit = spec.limit(dt, t)
+        if local is not None:
+            limit = max(limit, spec.margin * LEARN_FACTOR * local[i] * dt / HOUR_MS)
         ok = 0 <= dv <= limit
-        if not ok and dv < 0 and spec.rollover is not None:
-            wrapped = v + spec.rollover - prev_raw
-            plausible = wrapped <= limit if math.isfinite(limit) \
-                else prev_raw >= 0.9 * spec.rollover
-            if wrapped >= 0 and plausible:
-                offset += spec.rollover
-                events.append(Event(t, "wrap", prev_raw, v))
-                ok = True
+        if not ok and dv < 0 and spec.rollover is not None \
+                and wraps(prev_raw, v, spec.rollover, limit):
+            offset += spec.rollover
+            events.append(Event(t, "wrap", prev_raw, v))
+            ok = True
         if ok:
             if dt > spec.max_gap_ms or (pt, t) in repaired:
                 cur.gaps.append((pt, t, v + offset - cur.values[-1]))

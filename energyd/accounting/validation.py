@@ -15,12 +15,12 @@ What is set aside, and why:
   communication dropout that reads 0.0, a register stuck at 65535) that ends where the
   counter's own trend continues. The samples are set aside and the counter's delta across
   the run is spread over it (`meter_interpolated`).
-- **stale**: the counter held one value for `STALE_MIN_LINKS` links or more and then caught
-  up in one link that the rate limit refuses (but allows over the whole run), or, where no
-  limit is known, in one link that carried the run's advance at `STALE_RATIO` times its rate
-  and by many of the counter's own steps, while the advance over the run matched the trend
-  before it (a gateway serving stale registers). The held samples after the first are set
-  aside and the delta across the run is spread over it.
+- **stale**: the counter held one value and then caught up in one link that the rate limit
+  refuses (but allows over the whole run), or, where no limit is known, after holding for
+  `STALE_MIN_LINKS` links or more, in one link that carried the run's advance at
+  `STALE_RATIO` times its rate and by many of the counter's own steps, while the advance over
+  the run matched the trend before it (a gateway serving stale registers). The held samples
+  after the first are set aside and the delta across the run is spread over it.
 
 What stays a break in the counter (energy.py tells them apart): a step back that a configured
 rollover explains (wrap), a restart near zero (reset), a continuation from some other value
@@ -30,7 +30,9 @@ The plausible-rate limit of a link is `rate x margin x elapsed + slack`, where t
 the device's rating (`rated_power_kw` for kWh counters, `rated_flow` for a fuel counter, in
 counter units per hour), or else a rate learned from the device's own history: `LEARN_FACTOR`
 x the highest of the daily 99th percentiles of its link rates over the `LEARN_DAYS` UTC days
-before the link's day (days with at least `LEARN_MIN_LINKS` links count). A day's limit thus
+before the link's day (days with at least `LEARN_MIN_LINKS` links count). A learned limit
+gives way where the counter sustains a higher rate over the links on either side
+(`sustained`): history bounds a lone step, not a load that rose. A day's limit thus
 depends only on stored samples of earlier days, the same whatever window is recomputed. A
 counter with neither a rating nor that much history is judged by its neighbours alone.
 """
@@ -52,7 +54,9 @@ GLITCH_RUN = 3  # samples of any value out of line, at most, that still count as
 MAX_REPAIR_MS = 12 * HOUR_MS  # a held run longer than this is not repaired
 STALE_MIN_LINKS = 3  # a value repeated over fewer links is an idle load, not stale registers
 STALE_RATIO = 5.0  # the catch-up link's rate against the rate across the whole run
+WRAP_SHARE = 0.01  # without a limit, the most of a turn one link may carry through a wrap
 LEARN_DAYS = 7
+SUSTAIN_LINKS = 3
 LEARN_MIN_LINKS = 24
 LEARN_FACTOR = 2.0
 LEARN_QUANTILE = 0.99
@@ -123,6 +127,36 @@ class Validated:
     repaired: list[tuple[int, int]] = field(default_factory=list)  # links spread as interpolated
 
 
+def wraps(before: float, after: float, rollover: float, limit: float) -> bool:
+    """Whether a step back from `before` to `after` is the counter wrapping at `rollover`:
+    the advance through the wrap within the limit; with no limit, a register read many times
+    a turn: near the top before, and no more than WRAP_SHARE of a turn in the link."""
+    wrapped = after + rollover - before
+    if math.isfinite(limit):
+        return 0 <= wrapped <= limit
+    return before >= (1 - WRAP_SHARE) * rollover and 0 <= wrapped <= WRAP_SHARE * rollover
+
+
+def sustained(times: Sequence[int], values: Sequence[float]) -> list[float]:
+    """Per sample i, the rate (per hour) the counter kept up around the link into i: the
+    higher of the median rates of the `SUSTAIN_LINKS` links before it and after it. A
+    learned limit gives way to it, so a load that really rose (a plant back from a week's
+    shutdown) is not a string of jumps, while a lone step is still judged."""
+    n = len(times)
+    rates = [0.0] * n  # rates[i]: the link from i - 1 to i
+    for i in range(1, n):
+        dt = times[i] - times[i - 1]
+        rates[i] = max(0.0, (values[i] - values[i - 1]) * HOUR_MS / dt) if dt > 0 else 0.0
+    out = [0.0] * n
+    k = SUSTAIN_LINKS
+    for i in range(1, n):
+        before = sorted(rates[max(1, i - k):i])
+        after = sorted(rates[i + 1:i + 1 + k])
+        out[i] = max(before[len(before) // 2] if len(before) == k else 0.0,
+                     after[len(after) // 2] if len(after) == k else 0.0)
+    return out
+
+
 def learn_rates(times: Sequence[int], values: Sequence[float], max_gap_ms: int,
                 days: Sequence[int]) -> tuple[tuple[int, float], ...]:
     """(day, learned rate per hour) for each UTC day start in `days`, from the samples of the
@@ -158,16 +192,17 @@ def validate(times: Sequence[int], values: Sequence[float], limits: Limits,
     findings: list[Finding] = []
     repaired: list[tuple[int, int]] = []
 
+    local = sustained(t, v) if limits.rated_per_hour is None and limits.learned else None
+
     def joins(a: int, b: int) -> bool:
         """Whether the counter can go from sample a to sample b."""
         dv = v[b] - v[a]
         lim = limits.limit(t[b] - t[a], t[b])
+        if local is not None:
+            lim = max(lim, limits.margin * LEARN_FACTOR * local[b] * (t[b] - t[a]) / HOUR_MS)
         if 0 <= dv <= lim:
             return True
-        if dv < 0 and rollover is not None:
-            wrapped = v[b] + rollover - v[a]
-            return 0 <= wrapped <= lim if math.isfinite(lim) else v[a] >= 0.9 * rollover
-        return False
+        return dv < 0 and rollover is not None and wraps(v[a], v[b], rollover, lim)
 
     # nxt[i]: the first sample after i with another value (a held run's end)
     nxt = [n] * n
@@ -248,15 +283,15 @@ def _stale_run(t: list[int], v: list[float], keep: list[bool], a: int, i: int,
     s = a
     while s > 0 and v[s - 1] == v[a] and keep[s - 1]:
         s -= 1
-    if a - s < STALE_MIN_LINKS or t[i] - t[s] > MAX_REPAIR_MS:
+    if a == s or t[i] - t[s] > MAX_REPAIR_MS:
         return None
     dv = v[i] - v[a]
     link, span = t[i] - t[a], t[i] - t[s]
     lim = limits.limit(link, t[i])
     if dv > lim:
         return s if dv <= limits.limit(span, t[i]) else None
-    if math.isfinite(lim):
-        return None  # the limit allows the catch-up: an idle load that resumed
+    if math.isfinite(lim) or a - s < STALE_MIN_LINKS:
+        return None  # the limit allows the catch-up, or too short to tell: an idle load
     # No limit refuses the catch-up: the trend before the run decides. The run must have
     # advanced as the counter did before it, all in the last link, by many of its steps.
     p = s
