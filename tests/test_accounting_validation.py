@@ -3,7 +3,10 @@ and without a rating, and the breaks that must still be breaks."""
 
 from __future__ import annotations
 
+import csv
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +150,50 @@ def test_fuel_mass_and_reactive_counters_get_the_same_checks() -> None:
     got = validate(times, kvarh, Limits())
     assert [f.kind for f in got.findings] == ["dropout"] * 10
     assert got.repaired == [(times[29], times[40])]
+
+
+def test_set_aside_readings_are_listed_by_export_and_counted_in_the_report(
+        tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from energyd.cli import cli
+
+    case = Path(__file__).parent / "cases" / "accounting" / "dropout_zero_runs"
+    tree = yaml.safe_load((case / "config.yaml").read_text(encoding="utf-8"))
+    tree["storage"]["path"] = str(tmp_path / "energyd.db")
+    config = tmp_path / "energyd.yaml"
+    config.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    run = CliRunner().invoke
+    got = run(cli, ["readings", "import", "-c", str(config), str(case / "readings.csv")])
+    assert got.exit_code == 0, got.output
+    got = run(cli, ["rollup", "-c", str(config), "--from", "2026-03-03T00:00+08:00",
+                    "--to", "2026-03-03T06:00+08:00"])
+    assert got.exit_code == 0, got.output
+    out = tmp_path / "export.csv"
+    got = run(cli, ["readings", "export", "-c", str(config), "--from",
+                    "2026-03-02T00:00+08:00", "--to", "2026-03-04T00:00+08:00",
+                    "--validation", "-o", str(out)])
+    assert got.exit_code == 0, got.output
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(case / "readings.csv", newline="", encoding="utf-8") as f:
+        stored = list(csv.DictReader(f))
+    assert len(rows) == len(stored)  # every reading, the set-aside ones unchanged
+    flagged = [r for r in rows if r["validation"]]
+    zeros = [r for r in stored if float(r["value"]) == 0.0]
+    assert len(flagged) == len(zeros) == 28 + 8 + 30
+    assert all(r["value"] == "0.0" and r["validation"].startswith("dropout: held at 0")
+               for r in flagged)
+    got = run(cli, ["report", "-c", str(config), "--month", "2026-03", "--format", "json"])
+    assert got.exit_code == 0, got.output
+    report = json.loads(got.output)
+    assert report["validation"]["incomer"]["samples_set_aside"] == 36
+    assert report["validation"]["line-2"]["by_kind"] == {"dropout": 30}
+    # the rows' detail lists the stretches
+    got = run(cli, ["rollup", "-c", str(config), "--from", "2026-03-03T02:00+08:00",
+                    "--to", "2026-03-03T03:00+08:00", "--json", "--device", "incomer"])
+    (row,) = json.loads(got.output)
+    assert row["source"] == "meter_interpolated"
+    assert row["detail"]["validation"][0]["kind"] == "dropout"
+    assert row["detail"]["validation"][0]["samples"] == 18

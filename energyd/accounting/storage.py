@@ -282,6 +282,22 @@ class Accountant:
         hes = hourly(self._trace(device, src, start, end), range(start, end, HOUR_MS))
         return {he.hour: he.metered for he in hes if _clean(he)}
 
+    def validation_notes(self, start: int, end: int, device: str | None = None,
+                         ) -> dict[tuple[str, str, int], str]:
+        """(device, quantity, time ms) -> "kind: reason" for each counter reading in
+        [start, end) that the accounting sets aside (`readings export --validation`)."""
+        out: dict[tuple[str, str, int], str] = {}
+        for d in self.devices:
+            if device is not None and d.name != device:
+                continue
+            src = self._source(d)
+            if src.kind != "counter" or src.quantity is None:
+                continue
+            for f in self._trace(d, src, start, end).findings:
+                if start <= f.time_ms < end:
+                    out[(d.name, src.quantity, f.time_ms)] = f"{f.kind}: {f.reason}"
+        return out
+
     def statements(self, start: int | None = None, end: int | None = None) -> list[Statement]:
         accounts = self.accounts()
         sql = ("SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
@@ -690,6 +706,7 @@ class Accountant:
             month=month, timezone=self.config.site.timezone, hours=hours, devices=accounted,
             rows=rows, findings=findings, certificates=certs, complete=now_ms >= end)
         report["flags"].extend(self.certificate_problems + self.config_problems)
+        report["validation"] = _validation_counts(rows)
         report["statements"] = [st.as_detail() for st in statements]
         return report
 
@@ -770,6 +787,22 @@ class Accountant:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _validation_counts(rows: Iterable[RollupRow]) -> dict[str, dict[str, Any]]:
+    """Per device: the counter samples set aside in the rows, by kind, and the rate limit
+    they were judged by."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        stretches = r.detail.get("validation")
+        if not stretches:
+            continue
+        got = out.setdefault(r.device, {"samples_set_aside": 0, "by_kind": {},
+                                        "rate_limit": r.detail.get("rate_limit")})
+        for s in stretches:
+            got["samples_set_aside"] += s["samples"]
+            got["by_kind"][s["kind"]] = got["by_kind"].get(s["kind"], 0) + s["samples"]
+    return dict(sorted(out.items()))
 
 
 def _clean(he: HourEnergy) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
@@ -146,13 +146,19 @@ class _RowParser:
 
 
 def export_readings(store: Store, out: TextIO, start: datetime, end: datetime,
-                    device: str | None = None) -> int:
-    """Write readings with start <= time < end as CSV, ordered by time; returns the count."""
+                    device: str | None = None,
+                    notes: Mapping[tuple[str, str, int], str] | None = None) -> int:
+    """Write readings with start <= time < end as CSV, ordered by time; returns the count.
+    With `notes` ((device, quantity, time ms) -> text), a fifth column `validation` carries
+    the note of each reading that has one (what the accounting set aside, and why)."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(HEADER)
+    writer.writerow(HEADER if notes is None else [*HEADER, "validation"])
     n = 0
     for t, d, q, v, _ in store.readings_in(to_ms(start), to_ms(end), device=device):
-        writer.writerow((from_ms(t).isoformat(timespec="milliseconds"), d, q, repr(v)))
+        row: tuple[str, ...] = (from_ms(t).isoformat(timespec="milliseconds"), d, q, repr(v))
+        if notes is not None:
+            row = (*row, notes.get((d, q, t), ""))
+        writer.writerow(row)
         n += 1
     return n
 
