@@ -30,7 +30,8 @@ The plausible-rate limit of a link is `rate x margin x elapsed + slack`, where t
 the device's rating (`rated_power_kw` for kWh counters, `rated_flow` for a fuel counter, in
 counter units per hour), or else a rate learned from the device's own history: `LEARN_FACTOR`
 x the highest of the daily 99th percentiles of its link rates over the `LEARN_DAYS` UTC days
-before the link's day (days with at least `LEARN_MIN_LINKS` links count). A learned limit
+before the link's day (days polled for at least half their length, in at least
+`LEARN_MIN_LINKS` links, count). A learned limit
 gives way where the counter sustains a higher rate over the links on either side
 (`sustained`): history bounds a lone step, not a load that rose. A day's limit thus
 depends only on stored samples of earlier days, the same whatever window is recomputed. A
@@ -58,6 +59,7 @@ WRAP_SHARE = 0.01  # without a limit, the most of a turn one link may carry thro
 LEARN_DAYS = 7
 SUSTAIN_LINKS = 3
 LEARN_MIN_LINKS = 24
+LEARN_MIN_COVER_MS = 12 * HOUR_MS  # a day teaches a rate when half of it was polled
 LEARN_FACTOR = 2.0
 LEARN_QUANTILE = 0.99
 
@@ -162,14 +164,17 @@ def learn_rates(times: Sequence[int], values: Sequence[float], max_gap_ms: int,
     """(day, learned rate per hour) for each UTC day start in `days`, from the samples of the
     `LEARN_DAYS` days before it (the caller passes at least those)."""
     per_day: dict[int, list[float]] = {}
+    covered: dict[int, int] = {}
     for i in range(1, len(times)):
         dt = times[i] - times[i - 1]
         dv = values[i] - values[i - 1]
         if 0 < dt <= max_gap_ms and dv >= 0:
-            per_day.setdefault(times[i] - times[i] % DAY_MS, []).append(dv * HOUR_MS / dt)
+            day = times[i] - times[i] % DAY_MS
+            per_day.setdefault(day, []).append(dv * HOUR_MS / dt)
+            covered[day] = covered.get(day, 0) + dt
     q99: dict[int, float] = {}
     for day, rates in per_day.items():
-        if len(rates) >= LEARN_MIN_LINKS:
+        if len(rates) >= LEARN_MIN_LINKS and covered[day] >= LEARN_MIN_COVER_MS:
             rates.sort()
             q99[day] = rates[min(len(rates) - 1, int(LEARN_QUANTILE * len(rates)))]
     out = []
@@ -194,12 +199,17 @@ def validate(times: Sequence[int], values: Sequence[float], limits: Limits,
 
     local = sustained(t, v) if limits.rated_per_hour is None and limits.learned else None
 
-    def joins(a: int, b: int) -> bool:
-        """Whether the counter can go from sample a to sample b."""
-        dv = v[b] - v[a]
+    def limit(a: int, b: int) -> float:
+        """The most the counter may advance from sample a to sample b."""
         lim = limits.limit(t[b] - t[a], t[b])
         if local is not None:
             lim = max(lim, limits.margin * LEARN_FACTOR * local[b] * (t[b] - t[a]) / HOUR_MS)
+        return lim
+
+    def joins(a: int, b: int) -> bool:
+        """Whether the counter can go from sample a to sample b."""
+        dv = v[b] - v[a]
+        lim = limit(a, b)
         if 0 <= dv <= lim:
             return True
         return dv < 0 and rollover is not None and wraps(v[a], v[b], rollover, lim)
@@ -217,7 +227,7 @@ def validate(times: Sequence[int], values: Sequence[float], limits: Limits,
         if not ok or (v[i] > v[a] and nxt[i] < n and v[nxt[i]] < v[i]):
             b = _rejoin(t, v, a, i, joins)
         if b is None and v[i] > v[a]:
-            s = _stale_run(t, v, keep, a, i, limits)
+            s = _stale_run(t, v, keep, a, i, limit)
             if s is not None:
                 for k in range(s + 1, a + 1):
                     keep[k] = False
@@ -277,7 +287,7 @@ def _rejoin(t: list[int], v: list[float], a: int, i: int,
 
 
 def _stale_run(t: list[int], v: list[float], keep: list[bool], a: int, i: int,
-               limits: Limits) -> int | None:
+               limit: Callable[[int, int], float]) -> int | None:
     """When sample a ends a run of one held value and i catches up: the run's first sample,
     if the run is stale registers rather than an idle load or a coarse register's steps."""
     s = a
@@ -287,9 +297,9 @@ def _stale_run(t: list[int], v: list[float], keep: list[bool], a: int, i: int,
         return None
     dv = v[i] - v[a]
     link, span = t[i] - t[a], t[i] - t[s]
-    lim = limits.limit(link, t[i])
+    lim = limit(a, i)
     if dv > lim:
-        return s if dv <= limits.limit(span, t[i]) else None
+        return s if dv <= limit(s, i) else None
     if math.isfinite(lim) or a - s < STALE_MIN_LINKS:
         return None  # the limit allows the catch-up, or too short to tell: an idle load
     # No limit refuses the catch-up: the trend before the run decides. The run must have
