@@ -41,6 +41,7 @@ from operator import mul, sub
 
 from energyd.accounting.validation import (
     LEARN_FACTOR,
+    MAX_REPAIR_MS,
     PLAUSIBILITY_MARGIN,
     PLAUSIBILITY_SLACK,
     Finding,
@@ -238,6 +239,29 @@ def _cut(times: Sequence[int], values: Sequence[float], spec: CounterSpec,
         offset = 0.0
     blocks.append(cur)
     return Trace(blocks, events)
+
+
+def open_tail(trace: Trace) -> int | None:
+    """Where the counter's last samples are still undecided: the start of a value held at the
+    end (a dropout or stale registers whose end has not come yet), or the earliest sample set
+    aside or break within MAX_REPAIR_MS of the end (later samples may show it was a dropout).
+    Hours from there on may change when the next samples arrive; None when nothing is open."""
+    if trace.power_integrated or not trace.blocks:
+        return None
+    last = trace.blocks[-1]
+    end = last.end
+    out = None
+    times, values = last.times, last.values
+    k = len(values) - 1
+    while k > 0 and values[k - 1] == values[-1]:
+        k -= 1
+    if k < len(values) - 1:
+        out = times[k]
+    recent = [e.time_ms for e in trace.events if e.time_ms >= end - MAX_REPAIR_MS] + \
+        [f.time_ms for f in trace.findings if f.time_ms >= end - MAX_REPAIR_MS]
+    if recent:
+        out = min(recent) if out is None else min(out, min(recent))
+    return out
 
 
 def integrate_power(times: Sequence[int], kw: Sequence[float], max_gap_ms: int, *,

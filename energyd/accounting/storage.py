@@ -42,6 +42,7 @@ from energyd.accounting.energy import (
     analyse_counter,
     hourly,
     integrate_power,
+    open_tail,
 )
 from energyd.accounting.factors import (
     FactorTable,
@@ -81,6 +82,7 @@ CONTEXT_MS = 2 * MAX_REPAIR_MS + HOUR_MS  # what a validation decision can depen
 META_POSITION = READINGS_POSITION
 META_DONE = "accounting.done_until"
 META_FINGERPRINT = "accounting.fingerprint"
+META_OPEN = "accounting.open_tails"
 RULE = "reconciliation"
 
 Ranges = dict[str, tuple[int, int]]
@@ -139,6 +141,7 @@ class Accountant:
             for d in config.devices if d.enabled and d.role == "fuel" and d.fuel is None]
         self.certificates, self.certificate_problems = self._certificates()
         self._series: dict[tuple[str, str], int] = {}
+        self.open_tails: dict[str, int] = {}  # device -> undecided since (energy.open_tail)
         self.calendar = Calendar(self.tz, frozenset(acc.holidays), frozenset(acc.working_days))
 
     # --- configuration views ----------------------------------------------------------------
@@ -343,6 +346,9 @@ class Accountant:
                 continue
             trace = self._trace(device, src, a, b)
             traces[name] = trace
+            tail = open_tail(trace)
+            if tail is not None:
+                self.open_tails[name] = tail
             hes = hourly(trace, range(a, b, HOUR_MS))
             hour_energy[name] = hes
             if any(he.missing for he in hes):  # a profile is only needed to fill gaps
@@ -555,6 +561,12 @@ class Accountant:
         if position is not None and max_id > position:
             for name, a in self._late(position, max_id, start).items():
                 wanted[name].append((a, end))
+        # hours last computed while a device's latest samples were undecided (a dropout or a
+        # stale stretch not yet over) are computed again now that more samples are in
+        for name, t in (self.store.get_meta(META_OPEN) or {}).items():
+            if name in wanted:
+                wanted[name].append((max(floor_hour(t), start - MAX_REPAIR_MS), end))
+        self.open_tails = {}
         fp = self.fingerprint()
         old_fp = self.store.get_meta(META_FINGERPRINT)
         if old_fp is not None and old_fp != fp:
@@ -575,6 +587,7 @@ class Accountant:
         self.store.set_meta(META_POSITION, max_id)
         self.store.set_meta(META_DONE, end)
         self.store.set_meta(META_FINGERPRINT, fp)
+        self.store.set_meta(META_OPEN, self.open_tails)
         return result
 
     def _known_since(self) -> dict[str, int]:
