@@ -224,7 +224,8 @@ def validate(times: Sequence[int], values: Sequence[float], limits: Limits,
         a = last
         ok = joins(a, i)
         b = None
-        if not ok or (v[i] > v[a] and nxt[i] < n and v[nxt[i]] < v[i]):
+        # a step back that a wrap would explain is still a dropout if the counter comes back
+        if not ok or v[i] < v[a] or (v[i] > v[a] and nxt[i] < n and v[nxt[i]] < v[i]):
             b = _rejoin(t, v, a, i, joins)
         if b is None and v[i] > v[a]:
             s = _stale_run(t, v, keep, a, i, limit)
