@@ -119,8 +119,12 @@ def counters(draw: st.DrawFn) -> tuple[Counter, bool, bool]:
     counter.values = [x for x, k in zip(values, keep, strict=True) if k]
     counter.true_delta = true[times.index(T0 + HOURS * HOUR_MS)] - true[times.index(T0)]
     counter.hour_energy = [loads[h + 1] for h in range(HOURS)]
-    counter.faults = [k for _, k, _ in sorted(events)]
+    counter.faults = [f"{k} at {iso(times[i])} x{n}" for i, k, n in sorted(events)]
     return counter, rated, wraps or base == ROLLOVER - 2_000.0
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 def accountant(tmp: Path, counter: Counter, rated: bool, rollover: bool) -> Accountant:
@@ -195,7 +199,8 @@ def test_counter_faults_keep_the_hours_right_whatever_the_window(
         assert sum(kwh) == _approx(counter.true_delta), (counter.faults, kwh, rated, rollover,
                                                          counter.hour_energy)
     elif statement:
-        assert sum(kwh) == _approx(counter.true_delta), (counter.faults, kwh)
+        assert sum(kwh) == _approx(counter.true_delta), (counter.faults, kwh, rated, rollover,
+                                                         counter.hour_energy)
 
 
 def _approx(x: float) -> object:

@@ -34,6 +34,7 @@ Pure functions over lists of epoch milliseconds and floats; nothing here reads a
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -204,19 +205,20 @@ def _cut(times: Sequence[int], values: Sequence[float], spec: CounterSpec,
     cur = Block([times[0]], [float(values[0])])
     prev_raw = float(values[0])
     offset = 0.0
-    local = sustained(times, values) if spec.rated_per_hour is None and spec.learned \
-        else None
+    local = sustained(times, values) if spec.rated_per_hour is None and (
+        spec.learned or spec.rollover is not None) else None
     for i in range(1, n):
         t, v = times[i], float(values[i])
         pt = cur.times[-1]
         dt = t - pt
         dv = v - prev_raw
         limit = spec.limit(dt, t)
-        if local is not None:
+        if local is not None and math.isfinite(limit):
             limit = max(limit, spec.margin * LEARN_FACTOR * local[i] * dt / HOUR_MS)
         ok = 0 <= dv <= limit
         if not ok and dv < 0 and spec.rollover is not None \
-                and wraps(prev_raw, v, spec.rollover, limit):
+                and wraps(prev_raw, v, spec.rollover, limit,
+                          None if local is None else local[i] * dt / HOUR_MS):
             offset += spec.rollover
             events.append(Event(t, "wrap", prev_raw, v))
             ok = True

@@ -129,14 +129,17 @@ class Validated:
     repaired: list[tuple[int, int]] = field(default_factory=list)  # links spread as interpolated
 
 
-def wraps(before: float, after: float, rollover: float, limit: float) -> bool:
+def wraps(before: float, after: float, rollover: float, limit: float,
+          typical: float | None = None) -> bool:
     """Whether a step back from `before` to `after` is the counter wrapping at `rollover`:
     the advance through the wrap within the limit; with no limit, a register read many times
-    a turn: near the top before, and no more than WRAP_SHARE of a turn in the link."""
+    a turn: near the top before, no more than WRAP_SHARE of a turn in the link, and (given
+    `typical`, what the links around it advance) not far beyond the links around it."""
     wrapped = after + rollover - before
     if math.isfinite(limit):
         return 0 <= wrapped <= limit
-    return before >= (1 - WRAP_SHARE) * rollover and 0 <= wrapped <= WRAP_SHARE * rollover
+    return before >= (1 - WRAP_SHARE) * rollover and 0 <= wrapped <= WRAP_SHARE * rollover \
+        and (typical is None or wrapped <= STALE_RATIO * typical + PLAUSIBILITY_SLACK)
 
 
 def sustained(times: Sequence[int], values: Sequence[float]) -> list[float]:
@@ -197,12 +200,13 @@ def validate(times: Sequence[int], values: Sequence[float], limits: Limits,
     findings: list[Finding] = []
     repaired: list[tuple[int, int]] = []
 
-    local = sustained(t, v) if limits.rated_per_hour is None and limits.learned else None
+    local = sustained(t, v) if limits.rated_per_hour is None and (
+        limits.learned or rollover is not None) else None
 
     def limit(a: int, b: int) -> float:
         """The most the counter may advance from sample a to sample b."""
         lim = limits.limit(t[b] - t[a], t[b])
-        if local is not None:
+        if local is not None and math.isfinite(lim):
             lim = max(lim, limits.margin * LEARN_FACTOR * local[b] * (t[b] - t[a]) / HOUR_MS)
         return lim
 
@@ -212,7 +216,9 @@ def validate(times: Sequence[int], values: Sequence[float], limits: Limits,
         lim = limit(a, b)
         if 0 <= dv <= lim:
             return True
-        return dv < 0 and rollover is not None and wraps(v[a], v[b], rollover, lim)
+        return dv < 0 and rollover is not None and wraps(
+            v[a], v[b], rollover, lim,
+            None if local is None else local[b] * (t[b] - t[a]) / HOUR_MS)
 
     # nxt[i]: the first sample after i with another value (a held run's end)
     nxt = [n] * n
