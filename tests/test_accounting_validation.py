@@ -197,3 +197,38 @@ def test_set_aside_readings_are_listed_by_export_and_counted_in_the_report(
     assert row["source"] == "meter_interpolated"
     assert row["detail"]["validation"][0]["kind"] == "dropout"
     assert row["detail"]["validation"][0]["samples"] == 18
+
+
+def test_rated_flow_belongs_to_fuel_counters_and_a_misplaced_one_is_refused_with_its_line(
+        ) -> None:
+    from energyd.config.loader import parse_config
+    from energyd.errors import ConfigError
+
+    text = """site: {name: p, timezone: Asia/Shanghai, grid_region: CN-national}
+storage: {path: /tmp/never-opened.db}
+devices:
+  - name: boiler
+    role: fuel
+    driver: modbus
+    modbus: {host: 127.0.0.1, port: 1502}
+    registers: [{quantity: fuel_volume_m3, address: 0}]
+    rated_flow: 90
+    fuel: {quantity: fuel_volume_m3, unit_factor: 0.0001, ncv_gj_per_unit: 389.31,
+           carbon_content_tc_per_gj: 0.01532}
+  - name: incomer
+    role: grid_import
+    driver: modbus
+    modbus: {host: 127.0.0.1, port: 1502}
+    registers: [{quantity: active_energy_import_kwh, address: 0}]
+    rated_flow: 90
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "plant.yaml")
+    (problem,) = info.value.problems
+    assert problem.path.startswith("devices[1]") and problem.line == 12
+    assert "rated_power_kw" in problem.message
+    config = parse_config(text.replace("    rated_flow: 90\n", "", 2).replace(
+        "    registers: [{quantity: fuel_volume_m3, address: 0}]\n",
+        "    registers: [{quantity: fuel_volume_m3, address: 0}]\n    rated_flow: 90\n"),
+        "plant.yaml")
+    assert config.devices[0].rated_flow == 90

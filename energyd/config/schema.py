@@ -249,6 +249,9 @@ class Device(Strict):
                 raise ValueError("driver mqtt cannot have a `modbus:` section")
         if self.interval <= 0:
             raise ValueError("interval must be positive")
+        if self.rated_flow is not None and self.role != "fuel":
+            raise ValueError("rated_flow is a fuel counter's limit (role fuel); an electricity "
+                             "meter takes rated_power_kw")
         return self
 
 
