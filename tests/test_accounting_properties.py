@@ -1,7 +1,7 @@
 """Properties of the counter -> hourly energy path over random counters with random faults.
 
-A random load (flat within each hour) drives a counter polled every two minutes for eight
-hours; faults are laid over it apart from each other: out-of-line reads either way, runs of
+A random load (flat within each hour) drives a counter (an incomer's kWh or a gas counter's
+m3, rated or not) polled every two minutes for eight hours; faults are laid over it apart from each other: out-of-line reads either way, runs of
 zeros, frozen registers, resets, wraps, meter replacements, polling gaps, and a statement
 over the whole period that bills the true energy. Whatever was drawn:
 
@@ -127,26 +127,31 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-def accountant(tmp: Path, counter: Counter, rated: bool, rollover: bool) -> Accountant:
-    extra = (f"    rated_power_kw: {RATED}\n" if rated else "") + \
-        (f"    counter_rollover: {ROLLOVER}\n" if rollover else "")
+def accountant(tmp: Path, counter: Counter, rated: bool, rollover: bool,
+               fuel: bool = False) -> Accountant:
+    """An incomer (kWh), or a gas counter whose m3 count one MWh each (so rows read alike)."""
+    quantity = "fuel_volume_m3" if fuel else "active_energy_import_kwh"
+    extra = (f"    {'rated_flow' if fuel else 'rated_power_kw'}: {RATED}\n" if rated else "") \
+        + (f"    counter_rollover: {ROLLOVER}\n" if rollover else "") \
+        + ("    fuel: {quantity: fuel_volume_m3, ncv_gj_per_unit: 3.6, "
+           "carbon_content_tc_per_gj: 0.0153}\n" if fuel else "")
     config = parse_config(f"""
 site: {{name: prop, timezone: Asia/Shanghai, grid_region: CN-national}}
 storage: {{path: {tmp / 'energyd.db'}}}
 http: {{enabled: false}}
 devices:
   - name: incomer
-    role: grid_import
+    role: {"fuel" if fuel else "grid_import"}
     driver: modbus
     modbus: {{host: 127.0.0.1, port: 1502}}
-    registers: [{{quantity: active_energy_import_kwh, address: 0}}]
+    registers: [{{quantity: {quantity}, address: 0}}]
 {extra}accounting:
   residual_region: CN-national
 """, "prop.yaml")
     store = Store.open(config.storage.path)
     text = "time,device,quantity,value\n" + "".join(
         f"{datetime.fromtimestamp(t / 1000, UTC).isoformat()},incomer,"
-        f"active_energy_import_kwh,{v!r}\n"
+        f"{quantity},{v!r}\n"
         for t, v in zip(counter.times, counter.values, strict=True))
     import_readings(store, io.StringIO(text), "prop.csv")
     return Accountant(store, config)
@@ -158,10 +163,12 @@ def rows_of(acc: Accountant) -> list[tuple]:
 
 
 @given(counters(), st.lists(st.integers(1, HOURS - 1), max_size=3, unique=True),
-       st.booleans())
+       st.booleans(), st.booleans())
 def test_counter_faults_keep_the_hours_right_whatever_the_window(
-        drawn: tuple[Counter, bool, bool], cuts: list[int], statement: bool) -> None:
+        drawn: tuple[Counter, bool, bool], cuts: list[int], statement: bool,
+        fuel: bool) -> None:
     counter, rated, rollover = drawn
+    statement = statement and not fuel  # statements bill purchased electricity
     now = T0 + (HOURS + 24) * HOUR_MS
     span = (T0, T0 + HOURS * HOUR_MS)
     bill = ""
@@ -175,7 +182,7 @@ def test_counter_faults_keep_the_hours_right_whatever_the_window(
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in ("whole", "hourly", "split"):
             (Path(tmp) / strategy).mkdir()
-            acc = accountant(Path(tmp) / strategy, counter, rated, rollover)
+            acc = accountant(Path(tmp) / strategy, counter, rated, rollover, fuel)
             try:
                 if bill:
                     acc.import_statements(io.StringIO(bill), "bill.csv", now)
@@ -191,7 +198,7 @@ def test_counter_faults_keep_the_hours_right_whatever_the_window(
     assert results["whole"] == results["hourly"] == results["split"], counter.faults
     rows = results["whole"]
     assert len(rows) == HOURS
-    kwh = [mwh * 1000 for _, mwh, *_ in rows]
+    kwh = [mwh * (1 if fuel else 1000) for _, mwh, *_ in rows]  # counter units
     assert min(kwh) >= 0
     if rated:
         assert max(kwh) <= RATED * PLAUSIBILITY_MARGIN + PLAUSIBILITY_SLACK + 1e-6
