@@ -232,3 +232,38 @@ devices:
         "    registers: [{quantity: fuel_volume_m3, address: 0}]\n    rated_flow: 90\n"),
         "plant.yaml")
     assert config.devices[0].rated_flow == 90
+
+
+def test_like_day_profile_uses_earlier_days_of_the_same_kind_and_says_which() -> None:
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from energyd.accounting.rollup import Calendar, Profile
+
+    tz = ZoneInfo("Asia/Shanghai")
+
+    def hour(day: str, h: int) -> int:
+        return round(datetime.fromisoformat(f"{day}T{h:02d}:00").replace(
+            tzinfo=tz).timestamp() * 1000)
+
+    clean = {}
+    for d in range(2, 23):  # 2026-02-02 (a Monday) .. 2026-02-22
+        day = date(2026, 2, d)
+        for h in range(24):
+            clean[hour(day.isoformat(), h)] = 100.0 if day.weekday() < 5 else 20.0
+    clean[hour("2026-02-20", 10)] = 40.0  # a Friday that was a holiday, configured
+    cal = Calendar(tz, holidays=frozenset({date(2026, 2, 20)}))
+    prof = Profile(clean, cal)
+    h = hour("2026-02-24", 10)  # a Tuesday
+    assert prof(h) == 100.0
+    assert prof.basis(h)["days"] == ["2026-02-13", "2026-02-16", "2026-02-17", "2026-02-18",
+                                     "2026-02-19"]
+    sunday = hour("2026-02-22", 10)  # its own day does not count, only earlier ones
+    assert prof.basis(sunday)["kind"] == "non-working day"
+    assert "2026-02-22" not in prof.basis(sunday)["days"] and "2026-02-20" in \
+        prof.basis(sunday)["days"]
+    assert prof(sunday) == (20.0 * 4 + 40.0) / 5
+    first = Profile({hour("2026-02-02", 8): 30.0, hour("2026-02-02", 9): 50.0}, cal)
+    assert first(hour("2026-02-02", 11)) == 40.0  # the first day: the hours before it
+    assert "24 hours before" in first.basis(hour("2026-02-02", 11))["method"]
+    assert Profile({}, cal)(h) == 0.0

@@ -186,11 +186,13 @@ class Profile:
     `LIKE_LOOKBACK_DAYS` that have a clean metered value there (`clean`: hour start ms ->
     counter units). Only earlier days count, so an hour's estimate is the same whenever it
     is computed. With no like day, the same local hour of any earlier day in the lookback;
-    with none of those, zero. `basis(hour)` says which days were used."""
+    with none of those, the mean of the metered hours in the 24 hours before; else zero.
+    `basis(hour)` says which days were used."""
 
     def __init__(self, clean: Mapping[int, float], calendar: Calendar) -> None:
         self.calendar = calendar
         tz = calendar.tz
+        self._clean = dict(clean)
         self._by_day_hour: dict[tuple[date, int], float] = {}
         for hour, value in clean.items():
             local = datetime.fromtimestamp(hour / 1000, tz)
@@ -219,9 +221,16 @@ class Profile:
         if not used:
             used, method = other, (f"no earlier {kind} in {LIKE_LOOKBACK_DAYS} days: mean of "
                                    f"the same local hour on other days")
-        if not used:
-            got = 0.0, {"method": f"none: no metered {hod:02d}:00 in the {LIKE_LOOKBACK_DAYS} "
-                                  f"days before", "kind": kind, "local_hour": hod, "days": []}
+        recent = [self._clean[h] for h in range(hour_ms - 24 * HOUR_MS, hour_ms, HOUR_MS)
+                  if h in self._clean]
+        if not used and recent:
+            got = sum(recent) / len(recent), {
+                "method": f"no earlier day with a metered {hod:02d}:00: mean of the "
+                          f"{len(recent)} metered hours in the 24 hours before",
+                "kind": kind, "local_hour": hod, "days": []}
+        elif not used:
+            got = 0.0, {"method": f"none: no metered hour in the {LIKE_LOOKBACK_DAYS} days "
+                                  f"before", "kind": kind, "local_hour": hod, "days": []}
         else:
             got = sum(v for _, v in used) / len(used), {
                 "method": method, "kind": kind, "local_hour": hod,
