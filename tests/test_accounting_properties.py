@@ -1,9 +1,10 @@
 """Properties of the counter -> hourly energy path over random counters with random faults.
 
 A random load (flat within each hour) drives a counter (an incomer's kWh or a gas counter's
-m3, rated or not) polled every two minutes for eight hours; faults are laid over it apart from each other: out-of-line reads either way, runs of
-zeros, frozen registers, resets, wraps, meter replacements, polling gaps, and a statement
-over the whole period that bills the true energy. Whatever was drawn:
+m3, rated or not) polled every two minutes for eight hours; faults are laid over it apart
+from each other: out-of-line reads either way, runs of zeros, frozen registers, resets,
+wraps, meter replacements, polling gaps, and a statement over the whole period that bills
+the true energy. Whatever was drawn:
 
 - the rows are the same whatever window is recomputed (one window, hour by hour, random
   splits), and a re-run writes nothing;

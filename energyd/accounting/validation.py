@@ -233,15 +233,15 @@ def validate(times: Sequence[int], values: Sequence[float], limits: Limits,
         # a step back that a wrap would explain is still a dropout if the counter comes back
         if not ok or v[i] < v[a] or (v[i] > v[a] and nxt[i] < n and v[nxt[i]] < v[i]):
             b = _rejoin(t, v, a, i, joins)
-        if b is None and v[i] > v[a]:
-            s = _stale_run(t, v, keep, a, i, limit)
+        if b is None and (v[i] > v[a] or (v[i] < v[a] and rollover is not None)):
+            s = _stale_run(t, v, keep, a, i, limit, rollover)
             if s is not None:
                 for k in range(s + 1, a + 1):
                     keep[k] = False
                     findings.append(Finding(
                         t[k], v[k], "stale",
                         f"held at {v[k]:g} from {iso(t[s])} while the counter ran on (it "
-                        f"caught up {v[i] - v[a]:g} at {iso(t[i])})"))
+                        f"caught up to {v[i]:g} at {iso(t[i])})"))
                 repaired.append((t[s], t[i]))
                 last = i
                 i += 1
@@ -294,7 +294,7 @@ def _rejoin(t: list[int], v: list[float], a: int, i: int,
 
 
 def _stale_run(t: list[int], v: list[float], keep: list[bool], a: int, i: int,
-               limit: Callable[[int, int], float]) -> int | None:
+               limit: Callable[[int, int], float], rollover: float | None) -> int | None:
     """When sample a ends a run of one held value and i catches up: the run's first sample,
     if the run is stale registers rather than an idle load or a coarse register's steps."""
     s = a
@@ -303,6 +303,10 @@ def _stale_run(t: list[int], v: list[float], keep: list[bool], a: int, i: int,
     if a == s or t[i] - t[s] > MAX_REPAIR_MS:
         return None
     dv = v[i] - v[a]
+    if dv < 0:  # caught up through the rollover
+        if rollover is None:
+            return None
+        dv += rollover
     link, span = t[i] - t[a], t[i] - t[s]
     lim = limit(a, i)
     if dv > lim:
