@@ -285,7 +285,9 @@ def _rejoin(t: list[int], v: list[float], a: int, i: int,
         run = b - i
         if run > GLITCH_RUN and not same:
             return None
-        if v[b] >= v[a] and joins(a, b) and (
+        # b below a joins only through a wrap: then only a held run (a dropout across the
+        # rollover) is out of line, a lone sample near the top is the counter's own
+        if (v[b] >= v[a] or (same and run > 1 and v[b] != held)) and joins(a, b) and (
                 (held > v[b] or held < v[a]) if same
                 else all(v[k] > v[b] or v[k] < v[a] for k in range(i, b))):
             return b
