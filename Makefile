@@ -18,7 +18,7 @@ test: venv system-deps
 # The property-based tests at length (hundreds of random counters with faults, minutes);
 # `make test` runs a few dozen examples of each.
 test-long: venv
-	HYPOTHESIS_PROFILE=long $(VENV)/bin/python -m pytest tests/test_accounting_properties.py
+	HYPOTHESIS_PROFILE=long $(VENV)/bin/python -m pytest --timeout=3600 tests/test_accounting_properties.py
 
 # uv lives in its own small environment: `uv sync` keeps .venv exactly as uv.lock says.
 $(UV):
