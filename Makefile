@@ -7,13 +7,18 @@ UV := .uv/bin/uv
 DEBIAN_TEST_PACKAGES := influxdb mosquitto victoria-metrics socat systemd faketime chromium chromium-driver
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test venv system-deps bench lint clean security fuzz
+.PHONY: demo test test-long venv system-deps bench lint clean security fuzz
 
 demo: venv
 	$(VENV)/bin/energyd demo
 
 test: venv system-deps
 	$(VENV)/bin/python -m pytest
+
+# The property-based tests at length (hundreds of random counters with faults, minutes);
+# `make test` runs a few dozen examples of each.
+test-long: venv
+	HYPOTHESIS_PROFILE=long $(VENV)/bin/python -m pytest --timeout=3600 tests/test_accounting_properties.py
 
 # uv lives in its own small environment: `uv sync` keeps .venv exactly as uv.lock says.
 $(UV):

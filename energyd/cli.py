@@ -403,22 +403,30 @@ def readings_conflicts(config_path: str, device: str | None, limit: int,
 @click.option("--device", default=None, help="only this device")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="write here instead of stdout")
+@click.option("--validation", is_flag=True,
+              help="add a column saying which counter readings the accounting sets aside "
+                   "and why (the stored values are never changed)")
 def readings_export(config_path: str, start: str, end: str, device: str | None,
-                    output: str | None) -> None:
+                    output: str | None, validation: bool) -> None:
     """Export readings in [--from, --to) as CSV."""
     config = _load(config_path)
     t0, t1 = _parse_time(start, "--from"), _parse_time(end, "--to")
+    from energyd.model import to_ms
     from energyd.store.csvio import ExportProgress, export_readings
 
     progress = ExportProgress()
     with _existing_store(config) as store:
         try:
+            notes = None
+            if validation:
+                acc = _accountant(config, store, _factors(config))
+                notes = acc.validation_notes(to_ms(t0), to_ms(t1), device)
             if output:
                 with open(output, "w", newline="", encoding="utf-8") as f:
-                    n = export_readings(store, f, t0, t1, device, progress)
+                    n = export_readings(store, f, t0, t1, device, progress, notes)
                 click.echo(f"{output}: {n} readings", err=True)
             else:
-                export_readings(store, sys.stdout, t0, t1, device, progress)
+                export_readings(store, sys.stdout, t0, t1, device, progress, notes)
         except (EnergydError, OSError) as exc:
             sys.stdout.flush()
             upto = (f", the last at {progress.last_time}" if progress.last_time else "")

@@ -1,16 +1,20 @@
-"""Accounting cases as data: one folder per case under tests/cases/accounting/<name>/.
+"""Accounting cases on constructed data with known answers, one folder each under
+tests/cases/accounting/<name>/:
 
-- `config.yaml`: a complete energyd config (storage.path is replaced with a temporary one;
-  relative paths such as a factor table resolve in the case folder);
-- `readings.csv`: `time,device,quantity,value` (as `energyd readings import` takes it);
-- `statements.csv` (optional): supplier statements, as `energyd invoices import` takes them;
-- `case.yaml`: `description:`, `windows:` a list of {from, to} recomputed in that order,
-  optional `month:` with `expected_report.json`, a subset of the JSON report's fields
-  (times with an offset; a date or a time without one is site time);
-- `expected.csv`: `hour,device,mwh,source`, every row of the windows' hours; mwh to 1e-6.
+- `config.yaml`: a complete energyd config (storage.path is replaced by a temporary one);
+- `readings.csv`: `time,device,quantity,value`, as `energyd readings import` takes it;
+- `statements.csv` (optional): as `energyd invoices import` takes it;
+- `case.yaml`: `description:` (the fault class and the known answer), `windows:` a list of
+  {from, to} recomputed in order (a time without an offset, or a date, is site time),
+  optional `now:` (default: a day after the last window or the month), optional `month:`
+  with `expected_report.json`, a subset of the JSON report's fields (numbers to 1e-6);
+- `expected.csv`: `hour,device,mwh,source`; mwh compared to 1e-6; only the listed hours and
+  devices are compared.
 
-Readings go in first, then the statements (their import recomputes their periods), then
-the windows. Cases run in a fresh store each.
+Each case runs three times on a fresh store: the listed windows in order, hour by hour as the
+daemon runs, and one window over all of them. The three must give identical rows, and a
+re-run must change nothing. energyd is driven through its public API (readings import,
+statements import, recompute, rows), never SQL.
 """
 
 from __future__ import annotations
@@ -18,34 +22,35 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-from ruamel.yaml import YAML
+import yaml
 
 from energyd.accounting.energy import HOUR_MS
 from energyd.accounting.storage import Accountant
-from energyd.config.loader import load_config
+from energyd.config.loader import parse_config
+from energyd.model import to_ms
 from energyd.store import Store
 from energyd.store.csvio import import_readings
 
-CASES = Path(__file__).resolve().parent / "cases" / "accounting"
-NAMES = sorted(p.name for p in CASES.iterdir() if (p / "case.yaml").is_file()) \
-    if CASES.is_dir() else []
+CASES = Path(__file__).parent / "cases" / "accounting"
+NAMES = sorted(p.name for p in CASES.iterdir() if (p / "case.yaml").exists()) \
+    if CASES.exists() else []
 
 
-def _ms(text: Any, tz: tzinfo | None = None) -> int:
+def instant(value: Any, tz: tzinfo | None = None) -> int:
     """An instant: ISO 8601 with an offset; a date or a time without one is site time."""
-    when = text if isinstance(text, datetime) else datetime.fromisoformat(
-        str(text).replace("Z", "+00:00"))
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(
+        str(value).replace("Z", "+00:00"))
     if when.tzinfo is None:
         if tz is None:
-            raise ValueError(f"{text!r}: a time without an offset")
+            raise ValueError(f"{value!r} needs a UTC offset")
         when = when.replace(tzinfo=tz)
-    return round(when.timestamp() * 1000)
+    return to_ms(when)
 
 
 def _subset(expected: Any, got: Any, path: str = "report") -> list[str]:
@@ -74,60 +79,132 @@ def _subset(expected: Any, got: Any, path: str = "report") -> list[str]:
     return [] if expected == got else [f"{path}: expected {expected!r}, got {got!r}"]
 
 
-def test_there_are_cases() -> None:
-    assert NAMES, f"no case folders in {CASES}"
+
+
+def run_case(case: Path, tmp: Path, strategy: str, report: list[Any] | None = None
+             ) -> list[dict[str, Any]]:
+    """The case's rows computed by `strategy`; the month's JSON report appended to `report`
+    when the case names a month."""
+    spec = yaml.safe_load((case / "case.yaml").read_text(encoding="utf-8"))
+    tree = yaml.safe_load((case / "config.yaml").read_text(encoding="utf-8"))
+    tree.setdefault("storage", {})["path"] = str(tmp / "energyd.db")
+    config = parse_config(yaml.safe_dump(tree), str(case / "config.yaml"), base_dir=case)
+    tz = ZoneInfo(config.site.timezone)
+    windows = [(instant(w["from"], tz), instant(w["to"], tz)) for w in spec["windows"]]
+    lo, hi = min(a for a, _ in windows), max(b for _, b in windows)
+    month = spec.get("month")
+    store = Store.open(config.storage.path)
+    try:
+        month_end = Accountant(store, config).month_bounds(str(month))[1] if month else 0
+        now = instant(spec["now"], tz) if "now" in spec else max(hi, month_end) + 24 * HOUR_MS
+        names = {d.name for d in config.devices}
+        with open(case / "readings.csv", newline="", encoding="utf-8") as f:
+            import_readings(store, f, str(case / "readings.csv"), known_device=names.__contains__)
+        acc = Accountant(store, config)
+        if (case / "statements.csv").exists():
+            with open(case / "statements.csv", newline="", encoding="utf-8") as f:
+                acc.import_statements(f, str(case / "statements.csv"), now)
+        if strategy == "windows":
+            spans = windows
+        elif strategy == "hourly":
+            spans = [(h, h + HOUR_MS) for h in range(lo - lo % HOUR_MS, hi, HOUR_MS)]
+        else:
+            spans = [(lo, hi)]
+        for span in spans:
+            acc.recompute(span, now)
+        again = acc.recompute((lo, hi), now)
+        assert again.written == 0, f"{case.name} ({strategy}): a re-run changed " \
+                                   f"{again.written} rows"
+        if month and report is not None:
+            report.append(json.loads(json.dumps(acc.report(str(month), now), default=str)))
+        return [r.as_json() for r in acc.rows(0, 2**62)]
+    finally:
+        store.close()
+
+
+def differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[str]:
+    ka = {(r["device"], r["hour"]): r for r in a}
+    kb = {(r["device"], r["hour"]): r for r in b}
+    out = []
+    for key in sorted(set(ka) | set(kb)):
+        ra, rb = ka.get(key), kb.get(key)
+        if ra != rb:
+            brief = [None if r is None else (r["mwh"], r["source"],
+                                              json.dumps(r["detail"], sort_keys=True)[:300])
+                     for r in (ra, rb)]
+            out.append(f"{key}: {brief[0]} != {brief[1]}")
+    return out
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_case(name: str, tmp_path: Path) -> None:
-    folder = tmp_path / name
-    shutil.copytree(CASES / name, folder)
-    yaml = YAML(typ="rt")
-    tree = yaml.load((folder / "config.yaml").read_text(encoding="utf-8"))
-    tree.setdefault("storage", {})["path"] = str(tmp_path / "energyd.db")
-    with open(folder / "config.yaml", "w", encoding="utf-8") as f:
-        yaml.dump(tree, f)
-    config = load_config(folder / "config.yaml")
-    case = YAML(typ="safe").load((folder / "case.yaml").read_text(encoding="utf-8"))
-    assert case.get("description"), f"{name}: case.yaml needs a description"
-    tz = config.site.tz
-    windows = [(_ms(w["from"], tz), _ms(w["to"], tz)) for w in case["windows"]]
-    month = case.get("month")
-    store = Store.open(config.storage.path)
-    try:
+    case = CASES / name
+    results = {}
+    reports: list[Any] = []
+    for strategy in ("windows", "hourly", "whole"):
+        (tmp_path / strategy).mkdir()
+        results[strategy] = run_case(case, tmp_path / strategy, strategy,
+                                     reports if strategy == "windows" else None)
+    for other in ("hourly", "whole"):
+        diff = differences(results["windows"], results[other])
+        assert not diff, f"{name}: the listed windows and {other} disagree:\n" + \
+            "\n".join(diff[:10])
+    rows = {(r["device"], instant(r["hour"])): r for r in results["windows"]}
+    problems = []
+    with open(case / "expected.csv", newline="", encoding="utf-8") as f:
+        for line in csv.DictReader(f):
+            key = (line["device"], instant(line["hour"]))
+            row = rows.get(key)
+            if row is None:
+                problems.append(f"{line['hour']} {line['device']}: no row")
+                continue
+            want = float(line["mwh"])
+            if abs(row["mwh"] - want) > 1e-6 or row["source"] != line["source"]:
+                problems.append(f"{line['hour']} {line['device']}: {row['mwh']} "
+                                f"{row['source']}, expected {want} {line['source']}")
+    assert not problems, f"{name}: " + "; ".join(problems)
+    if (case / "expected_report.json").is_file():
+        assert reports, f"{name}: expected_report.json needs `month:` in case.yaml"
+        want = json.loads((case / "expected_report.json").read_text(encoding="utf-8"))
+        diffs = _subset(want, reports[0])
+        assert not diffs, f"{name}: " + "\n".join(diffs)
+
+
+def test_cases_exist() -> None:
+    assert len(NAMES) >= 10, NAMES
+
+
+@pytest.mark.parametrize("name", ["dropout_zero_runs", "frozen_then_catch_up",
+                                  "glitch_low_on_the_hour"])
+def test_the_hourly_job_fed_as_readings_arrive_ends_with_the_same_rows(
+        name: str, tmp_path: Path) -> None:
+    """The daemon's way: readings arrive up to a few minutes past each hour and the hourly
+    job runs then; a dropout or a stale stretch still open at one run is decided at a later
+    one, and the hours end as a recompute of the whole span gives them."""
+    case = CASES / name
+    whole = run_case(case, tmp_path, "whole")
+    spec = yaml.safe_load((case / "case.yaml").read_text(encoding="utf-8"))
+    tree = yaml.safe_load((case / "config.yaml").read_text(encoding="utf-8"))
+    tree["storage"]["path"] = str(tmp_path / "daemon.db")
+    config = parse_config(yaml.safe_dump(tree), str(case / "config.yaml"), base_dir=case)
+    tz = ZoneInfo(config.site.timezone)
+    windows = [(instant(w["from"], tz), instant(w["to"], tz)) for w in spec["windows"]]
+    lo, hi = min(a for a, _ in windows), max(b for _, b in windows)
+    with open(case / "readings.csv", newline="", encoding="utf-8") as f:
+        header, *lines = list(csv.reader(f))
+    with Store.open(config.storage.path) as store:
         acc = Accountant(store, config)
-        month_end = acc.month_bounds(str(month))[1] if month else 0
-        now = max([b for _, b in windows] + [month_end]) + 24 * HOUR_MS
-        with open(folder / "readings.csv", newline="", encoding="utf-8") as f:
-            import_readings(store, f, str(folder / "readings.csv"))
-        if (folder / "statements.csv").is_file():
-            text = (folder / "statements.csv").read_text(encoding="utf-8")
-            acc.import_statements(io.StringIO(text), str(folder / "statements.csv"), now)
-        for a, b in windows:
-            acc.recompute((a, b), now)
-        got = {}
-        for a, b in windows:
-            for r in acc.rows(a, b):
-                got[(r.hour, r.device)] = r
-        with open(folder / "expected.csv", newline="", encoding="utf-8") as f:
-            expected = {(_ms(r["hour"]), r["device"]): r for r in csv.DictReader(f)}
-        problems = []
-        for key in sorted(set(expected) | set(got)):
-            hour = datetime.fromtimestamp(key[0] / 1000).astimezone().isoformat()
-            e, g = expected.get(key), got.get(key)
-            if e is None:
-                problems.append(f"{hour} {key[1]}: computed ({g.mwh} MWh, {g.source}), "
-                                "not expected")
-            elif g is None:
-                problems.append(f"{hour} {key[1]}: expected, not computed")
-            elif abs(float(e["mwh"]) - g.mwh) > 1e-6 or e["source"] != g.source:
-                problems.append(f"{hour} {key[1]}: expected {e['mwh']} MWh {e['source']}, "
-                                f"got {g.mwh} MWh {g.source}")
-        assert not problems, f"{name}: " + "\n".join(problems)
-        if month and (folder / "expected_report.json").is_file():
-            want = json.loads((folder / "expected_report.json").read_text(encoding="utf-8"))
-            report = json.loads(json.dumps(acc.report(str(month), now), default=str))
-            diffs = _subset(want, report)
-            assert not diffs, f"{name}: " + "\n".join(diffs)
-    finally:
-        store.close()
+        sent = 0
+        for h in range(lo + HOUR_MS, hi + 2 * HOUR_MS, HOUR_MS):
+            now = h + 5 * 60_000
+            batch = []
+            while sent < len(lines) and instant(lines[sent][0]) < now:
+                batch.append(lines[sent])
+                sent += 1
+            text = ",".join(header) + "\n" + "".join(",".join(x) + "\n" for x in batch)
+            import_readings(store, io.StringIO(text), "batch.csv")
+            acc.run(now)
+        got = [r.as_json() for r in acc.rows(lo, hi)]
+    want = [r for r in whole if lo <= instant(r["hour"]) < hi]
+    diff = differences(want, got)
+    assert not diff, "\n".join(diff[:10])

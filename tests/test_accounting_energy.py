@@ -129,8 +129,10 @@ def test_implausible_jump_is_never_energy_and_a_glitch_is_dropped() -> None:
     values = values[:j] + [v + 40_000.0 for v in values[j:]]  # +40 MWh in 10 s on a 300 kW feed
     values[g] = 0.0  # one read of zero, then the counter carries on
     trace = analyse_counter(times, values, SPEC)
-    assert [e.kind for e in trace.events] == ["jump", "glitch"]
+    assert [e.kind for e in trace.events] == ["jump"]
+    assert [(f.time_ms, f.kind) for f in trace.findings] == [(times[g], "below_neighbours")]
     hours = hourly(trace, range(T0, T0 + 3 * HOUR_MS, HOUR_MS))
+    assert [f.value for f in hours[2].findings] == [0.0]
     assert all(he.measured <= 330 for he in hours)
     assert hours[1].missing and not hours[2].missing
     assert hours[2].metered == pytest.approx(energy_kwh(T0 + 3 * HOUR_MS)

@@ -1,6 +1,7 @@
 """Hourly MWh and tCO2: "meter first, invoice fallback", emission factors, certificates, reports.
 
-Pure functions over plain data (no clock, no sockets) in `energy` (counter -> hourly energy),
+Pure functions over plain data (no clock, no sockets) in `validation` (which counter samples
+energy may be computed from), `energy` (counter -> hourly energy),
 `factors`, `rollup` (gap filling, tCO2, certificates, reconciliation), `invoices` (statement
 files) and `report`; `storage.Accountant` is the one part that reads the store and writes
 rollups. `reconciliation_findings(statements, rows, tolerance)` is what the alert engine

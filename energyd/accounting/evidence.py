@@ -14,8 +14,10 @@ What the month depends on, and so what the folder holds:
   period), plus a margin either side and, for every accounted counter, the samples just
   outside that the edge hours are interpolated from (however far they are);
 - those statements whole, and any acceptance recorded for them;
-- the profile inputs: the stored rows of the `PROFILE_DAYS` before that window, from which
-  the estimates of missing hours are drawn;
+- the readings before that window that a recompute reads too: the like days estimates are
+  drawn from (`LIKE_LOOKBACK_DAYS`), the week before them from which a counter without a
+  rating learns its limit, and the context the validation decides in (the same after it);
+  the stored rows of those like days are there as `profile_inputs.csv`, for reference;
 - the factor table, the certificates and what earlier hours already took of them;
 - the accounting part of the configuration (site, devices' roles, ratings, rollovers, fuel
   parameters, `accounting:`); no driver, network or secret settings.
@@ -39,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 from energyd import __version__
 from energyd.accounting.energy import HOUR_MS
 from energyd.accounting.factors import load_factors
-from energyd.accounting.rollup import RollupRow, iso
+from energyd.accounting.rollup import LIKE_LOOKBACK_DAYS, RollupRow, iso
+from energyd.accounting.validation import DAY_MS, LEARN_DAYS
 from energyd.config.schema import Config
 from energyd.errors import StoreError
 from energyd.store.sqlite import Store
@@ -94,8 +97,12 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     def done(name: str) -> None:
         files.append(name)
 
-    margin = max(acc.max_gap_ms, HOUR_MS)
-    readings = _write_readings(acc, out / "readings.csv", lo - margin, hi + margin)
+    # a recompute reads around its window: the like days an estimate is drawn from (and
+    # the week a counter without a rating learns its limit from before them), and the
+    # context its validation decides in
+    read_before = (LIKE_LOOKBACK_DAYS + LEARN_DAYS + 1) * DAY_MS + st.CONTEXT_MS
+    read_after = st.CONTEXT_MS + max(acc.max_gap_ms, HOUR_MS)
+    readings = _write_readings(acc, out / "readings.csv", lo - read_before, hi + read_after)
     n = len(readings)
     done("readings.csv")
 
@@ -126,7 +133,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     _write_rows(out / "rollups.csv", rows, inputs_digests(readings, rows, sources))
     done("rollups.csv")
     history = [r for name, (a, _) in sorted(want.items())
-               for r in acc.rows(a - st.PROFILE_DAYS * 86_400_000, a, [name])]
+               for r in acc.rows(a - LIKE_LOOKBACK_DAYS * DAY_MS, a, [name])]
     _write_rows(out / "profile_inputs.csv", history)
     done("profile_inputs.csv")
 
@@ -163,8 +170,8 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
         "month_start": iso(start), "month_end": iso(end),
         "window_start": iso(lo), "window_end": iso(hi), "computed_until": iso(until),
         "windows": {name: [iso(a), iso(b)] for name, (a, b) in sorted(want.items())},
-        "complete": now_ms >= end, "profile_days": st.PROFILE_DAYS,
-        "readings_margin_s": margin // 1000})
+        "complete": now_ms >= end, "profile_days": LIKE_LOOKBACK_DAYS,
+        "readings_before_s": read_before // 1000, "readings_after_s": read_after // 1000})
     done("evidence.json")
     _write_json(out / "report.json", report)
     done("report.json")

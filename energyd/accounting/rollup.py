@@ -20,14 +20,15 @@ the fuel's energy content (GJ / 3.6).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from energyd.accounting.energy import HOUR_MS, HourEnergy
 from energyd.accounting.factors import DEFAULT_MAX_AGE_MONTHS, Choice, FactorTable, local_day
+from energyd.accounting.validation import Finding
 
 SOURCES = ("meter", "meter_interpolated", "invoice", "estimated")
 PURCHASED_ROLES = ("grid_import",)
@@ -92,6 +93,7 @@ class Filled:
     power_integrated: bool = False
 
     estimated_ms: int = 0
+    basis: dict[str, Any] | None = None  # the like days an estimate came from
 
     @property
     def total(self) -> float:
@@ -140,31 +142,111 @@ def hour_of_day(hour_ms: int, tz: ZoneInfo) -> int:
     return datetime.fromtimestamp(hour_ms / 1000, tz).hour
 
 
+def validation_detail(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """Samples set aside in an hour, as stretches of one kind: first and last time, how many,
+    the first one's value and the reason (`readings export --validation` lists each)."""
+    out: list[dict[str, Any]] = []
+    for f in findings:
+        if out and out[-1]["kind"] == f.kind and out[-1]["reason"] == f.reason:
+            out[-1]["last"] = iso(f.time_ms)
+            out[-1]["samples"] += 1
+        else:
+            out.append({"kind": f.kind, "first": iso(f.time_ms), "last": iso(f.time_ms),
+                        "samples": 1, "value": f.value, "reason": f.reason})
+    return out
+
+
 # --- filling the missing time ---------------------------------------------------------------
 
 
-Profile = Callable[[int], float]
-"""hour start ms -> typical energy of that hour (counter units per hour)."""
+LIKE_DAYS = 5  # like days averaged, the most recent first
+LIKE_LOOKBACK_DAYS = 35  # how far back like days are looked for
 
 
-def make_profile(samples: Iterable[tuple[int, float]], tz: ZoneInfo) -> tuple[Profile, str]:
-    """A profile from metered hours: the mean of the same local hour of day, else the mean of
-    all; flat zero when there is nothing to go on (the row then says so)."""
-    sums = [0.0] * 24
-    counts = [0] * 24
-    total, n = 0.0, 0
-    for hour, value in samples:
-        h = hour_of_day(hour, tz)
-        sums[h] += value
-        counts[h] += 1
-        total += value
-        n += 1
-    if n == 0:
-        return (lambda hour: 0.0), "none: no metered hours to build a profile from"
-    mean = total / n
-    by_hod = [sums[i] / counts[i] if counts[i] else mean for i in range(24)]
-    return (lambda hour: by_hod[hour_of_day(hour, tz)]), \
-        f"mean of {n} metered hours by local hour of day"
+@dataclass(frozen=True, slots=True)
+class Calendar:
+    """The plant's kinds of day, on local dates: Monday to Friday are working days, Saturday
+    and Sunday are not, `holidays` are not, `working_days` are (make-up days)."""
+
+    tz: ZoneInfo
+    holidays: frozenset[date] = frozenset()
+    working_days: frozenset[date] = frozenset()
+
+    def kind(self, day: date) -> str:
+        if day in self.holidays:
+            return "non-working day"
+        if day in self.working_days or day.weekday() < 5:
+            return "working day"
+        return "non-working day"
+
+
+class Profile:
+    """Typical energy of an hour from like days: the mean of the same local hour on the
+    `LIKE_DAYS` most recent earlier days of the same kind (calendar) within
+    `LIKE_LOOKBACK_DAYS` that have a clean metered value there (`clean`: hour start ms ->
+    counter units). Only earlier days count, so an hour's estimate is the same whenever it
+    is computed. With no like day, the same local hour of any earlier day in the lookback;
+    with none of those, the mean of the metered hours in the 24 hours before; else zero.
+    `basis(hour)` says which days were used."""
+
+    def __init__(self, clean: Mapping[int, float], calendar: Calendar) -> None:
+        self.calendar = calendar
+        tz = calendar.tz
+        self._clean = dict(clean)
+        self._by_day_hour: dict[tuple[date, int], float] = {}
+        for hour, value in clean.items():
+            local = datetime.fromtimestamp(hour / 1000, tz)
+            self._by_day_hour[(local.date(), local.hour)] = value
+        self._memo: dict[int, tuple[float, dict[str, Any]]] = {}
+
+    def _estimate(self, hour_ms: int) -> tuple[float, dict[str, Any]]:
+        got = self._memo.get(hour_ms)
+        if got is not None:
+            return got
+        local = datetime.fromtimestamp(hour_ms / 1000, self.calendar.tz)
+        day, hod = local.date(), local.hour
+        kind = self.calendar.kind(day)
+        like: list[tuple[date, float]] = []
+        other: list[tuple[date, float]] = []
+        for back in range(1, LIKE_LOOKBACK_DAYS + 1):
+            d = day - timedelta(days=back)
+            value = self._by_day_hour.get((d, hod))
+            if value is None:
+                continue
+            if self.calendar.kind(d) == kind and len(like) < LIKE_DAYS:
+                like.append((d, value))
+            elif len(other) < LIKE_DAYS:
+                other.append((d, value))
+        used, method = like, f"mean of the same local hour on {kind}s"
+        if not used:
+            used, method = other, (f"no earlier {kind} in {LIKE_LOOKBACK_DAYS} days: mean of "
+                                   f"the same local hour on other days")
+        recent = [self._clean[h] for h in range(hour_ms - 24 * HOUR_MS, hour_ms, HOUR_MS)
+                  if h in self._clean]
+        if not used and recent:
+            got = sum(recent) / len(recent), {
+                "method": f"no earlier day with a metered {hod:02d}:00: mean of the "
+                          f"{len(recent)} metered hours in the 24 hours before",
+                "kind": kind, "local_hour": hod, "days": []}
+        elif not used:
+            got = 0.0, {"method": f"none: no metered hour in the {LIKE_LOOKBACK_DAYS} days "
+                                  f"before", "kind": kind, "local_hour": hod, "days": []}
+        else:
+            got = sum(v for _, v in used) / len(used), {
+                "method": method, "kind": kind, "local_hour": hod,
+                "days": [d.isoformat() for d, _ in sorted(used)]}
+        self._memo[hour_ms] = got
+        return got
+
+    def __call__(self, hour_ms: int) -> float:
+        return self._estimate(hour_ms)[0]
+
+    def basis(self, hour_ms: int) -> dict[str, Any]:
+        return self._estimate(hour_ms)[1]
+
+
+def _no_profile() -> Profile:
+    return Profile({}, Calendar(ZoneInfo("UTC")))
 
 
 def fill_missing(
@@ -181,7 +263,7 @@ def fill_missing(
         pieces: list[tuple[Filled, int, float]] = []  # (hour, missing ms in period, weight)
         measured = 0.0
         for device in st.devices:
-            prof = profiles.get(device, lambda h: 0.0)
+            prof = profiles.get(device) or _no_profile()
             for f in filled.get(device, []):
                 h0, h1 = f.he.hour, f.he.hour + HOUR_MS
                 if h1 <= st.start_ms or h0 >= st.end_ms:
@@ -215,11 +297,13 @@ def fill_missing(
         for f, miss, w in pieces:
             share = residual * (w / weight if weight > 0 else miss / span)
             f.invoice += share
+            prof = profiles.get(f.device) or _no_profile()
             f.statements.append({**st.as_detail(), "residual_kwh": residual,
                                  "share_kwh": share,
-                                 "spread": "profile" if weight > 0 else "time"})
+                                 "spread": "profile" if weight > 0 else "time",
+                                 "profile": prof.basis(f.he.hour)})
     for device, fs in filled.items():
-        prof = profiles.get(device, lambda h: 0.0)
+        prof = profiles.get(device) or _no_profile()
         for f in fs:
             if not f.he.missing:
                 continue
@@ -230,6 +314,7 @@ def fill_missing(
             if rest > 0:
                 f.estimated_ms = rest
                 f.estimated = prof(f.he.hour) * rest / HOUR_MS
+                f.basis = prof.basis(f.he.hour)
     return filled
 
 
@@ -241,7 +326,6 @@ class DeviceInfo:
     name: str
     role: str
     fuel: FuelSpec | None = None
-    profile_basis: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,8 +369,9 @@ def build_rows(device: DeviceInfo, filled: Sequence[Filled],
         if f.statements:
             detail["statements"] = f.statements
         if f.estimated_ms:
-            detail["estimate"] = {"seconds": f.estimated_ms // 1000,
-                                  "basis": device.profile_basis}
+            detail["estimate"] = {"seconds": f.estimated_ms // 1000, "basis": f.basis}
+        if he.findings:
+            detail["validation"] = validation_detail(he.findings)
         if f.notes:
             detail["notes"] = f.notes
         total = max(f.total, 0.0)

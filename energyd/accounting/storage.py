@@ -20,12 +20,13 @@ statement days, report months).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from operator import itemgetter
 from pathlib import Path
@@ -40,6 +41,7 @@ from energyd.accounting.energy import (
     analyse_counter,
     hourly,
     integrate_power,
+    open_tail,
 )
 from energyd.accounting.factors import (
     FactorTable,
@@ -50,11 +52,14 @@ from energyd.accounting.factors import (
 from energyd.accounting.invoices import StatementRow, StoredPeriod, parse_statements
 from energyd.accounting.report import build_report
 from energyd.accounting.rollup import (
+    LIKE_LOOKBACK_DAYS,
     PURCHASED_ROLES,
+    Calendar,
     CertificateSpec,
     DeviceInfo,
     FactorPolicy,
     FuelSpec,
+    Profile,
     RollupRow,
     Statement,
     allocate_certificates,
@@ -62,19 +67,21 @@ from energyd.accounting.rollup import (
     build_rows,
     fill_missing,
     iso,
-    make_profile,
     reconciliation_findings,
 )
+from energyd.accounting.validation import DAY_MS, LEARN_DAYS, MAX_REPAIR_MS, learn_rates
 from energyd.config.schema import Config, Device
 from energyd.model import Quality
 from energyd.store.sqlite import READINGS_POSITION, Store
 
 log = logging.getLogger(__name__)
 
-PROFILE_DAYS = 14
+QUICK_MS = 900_000  # context read first around a recomputed range
+CONTEXT_MS = 2 * MAX_REPAIR_MS + HOUR_MS  # what a validation decision can depend on
 META_POSITION = READINGS_POSITION
 META_DONE = "accounting.done_until"
 META_FINGERPRINT = "accounting.fingerprint"
+META_OPEN = "accounting.open_tails"
 RULE = "reconciliation"
 
 Ranges = dict[str, tuple[int, int]]
@@ -152,6 +159,8 @@ class Accountant:
             for d in config.devices if d.enabled and d.role == "fuel" and d.fuel is None]
         self.certificates, self.certificate_problems = self._certificates()
         self._series: dict[tuple[str, str], int] = {}
+        self.open_tails: dict[str, int] = {}  # device -> undecided since (energy.open_tail)
+        self.calendar = Calendar(self.tz, frozenset(acc.holidays), frozenset(acc.working_days))
 
     # --- configuration views ----------------------------------------------------------------
 
@@ -209,13 +218,13 @@ class Accountant:
                 self._series[(device, quantity)] = sid
         return sid
 
-    def _info(self, device: Device, basis: str = "") -> DeviceInfo:
+    def _info(self, device: Device) -> DeviceInfo:
         fuel = None
         if device.fuel is not None and device.role == "fuel":
             p = device.fuel
             fuel = FuelSpec(p.quantity, p.unit_factor, p.ncv_gj_per_unit,
                             p.carbon_content_tc_per_gj, p.oxidation, p.source)
-        return DeviceInfo(device.name, device.role, fuel, basis)
+        return DeviceInfo(device.name, device.role, fuel)
 
     def fingerprint(self) -> dict[str, Any]:
         certs = {c.id: [c.mwh, c.start_ms, c.end_ms, list(c.devices or [])]
@@ -229,40 +238,92 @@ class Accountant:
 
     # --- reading ---------------------------------------------------------------------------
 
+    def _samples(self, sid: int, first: int, last: int, receipt: dict[int, str] | None = None
+                 ) -> tuple[list[int], list[float]]:
+        """The series' samples in [first, last] and the one on either side beyond; `receipt`
+        gets, per hour, the provenance of the receive-timed readings (`_receipt_hours`)."""
+        lo = self.store.series_time_before(sid, first)
+        hi = self.store.series_time_from(sid, last + 1)
+        rows = self.store.series_readings(sid, first if lo is None else lo,
+                                          last if hi is None else hi)
+        if receipt is not None:
+            _receipt_hours(rows, receipt)
+        return list(map(itemgetter(0), rows)), list(map(itemgetter(1), rows))
+
+    def _spec(self, device: Device, quantity: str) -> tuple[CounterSpec, bool]:
+        """The counter's spec, and whether its rate limit must be learned."""
+        if quantity.endswith("_kwh"):
+            rated = device.rated_power_kw
+        elif device.fuel is not None and quantity == device.fuel.quantity:
+            rated = device.rated_flow
+        else:
+            rated = None
+        return CounterSpec(self.max_gap_ms, rated, device.counter_rollover), rated is None
+
     def _trace(self, device: Device, src: Source, start: int, end: int,
                receipt: dict[int, str] | None = None) -> Trace:
-        """The device's energy trace over [start, end); `receipt` gets, per hour, the
-        provenance of the receive-timed readings in it (see `_receipt_hours`)."""
+        """The trace over [start, end); `receipt` as in `_samples`. What the validation
+        decides about a sample depends on the samples around it, up to CONTEXT_MS away: the
+        samples fetched reach that far beyond the range unless the quick look shows a counter
+        that only rose within its limit (then nothing outside could change a thing), so every
+        window gives its hours the same energy."""
         if src.series is None:
             return Trace([], [])
         sid = src.series
-        # the samples on either side of the range bound its first and last hours
-        lo = self.store.series_time_before(sid, start)
-        hi = self.store.series_time_from(sid, end)
-        rows = self.store.series_readings(sid, start if lo is None else lo,
-                                          end - 1 if hi is None else hi)
-        if not rows:
-            return Trace([], [])
-        if receipt is not None:
-            _receipt_hours(rows, receipt)
-        times = list(map(itemgetter(0), rows))
-        values = list(map(itemgetter(1), rows))
         if src.kind == "power":
+            times, values = self._samples(sid, start, end - 1, receipt)
+            if not times:
+                return Trace([], [])
             return integrate_power(times, values, self.max_gap_ms,
                                    sign=-1.0 if device.role == "generation" else 1.0)
-        spec = CounterSpec(self.max_gap_ms,
-                           device.rated_power_kw if src.quantity and src.quantity.endswith(
-                               "_kwh") else None,
-                           device.counter_rollover)
-        return analyse_counter(times, values, spec)
+        spec, learn = self._spec(device, src.quantity or "")
+        if learn:
+            first_day = (start - CONTEXT_MS) - (start - CONTEXT_MS) % DAY_MS
+            times, values = self._samples(sid, first_day - LEARN_DAYS * DAY_MS,
+                                          end + CONTEXT_MS, receipt)
+            if not times:
+                return Trace([], [])
+            learned = learn_rates(times, values, self.max_gap_ms,
+                                  range(first_day, end + CONTEXT_MS + 1, DAY_MS))
+            spec = replace(spec, learned=learned)
+            i = max(0, bisect.bisect_left(times, start - CONTEXT_MS) - 1)
+            return analyse_counter(times[i:], values[i:], spec)
+        trace = Trace([], [])
+        for margin in (QUICK_MS, CONTEXT_MS):
+            times, values = self._samples(sid, start - margin, end + margin - 1, receipt)
+            if not times:
+                return Trace([], [])
+            trace = analyse_counter(times, values, spec)
+            # a value held at either edge may be a stale or dropout run whose end lies outside
+            if not trace.validated and values[0] != values[min(1, len(values) - 1)] \
+                    and values[-1] != values[-2 if len(values) > 1 else -1]:
+                break
+        return trace
 
-    def _profile_history(self, device: Device, start: int) -> list[tuple[int, float]]:
-        fuel = self._info(device).fuel
-        per_mwh = 1.0 / fuel.mwh_per_unit if fuel else 1000.0
-        return [(h, mwh * per_mwh) for h, mwh in self.store.execute(
-            "SELECT hour, mwh FROM rollups WHERE device = ? AND hour >= ? AND hour < ? "
-            "AND source = 'meter' AND coverage >= 0.99",
-            (device.name, start - PROFILE_DAYS * 86400_000, start))]
+    def _clean_hours(self, device: Device, src: Source, start: int, end: int,
+                     ) -> dict[int, float]:
+        """hour -> energy (counter units) of the hours in [start, end) metered whole, with
+        nothing set aside and no event: what like-day estimates are made of."""
+        if end <= start:
+            return {}
+        hes = hourly(self._trace(device, src, start, end), range(start, end, HOUR_MS))
+        return {he.hour: he.metered for he in hes if _clean(he)}
+
+    def validation_notes(self, start: int, end: int, device: str | None = None,
+                         ) -> dict[tuple[str, str, int], str]:
+        """(device, quantity, time ms) -> "kind: reason" for each counter reading in
+        [start, end) that the accounting sets aside (`readings export --validation`)."""
+        out: dict[tuple[str, str, int], str] = {}
+        for d in self.devices:
+            if device is not None and d.name != device:
+                continue
+            src = self._source(d)
+            if src.kind != "counter" or src.quantity is None:
+                continue
+            for f in self._trace(d, src, start, end).findings:
+                if start <= f.time_ms < end:
+                    out[(d.name, src.quantity, f.time_ms)] = f"{f.kind}: {f.reason}"
+        return out
 
     def statements(self, start: int | None = None, end: int | None = None) -> list[Statement]:
         accounts = self.accounts()
@@ -312,15 +373,16 @@ class Accountant:
             receipt[name] = {}
             trace = self._trace(device, src, a, b, receipt[name])
             traces[name] = trace
+            tail = open_tail(trace)
+            if tail is not None:
+                self.open_tails[name] = tail
             hes = hourly(trace, range(a, b, HOUR_MS))
             hour_energy[name] = hes
-            basis = ""
             if any(he.missing for he in hes):  # a profile is only needed to fill gaps
-                full = [(he.hour, he.metered) for he in hes
-                        if not he.missing and not he.interp_ms and not he.events]
-                prof, basis = make_profile(self._profile_history(device, a) + full, self.tz)
-                profiles[name] = prof
-            infos[name] = self._info(device, basis)
+                clean = self._clean_hours(device, src, a - LIKE_LOOKBACK_DAYS * DAY_MS, a)
+                clean.update((he.hour, he.metered) for he in hes if _clean(he))
+                profiles[name] = Profile(clean, self.calendar)
+            infos[name] = self._info(device)
         # a statement whose period has not ended cannot say what its missing hours drew
         filled = fill_missing(hour_energy, [st for st in statements if st.end_ms <= limit],
                               profiles)
@@ -329,12 +391,13 @@ class Accountant:
             if traces[name].power_integrated:
                 for f in fs:
                     f.power_integrated = True
-            built = build_rows(infos[name], fs, self.policy)
-            for row in built:
+            for row in build_rows(infos[name], fs, self.policy):
+                if "validation" in row.detail or "events" in row.detail:
+                    row.detail["rate_limit"] = traces[name].limit_basis
                 kind = receipt.get(name, {}).get(row.hour)
                 if kind is not None:
                     row.detail["times_from_receipt"] = kind
-            rows.extend(built)
+                rows.append(row)
         if not want:
             return RecomputeResult()
         result = RecomputeResult(ranges=merge(want.values()))
@@ -532,6 +595,12 @@ class Accountant:
         if position is not None and max_id > position:
             for name, a in self._late(position, max_id, start).items():
                 wanted[name].append((a, end))
+        # hours last computed while a device's latest samples were undecided (a dropout or a
+        # stale stretch not yet over) are computed again now that more samples are in
+        for name, t in (self.store.get_meta(META_OPEN) or {}).items():
+            if name in wanted:
+                wanted[name].append((max(floor_hour(t), start - MAX_REPAIR_MS), end))
+        self.open_tails = {}
         fp = self.fingerprint()
         old_fp = self.store.get_meta(META_FINGERPRINT)
         if old_fp is not None and old_fp != fp:
@@ -553,6 +622,7 @@ class Accountant:
         self.store.set_meta(META_POSITION, max_id)
         self.store.set_meta(META_DONE, end)
         self.store.set_meta(META_FINGERPRINT, fp)
+        self.store.set_meta(META_OPEN, self.open_tails)
         return result
 
     def _known_since(self) -> dict[str, int]:
@@ -746,6 +816,7 @@ class Accountant:
             rows=rows, findings=findings, certificates=certs, complete=now_ms >= end,
             acceptances=self.acceptances([st.id for st in statements]))
         report["flags"].extend(self.certificate_problems + self.config_problems)
+        report["validation"] = _validation_counts(rows)
         report["statements"] = [st.as_detail() for st in statements]
         report["replaced_statements"] = [
             {"id": i, "account": a, "period_start": iso(p0), "period_end": iso(p1), "kwh": kwh,
@@ -770,6 +841,26 @@ class Accountant:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _validation_counts(rows: Iterable[RollupRow]) -> dict[str, dict[str, Any]]:
+    """Per device: the counter samples set aside in the rows, by kind, and the rate limit
+    they were judged by."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        stretches = r.detail.get("validation")
+        if not stretches:
+            continue
+        got = out.setdefault(r.device, {"samples_set_aside": 0, "by_kind": {},
+                                        "rate_limit": r.detail.get("rate_limit")})
+        for s in stretches:
+            got["samples_set_aside"] += s["samples"]
+            got["by_kind"][s["kind"]] = got["by_kind"].get(s["kind"], 0) + s["samples"]
+    return dict(sorted(out.items()))
+
+
+def _clean(he: HourEnergy) -> bool:
+    return he.meter_ms == HOUR_MS and not he.missing and not he.events and not he.findings
 
 
 def _dumps(obj: Any) -> str:

@@ -12,7 +12,7 @@ field by field, and `config/*.example.yaml` files show them in use (parsed by th
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -274,6 +274,9 @@ class Device(Strict):
     # Accounting: used to tell a counter wrap or reset from real energy.
     rated_power_kw: float | None = Field(None, gt=0)
     counter_rollover: float | None = Field(None, gt=0)  # value at which the counter wraps to 0
+    # A fuel counter's most plausible advance per hour, in its own unit (m3/h, t/h); the
+    # rate limit of fuel counters as rated_power_kw is of kWh counters.
+    rated_flow: float | None = Field(None, gt=0)
     fuel: FuelParameters | None = None
 
     @field_validator("profile")
@@ -303,6 +306,9 @@ class Device(Strict):
                 raise ValueError("driver mqtt cannot have a `modbus:` section")
         if self.interval <= 0:
             raise ValueError("interval must be positive")
+        if self.rated_flow is not None and self.role != "fuel":
+            raise ValueError("rated_flow is a fuel counter's limit (role fuel); an electricity "
+                             "meter takes rated_power_kw")
         return self
 
 
@@ -497,6 +503,10 @@ class Accounting(Strict):
     max_factor_age: Annotated[AgeMonths, Field(ge=0, le=100 * 12)] = 36
     accounts: dict[str, list[str]] = Field(default_factory=dict)  # invoice account -> devices
     certificates: list[Certificate] = Field(default_factory=list)
+    # The plant's calendar for estimates from like days: local dates that are not working
+    # days (public holidays, shutdowns), and weekend dates that are (make-up working days).
+    holidays: list[date] = Field(default_factory=list)
+    working_days: list[date] = Field(default_factory=list)
 
     @field_validator("emission_factors")
     @classmethod

@@ -28,7 +28,7 @@ import itertools
 import math
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -341,18 +341,24 @@ class ExportProgress:
 
 
 def export_readings(store: Store, out: TextIO, start: datetime, end: datetime,
-                    device: str | None = None, progress: ExportProgress | None = None) -> int:
+                    device: str | None = None, progress: ExportProgress | None = None,
+                    notes: Mapping[tuple[str, str, int], str] | None = None) -> int:
     """Write readings with start <= time < end as CSV, ordered by time; returns the count.
-    A store that cannot be read part way raises StoreError; `progress` then says how far
-    the CSV got."""
+    Each row carries the reading's quality; with `notes` ((device, quantity, time ms) ->
+    text), a sixth column `validation` carries the note of each reading that has one (what
+    the accounting set aside, and why). A store that cannot be read part way raises
+    StoreError; `progress` then says how far the CSV got."""
     progress = progress if progress is not None else ExportProgress()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(EXPORT_HEADER)
+    writer.writerow(EXPORT_HEADER if notes is None else [*EXPORT_HEADER, "validation"])
     names = {int(q): q.name.lower() for q in Quality}
     try:
         for t, d, q, v, quality in store.readings_in(to_ms(start), to_ms(end), device=device):
             stamp = from_ms(t).isoformat(timespec="milliseconds")
-            writer.writerow((stamp, d, q, repr(v), names.get(quality, str(quality))))
+            row: tuple[str, ...] = (stamp, d, q, repr(v), names.get(quality, str(quality)))
+            if notes is not None:
+                row = (*row, notes.get((d, q, t), ""))
+            writer.writerow(row)
             progress.rows += 1
             progress.last_time = stamp
     except sqlite3.DatabaseError as exc:

@@ -802,8 +802,10 @@ class Store:
 
     def series_readings(self, series: int, first_ms: int, last_ms: int
                         ) -> list[tuple[int, float, int]]:
-        """`series_values` with each reading's quality: (time, value, quality)."""
-        return [(t, v, q) for t, _, v, q in self._series_stream(series, first_ms, last_ms + 1)]
+        """`series_values` with each reading's quality: (time, value, quality); readings held
+        for review are left out, as there."""
+        return [(t, v, q) for t, _, v, q in self._series_stream(series, first_ms, last_ms + 1)
+                if q != HELD]
 
     # --- insertion order: what sinks and the hourly job follow ----------------------------
 
