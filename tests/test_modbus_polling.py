@@ -109,7 +109,7 @@ async def test_an_illegal_address_block_does_not_stop_the_other_blocks(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="energyd")
     async with MeterSimulator(profile="eastron_sdm630", units=[1], framer="socket") as sim:
-        sim.unit(1).faults.exceptions[52] = 2  # active_power_kw, inside the 52..75 block
+        sim.unit(1).faults.exceptions[52] = 2  # active_power_kw, inside the one 0..75 read
         text = plant(tmp_path, sim.port, [1], transport="tcp", interval=0.25)
         async with Running(text) as run:
             await asyncio.sleep(1.6)
@@ -117,8 +117,8 @@ async def test_an_illegal_address_block_does_not_stop_the_other_blocks(
             polls = st.polls
             blocks = [str(b) for b in st.poller.blocks]
     assert polls >= 4
-    # the values of the refused read are read alone from now on; the first block stays merged
-    assert "fc4 52..53" in blocks and "fc4 0..17" in blocks
+    # the values of the refused read are read alone from now on (until the next re-probe)
+    assert "fc4 52..53" in blocks and "fc4 0..1" in blocks and len(blocks) == 16
     with Store.open(tmp_path / "energyd.db") as store:
         got = {q: len(list(store.query_readings(device="m1", quantity=q))) for q in (
             "voltage_l1_v", "active_power_l3_kw", "apparent_power_kva",
@@ -165,8 +165,8 @@ async def test_the_owner_reports_its_link_utilisation_and_warns_when_it_is_full(
     monkeypatch.setattr(polling, "BUSY_CHECK_EVERY", 0.2)
     async with MeterSimulator(profile="eastron_sdm630", units=[1, 2, 3], framer="rtu") as sim:
         for u in (1, 2, 3):
-            # two requests per poll: 0.24 s of bus per poll, three units every 0.5 s
-            sim.unit(u).faults.delay = 0.12
+            # one request per poll: 0.3 s of bus per poll, three units every 0.5 s
+            sim.unit(u).faults.delay = 0.3
         text = plant(tmp_path, sim.port, [1, 2, 3], interval=0.5, timeout=1.0)
         async with Running(text) as run:
             await asyncio.sleep(3.5)
