@@ -5,12 +5,18 @@
 The simulators run in a child process (20 Modbus TCP gateways on 127.0.0.1, 10 Eastron
 SDM630 units each). In this process:
 
-1. scheduled: the daemon's polling component (LinkOwner per gateway, the monotonic scheduler, the
-   SQLite store through the writer) polls all 200 meters every second for --duration s:
+0. requests per poll: for every built-in profile, the reads the planner makes against the
+   fewest its `readable:` ranges and the gap rule allow (found by trying every split);
+1. scheduled: the daemon's polling component (LinkOwner per gateway with its tick on the
+   monotonic clock, the SQLite store through the writer) polls all 200 meters every second
+   for --duration s: requests per poll against the fewest for the profile,
    polls/s achieved against the 200/s scheduled, lateness of each poll's first request
    against its slot (p50, p99, max), CPU seconds of this process per 1,000 polls, and this
    process's peak RSS (targets: p99 lateness < 100 ms, RSS < 150 MB); the CPU of the
    store's committer process (energyd.store.committer) is counted with this process's;
+   its CPU per poll is compared, at the end, with the CPU per request of the `energyd`
+   capacity run x requests per poll (target: at most 1.5 x: a scheduled poll costs about
+   what its requests cost at full speed);
 2. capacity, the same server for all three, each as fast as the server answers:
    - ceiling: the bare pymodbus client loop, one AsyncModbusTcpClient per gateway issuing
      the same reads (each meter's two planned blocks) back to back;
@@ -271,7 +277,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
         while time.perf_counter() < stop:
             for st in owner.states:
                 st.queued = True
-                st.slot = time.monotonic()
+                st.polled_slot = time.monotonic()
                 owner.enqueue(st)
             await owner._queue.join()
             await asyncio.sleep(0)  # the last unit's decoding, queued by the worker, runs

@@ -169,7 +169,8 @@ async def test_the_owner_reports_its_link_utilisation_and_warns_when_it_is_full(
             sim.unit(u).faults.delay = 0.3
         text = plant(tmp_path, sim.port, [1, 2, 3], interval=0.5, timeout=1.0)
         async with Running(text) as run:
-            await asyncio.sleep(3.5)
+            # the link's first slot comes within one interval (its phase)
+            await asyncio.sleep(4.0)
             owner = run.owner()
             full = owner.health()["utilisation"]
             busy_total = run.daemon.context.metrics.link_busy.labels(
@@ -186,3 +187,30 @@ async def test_the_owner_reports_its_link_utilisation_and_warns_when_it_is_full(
     assert len(warnings) == 1 and "of the last minute" in warnings[0], warnings
     assert any("busy" in r.getMessage() and "again" in r.getMessage()
                for r in caplog.records if r.levelno == logging.INFO)
+
+
+async def test_one_wake_up_per_tick_serves_every_unit_of_the_link_that_is_due(
+        tmp_path: Path) -> None:
+    async with MeterSimulator(profile="eastron_sdm630", units=[1, 2, 3, 4, 5],
+                              framer="socket") as sim:
+        text = plant(tmp_path, sim.port, [1, 2, 3, 4], transport="tcp", interval=0.25,
+                     timeout=1.0)
+        # a fifth unit on the same link every other tick
+        text += text.split("devices:\n")[1].split("  - name: m2")[0].replace(
+            "m1", "m5").replace("unit: 1", "unit: 5").replace("interval: 0.25", "interval: 0.5")
+        async with Running(text) as run:
+            owner = run.owner()
+            assert run.daemon.context is not None
+            assert not [j for j in run.daemon.context.scheduler.jobs if "m1" in j]
+            await asyncio.sleep(0.6)  # the first slot has come
+            ticks0, polls0 = owner.ticks, {st.device.name: st.polls for st in owner.states}
+            await asyncio.sleep(3.0)
+            ticks = owner.ticks - ticks0
+            polls = {st.device.name: st.polls - polls0[st.device.name] for st in owner.states}
+            late = sorted(owner.lateness)
+    assert 10 <= ticks <= 13, ticks  # 12 slots of 0.25 s, one wake-up each
+    for name in ("m1", "m2", "m3", "m4"):
+        assert ticks - 1 <= polls[name] <= ticks + 1, (name, polls, ticks)
+    assert ticks // 2 - 1 <= polls["m5"] <= ticks // 2 + 1, (polls, ticks)
+    # served back to back from the tick, each unit no later than the requests before it
+    assert late[len(late) // 2] < 0.05, late
