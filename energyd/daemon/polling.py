@@ -54,6 +54,10 @@ LATENESS_SAMPLES = 20_000  # per link: the recent polls, for /health and the ben
 UTILISATION_WINDOW = 60.0  # seconds
 BUSY_CHECK_EVERY = 10.0  # seconds between two looks at the utilisation, for the log
 BUSY_WARNING, BUSY_CLEAR = 0.9, 0.75  # utilisation that is logged, and that ends the warning
+# the phases a link's ticks take within an interval: links in one phase share a wake-up of
+# the process (their replies come in together), a few phases keep a server behind several
+# gateways from being asked by all at once
+LINK_PHASES = 4
 TICK_SLACK = 0.0005  # seconds: a slot this close to the tick is served by it
 HAND_OVER_EVERY = 64  # polls: a link that is never idle still hands its readings over
 
@@ -151,13 +155,12 @@ class LinkOwner:
         A unit's slots are the multiples of its interval on the monotonic clock, shifted by
         the link's phase, so the units of a link with one interval fall due at the same
         instant and are served by one wake-up, back to back, rather than each by a timer of
-        its own; the links of a plant are spread over the interval (stable per link), so
-        that a server behind several gateways is not asked by all at once. A step of the
-        wall clock moves none of them. Slots that a stalled event loop let pass are skipped
-        and counted as missed, never made up."""
+        its own; the links of a plant take one of LINK_PHASES phases (stable per link). A
+        step of the wall clock moves none of them. Slots that a stalled event loop let pass
+        are skipped and counted as missed, never made up."""
         now = time.monotonic()
         # one phase for the link, so that its units' slots coincide wherever they can
-        phase = (zlib.crc32(self.link_id.encode()) % 1000) / 1000.0 * min(
+        phase = (zlib.crc32(self.link_id.encode()) % LINK_PHASES) / LINK_PHASES * min(
             1.0, *(st.interval_wall for st in self.states))
         for st in self.states:
             st.slot = st.start = (math.ceil((now - phase) / st.interval_wall)
