@@ -151,7 +151,8 @@ async def test_devices_bending_the_spec(tmp_path: Path) -> None:
         requests = sim.requests
     assert st.polls >= 2 and st.errors == 0
     assert len(st.poller.blocks) == 16
-    assert requests == 16 * st.polls
+    # every poll read each value alone; a poll under way when the daemon stopped was cut short
+    assert 16 * st.polls <= requests < 16 * (st.polls + 1), (requests, st.polls)
     with Store.open(tmp_path / "e.db") as store:
         rows = list(store.query_readings(device="pac", quantity="active_energy_import_kwh"))
     assert len(rows) == st.polls
