@@ -215,3 +215,17 @@ async def test_one_wake_up_per_tick_serves_every_unit_of_the_link_that_is_due(
     assert ticks // 2 - 1 <= polls["m5"] <= ticks // 2 + 1, (polls, ticks)
     # served back to back from the tick, each unit no later than the requests before it
     assert late[len(late) // 2] < 0.05, late
+
+
+async def test_a_long_interval_still_polls_within_a_second_of_the_start(tmp_path: Path) -> None:
+    async with MeterSimulator(profile="eastron_sdm630", units=[1, 2], framer="socket") as sim:
+        text = plant(tmp_path, sim.port, [1], transport="tcp", interval=900, timeout=1.0)
+        text += text.split("devices:\n")[1].replace("m1", "m2").replace(
+            "unit: 1", "unit: 2").replace("interval: 900", "interval: 0.25")
+        async with Running(text) as run:
+            await asyncio.sleep(1.5)
+            slow, fast = run.state("m1"), run.state("m2")
+            assert slow.polls == 1, slow.polls  # its first slot, not one 900 s away
+            assert fast.polls >= 2
+            # both started at one tick: the slow unit's slot was a tick of the fast one
+            assert slow.start == fast.start

@@ -152,19 +152,19 @@ class LinkOwner:
     async def _ticks(self) -> None:
         """One wake-up per tick of the link, queuing every unit due by then.
 
-        A unit's slots are the multiples of its interval on the monotonic clock, shifted by
-        the link's phase, so the units of a link with one interval fall due at the same
-        instant and are served by one wake-up, back to back, rather than each by a timer of
-        its own; the links of a plant take one of LINK_PHASES phases (stable per link). A
-        step of the wall clock moves none of them. Slots that a stalled event loop let pass
-        are skipped and counted as missed, never made up."""
+        Every unit of the link starts at one instant, within a second (or the shortest
+        interval) of the start, and then falls due every interval: units with one interval
+        fall due together and are served by one wake-up, back to back, rather than each by
+        a timer of its own. The first instant is on a grid of the monotonic clock shifted by
+        one of LINK_PHASES phases (stable per link), so links started together share their
+        ticks by phase. A step of the wall clock moves none of them. Slots that a stalled
+        event loop let pass are skipped and counted as missed, never made up."""
         now = time.monotonic()
-        # one phase for the link, so that its units' slots coincide wherever they can
-        phase = (zlib.crc32(self.link_id.encode()) % LINK_PHASES) / LINK_PHASES * min(
-            1.0, *(st.interval_wall for st in self.states))
+        grid = min(1.0, *(st.interval_wall for st in self.states))
+        phase = (zlib.crc32(self.link_id.encode()) % LINK_PHASES) / LINK_PHASES * grid
+        first = math.ceil((now - phase) / grid) * grid + phase
         for st in self.states:
-            st.slot = st.start = (math.ceil((now - phase) / st.interval_wall)
-                                  * st.interval_wall + phase)
+            st.slot = st.start = first
         while True:
             tick = min(st.slot for st in self.states)
             await asyncio.sleep(max(0.0, tick - time.monotonic()))
@@ -218,11 +218,15 @@ class LinkOwner:
         readings, self._readings = self._readings, []
         polled, self._polled = self._polled, []
         writer = self.ctx.writer
-        if readings:
-            writer.submit(readings)
-        for device, when_ms, error in polled:
-            writer.record_poll(device, when_ms, error)
-        self._check_busy()
+        try:
+            if readings:
+                writer.submit(readings)
+            for device, when_ms, error in polled:
+                writer.record_poll(device, when_ms, error)
+            self._check_busy()
+        except Exception:
+            log.exception("%s: handing %d readings of %d polls to the store failed", self.name,
+                          len(readings), len(polled))
 
     def _finish_safely(self, st: DeviceState, result: PollResult) -> None:
         try:
