@@ -223,3 +223,60 @@ def test_block_decoding_matches_value_by_value_decoding(order: str) -> None:
         start = s.address - block.address
         assert got[s.quantity] == decode(words[start:start + s.count], s.type, s.order,
                                          s.scale, s.offset), s
+
+
+def test_planner_reads_a_readable_range_whole_and_never_across_its_edge() -> None:
+    specs = [spec("voltage_l1_v", 0), spec("voltage_l2_v", 2), spec("active_power_kw", 52),
+             spec("frequency_hz", 70), spec("active_energy_import_kwh", 130),
+             spec("active_energy_export_kwh", 134), spec("current_l1_a", 300),
+             spec("current_l2_a", 304)]
+    readable = {4: ((0, 75), (76, 200))}
+    blocks = plan(specs, readable=readable)
+    # 0..75 in one read whatever the gaps; 130..135 is in the next range, so not merged with
+    # 70 although they are as close as the gap allows elsewhere; 300.. outside: the gap rule
+    assert [(b.address, b.count) for b in blocks] == [(0, 72), (130, 6), (300, 6)]
+    # the protocol's limit still holds inside a range, with the fewest reads it allows
+    wide = [spec(f"q{i}", i * 10) for i in range(20)]  # values at 0, 10, .. 190
+    blocks = plan(wide, readable={4: ((0, 199),)})
+    assert [(b.address, b.count) for b in blocks] == [(0, 122), (130, 62)]
+    # isolated values and single-register devices still read alone
+    assert len(plan(specs[:4], readable=readable, single=True)) == 4
+    assert [(b.address, b.count) for b in plan(specs[:4], readable=readable,
+                                                isolated={(4, 52)})] == [
+        (0, 4), (52, 2), (70, 2)]
+
+
+def test_builtin_profiles_state_ranges_the_planner_reads_whole() -> None:
+    sdm = load_profile("eastron_sdm630")
+    assert sdm.readable == {4: ((0, 75),)}
+    assert [(b.address, b.count) for b in plan(sdm.registers, readable=sdm.readable)] == [
+        (0, 76)]
+    umg = load_profile("janitza_umg96")
+    assert [(b.address, b.count) for b in plan(umg.registers, readable=umg.readable)] == [
+        (19000, 78)]
+
+
+def test_readable_ranges_are_checked_with_their_line(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        "source: a manual\nbase: 1\nregisters:\n  voltage_l1_v: {address: 1}\n"
+        "readable:\n  - {from: 1, to: 40}\n  - {from: 30, to: 50}\n  - {from: 9, to: 3}\n"
+        "  - {from: 60, upto: 70}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        load_profile(str(tmp_path / "m.yaml"))
+    text = str(exc.value)
+    assert ":9: readable[3].upto: unknown key" in text, text
+    (tmp_path / "m.yaml").write_text(
+        "source: a manual\nbase: 1\nregisters:\n  voltage_l1_v: {address: 1}\n"
+        "readable:\n  - {from: 1, to: 40}\n  - {from: 30, to: 50}\n  - {from: 9, to: 3}\n",
+        encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        load_profile(str(tmp_path / "m.yaml"))
+    text = str(exc.value)
+    assert "readable range from 9 to 3 with base 1 is empty" in text, text
+    assert "overlap at wire address 29" in text, text
+    (tmp_path / "m.yaml").write_text(
+        "source: a manual\nbase: 1\nfunction: 4\nregisters:\n  voltage_l1_v: {address: 1}\n"
+        "readable:\n  - {from: 1, to: 40}\n  - {from: 100, to: 120, function: 3}\n",
+        encoding="utf-8")
+    assert load_profile(str(tmp_path / "m.yaml")).readable == {4: ((0, 39),),
+                                                               3: ((99, 119),)}

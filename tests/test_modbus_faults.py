@@ -9,6 +9,7 @@ The meters are energyd's simulator, over real sockets, with its fault switches: 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -45,7 +46,8 @@ async def test_a_garbled_reply_is_a_device_error_at_the_driver_edge(framer: str,
 
 
 async def test_a_garbled_reply_fails_one_poll_and_leaves_the_read_plan_alone() -> None:
-    profile = load_profile("eastron_sdm630")
+    # without its readable range the SDM630 is read in two blocks: one garbled, one not
+    profile = dataclasses.replace(load_profile("eastron_sdm630"), readable={})
     poller = DevicePoller("m1", 1, profile, timeout=1.0)
     plan = [str(b) for b in poller.blocks]
     assert any(b.count > 2 for b in poller.blocks)  # merged reads, as planned

@@ -8,6 +8,7 @@ simulator's clock stands still, so the values it holds are the values it served.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -341,3 +342,35 @@ async def test_retries_and_busy_replies() -> None:
         with pytest.raises(DeviceRefused):
             await link.read(4, 0, 2, unit=1, timeout=0.5, retries=2)
         assert sim.unit(1).requests - before == 1
+
+
+async def test_the_simulator_refuses_a_read_across_a_readable_range_and_the_planner_avoids_it(
+        gateway) -> None:
+    sim, settings, clock = gateway
+    unit = 1 + builtin_names().index("eastron_sdm630")
+    profile = load_profile("eastron_sdm630")
+    async with ModbusLink(settings) as link:
+        poller = DevicePoller("sdm", unit, profile, timeout=1.0, clock=clock)
+        requests = sim.requests
+        result = await poller.poll(link)
+        assert result.failures == [] and len(result.readings) == len(profile.registers)
+        assert sim.requests - requests == 1  # the whole range in one read
+        # a device that answered only 0..51 whole: the planner keeps to it, and the
+        # simulator refuses what crosses its edge
+        narrow = dataclasses.replace(profile, readable={4: ((0, 51), (52, 75))})
+        sim.unit(unit).profile = narrow
+        try:
+            crossing = DevicePoller("sdm", unit, dataclasses.replace(profile, readable={}),
+                                    timeout=1.0, clock=clock, max_gap=40)
+            requests = sim.requests
+            await crossing.poll(link)
+            # refused as a whole, then every value read alone (and kept apart for an hour)
+            assert len(crossing.isolated) == len(profile.registers)
+            assert sim.requests - requests == 1 + len(profile.registers)
+            kept = DevicePoller("sdm", unit, narrow, timeout=1.0, clock=clock)
+            requests = sim.requests
+            ok = await kept.poll(link)
+            assert ok.failures == [] and len(ok.readings) == len(profile.registers)
+            assert sim.requests - requests == 2
+        finally:
+            sim.unit(unit).profile = profile

@@ -17,6 +17,9 @@ such a file and giving its path as the device's `profile:`, no code involved.
       voltage_l1_v: {address: 0}
       active_power_kw: {address: 52, scale: 0.001}     # the meter says W, energyd keeps kW
       power_factor: {address: 3083, decode: four_quadrant_pf}
+    readable:                            # optional: ranges the meter answers whole
+      - {from: 0, to: 75}                # first and last register, numbered like `address`;
+                                         # `function:` defaults to the profile's
     notes: |
       what is unknown or disputed about this map
 
@@ -24,12 +27,20 @@ Per register: `address` (required), `function`, `type`, `order`, `scale`, `offse
 raw x scale + offset), `decode` (`four_quadrant_pf`: Schneider's -2..+2 power factor code).
 A device's inline `registers:` (the generic profile) are wire addresses; given together with
 a `profile:` they add to it and win for the same quantity.
+
+`readable:` states the register ranges a device answers in one read whatever lies between its
+values (its register list has no holes there, or it answers holes with filler). The planner
+then reads such a range in as few requests as the protocol's 125 registers allow, however far
+apart the values are, and never merges across a range's edge. Without `readable:` for a
+function code the planner only reads across gaps of `max_gap` registers (the device option).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -81,6 +92,14 @@ class _RegisterEntry(_Strict):
     decode: Literal["four_quadrant_pf"] | None = None
 
 
+class _Readable(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    first: int = Field(alias="from", ge=0, le=65535)
+    last: int = Field(alias="to", ge=0, le=65535)
+    function: ReadFunction | None = None
+
+
 class _ProfileFile(_Strict):
     name: str | None = None
     manufacturer: str = ""
@@ -92,6 +111,7 @@ class _ProfileFile(_Strict):
     order: Order = "ABCD"
     registers: dict[Annotated[str, AfterValidator(_quantity)], _RegisterEntry] = \
         Field(min_length=1)
+    readable: list[_Readable] = Field(default_factory=list)
     notes: str = ""
 
 
@@ -129,6 +149,9 @@ class Profile:
     base: int = 0
     notes: str = ""
     path: Path | None = None
+    # function code -> (first, last) wire addresses of the ranges the device answers whole
+    readable: Mapping[int, tuple[tuple[int, int], ...]] = field(default_factory=dict,
+                                                                 hash=False)
 
     def register(self, quantity: str) -> RegisterSpec:
         for spec in self.registers:
@@ -142,7 +165,8 @@ class Profile:
         mine = {s.quantity: s for s in self.registers}
         mine.update({s.quantity: s for s in extra})
         return Profile(name or self.name, self.source, tuple(mine.values()), self.manufacturer,
-                       self.model, self.function, self.base, self.notes, self.path)
+                       self.model, self.function, self.base, self.notes, self.path,
+                       self.readable)
 
 
 def builtin_names() -> list[str]:
@@ -221,11 +245,30 @@ def _load_file(path_text: str, _stamp: int = 0) -> Profile:
                                     f"address {entry.address} with base {data.base} is "
                                     f"outside the register space"))
         specs.append(spec)
+    readable: dict[int, list[tuple[int, int]]] = {}
+    for i, entry in enumerate(data.readable):
+        first, last = entry.first - data.base, entry.last - data.base
+        if first < 0 or last < first:
+            line, where = _locate(tree, ("readable", i))
+            problems.append(Problem(path_text, line, where,
+                                    f"readable range from {entry.first} to {entry.last} with "
+                                    f"base {data.base} is empty or outside the register space"))
+            continue
+        readable.setdefault(entry.function or data.function, []).append((first, last))
+    for function, ranges in readable.items():
+        ranges.sort()
+        for (_, last), (first, _) in itertools.pairwise(ranges):
+            if first <= last:
+                line, where = _locate(tree, ("readable",))
+                problems.append(Problem(path_text, line, where,
+                                        f"readable ranges of function {function} overlap at "
+                                        f"wire address {first}"))
     if problems:
         raise ConfigError(problems)
     return Profile(name=data.name or path.stem, source=data.source, registers=tuple(specs),
                    manufacturer=data.manufacturer, model=data.model, function=data.function,
-                   base=data.base, notes=data.notes, path=path)
+                   base=data.base, notes=data.notes, path=path,
+                   readable={f: tuple(r) for f, r in readable.items()})
 
 
 def check_profile_ref(ref: str, base_dir: Path | None) -> str:

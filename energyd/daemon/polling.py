@@ -1,10 +1,11 @@
 """Modbus acquisition: one owner per physical link (serial port or gateway host:port).
 
 Every enabled Modbus device is grouped by `ModbusOptions.link`; each group gets a
-`LinkOwner` holding the link's one connection. Each device is scheduled at its own interval
-on ctx.scheduler; a due device is queued and the owner's worker reads the queue one device
-at a time, so the units of a bus never talk over each other while different links poll
-concurrently.
+`LinkOwner` holding the link's one connection. The owner keeps its units' slots itself, on
+the monotonic clock: one wake-up per tick queues every unit due then (not a timer per
+device: on a small gateway the wake-ups cost more than the polls), and the owner's worker
+reads the queue one device at a time, so the units of a bus never talk over each other while
+different links poll concurrently. What a tick's polls read goes to the store in one call.
 
 A failure stays with its unit:
 - an exception reply isolates the refused registers (drivers/planner.py); the device's other
@@ -53,6 +54,12 @@ LATENESS_SAMPLES = 20_000  # per link: the recent polls, for /health and the ben
 UTILISATION_WINDOW = 60.0  # seconds
 BUSY_CHECK_EVERY = 10.0  # seconds between two looks at the utilisation, for the log
 BUSY_WARNING, BUSY_CLEAR = 0.9, 0.75  # utilisation that is logged, and that ends the warning
+# the phases a link's ticks take within an interval: links in one phase share a wake-up of
+# the process (their replies come in together), a few phases keep a server behind several
+# gateways from being asked by all at once
+LINK_PHASES = 4
+TICK_SLACK = 0.0005  # seconds: a slot this close to the tick is served by it
+HAND_OVER_EVERY = 64  # polls: a link that is never idle still hands its readings over
 
 
 @dataclass
@@ -62,7 +69,8 @@ class DeviceState:
     interval_wall: float
     start: float = 0.0  # time.monotonic() of the first slot
     queued: bool = False
-    slot: float = 0.0  # monotonic time of the slot the queued poll belongs to
+    slot: float = 0.0  # monotonic time of the unit's next slot
+    polled_slot: float = 0.0  # monotonic time of the slot the queued poll belongs to
     not_before: float = 0.0  # monotonic; backing off until then
     backoff: float = 0.0  # current backoff in wall seconds
     failing: str | None = None  # reason while in failure
@@ -101,6 +109,7 @@ class LinkOwner:
         ]
         self.lateness: deque[float] = deque(maxlen=LATENESS_SAMPLES)
         self.polls = 0
+        self.ticks = 0  # wake-ups of the link's schedule
         # (failing, order, state): healthy units first, each kind in the order it fell due
         self._queue: asyncio.PriorityQueue[tuple[bool, int, DeviceState]] = (
             asyncio.PriorityQueue())
@@ -110,51 +119,76 @@ class LinkOwner:
         self._stopping = False
         self._busy: deque[tuple[float, float]] = deque()  # (end, seconds) of recent polls
         self._busy_since = time.monotonic()
+        self._reading_since: float | None = None  # monotonic start of the poll on the wire
         self._busy_checked = self._busy_since
         self._busy_warned = False
         self._busy_metric = ctx.metrics.link_busy.labels(link)
+        # decoded, not yet handed to the store: the readings, and (device, ms, error) per poll
+        self._readings: list[Any] = []
+        self._polled: list[tuple[str, int, str | None]] = []
 
     async def run(self) -> None:
         async with ModbusLink(self.settings) as link:
             self._link = link
             worker = asyncio.create_task(self._worker(), name=f"{self.name}.worker")
-            for st in self.states:
-                # spread the units of a bus over the interval (stable per device name)
-                frac = (zlib.crc32(st.device.name.encode()) % 1000) / 1000.0
-                first = min(st.interval_wall, 1.0) * frac
-                st.start = time.monotonic() + first
-                self.ctx.scheduler.every(st.device.interval, self._due_job(st),
-                                         name=f"poll:{st.device.name}", first_delay=first)
+            ticks = asyncio.create_task(self._ticks(), name=f"{self.name}.ticks")
             self.ctx.health[self.name] = self.health
             try:
                 await asyncio.Event().wait()
             finally:
                 self._stopping = True
+                ticks.cancel()
                 # pymodbus can swallow a cancellation that lands inside a request: insist
                 while not worker.done():
                     worker.cancel()
                     await asyncio.wait([worker], timeout=0.2)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
+                for task in (worker, ticks):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await asyncio.sleep(0)  # the last poll's decoding, queued by the worker
+                self._hand_over()
                 self.ctx.health.pop(self.name, None)
 
-    def _due_job(self, st: DeviceState) -> Any:
-        async def due() -> None:
-            self.due(st)
+    async def _ticks(self) -> None:
+        """One wake-up per tick of the link, queuing every unit due by then.
 
-        return due
-
-    def due(self, st: DeviceState) -> None:
+        Every unit of the link starts at one instant, within a second (or the shortest
+        interval) of the start, and then falls due every interval: units with one interval
+        fall due together and are served by one wake-up, back to back, rather than each by
+        a timer of its own. The first instant is on a grid of the monotonic clock shifted by
+        one of LINK_PHASES phases (stable per link), so links started together share their
+        ticks by phase. A step of the wall clock moves none of them. Slots that a stalled
+        event loop let pass are skipped and counted as missed, never made up."""
         now = time.monotonic()
-        k = math.floor((now - st.start) / st.interval_wall + 0.01)
-        slot = st.start + max(k, 0) * st.interval_wall
+        grid = min(1.0, *(st.interval_wall for st in self.states))
+        phase = (zlib.crc32(self.link_id.encode()) % LINK_PHASES) / LINK_PHASES * grid
+        first = math.ceil((now - phase) / grid) * grid + phase
+        for st in self.states:
+            st.slot = st.start = first
+        while True:
+            tick = min(st.slot for st in self.states)
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
+            self.ticks += 1
+            now = time.monotonic()
+            for st in self.states:
+                if st.slot > now + TICK_SLACK:
+                    continue
+                slot = st.slot
+                passed = math.floor((now - slot) / st.interval_wall)  # whole slots gone by
+                if passed > 0:
+                    st.missed += passed
+                    slot += passed * st.interval_wall
+                self.due(st, slot)
+                st.slot = slot + st.interval_wall
+
+    def due(self, st: DeviceState, slot: float) -> None:
         if st.queued:
             st.missed += 1
             return
         if time.monotonic() < st.not_before:
             st.skipped += 1
             return
-        st.slot = slot
+        st.polled_slot = slot
         self.enqueue(st)
 
     def enqueue(self, st: DeviceState) -> None:
@@ -171,11 +205,28 @@ class LinkOwner:
             except Exception:  # a bug in one poll must not end the bus
                 log.exception("%s: poll of %s failed", self.name, st.device.name)
                 st.queued = False
-                continue
+            else:
+                # decoding runs while the next unit's request is on the wire
+                loop.call_soon(self._finish_safely, st, result)
             finally:
                 self._queue.task_done()
-            # decoding and storing run while the next unit's request is on the wire
-            loop.call_soon(self._finish_safely, st, result)
+            if self._queue.empty() or len(self._polled) >= HAND_OVER_EVERY:
+                # the tick's units are read: the store gets what they gave in one call
+                loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        readings, self._readings = self._readings, []
+        polled, self._polled = self._polled, []
+        writer = self.ctx.writer
+        try:
+            if readings:
+                writer.submit(readings)
+            for device, when_ms, error in polled:
+                writer.record_poll(device, when_ms, error)
+            self._check_busy()
+        except Exception:
+            log.exception("%s: handing %d readings of %d polls to the store failed", self.name,
+                          len(readings), len(polled))
 
     def _finish_safely(self, st: DeviceState, result: PollResult) -> None:
         try:
@@ -188,18 +239,19 @@ class LinkOwner:
     async def read(self, st: DeviceState) -> PollResult:
         assert self._link is not None
         link = self._link
-        late = max(0.0, time.monotonic() - st.slot)
+        late = max(0.0, time.monotonic() - st.polled_slot)
         self.lateness.append(late)
         st.lateness.append(late)
         opts = st.device.modbus
         assert opts is not None
-        started = time.monotonic()
+        started = self._reading_since = time.monotonic()
         try:
             return await st.poller.read(link)  # failures come back per block, not raised
         finally:
             if opts.close_after_poll:
                 link.close()
             ended = time.monotonic()
+            self._reading_since = None
             self._busy.append((ended, ended - started))
             self._busy_metric.inc(ended - started)
 
@@ -211,8 +263,11 @@ class LinkOwner:
         busy = self._busy
         while busy and busy[0][0] <= horizon:
             busy.popleft()
-        # a poll that began before the window counts only for its part inside it
+        # a poll that began before the window counts only for its part inside it, and so
+        # does the one on the wire now
         seconds = sum(min(d, end - horizon) for end, d in busy)
+        if self._reading_since is not None:
+            seconds += now - max(self._reading_since, horizon)
         return min(1.0, seconds / max(min(UTILISATION_WINDOW, now - self._busy_since), 1e-9))
 
     def _check_busy(self) -> None:
@@ -234,16 +289,16 @@ class LinkOwner:
                      share * 100)
 
     def finish(self, st: DeviceState, result: PollResult) -> None:
-        """Decode, hand the readings to the store, count, log changes of state."""
-        self._check_busy()
+        """Decode, keep the readings for the store (handed over once the tick's units are
+        read, `_hand_over`), count, log changes of state."""
         st.poller.decode(result)
         device = st.device
         self.polls += 1
         st.polls += 1
         when_ms = to_ms(self.ctx.clock.now())
         if result.readings:
-            self.ctx.writer.submit(self.ctx.stamped(result.readings))
-        self.ctx.writer.record_poll(device.name, when_ms, result.error)
+            self._readings += self.ctx.stamped(result.readings)
+        self._polled.append((device.name, when_ms, result.error))
         if st.polls_metric is None:
             st.polls_metric = self.ctx.metrics.polls.labels(device.name)
         st.polls_metric.inc()
@@ -290,6 +345,7 @@ class LinkOwner:
         return {
             "link": self.link_id,
             "polls": self.polls,
+            "ticks": self.ticks,
             "utilisation": round(self.utilisation(), 3),
             "devices": {
                 st.device.name: {

@@ -376,7 +376,8 @@ class DevicePoller:
 
     def _plan(self) -> list[Block]:
         return plan(self.profile.registers, max_registers=self.max_registers,
-                    max_gap=self.max_gap, single=self.single, isolated=self.isolated)
+                    max_gap=self.max_gap, single=self.single, isolated=self.isolated,
+                    readable=self.profile.readable)
 
     async def poll(self, link: ModbusLink) -> PollResult:
         """Read every block and decode it."""

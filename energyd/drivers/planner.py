@@ -2,9 +2,12 @@
 
 Registers of one function code are sorted by address and merged while the read stays
 within `max_registers` (125, the protocol's limit for registers; 2000 for bits) and the
-unused stretch between two values is at most `max_gap` registers. A value is never split
+unused stretch between two values is at most `max_gap` registers. Where the profile states
+ranges the device answers whole (`readable:`), values inside one range are merged whatever
+the stretch between them, and a read never crosses a range's edge. A value is never split
 across two reads, so a read never starts inside a value (meters such as the Siemens PAC
-refuse that).
+refuse that). Filling each read as far as it goes, in address order, gives the fewest reads
+these rules allow (a later start never lets a read reach further).
 
 A register the device refuses (an exception reply to the read holding it) is *isolated*:
 from then on it is read alone, so it can never take its neighbours down with it again.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,29 +166,42 @@ def key(spec: RegisterSpec) -> tuple[int, int]:
     return (spec.function, spec.address)
 
 
+def _range_of(spec: RegisterSpec, ranges: tuple[tuple[int, int], ...]) -> int | None:
+    """Index of the readable range holding the whole value, or None."""
+    for i, (first, last) in enumerate(ranges):
+        if first <= spec.address and spec.address + spec.count - 1 <= last:
+            return i
+    return None
+
+
 def plan(specs: Iterable[RegisterSpec], *, max_registers: int = 125, max_gap: int = 10,
-         single: bool = False, isolated: AbstractSet[tuple[int, int]] = frozenset()
-         ) -> list[Block]:
+         single: bool = False, isolated: AbstractSet[tuple[int, int]] = frozenset(),
+         readable: Mapping[int, tuple[tuple[int, int], ...]] | None = None) -> list[Block]:
     by_function: dict[int, list[RegisterSpec]] = {}
     for spec in specs:
         by_function.setdefault(spec.function, []).append(spec)
     blocks: list[Block] = []
     for function in sorted(by_function):
         limit = MAX_BITS if function in (1, 2) else max_registers
+        ranges = (readable or {}).get(function, ())
         ordered = sorted(by_function[function], key=lambda s: (s.address, s.count))
         current: list[RegisterSpec] = []
         start = end = 0
+        region: int | None = None
         for spec in ordered:
             alone = single or key(spec) in isolated or spec.count > limit
+            where = _range_of(spec, ranges) if ranges else None
             if current and not alone and key(current[0]) not in isolated and not single:
                 new_end = max(end, spec.address + spec.count)
-                if spec.address - end <= max_gap and new_end - start <= limit:
+                near = where is not None or spec.address - end <= max_gap
+                if where == region and near and new_end - start <= limit:
                     current.append(spec)
                     end = new_end
                     continue
             if current:
                 blocks.append(Block(function, start, end - start, tuple(current)))
             current, start, end = [spec], spec.address, spec.address + spec.count
+            region = where
         if current:
             blocks.append(Block(function, start, end - start, tuple(current)))
     return blocks

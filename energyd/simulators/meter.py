@@ -241,6 +241,11 @@ class SimulatedMeter:
         end = address + count
         if address < lo or end > hi:
             return ExcCodes.ILLEGAL_ADDRESS
+        # a range the profile says is answered whole is answered only whole: a read across
+        # its edge is refused, as a meter whose register list stops there would
+        for first, last in self.profile.readable.get(function, ()):
+            if address <= last and end > first and (address < first or end - 1 > last):
+                return ExcCodes.ILLEGAL_ADDRESS
         for wire, code in self.faults.exceptions.items():
             if address <= wire < end:
                 return ExcCodes(code)
