@@ -20,9 +20,12 @@ from energyd.store import Store
 
 async def test_a_poll_of_several_blocks_is_one_point_with_every_field(
         tmp_path: Path, influxdb: InfluxDBServer, influxdb_database: str) -> None:
-    sim = await MeterSimulator(units=[1, 2]).start()
+    # a profile the meter answers in several requests (its registers lie in separate ranges)
+    profile = "chint_dtsu666"
+    sim = await MeterSimulator(profile=profile, units=[1, 2]).start()
     try:
-        text = plant(tmp_path, sim.port, [1, 2], transport="tcp", interval=0.2) + (
+        text = plant(tmp_path, sim.port, [1, 2], transport="tcp", interval=0.2,
+                     profile=profile) + (
             f"influxdb: {{api: v1, url: '{influxdb.url}', database: {influxdb_database}}}\n")
         config = parse_config(text, "plant.yaml")
         device = config.devices[0]
