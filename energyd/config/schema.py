@@ -18,8 +18,6 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -29,67 +27,22 @@ from pydantic import (
 )
 
 from energyd.config.hours import ProductionHours
-from energyd.config.secrets import check_http_url, check_secret_file, read_secret
-from energyd.config.units import AgeMonths, Duration, Size, size_within, within
-from energyd.model import QUANTITIES, ROLES
-
-Role = Literal["grid_import", "submeter", "generation", "compressor", "fuel"]
-assert set(ROLES) == set(Role.__args__)  # type: ignore[attr-defined]
-
-
-class Strict(BaseModel):
-    # NaN and infinity are never a sane setting: `scale: .inf` would poison every reading
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class ProblemsAt(ValueError):
-    """Problems a model-level check finds, each at the path (below the model) of the value
-    to fix, so the loader reports the line of a duplicate or unknown name, not the line of
-    the section that holds it."""
-
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
-        self.problems = problems
-        super().__init__("; ".join(message for _, message in problems))
-
-
-def _duplicates(names: list[str], what: str, key: str = "name"
-                ) -> list[tuple[tuple[str | int, ...], str]]:
-    first: dict[str, int] = {}
-    found: list[tuple[tuple[str | int, ...], str]] = []
-    for i, name in enumerate(names):
-        if name in first:
-            found.append(((i, key), f"{what} {name!r} is already used by entry "
-                                    f"{first[name] + 1}: {what}s must be unique"))
-        else:
-            first[name] = i
-    return found
-
-
-def _base_dir(info: ValidationInfo) -> Path | None:
-    return (info.context or {}).get("base_dir")
-
-
-def _path(v: Any) -> Any:
-    """A path the system can take: the OS would refuse these with an error, not a message."""
-    if v is None:
-        return v
-    text = str(v)
-    if "\x00" in text:
-        raise ValueError("a path cannot hold a NUL character")
-    if len(text) > 4095 or any(len(part) > 255 for part in text.split("/")):
-        raise ValueError(f"path {text[:40]!r}... is longer than the system allows")
-    return v
-
-
-def _secret_file(cls: type, v: str | None, info: ValidationInfo) -> str | None:
-    return check_secret_file(_path(v), _base_dir(info))
-
-
-def _check_quantity(name: str) -> str:
-    if name not in QUANTITIES:
-        raise ValueError(f"unknown quantity {name!r} (see the quantity vocabulary in DESIGN.md)")
-    return name
-
+from energyd.config.secrets import check_http_url, read_secret
+from energyd.config.types import (
+    AgeMonths,
+    Duration,
+    ProblemsAt,
+    Role,
+    Size,
+    Strict,
+    size_within,
+    within,
+)
+from energyd.config.types import base_dir as _base_dir
+from energyd.config.types import check_quantity as _check_quantity
+from energyd.config.types import duplicates as _duplicates
+from energyd.config.types import path_value as _path
+from energyd.config.types import secret_file as _secret_file
 
 # --- site and storage --------------------------------------------------------------------
 
