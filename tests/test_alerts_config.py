@@ -49,6 +49,17 @@ def test_the_documented_example_parses(tmp_path, monkeypatch):
     ("    - {name: a, type: spike, devices: [nowhere]}", 9,
      "alerts.rules[0].devices[0]: alerts rule 'a': unknown device 'nowhere'"),
     ("    - {name: a, type: spike, quantity: power_kw}", 9, "unknown quantity 'power_kw'"),
+    # each type takes only its own keys
+    ("    - {name: a, type: spike, limit: 5}", 9, "alerts.rules[0].limit: unknown key"),
+    ("    - {name: a, type: threshold, limit: 5, factor: 2}", 9,
+     "alerts.rules[0].factor: unknown key"),
+    ("    - {name: a, type: stale, aggregate: true}", 9, "alerts.rules[0].aggregate: unknown key"),
+    ("    - {name: a, type: sp1ke}", 9,
+     "alerts.rules[0].type: Input should be 'spike', 'threshold', 'off_shift', 'stale', "
+     "'reconciliation' or 'backlog'"),
+    ("    - {name: a}", 9, "alerts.rules[0].type: Field required"),
+    ("    - {name: a, type: backlog, devices: [incomer-1], role: submeter}", 9,
+     "alerts.rules[0]: give devices or role, not both"),
 ])
 def test_bad_rules_are_refused_with_their_line(rules, line, message):
     with pytest.raises(ConfigError) as err:

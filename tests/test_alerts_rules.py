@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from energyd.alerts import rules as R
-from energyd.alerts.rules import Level
+from energyd.alerts.rules import conditions as R
+from energyd.alerts.rules.conditions import Level
 from energyd.model import to_ms
 
 H = R.HOUR_MS

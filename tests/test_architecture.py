@@ -32,6 +32,12 @@ ALLOWED: dict[str, set[str]] = {
     "alerts": BASE | {"config", "store", "accounting", "alerts"},
     "simulators": BASE | {"config", "drivers", "simulators"},
 }
+# The configuration assembles its unions from the plugins' registries: the one import of a
+# higher layer it may make.
+REGISTRIES = {"config": {"energyd.alerts.rules.registry"}}
+# A plugin imports only its contracts.
+RULE_CONTRACTS = {"energyd.model", "energyd.config.types", "energyd.config.hours",
+                  "energyd.alerts.rules.base", "energyd.alerts.rules.conditions"}
 
 
 def layer_of(path: Path) -> str:
@@ -39,19 +45,28 @@ def layer_of(path: Path) -> str:
     return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
 
 
-def imported_layers(path: Path) -> set[str]:
-    layers = set()
+def imported_modules(path: Path) -> set[str]:
+    """The energyd modules a file imports (`from package import module` names the module)."""
+    modules = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module]
+            for alias in node.names:
+                sub = PACKAGE.parent.joinpath(*node.module.split("."), alias.name)
+                if sub.with_suffix(".py").exists() or sub.is_dir():
+                    names.append(f"{node.module}.{alias.name}")
+            if len(names) > 1:
+                names = names[1:]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "energyd" and len(parts) > 1:
-                layers.add(parts[1])
-    return layers
+        modules.update(n for n in names if n.startswith("energyd."))
+    return modules
+
+
+def imported_layers(path: Path) -> set[str]:
+    skip = REGISTRIES.get(layer_of(path), set())
+    return {name.split(".")[1] for name in imported_modules(path) - skip}
 
 
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if layer_of(p) in ALLOWED)
@@ -66,3 +81,19 @@ def test_imports_only_layers_below(path: Path) -> None:
     layer = layer_of(path)
     wrong = imported_layers(path) - ALLOWED[layer] - {"__init__"}
     assert not wrong, f"{path.relative_to(PACKAGE)} ({layer}) imports {sorted(wrong)}"
+
+
+RULES = sorted(p for p in (PACKAGE / "alerts" / "rules").glob("*.py")
+               if p.stem not in ("__init__", "base", "conditions", "registry"))
+
+
+def test_every_rule_type_is_registered() -> None:
+    from energyd.alerts.rules.registry import RULES as REGISTERED
+
+    assert {p.stem for p in RULES} == set(REGISTERED)
+
+
+@pytest.mark.parametrize("path", RULES, ids=lambda p: p.stem)
+def test_a_rule_imports_only_its_contracts(path: Path) -> None:
+    wrong = imported_modules(path) - RULE_CONTRACTS
+    assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"

@@ -1,11 +1,14 @@
 """Alerts: rules over energy data, episodes that fire once, and their dispatch.
 
-    rules.py      the conditions, pure functions over plain data
-    episodes.py   verdicts -> episodes (start once, end once), kept in the store
+    rules/        one plugin per rule type (its options and hooks), a registry, and the
+                  conditions as pure functions over plain data (rules/conditions.py)
+    episodes.py   the one episode tracker: rules' verdicts and sinks' rejections -> episodes
+                  (start once, end once), kept through the store's episodes repository
     engine.py     configured rules applied to the store's rollups and to live readings
     dispatch.py   MQTT, webhook and log channels, each independent
+    outbox.py     events not yet delivered, kept through the store's outbox repository
     report.py     what `energyd alerts` shows
 
 The daemon wiring is energyd/daemon/alerting.py. Nothing is imported here, so that the
-configuration schema can use rules.py without pulling in the engine.
+configuration schema can assemble the rule options without pulling in the engine.
 """

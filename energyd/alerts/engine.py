@@ -1,12 +1,14 @@
 """The alert engine: configured rules applied to the store's data and to live readings.
 
-Three ways in, all synchronous and thread-safe (the daemon calls them from worker threads):
+Each rule is a plugin (energyd/alerts/rules/) with only the hooks it needs; the engine
+gives them their inputs and hands their observations to the one episode tracker. Three
+ways in, all synchronous and thread-safe (the daemon calls them from worker threads):
 
 - `evaluate_hours(start_ms, end_ms)` after every rollup run, including the recomputation at
-  start-up: hourly spike, off-shift load, reconciliation;
-- `on_readings(batch)` with each committed batch: live spike (rolling window of power),
-  threshold, and the counter/power bookkeeping of the stale rule;
-- `check_stale(now_ms)` and `check_backlog(now_ms)` from periodic jobs.
+  start-up: the rules that judge hours (spike, off-shift load, reconciliation);
+- `on_readings(batch)` with each committed batch: the rules that read live readings (live
+  spike, threshold, and the counter/power bookkeeping of the stale rule);
+- `periodic_jobs()`: what the daemon runs on its scheduler (stale devices, sink backlogs).
 
 Each returns the episode events (starts and ends) to dispatch; the episodes themselves are
 already in the store when it returns.
@@ -14,34 +16,47 @@ already in the store when it returns.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from energyd.alerts import rules as R
-from energyd.alerts.episodes import HOURLY, EpisodeTracker, Event, Observation
+from energyd.alerts.episodes import EpisodeTracker, Event
+from energyd.alerts.rules import conditions as R
+from energyd.alerts.rules.base import (
+    LIVE,
+    Feed,
+    HourlyRule,
+    LiveRule,
+    Observation,
+    PeriodicRule,
+    Rule,
+    StatementCheck,
+)
+from energyd.alerts.rules.reconciliation import Reconciliation
+from energyd.alerts.rules.registry import build
 from energyd.config.schema import AlertRule, Config
-from energyd.model import Quality, Reading, from_ms
+from energyd.model import Quality, Reading
 from energyd.store.sqlite import READINGS, Store
 
 log = logging.getLogger(__name__)
 
-COUNTER = "active_energy_import_kwh"
-Feed = Callable[[int, float], None]  # (time ms, value) into a rule's gathered state
 # Hours filled from a statement or a profile are not measurements of that hour: a spike
 # there would be an artefact of the spreading, so they neither alert nor feed baselines.
 UNMEASURED = ("invoice", "estimated")
 
+Live = tuple[Rule, Feed | None]
+
 
 class AlertEngine:
     def __init__(self, config: Config, store: Store, *, now_ms: Callable[[], int],
-                 reconciliation: Callable[[int, int], Iterable[Any]] | None = None,
+                 reconciliation: Callable[[int, int], Iterable[StatementCheck]] | None = None,
                  monotonic: Callable[[], float] | None = None):
-        """`monotonic` (seconds), when given, measures how long a device has been silent
+        """`reconciliation` gives the statement checks of the hours just rolled up.
+
+        `monotonic` (seconds), when given, measures how long a device has been silent
         instead of the readings' times: a step of the wall clock then neither makes every
         device silent for years nor hides a silence behind a clock that went back."""
         self.config = config
@@ -50,26 +65,22 @@ class AlertEngine:
         self.monotonic = monotonic
         self._heard: dict[str, int] = {}  # device -> monotonic ms it was last heard of
         self.tz = config.site.tz
+        self.site = config.site.name
+        self.sinks = [s.name for s in config.influxdb]
+        self.reconciliation_tolerance = config.accounting.reconciliation_tolerance
         self.tracker = EpisodeTracker(store)
         self.reconciliation_source = reconciliation
         self._lock = threading.RLock()
         self._intervals = {d.name: d.interval for d in config.devices}
-        self._devices: dict[str, list[str]] = {r.name: self._select(r)
-                                                for r in config.alerts.rules}
-        self._shifts = {r.name: R.ProductionHours.parse(r.production_hours)
-                        for r in config.alerts.rules if r.type == "off_shift"}
-        # live state, per (rule, device)
-        self._windows: dict[tuple[str, str], R.RollingMean] = {}
-        self._thresholds: dict[tuple[str, str], R.Threshold] = {}
-        self._counters: dict[tuple[str, str], R.CounterWatch] = {}
-        self._baselines: dict[tuple[str, str, int], float | None] = {}
+        self._rules: list[Rule] = [build(r) for r in config.alerts.rules]
+        self._devices: dict[str, list[str]] = {r.name: self._select(r.options)
+                                                for r in self._rules}
         self._last_seen: dict[str, int] = {}
         self._started_ms = now_ms()
         self._started_mono_ms = self._mono_ms()
-        self.live_rules = [r for r in config.alerts.rules
-                            if (r.type == "spike" and r.window > 0) or r.type == "threshold"
-                            or r.type == "stale"]
-        self._index: dict[tuple[str, str], list[tuple[AlertRule, Feed | None]]] | None = None
+        self.live_rules = [r for r in self._rules
+                           if isinstance(r, LiveRule) and list(r.live_inputs(self))]
+        self._index: dict[tuple[str, str], list[Live]] | None = None
         self._quantities: frozenset[str] = frozenset()  # the quantities a live rule reads
         self._load_last_seen()
 
@@ -92,16 +103,17 @@ class AlertEngine:
         return names
 
     def rules(self, *types: str) -> list[AlertRule]:
-        return [r for r in self.config.alerts.rules if r.type in types]
+        """The configured rules of these types."""
+        return [r.options for r in self._rules if r.type in types]
 
     def retire_removed_rules(self) -> list[Event]:
-        return self.tracker.retire({r.name for r in self.config.alerts.rules}, self.now_ms())
+        return self.tracker.retire({r.name for r in self._rules}, self.now_ms())
 
     def _mono_ms(self) -> int:
         return round(self.monotonic() * 1000) if self.monotonic is not None else 0
 
     def _load_last_seen(self) -> None:
-        wanted = {d for r in self.rules("stale") for d in self._devices[r.name]}
+        wanted = {d for r in self._rules if r.reads_silence for d in self._devices[r.name]}
         for device, quantity in self.store.series():
             if device in wanted:
                 latest = self.store.latest(device, quantity)
@@ -114,126 +126,66 @@ class AlertEngine:
         for device, t in self._last_seen.items():
             self._heard[device] = self._started_mono_ms - max(0, self._started_ms - t)
 
-    # --- hourly ----------------------------------------------------------------------
+    # --- what the rules are given (RuleContext) ------------------------------------------
+
+    def devices(self, rule: str) -> list[str]:
+        return self._devices[rule]
+
+    def interval(self, device: str) -> float:
+        return self._intervals.get(device, 10.0)
 
     def hourly_energy(self, devices: list[str], start_ms: int, end_ms: int
                       ) -> dict[str, dict[int, float]]:
-        """kWh per device and hour from the rollups; compressor stations without an energy
-        counter of their own come from air_hourly."""
-        out: dict[str, dict[int, float]] = defaultdict(dict)
-        if not devices:
-            return out
-        marks = ",".join("?" * len(devices))
-        for device, hour, mwh, source in self.store.execute(
-                f"SELECT device, hour, mwh, source FROM rollups WHERE device IN ({marks}) "
-                "AND hour >= ? AND hour < ?", (*devices, start_ms, end_ms)):
-            if source not in UNMEASURED:
-                out[device][hour] = mwh * 1000.0
-        missing = [d for d in devices if d not in out]
-        if missing:
-            marks = ",".join("?" * len(missing))
-            for device, hour, kwh in self.store.execute(
-                    f"SELECT device, hour, kwh FROM air_hourly WHERE device IN ({marks}) "
-                    "AND hour >= ? AND hour < ?", (*missing, start_ms, end_ms)):
-                out[device][hour] = kwh
+        """kWh per device and measured hour from the rollups; compressor stations without an
+        energy counter of their own come from air_hourly."""
+        return self.store.alert_inputs.hourly_kwh(devices, start_ms, end_ms,
+                                                  skip_sources=UNMEASURED)
+
+    def silence(self, device: str, now_ms: int | None) -> tuple[int, int]:
+        """(now, last heard of): on the monotonic clock when there is one and no time is
+        given; a device never heard of since the start has been silent since the start."""
+        if self.monotonic is not None and now_ms is None:
+            return self._mono_ms(), self._heard.get(device, self._started_mono_ms)
+        now = now_ms if now_ms is not None else self.now_ms()
+        return now, self._last_seen.get(device, self._started_ms)
+
+    def backlogs(self) -> list[tuple[str, int, int | None]]:
+        out = []
+        for sink in self.sinks:
+            b = self.store.backlog(sink, READINGS)
+            out.append((sink, b.count, b.oldest_ms))
         return out
 
-    def _series(self, rule: AlertRule, start_ms: int, end_ms: int) -> dict[str, dict[int, float]]:
-        per_device = self.hourly_energy(self._devices[rule.name], start_ms, end_ms)
-        if not rule.aggregate:
-            return per_device
-        total: dict[int, float] = defaultdict(float)
-        counts: dict[int, int] = defaultdict(int)
-        for values in per_device.values():
-            for hour, kwh in values.items():
-                total[hour] += kwh
-                counts[hour] += 1
-        # a site total is only a total when every device has the hour
-        n = len(per_device)
-        return {aggregate_name(rule, self.config):
-                {h: v for h, v in total.items() if counts[h] == n}}
+    def statement_checks(self, start_ms: int, end_ms: int) -> list[StatementCheck]:
+        if self.reconciliation_source is None:
+            return []
+        try:
+            return list(self.reconciliation_source(start_ms, end_ms))
+        except Exception:
+            log.exception("reconciliation findings could not be computed")
+            return []
+
+    # --- hourly ----------------------------------------------------------------------
 
     def evaluate_hours(self, start_ms: int, end_ms: int) -> list[Event]:
         """Apply the hourly rules to the hours in [start_ms, end_ms), oldest first."""
         with self._lock:
-            observations: list[Observation] = []
-            for rule in self.rules("spike"):
-                history_start = start_ms - (rule.baseline_weeks + 1) * 7 * 24 * R.HOUR_MS
-                for device, values in self._series(rule, history_start, end_ms).items():
-                    for hour in R.hours(start_ms, end_ms):
-                        if hour not in values:
-                            continue
-                        base, weeks = R.baseline(hour, values, rule.baseline_weeks, self.tz)
-                        v = R.spike(values[hour], base, factor=rule.factor,
-                                    min_delta=rule.min_delta_kwh, hysteresis=rule.hysteresis)
-                        if v.level is not R.Level.HOLD:
-                            v.figures["baseline_weeks"] = weeks
-                        observations.append(Observation(rule.name, rule.type, device, hour, v,
-                                                        HOURLY))
-            for rule in self.rules("off_shift"):
-                shifts = self._shifts[rule.name]
-                for device, values in self._series(rule, start_ms, end_ms).items():
-                    for hour in R.hours(start_ms, end_ms):
-                        v = R.off_shift(values.get(hour), margin=rule.margin_kwh,
-                                        off_shift_hour=shifts.hour_is_off_shift(hour, self.tz),
-                                        hysteresis=rule.hysteresis)
-                        observations.append(Observation(rule.name, rule.type, device, hour, v,
-                                                        HOURLY))
+            observations = [o for r in self._rules if isinstance(r, HourlyRule)
+                            for o in r.on_hour(self, start_ms, end_ms)]
             observations.sort(key=lambda o: o.at_ms)
-            events = self.tracker.observe(observations)
-            events += self.check_reconciliation(start_ms, end_ms)
-            return events
-
-    # --- reconciliation ----------------------------------------------------------------
+            return self.tracker.observe(observations)
 
     def check_reconciliation(self, start_ms: int, end_ms: int,
-                             findings: Iterable[Any] | None = None) -> list[Event]:
-        """Meter vs statement, per account: the latest billing period decides.
-
-        `findings` are accounting's reconciliation findings (objects or mappings with an
-        account, a period and both totals); by default they come from the source given at
-        construction.
-        """
-        rules = self.rules("reconciliation")
+                             findings: Iterable[StatementCheck] | None = None) -> list[Event]:
+        """Meter vs statement, per account: the latest billing period decides. `findings`
+        default to those of the source given at construction."""
+        rules = [r for r in self._rules if isinstance(r, Reconciliation)]
         if not rules:
             return []
-        if findings is None:
-            if self.reconciliation_source is None:
-                return []
-            try:
-                findings = list(self.reconciliation_source(start_ms, end_ms))
-            except Exception:
-                log.exception("reconciliation findings could not be computed")
-                return []
-        latest: dict[str, dict[str, Any]] = {}
-        for f in findings:
-            item = finding_fields(f)
-            prev = latest.get(item["account"])
-            if prev is None or item["period_start"] >= prev["period_start"]:
-                latest[item["account"]] = item
-        now = self.now_ms()
-        tol_default = self.config.accounting.reconciliation_tolerance
-        observations = []
-        for rule in rules:
-            wanted = set(self._devices[rule.name]) if (rule.devices or rule.role) else None
-            tol = rule.tolerance if rule.tolerance is not None else tol_default
-            for account, item in sorted(latest.items()):
-                if wanted is not None and not (set(item["devices"]) & wanted
-                                               or account in wanted):
-                    continue
-                # a statement below what the meter alone measured is wrong by any margin,
-                # until a person accepts it as it stands
-                v = R.reconciliation(item["meter_kwh"], item["statement_kwh"],
-                                     tolerance=0.0 if item["below_metered"] else tol,
-                                     hysteresis=rule.hysteresis)
-                if item["accepted"]:
-                    v = R.Verdict(R.Level.OFF, {**v.figures, "accepted": True})
-                v.figures.update(period_start=from_ms(item["period_start"]).isoformat(),
-                                 period_end=from_ms(item["period_end"]).isoformat())
-                observations.append(Observation(rule.name, rule.type, account, now, v,
-                                                "periodic"))
+        checks = list(findings) if findings is not None else \
+            self.statement_checks(start_ms, end_ms)
         with self._lock:
-            return self.tracker.observe(observations)
+            return self.tracker.observe([o for r in rules for o in r.judge(self, checks)])
 
     # --- live --------------------------------------------------------------------------
 
@@ -265,135 +217,67 @@ class AlertEngine:
                         feed(t, r.value)
                         continue
                     is_active = active(rule.name, device)
-                    v = self._live(rule, r, t, is_active)
+                    v = rule.on_reading(self, device, t, r.value, is_active)  # type: ignore[attr-defined]
                     # the common case, nothing to start or end, stays out of the tracker
                     if v is None or v.level is hold:
                         continue
                     if (v.level is on) != is_active:
                         observations.append(Observation(rule.name, rule.type, device, t, v,
-                                                        "live"))
+                                                        LIVE))
             return self.tracker.observe(observations) if observations else []
 
     @property
-    def _live_index(self) -> dict[tuple[str, str], list[tuple[AlertRule, Feed | None]]]:
+    def _live_index(self) -> dict[tuple[str, str], list[Live]]:
         """(device, quantity) -> the live rules that read it, each with the method its
         reading feeds when the rule only gathers (a stale rule's counter watch)."""
         if self._index is None:
-            index: dict[tuple[str, str], list[tuple[AlertRule, Feed | None]]] = \
-                defaultdict(list)
+            index: dict[tuple[str, str], list[Live]] = defaultdict(list)
             for rule in self.live_rules:
-                for device in self._devices[rule.name]:
-                    if rule.type != "stale":
-                        index[(device, rule.quantity)].append((rule, None))
-                        continue
-                    watch = self._counters.get((rule.name, device))
-                    if watch is None:
-                        watch = self._counters[(rule.name, device)] = R.CounterWatch(
-                            interval_s=self._intervals.get(device, 10.0),
-                            multiple=rule.multiple, stuck_kwh=rule.stuck_kwh)
-                    index[(device, COUNTER)].append((rule, watch.counter))
-                    index[(device, "active_power_kw")].append((rule, watch.power))
+                assert isinstance(rule, LiveRule)
+                for device, quantity, feed in rule.live_inputs(self):
+                    index[(device, quantity)].append((rule, feed))  # type: ignore[arg-type]
             self._index = dict(index)
             self._quantities = frozenset(q for _, q in self._index)
         return self._index
 
-    def _live(self, rule: AlertRule, r: Reading, t: int, active: bool) -> R.Verdict | None:
-        """The rule's verdict on one reading; None (or HOLD) when it changes nothing: the
-        figures of a verdict are only made for one that starts or ends an episode."""
-        key = (rule.name, r.device)
-        if r.quantity != rule.quantity:
-            return None
-        if rule.type == "threshold":
-            th = self._thresholds.get(key)
-            if th is None:
-                assert rule.limit is not None
-                th = self._thresholds[key] = R.Threshold(rule.limit, rule.duration,
-                                                          rule.hysteresis)
-            v = th.add(t, r.value, active=active)
-        else:  # live spike
-            win = self._windows.get(key)
-            if win is None:
-                win = self._windows[key] = R.RollingMean(rule.window)
-            win.add(t, r.value)
-            mean = win.mean()
-            if mean is None:
-                return None
-            base = self._live_baseline(rule, r.device, t)
-            level = R.spike_level(mean, base, factor=rule.factor, min_delta=rule.min_delta_kwh,
-                                  hysteresis=rule.hysteresis)
-            if level is R.Level.HOLD or (level is R.Level.ON) == active:
-                return None
-            v = R.spike(mean, base, factor=rule.factor, min_delta=rule.min_delta_kwh,
-                        hysteresis=rule.hysteresis, unit="kw")
-            if v.level is not R.Level.HOLD:
-                v.figures["window_s"] = rule.window
-        return v
-
-    def _live_baseline(self, rule: AlertRule, device: str, t_ms: int) -> float | None:
-        """Average kW of this hour of the week: its median hourly kWh (kWh per hour = kW)."""
-        hour = t_ms - t_ms % R.HOUR_MS
-        key = (rule.name, device, hour)
-        if key not in self._baselines:
-            if len(self._baselines) > 10000:
-                self._baselines.clear()
-            earlier = R.same_hour_of_week(hour, rule.baseline_weeks, self.tz)
-            values = self.hourly_energy([device], min(earlier), max(earlier) + 1).get(device, {})
-            self._baselines[key] = R.baseline(hour, values, rule.baseline_weeks, self.tz)[0]
-        return self._baselines[key]
-
     # --- periodic ----------------------------------------------------------------------
 
-    def check_stale(self, now_ms: int | None = None) -> list[Event]:
-        now = now_ms if now_ms is not None else self.now_ms()
-        by_mono = self.monotonic is not None and now_ms is None
-        mono = self._mono_ms()
+    def _periodic_rules(self, rule_type: str | None = None) -> list[PeriodicRule]:
+        return [r for r in self._rules if isinstance(r, PeriodicRule)
+                and (rule_type is None or r.type == rule_type)]  # type: ignore[attr-defined]
+
+    def check_periodic(self, rule_type: str, now_ms: int | None = None) -> list[Event]:
+        """Run the periodic rules of one type (`now_ms`: the wall-clock instant judged)."""
         with self._lock:
-            observations = []
-            for rule in self.rules("stale"):
-                for device in self._devices[rule.name]:
-                    # never heard of since start: silent since the daemon started
-                    if by_mono:
-                        at, last = mono, self._heard.get(device, self._started_mono_ms)
-                    else:
-                        at, last = now, self._last_seen.get(device, self._started_ms)
-                    quiet = R.silent(at, last, interval_s=self._intervals.get(device, 10.0),
-                                     multiple=rule.multiple, hysteresis=rule.hysteresis)
-                    watch = self._counters.get((rule.name, device))
-                    stuck = watch.verdict(now) if watch is not None else R.HOLD
-                    observations.append(Observation(rule.name, rule.type, device, now,
-                                                    R.stale(quiet, stuck), "periodic"))
-            return self.tracker.observe(observations)
+            return self.tracker.observe([o for r in self._periodic_rules(rule_type)
+                                         for o in r.periodic(self, now_ms)])
+
+    def periodic_jobs(self) -> list[tuple[str, float, Callable[[], list[Event]]]]:
+        """(job name, period in clock seconds, check) per rule type that runs periodically:
+        each type runs as often as its most demanding rule asks."""
+        periods: dict[str, float] = {}
+        for r in self._periodic_rules():
+            p = r.period_s(self)
+            kind = r.type  # type: ignore[attr-defined]
+            if p is not None:
+                periods[kind] = min(p, periods.get(kind, p))
+        return [(f"alerts.{kind}", p, lambda kind=kind: self.check_periodic(kind))
+                for kind, p in periods.items()]
+
+    def check_stale(self, now_ms: int | None = None) -> list[Event]:
+        return self.check_periodic("stale", now_ms)
 
     def check_backlog(self, now_ms: int | None = None) -> list[Event]:
-        """Only the readings stream is judged: its items carry the time they were read,
-        while a recomputed rollup carries the hour it is about, which may be days old."""
-        now = now_ms if now_ms is not None else self.now_ms()
-        with self._lock:
-            observations = []
-            for rule in self.rules("backlog"):
-                for sink in self.config.influxdb:
-                    b = self.store.backlog(sink.name, READINGS)
-                    v = R.backlog(now, b.count, b.oldest_ms, max_age_s=rule.max_age,
-                                  hysteresis=rule.hysteresis)
-                    observations.append(Observation(rule.name, rule.type, sink.name, now, v,
-                                                    "periodic"))
-            return self.tracker.observe(observations)
+        return self.check_periodic("backlog", now_ms)
 
     @property
     def stale_period(self) -> float:
-        """How often (clock seconds) the stale check runs: a fraction of the shortest limit."""
-        limits = [self._intervals.get(d, 10.0) * r.multiple
-                  for r in self.rules("stale") for d in self._devices[r.name]]
-        return max(0.2, min(60.0, min(limits) / 4)) if limits else 60.0
+        """How often (clock seconds) the stale check runs."""
+        return dict((n, p) for n, p, _ in self.periodic_jobs()).get("alerts.stale", 60.0)
 
 
-def aggregate_name(rule: AlertRule, config: Config) -> str:
-    """The series an aggregated rule alerts on: its role (all compressors: "compressor"),
-    else the site."""
-    return rule.role or config.site.name
-
-
-def statement_findings(config: Config, store: Store) -> Callable[[int, int], list[Any]]:
+def statement_findings(config: Config, store: Store
+                       ) -> Callable[[int, int], list[StatementCheck]]:
     """A reconciliation source over the store: every statement whose period overlaps the
     hours just rolled up, compared with the metered rollups by accounting's
     `reconciliation_findings` (asked with no tolerance, so agreeing statements come back
@@ -401,75 +285,51 @@ def statement_findings(config: Config, store: Store) -> Callable[[int, int], lis
     from energyd.accounting.rollup import RollupRow, Statement, reconciliation_findings
 
     names = {d.name for d in config.devices}
+    inputs = store.alert_inputs
 
     def devices_of(account: str) -> tuple[str, ...]:
         if account in config.accounting.accounts:
             return tuple(config.accounting.accounts[account])
         return (account,) if account in names else ()
 
-    def source(start_ms: int, end_ms: int) -> list[Any]:
+    def source(start_ms: int, end_ms: int) -> list[StatementCheck]:
         statements = []
-        for sid, account, p0, p1, kwh, supplier, document in store.execute(
-                "SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
-                "FROM invoices WHERE period_start < ? AND period_end > ? "
-                "AND replaced_by IS NULL", (end_ms, start_ms)):
-            devs = devices_of(account)
+        for st in inputs.statements_overlapping(start_ms, end_ms):
+            devs = devices_of(st.account)
             if devs:
-                statements.append(Statement(sid, account, p0, p1, kwh, devs, supplier,
-                                            document))
+                statements.append(Statement(st.id, st.account, st.period_start, st.period_end,
+                                            st.energy_kwh, devs, st.supplier, st.document))
         if not statements:
             return []
         lo = min(st.start_ms for st in statements) - R.HOUR_MS
         hi = max(st.end_ms for st in statements)
         devs = sorted({d for st in statements for d in st.devices})
-        marks = ",".join("?" * len(devs))
-        # the kWh split (`detail.kwh`) gives the metered part of hours with gaps
-        rows = [RollupRow(d, h, mwh, src, cov, None, None, None, None,
-                          {"kwh": json.loads(kwh)} if kwh else {})
-                for d, h, mwh, src, cov, kwh in store.execute(
-                    f"SELECT device, hour, mwh, source, coverage, json_extract(detail, '$.kwh') "
-                    f"FROM rollups WHERE device IN ({marks}) AND hour >= ? AND hour < ?",
-                    (*devs, lo, hi))]
-        accepted = {sid for (sid,) in store.execute(
-            "SELECT DISTINCT statement FROM statement_acceptances")}
-        # an accepted statement below the meter stands as it is: its episode ends
-        return [{**f, "accepted": True} if f.get("kind") == "statement_below_metered"
-                and f["statement"] in accepted else f
+        # the kWh split gives the metered part of hours with gaps
+        rows = [RollupRow(h.device, h.hour, h.mwh, h.source, h.coverage, None, None, None,
+                          None, {"kwh": h.kwh_split} if h.kwh_split else {})
+                for h in inputs.metered_hours(devs, lo, hi)]
+        accepted = inputs.accepted_statements()
+        return [statement_check(f, accepted)
                 for f in reconciliation_findings(statements, rows, tolerance=-1.0)]
 
     return source
 
 
-def finding_fields(f: Any) -> dict[str, Any]:
-    """A reconciliation finding, object or mapping, as the plain fields used here."""
-
-    def get(*names: str, default: Any = None) -> Any:
-        for n in names:
-            if isinstance(f, Mapping) and n in f:
-                return f[n]
-            if hasattr(f, n):
-                return getattr(f, n)
-        return default
-
-    account = str(get("account", "device"))
-    devices = get("devices", default=None) or [account]
-    return {
-        "account": account,
-        "devices": list(devices),
-        "period_start": _ms(get("period_start", "start_ms", "start")),
-        "period_end": _ms(get("period_end", "end_ms", "end")),
-        "meter_kwh": float(get("metered_kwh", "meter_kwh")),
-        "statement_kwh": float(get("statement_kwh", "invoice_kwh")),
-        "below_metered": get("kind") == "statement_below_metered",
-        "accepted": bool(get("accepted")),
-    }
+def statement_check(finding: dict[str, Any], accepted: set[int]) -> StatementCheck:
+    """Accounting's reconciliation finding (today a plain dict) as the rule reads it; an
+    accepted statement below the meter stands as it is, so its episode ends."""
+    below = finding["kind"] == "statement_below_metered"
+    return StatementCheck(
+        account=finding["account"],
+        devices=tuple(finding["devices"]) or (finding["account"],),
+        period_start_ms=_ms(finding["period_start"]),
+        period_end_ms=_ms(finding["period_end"]),
+        metered_kwh=float(finding["metered_kwh"]),
+        statement_kwh=float(finding["statement_kwh"]),
+        below_metered=below,
+        accepted=below and finding["statement"] in accepted,
+    )
 
 
-def _ms(value: Any) -> int:
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if hasattr(value, "timestamp"):
-        return int(value.timestamp() * 1000)
-    raise ValueError(f"not a time: {value!r}")
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)

@@ -26,26 +26,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from energyd.alerts.rules import HOUR_MS, Level, Verdict
+from energyd.alerts.rules.base import HOURLY, LIVE, PERIODIC, Observation
+from energyd.alerts.rules.conditions import HOUR_MS, Level
 from energyd.model import from_ms
+from energyd.store.episodes import EpisodeChange, StoredEpisode
 from energyd.store.sqlite import Store
 
 ACTIVE = "active"
 RESOLVED = "resolved"
-HOURLY = "hourly"
-# Who observed the condition; episodes without one were raised elsewhere (the sinks' own
-# `sink_rejected` episode) and are left to whoever raised them.
-SOURCES = ("live", HOURLY, "periodic")
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    rule: str
-    type: str  # the rule's type: spike, threshold, off_shift, ...
-    device: str
-    at_ms: int  # the instant (or hour start) the verdict is about
-    verdict: Verdict
-    source: str  # "live", "hourly" or "periodic": who may end what it started
+# Who observed the condition; episodes without one (a sink's rejected points, see
+# `sink_rejected`) are not ended by observations.
+SOURCES = (LIVE, HOURLY, PERIODIC)
+__all__ = ["ACTIVE", "HOURLY", "RESOLVED", "SOURCES", "Episode", "EpisodeTracker", "Event",
+           "Observation", "load_episodes"]
+# a sink's episode of rejected points ends after this long without a rejection
+SINK_QUIET_MS = 3600_000
+SINK_REJECTED = "sink_rejected"
 
 
 @dataclass
@@ -110,17 +106,11 @@ def _short(v: Any) -> str:
 def load_episodes(store: Store, *, state: str | None = None,
                   limit: int | None = None) -> list[Episode]:
     """Episodes, newest first (all, or only `active` / `resolved`)."""
-    sql = "SELECT id, rule, device, state, started, ended, detail FROM alerts"
-    params: list[Any] = []
-    if state is not None:
-        sql += " WHERE state = ?"
-        params.append(state)
-    sql += " ORDER BY started DESC, id DESC"
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return [Episode(i, r, d, s, st, en, json.loads(det or "{}"))
-            for i, r, d, s, st, en, det in store.execute(sql, params)]
+    return [_episode(e) for e in store.episodes.newest_first(state=state, limit=limit)]
+
+
+def _episode(e: StoredEpisode) -> Episode:
+    return Episode(e.id, e.rule, e.device, e.state, e.started, e.ended, e.detail)
 
 
 class EpisodeTracker:
@@ -183,29 +173,56 @@ class EpisodeTracker:
 
     def _covered(self, key: tuple[str, str], at_ms: int, source: str) -> bool:
         lo = at_ms - HOUR_MS if source == HOURLY else at_ms
-        rows = self.store.execute(
-            "SELECT id, state, started, ended, detail FROM alerts WHERE rule = ? AND device = ? "
-            "AND started < ? AND (ended IS NULL OR ended > ?) LIMIT 20",
-            (key[0], key[1], at_ms + HOUR_MS, lo))
-        return any(Episode(i, key[0], key[1], s, st, en, json.loads(d)).covers(at_ms, source)
-                   for i, s, st, en, d in rows)
+        return any(_episode(e).covers(at_ms, source) for e in
+                   self.store.episodes.overlapping(key[0], key[1], lo, at_ms + HOUR_MS))
 
     def _persist(self, changes: list[tuple[str, Episode, Episode]]) -> None:
-        with self.store.transaction() as conn:
-            for kind, ep, snap in changes:
-                seq = self.store.next_seq(conn)
-                detail = json.dumps(snap.detail, sort_keys=True)
-                if kind == "start":
-                    cur = conn.execute(
-                        "INSERT INTO alerts (rule, device, state, started, ended, detail, seq) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (snap.rule, snap.device, snap.state, snap.started, snap.ended, detail,
-                         seq))
-                    ep.id = snap.id = int(cur.lastrowid or 0)
-                else:
-                    snap.id = ep.id
-                    conn.execute("UPDATE alerts SET state = ?, ended = ?, detail = ?, seq = ? "
-                                 "WHERE id = ?", (snap.state, snap.ended, detail, seq, ep.id))
+        first: dict[int, int] = {}  # id(episode) -> its first change here
+        stored = []
+        for k, (_, ep, snap) in enumerate(changes):
+            follows = first.setdefault(id(ep), k)
+            stored.append(EpisodeChange(ep.id, snap.rule, snap.device, snap.state, snap.started,
+                                        snap.ended, snap.detail,
+                                        follows if follows != k and ep.id == 0 else None))
+        ids = self.store.episodes.save(stored)
+        for (_, ep, snap), i in zip(changes, ids, strict=True):
+            ep.id = snap.id = i
+
+    # --- a sink's points refused for good ------------------------------------------------
+
+    def sink_rejected(self, sink: str, *, stream: str, points: int, items: int, message: str,
+                      at_ms: int) -> list[Event]:
+        """A sink's server refused `points` points (`items` stored items of `stream`) for
+        good, the last with `message`: counted into the sink's active `sink_rejected`
+        episode, or one started. Returns the start, if this started one."""
+        with self._lock:
+            current = self.store.episodes.latest_active(SINK_REJECTED, sink)
+            if current is not None:
+                detail = dict(current.detail)
+                detail["points"] = detail.get("points", 0) + points
+                detail["items"] = detail.get("items", 0) + items
+                detail.update(stream=stream, message=message, last_ms=at_ms)
+                self.store.episodes.save([EpisodeChange(
+                    current.id, SINK_REJECTED, sink, ACTIVE, current.started, None, detail)])
+                return []
+            detail = {"points": points, "items": items, "stream": stream, "message": message,
+                      "last_ms": at_ms}
+            (i,) = self.store.episodes.save([EpisodeChange(0, SINK_REJECTED, sink, ACTIVE,
+                                                           at_ms, None, detail)])
+            return [Event("start", Episode(i, SINK_REJECTED, sink, ACTIVE, at_ms, None,
+                                           detail))]
+
+    def sink_quiet(self, sink: str, at_ms: int) -> list[Event]:
+        """End the sink's `sink_rejected` episode once an hour has passed without a
+        rejection. Returns the end, if this ended one."""
+        with self._lock:
+            current = self.store.episodes.latest_active(SINK_REJECTED, sink)
+            if current is None or at_ms - current.detail.get("last_ms", 0) < SINK_QUIET_MS:
+                return []
+            self.store.episodes.save([EpisodeChange(current.id, SINK_REJECTED, sink, RESOLVED,
+                                                    current.started, at_ms, current.detail)])
+            return [Event("end", Episode(current.id, SINK_REJECTED, sink, RESOLVED,
+                                         current.started, at_ms, dict(current.detail)))]
 
     def retire(self, rules: set[str], at_ms: int) -> list[Event]:
         """End active episodes of rules no longer configured (they could never end)."""

@@ -12,17 +12,14 @@ episode is in the store (and forwarded) either way.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
+from energyd.store.outbox import Payload
 from energyd.store.sqlite import Store
 
 log = logging.getLogger(__name__)
-
-Payload = dict[str, Any]
 
 MAX_AGE_S = 24 * 3600
 
@@ -37,24 +34,12 @@ class Outbox:
     def add(self, channels: list[str], payloads: list[Payload]) -> list[dict[str, int]]:
         """Keep each payload for each of `channels`, all in one transaction; for each
         payload, channel -> row id."""
-        now = self._now_ms()
-        out: list[dict[str, int]] = []
-        with self.store.transaction() as conn:
-            for payload in payloads:
-                body = json.dumps(payload, sort_keys=True)
-                ids: dict[str, int] = {}
-                for channel in channels:
-                    cur = conn.execute("INSERT INTO alert_outbox (channel, payload, created) "
-                                       "VALUES (?, ?, ?)", (channel, body, now))
-                    ids[channel] = int(cur.lastrowid or 0)
-                out.append(ids)
-        return out
+        return self.store.outbox.keep(channels, payloads, self._now_ms())
 
     def done(self, row: int) -> None:
         """The channel delivered the row's event (or it was refused for good)."""
         try:
-            with self.store.transaction() as conn:
-                conn.execute("DELETE FROM alert_outbox WHERE id = ?", (row,))
+            self.store.outbox.delivered(row)
         except Exception:
             # sent again at the next start: a duplicate, never a loss
             log.exception("alert outbox: cannot mark event %d delivered", row)
@@ -62,25 +47,16 @@ class Outbox:
     def pending(self, channel: str) -> list[tuple[int, Payload]]:
         """The channel's undelivered events, oldest first; those past `max_age` are dropped
         (with a warning saying how many)."""
-        horizon = self._now_ms() - self.max_age_ms
-        with self.store.transaction() as conn:
-            stale = conn.execute("DELETE FROM alert_outbox WHERE channel = ? AND created < ?",
-                                 (channel, horizon)).rowcount
+        stale = self.store.outbox.drop_older(channel, self._now_ms() - self.max_age_ms)
         if stale:
             log.warning("alert channel %s: %d undelivered events older than %g h dropped",
                         channel, stale, self.max_age_ms / 3_600_000)
-        return [(row, json.loads(body)) for row, body in self.store.execute(
-            "SELECT id, payload FROM alert_outbox WHERE channel = ? ORDER BY id", (channel,))]
+        return self.store.outbox.undelivered(channel)
 
     def counts(self) -> dict[str, int]:
         """channel -> undelivered events."""
-        return dict(self.store.execute(
-            "SELECT channel, count(*) FROM alert_outbox GROUP BY channel"))
+        return self.store.outbox.counts()
 
     def forget_channels_except(self, channels: Iterable[str]) -> int:
         """Drop the rows of channels no longer configured; returns how many."""
-        names = sorted(set(channels))
-        marks = ",".join("?" * len(names))
-        with self.store.transaction() as conn:
-            return conn.execute(f"DELETE FROM alert_outbox WHERE channel NOT IN ({marks})",
-                                names).rowcount
+        return self.store.outbox.forget_channels_except(channels)

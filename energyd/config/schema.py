@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    BeforeValidator,
     Field,
     PrivateAttr,
     SecretStr,
@@ -26,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from energyd.config.hours import ProductionHours
+from energyd.alerts.rules.registry import RULES
 from energyd.config.secrets import check_http_url, read_secret
 from energyd.config.types import (
     AgeMonths,
@@ -480,58 +481,25 @@ class Accounting(Strict):
 # --- alerts ----------------------------------------------------------------------------------
 
 
-class AlertRule(Strict):
-    """One alert rule (energyd/alerts/rules.py has what each type computes).
+# One alert rule: a model per type (energyd/alerts/rules/<type>.py), each with only its own
+# keys, told apart by `type:`. A rule applies to `devices`, else to every device of `role`,
+# else to every device; with `aggregate: true` (spike, off_shift) the devices' hourly energy
+# is summed and alerted on as one series, named after the role or the site.
+def _rule_type(v: Any) -> Any:
+    """The rule's `type:` checked before its model is chosen, so a missing or unknown type
+    is reported at `type` in the words used for any other closed choice."""
+    if isinstance(v, dict):
+        if "type" not in v:
+            raise ProblemsAt([(("type",), "Field required")])
+        if v["type"] not in RULES:
+            names = [repr(t) for t in RULES]
+            raise ProblemsAt([(("type",), f"Input should be {', '.join(names[:-1])} or "
+                                          f"{names[-1]}")])
+    return v
 
-    Applies to `devices`, else to every device of `role`, else to every device; with
-    `aggregate: true` (spike, off_shift) the devices' hourly energy is summed and alerted on
-    as one series, named after the role (e.g. `compressor` for a whole station) or the site.
-    """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)  # also an MQTT topic level
-    type: Literal["spike", "threshold", "off_shift", "stale", "reconciliation", "backlog"]
-    devices: list[str] | None = None
-    role: Role | None = None
-    aggregate: bool = False
-    # spike: kWh > factor x baseline AND kWh - baseline >= min_delta_kwh (live: kW for kWh)
-    factor: float = Field(1.5, gt=0)
-    min_delta_kwh: float = Field(0.0, ge=0)
-    baseline_weeks: int = Field(4, ge=1, le=52)  # median of the same hour of the week
-    # live spike: rolling window of power; 0 turns the live test off
-    window: Annotated[Duration, within(0, 86400)] = 900.0
-    # threshold (and the live spike's power quantity)
-    quantity: str = "active_power_kw"
-    limit: float | None = None
-    duration: Annotated[Duration, within(0, 7 * 86400)] = 0.0
-    # off_shift: site-timezone wall clock, e.g. ["Mon-Fri 06:00-22:00", "Sat 06:00-14:00"]
-    production_hours: list[str] = Field(default_factory=lambda: ["Mon-Fri 06:00-22:00"])
-    margin_kwh: float = Field(0.0, ge=0)
-    # stale: silent for longer than multiple x the device's interval, or the energy counter
-    # standing still while the power readings add up to stuck_kwh
-    multiple: float = Field(3.0, gt=0)
-    stuck_kwh: float = Field(1.0, gt=0)
-    # reconciliation: meter vs statement; default accounting.reconciliation_tolerance
-    tolerance: float | None = Field(None, ge=0, le=1)
-    # backlog
-    max_age: Annotated[Duration, within(1, 366 * 86400)] = 3600.0
-    # a condition clears only below its threshold less this fraction (no flapping)
-    hysteresis: float = Field(0.1, ge=0, le=1)
-
-    _q = field_validator("quantity")(classmethod(lambda cls, v: _check_quantity(v)))
-
-    @field_validator("production_hours")
-    @classmethod
-    def _hours(cls, v: list[str]) -> list[str]:
-        ProductionHours.parse(v)
-        return v
-
-    @model_validator(mode="after")
-    def _per_type(self) -> AlertRule:
-        if self.type == "threshold" and self.limit is None:
-            raise ValueError("a threshold rule needs a limit")
-        if self.devices is not None and self.role is not None:
-            raise ValueError("give devices or role, not both")
-        return self
+AlertRule = Annotated[Union[tuple(options for options, _ in RULES.values())],  # noqa: UP007
+                      Field(discriminator="type"), BeforeValidator(_rule_type)]
 
 
 class AlertChannel(Strict):

@@ -7,7 +7,8 @@ Three ways in, none of which waits on a channel:
 - a reading listener, called with each committed batch from the store writer's thread: it
   only queues the batch and wakes the component, which evaluates the live rules in a worker
   thread;
-- periodic jobs on the scheduler for stale devices and sink backlogs.
+- periodic jobs on the scheduler, one per rule type that runs periodically (stale devices,
+  sink backlogs).
 """
 
 from __future__ import annotations
@@ -100,11 +101,10 @@ class AlertComponent:
     async def on_rollup(self, start_ms: int, end_ms: int) -> None:
         await asyncio.to_thread(self._evaluate, self.engine.evaluate_hours, start_ms, end_ms)
 
-    async def _stale(self) -> None:
-        await asyncio.to_thread(self._evaluate, self.engine.check_stale)
-
-    async def _backlog(self) -> None:
-        await asyncio.to_thread(self._evaluate, self.engine.check_backlog)
+    def _periodic(self, check: Callable[[], list[Event]]) -> Callable[[], Any]:
+        async def job() -> None:
+            await asyncio.to_thread(self._evaluate, check)
+        return job
 
     async def _live(self, batch: list[Reading]) -> None:
         try:
@@ -146,11 +146,8 @@ class AlertComponent:
         try:
             await asyncio.to_thread(self._evaluate, self.engine.retire_removed_rules)
             self.ctx.metrics.alerts_active.set(len(self.engine.tracker.active))
-            if self.engine.rules("stale"):
-                self.ctx.scheduler.every(self.engine.stale_period, self._stale,
-                                         name="alerts.stale")
-            if self.engine.rules("backlog") and self.ctx.config.influxdb:
-                self.ctx.scheduler.every(60, self._backlog, name="alerts.backlog")
+            for name, period, check in self.engine.periodic_jobs():
+                self.ctx.scheduler.every(period, self._periodic(check), name=name)
             while True:
                 if self._inbox.empty():
                     await self._wake.wait()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import heapq
 import itertools
 import json
@@ -35,6 +36,9 @@ from typing import Any
 
 from energyd.errors import StoreCorrupt, StoreError
 from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
+from energyd.store.alert_inputs import AlertInputs
+from energyd.store.episodes import Episodes
+from energyd.store.outbox import OutboxRows
 from energyd.store.samples import (
     SLOTS,
     Sample,
@@ -970,6 +974,20 @@ class Store:
         """Inside a transaction: the next change number (rollups and alerts share it)."""
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
         return int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+
+    # --- repositories of the alert layer (their own modules) ----------------------------
+
+    @functools.cached_property
+    def episodes(self) -> Episodes:
+        return Episodes(self)
+
+    @functools.cached_property
+    def outbox(self) -> OutboxRows:
+        return OutboxRows(self)
+
+    @functools.cached_property
+    def alert_inputs(self) -> AlertInputs:
+        return AlertInputs(self)
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self.execute("SELECT value FROM meta WHERE key = ?", (key,))
