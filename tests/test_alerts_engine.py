@@ -428,3 +428,47 @@ def test_the_metered_part_of_gap_hours_counts_against_the_statement(tmp_path, st
     events = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [(e.kind, e.episode.device) for e in events] == [("start", "incomer-1")]
     assert events[0].episode.detail["start"]["meter_kwh"] == pytest.approx(1920)
+
+
+def test_a_sinks_rejections_make_one_episode_that_ends_after_a_quiet_hour(store):
+    """The forwarder reports rejected points; the one tracker keeps them as an episode."""
+    from energyd.alerts.episodes import EpisodeTracker
+
+    tracker = EpisodeTracker(store)
+    t0 = to_ms(datetime(2026, 6, 1, tzinfo=UTC))
+    (start,) = tracker.sink_rejected("influx-main", stream="readings", points=2, items=3,
+                                     message="HTTP 400: field type conflict", at_ms=t0)
+    assert (start.kind, start.episode.rule, start.episode.device) == (
+        "start", "sink_rejected", "influx-main")
+    # a second rejection is counted into the same episode, not a new one
+    assert tracker.sink_rejected("influx-main", stream="rollups", points=1, items=1,
+                                 message="HTTP 400: bad timestamp", at_ms=t0 + 60_000) == []
+    (ep,) = load_episodes(store)
+    assert ep.state == "active" and ep.started == t0
+    assert (ep.detail["points"], ep.detail["items"]) == (3, 4)
+    assert ep.detail["message"] == "HTTP 400: bad timestamp"
+    assert tracker.sink_quiet("influx-main", t0 + 60_000 + H - 1) == []  # not an hour yet
+    (end,) = tracker.sink_quiet("influx-main", t0 + 60_000 + H)
+    assert end.kind == "end" and end.episode.ended == t0 + 60_000 + H
+    assert [e.state for e in load_episodes(store)] == ["resolved"]
+    # the rules' episodes are not the sinks': a restart neither loads nor retires them
+    tracker.sink_rejected("influx-main", stream="readings", points=1, items=1, message="x",
+                          at_ms=t0 + 3 * H)
+    assert EpisodeTracker(store).retire(set(), t0 + 4 * H) == []
+    assert load_episodes(store, state="active")[0].rule == "sink_rejected"
+
+
+def test_accountings_finding_is_read_through_one_adapter():
+    from energyd.alerts.engine import statement_check
+
+    finding = {"kind": "statement_below_metered", "statement": 7, "account": "acct-1",
+               "devices": ["incomer-1", "incomer-2"], "period_start": "2026-06-01T00:00:00Z",
+               "period_end": "2026-07-01T00:00:00Z", "statement_kwh": 900.0,
+               "metered_kwh": 1000.0, "tolerance": 0.02}
+    check = statement_check(finding, accepted={7})
+    assert check.account == "acct-1" and check.devices == ("incomer-1", "incomer-2")
+    assert check.period_start_ms == to_ms(datetime(2026, 6, 1, tzinfo=UTC))
+    assert (check.metered_kwh, check.statement_kwh) == (1000.0, 900.0)
+    assert check.below_metered and check.accepted
+    assert not statement_check({**finding, "kind": "meter_difference"}, {7}).accepted
+    assert not statement_check(finding, accepted=set()).accepted

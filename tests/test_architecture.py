@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,29 @@ def test_every_rule_type_is_registered() -> None:
 def test_a_rule_imports_only_its_contracts(path: Path) -> None:
     wrong = imported_modules(path) - RULE_CONTRACTS
     assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
+                 r"CREATE\s+TABLE)\b", re.I | re.S)
+
+
+def sql_strings(path: Path) -> list[int]:
+    """Lines of the string literals (docstrings aside) that hold an SQL statement."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str) and id(n) not in docs and SQL.search(n.value)]
+
+
+def test_the_sql_check_finds_sql() -> None:
+    assert sql_strings(PACKAGE / "store" / "episodes.py")
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "alerts").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_alerts_hold_no_sql(path: Path) -> None:
+    """The store's repositories are the only code that knows SQL."""
+    assert not sql_strings(path), f"{path.relative_to(PACKAGE)}: SQL at {sql_strings(path)}"
