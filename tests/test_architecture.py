@@ -119,8 +119,9 @@ def test_the_sql_check_finds_sql() -> None:
     assert sql_strings(PACKAGE / "store" / "episodes.py")
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "alerts").rglob("*.py")),
+@pytest.mark.parametrize("path", sorted([*(PACKAGE / "alerts").rglob("*.py"),
+                                         *(PACKAGE / "demo").rglob("*.py")]),
                          ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_alerts_hold_no_sql(path: Path) -> None:
+def test_alerts_and_the_demo_hold_no_sql(path: Path) -> None:
     """The store's repositories are the only code that knows SQL."""
     assert not sql_strings(path), f"{path.relative_to(PACKAGE)}: SQL at {sql_strings(path)}"

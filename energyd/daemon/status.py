@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import urllib.error
 import urllib.request
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,6 +145,36 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
             "sinks": sinks,
             "alerts_undelivered": Outbox(store).counts(),
         }
+
+
+def recent_activity(store: Store, config: Config, *, hourly: int = 12, air: int = 4,
+                    alerts: int = 8) -> dict[str, Any]:
+    """What the plant did lately, from an open store (a running daemon's own): per device its
+    latest active power and poll counts, the newest hourly rollups and compressed-air hours,
+    the newest alert episodes, the readings held and the first sink's readings backlog.
+    Times are epoch milliseconds, as a view that turns them into site time wants them."""
+    polls = store.device_status()
+    devices = []
+    for d in config.devices:
+        r = store.latest(d.name, "active_power_kw")
+        p = polls.get(d.name, {})
+        devices.append({
+            "device": d.name, "role": d.role, "driver": d.driver, "interval_s": d.interval,
+            "kw": r.value if r is not None else None,
+            "last_reading_ms": r.time_ms if r is not None else None,
+            "polls": p.get("polls"), "errors": p.get("errors"),
+            "last_error": p.get("last_error"), "last_error_ms": p.get("last_error_time"),
+            "last_success_ms": p.get("last_success"),
+        })
+    stations = sorted({d.mqtt.station for d in config.devices if d.mqtt and d.mqtt.station})
+    return {
+        "devices": devices,
+        "hourly": [asdict(r) for r in store.recent.rollups(hourly)],
+        "air": [asdict(r) for r in store.recent.air_hours(stations, air)],
+        "alerts": [asdict(e) for e in store.episodes.newest_first(limit=alerts)],
+        "readings": store.count_readings(),
+        "backlog": store.backlog(config.influxdb[0].name).count if config.influxdb else None,
+    }
 
 
 def status_tables(payload: dict[str, Any]) -> list[Table]:

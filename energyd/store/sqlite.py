@@ -39,6 +39,7 @@ from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
 from energyd.store.alert_inputs import AlertInputs
 from energyd.store.episodes import Episodes
 from energyd.store.outbox import OutboxRows
+from energyd.store.recent import RecentHours
 from energyd.store.samples import (
     SLOTS,
     Sample,
@@ -975,7 +976,7 @@ class Store:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
         return int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
 
-    # --- repositories of the alert layer (their own modules) ----------------------------
+    # --- repositories of the alerts and the status view (their own modules) -------------
 
     @functools.cached_property
     def episodes(self) -> Episodes:
@@ -988,6 +989,10 @@ class Store:
     @functools.cached_property
     def alert_inputs(self) -> AlertInputs:
         return AlertInputs(self)
+
+    @functools.cached_property
+    def recent(self) -> RecentHours:
+        return RecentHours(self)
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self.execute("SELECT value FROM meta WHERE key = ?", (key,))

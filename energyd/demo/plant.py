@@ -1,0 +1,111 @@
+"""The simulated plant: a Modbus gateway simulator per link and a compressor station per
+MQTT station of the config, bound to loopback ports written into the config that runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ruamel.yaml import YAML
+
+from energyd.config.schema import Config
+from energyd.demo.broker import Broker
+from energyd.demo.options import LOOPBACK, DemoError
+
+LOAD_SHARE = 0.45  # full-production load of a simulated meter, as a share of its rating
+MESSAGES_EVERY_S = 30.0  # a compressor publishes every 30 simulated seconds
+
+
+@dataclass
+class Event:
+    when: datetime
+    text: str
+
+
+@dataclass
+class Plant:
+    """The simulators and the daemon's effective configuration."""
+
+    config_tree: dict[str, Any]
+    meters: list[Any] = field(default_factory=list)  # MeterSimulator
+    meter_of: dict[str, tuple[Any, int]] = field(default_factory=dict)  # device -> (sim, unit)
+    stations: list[Any] = field(default_factory=list)  # CompressorStation
+    events: list[Event] = field(default_factory=list)
+
+
+def read_tree(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DemoError(f"{path}: cannot read: {exc.strerror}") from None
+    tree = YAML(typ="safe").load(text)
+    if not isinstance(tree, dict):
+        raise DemoError(f"{path}: not a configuration mapping")
+    return tree
+
+
+async def start_meters(plant: Plant, config: Config, clock: Any, tz: ZoneInfo) -> None:
+    from energyd.simulators.meter import MeterSimulator
+
+    links: dict[str, list[Any]] = {}
+    for d in config.devices:
+        if d.driver == "modbus" and d.enabled:
+            assert d.modbus is not None
+            if d.modbus.transport == "rtu":
+                raise DemoError(f"device {d.name}: the demo simulates gateways on TCP only "
+                                "(transport tcp or rtu_over_tcp)")
+            links.setdefault(d.modbus.link, []).append(d)
+    trees = {t["name"]: t for t in plant.config_tree.get("devices", [])}
+    for seed, devices in enumerate(links.values(), start=1):
+        units = [d.modbus.unit for d in devices]
+        if len(set(units)) != len(units):
+            raise DemoError(f"devices {', '.join(d.name for d in devices)} share a link and "
+                            "a unit id")
+        sim = MeterSimulator(
+            profile={d.modbus.unit: d.profile or "eastron_sdm630" for d in devices},
+            units=units, host=LOOPBACK, port=0,
+            framer="rtu" if devices[0].modbus.transport == "rtu_over_tcp" else "socket",
+            clock=clock, tz=tz, seed=seed,
+            base_kw={d.modbus.unit: LOAD_SHARE * (d.rated_power_kw or 100.0) for d in devices})
+        await sim.start()
+        plant.meters.append(sim)
+        for d in devices:
+            plant.meter_of[d.name] = (sim, d.modbus.unit)
+            entry = trees[d.name]
+            entry["modbus"] = {**entry["modbus"], "host": LOOPBACK, "port": sim.port}
+
+
+async def start_stations(plant: Plant, config: Config, broker: Broker, clock: Any,
+                         tz: ZoneInfo) -> None:
+    from energyd.simulators.air import AirSystem
+    from energyd.simulators.compressor import CompressorStation
+
+    stations: dict[str, list[Any]] = {}
+    for d in config.devices:
+        if d.driver == "mqtt" and d.enabled:
+            assert d.mqtt is not None
+            if not d.mqtt.station:
+                raise DemoError(f"device {d.name}: the demo simulates MQTT devices as "
+                                "compressor stations; give it `mqtt.station`")
+            stations.setdefault(d.mqtt.station, []).append(d)
+    for seed, (name, devices) in enumerate(stations.items(), start=1):
+        prefix = devices[0].mqtt.topic.rsplit("/", 2)[0]
+        system = AirSystem.build(len(devices), prefix=f"{name}-c", seed=seed, tz=tz)
+        station = CompressorStation(broker=(LOOPBACK, broker.port), station=name,
+                                    compressors=len(devices), clock=clock,
+                                    rate=1.0 / MESSAGES_EVERY_S, topic_prefix=prefix,
+                                    client_id=f"energyd-demo-{name}", seed=seed, system=system)
+        for d in devices:
+            if d.name not in station.devices or d.mqtt.topic != station.topic(d.name):
+                raise DemoError(
+                    f"device {d.name}: the simulated station {name!r} publishes "
+                    f"{', '.join(station.topic(n) for n in station.devices)}; name its "
+                    f"compressors {', '.join(station.devices)} with those topics")
+        await station.__aenter__()
+        plant.stations.append(station)
+    plant.config_tree["mqtt"] = {**plant.config_tree.get("mqtt", {}),
+                                 "host": LOOPBACK, "port": broker.port}
+
