@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+from daemon_helper import RunningDaemon
 from test_alerts_dispatch import Receiver, Subscriber
 
 from energyd.alerts.episodes import load_episodes
 from energyd.cli import cli
-from energyd.clock import AcceleratedClock, Clock
-from energyd.config.loader import load_config
-from energyd.daemon.app import Daemon
+from energyd.clock import AcceleratedClock
 from energyd.model import to_ms
 from energyd.simulators import MeterSimulator, SimulatedMeter
 from energyd.store.sqlite import Store
@@ -70,24 +69,6 @@ alerts:
 {extra}
 """)
     return path
-
-
-class Running:
-    """A daemon in this event loop, stopped on exit."""
-
-    def __init__(self, config_path: Path, clock: Clock | None = None):
-        self.daemon = Daemon(load_config(config_path), config_path=config_path, clock=clock)
-        self.task: asyncio.Task[int] | None = None
-
-    async def __aenter__(self) -> Daemon:
-        self.task = asyncio.create_task(self.daemon.run(handle_signals=False))
-        await asyncio.wait_for(self.daemon.ready.wait(), 10)
-        return self.daemon
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.daemon.stop()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 15)
 
 
 async def wait_for(messages: Subscriber, predicate: Any, timeout: float) -> dict[str, Any]:
@@ -138,7 +119,7 @@ async def test_live_spike_and_a_stopped_simulator(tmp_path, mosquitto, mqtt_topi
                                topic=mqtt_topic_prefix, hook=hook.url, rules=LIVE_RULES,
                                extra=f"influxdb: {{api: v1, url: '{influxdb.url}', "
                                      f"database: {influxdb_database}}}")
-            async with Running(cfg) as daemon:
+            async with RunningDaemon(cfg) as daemon:
                 await asyncio.sleep(2.5)  # normal load: several polls, no alert
                 assert events(sub) == []
                 assert daemon.context is not None
@@ -176,7 +157,7 @@ async def test_live_spike_and_a_stopped_simulator(tmp_path, mosquitto, mqtt_topi
                                    ("start", "incomer-stale")]
 
             # restarted with the meter still away: the stale episode is known, not repeated
-            async with Running(cfg):
+            async with RunningDaemon(cfg):
                 await asyncio.sleep(3.5 * INTERVAL)
                 # the store's rows reach InfluxDB as energy_alert points (Grafana annotations)
                 points = await alert_points(influxdb, influxdb_database, 3, 10)
@@ -228,7 +209,7 @@ async def test_a_spike_is_reported_at_the_hours_rollup_and_once_after_a_restart(
             cfg = write_config(tmp_path, port=sim.port, mqtt_port=mosquitto.port,
                                topic=mqtt_topic_prefix, hook=hook.url, rules=HOURLY_RULES,
                                interval=60, extra="accounting: {rollup_delay: 60s}")
-            async with Running(cfg, clock) as daemon:
+            async with RunningDaemon(cfg, clock=clock) as daemon:
                 # 10:00-11:00 runs at 3x its load: set at 10:00, cleared at 11:00
                 await asyncio.sleep(clock.real_seconds((start.replace(minute=0) + timedelta(
                     hours=1) - clock.now()).total_seconds()))
@@ -244,7 +225,7 @@ async def test_a_spike_is_reported_at_the_hours_rollup_and_once_after_a_restart(
                 assert ended["ended"] == "2026-06-03T11:00:00+00:00"
                 assert daemon.context is not None
             # restarted: the start-up recomputation sees the spike's hour again
-            async with Running(cfg, clock):
+            async with RunningDaemon(cfg, clock=clock):
                 await asyncio.sleep(2.0)
             assert events(sub) == [("start", "incomer-spike"), ("end", "incomer-spike")]
             with Store.open(tmp_path / "energyd.db") as store:
@@ -287,7 +268,7 @@ alerts:
     - {{type: mqtt, topic: {mqtt_topic_prefix}}}
 """)
     try:
-        async with Running(path, clock), station:
+        async with RunningDaemon(path, clock=clock), station:
             # the leak runs through the night's first hour; then it is fixed at 23:00
             await asyncio.sleep(clock.real_seconds((start + timedelta(hours=2)
                                                     - clock.now()).total_seconds()))

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from daemon_helper import RunningDaemon
 from servers import free_port
 
 from energyd.alerts.outbox import Outbox
@@ -190,9 +191,6 @@ async def test_stop_commits_every_reading_that_was_read(tmp_path: Path) -> None:
     """A source that reads right up to the stop: everything it handed over is in the store."""
     import asyncio
 
-    from energyd.config import parse_config
-    from energyd.daemon.app import Daemon
-
     submitted: list[Reading] = []
 
     class Source:
@@ -211,14 +209,12 @@ async def test_stop_commits_every_reading_that_was_read(tmp_path: Path) -> None:
                 i += 1
                 await asyncio.sleep(0.002)
 
-    config = parse_config(f"storage: {{path: {tmp_path / 'e.db'}, flush_interval: 10s}}\n"
-                          "http: {enabled: false}\n")
-    daemon = Daemon(config, builders=[lambda ctx: [Source(ctx)]])
-    task = asyncio.create_task(daemon.run(handle_signals=False))
-    await asyncio.wait_for(daemon.ready.wait(), 10)
-    await asyncio.sleep(0.5)
-    daemon.stop()
-    assert await asyncio.wait_for(task, 5) == 0
+    running = RunningDaemon(f"storage: {{path: {tmp_path / 'e.db'}, flush_interval: 10s}}\n"
+                            "http: {enabled: false}\n",
+                            builders=[lambda ctx: [Source(ctx)]], stop_timeout=5)
+    async with running:
+        await asyncio.sleep(0.5)
+    assert running.exit_code == 0
     # flush_interval is 10 s, so only the final flush at the stop can have committed them
     assert len(submitted) > 50
     with Store.open(tmp_path / "e.db") as store:
