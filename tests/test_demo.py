@@ -179,3 +179,46 @@ def test_a_bad_plant_file_is_refused_with_its_line(tmp_path: Path) -> None:
     line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "intreval" in text)
     assert f"{bad}:{line}:" in proc.stderr and "intreval" in proc.stderr
     assert not (tmp_path / "d").exists()  # refused before anything started
+
+
+def test_the_view_draws_what_the_status_api_gives(tmp_path: Path) -> None:
+    """The view's rows come from `recent_activity` over the store, not from its own reads."""
+    from energyd.alerts.episodes import EpisodeTracker, Observation
+    from energyd.alerts.rules.conditions import Level, Verdict
+    from energyd.config.loader import parse_config
+    from energyd.daemon.status import recent_activity
+    from energyd.demo.view import render, snapshot
+    from energyd.model import Reading, to_ms
+
+    config = parse_config(f"""
+site: {{name: plant-a, timezone: Asia/Shanghai}}
+storage: {{path: {tmp_path / 'energyd.db'}}}
+devices:
+  - {{name: incomer-1, role: grid_import, driver: modbus, interval: 10s,
+     profile: eastron_sdm630, modbus: {{host: 127.0.0.1}}}}
+""", "plant.yaml")
+    now = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
+    with Store.open(config.storage.path) as st:
+        st.insert_readings([Reading(now - timedelta(seconds=5), "incomer-1", "active_power_kw",
+                                    812.5)])
+        EpisodeTracker(st).observe([Observation(
+            "incomer-overload", "threshold", "incomer-1", to_ms(now) - 60_000,
+            Verdict(Level.ON, {"value": 1300.0, "limit": 1200.0}), "live")])
+        activity = recent_activity(st, config)
+        assert activity["readings"] == 1 and activity["backlog"] is None
+        (device,) = activity["devices"]
+        assert (device["device"], device["kw"]) == ("incomer-1", 812.5)
+        (alert,) = activity["alerts"]
+        assert (alert["rule"], alert["state"]) == ("incomer-overload", "active")
+        assert activity["hourly"] == [] and activity["air"] == []
+        snap = snapshot(st, config, now)
+    from rich.console import Console
+
+    console = Console(width=140, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render(snap, config=config, tz=config.site.tz, speed=360, workdir=tmp_path,
+                         events=[], wall_s=1.0, influx=None, http_port=None))
+    text = console.export_text()
+    assert re.search(r"incomer-1\s+grid_import\s+modbus\s+812\.5\s+10:59:55\s+-\s+-\s+ok",
+                     text), text
+    assert re.search(r"incomer-overload\s+incomer-1\s+active", text), text
+    assert "threshold: value=1300, limit=1200" in text, text
