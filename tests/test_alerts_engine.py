@@ -17,8 +17,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from energyd.alerts.engine import AlertEngine, statement_findings
+from energyd.alerts.engine import AlertEngine
 from energyd.alerts.episodes import load_episodes
+from energyd.alerts.statements import statement_findings
 from energyd.config.loader import parse_config
 from energyd.model import Reading, to_ms
 from energyd.simulators.air import AirSystem
@@ -459,7 +460,7 @@ def test_a_sinks_rejections_make_one_episode_that_ends_after_a_quiet_hour(store)
 
 
 def test_accountings_finding_is_read_through_one_adapter():
-    from energyd.alerts.engine import statement_check
+    from energyd.alerts.statements import statement_check
 
     finding = {"kind": "statement_below_metered", "statement": 7, "account": "acct-1",
                "devices": ["incomer-1", "incomer-2"], "period_start": "2026-06-01T00:00:00Z",

@@ -5,6 +5,7 @@
     episodes.py   the one episode tracker: rules' verdicts and sinks' rejections -> episodes
                   (start once, end once), kept through the store's episodes repository
     engine.py     configured rules applied to the store's rollups and to live readings
+    statements.py the reconciliation rule's input: accounting's findings as typed values
     dispatch.py   MQTT, webhook and log channels, each independent
     outbox.py     events not yet delivered, kept through the store's outbox repository
     report.py     what `energyd alerts` shows

@@ -22,9 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 from energyd.alerts.dispatch import Channel, Dispatcher, LogChannel, MqttChannel, WebhookChannel
-from energyd.alerts.engine import AlertEngine, statement_findings
+from energyd.alerts.engine import AlertEngine
 from energyd.alerts.episodes import Event
 from energyd.alerts.outbox import Outbox
+from energyd.alerts.statements import statement_findings
 from energyd.config.schema import AlertChannel, Config, Mqtt
 from energyd.daemon.context import Component, Context
 from energyd.model import Reading, to_ms
