@@ -246,8 +246,8 @@ def _locate(tree: Any, loc: tuple[Any, ...]) -> tuple[int | None, str]:
     parts: list[str] = []
     for key in loc:
         if isinstance(node, CommentedMap) and isinstance(key, str):
-            if key not in node and key in (node.get("type"), node.get("driver")):
-                continue  # a discriminated union's branch (its tag): not a key of the file
+            if key not in node and key == node.get("type"):
+                continue  # the branch of a union on `type:` (its tag): not a key of the file
             if key in node:
                 line = node.lc.key(key)[0] + 1
                 node = node[key]
