@@ -20,6 +20,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from energyd.alerts.episodes import EpisodeTracker, Event
 from energyd.alerts.rules import conditions as R
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 # there would be an artefact of the spreading, so they neither alert nor feed baselines.
 UNMEASURED = ("invoice", "estimated")
 
-Live = tuple[Rule, Feed | None]
+Live = tuple[Any, Feed | None]  # a LiveRule, and the feed its reading goes to, if any
 
 
 class AlertEngine:
@@ -215,7 +216,7 @@ class AlertEngine:
                         feed(t, r.value)
                         continue
                     is_active = active(rule.name, device)
-                    v = rule.on_reading(self, device, t, r.value, is_active)  # type: ignore[attr-defined]
+                    v = rule.on_reading(self, device, t, r.value, is_active)
                     # the common case, nothing to start or end, stays out of the tracker
                     if v is None or v.level is hold:
                         continue
@@ -233,16 +234,16 @@ class AlertEngine:
             for rule in self.live_rules:
                 assert isinstance(rule, LiveRule)
                 for device, quantity, feed in rule.live_inputs(self):
-                    index[(device, quantity)].append((rule, feed))  # type: ignore[arg-type]
+                    index[(device, quantity)].append((rule, feed))
             self._index = dict(index)
             self._quantities = frozenset(q for _, q in self._index)
         return self._index
 
     # --- periodic ----------------------------------------------------------------------
 
-    def _periodic_rules(self, rule_type: str | None = None) -> list[PeriodicRule]:
+    def _periodic_rules(self, rule_type: str | None = None) -> list[Any]:
         return [r for r in self._rules if isinstance(r, PeriodicRule)
-                and (rule_type is None or r.type == rule_type)]  # type: ignore[attr-defined]
+                and (rule_type is None or r.type == rule_type)]
 
     def check_periodic(self, rule_type: str, now_ms: int | None = None) -> list[Event]:
         """Run the periodic rules of one type (`now_ms`: the wall-clock instant judged)."""
@@ -256,7 +257,7 @@ class AlertEngine:
         periods: dict[str, float] = {}
         for r in self._periodic_rules():
             p = r.period_s(self)
-            kind = r.type  # type: ignore[attr-defined]
+            kind = r.type
             if p is not None:
                 periods[kind] = min(p, periods.get(kind, p))
         return [(f"alerts.{kind}", p, lambda kind=kind: self.check_periodic(kind))
