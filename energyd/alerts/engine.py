@@ -52,8 +52,11 @@ Live = tuple[Any, Feed | None]  # a LiveRule, and the feed its reading goes to, 
 class AlertEngine:
     def __init__(self, config: Config, store: Store, *, now_ms: Callable[[], int],
                  reconciliation: Callable[[int, int], Iterable[StatementCheck]] | None = None,
+                 sink_backlogs: Callable[[], list[tuple[str, int, int | None]]] | None = None,
                  monotonic: Callable[[], float] | None = None):
-        """`reconciliation` gives the statement checks of the hours just rolled up.
+        """`reconciliation` gives the statement checks of the hours just rolled up;
+        `sink_backlogs` each sink's name, unsent readings and the oldest one's time (by
+        default, the store's cursors of the configured InfluxDB sinks).
 
         `monotonic` (seconds), when given, measures how long a device has been silent
         instead of the readings' times: a step of the wall clock then neither makes every
@@ -69,6 +72,7 @@ class AlertEngine:
         self.reconciliation_tolerance = config.accounting.reconciliation_tolerance
         self.tracker = EpisodeTracker(store)
         self.reconciliation_source = reconciliation
+        self._sink_backlogs = sink_backlogs
         self._lock = threading.RLock()
         self._intervals = {d.name: d.interval for d in config.devices}
         self._rules: list[Rule] = [build(r) for r in config.alerts.rules]
@@ -149,6 +153,8 @@ class AlertEngine:
         return now, self._last_seen.get(device, self._started_ms)
 
     def backlogs(self) -> list[tuple[str, int, int | None]]:
+        if self._sink_backlogs is not None:
+            return self._sink_backlogs()
         out = []
         for sink in self.sinks:
             b = self.store.backlog(sink, READINGS)

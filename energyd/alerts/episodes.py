@@ -120,6 +120,7 @@ class EpisodeTracker:
         self.store = store
         self._lock = threading.Lock()
         self._active = self._load_active()
+        self._sinks_open: dict[str, bool] = {}  # sink -> has an active `sink_rejected` episode
 
     def _load_active(self) -> dict[tuple[str, str], Episode]:
         return {(e.rule, e.device): e for e in load_episodes(self.store, state=ACTIVE)
@@ -196,6 +197,7 @@ class EpisodeTracker:
         good, the last with `message`: counted into the sink's active `sink_rejected`
         episode, or one started. Returns the start, if this started one."""
         with self._lock:
+            self._sinks_open[sink] = True
             current = self.store.episodes.latest_active(SINK_REJECTED, sink)
             if current is not None:
                 detail = dict(current.detail)
@@ -216,9 +218,13 @@ class EpisodeTracker:
         """End the sink's `sink_rejected` episode once an hour has passed without a
         rejection. Returns the end, if this ended one."""
         with self._lock:
+            if self._sinks_open.get(sink) is False:
+                return []  # the common case, asked after every quiet cycle: no store read
             current = self.store.episodes.latest_active(SINK_REJECTED, sink)
+            self._sinks_open[sink] = current is not None
             if current is None or at_ms - current.detail.get("last_ms", 0) < SINK_QUIET_MS:
                 return []
+            self._sinks_open[sink] = False
             self.store.episodes.save([EpisodeChange(current.id, SINK_REJECTED, sink, RESOLVED,
                                                     current.started, at_ms, current.detail)])
             return [Event("end", Episode(current.id, SINK_REJECTED, sink, RESOLVED,

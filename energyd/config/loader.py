@@ -244,10 +244,11 @@ def _locate(tree: Any, loc: tuple[Any, ...]) -> tuple[int | None, str]:
     line = 1
     node = tree
     parts: list[str] = []
-    for key in loc:
+    for i, key in enumerate(loc):
         if isinstance(node, CommentedMap) and isinstance(key, str):
-            if key not in node and key == node.get("type"):
-                continue  # the branch of a union on `type:` (its tag): not a key of the file
+            if key not in node and (key == node.get("type") or (
+                    i + 1 < len(loc) and isinstance(loc[i + 1], str) and loc[i + 1] in node)):
+                continue  # a union's branch name (its `type:` tag), not the user's key
             if key in node:
                 line = node.lc.key(key)[0] + 1
                 node = node[key]
