@@ -35,6 +35,7 @@ from typing import Any
 
 from energyd.errors import StoreCorrupt, StoreError
 from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
+from energyd.store.certificates import Certificates
 from energyd.store.samples import (
     SLOTS,
     Sample,
@@ -148,6 +149,7 @@ class Store:
         self._others: dict[int, list[tuple[int, int, int, int]]] = {}
         self._latest: dict[int, int] = {}
         self._data_version = -1
+        self.certificates = Certificates(self)
 
     # --- lifecycle ------------------------------------------------------------------------
 
