@@ -292,3 +292,13 @@ def test_cfe_stays_within_zero_and_one(hours):
         assert c.cfe is None or -1e-9 <= c.cfe <= 1 + 1e-9
     total = cfe_total(got)
     assert total is None or -1e-9 <= total <= 1 + 1e-9
+
+
+def test_a_site_known_by_country_and_grid_region_takes_either_but_no_other_region():
+    load = [Load("incomer", h(13), 1.0)]
+    markets = {"CN", "CN-East"}
+    got = match_hourly(load, [cert("east", 13, 0.5, market="CN-East"),
+                              cert("north", 13, 0.5, market="CN-North"),
+                              cert("cn", 13, 0.25)], markets)
+    assert got.covered("incomer", h(13)) == pytest.approx(0.75)
+    assert set(got.refused) == {"north"} and "CN-North" in got.refused["north"]

@@ -31,7 +31,7 @@ README, "Scope 2 by the hour", says the same for people):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -167,18 +167,27 @@ def _loads(consumption: Iterable[Consumption]) -> list[Load]:
                                                                                 x[0][0]))]
 
 
+def _markets(market: str | Collection[str]) -> tuple[set[str], str]:
+    names = {market} if isinstance(market, str) else set(market)
+    return names, "/".join(sorted(names))
+
+
 def match_hourly(consumption: Iterable[Consumption],
-                 certificates: Sequence[GranularCertificate], market: str) -> Matching:
+                 certificates: Sequence[GranularCertificate],
+                 market: str | Collection[str]) -> Matching:
     """Granular certificates to the purchased load of their own hour and market (see the
     module's rules). Every certificate ends up in `used`, `unused` (excess in its hour, no
-    load left to cover) or `refused` (another market, or an interval that is not one hour's)."""
+    load left to cover) or `refused` (another market, or an interval that is not one hour's).
+    `market`: the site's market boundary, or the names it goes by (a country and its grid
+    region)."""
     _unique(c.id for c in certificates)
+    markets, shown = _markets(market)
     out = Matching()
     by_hour: dict[int, list[GranularCertificate]] = {}
     for c in certificates:
         why = interval_problem(c.start_ms, c.end_ms)
-        if why is None and c.market != market:
-            why = f"market {c.market}, not the site's market {market}"
+        if why is None and c.market not in markets:
+            why = f"market {c.market}, not the site's market {shown}"
         if why is None and not (math.isfinite(c.wh) and c.wh > 0):
             why = f"{c.wh!r} Wh is not a positive number"
         if why is not None:
@@ -212,16 +221,18 @@ def match_hourly(consumption: Iterable[Consumption],
 
 
 def match_annual(consumption: Iterable[Consumption], instruments: Sequence[Instrument],
-                 market: str, used_before: Mapping[str, float] | None = None) -> Matching:
+                 market: str | Collection[str],
+                 used_before: Mapping[str, float] | None = None) -> Matching:
     """Instruments by volume within their window and market (see the module's rules);
     `used_before`: what hours before `consumption` already took of each."""
     _unique(i.id for i in instruments)
+    markets, shown = _markets(market)
     before = used_before or {}
     out = Matching()
     usable = []
     for ins in instruments:
-        if ins.market != market:
-            out.refused[ins.id] = f"market {ins.market}, not the site's market {market}"
+        if ins.market not in markets:
+            out.refused[ins.id] = f"market {ins.market}, not the site's market {shown}"
         else:
             usable.append(ins)
     remaining = {i.id: max(0.0, i.mwh - before.get(i.id, 0.0)) for i in usable}

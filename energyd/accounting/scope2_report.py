@@ -53,6 +53,12 @@ def site_market(acc: Accountant) -> str:
     return acc.config.site.grid_region.split("-")[0]
 
 
+def site_markets(acc: Accountant) -> set[str]:
+    """The names a certificate's market may give the site's boundary: the country, or the
+    grid region itself (a certificate issued for the regional grid the site draws from)."""
+    return {site_market(acc), acc.config.site.grid_region}
+
+
 def vintage_bounds(acc: Accountant, month_start: int) -> tuple[int, int]:
     year = datetime.fromtimestamp(month_start / 1000, acc.tz).year
     return (day_start_ms(date(year, 1, 1), acc.tz), day_start_ms(date(year + 1, 1, 1), acc.tz))
@@ -84,7 +90,7 @@ def granular_annual(acc: Accountant, start: int, certs: Sequence[GranularCertifi
                     used_before: Mapping[str, float] | None) -> tuple[Matching, dict[str, float]]:
     """Annual matching of granular certificates over the month; `used_before` (what the
     vintage's hours before the month took of each; computed from the stored rows when None)."""
-    market = site_market(acc)
+    market = site_markets(acc)
     a, b = vintage_bounds(acc, start)
     instruments = [Instrument(c.id, c.mwh, c.market, a, b, None, "granular")
                    for c in sorted(certs, key=lambda c: (c.start_ms, c.id))]
@@ -135,7 +141,7 @@ def scope2_section(acc: Accountant, month: str, rows: Sequence[RollupRow], *,
     purchased = _purchased(acc, rows)
     vintage = vintage_certificates(acc, start)
     month_certs = [c for c in vintage if start <= c.start_ms < end]
-    hourly_m = match_hourly(purchased, month_certs, market)
+    hourly_m = match_hourly(purchased, month_certs, site_markets(acc))
     annual_g, used_before = granular_annual(acc, start, vintage, purchased, annual_used_before)
 
     per_device: dict[str, dict[str, Any]] = {}
