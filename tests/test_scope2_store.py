@@ -298,3 +298,16 @@ def test_cli_imports_certificates_and_reports_both_modes(tmp_path: Path) -> None
     by_utc = {h["hour"][11:13]: h["cfe"] for h in hours}
     assert by_utc["12"] == pytest.approx(0.5)  # 20:00 local: the grid's share alone
     assert by_utc["01"] == pytest.approx((0.05 + 0.5 * 0.1) / 0.15)  # 09:00 local
+
+
+def test_the_html_report_shows_both_modes_as_the_json_has_them(tmp_path: Path) -> None:
+    from energyd.accounting.report_html import render_html, report_series
+
+    acc, start, end = pv_day(tmp_path)
+    report = acc.report("2026-06", ms("2026-07-02T00:00"))
+    page = render_html(report, report_series(report, acc.rows(start, end)))
+    t = report["scope2"]["totals"]
+    assert "<section id=scope2>" in page
+    for key in ("annual_market_tco2", "hourly_market_tco2", "self_consumed_mwh", "cfe"):
+        assert f"data-key=scope2.{key}>{json.dumps(t[key])}<" in page
+    assert "no hourly production backs it" in page
