@@ -94,6 +94,8 @@ def granular_annual(acc: Accountant, start: int, certs: Sequence[GranularCertifi
     a, b = vintage_bounds(acc, start)
     instruments = [Instrument(c.id, c.mwh, c.market, a, b, None, "granular")
                    for c in sorted(certs, key=lambda c: (c.start_ms, c.id))]
+    if not instruments:
+        return Matching(), {}
     if used_before is None:
         earlier = _purchased(acc, acc.rows(a, start)) if start > a else []
         used_before = match_annual(_leftover(earlier), instruments, market).used \
@@ -140,7 +142,8 @@ def scope2_section(acc: Accountant, month: str, rows: Sequence[RollupRow], *,
     rows = [r for r in rows if r.hour in hours_in_month]
     purchased = _purchased(acc, rows)
     vintage = vintage_certificates(acc, start)
-    month_certs = [c for c in vintage if start <= c.start_ms < end]
+    # by the hour they cover, which belongs to the month its start falls in (as the rows do)
+    month_certs = [c for c in vintage if c.hour in hours_in_month]
     hourly_m = match_hourly(purchased, month_certs, site_markets(acc))
     annual_g, used_before = granular_annual(acc, start, vintage, purchased, annual_used_before)
 
