@@ -302,3 +302,22 @@ def test_a_site_known_by_country_and_grid_region_takes_either_but_no_other_regio
                               cert("cn", 13, 0.25)], markets)
     assert got.covered("incomer", h(13)) == pytest.approx(0.75)
     assert set(got.refused) == {"north"} and "CN-North" in got.refused["north"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(loads, certs, st.integers(1, 47))
+def test_annual_matching_split_in_two_periods_equals_one_run(ls, cs, cut):
+    """What a month's report computes with what earlier months took (`used_before`) is what
+    one run over the whole vintage gives: no certificate is spent twice across periods."""
+    load, gcs = _data(ls, cs)
+    ins = [as_annual(c) for c in gcs]
+    whole = match_annual(load, ins, "CN")
+    first = match_annual([ld for ld in load if ld.hour < h(cut)], ins, "CN")
+    second = match_annual([ld for ld in load if ld.hour >= h(cut)], ins, "CN", first.used)
+    merged = {**first.allocations, **second.allocations}
+    assert merged.keys() == whole.allocations.keys()
+    for key, got in whole.allocations.items():
+        assert [c for c, _ in merged[key]] == [c for c, _ in got]
+        assert [m for _, m in merged[key]] == pytest.approx([m for _, m in got], abs=1e-6)
+    for c in ins:
+        assert first.used.get(c.id, 0) + second.used.get(c.id, 0) <= c.mwh + 1e-6

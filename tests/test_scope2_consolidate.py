@@ -195,3 +195,19 @@ def test_an_unreadable_folder_is_named(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["consolidate", str(tmp_path / "empty")])
     assert res.exit_code == 1 and "site empty" in res.output
     assert "MANIFEST.sha256: missing" in res.output
+
+
+def test_a_report_whose_scope2_figure_was_altered_does_not_verify(three_sites,
+                                                                   tmp_path: Path) -> None:
+    altered = _copy(three_sites[0][0], tmp_path / "altered")
+    report = json.loads((altered / "report.json").read_text())
+    report["scope2"]["totals"]["hourly_market_tco2"] -= 0.01
+    (altered / "report.json").write_text(json.dumps(report))
+    manifest = "".join(f"{hashlib.sha256((altered / n).read_bytes()).hexdigest()}  {n}\n"
+                       for n in sorted(p.name for p in altered.iterdir()
+                                       if p.name != "MANIFEST.sha256"))
+    (altered / "MANIFEST.sha256").write_text(manifest)
+    res = CliRunner().invoke(cli, ["consolidate", str(altered)])
+    assert res.exit_code == 1
+    assert "site shanghai-works" in res.output
+    assert "total: scope2.totals.hourly_market_tco2" in res.output
