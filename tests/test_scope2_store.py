@@ -311,3 +311,15 @@ def test_the_html_report_shows_both_modes_as_the_json_has_them(tmp_path: Path) -
     for key in ("annual_market_tco2", "hourly_market_tco2", "self_consumed_mwh", "cfe"):
         assert f"data-key=scope2.{key}>{json.dumps(t[key])}<" in page
     assert "no hourly production backs it" in page
+
+
+def test_energytag_column_names_in_any_order_are_read(tmp_path: Path) -> None:
+    acc = make(tmp_path, device_yaml("incomer"))
+    text = ("market_boundary,certificate_id,energy_wh,production_interval_start,"
+            "production_interval_end,device_id,technology,storage_discharge\n"
+            "CN,ET-1,2500,2026-06-01T13:00+08:00,2026-06-01T13:15+08:00,PV-9,solar,yes\n")
+    got = import_certificates(acc.store, io.StringIO(text), "et.csv", SHANGHAI, 0)
+    assert got.added == ["ET-1"]
+    rec = acc.store.certificates.held(["ET-1"])["ET-1"]
+    assert (rec.wh, rec.market, rec.device, rec.storage_discharge) == (2500, "CN", "PV-9", True)
+    assert rec.production_end - rec.production_start == 15 * 60_000

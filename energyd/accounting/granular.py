@@ -1,7 +1,9 @@
 """Granular certificates and the region's hourly clean share, from CSV.
 
 Certificates: `id,production_start,production_end,wh,market,device,technology` and optional
-`location,storage_discharge,registry` (any column order; a header names them). `id` is the
+`location,storage_discharge,registry` (any column order; a header names them; EnergyTag's
+`certificate_id`, `device_id`, `market_boundary`, `energy_wh`, `production_interval_start`
+and `production_interval_end` are read as the same). `id` is the
 registry's certificate id (EnergyTag: the certificate's unique id), stable across exports,
 and the store keeps each id once. `production_start` / `production_end`: ISO 8601 instants
 (a time without an offset is site time); the interval is an hour or less and lies within one
@@ -44,6 +46,10 @@ MAX_FIELD = 200
 MAX_CERTIFICATES = 1_000_000  # a year of quarter-hour certificates from 25 devices
 MAX_WH = 1e12  # a terawatt-hour in one hour: a slipped exponent
 FIRST_YEAR, END_YEAR = 1970, 2200
+# EnergyTag's and registries' names for the same columns
+ALIASES = {"certificate_id": "id", "device_id": "device", "market_boundary": "market",
+           "energy_wh": "wh", "production_interval_start": "production_start",
+           "production_interval_end": "production_end"}
 _TRUE = {"true", "yes", "1", "y"}
 _FALSE = {"false", "no", "0", "n", ""}
 
@@ -74,7 +80,7 @@ def _header(records, filename: str, wanted: list[str], optional: list[str],
     if first is None:
         raise ImportRejected([Problem(filename, 1, "", "the file is empty")], 1)
     line, header = first
-    names = [h.strip().lower() for h in header]
+    names = [ALIASES.get(n, n) for n in (h.strip().lower() for h in header)]
     missing = [n for n in wanted if n not in names]
     unknown = [n for n in names if n not in wanted and n not in optional]
     if missing or unknown or len(set(names)) != len(names):
