@@ -719,13 +719,16 @@ def certificates() -> None:
 @click.argument("csv_file", type=click.Path(dir_okay=False))
 def certificates_import(config_path: str, csv_file: str) -> None:
     """Import granular certificates (id,production_start,production_end,wh,market,device,
-    technology[,location,storage_discharge,registry]) whole or not at all; each id is
+    technology[,location,storage_discharge,registry,backs]) whole or not at all; each id is
     stored once, so a file imported again adds nothing."""
     config = _load(config_path)
+    factors = _factors(config)
     from energyd.accounting.granular import import_certificates
+    from energyd.accounting.scope2_report import annual_instruments
 
     with _csv_import(config, csv_file) as (f, store):
-        got = import_certificates(store, f, csv_file, config.site.tz, _now_ms())
+        got = import_certificates(store, f, csv_file, config.site.tz, _now_ms(),
+                                  annual_instruments(_accountant(config, store, factors)))
     click.echo(f"{csv_file}: {len(got.added)} certificates stored, {len(got.already)} "
                "already stored (left as they were)")
 

@@ -323,3 +323,44 @@ def test_energytag_column_names_in_any_order_are_read(tmp_path: Path) -> None:
     rec = acc.store.certificates.held(["ET-1"])["ET-1"]
     assert (rec.wh, rec.market, rec.device, rec.storage_discharge) == (2500, "CN", "PV-9", True)
     assert rec.production_end - rec.production_start == 15 * 60_000
+
+
+def test_hourly_production_backs_an_annual_instrument_without_counting_it_twice(
+        tmp_path: Path) -> None:
+    acc, start, end = pv_day(tmp_path)
+    from energyd.accounting.scope2_report import annual_instruments
+
+    instruments = annual_instruments(acc)
+    head = HEADER.strip() + ",backs\n"
+
+    def backed(cid: str, hour: int, mwh: float, backs: str = "GEC-26", market: str = "CN",
+               day: str = DAY) -> str:
+        return (line(cid, f"{day}T{hour:02d}:00+08:00", f"{day}T{hour + 1:02d}:00+08:00",
+                     wh=mwh * 1e6, market=market) + f",{backs}\n")
+
+    bad = io.StringIO(head + backed("B-1", 18, 0.1, backs="NOPE") + backed("B-2", 18, 0.1,
+                      market="JP") + backed("B-3", 18, 0.1, day="2027-01-05"))
+    with pytest.raises(ImportRejected) as exc:
+        import_certificates(acc.store, bad, "b.csv", SHANGHAI, 0, instruments)
+    text = str(exc.value)
+    assert "b.csv:2: backs 'NOPE': no such instrument under accounting.certificates" in text
+    assert "b.csv:3: backs GEC-26: the instrument's market is CN, this certificate's JP" in text
+    assert "b.csv:4: backs GEC-26: produced at 2027-01-05T10:00:00Z, outside" in text
+    # the instrument holds 0.3 MWh: production stored for it may not go beyond
+    too_much = io.StringIO(head + "".join(backed(f"B-{h}", h, 0.1) for h in (17, 18, 19, 20)))
+    with pytest.raises(ImportRejected, match=r"b.csv:5: backs GEC-26: the production stored "
+                                             r"for it would reach 0.4 MWh, beyond the "
+                                             r"instrument's 0.3 MWh"):
+        import_certificates(acc.store, too_much, "b.csv", SHANGHAI, 0, instruments)
+    ok = head + "".join(backed(f"B-{h}", h, 0.1) for h in (18, 19))
+    got = import_certificates(acc.store, io.StringIO(ok), "b.csv", SHANGHAI, 0, instruments)
+    assert got.added == ["B-18", "B-19"]
+    # imported again: nothing added, and the cap does not count them twice
+    got = import_certificates(acc.store, io.StringIO(ok), "b.csv", SHANGHAI, 0, instruments)
+    assert got.added == [] and got.already == ["B-18", "B-19"]
+    s2 = acc.report("2026-06", ms("2026-07-02T00:00"))["scope2"]
+    t = s2["totals"]
+    assert t["annual_covered_mwh"] == pytest.approx(1.05)  # GEC-26's volume, counted once
+    assert t["hourly_covered_mwh"] == pytest.approx(0.5 + 0.2)
+    assert any("annual instrument GEC-26: 0.3 MWh in annual mode; in hourly mode its hourly "
+               "production (2 certificates, 0.2 MWh) covers 0.2 MWh" in n for n in s2["notes"])

@@ -468,7 +468,8 @@ def _load_store(folder: Path, store: Store) -> list[Line]:
 def _granular(c: Mapping[str, Any]) -> CertificateRecord:
     return CertificateRecord(c["id"], _ms(c["production_start"]), _ms(c["production_end"]),
                              float(c["wh"]), c["market"], c["device"], c["technology"],
-                             c["location"], bool(c["storage_discharge"]), c["registry"])
+                             c["location"], bool(c["storage_discharge"]), c["registry"],
+                             c.get("backs", ""))
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

@@ -30,7 +30,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
-from energyd.accounting.scope2 import HOUR_MS, GranularCertificate, interval_problem, iso
+from energyd.accounting.scope2 import (
+    HOUR_MS,
+    GranularCertificate,
+    Instrument,
+    interval_problem,
+    iso,
+)
 from energyd.errors import ImportRejected, LineProblems, Problem
 from energyd.store.certificates import CertificateRecord
 from energyd.store.csvio import csv_records
@@ -40,7 +46,7 @@ if TYPE_CHECKING:
 
 REQUIRED = ["id", "production_start", "production_end", "wh", "market", "device",
             "technology"]
-OPTIONAL = ["location", "storage_discharge", "registry"]
+OPTIONAL = ["location", "storage_discharge", "registry", "backs"]
 MAX_REPORTED = 50
 MAX_FIELD = 200
 MAX_CERTIFICATES = 1_000_000  # a year of quarter-hour certificates from 25 devices
@@ -69,7 +75,7 @@ class CertificateImport:
 def to_certificate(r: CertificateRecord) -> GranularCertificate:
     return GranularCertificate(r.id, r.production_start, r.production_end, r.wh, r.market,
                                r.device, r.technology, r.location, r.storage_discharge,
-                               r.registry)
+                               r.registry, r.backs)
 
 
 def _header(records, filename: str, wanted: list[str], optional: list[str],
@@ -109,9 +115,13 @@ def _instant(text: str, key: str, tz: ZoneInfo) -> int:
     return round(when.timestamp() * 1000)
 
 
-def parse_certificates(stream: TextIO, filename: str, tz: ZoneInfo) -> list[CertificateLine]:
+def parse_certificates(stream: TextIO, filename: str, tz: ZoneInfo,
+                       instruments: Mapping[str, Instrument] | None = None,
+                       ) -> list[CertificateLine]:
     """Parse and check a certificates file on its own (not against the store); raise
-    ImportRejected listing every bad line."""
+    ImportRejected listing every bad line. `instruments`: the annual instruments (id ->)
+    a certificate may detail the production of (`backs`)."""
+    known = instruments or {}
     fail = LineProblems(filename, MAX_REPORTED)
     records = csv_records(stream, fail)
     names = _header(records, filename, REQUIRED, OPTIONAL, fail)
@@ -160,6 +170,21 @@ def parse_certificates(stream: TextIO, filename: str, tz: ZoneInfo) -> list[Cert
             fail(line, f"storage_discharge {rec['storage_discharge'][:40]!r} is not true or "
                        "false")
             continue
+        backs = rec["backs"]
+        if backs:
+            ins = known.get(backs)
+            if ins is None:
+                fail(line, f"backs {backs[:40]!r}: no such instrument under "
+                           "accounting.certificates")
+                continue
+            if ins.market != rec["market"]:
+                fail(line, f"backs {backs}: the instrument's market is {ins.market}, this "
+                           f"certificate's {rec['market']}")
+                continue
+            if not ins.start_ms <= start < ins.end_ms:
+                fail(line, f"backs {backs}: produced at {iso(start)}, outside the instrument's "
+                           f"validity ({iso(ins.start_ms)} to {iso(ins.end_ms)})")
+                continue
         cid = rec["id"]
         if cid in first_line:
             fail(line, f"id {cid}: the certificate on line {first_line[cid]} has the same id "
@@ -168,7 +193,7 @@ def parse_certificates(stream: TextIO, filename: str, tz: ZoneInfo) -> list[Cert
         first_line[cid] = line
         out.append(CertificateLine(line, CertificateRecord(
             cid, start, end, wh, rec["market"], rec["device"], rec["technology"],
-            rec["location"], flag in _TRUE, rec["registry"])))
+            rec["location"], flag in _TRUE, rec["registry"], backs)))
     if fail:
         raise fail.rejected()
     return out
@@ -251,12 +276,33 @@ def parse_grid_mix(stream: TextIO, filename: str, tz: ZoneInfo) -> dict[int, flo
 
 
 def import_certificates(store: Store, stream: TextIO, filename: str, tz: ZoneInfo,
-                        now_ms: int) -> CertificateImport:
+                        now_ms: int, instruments: Mapping[str, Instrument] | None = None,
+                        ) -> CertificateImport:
     """Check a certificates file whole, then store the certificates the store does not hold
-    yet (raise ImportRejected, storing nothing, when any line is refused)."""
-    lines = parse_certificates(stream, filename, tz)
+    yet (raise ImportRejected, storing nothing, when any line is refused). A certificate that
+    details an annual instrument's production (`backs`) is refused where the production
+    stored for it would exceed the instrument's MWh: the hourly mode then never covers more
+    than the instrument holds."""
+    lines = parse_certificates(stream, filename, tz, instruments)
     repo = store.certificates
-    check_against_stored(lines, repo.held(cl.record.id for cl in lines), filename)
+    held = repo.held(cl.record.id for cl in lines)
+    check_against_stored(lines, held, filename)
+    fail = LineProblems(filename, MAX_REPORTED)
+    backing: dict[str, float] = {}
+    for cl in lines:
+        b = cl.record.backs
+        if not b or cl.record.id in held:
+            continue
+        if b not in backing:
+            backing[b] = repo.backing_wh(b)
+        backing[b] += cl.record.wh
+        limit = (instruments or {})[b].mwh * 1e6
+        if backing[b] > limit * (1 + 1e-12):
+            fail(cl.line, f"backs {b}: the production stored for it would reach "
+                          f"{backing[b] / 1e6:.6g} MWh, beyond the instrument's "
+                          f"{limit / 1e6:.6g} MWh")
+    if fail:
+        raise fail.rejected()
     added, already = repo.retire(((cl.record, f"{filename}:{cl.line}") for cl in lines),
                                  now_ms)
     return CertificateImport(added, already)

@@ -76,6 +76,7 @@ class GranularCertificate:
     location: str = ""
     storage_discharge: bool = False
     registry: str = ""
+    backs: str = ""  # an annual instrument's id: this is that instrument's hourly production
 
     @property
     def hour(self) -> int:
@@ -90,7 +91,7 @@ class GranularCertificate:
                 "production_end": iso(self.end_ms), "wh": self.wh, "market": self.market,
                 "device": self.device, "technology": self.technology,
                 "location": self.location, "storage_discharge": self.storage_discharge,
-                "registry": self.registry}
+                "registry": self.registry, "backs": self.backs}
 
 
 def interval_problem(start_ms: int, end_ms: int) -> str | None:

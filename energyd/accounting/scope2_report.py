@@ -59,6 +59,13 @@ def site_markets(acc: Accountant) -> set[str]:
     return {site_market(acc), acc.config.site.grid_region}
 
 
+def annual_instruments(acc: Accountant) -> dict[str, Instrument]:
+    """The configured annual instruments the site can use, as the rules take them: what a
+    granular certificate may detail the hourly production of (`backs`)."""
+    return {c.id: Instrument(c.id, c.mwh, c.market, c.start_ms, c.end_ms, c.devices)
+            for c in acc.certificates}
+
+
 def vintage_bounds(acc: Accountant, month_start: int) -> tuple[int, int]:
     year = datetime.fromtimestamp(month_start / 1000, acc.tz).year
     return (day_start_ms(date(year, 1, 1), acc.tz), day_start_ms(date(year + 1, 1, 1), acc.tz))
@@ -92,8 +99,10 @@ def granular_annual(acc: Accountant, start: int, certs: Sequence[GranularCertifi
     vintage's hours before the month took of each; computed from the stored rows when None)."""
     market = site_markets(acc)
     a, b = vintage_bounds(acc, start)
+    # a certificate that details an annual instrument's production is in that instrument's
+    # volume already: counted by volume again, it would be counted twice
     instruments = [Instrument(c.id, c.mwh, c.market, a, b, None, "granular")
-                   for c in sorted(certs, key=lambda c: (c.start_ms, c.id))]
+                   for c in sorted(certs, key=lambda c: (c.start_ms, c.id)) if not c.backs]
     if not instruments:
         return Matching(), {}
     if used_before is None:
@@ -221,9 +230,21 @@ def scope2_section(acc: Accountant, month: str, rows: Sequence[RollupRow], *,
     total_purchased = sum(purchased_by_hour.values())
     total_self = sum(v for v in self_consumed.values())
     notes = []
-    for cid, mwh in sorted(config_annual_in_month.items()):
-        notes.append(f"annual instrument {cid}: {mwh:.6g} MWh in annual mode, none in hourly "
-                     "mode: no hourly production backs it")
+    backing: dict[str, list[GranularCertificate]] = {}
+    for c in month_certs:
+        if c.backs:
+            backing.setdefault(c.backs, []).append(c)
+    for cid in sorted(set(config_annual_in_month) | set(backing)):
+        mwh = config_annual_in_month.get(cid, 0.0)
+        backed = backing.get(cid)
+        if not backed:
+            notes.append(f"annual instrument {cid}: {mwh:.6g} MWh in annual mode, none in "
+                         "hourly mode: no hourly production backs it")
+            continue
+        used = sum(hourly_m.used.get(c.id, 0.0) for c in backed)
+        notes.append(f"annual instrument {cid}: {mwh:.6g} MWh in annual mode; in hourly mode "
+                     f"its hourly production ({len(backed)} certificates, "
+                     f"{sum(c.mwh for c in backed):.6g} MWh) covers {used:.6g} MWh")
     for cid, why in sorted(hourly_m.refused.items()):
         notes.append(f"certificate {cid} covers nothing: {why}")
     if generation and export is None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from energyd.store.sqlite import Store
 
 _COLUMNS = ("id, production_start, production_end, wh, market, device, technology, location, "
-            "storage_discharge, registry")
+            "storage_discharge, registry, backs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +32,14 @@ class CertificateRecord:
     location: str = ""
     storage_discharge: bool = False
     registry: str = ""
+    backs: str = ""  # an annual instrument's id: this is its hourly production
 
 
 def _record(row: Sequence[object]) -> CertificateRecord:
-    i, a, b, wh, market, device, tech, loc, discharge, registry = row
+    i, a, b, wh, market, device, tech, loc, discharge, registry, backs = row
     return CertificateRecord(str(i), int(a), int(b), float(wh), str(market),  # type: ignore[arg-type]
-                             str(device), str(tech), str(loc), bool(discharge), str(registry))
+                             str(device), str(tech), str(loc), bool(discharge), str(registry),
+                             str(backs))
 
 
 class Certificates:
@@ -68,10 +70,10 @@ class Certificates:
             for rec, origin in records:
                 cur = conn.execute(
                     f"INSERT INTO granular_certificates ({_COLUMNS}, imported, origin) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                     (rec.id, rec.production_start, rec.production_end, rec.wh, rec.market,
                      rec.device, rec.technology, rec.location, int(rec.storage_discharge),
-                     rec.registry, imported_ms, origin))
+                     rec.registry, rec.backs, imported_ms, origin))
                 (added if cur.rowcount == 1 else already).append(rec.id)
         return added, already
 
@@ -80,6 +82,12 @@ class Certificates:
         return [_record(r) for r in self._store.execute(
             f"SELECT {_COLUMNS} FROM granular_certificates WHERE production_start >= ? "
             "AND production_start < ? ORDER BY production_start, id", (start_ms, end_ms))]
+
+    def backing_wh(self, instrument: str) -> float:
+        """The Wh of the stored certificates that detail an annual instrument's production."""
+        return float(self._store.execute(
+            "SELECT coalesce(sum(wh), 0) FROM granular_certificates WHERE backs = ?",
+            (instrument,))[0][0])
 
     def count(self) -> int:
         return int(self._store.execute("SELECT count(*) FROM granular_certificates")[0][0])

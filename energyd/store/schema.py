@@ -248,6 +248,7 @@ MIGRATIONS: list[Migration] = [
         location TEXT NOT NULL DEFAULT '',
         storage_discharge INTEGER NOT NULL DEFAULT 0,
         registry TEXT NOT NULL DEFAULT '',
+        backs TEXT NOT NULL DEFAULT '',  -- the annual instrument whose production it details
         imported INTEGER NOT NULL,
         origin TEXT NOT NULL DEFAULT ''
     );
