@@ -8,6 +8,9 @@ registry's certificate id (EnergyTag: the certificate's unique id), stable acros
 and the store keeps each id once. `production_start` / `production_end`: ISO 8601 instants
 (a time without an offset is site time); the interval is an hour or less and lies within one
 UTC hour. `wh` > 0 (EnergyTag's unit). `storage_discharge`: true/false (empty: false).
+`backs`: the id of an annual instrument (`accounting.certificates`) whose production the
+certificate details hour by hour: of the instrument's market, produced within its validity,
+and never, with what is stored for it, beyond its MWh.
 
 A file goes in whole or not at all. Refused, each with its line, the field and what is wrong:
 a bad field; an interval that is empty, longer than an hour or across an hour's start; an id
