@@ -364,3 +364,19 @@ def test_hourly_production_backs_an_annual_instrument_without_counting_it_twice(
     assert t["hourly_covered_mwh"] == pytest.approx(0.5 + 0.2)
     assert any("annual instrument GEC-26: 0.3 MWh in annual mode; in hourly mode its hourly "
                "production (2 certificates, 0.2 MWh) covers 0.2 MWh" in n for n in s2["notes"])
+
+
+def test_the_pv_days_evidence_verifies_with_its_scope2_figures(tmp_path: Path) -> None:
+    from energyd.accounting.evidence import verify_evidence
+
+    acc, start, end = pv_day(tmp_path)
+    now = ms("2026-07-02T00:00")
+    acc.recompute((start - HOUR_MS, ms("2026-07-01T00:00")), now)  # as the daemon would
+    acc.export_evidence("2026-06", tmp_path / "ev", now)
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["scope2"]["totals"]["self_consumed_mwh"] == pytest.approx(0.29)
+    certs = json.loads((tmp_path / "ev" / "certificates.json").read_text())
+    assert [c["id"] for c in certs["granular"]] == [f"GC-{h}" for h in range(10, 15)]
+    acc.store.close()
+    verdict = verify_evidence(tmp_path / "ev")
+    assert verdict.ok, (verdict.problems, verdict.hours[:3], verdict.totals)

@@ -27,7 +27,7 @@ Refused like certificates: a bad field, an hour twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
@@ -81,8 +81,8 @@ def to_certificate(r: CertificateRecord) -> GranularCertificate:
                                r.registry, r.backs)
 
 
-def _header(records, filename: str, wanted: list[str], optional: list[str],
-            fail: LineProblems) -> list[str]:
+def _header(records: Iterator[tuple[int, list[str]]], filename: str, wanted: list[str],
+            optional: list[str], fail: LineProblems) -> list[str]:
     first = next(records, None)
     if fail:
         raise fail.rejected()
