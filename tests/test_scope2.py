@@ -321,3 +321,12 @@ def test_annual_matching_split_in_two_periods_equals_one_run(ls, cs, cut):
         assert [m for _, m in merged[key]] == pytest.approx([m for _, m in got], abs=1e-6)
     for c in ins:
         assert first.used.get(c.id, 0) + second.used.get(c.id, 0) <= c.mwh + 1e-6
+
+
+def test_a_certificate_limited_to_some_meters_covers_only_those():
+    load = [Load("a-incomer", h(13), 1.0), Load("b-incomer", h(13), 1.0)]
+    c = GranularCertificate("p", h(13), h(14), 1.5e6, "CN", backs="PPA-1",
+                            devices=("b-incomer",))
+    got = match_hourly(load, [c], "CN")
+    assert got.allocations == {("b-incomer", h(13)): [("p", 1.0)]}
+    assert got.unused == {"p": 0.5}

@@ -77,6 +77,7 @@ class GranularCertificate:
     storage_discharge: bool = False
     registry: str = ""
     backs: str = ""  # an annual instrument's id: this is that instrument's hourly production
+    devices: tuple[str, ...] | None = None  # only these grid meters (those of the instrument)
 
     @property
     def hour(self) -> int:
@@ -206,7 +207,8 @@ def match_hourly(consumption: Iterable[Consumption],
             for c in order:
                 if need <= EPSILON_MWH:
                     break
-                if left[c.id] <= EPSILON_MWH:
+                if left[c.id] <= EPSILON_MWH or (
+                        c.devices is not None and ld.device not in c.devices):
                     continue
                 take = min(need, left[c.id])
                 left[c.id] -= take

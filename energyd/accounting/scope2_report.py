@@ -15,6 +15,7 @@ CFE% per hour and for the month, and the hourly-matching gap by local hour of da
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,10 @@ def scope2_section(acc: Accountant, month: str, rows: Sequence[RollupRow], *,
     vintage = vintage_certificates(acc, start)
     # by the hour they cover, which belongs to the month its start falls in (as the rows do)
     month_certs = [c for c in vintage if c.hour in hours_in_month]
+    # the production of an instrument limited to some grid meters covers only those
+    limits = {i.id: i.devices for i in annual_instruments(acc).values()}
+    month_certs = [replace(c, devices=limits.get(c.backs)) if c.backs else c
+                   for c in month_certs]
     hourly_m = match_hourly(purchased, month_certs, site_markets(acc))
     annual_g, used_before = granular_annual(acc, start, vintage, purchased, annual_used_before)
 
