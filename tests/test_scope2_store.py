@@ -209,6 +209,9 @@ def test_a_pv_day_reports_both_modes_on_site_generation_and_cfe(tmp_path: Path) 
     assert hours[9]["cfe"] == pytest.approx(1 / 3)
     assert hours[20]["cfe"] == 0.0
     assert t["cfe"] == pytest.approx((0.5 + 0.29) / 2.69, abs=1e-6)
+    by_hod = {c["hour_of_day"]: c["cfe"] for c in s2["cfe_by_hour_of_day"]}
+    assert by_hod[12] == pytest.approx(1.0) and by_hod[9] == pytest.approx(1 / 3)
+    assert by_hod[20] == 0.0
 
 
 def test_a_grid_mix_adds_the_grid_clean_share_to_cfe(tmp_path: Path) -> None:
@@ -283,6 +286,7 @@ def test_cli_imports_certificates_and_reports_both_modes(tmp_path: Path) -> None
     assert "scope 2 market-based, side by side (CN): annual" in res.output
     assert "hourly-matching gap by hour of day" in res.output
     assert "self-consumed 0.290 MWh" in res.output
+    assert "CFE by hour of day: 00h 0%" in res.output and "12h 100%" in res.output
     res = runner.invoke(cli, ["report", "-c", str(cfg), "--month", "2026-06", "--format", "csv"])
     rows = [r for r in csv.reader(io.StringIO(res.output)) if r]
     total = next(r for r in rows if r[:2] == ["scope2", "TOTAL"])

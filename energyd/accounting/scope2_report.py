@@ -315,6 +315,7 @@ def scope2_section(acc: Accountant, month: str, rows: Sequence[RollupRow], *,
                                              for k, v in sorted(used_before.items())},
         },
         "gap_by_hour_of_day": gap_by_hour_of_day(annual_by_hour, hourly_by_hour, acc.tz),
+        "cfe_by_hour_of_day": _cfe_by_hour_of_day(cfe_hours, acc.tz),
         "hours": hours_out,
         "notes": notes,
         "method": {
@@ -330,6 +331,20 @@ def scope2_section(acc: Accountant, month: str, rows: Sequence[RollupRow], *,
                    "share x the rest, over load (purchased + self-consumed)",
         },
     }
+
+
+def _cfe_by_hour_of_day(hours: Sequence[Any], tz: Any) -> list[dict[str, Any]]:
+    """The month's CFE per local hour of day: the hours' clean MWh over their load."""
+    out = [{"hour_of_day": i, "load_mwh": 0.0, "clean_mwh": 0.0, "cfe": None} for i in range(24)]
+    for c in hours:
+        slot = out[datetime.fromtimestamp(c.hour / 1000, tz).hour]
+        slot["load_mwh"] += c.load_mwh
+        slot["clean_mwh"] += c.clean_mwh
+    for slot in out:
+        slot["cfe"] = round(slot["clean_mwh"] / slot["load_mwh"], 9) \
+            if slot["load_mwh"] > 1e-9 else None
+        slot["load_mwh"], slot["clean_mwh"] = _r(slot["load_mwh"]), _r(slot["clean_mwh"])
+    return out
 
 
 def scope2_lines(section: Mapping[str, Any]) -> list[str]:
@@ -351,6 +366,10 @@ def scope2_lines(section: Mapping[str, Any]) -> list[str]:
     lines.append(f"  on-site: generation {f(t['generation_mwh'])} MWh, exported "
                  f"{f(t['export_mwh'])} MWh, self-consumed {f(t['self_consumed_mwh'])} MWh "
                  f"({share} of consumption); CFE {cfe_text}")
+    by_hod = [c for c in section.get("cfe_by_hour_of_day", ()) if c["cfe"] is not None]
+    if by_hod:
+        lines.append("  CFE by hour of day: " + ", ".join(
+            f"{c['hour_of_day']:02d}h {c['cfe']:.0%}" for c in by_hod))
     gaps = [g for g in section["gap_by_hour_of_day"] if g["gap_mwh"] > 0]
     if gaps:
         lines.append("  hourly-matching gap by hour of day (MWh annual covers, hourly does "
