@@ -709,6 +709,65 @@ def invoices_accept(config_path: str, statement_id: int, reason: str, by: str | 
                f"{acc['reason']}")
 
 
+@cli.group()
+def certificates() -> None:
+    """Granular certificates (hourly-matched Scope 2)."""
+
+
+@certificates.command("import")
+@click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
+@click.argument("csv_file", type=click.Path(dir_okay=False))
+def certificates_import(config_path: str, csv_file: str) -> None:
+    """Import granular certificates (id,production_start,production_end,wh,market,device,
+    technology[,location,storage_discharge,registry,backs]) whole or not at all; each id is
+    stored once, so a file imported again adds nothing."""
+    config = _load(config_path)
+    factors = _factors(config)
+    from energyd.accounting.granular import import_certificates
+    from energyd.accounting.scope2_report import annual_instruments
+
+    with _csv_import(config, csv_file) as (f, store):
+        got = import_certificates(store, f, csv_file, config.site.tz, _now_ms(),
+                                  annual_instruments(_accountant(config, store, factors)))
+    click.echo(f"{csv_file}: {len(got.added)} certificates stored, {len(got.already)} "
+               "already stored (left as they were)")
+
+
+@cli.command()
+@click.argument("directories", nargs=-1, required=True,
+                type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "json", "csv"]))
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="write to this file instead of standard output")
+def consolidate(directories: tuple[str, ...], fmt: str, output: str | None) -> None:
+    """The organisation's month from its sites' evidence folders (`report --evidence`), each
+    verified as `energyd verify` does: per site and in total, Scope 1, Scope 2 location,
+    annual-market and hourly-market. Exit 1 naming each site whose folder does not verify."""
+    from energyd.accounting.consolidate import (
+        ConsolidationError,
+        organisation_csv,
+        organisation_lines,
+    )
+    from energyd.accounting.consolidate import (
+        consolidate as combine_sites,
+    )
+
+    logging.getLogger("energyd.accounting").setLevel(logging.WARNING)
+    try:
+        org = combine_sites(directories)
+    except ConsolidationError as exc:
+        click.echo(f"energyd consolidate: {exc}", err=True)
+        sys.exit(1)
+    text = (json.dumps(org, indent=2) + "\n" if fmt == "json" else organisation_csv(org)
+            if fmt == "csv" else "".join(f"{line}\n" for line in organisation_lines(org)))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    Path(output).write_text(text, encoding="utf-8")
+    click.echo(f"organisation: {output}", err=True)
+
+
 @cli.command()
 @click.option("-c", "--config", "config_path", required=True, help=CONFIG_HELP)
 @click.option("--from", "start", required=True, help="start, ISO 8601 with offset (inclusive)")
@@ -752,8 +811,10 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
                    "rollups, report, SHA-256 manifest) into this new directory")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="write the report to this file instead of standard output")
+@click.option("--grid-mix", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="CSV hour,clean_share: the region's carbon-free share per hour, for CFE%")
 def report(config_path: str, month: str, fmt: str, evidence: str | None,
-           output: str | None) -> None:
+           output: str | None, grid_mix: str | None) -> None:
     """Monthly MWh by source, coverage, tCO2 (location, market, fuel) with provenance;
     `--format html`: one self-contained document with charts, for people and for print."""
     config = _load(config_path)
@@ -768,6 +829,8 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None,
                 payload = acc.report(month, _now_ms())
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--month") from None
+            if grid_mix:
+                _with_grid_mix(acc, month, payload, grid_mix)
             if evidence:
                 info = acc.export_evidence(month, evidence, _now_ms())
                 click.echo(f"evidence: {info['directory']} ({info['readings']} readings, "
@@ -793,6 +856,20 @@ def report(config_path: str, month: str, fmt: str, evidence: str | None,
         click.echo(f"energyd: {output}: cannot write the report: {exc}", err=True)
         sys.exit(1)
     click.echo(f"report: {output}", err=True)
+
+
+def _with_grid_mix(acc: Any, month: str, payload: dict[str, Any], path: str) -> None:
+    from energyd.accounting.granular import parse_grid_mix
+    from energyd.accounting.scope2_report import scope2_section
+
+    try:
+        with open(path, newline="\n", encoding="utf-8-sig", errors="surrogateescape") as f:
+            mix = parse_grid_mix(f, path, acc.tz)
+    except ImportRejected as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    payload["scope2"] = scope2_section(acc, month, acc.rows(*acc.month_bounds(month)),
+                                       grid_mix=mix)
 
 
 def _report_html(acc: Any, store: Any, month: str, payload: dict[str, Any],

@@ -42,9 +42,11 @@ from energyd import __version__
 from energyd.accounting.energy import HOUR_MS
 from energyd.accounting.factors import load_factors
 from energyd.accounting.rollup import LIKE_LOOKBACK_DAYS, RollupRow, iso
+from energyd.accounting.scope2_report import scope2_section, vintage_certificates
 from energyd.accounting.validation import DAY_MS, LEARN_DAYS
 from energyd.config.schema import Config
 from energyd.errors import StoreError
+from energyd.store.certificates import CertificateRecord
 from energyd.store.sqlite import Store
 
 if TYPE_CHECKING:
@@ -151,7 +153,9 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
         "GROUP BY certificate", (lo,)))
     _write_json(out / "certificates.json", {
         "certificates": report["certificates"],
-        "allocated_before_window_mwh": {k: before[k] for k in sorted(before)}})
+        "allocated_before_window_mwh": {k: before[k] for k in sorted(before)},
+        # the granular certificates of the month's vintage: what both Scope 2 modes use
+        "granular": [c.as_dict() for c in vintage_certificates(acc, start)]})
     done("certificates.json")
     _write_json(out / "config.json", accounting_config(acc.config))
     done("config.json")
@@ -365,6 +369,14 @@ def verify_evidence(folder: str | Path) -> Verdict:
             rows = acc.rows(start, end)
             now = end if meta["complete"] else end - 1
             report = acc.report(meta["month"], now)
+            expected = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            if "scope2" in expected:
+                # the vintage's hours before the month are not in the folder: what they took
+                # of each granular certificate is, as for the annual instruments
+                before = expected["scope2"]["granular_certificates"][
+                    "annual_used_before_month_mwh"]
+                report["scope2"] = scope2_section(acc, meta["month"], rows,
+                                                  annual_used_before=before)
     stored = {(r["hour"], r["device"]): r for r in _read_rows(folder / "rollups.csv")}
     mine = {(iso(r.hour), r.device): r for r in rows}
     digests = inputs_digests(readings, rows, sources)
@@ -386,7 +398,6 @@ def verify_evidence(folder: str | Path) -> Verdict:
             verdict.hours.append((hour, device, what))
         if not found:
             verdict.notes += [(hour, device, what) for what in _detail_notes(a, b)]
-    expected = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     verdict.totals = _report_differences(expected, report)
     return verdict
 
@@ -422,6 +433,8 @@ def _load_store(folder: Path, store: Store) -> list[Line]:
     acceptances = json.loads((folder / "acceptances.json").read_text(encoding="utf-8"))
     certs = json.loads((folder / "certificates.json").read_text(encoding="utf-8"))
     meta = json.loads((folder / "evidence.json").read_text(encoding="utf-8"))
+    store.certificates.retire(((_granular(c), "certificates.json")
+                               for c in certs.get("granular", [])), 0)
     with store.transaction() as conn:
         store.insert_rows(conn, readings)
         conn.executemany(
@@ -450,6 +463,13 @@ def _load_store(folder: Path, store: Store) -> list[Line]:
             "VALUES (?, '', ?, ?)",
             [(cid, before, mwh) for cid, mwh in certs["allocated_before_window_mwh"].items()])
     return lines
+
+
+def _granular(c: Mapping[str, Any]) -> CertificateRecord:
+    return CertificateRecord(c["id"], _ms(c["production_start"]), _ms(c["production_end"]),
+                             float(c["wh"]), c["market"], c["device"], c["technology"],
+                             c["location"], bool(c["storage_discharge"]), c["registry"],
+                             c.get("backs", ""))
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -521,6 +541,10 @@ def _report_differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> 
                 out.append(f"totals.{k} differs from the recomputed")
         elif not _same(v, w, KWH_TOLERANCE):
             out.append(f"totals.{k} {v} in report.json, {w} recomputed")
+    mine = (got.get("scope2") or {}).get("totals", {})
+    for k, v in ((expected.get("scope2") or {}).get("totals") or {}).items():
+        if not _same(v, mine.get(k), KWH_TOLERANCE):
+            out.append(f"scope2.totals.{k} {v} in report.json, {mine.get(k)} recomputed")
     got_devices = {d["device"]: d for d in got.get("devices", [])}
     for d in expected.get("devices", []):
         g = got_devices.get(d["device"])

@@ -261,6 +261,11 @@ def report_csv(report: dict[str, Any]) -> str:
     w.writerow(["TOTAL fuel", "fuel", 1, "", "", "", "", "", "", "", "", "",
                 _blank(t["scope1_fuel_tco2"]), _blank(t["scope1_fuel_tco2"]), "",
                 report["status"]])
+    if report.get("scope2"):
+        from energyd.accounting.scope2_report import scope2_csv_rows
+
+        # after a blank line, each section's rows start with its name
+        w.writerows(scope2_csv_rows(report["scope2"]))
     return out.getvalue()
 
 
@@ -315,4 +320,8 @@ def report_lines(report: dict[str, Any], month: str) -> list[str]:
     lines += [f"  provisional: {reason}" for reason in report["reasons"]]
     lines += [f"  tCO2 null: {why}" for why in t.get("tco2_null", [])]
     lines += [f"  flag: {flag}" for flag in report["flags"]]
+    if report.get("scope2"):
+        from energyd.accounting.scope2_report import scope2_lines
+
+        lines += scope2_lines(report["scope2"])
     return lines

@@ -126,6 +126,7 @@ def render_html(report: Mapping[str, Any], series: Mapping[str, Any], *,
         _devices(report, series),
         _reconciliation(report),
         _factors(report),
+        _scope2(report) if report.get("scope2") else "",
         _evidence(manifest, verification) if manifest is not None else "",
         f"<footer>method: {_e(report['method']['location'])}; market: "
         f"{_e(report['method']['market'])}; {_e(report['method']['purchased'])}.</footer>",
@@ -445,6 +446,49 @@ def _factors(report: Mapping[str, Any]) -> str:
             + ("<table><tr><th>certificate</th><th>type</th><th>vintage</th><th>market</th>"
                "<th>MWh</th><th>applied this month</th><th>remaining</th></tr>" + certs
                + "</table>" if certs else "<p>No certificates.</p>") + "</section>")
+
+
+def _scope2(report: Mapping[str, Any]) -> str:
+    """Both market-based modes side by side, on-site generation, CFE% and the hourly-matching
+    gap by hour of day, as `report["scope2"]` has them."""
+    s2 = report["scope2"]
+    t = s2["totals"]
+    rows = "".join(
+        f"<tr><td>{_e(d['device'])}</td><td class=num>{_e(_num(d['mwh']))}</td>"
+        f"<td class=num>{_e(_num(d['annual']['covered_mwh']))}</td>"
+        f"<td class=num>{_e(_num(d['annual']['tco2']))}</td>"
+        f"<td class=num>{_e(_num(d['hourly']['covered_mwh']))}</td>"
+        f"<td class=num>{_e(_num(d['hourly']['tco2']))}</td></tr>" for d in s2["devices"])
+    rows += (f"<tr><th>total</th><td class=num>{_e(_num(t['purchased_mwh']))}</td>"
+             f"<td class=num data-key=scope2.annual_covered_mwh>"
+             f"{_e(_num(t['annual_covered_mwh']))}</td>"
+             f"<td class=num data-key=scope2.annual_market_tco2>"
+             f"{_e(_num(t['annual_market_tco2']))}</td>"
+             f"<td class=num data-key=scope2.hourly_covered_mwh>"
+             f"{_e(_num(t['hourly_covered_mwh']))}</td>"
+             f"<td class=num data-key=scope2.hourly_market_tco2>"
+             f"{_e(_num(t['hourly_market_tco2']))}</td></tr>")
+    onsite = "".join(
+        f"<tr><th>{_e(label)}</th><td class=num data-key=scope2.{key}>{_e(_num(t[key]))}</td>"
+        f"</tr>" for key, label in (
+            ("generation_mwh", "On-site generation, MWh"), ("export_mwh", "Exported, MWh"),
+            ("self_consumed_mwh", "Self-consumed, MWh (not purchased, no Scope 2)"),
+            ("self_consumed_share", "Share of consumption self-consumed"),
+            ("cfe", "Carbon-free share (CFE%, hourly)"),
+            ("gap_mwh", "Hourly-matching gap, MWh")))
+    gap = "".join(
+        f"<tr><td>{g['hour_of_day']:02d}:00</td><td class=num>{_e(_num(g['annual_mwh']))}</td>"
+        f"<td class=num>{_e(_num(g['hourly_mwh']))}</td>"
+        f"<td class=num>{_e(_num(g['gap_mwh']))}</td></tr>" for g in s2["gap_by_hour_of_day"])
+    notes = "".join(f"<li>{_e(n)}</li>" for n in s2["notes"])
+    return ("<section id=scope2><h2>Scope 2 market-based: annual and hourly matching</h2>"
+            "<table><tr><th>device</th><th>MWh</th><th>annual: covered MWh</th>"
+            "<th>annual: tCO2</th><th>hourly: covered MWh</th><th>hourly: tCO2</th></tr>"
+            + rows + "</table><table class=totals>" + onsite + "</table>"
+            "<h3>The hourly-matching gap by hour of day (site time)</h3>"
+            "<table><tr><th>hour</th><th>annual covers, MWh</th><th>hourly covers, MWh</th>"
+            "<th>annual covers, hourly not, MWh</th></tr>" + gap + "</table>"
+            + (f"<ul>{notes}</ul>" if notes else "") + "</section>")
 
 
 def _evidence(manifest: Sequence[tuple[str, str]], verification: Sequence[str] | None) -> str:

@@ -69,6 +69,7 @@ from energyd.accounting.rollup import (
     iso,
     reconciliation_findings,
 )
+from energyd.accounting.scope2_report import scope2_section
 from energyd.accounting.validation import DAY_MS, LEARN_DAYS, MAX_REPAIR_MS, learn_rates
 from energyd.config.schema import Config, Device
 from energyd.model import Quality
@@ -817,6 +818,7 @@ class Accountant:
             acceptances=self.acceptances([st.id for st in statements]))
         report["flags"].extend(self.certificate_problems + self.config_problems)
         report["validation"] = _validation_counts(rows)
+        report["scope2"] = scope2_section(self, month, rows)
         report["statements"] = [st.as_detail() for st in statements]
         report["replaced_statements"] = [
             {"id": i, "account": a, "period_start": iso(p0), "period_end": iso(p1), "kwh": kwh,

@@ -233,6 +233,27 @@ MIGRATIONS: list[Migration] = [
         UNIQUE (series, time, value)
     );
     """,
+    # 8: Scope 2 by the hour: granular certificates (a production interval of an hour or
+    # less), each stored once under its registry id so that it is retired once whatever is
+    # imported again; `origin` is the file and line it came from
+    """
+    CREATE TABLE granular_certificates (
+        id TEXT PRIMARY KEY,
+        production_start INTEGER NOT NULL,
+        production_end INTEGER NOT NULL,
+        wh REAL NOT NULL,
+        market TEXT NOT NULL,
+        device TEXT NOT NULL,
+        technology TEXT NOT NULL,
+        location TEXT NOT NULL DEFAULT '',
+        storage_discharge INTEGER NOT NULL DEFAULT 0,
+        registry TEXT NOT NULL DEFAULT '',
+        backs TEXT NOT NULL DEFAULT '',  -- the annual instrument whose production it details
+        imported INTEGER NOT NULL,
+        origin TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX granular_certificates_start ON granular_certificates (production_start);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

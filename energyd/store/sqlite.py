@@ -37,6 +37,7 @@ from typing import Any
 from energyd.errors import StoreCorrupt, StoreError
 from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
 from energyd.store.alert_inputs import AlertInputs
+from energyd.store.certificates import Certificates
 from energyd.store.episodes import Episodes
 from energyd.store.outbox import OutboxRows
 from energyd.store.recent import RecentHours
@@ -153,6 +154,7 @@ class Store:
         self._others: dict[int, list[tuple[int, int, int, int]]] = {}
         self._latest: dict[int, int] = {}
         self._data_version = -1
+        self.certificates = Certificates(self)
 
     # --- lifecycle ------------------------------------------------------------------------
 
