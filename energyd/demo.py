@@ -379,8 +379,8 @@ def snapshot(store: Any, config: Config, now: datetime) -> Snapshot:
         "ORDER BY started DESC LIMIT 8")
     readings = store.count_readings()
     backlog = None
-    if config.influxdb:
-        backlog = store.backlog(config.influxdb[0].name).count
+    if config.all_sinks:
+        backlog = store.backlog(config.all_sinks[0].name).count
     return Snapshot(now, devices, hourly, air, alerts, readings, backlog)
 
 

@@ -1,6 +1,7 @@
 """Data flows one way: each layer imports only the layers below it (DESIGN.md, "Layout").
 
     model, clock, errors       the shared vocabulary
+    retry, tls                 cross-cutting policy: backoff and Retry-After, TLS contexts
     config                     schema, profiles, production hours
     store                      the durable store
     drivers                    devices -> readings
@@ -19,11 +20,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "energyd"
-BASE = {"model", "clock", "errors"}
+BASE = {"model", "clock", "errors", "retry", "tls"}
 ALLOWED: dict[str, set[str]] = {
     "model": BASE,
     "clock": BASE,
     "errors": BASE,
+    "retry": BASE,
+    "tls": BASE,
     "config": BASE | {"config"},
     "store": BASE | {"store"},
     "drivers": BASE | {"config", "drivers"},
@@ -39,19 +42,32 @@ def layer_of(path: Path) -> str:
     return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
 
 
-def imported_layers(path: Path) -> set[str]:
-    layers = set()
+def imported_modules(path: Path) -> set[str]:
+    """Every energyd module `path` imports (at any depth of the file, lazily or not)."""
+    modules = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "energyd" and len(parts) > 1:
-                layers.add(parts[1])
-    return layers
+        modules.update(name for name in names
+                       if name.startswith("energyd.") and len(name.split(".")) > 1)
+    return modules
+
+
+# The plugins' options models (and the registries listing them) are the only modules of a
+# higher layer the config may import: it assembles its unions from them.
+def _plugin_options(module: str) -> bool:
+    parts = module.split(".")
+    return (module == "energyd.sinks.registry"
+            or (len(parts) == 4 and parts[1] == "sinks" and parts[3] == "options"))
+
+
+def imported_layers(path: Path) -> set[str]:
+    layer = layer_of(path)
+    return {m.split(".")[1] for m in imported_modules(path)
+            if not (layer == "config" and _plugin_options(m))}
 
 
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if layer_of(p) in ALLOWED)
@@ -66,3 +82,52 @@ def test_imports_only_layers_below(path: Path) -> None:
     layer = layer_of(path)
     wrong = imported_layers(path) - ALLOWED[layer] - {"__init__"}
     assert not wrong, f"{path.relative_to(PACKAGE)} ({layer}) imports {sorted(wrong)}"
+
+
+# --- plugins: a sink imports only its contracts ---------------------------------------------
+
+SINK_PLUGINS = sorted(p for p in (PACKAGE / "sinks").iterdir()
+                      if p.is_dir() and (p / "options.py").exists())
+# what a sink's options may build on, and what its code may use besides its own folder
+OPTIONS_CONTRACTS = {"energyd.config.types", "energyd.config.sinktypes", "energyd.model"}
+CODE_CONTRACTS = {"energyd.sinks.transport", "energyd.sinks.lineprotocol",
+                  "energyd.config.secrets", "energyd.errors", "energyd.model",
+                  "energyd.retry", "energyd.tls"}
+
+
+def test_every_sink_is_a_plugin_folder_in_the_registry() -> None:
+    from energyd.sinks.registry import SINKS
+
+    assert {p.name for p in SINK_PLUGINS} == set(SINKS)
+    for name, entry in SINKS.items():
+        folder = PACKAGE / "sinks" / name
+        assert entry.code.startswith(f"energyd.sinks.{name}.")
+        assert (folder / "README.md").exists() and (folder / "sample.yaml").exists(), name
+        assert entry.options.model_fields["type"].default == name
+
+
+@pytest.mark.parametrize("folder", SINK_PLUGINS, ids=lambda p: p.name)
+def test_a_sink_imports_only_its_contracts(folder: Path) -> None:
+    own = f"energyd.sinks.{folder.name}"
+    for path in sorted(folder.glob("*.py")):
+        allowed = OPTIONS_CONTRACTS if path.name == "options.py" else \
+            CODE_CONTRACTS | OPTIONS_CONTRACTS
+        wrong = {m for m in imported_modules(path)
+                 if m not in allowed and not m.startswith(own + ".") and m != own}
+        assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+def test_the_sink_registry_loads_only_options() -> None:
+    path = PACKAGE / "sinks" / "registry.py"
+    wrong = {m for m in imported_modules(path) if not _plugin_options(m)
+             and m != "energyd.sinks.transport"}  # for a type annotation only
+    assert not wrong, f"sinks/registry.py imports {sorted(wrong)}"
+    # loading the config's models loads no sink's code (no client library)
+    import subprocess
+    import sys
+
+    code = ("import sys, energyd.config.schema; "
+            "print(sorted(m for m in sys.modules if m.startswith('energyd.sinks')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert "transport" not in loaded and "forwarder" not in loaded and "options" in loaded

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -43,6 +43,7 @@ from energyd.config.types import check_quantity as _check_quantity
 from energyd.config.types import duplicates as _duplicates
 from energyd.config.types import path_value as _path
 from energyd.config.types import secret_file as _secret_file
+from energyd.sinks.registry import SINKS
 
 # --- site and storage --------------------------------------------------------------------
 
@@ -410,6 +411,18 @@ class InfluxDB(Strict):
     def password(self) -> SecretStr | None:
         return self._password
 
+    @property
+    def type(self) -> str:
+        """The sink type this entry is (energyd/sinks/registry.py)."""
+        return f"influxdb_{self.api}"
+
+
+# The `sinks:` list: each entry's model is its sink's own (energyd/sinks/<type>/options.py),
+# listed in energyd/sinks/registry.py and told apart by `type:`. Today's `influxdb:` section
+# (above) stays, each entry one sink of type influxdb_v1 or influxdb_v2.
+Sink = Annotated[Union[tuple(entry.options for entry in SINKS.values())],  # noqa: UP007
+                 Field(discriminator="type")]
+
 
 # --- accounting ----------------------------------------------------------------------------
 
@@ -626,10 +639,11 @@ class Config(Strict):
     devices: list[Device] = Field(default_factory=list)
     mqtt: Mqtt | None = None
     influxdb: Annotated[list[InfluxDB], Field(default_factory=list)]
+    sinks: Annotated[list[Sink], Field(default_factory=list)]
     accounting: Accounting = Field(default_factory=Accounting)
     alerts: Alerts = Field(default_factory=Alerts)
 
-    @field_validator("influxdb", mode="before")
+    @field_validator("influxdb", "sinks", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         # One sink is the common case and reads better as a mapping.
@@ -642,6 +656,12 @@ class Config(Strict):
                     for loc, message in _duplicates(names, "device name")]
         problems += [(("influxdb", *loc), message + " (set `name:`)") for loc, message in
                      _duplicates([s.name for s in self.influxdb], "influxdb sink name")]
+        taken = {s.name for s in self.influxdb}
+        problems += [(("sinks", *loc), message + " (set `name:`)") for loc, message in
+                     _duplicates([s.name for s in self.sinks], "sink name")]
+        problems += [(("sinks", i, "name"), f"sink name {s.name!r} is already used by an "
+                      "`influxdb:` entry: sink names must be unique (set `name:`)")
+                     for i, s in enumerate(self.sinks) if s.name in taken]
         if self.mqtt is None:
             problems += [(("devices", i, "driver"), "mqtt devices need a top-level `mqtt:` "
                           "broker section") for i, d in enumerate(self.devices)
@@ -667,6 +687,11 @@ class Config(Strict):
         if problems:
             raise ProblemsAt(problems)
         return self
+
+    @property
+    def all_sinks(self) -> list[Any]:
+        """Every sink to forward to: the `influxdb:` entries, then the `sinks:` ones."""
+        return [*self.influxdb, *self.sinks]
 
     def device(self, name: str) -> Device:
         for d in self.devices:

@@ -149,7 +149,7 @@ class AlertComponent:
             if self.engine.rules("stale"):
                 self.ctx.scheduler.every(self.engine.stale_period, self._stale,
                                          name="alerts.stale")
-            if self.engine.rules("backlog") and self.ctx.config.influxdb:
+            if self.engine.rules("backlog") and self.ctx.config.all_sinks:
                 self.ctx.scheduler.every(60, self._backlog, name="alerts.backlog")
             while True:
                 if self._inbox.empty():

@@ -21,9 +21,9 @@ from rich.table import Table
 
 from energyd.alerts.outbox import Outbox
 from energyd.config.schema import Config
-from energyd.config.secrets import redact_url
 from energyd.errors import StoreError
 from energyd.model import from_ms
+from energyd.sinks import describe as describe_sink
 from energyd.store.sqlite import STREAMS, Store, corrupt
 
 HEALTH_TIMEOUT = 2.0  # seconds: a daemon busy for longer is reported as not answering
@@ -113,8 +113,9 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
                                  if device == d.name or _named_by(d, device)),
             })
         sinks = []
-        for s in config.influxdb:
-            entry: dict[str, Any] = {"sink": s.name, "api": s.api, "url": redact_url(s.url)}
+        for s in config.all_sinks:
+            kind, where = describe_sink(s)
+            entry: dict[str, Any] = {"sink": s.name, "api": kind, "url": where}
             for stream in STREAMS:
                 b = store.backlog(s.name, stream)
                 entry[stream] = {

@@ -1,6 +1,7 @@
 """InfluxDB 1.x `/write` over plain HTTP (the API InfluxDB 1.0-1.8 answers).
 
-Options (config `influxdb:` with `api: v1`): `url`, `database`, `retention_policy` (the
+Options (a `sinks:` entry of `type: influxdb_v1`, or `influxdb:` with `api: v1`; README.md
+beside this file): `url`, `database`, `retention_policy` (the
 database's default when unset), `username` with `password_file`/`password_env` (sent as
 HTTP Basic authentication, never in the query string, so no proxy or server log sees it),
 `timeout`, `gzip`. One keep-alive connection; on any connection error it is dropped and
@@ -16,19 +17,26 @@ import gzip as gzip_module
 import http.client
 import json
 import socket
-import ssl
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from energyd.config.schema import InfluxDB
 from energyd.config.secrets import redact_url
-from energyd.errors import SinkRetryable
-from energyd.sinks.transport import Redactor, classify, retry_after
+from energyd.errors import SinkUnreachable
+from energyd.retry import retry_after
+from energyd.sinks.transport import Redactor, classify
+from energyd.tls import client_context
 
 SEND_BUFFER = 8 << 20
 
 
+def make(sink: Any) -> V1Transport:
+    return V1Transport(sink)
+
+
 class V1Transport:
-    def __init__(self, sink: InfluxDB):
+    """`sink`: the sink's options (influxdb_v1/options.py, or an `influxdb:` entry)."""
+
+    def __init__(self, sink: Any):
         parts = urlsplit(sink.url)
         self.name = sink.name
         self._https = parts.scheme == "https"
@@ -60,7 +68,7 @@ class V1Transport:
             if self._https:
                 self._conn = http.client.HTTPSConnection(
                     self._host, self._port, timeout=self._timeout,
-                    context=ssl.create_default_context())
+                    context=client_context())
             else:
                 self._conn = http.client.HTTPConnection(self._host, self._port,
                                                         timeout=self._timeout)
@@ -74,7 +82,7 @@ class V1Transport:
 
     def write(self, body: bytes) -> None:
         if self._closed:
-            raise SinkRetryable(f"{self._where}: the transport is closed")
+            raise SinkUnreachable(f"{self._where}: the transport is closed")
         if self._gzip:
             body = gzip_module.compress(body, compresslevel=1)
         # a kept-alive connection the server (or a proxy) has closed while idle fails on
@@ -93,7 +101,7 @@ class V1Transport:
                     reason = "timed out" if isinstance(exc, socket.timeout) else (
                         exc.strerror or str(exc) if isinstance(exc, OSError) else
                         type(exc).__name__)
-                    raise SinkRetryable(self._redact(f"{self._where}: {reason}")) from None
+                    raise SinkUnreachable(self._redact(f"{self._where}: {reason}")) from None
         if 200 <= resp.status < 300:
             return
         if resp.getheader("Connection", "").lower() == "close":
