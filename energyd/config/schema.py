@@ -18,9 +18,13 @@ from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     SecretStr,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -420,8 +424,30 @@ class InfluxDB(Strict):
 # The `sinks:` list: each entry's model is its sink's own (energyd/sinks/<type>/options.py),
 # listed in energyd/sinks/registry.py and told apart by `type:`. Today's `influxdb:` section
 # (above) stays, each entry one sink of type influxdb_v1 or influxdb_v2.
-Sink = Annotated[Union[tuple(entry.options for entry in SINKS.values())],  # noqa: UP007
-                 Field(discriminator="type")]
+class UnknownSink(BaseModel):
+    """An entry whose `type:` is missing or not a sink energyd has: refused at that line."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Any = None
+
+    @model_validator(mode="after")
+    def _refuse(self) -> UnknownSink:
+        known = ", ".join(SINKS)
+        if self.type is None:
+            raise ProblemsAt([(("type",), f"a sink needs `type:` (one of {known})")])
+        raise ProblemsAt([(("type",), f"unknown sink type {str(self.type)[:60]!r}: energyd "
+                                      f"has {known}")])
+
+
+def _sink_tag(v: Any) -> str:
+    kind = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    return kind if isinstance(kind, str) and kind in SINKS else "unknown"
+
+
+Sink = Annotated[
+    Union[tuple(Annotated[entry.options, Tag(name)]  # noqa: UP007
+                for name, entry in SINKS.items())] | Annotated[UnknownSink, Tag("unknown")],
+    Discriminator(_sink_tag)]
 
 
 # --- accounting ----------------------------------------------------------------------------
