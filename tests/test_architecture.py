@@ -1,7 +1,8 @@
 """Data flows one way: each layer imports only the layers below it (DESIGN.md, "Layout").
 
     model, clock, errors       the shared vocabulary
-    retry, tls                 cross-cutting policy: backoff and Retry-After, TLS contexts
+    retry, tls, httpclient     cross-cutting policy: backoff and Retry-After, TLS contexts,
+                               the one HTTP client
     config                     schema, profiles, production hours
     store                      the durable store
     drivers                    devices -> readings
@@ -20,13 +21,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "energyd"
-BASE = {"model", "clock", "errors", "retry", "tls"}
+BASE = {"model", "clock", "errors", "retry", "tls", "httpclient"}
 ALLOWED: dict[str, set[str]] = {
     "model": BASE,
     "clock": BASE,
     "errors": BASE,
     "retry": BASE,
     "tls": BASE,
+    "httpclient": BASE,
     "config": BASE | {"config"},
     "store": BASE | {"store"},
     "drivers": BASE | {"config", "drivers"},
@@ -92,7 +94,7 @@ SINK_PLUGINS = sorted(p for p in (PACKAGE / "sinks").iterdir()
 OPTIONS_CONTRACTS = {"energyd.config.types", "energyd.config.sinktypes", "energyd.model"}
 CODE_CONTRACTS = {"energyd.sinks.transport", "energyd.sinks.lineprotocol",
                   "energyd.config.secrets", "energyd.errors", "energyd.model",
-                  "energyd.retry", "energyd.tls"}
+                  "energyd.retry", "energyd.tls", "energyd.httpclient"}
 
 
 def test_every_sink_is_a_plugin_folder_in_the_registry() -> None:

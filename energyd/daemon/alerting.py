@@ -27,6 +27,7 @@ from energyd.alerts.outbox import Outbox
 from energyd.config.schema import AlertChannel, Config, Mqtt
 from energyd.daemon.context import Component, Context
 from energyd.model import Reading, to_ms
+from energyd.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,8 @@ def _tls_context(broker: Mqtt) -> ssl.SSLContext | None:
     if broker.tls is None:
         return None
     tls = broker.tls
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if tls.insecure:
-        ctx.check_hostname = False
-    return ctx
+    return client_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
+                          insecure=tls.insecure)
 
 
 def make_channel(spec: AlertChannel, config: Config, on_error: Any = None) -> Channel:

@@ -12,8 +12,6 @@ import ipaddress
 import json
 import shutil
 import sqlite3
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +20,7 @@ from rich.table import Table
 from energyd.alerts.outbox import Outbox
 from energyd.config.schema import Config
 from energyd.errors import StoreError
+from energyd.httpclient import HttpClient, HttpUnreachable, split_url
 from energyd.model import from_ms
 from energyd.sinks import describe as describe_sink
 from energyd.store.sqlite import STREAMS, Store, corrupt
@@ -49,17 +48,20 @@ def daemon_health(config: Config) -> dict[str, Any]:
         return {"status": "unknown",
                 "error": f"http listens on {host}, not on loopback: not asked"}
     url = f"http://{'[' + host + ']' if ':' in host else host}:{config.http.port}/health"
+    origin, target = split_url(url)
+    client = HttpClient(origin, timeout=HEALTH_TIMEOUT)
     try:
-        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as reply:
-            payload: dict[str, Any] = json.loads(reply.read())
-    except urllib.error.HTTPError as exc:  # 503 while stopping: the body still says why
-        try:
-            payload = json.loads(exc.read())
-        except ValueError:
-            return {"status": "not answering", "error": f"{url}: HTTP {exc.code}"}
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return {"status": "not answering", "error": f"{url}: {reason}"}
+        reply = client.get(target)
+    except HttpUnreachable as exc:
+        return {"status": "not answering", "error": f"{url}: {exc.reason}"}
+    finally:
+        client.close()
+    try:  # a 503 while stopping: the body still says why
+        payload: dict[str, Any] = json.loads(reply.data)
+    except ValueError:
+        return {"status": "not answering",
+                "error": f"{url}: HTTP {reply.status}" if reply.status >= 300 else
+                f"{url}: the reply is not JSON"}
     if not isinstance(payload, dict) or payload.get("site") != config.site.name:
         site = payload.get("site") if isinstance(payload, dict) else None
         return {"status": "unknown",
