@@ -380,7 +380,9 @@ def snapshot(store: Any, config: Config, now: datetime) -> Snapshot:
     readings = store.count_readings()
     backlog = None
     if config.all_sinks:
-        backlog = store.backlog(config.all_sinks[0].name).count
+        from energyd.sinks import backlog as sink_backlog
+
+        backlog = sink_backlog(store, config.all_sinks[0].name).count
     return Snapshot(now, devices, hourly, air, alerts, readings, backlog)
 
 

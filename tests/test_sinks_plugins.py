@@ -147,3 +147,44 @@ def test_adding_the_file_sink_touched_only_its_folder_and_one_registry_line():
     assert PLUGINS["file"] == "energyd.sinks.file"
     assert sorted(p.name for p in folder.iterdir() if p.name != "__pycache__") == [
         "README.md", "__init__.py", "options.py", "sample.yaml", "transport.py"]
+
+
+def test_streams_read_after_a_position_and_the_backlog_follows_the_sinks_own_cursors(store):
+    """The store's streams take and give positions; the cursors and what they mean (a gap
+    while the live tail goes first) are the forwarder's."""
+    from energyd.sinks.forwarder import GAP, LIVE, backlog
+    from energyd.store.streams import AlertRow
+
+    store.insert_readings(polls(10))  # 40 readings
+    streams = Streams(store)
+    first = streams.readings.after(0, 8)
+    assert len(first.rows) == 8 and first.more and first.next > 0
+    rest = streams.readings.after(first.next, 1000)
+    assert len(rest.rows) == 32 and not rest.more
+    assert streams.readings.after(rest.next, 10) == ([], rest.next, False)
+
+    assert backlog(store, "s").count == 40 == store.backlog("s").count
+    middle = streams.readings.position_back(16, 0)
+    store.commit_sink("s", {READINGS: first.next, GAP: middle, LIVE: rest.next - 4})
+    gap = backlog(store, "s")
+    assert gap == store.backlog("s")  # the store's own count agrees while it still has one
+    assert gap.count == streams.readings.count_after(first.next) - \
+        streams.readings.count_after(middle) + 4
+    assert gap.oldest_ms == T0 + 2000  # 8 readings = two polls sent
+
+    store.commit_sink("s", {READINGS: rest.next, GAP: None, LIVE: None})
+    assert backlog(store, "s").count == 0
+
+    with store.transaction() as conn:
+        for k in range(3):
+            conn.execute("INSERT INTO alerts (rule, device, state, started, detail, seq) "
+                         "VALUES ('spike', 'inc1', 'active', ?, '{}', ?)",
+                         (T0 + k, store.next_seq(conn)))
+    chunk = streams.alerts.after(0, 2)
+    assert [type(r) for r in chunk.rows] == [AlertRow, AlertRow] and chunk.more
+    assert chunk.rows[0].rule == "spike" and chunk.next == chunk.rows[1].seq
+    assert streams.alerts.after(chunk.next, 2).rows[0].started == T0 + 2
+    assert backlog(store, "s", "alerts").count == 3
+    store.commit_sink("s", {"alerts": chunk.next})
+    assert backlog(store, "s", "alerts") == store.backlog("s", "alerts")
+    assert backlog(store, "s", "alerts").count == 1

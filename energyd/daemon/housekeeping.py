@@ -12,6 +12,7 @@ import logging
 
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
+from energyd.sinks import backlog as sink_backlog
 from energyd.store.sqlite import STREAMS
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Housekeeping:
         now = to_ms(ctx.clock.now())
         for sink in ctx.config.all_sinks:
             for stream in STREAMS:
-                backlog = ctx.store.backlog(sink.name, stream)
+                backlog = sink_backlog(ctx.store, sink.name, stream)
                 ctx.metrics.backlog.labels(sink.name, stream).set(backlog.count)
                 age = (now - backlog.oldest_ms) / 1000 if backlog.oldest_ms is not None else 0
                 ctx.metrics.backlog_age.labels(sink.name, stream).set(max(0.0, age))

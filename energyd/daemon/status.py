@@ -22,6 +22,7 @@ from energyd.config.schema import Config
 from energyd.errors import StoreError
 from energyd.httpclient import HttpClient, HttpUnreachable, split_url
 from energyd.model import from_ms
+from energyd.sinks import backlog as sink_backlog
 from energyd.sinks import describe as describe_sink
 from energyd.store.sqlite import STREAMS, Store, corrupt
 
@@ -119,7 +120,7 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
             kind, where = describe_sink(s)
             entry: dict[str, Any] = {"sink": s.name, "api": kind, "url": where}
             for stream in STREAMS:
-                b = store.backlog(s.name, stream)
+                b = sink_backlog(store, s.name, stream)
                 entry[stream] = {
                     "backlog": b.count,
                     "oldest_unsent": _iso(b.oldest_ms),

@@ -28,11 +28,12 @@ if TYPE_CHECKING:
     from energyd.sinks.transport import Transport
     from energyd.store.sqlite import Store
 
-__all__ = ["Encoder", "Forwarder", "Outcome", "Point", "Transport", "backoff_delay",
+__all__ = ["Encoder", "Forwarder", "Outcome", "Point", "Transport", "backlog", "backoff_delay",
            "encoder_for", "for_sink", "forward_once", "make_transport"]
 
 _LAZY = {"Encoder": "energyd.sinks.lineprotocol", "Point": "energyd.sinks.lineprotocol",
          "Forwarder": "energyd.sinks.forwarder", "Outcome": "energyd.sinks.forwarder",
+         "backlog": "energyd.sinks.forwarder",
          "backoff_delay": "energyd.retry", "Transport": "energyd.sinks.transport"}
 
 
@@ -111,7 +112,7 @@ def forward_once(config: Config, *, sinks: list[str] | None = None,
                 entry["forwarded"], entry["error"] = None, str(exc)
             finally:
                 forwarder.close()
-            entry["backlog"] = store.backlog(sink.name).count
+            entry["backlog"] = forwarder.backlog().count
             entry["rejected"] = store.rejected_count(sink.name)
             report.append(entry)
     return report

@@ -61,7 +61,7 @@ from energyd.errors import EnergydError, SinkRejected, SinkRetryable
 from energyd.retry import Backoff, backoff_delay
 from energyd.sinks.lineprotocol import Encoder, Point, body
 from energyd.sinks.transport import Transport
-from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, Store
+from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, Backlog, Store
 from energyd.store.streams import STORE_ERRORS, TOP, Streams, TableStream
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,24 @@ GAP = "readings.gap"
 LIVE = "readings.live"
 _TOP = TOP
 
-__all__ = ["GAP", "LIVE", "Forwarder", "Outcome", "Rejection", "backoff_delay"]
+__all__ = ["GAP", "LIVE", "Forwarder", "Outcome", "Rejection", "backlog", "backoff_delay"]
+
+
+def unsent(streams: Streams, positions: dict[str, int], stream: str) -> Backlog:
+    """The backlog of `stream` for a sink whose cursors are `positions`: the readings in
+    (readings, readings.gap] and after readings.live while a gap is open, else after
+    readings; the rows of a table after its cursor."""
+    if stream != READINGS:
+        return streams.table(stream).pending(positions.get(stream, 0))
+    head = positions.get(READINGS, 0)
+    if GAP in positions and LIVE in positions:
+        return streams.readings.pending([(head, positions[GAP]), (positions[LIVE], TOP)])
+    return streams.readings.pending([(head, TOP)])
+
+
+def backlog(store: Store, sink: str, stream: str = READINGS) -> Backlog:
+    """What the sink named `sink` has not sent yet of `stream`, from its cursors."""
+    return unsent(Streams(store), store.sink_positions(sink), stream)
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,10 @@ class Forwarder:
                 self._pos.pop(stream, None)
             else:
                 self._pos[stream] = value
+
+    def backlog(self, stream: str = READINGS) -> Backlog:
+        """What this sink has not sent yet of `stream`."""
+        return unsent(self.streams, self._pos, stream)
 
     # --- one cycle ----------------------------------------------------------------------------
 
@@ -386,7 +407,7 @@ class Forwarder:
             total += out.sent + out.rejected
             if out.sent == 0 and out.rejected == 0 and self.gap is None \
                     and time.monotonic() >= self._next_backlog \
-                    and self.store.backlog(self.name).count == 0:
+                    and self.backlog().count == 0:
                 return total
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name}: not drained within {timeout:.0f} s")

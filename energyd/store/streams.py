@@ -17,10 +17,10 @@ import sqlite3
 from typing import Generic, NamedTuple, TypeVar
 
 from energyd.errors import StoreError
-from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, Store
+from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, Backlog, Store
 
-__all__ = ["STORE_ERRORS", "AirRow", "AlertRow", "Chunk", "ReadingStream", "RollupRow", "Streams",
-           "TableStream", "TOP"]
+__all__ = ["STORE_ERRORS", "TOP", "AirRow", "AlertRow", "Backlog", "Chunk", "ReadingStream",
+           "RollupRow", "Streams", "TableStream"]
 
 TOP = 2**62  # above every position the store gives out
 # what the store raises when it cannot serve a read or a commit (a full disk, a lock)
@@ -89,6 +89,21 @@ class ReadingStream:
         """A position >= floor with at least `n` readings after it (floor if fewer)."""
         return self._store.reading_id_back(n, floor)
 
+    def pending(self, ranges: list[tuple[int, int]]) -> Backlog:
+        """How many readings have ids in the (after, upto] ranges (disjoint), and the
+        earliest time among the first (about) 10,000 of each: a sink's backlog, the ranges
+        being what its cursors have not passed."""
+        count = 0
+        times = []
+        for after, upto in ranges:
+            n = self.count_after(after) - (self.count_after(upto) if upto < TOP else 0)
+            if n > 0:
+                count += n
+                t = self._store._oldest_after(after, upto)
+                if t is not None:
+                    times.append(t)
+        return Backlog(count, min(times) if times else None)
+
     def poll_ids(self, device: str, time_ms: int, after: int, upto: int) -> list[int]:
         """The ids in (after, upto] of one poll of `device` (a point is one poll)."""
         return self._store.poll_reading_ids(device, time_ms, after, upto)
@@ -115,6 +130,10 @@ _TABLES: dict[str, tuple[str, type]] = {
 }
 
 
+_PENDING = {ROLLUPS: ("rollups", "hour"), ALERTS: ("alerts", "started"),
+            AIR: ("air_hourly", "hour")}
+
+
 class TableStream(Generic[Row]):
     """Rows of a table with a change sequence, in `seq` order."""
 
@@ -126,6 +145,13 @@ class TableStream(Generic[Row]):
     def after(self, position: int, n: int) -> Chunk[Row]:
         rows = [self._row(*r) for r in self._store.execute(self._sql, (position, n))]
         return Chunk(rows, rows[-1].seq if rows else position, len(rows) == n)
+
+    def pending(self, position: int) -> Backlog:
+        """How many rows have a seq above `position`, and the earliest time among them."""
+        table, when = _PENDING[self.name]
+        count, oldest = self._store.execute(
+            f"SELECT count(*), min({when}) FROM {table} WHERE seq > ?", (position,))[0]
+        return Backlog(count, oldest)
 
 
 class Streams:
@@ -139,3 +165,6 @@ class Streams:
 
     def tables(self) -> list[TableStream]:
         return [self.rollups, self.alerts, self.air_hourly]
+
+    def table(self, name: str) -> TableStream:
+        return {t.name: t for t in self.tables()}[name]
