@@ -188,3 +188,14 @@ def test_streams_read_after_a_position_and_the_backlog_follows_the_sinks_own_cur
     store.commit_sink("s", {"alerts": chunk.next})
     assert backlog(store, "s", "alerts") == store.backlog("s", "alerts")
     assert backlog(store, "s", "alerts").count == 1
+
+
+def test_the_readme_sinks_example_is_valid(tmp_path, monkeypatch):
+    text = (PACKAGE.parent / "README.md").read_text()
+    [block] = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]
+               if b.startswith("sinks:")]
+    (tmp_path / "energyd.influx-token").write_text("dummy\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    config = parse_config(config_text(block, tmp_path / "s.db"), "README.md")
+    assert [(s.type, s.name) for s in config.all_sinks] == [("influxdb_v2", "cloud"),
+                                                              ("file", "outbox")]
