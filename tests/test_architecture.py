@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,21 @@ def test_the_sink_registry_loads_only_options() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout
     assert "transport" not in loaded and "forwarder" not in loaded and "options" in loaded
+
+
+_SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
+                  r"CREATE\s+(TABLE|INDEX))\b", re.S)
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "sinks").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_a_sink_holds_no_sql(path: Path) -> None:
+    """The sinks read the store through its streams (store/streams.py): no SQL, and no
+    sqlite3, in sinks/."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    sql = [node.value[:60] for node in ast.walk(tree)
+           if isinstance(node, ast.Constant) and isinstance(node.value, str)
+           and _SQL.search(node.value)]
+    assert not sql, f"{path.relative_to(PACKAGE)} holds SQL: {sql}"
+    assert "sqlite3" not in {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                             for a in node.names}
