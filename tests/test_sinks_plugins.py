@@ -199,3 +199,33 @@ def test_the_readme_sinks_example_is_valid(tmp_path, monkeypatch):
     config = parse_config(config_text(block, tmp_path / "s.db"), "README.md")
     assert [(s.type, s.name) for s in config.all_sinks] == [("influxdb_v2", "cloud"),
                                                               ("file", "outbox")]
+
+
+def test_check_config_and_status_show_every_sink(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from energyd.cli import cli as main
+
+    cfg = tmp_path / "energyd.yaml"
+    cfg.write_text(config_text(
+        "http: {port: 1}\n"
+        "influxdb: {name: central, api: v1, url: 'http://127.0.0.1:8086', database: energy}\n"
+        "sinks:\n"
+        "  - {type: file, name: outbox, path: outbox.lp}\n"
+        "  - {type: influxdb_v2, name: vm, url: 'http://127.0.0.1:8428', bucket: energy}\n",
+        tmp_path / "s.db"))
+    checked = CliRunner().invoke(main, ["check-config", "-c", str(cfg)])
+    assert checked.exit_code == 0, checked.output
+    assert "sinks (3)" in checked.output
+    for name, kind in (("central", "v1"), ("outbox", "file"), ("vm", "v2")):
+        assert re.search(rf"{name}\s+│\s+{kind}\s+│", checked.output), (name, checked.output)
+    with Store.open(tmp_path / "s.db") as store:
+        store.insert_readings(polls(2))
+    status = CliRunner().invoke(main, ["status", "-c", str(cfg), "--json"])
+    assert status.exit_code in (0, 1), status.output
+    sinks = {s["sink"]: s for s in json.loads(status.output)["sinks"]}
+    assert {k: (s["api"], s["readings"]["backlog"]) for k, s in sinks.items()} == {
+        "central": ("v1", 8), "outbox": ("file", 8), "vm": ("v2", 8)}
+    assert sinks["outbox"]["url"] == str(tmp_path / "outbox.lp")

@@ -59,7 +59,8 @@ def summary_tables(config: Config) -> list[Table]:
             continue
         target = f"{s.org or '-'}/{s.bucket}" if s.api == "v2" else \
             f"{s.database}" + (f".{s.retention_policy}" if s.retention_policy else "")
-        creds = "token" if s.token else ("user+password" if s.password else "none")
+        creds = ("token" if getattr(s, "token", None) else
+                 "user+password" if getattr(s, "password", None) else "none")
         sinks.add_row(s.name, s.api, redact_url(s.url), target, creds)
 
     tables = [site, devices, sinks]
