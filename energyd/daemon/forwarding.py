@@ -21,18 +21,20 @@ from typing import Any
 
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
+from energyd.store.sqlite import Store
 
 log = logging.getLogger(__name__)
 
 
-def rejection_reporter(ctx: Context, sink: str) -> Callable[[Any], None]:
-    """Where a forwarder's refused points go (its Outcome's `rejections`): today an alert
-    episode of rule `sink_rejected` written by sinks/rejections.py; the one place to switch
-    when the alerts' episode tracker takes them."""
+def rejection_reporter(sink: str, store: Store, *, metrics: Any = None,
+                       now_ms: Callable[[], int] | None = None) -> Callable[[Any], None]:
+    """Where a forwarder's refused points go (its Outcome's `rejections`), in the daemon and
+    in `energyd forward`: today an alert episode of rule `sink_rejected` written by
+    sinks/rejections.py; the one place to switch when the alerts' episode tracker takes
+    them."""
     from energyd.sinks.rejections import RejectionEpisodes
 
-    return RejectionEpisodes(sink, ctx.store, metrics=ctx.metrics,
-                             now_ms=lambda: to_ms(ctx.clock.now())).observe
+    return RejectionEpisodes(sink, store, metrics=metrics, now_ms=now_ms).observe
 
 
 class ForwardingComponent:
@@ -46,7 +48,9 @@ class ForwardingComponent:
 
         ctx = self.ctx
         forwarder = for_sink(self.sink, ctx.config, ctx.store, metrics=ctx.metrics,
-                             report=rejection_reporter(ctx, self.sink.name))
+                             report=rejection_reporter(
+                                 self.sink.name, ctx.store, metrics=ctx.metrics,
+                                 now_ms=lambda: to_ms(ctx.clock.now())))
 
         def wake(count: int) -> None:
             forwarder.wake()

@@ -84,13 +84,15 @@ def describe(sink: Any) -> tuple[str, str]:
     return sink.type, str(getattr(sink, "path", ""))
 
 
-def forward_once(config: Config, *, sinks: list[str] | None = None,
-                 timeout: float = 600.0) -> list[dict[str, Any]]:
+def forward_once(config: Config, *, sinks: list[str] | None = None, timeout: float = 600.0,
+                 reporter: Callable[[str, Store], Callable[[Outcome], None]] | None = None
+                 ) -> list[dict[str, Any]]:
     """Forward what the configured sinks have not sent yet, once, and report per sink:
     `energyd forward` (commissioning, or pushing a backfill while the daemon is stopped).
-    A sink that fails is reported with its error and the others still run."""
+    A sink that fails is reported with its error and the others still run. `reporter(sink,
+    store)` gives each forwarder its `report` (where refused points go; by default an alert
+    episode, sinks/rejections.py)."""
     from energyd.errors import SinkError
-    from energyd.sinks.rejections import RejectionEpisodes
     from energyd.store.sqlite import Store
 
     configured = config.all_sinks
@@ -101,8 +103,8 @@ def forward_once(config: Config, *, sinks: list[str] | None = None,
     report = []
     with Store.open(config.storage.path) as store:
         for sink in chosen:
-            forwarder = for_sink(sink, config, store,
-                                 report=RejectionEpisodes(sink.name, store).observe)
+            report_to = (reporter or _episodes)(sink.name, store)
+            forwarder = for_sink(sink, config, store, report=report_to)
             kind, where = describe(sink)
             entry: dict[str, Any] = {"sink": sink.name, "api": kind, "url": where}
             try:
@@ -116,3 +118,9 @@ def forward_once(config: Config, *, sinks: list[str] | None = None,
             entry["rejected"] = store.rejected_count(sink.name)
             report.append(entry)
     return report
+
+
+def _episodes(sink: str, store: Store) -> Callable[[Outcome], None]:
+    from energyd.sinks.rejections import RejectionEpisodes
+
+    return RejectionEpisodes(sink, store).observe

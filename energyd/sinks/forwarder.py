@@ -66,10 +66,9 @@ from energyd.store.streams import STORE_ERRORS, TOP, Streams, TableStream
 
 log = logging.getLogger(__name__)
 
-# the forwarder's own cursors besides one per stream (the store does not know them)
+# the forwarder's own cursors beside one per stream: what they mean is said here (`unsent`)
 GAP = "readings.gap"
 LIVE = "readings.live"
-_TOP = TOP
 
 __all__ = ["GAP", "LIVE", "Forwarder", "Outcome", "Rejection", "backlog", "backoff_delay"]
 
@@ -261,7 +260,7 @@ class Forwarder:
         """The oldest unsent readings after `head`: (rows, the positions they move the
         cursors to, the last id they cover, whether more may follow)."""
         gap = self.gap
-        upto = gap[0] if gap is not None else _TOP
+        upto = gap[0] if gap is not None else TOP
         span = self._readings_limit(self._points_wanted(True))
         rows, end, more = self.streams.readings.after(head, span, upto=upto)
         if gap is not None and not more:
