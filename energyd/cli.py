@@ -975,10 +975,12 @@ def forward(config_path: str, sinks: tuple[str, ...], timeout: float, as_json: b
     """Forward what the sinks have not sent yet, once, and exit (while the daemon is
     stopped: commissioning, or pushing a backfill). Exit 1 if a sink failed."""
     config = _load(config_path)
+    from energyd.daemon.forwarding import rejection_reporter
     from energyd.sinks import forward_once
 
     try:
-        report = forward_once(config, sinks=list(sinks) or None, timeout=timeout)
+        report = forward_once(config, sinks=list(sinks) or None, timeout=timeout,
+                              reporter=rejection_reporter)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--sink") from None
     if as_json:

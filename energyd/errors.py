@@ -11,7 +11,11 @@
     │   ├── DeviceRefused     an exception reply (illegal address, busy, ...)
     │   └── DeviceGarbled     a reply that makes no sense (wrong length, unknown exception)
     └── SinkError             a server did not take a chunk
-        ├── SinkRetryable     connection error, 5xx, 429: the chunk is tried again later
+        ├── SinkRetryable     the chunk is tried again later (`reason` names why)
+        │   ├── SinkUnreachable   no reply: connection refused or reset, timeout, TLS
+        │   ├── SinkThrottled     429: wait at least its Retry-After
+        │   ├── SinkServerError   5xx
+        │   └── SinkRefused       408, 401, 403, 404: a configuration to fix, data kept
         └── SinkRejected      a 4xx that will never succeed: the points are isolated
 
 `retryable` is part of the type, so a caller never parses messages to decide.
@@ -116,10 +120,28 @@ class SinkError(EnergydError):
 
 class SinkRetryable(SinkError):
     retryable = True
+    # the label of energyd_sink_errors_total{reason}
+    reason = "connection"
 
     def __init__(self, message: str, retry_after: float | None = None):
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class SinkUnreachable(SinkRetryable):
+    reason = "connection"
+
+
+class SinkThrottled(SinkRetryable):
+    reason = "throttled"
+
+
+class SinkServerError(SinkRetryable):
+    reason = "server"
+
+
+class SinkRefused(SinkRetryable):
+    reason = "refused"
 
 
 class SinkRejected(SinkError):

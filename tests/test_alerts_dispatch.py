@@ -9,6 +9,8 @@ import json
 import socket
 import threading
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -30,9 +32,10 @@ def event(kind: str = "start", rule: str = "incomer-spike", device: str = "incom
 
 
 class Receiver:
-    """A webhook receiver: records each POST; answers the statuses in `script`, then 200."""
+    """A webhook receiver: records each POST; answers the statuses in `script` (a status,
+    or a status and headers), then 200."""
 
-    def __init__(self, script: list[int] | None = None):
+    def __init__(self, script: list[int | tuple[int, dict[str, str]]] | None = None):
         self.requests: list[tuple[dict[str, str], bytes, float]] = []
         self.script = list(script or [])
         self.got = threading.Event()
@@ -42,8 +45,11 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append((dict(self.headers), body, time.monotonic()))
-                status = outer.script.pop(0) if outer.script else 200
+                answer = outer.script.pop(0) if outer.script else 200
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 if status == 200:
@@ -144,6 +150,21 @@ def test_webhook_posts_signed_json_and_retries_with_backoff():
         assert payload["rule"] == "incomer-spike" and payload["event"] == "start"
         assert SECRET not in body.decode()
         assert hook.delivered == 1 and hook.failed == 0
+
+
+def test_webhook_waits_as_long_as_a_retry_after_date_says():
+    """Retry-After comes as seconds or as an HTTP date (energyd.retry reads both)."""
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
+    with Receiver(script=[(429, {"Retry-After": later})]) as receiver:
+        hook = WebhookChannel(name="ops", url=receiver.url, retries=2, backoff=0.05)
+        hook.start()
+        try:
+            hook.send(event().payload("plant-a"))
+            assert receiver.got.wait(6)
+        finally:
+            hook.close()
+        assert len(receiver.requests) == 2
+        assert receiver.requests[1][2] - receiver.requests[0][2] >= 0.9  # not the 0.05 s
 
 
 def test_webhook_does_not_retry_a_refusal_for_good():

@@ -1,6 +1,8 @@
 """Data flows one way: each layer imports only the layers below it (DESIGN.md, "Layout").
 
     model, clock, errors       the shared vocabulary
+    retry, tls, httpclient     cross-cutting policy: backoff and Retry-After, TLS contexts,
+                               the one HTTP client
     config                     schema, profiles, production hours
     store                      the durable store
     drivers                    devices -> readings
@@ -20,11 +22,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "energyd"
-BASE = {"model", "clock", "errors"}
+BASE = {"model", "clock", "errors", "retry", "tls", "httpclient"}
 ALLOWED: dict[str, set[str]] = {
     "model": BASE,
     "clock": BASE,
     "errors": BASE,
+    "retry": BASE,
+    "tls": BASE,
+    "httpclient": BASE,
     "config": BASE | {"config"},
     "store": BASE | {"store"},
     "drivers": BASE | {"config", "drivers"},
@@ -33,9 +38,6 @@ ALLOWED: dict[str, set[str]] = {
     "alerts": BASE | {"config", "store", "accounting", "alerts"},
     "simulators": BASE | {"config", "drivers", "simulators"},
 }
-# The configuration assembles its unions from the plugins' registries: the one import of a
-# higher layer it may make.
-REGISTRIES = {"config": {"energyd.alerts.rules.registry"}}
 # A plugin imports only its contracts.
 RULE_CONTRACTS = {"energyd.model", "energyd.config.types", "energyd.config.hours",
                   "energyd.alerts.rules.base", "energyd.alerts.rules.conditions"}
@@ -47,7 +49,7 @@ def layer_of(path: Path) -> str:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """The energyd modules a file imports (`from package import module` names the module)."""
+    """Every energyd module `path` imports (at any depth of the file, lazily or not)."""
     modules = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names = []
@@ -65,9 +67,18 @@ def imported_modules(path: Path) -> set[str]:
     return modules
 
 
+# The plugins' options models (and the registries listing them) are the only modules of a
+# higher layer the config may import: it assembles its unions from them.
+def _plugin_options(module: str) -> bool:
+    parts = module.split(".")
+    return (module in ("energyd.sinks.registry", "energyd.alerts.rules.registry")
+            or (len(parts) == 4 and parts[1] == "sinks" and parts[3] == "options"))
+
+
 def imported_layers(path: Path) -> set[str]:
-    skip = REGISTRIES.get(layer_of(path), set())
-    return {name.split(".")[1] for name in imported_modules(path) - skip}
+    layer = layer_of(path)
+    return {m.split(".")[1] for m in imported_modules(path)
+            if not (layer == "config" and _plugin_options(m))}
 
 
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if layer_of(p) in ALLOWED)
@@ -125,3 +136,68 @@ def test_the_sql_check_finds_sql() -> None:
 def test_alerts_and_the_demo_hold_no_sql(path: Path) -> None:
     """The store's repositories are the only code that knows SQL."""
     assert not sql_strings(path), f"{path.relative_to(PACKAGE)}: SQL at {sql_strings(path)}"
+# --- plugins: a sink imports only its contracts ---------------------------------------------
+
+SINK_PLUGINS = sorted(p for p in (PACKAGE / "sinks").iterdir()
+                      if p.is_dir() and (p / "options.py").exists())
+# what a sink's options may build on, and what its code may use besides its own folder
+OPTIONS_CONTRACTS = {"energyd.config.types", "energyd.config.sinktypes", "energyd.model"}
+CODE_CONTRACTS = {"energyd.sinks.transport", "energyd.sinks.lineprotocol",
+                  "energyd.config.secrets", "energyd.errors", "energyd.model",
+                  "energyd.retry", "energyd.tls", "energyd.httpclient"}
+
+
+def test_every_sink_is_a_plugin_folder_in_the_registry() -> None:
+    from energyd.sinks.registry import SINKS
+
+    assert {p.name for p in SINK_PLUGINS} == set(SINKS)
+    for name, entry in SINKS.items():
+        folder = PACKAGE / "sinks" / name
+        assert entry.code.startswith(f"energyd.sinks.{name}.")
+        assert (folder / "README.md").exists() and (folder / "sample.yaml").exists(), name
+        assert entry.options.model_fields["type"].default == name
+
+
+@pytest.mark.parametrize("folder", SINK_PLUGINS, ids=lambda p: p.name)
+def test_a_sink_imports_only_its_contracts(folder: Path) -> None:
+    own = f"energyd.sinks.{folder.name}"
+    for path in sorted(folder.glob("*.py")):
+        allowed = OPTIONS_CONTRACTS if path.name == "options.py" else \
+            CODE_CONTRACTS | OPTIONS_CONTRACTS
+        wrong = {m for m in imported_modules(path)
+                 if m not in allowed and not m.startswith(own + ".") and m != own}
+        assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+def test_the_sink_registry_loads_only_options() -> None:
+    path = PACKAGE / "sinks" / "registry.py"
+    wrong = {m for m in imported_modules(path) if not _plugin_options(m)
+             and m != "energyd.sinks.transport"}  # for a type annotation only
+    assert not wrong, f"sinks/registry.py imports {sorted(wrong)}"
+    # loading the config's models loads no sink's code (no client library)
+    import subprocess
+    import sys
+
+    code = ("import sys, energyd.config.schema; "
+            "print(sorted(m for m in sys.modules if m.startswith('energyd.sinks')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert "transport" not in loaded and "forwarder" not in loaded and "options" in loaded
+
+
+_SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
+                  r"CREATE\s+(TABLE|INDEX))\b", re.S)
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "sinks").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_a_sink_holds_no_sql(path: Path) -> None:
+    """The sinks read the store through its streams (store/streams.py): no SQL, and no
+    sqlite3, in sinks/."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    sql = [node.value[:60] for node in ast.walk(tree)
+           if isinstance(node, ast.Constant) and isinstance(node.value, str)
+           and _SQL.search(node.value)]
+    assert not sql, f"{path.relative_to(PACKAGE)} holds SQL: {sql}"
+    assert "sqlite3" not in {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                             for a in node.names}

@@ -14,10 +14,18 @@ from pathlib import Path
 import pytest
 
 from energyd.config.schema import InfluxDB
-from energyd.errors import ConfigError, SinkRejected, SinkRetryable
+from energyd.errors import (
+    ConfigError,
+    SinkRefused,
+    SinkRejected,
+    SinkRetryable,
+    SinkServerError,
+    SinkThrottled,
+)
 from energyd.model import Reading, from_ms
 from energyd.sinks import Encoder, Forwarder, backoff_delay
-from energyd.sinks.forwarder import GAP, LIVE
+from energyd.sinks.forwarder import GAP, LIVE, Outcome
+from energyd.sinks.rejections import RejectionEpisodes
 from energyd.sinks.transport import Redactor, classify, retry_after
 from energyd.store.sqlite import READINGS, Store
 
@@ -54,17 +62,21 @@ def readings(n: int, start: int = 1_700_000_000_000) -> list[Reading]:
             for k in range(n)]
 
 
-@pytest.mark.parametrize(("status", "kind"), [
-    (400, SinkRejected), (413, SinkRejected), (422, SinkRejected),
-    (429, SinkRetryable), (500, SinkRetryable), (503, SinkRetryable), (408, SinkRetryable),
-    (401, SinkRetryable), (403, SinkRetryable), (404, SinkRetryable),
+@pytest.mark.parametrize(("status", "kind", "reason"), [
+    (400, SinkRejected, None), (413, SinkRejected, None), (422, SinkRejected, None),
+    (429, SinkThrottled, "throttled"), (500, SinkServerError, "server"),
+    (503, SinkServerError, "server"), (408, SinkRefused, "refused"),
+    (401, SinkRefused, "refused"), (403, SinkRefused, "refused"), (404, SinkRefused, "refused"),
 ])
-def test_each_reply_class_maps_to_what_happens_next(status, kind):
+def test_each_reply_class_maps_to_what_happens_next(status, kind, reason):
     exc = classify(status, "server says no", "sink1 (http://127.0.0.1:1)", 7.0)
     assert type(exc) is kind
     assert "sink1" in str(exc) and f"HTTP {status}" in str(exc) and "server says no" in str(exc)
-    if kind is SinkRetryable:
-        assert exc.retry_after == 7.0
+    if issubclass(kind, SinkRetryable):
+        # told apart by type: the metric's reason label is the class's, not parsed text
+        assert exc.retryable and exc.retry_after == 7.0 and exc.reason == reason
+    else:
+        assert not exc.retryable
 
 
 def test_retry_after_header_forms():
@@ -126,8 +138,20 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
             self.bodies.append(body)
 
     transport = RefusesSeven([])
-    fwd = Forwarder("s", store, transport, encoder=Encoder("site", {}), chunk_size=100)
+    outcomes: list[Outcome] = []
+    episodes = RejectionEpisodes("s", store)
+
+    def report(out: Outcome) -> None:
+        outcomes.append(out)
+        episodes.observe(out)
+
+    fwd = Forwarder("s", store, transport, encoder=Encoder("site", {}), chunk_size=100,
+                    report=report)
     fwd.drain(timeout=5)
+    # the forwarder reports what was refused; it writes no alert itself
+    [rejection] = [r for out in outcomes for r in out.rejections]
+    assert (rejection.stream, rejection.points, rejection.items) == (READINGS, 1, 1)
+    assert "bad point" in rejection.message
     lines = b"\n".join(transport.bodies).decode().splitlines()
     sent = [line for line in lines if line.startswith("energy_reading,")]
     assert len(sent) == 12 and not any("=7.0 " in line for line in sent)

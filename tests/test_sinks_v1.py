@@ -20,6 +20,7 @@ from energyd.errors import SinkRetryable
 from energyd.model import Reading, from_ms
 from energyd.sinks import Encoder, Forwarder, make_transport
 from energyd.sinks.forwarder import GAP, LIVE
+from energyd.sinks.rejections import RejectionEpisodes
 from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, STREAMS, Store
 
 T0 = 1_700_000_000_123  # sub-second digits catch a precision mix-up
@@ -41,6 +42,9 @@ def sink(url: str, database: str, **options) -> InfluxDB:
 
 def forwarder(store: Store, config: InfluxDB, *, site: str = "plant", **options) -> Forwarder:
     options.setdefault("chunk_size", config.chunk_size)
+    # as the daemon does (daemon/forwarding.py): refused points become an alert episode
+    options.setdefault("report", RejectionEpisodes(config.name, store,
+                                                   metrics=options.get("metrics")).observe)
     return Forwarder(config.name, store, make_transport(config),
                      encoder=Encoder(site, ROLES, gateway="gw1"), **options)
 

@@ -30,8 +30,6 @@ import logging
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
@@ -39,6 +37,8 @@ from typing import Any, Protocol
 from energyd import __version__
 from energyd.alerts.outbox import Outbox
 from energyd.config.secrets import redact_urls, split_credentials
+from energyd.httpclient import HttpClient, HttpUnreachable, split_url
+from energyd.retry import Backoff, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,11 @@ class WebhookChannel:
                  timeout: float = 5.0, retries: int = 5, backoff: float = 1.0,
                  backoff_max: float = 60.0, on_error: Callable[[str], None] | None = None):
         self.name = name
-        # user:password@ in the URL (from url_file or url_env) goes as basic auth: left in,
-        # urllib would take it for part of the host and never deliver
+        # user:password@ in the URL (from url_file or url_env) goes as basic auth, never
+        # as part of the address
         self.url, user, password = split_credentials(url)
+        origin, self._target = split_url(self.url)
+        self._http = HttpClient(origin, timeout=timeout)
         self._auth = None if user is None and password is None else "Basic " + \
             base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
         self._secret = secret.encode() if secret else None
@@ -300,37 +302,35 @@ class WebhookChannel:
         if self._secret is not None:
             digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
             headers["X-Energyd-Signature"] = f"sha256={digest}"
-        delay = self.backoff
+        backoff = Backoff(base=self.backoff, cap=self.backoff_max, jitter=False)
         for attempt in range(self.retries + 1):
             if stop.is_set():
                 return False
+            wait_at_least = None
             try:
-                req = urllib.request.Request(self.url, data=body, headers=headers,
-                                             method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    resp.read()
-                self.delivered += 1
-                if attempt:
-                    log.info("webhook %s: delivered after %d retries", self.name, attempt)
-                return True
-            except urllib.error.HTTPError as exc:
-                if exc.code < 500 and exc.code not in (408, 429):
+                reply = self._http.post(self._target, body, headers)
+            except HttpUnreachable as exc:  # refused, reset, timed out
+                reason = redact_urls(exc.reason)
+                self._http.reset()
+            else:
+                if 200 <= reply.status < 300:
+                    self.delivered += 1
+                    if attempt:
+                        log.info("webhook %s: delivered after %d retries", self.name, attempt)
+                    return True
+                if reply.status < 500 and reply.status not in (408, 429):
                     log.error("webhook %s: the receiver refused the event (HTTP %d); dropped",
-                              self.name, exc.code)
+                              self.name, reply.status)
                     self._failed()
                     return True
-                reason = f"HTTP {exc.code}"
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                if retry_after and retry_after.isdigit():
-                    delay = max(delay, float(retry_after))
-            except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
-                reason = redact_urls(str(getattr(exc, "reason", exc)))
+                reason = f"HTTP {reply.status}"
+                wait_at_least = retry_after(reply.header("Retry-After"))
             if attempt < self.retries:
+                delay = backoff.next(at_least=wait_at_least)
                 log.warning("webhook %s: attempt %d failed (%s); retrying in %.1f s",
                             self.name, attempt + 1, reason, delay)
                 if stop.wait(delay):
                     return False
-                delay = min(delay * 2, self.backoff_max)
             else:
                 log.error("webhook %s: giving up after %d attempts (%s)", self.name,
                           attempt + 1, reason)

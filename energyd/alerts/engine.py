@@ -38,7 +38,7 @@ from energyd.alerts.rules.reconciliation import Reconciliation
 from energyd.alerts.rules.registry import build
 from energyd.config.schema import AlertRule, Config
 from energyd.model import Quality, Reading
-from energyd.store.sqlite import READINGS, Store
+from energyd.store.sqlite import Store
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ class AlertEngine:
         self._heard: dict[str, int] = {}  # device -> monotonic ms it was last heard of
         self.tz = config.site.tz
         self.site = config.site.name
-        self.sinks = [s.name for s in config.influxdb]
         self.reconciliation_tolerance = config.accounting.reconciliation_tolerance
         self.tracker = EpisodeTracker(store)
         self.reconciliation_source = reconciliation
@@ -153,13 +152,7 @@ class AlertEngine:
         return now, self._last_seen.get(device, self._started_ms)
 
     def backlogs(self) -> list[tuple[str, int, int | None]]:
-        if self._sink_backlogs is not None:
-            return self._sink_backlogs()
-        out = []
-        for sink in self.sinks:
-            b = self.store.backlog(sink, READINGS)
-            out.append((sink, b.count, b.oldest_ms))
-        return out
+        return self._sink_backlogs() if self._sink_backlogs is not None else []
 
     def statement_checks(self, start_ms: int, end_ms: int) -> list[StatementCheck]:
         if self.reconciliation_source is None:

@@ -254,6 +254,8 @@ def _locate(tree: Any, loc: tuple[Any, ...]) -> tuple[int | None, str]:
                 node = node[key]
                 parts.append(_printable(key))
                 continue
+            if i + 1 < len(loc) and isinstance(loc[i + 1], str) and loc[i + 1] in node:
+                continue  # a union's branch name (a sink's `type:` tag), not the user's key
             if node.lc.line is not None:
                 line = node.lc.line + 1
             parts.append(_printable(key))  # a missing required key: its parent mapping

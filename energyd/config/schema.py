@@ -18,10 +18,14 @@ from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    BaseModel,
     BeforeValidator,
+    ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     SecretStr,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -44,6 +48,7 @@ from energyd.config.types import check_quantity as _check_quantity
 from energyd.config.types import duplicates as _duplicates
 from energyd.config.types import path_value as _path
 from energyd.config.types import secret_file as _secret_file
+from energyd.sinks.registry import SINKS
 
 # --- site and storage --------------------------------------------------------------------
 
@@ -411,6 +416,40 @@ class InfluxDB(Strict):
     def password(self) -> SecretStr | None:
         return self._password
 
+    @property
+    def type(self) -> str:
+        """The sink type this entry is (energyd/sinks/registry.py)."""
+        return f"influxdb_{self.api}"
+
+
+# The `sinks:` list: each entry's model is its sink's own (energyd/sinks/<type>/options.py),
+# listed in energyd/sinks/registry.py and told apart by `type:`. Today's `influxdb:` section
+# (above) stays, each entry one sink of type influxdb_v1 or influxdb_v2.
+class UnknownSink(BaseModel):
+    """An entry whose `type:` is missing or not a sink energyd has: refused at that line."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Any = None
+
+    @model_validator(mode="after")
+    def _refuse(self) -> UnknownSink:
+        known = ", ".join(SINKS)
+        if self.type is None:
+            raise ProblemsAt([(("type",), f"a sink needs `type:` (one of {known})")])
+        raise ProblemsAt([(("type",), f"unknown sink type {str(self.type)[:60]!r}: energyd "
+                                      f"has {known}")])
+
+
+def _sink_tag(v: Any) -> str:
+    kind = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    return kind if isinstance(kind, str) and kind in SINKS else "unknown"
+
+
+Sink = Annotated[
+    Union[tuple(Annotated[entry.options, Tag(name)]  # noqa: UP007
+                for name, entry in SINKS.items())] | Annotated[UnknownSink, Tag("unknown")],
+    Discriminator(_sink_tag)]
+
 
 # --- accounting ----------------------------------------------------------------------------
 
@@ -594,10 +633,11 @@ class Config(Strict):
     devices: list[Device] = Field(default_factory=list)
     mqtt: Mqtt | None = None
     influxdb: Annotated[list[InfluxDB], Field(default_factory=list)]
+    sinks: Annotated[list[Sink], Field(default_factory=list)]
     accounting: Accounting = Field(default_factory=Accounting)
     alerts: Alerts = Field(default_factory=Alerts)
 
-    @field_validator("influxdb", mode="before")
+    @field_validator("influxdb", "sinks", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         # One sink is the common case and reads better as a mapping.
@@ -610,6 +650,12 @@ class Config(Strict):
                     for loc, message in _duplicates(names, "device name")]
         problems += [(("influxdb", *loc), message + " (set `name:`)") for loc, message in
                      _duplicates([s.name for s in self.influxdb], "influxdb sink name")]
+        taken = {s.name for s in self.influxdb}
+        problems += [(("sinks", *loc), message + " (set `name:`)") for loc, message in
+                     _duplicates([s.name for s in self.sinks], "sink name")]
+        problems += [(("sinks", i, "name"), f"sink name {s.name!r} is already used by an "
+                      "`influxdb:` entry: sink names must be unique (set `name:`)")
+                     for i, s in enumerate(self.sinks) if s.name in taken]
         if self.mqtt is None:
             problems += [(("devices", i, "driver"), "mqtt devices need a top-level `mqtt:` "
                           "broker section") for i, d in enumerate(self.devices)
@@ -635,6 +681,11 @@ class Config(Strict):
         if problems:
             raise ProblemsAt(problems)
         return self
+
+    @property
+    def all_sinks(self) -> list[Any]:
+        """Every sink to forward to: the `influxdb:` entries, then the `sinks:` ones."""
+        return [*self.influxdb, *self.sinks]
 
     def device(self, name: str) -> Device:
         for d in self.devices:

@@ -50,13 +50,17 @@ def summary_tables(config: Config) -> list[Table]:
         devices.add_row(d.name + ("" if d.enabled else " (disabled)"), d.role,
                         _fmt_seconds(d.interval), _source(d))
 
-    sinks = Table(title=f"sinks ({len(config.influxdb)})")
+    sinks = Table(title=f"sinks ({len(config.all_sinks)})")
     for col in ("name", "api", "url", "target", "credentials"):
         sinks.add_column(col)
-    for s in config.influxdb:
+    for s in config.all_sinks:
+        if getattr(s, "url", None) is None:  # a sink that is not an InfluxDB server
+            sinks.add_row(s.name, s.type, "", str(getattr(s, "path", "")), "none")
+            continue
         target = f"{s.org or '-'}/{s.bucket}" if s.api == "v2" else \
             f"{s.database}" + (f".{s.retention_policy}" if s.retention_policy else "")
-        creds = "token" if s.token else ("user+password" if s.password else "none")
+        creds = ("token" if getattr(s, "token", None) else
+                 "user+password" if getattr(s, "password", None) else "none")
         sinks.add_row(s.name, s.api, redact_url(s.url), target, creds)
 
     tables = [site, devices, sinks]

@@ -29,6 +29,9 @@ from energyd.alerts.statements import statement_findings
 from energyd.config.schema import AlertChannel, Config, Mqtt
 from energyd.daemon.context import Component, Context
 from energyd.model import Reading, to_ms
+from energyd.sinks import backlog as sink_backlog
+from energyd.store.sqlite import Store
+from energyd.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,8 @@ def _tls_context(broker: Mqtt) -> ssl.SSLContext | None:
     if broker.tls is None:
         return None
     tls = broker.tls
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if tls.insecure:
-        ctx.check_hostname = False
-    return ctx
+    return client_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
+                          insecure=tls.insecure)
 
 
 def make_channel(spec: AlertChannel, config: Config, on_error: Any = None) -> Channel:
@@ -64,6 +63,16 @@ def make_channel(spec: AlertChannel, config: Config, on_error: Any = None) -> Ch
                        on_error=on_error)
 
 
+def sink_backlogs(config: Config, store: Store) -> list[tuple[str, int, int | None]]:
+    """Each sink's unsent readings and the oldest one's time, counted from its own cursors
+    (the alerts may not import the sinks, so the daemon hands this over)."""
+    out = []
+    for s in config.all_sinks:
+        b = sink_backlog(store, s.name)
+        out.append((s.name, b.count, b.oldest_ms))
+    return out
+
+
 class AlertComponent:
     name = "alerts"
 
@@ -73,6 +82,7 @@ class AlertComponent:
         # silence measured on the monotonic clock where the wall clock can be stepped
         self.engine = AlertEngine(config, ctx.store, now_ms=lambda: to_ms(ctx.clock.now()),
                                   reconciliation=statement_findings(config, ctx.store),
+                                  sink_backlogs=lambda: sink_backlogs(config, ctx.store),
                                   monotonic=time.monotonic if ctx.clock_watch else None)
 
         def failed(channel: str) -> None:

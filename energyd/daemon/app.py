@@ -302,7 +302,7 @@ class Daemon:
                 self.http_port = http.port if http is not None else None
                 self.metrics.up.set(1)
                 status = (f"polling {sum(d.enabled for d in config.devices)} devices, "
-                          f"{len(config.influxdb)} sinks")
+                          f"{len(config.all_sinks)} sinks")
                 self.notifier.ready(status)
                 log.info("energyd %s running: %s", __version__, status)
                 self.ready.set()
@@ -407,7 +407,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "site": self.config.site.name,
             "devices": len(self.config.devices),
-            "sinks": [s.name for s in self.config.influxdb],
+            "sinks": [s.name for s in self.config.all_sinks],
         }
         if ctx is not None:
             payload["pending_readings"] = ctx.writer.pending

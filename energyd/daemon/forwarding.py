@@ -1,4 +1,4 @@
-"""Forwarding: one forwarder per configured InfluxDB sink, following its cursors in the store.
+"""Forwarding: one forwarder per configured sink, following its cursors in the store.
 
 Each forwarder runs its loop in a thread of its own (influxdb-client's synchronous API and
 SQLite both block), named `energyd[<sink>.forward]`. A transport that keeps the Date of the
@@ -16,16 +16,29 @@ import contextlib
 import email.utils
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
-from energyd.config.schema import InfluxDB
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
+from energyd.store.sqlite import Store
 
 log = logging.getLogger(__name__)
 
 
+def rejection_reporter(sink: str, store: Store, *, metrics: Any = None,
+                       now_ms: Callable[[], int] | None = None) -> Callable[[Any], None]:
+    """Where a forwarder's refused points go (its Outcome's `rejections`), in the daemon and
+    in `energyd forward`: today an alert episode of rule `sink_rejected` written by
+    sinks/rejections.py; the one place to switch when the alerts' episode tracker takes
+    them."""
+    from energyd.sinks.rejections import RejectionEpisodes
+
+    return RejectionEpisodes(sink, store, metrics=metrics, now_ms=now_ms).observe
+
+
 class ForwardingComponent:
-    def __init__(self, ctx: Context, sink: InfluxDB):
+    def __init__(self, ctx: Context, sink: Any):
         self.ctx = ctx
         self.sink = sink
         self.name = f"{sink.name}.forward"
@@ -35,7 +48,9 @@ class ForwardingComponent:
 
         ctx = self.ctx
         forwarder = for_sink(self.sink, ctx.config, ctx.store, metrics=ctx.metrics,
-                             now_ms=lambda: to_ms(ctx.clock.now()))
+                             report=rejection_reporter(
+                                 self.sink.name, ctx.store, metrics=ctx.metrics,
+                                 now_ms=lambda: to_ms(ctx.clock.now())))
 
         def wake(count: int) -> None:
             forwarder.wake()
@@ -80,4 +95,4 @@ class ForwardingComponent:
 
 
 def build(ctx: Context) -> list[Component]:
-    return [ForwardingComponent(ctx, sink) for sink in ctx.config.influxdb]
+    return [ForwardingComponent(ctx, sink) for sink in ctx.config.all_sinks]

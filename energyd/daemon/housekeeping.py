@@ -12,6 +12,7 @@ import logging
 
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
+from energyd.sinks import backlog as sink_backlog
 from energyd.store.sqlite import STREAMS
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,9 @@ class Housekeeping:
             ctx.metrics.degraded.labels(name).set(1 if name in states else 0)
         ctx.metrics.store_bytes.set(ctx.store.size_bytes())
         now = to_ms(ctx.clock.now())
-        for sink in ctx.config.influxdb:
+        for sink in ctx.config.all_sinks:
             for stream in STREAMS:
-                backlog = ctx.store.backlog(sink.name, stream)
+                backlog = sink_backlog(ctx.store, sink.name, stream)
                 ctx.metrics.backlog.labels(sink.name, stream).set(backlog.count)
                 age = (now - backlog.oldest_ms) / 1000 if backlog.oldest_ms is not None else 0
                 ctx.metrics.backlog_age.labels(sink.name, stream).set(max(0.0, age))
@@ -69,7 +70,7 @@ class Housekeeping:
 
     def _shed_and_expire(self) -> None:
         ctx = self.ctx
-        shed = ctx.store.enforce_quota(sinks=[s.name for s in ctx.config.influxdb])
+        shed = ctx.store.enforce_quota(sinks=[s.name for s in ctx.config.all_sinks])
         if shed:
             ctx.metrics.store_shed.inc(shed)
             log.warning("store over its quota: shed %d instantaneous readings "
@@ -79,7 +80,7 @@ class Housekeeping:
             return
         gone = ctx.store.apply_retention(
             to_ms(ctx.clock.now()), int(ctx.config.storage.retention * 1000),
-            [s.name for s in ctx.config.influxdb])
+            [s.name for s in ctx.config.all_sinks])
         if gone:
             log.info("retention: removed %d raw readings older than %.0f days",
                      gone, ctx.config.storage.retention / 86400)

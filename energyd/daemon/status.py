@@ -12,8 +12,6 @@ import ipaddress
 import json
 import shutil
 import sqlite3
-import urllib.error
-import urllib.request
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -22,9 +20,11 @@ from rich.table import Table
 
 from energyd.alerts.outbox import Outbox
 from energyd.config.schema import Config
-from energyd.config.secrets import redact_url
 from energyd.errors import StoreError
+from energyd.httpclient import HttpClient, HttpUnreachable, split_url
 from energyd.model import from_ms
+from energyd.sinks import backlog as sink_backlog
+from energyd.sinks import describe as describe_sink
 from energyd.store.sqlite import STREAMS, Store, corrupt
 
 HEALTH_TIMEOUT = 2.0  # seconds: a daemon busy for longer is reported as not answering
@@ -50,17 +50,20 @@ def daemon_health(config: Config) -> dict[str, Any]:
         return {"status": "unknown",
                 "error": f"http listens on {host}, not on loopback: not asked"}
     url = f"http://{'[' + host + ']' if ':' in host else host}:{config.http.port}/health"
+    origin, target = split_url(url)
+    client = HttpClient(origin, timeout=HEALTH_TIMEOUT)
     try:
-        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as reply:
-            payload: dict[str, Any] = json.loads(reply.read())
-    except urllib.error.HTTPError as exc:  # 503 while stopping: the body still says why
-        try:
-            payload = json.loads(exc.read())
-        except ValueError:
-            return {"status": "not answering", "error": f"{url}: HTTP {exc.code}"}
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return {"status": "not answering", "error": f"{url}: {reason}"}
+        reply = client.get(target)
+    except HttpUnreachable as exc:
+        return {"status": "not answering", "error": f"{url}: {exc.reason}"}
+    finally:
+        client.close()
+    try:  # a 503 while stopping: the body still says why
+        payload: dict[str, Any] = json.loads(reply.data)
+    except ValueError:
+        return {"status": "not answering",
+                "error": f"{url}: HTTP {reply.status}" if reply.status >= 300 else
+                f"{url}: the reply is not JSON"}
     if not isinstance(payload, dict) or payload.get("site") != config.site.name:
         site = payload.get("site") if isinstance(payload, dict) else None
         return {"status": "unknown",
@@ -114,10 +117,11 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
                                  if device == d.name or _named_by(d, device)),
             })
         sinks = []
-        for s in config.influxdb:
-            entry: dict[str, Any] = {"sink": s.name, "api": s.api, "url": redact_url(s.url)}
+        for s in config.all_sinks:
+            kind, where = describe_sink(s)
+            entry: dict[str, Any] = {"sink": s.name, "api": kind, "url": where}
             for stream in STREAMS:
-                b = store.backlog(s.name, stream)
+                b = sink_backlog(store, s.name, stream)
                 entry[stream] = {
                     "backlog": b.count,
                     "oldest_unsent": _iso(b.oldest_ms),
@@ -173,7 +177,8 @@ def recent_activity(store: Store, config: Config, *, hourly: int = 12, air: int 
         "air": [asdict(r) for r in store.recent.air_hours(stations, air)],
         "alerts": [asdict(e) for e in store.episodes.newest_first(limit=alerts)],
         "readings": store.count_readings(),
-        "backlog": store.backlog(config.influxdb[0].name).count if config.influxdb else None,
+        "backlog": sink_backlog(store, config.all_sinks[0].name).count if config.all_sinks
+        else None,
     }
 
 

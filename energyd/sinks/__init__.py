@@ -1,42 +1,57 @@
-"""InfluxDB sinks: store-and-forward of readings, rollups, alerts and air_hourly.
+"""Sinks: store-and-forward of readings, rollups, alerts and air_hourly.
 
     forwarder.Forwarder   the policy: cursors, chunks, backoff, bisection, drain rate
     transport.Transport   the I/O under it: `write(body)` / `close()`
-    v1.V1Transport        InfluxDB 1.x `/write` (plain HTTP)
-    v2.V2Transport        the v2 write API through influxdb-client (synchronous)
     lineprotocol          the InfluxDB schema of DESIGN.md as line protocol
+    registry              one line per sink type: its options model and its code
+    influxdb_v1/          InfluxDB 1.x `/write`
+    influxdb_v2/          the v2 write API through influxdb-client (synchronous)
+    file/                 line protocol appended to a file
+    rejections            refused points become one alert episode per sink
 
 `for_sink(sink, config, store)` builds a configured forwarder; the daemon runs one per
-`influxdb:` entry (energyd/daemon/forwarding.py).
+`sinks:` entry and per `influxdb:` entry (energyd/daemon/forwarding.py). The names below are
+loaded when first used, so that the config can import the registry (and the sinks' options)
+without this package's code.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from energyd.config.schema import Config, InfluxDB
-from energyd.config.secrets import redact_url
-from energyd.sinks.forwarder import Forwarder, Outcome, backoff_delay
-from energyd.sinks.lineprotocol import Encoder, Point
-from energyd.sinks.transport import Transport
-from energyd.store.sqlite import Store
+if TYPE_CHECKING:
+    from energyd.config.schema import Config
+    from energyd.sinks.forwarder import Forwarder, Outcome
+    from energyd.sinks.lineprotocol import Encoder
+    from energyd.sinks.transport import Transport
+    from energyd.store.sqlite import Store
 
-__all__ = ["Encoder", "Forwarder", "Outcome", "Point", "Transport", "backoff_delay",
+__all__ = ["Encoder", "Forwarder", "Outcome", "Point", "Transport", "backlog", "backoff_delay",
            "encoder_for", "for_sink", "forward_once", "make_transport"]
 
+_LAZY = {"Encoder": "energyd.sinks.lineprotocol", "Point": "energyd.sinks.lineprotocol",
+         "Forwarder": "energyd.sinks.forwarder", "Outcome": "energyd.sinks.forwarder",
+         "backlog": "energyd.sinks.forwarder",
+         "backoff_delay": "energyd.retry", "Transport": "energyd.sinks.transport"}
 
-def make_transport(sink: InfluxDB) -> Transport:
-    if sink.api == "v1":
-        from energyd.sinks.v1 import V1Transport
 
-        return V1Transport(sink)
-    from energyd.sinks.v2 import V2Transport
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    return V2Transport(sink)
+
+def make_transport(sink: Any) -> Transport:
+    from energyd.sinks.registry import transport
+
+    return transport(sink)
 
 
 def encoder_for(config: Config) -> Encoder:
+    from energyd.sinks.lineprotocol import Encoder
+
     roles: dict[str, str] = {}
     for device in config.devices:
         roles[device.name] = device.role
@@ -46,32 +61,52 @@ def encoder_for(config: Config) -> Encoder:
     return Encoder(config.site.name, roles, gateway=config.site.gateway)
 
 
-def for_sink(sink: InfluxDB, config: Config, store: Store, *, metrics: Any = None,
-             now_ms: Callable[[], int] | None = None,
+def for_sink(sink: Any, config: Config, store: Store, *, metrics: Any = None,
+             report: Callable[[Outcome], None] | None = None,
              transport: Transport | None = None) -> Forwarder:
+    """`sink`: a `sinks:` entry or an `influxdb:` one; `report`: see Forwarder."""
+    from energyd.sinks.forwarder import Forwarder
+
     return Forwarder(
         sink.name, store, transport or make_transport(sink), encoder=encoder_for(config),
         chunk_size=sink.chunk_size, max_points_per_second=sink.max_points_per_second,
-        interval=sink.interval, backoff_max=sink.backoff_max, metrics=metrics, now_ms=now_ms)
+        interval=sink.interval, backoff_max=sink.backoff_max, metrics=metrics, report=report)
 
 
-def forward_once(config: Config, *, sinks: list[str] | None = None,
-                 timeout: float = 600.0) -> list[dict[str, Any]]:
+def describe(sink: Any) -> tuple[str, str]:
+    """(kind, where) of a sink for tables and reports: `v1`/`v2` and its (redacted) URL for
+    the InfluxDB sinks, the type and its target for others."""
+    from energyd.config.secrets import redact_url
+
+    url = getattr(sink, "url", None)
+    if url is not None:
+        return getattr(sink, "api", sink.type), redact_url(url)
+    return sink.type, str(getattr(sink, "path", ""))
+
+
+def forward_once(config: Config, *, sinks: list[str] | None = None, timeout: float = 600.0,
+                 reporter: Callable[[str, Store], Callable[[Outcome], None]] | None = None
+                 ) -> list[dict[str, Any]]:
     """Forward what the configured sinks have not sent yet, once, and report per sink:
     `energyd forward` (commissioning, or pushing a backfill while the daemon is stopped).
-    A sink that fails is reported with its error and the others still run."""
+    A sink that fails is reported with its error and the others still run. `reporter(sink,
+    store)` gives each forwarder its `report` (where refused points go; by default an alert
+    episode, sinks/rejections.py)."""
     from energyd.errors import SinkError
+    from energyd.store.sqlite import Store
 
-    chosen = [s for s in config.influxdb if sinks is None or s.name in sinks]
-    unknown = set(sinks or ()) - {s.name for s in config.influxdb}
+    configured = config.all_sinks
+    chosen = [s for s in configured if sinks is None or s.name in sinks]
+    unknown = set(sinks or ()) - {s.name for s in configured}
     if unknown:
         raise ValueError(f"no influxdb sink named {', '.join(sorted(unknown))}")
     report = []
     with Store.open(config.storage.path) as store:
         for sink in chosen:
-            forwarder = for_sink(sink, config, store)
-            entry: dict[str, Any] = {"sink": sink.name, "api": sink.api,
-                                     "url": redact_url(sink.url)}
+            report_to = (reporter or _episodes)(sink.name, store)
+            forwarder = for_sink(sink, config, store, report=report_to)
+            kind, where = describe(sink)
+            entry: dict[str, Any] = {"sink": sink.name, "api": kind, "url": where}
             try:
                 entry["forwarded"] = forwarder.drain(timeout=timeout)
                 entry["error"] = None
@@ -79,7 +114,13 @@ def forward_once(config: Config, *, sinks: list[str] | None = None,
                 entry["forwarded"], entry["error"] = None, str(exc)
             finally:
                 forwarder.close()
-            entry["backlog"] = store.backlog(sink.name).count
+            entry["backlog"] = forwarder.backlog().count
             entry["rejected"] = store.rejected_count(sink.name)
             report.append(entry)
     return report
+
+
+def _episodes(sink: str, store: Store) -> Callable[[Outcome], None]:
+    from energyd.sinks.rejections import RejectionEpisodes
+
+    return RejectionEpisodes(sink, store).observe

@@ -34,56 +34,70 @@ cursors committed in order), for a second at a time before the other lanes get t
 
 Replies (transport.py): a retryable failure (connection, 5xx, 429, auth, missing database)
 stops the cycle; the cursors stay and the forwarder waits with exponential backoff and
-jitter, at least Retry-After. A SinkRejected (400 field type conflict, 413...) splits the
-chunk in halves until the refused points are found; they go to the store's `rejected` table
-with the server's message, are counted (energyd_sink_rejected) and raise one alert episode
-per sink (rule `sink_rejected`, device = the sink's name) in the alerts table, which flows
-to InfluxDB like any alert. The episode is resolved after an hour without rejections.
+jitter, at least Retry-After (energyd.retry). A SinkRejected (400 field type conflict,
+413...) splits the chunk in halves until the refused points are found; they go to the
+store's `rejected` table with the server's message, are counted (energyd_sink_rejected)
+and reported in the cycle's Outcome (`rejections`), which the forwarder hands to its
+`report` callable: the daemon turns them into an alert episode (sinks/rejections.py).
+
+The forwarder reads the store through its streams (store/streams.py) and moves its own
+cursors; it knows no table and no SQL, and depends otherwise on its encoder and transport.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from energyd.errors import EnergydError, SinkRejected, SinkRetryable
+from energyd.retry import Backoff, backoff_delay
 from energyd.sinks.lineprotocol import Encoder, Point, body
 from energyd.sinks.transport import Transport
-from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, Store
+from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, Backlog, Store
+from energyd.store.streams import STORE_ERRORS, TOP, Streams, TableStream
 
 log = logging.getLogger(__name__)
 
+# the forwarder's own cursors beside one per stream: what they mean is said here (`unsent`)
 GAP = "readings.gap"
 LIVE = "readings.live"
-REJECTED_RULE = "sink_rejected"
-REJECTED_QUIET_MS = 3600_000  # an episode of rejections ends after this long without one
-_TOP = 2**62
 
-_TABLES: dict[str, tuple[str, str]] = {
-    ROLLUPS: ("rollups", "device, hour, mwh, source, coverage, tco2_location, tco2_market, "
-                         "ef_location"),
-    ALERTS: ("alerts", "rule, device, state, started, ended, detail"),
-    AIR: ("air_hourly", "device, hour, kwh, m3, specific_power, loaded_share"),
-}
+__all__ = ["GAP", "LIVE", "Forwarder", "Outcome", "Rejection", "backlog", "backoff_delay"]
 
 
-def backoff_delay(attempt: int, cap: float, base: float = 1.0,
-                  rng: Callable[[float, float], float] = random.uniform) -> float:
-    """Exponential backoff with "equal jitter": between half and all of min(cap, base*2^n),
-    so retries of many gateways after one outage spread out but never come back at once."""
-    ceiling = min(cap, base * 2 ** min(attempt, 30))
-    return rng(ceiling / 2, ceiling)
+def unsent(streams: Streams, positions: dict[str, int], stream: str) -> Backlog:
+    """The backlog of `stream` for a sink whose cursors are `positions`: the readings in
+    (readings, readings.gap] and after readings.live while a gap is open, else after
+    readings; the rows of a table after its cursor."""
+    if stream != READINGS:
+        return streams.table(stream).pending(positions.get(stream, 0))
+    head = positions.get(READINGS, 0)
+    if GAP in positions and LIVE in positions:
+        return streams.readings.pending([(head, positions[GAP]), (positions[LIVE], TOP)])
+    return streams.readings.pending([(head, TOP)])
+
+
+def backlog(store: Store, sink: str, stream: str = READINGS) -> Backlog:
+    """What the sink named `sink` has not sent yet of `stream`, from its cursors."""
+    return unsent(Streams(store), store.sink_positions(sink), stream)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Points of one stream the server refused for good in one chunk."""
+
+    stream: str
+    points: int
+    items: int
+    message: str  # the server's (redacted) message for the last of them
 
 
 @dataclass
@@ -93,6 +107,7 @@ class Outcome:
     sent: int = 0
     rejected: int = 0
     wait: float = 0.0
+    rejections: list[Rejection] = field(default_factory=list)
 
 
 class Forwarder:
@@ -107,19 +122,21 @@ class Forwarder:
       interval              seconds between looks once caught up
       backoff_max           cap of the delay between failed attempts
       metrics               energyd.daemon.metrics.Metrics or None
-      now_ms                the clock for alert times (the daemon's clock, in ms)
+      report                called with each cycle's Outcome (its rejections become an
+                            alert episode: sinks/rejections.py)
     """
 
     def __init__(self, name: str, store: Store, transport: Transport, *, encoder: Encoder,
                  chunk_size: int = 5000, max_points_per_second: float | None = None,
                  interval: float = 1.0, backoff_max: float = 300.0, metrics: Any = None,
-                 now_ms: Callable[[], int] | None = None):
+                 report: Callable[[Outcome], None] | None = None):
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         if max_points_per_second is not None and max_points_per_second <= 0:
             raise ValueError("max_points_per_second must be positive")
         self.name = name
         self.store = store
+        self.streams = Streams(store)
         self.transport = transport
         self.encoder = encoder
         self.chunk_size = chunk_size
@@ -127,21 +144,19 @@ class Forwarder:
         self.interval = interval
         self.backoff_max = backoff_max
         self.metrics = metrics
-        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.report = report
         self._pos = store.sink_positions(name)
         # readings per point (quantities per poll): sizes the reads, learnt from each chunk
-        self._ratio = store.execute(
-            "SELECT coalesce(count(*) * 1.0 / count(DISTINCT device), 1.0) FROM series")[0][0]
+        self._ratio = self.streams.readings.readings_per_poll()
         self._names: dict[int, tuple[str, str]] = {}  # series id -> (device, quantity)
         # one write in flight while the next chunk is read and encoded
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"energyd[{name}.write]")
         self._next_backlog = 0.0  # monotonic time the rate limit lets the next backlog chunk go
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._attempt = 0
+        self._backoff = Backoff(cap=backoff_max)
         self.last_error: str | None = None
         self.last_success: float | None = None
-        self._alert_open = bool(self._open_alert())
 
     # --- positions --------------------------------------------------------------------------
 
@@ -164,6 +179,10 @@ class Forwarder:
             else:
                 self._pos[stream] = value
 
+    def backlog(self, stream: str = READINGS) -> Backlog:
+        """What this sink has not sent yet of `stream`."""
+        return unsent(self.streams, self._pos, stream)
+
     # --- one cycle ----------------------------------------------------------------------------
 
     def step(self) -> Outcome:
@@ -172,14 +191,19 @@ class Forwarder:
         alerts and air_hourly. Raises SinkRetryable when the server cannot take a chunk
         (what was acknowledged before stays acknowledged)."""
         out = Outcome(wait=self.interval)
-        self._maybe_open_gap()
-        if self.gap is not None:
-            self._readings_live(out)
-        self._readings_head(out)
-        for stream in (ROLLUPS, ALERTS, AIR):
-            self._table(stream, out)
-        if self._alert_open:
-            self._maybe_resolve_alert()
+        done = False
+        try:
+            self._maybe_open_gap()
+            if self.gap is not None:
+                self._readings_live(out)
+            self._readings_head(out)
+            for table in self.streams.tables():
+                self._table(table, out)
+            done = True
+        finally:
+            # what was refused before a failure is reported all the same
+            if self.report is not None and (done or out.rejections):
+                self.report(out)
         self.last_success = time.time()
         return out
 
@@ -197,18 +221,19 @@ class Forwarder:
         head = self.position(READINGS)
         # one backlog chunk: a second's worth at the rate, or a whole chunk without one
         chunk = self._readings_limit(self._points_wanted(True))
-        if self.store.count_after(head, at_least=2 * chunk + 1) <= 2 * chunk:
+        readings = self.streams.readings
+        if readings.count_after(head, at_least=2 * chunk + 1) <= 2 * chunk:
             return
-        start = self.store.reading_id_back(chunk, head)  # the live tail: the newest chunk
+        start = readings.position_back(chunk, head)  # the live tail: the newest chunk
         self._commit({GAP: start, LIVE: start})
         log.info("%s: %d readings to catch up; the newest go first, the backlog follows%s",
-                 self.name, self.store.count_after(head),
+                 self.name, readings.count_after(head),
                  f" at up to {self.rate:g} points/s" if self.rate else "")
 
     def _readings_live(self, out: Outcome) -> None:
         _, live = self.gap  # type: ignore[misc]
         limit = self._readings_limit(self.chunk_size)
-        rows, end, more = self.store.reading_chunk(live, _TOP, limit)
+        rows, end, more = self.streams.readings.after(live, limit)
         if end > live:
             points = self._encode(rows)
             self._finish(READINGS, points, self._write(points), {LIVE: end}, out, (live, end))
@@ -225,8 +250,7 @@ class Forwarder:
         try:
             points = self.encoder.readings(rows, self._names)
         except KeyError:  # a series created since the names were read
-            self._names.update((sid, (d, q)) for sid, d, q in
-                               self.store.execute("SELECT id, device, quantity FROM series"))
+            self._names.update(self.streams.readings.series_names())
             points = self.encoder.readings(rows, self._names)
         if points:
             self._ratio = 0.7 * self._ratio + 0.3 * (len(rows) / len(points))
@@ -236,9 +260,9 @@ class Forwarder:
         """The oldest unsent readings after `head`: (rows, the positions they move the
         cursors to, the last id they cover, whether more may follow)."""
         gap = self.gap
-        upto = gap[0] if gap is not None else _TOP
+        upto = gap[0] if gap is not None else TOP
         span = self._readings_limit(self._points_wanted(True))
-        rows, end, more = self.store.reading_chunk(head, upto, span)
+        rows, end, more = self.streams.readings.after(head, span, upto=upto)
         if gap is not None and not more:
             # the backlog is used up: (H, G] and (G, L] meet, everything <= L is sent
             return rows, {READINGS: gap[1], GAP: None, LIVE: None}, end, False
@@ -301,18 +325,16 @@ class Forwarder:
                     with contextlib.suppress(Exception):
                         left[0].result()
 
-    def _table(self, stream: str, out: Outcome) -> None:
-        table, columns = _TABLES[stream]
-        rows = self.store.execute(
-            f"SELECT seq, {columns} FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
-            (self.position(stream), self.chunk_size))
-        if not rows:
+    def _table(self, table: TableStream, out: Outcome) -> None:
+        stream = table.name
+        chunk = table.after(self.position(stream), self.chunk_size)
+        if not chunk.rows:
             return
         encode = {ROLLUPS: self.encoder.rollups, ALERTS: self.encoder.alerts,
                   AIR: self.encoder.air_hourly}[stream]
-        points = encode(rows)
-        self._finish(stream, points, self._write(points), {stream: rows[-1][0]}, out)
-        if len(rows) == self.chunk_size:
+        points = encode(chunk.rows)
+        self._finish(stream, points, self._write(points), {stream: chunk.next}, out)
+        if chunk.more:
             out.wait = 0.0
 
     # --- writing --------------------------------------------------------------------------
@@ -335,13 +357,13 @@ class Forwarder:
             self.metrics.sink_sent.labels(self.name, stream).inc(items - len(rejected))
             self.metrics.sink_points.labels(self.name, stream).inc(len(points) - len(refused))
         if refused:
-            self._on_rejected(stream, refused, len(rejected))
+            self._on_rejected(stream, refused, len(rejected), out)
 
     def _items(self, point: Point, span: tuple[int, int] | None) -> list[int]:
         if point.poll is None or span is None:
             return list(point.items)
         device, t = point.poll
-        return self.store.poll_reading_ids(device, t, span[0], span[1])
+        return self.streams.readings.poll_ids(device, t, span[0], span[1])
 
     def _write(self, points: list[Point], data: bytes | None = None) -> list[tuple[Point, str]]:
         """Write `points` (`data`: their body, when already joined); return those refused
@@ -360,59 +382,16 @@ class Forwarder:
             mid = len(points) // 2
             return self._write(points[:mid]) + self._write(points[mid:])
 
-    # --- rejections become an alert --------------------------------------------------------
+    # --- rejections are reported ---------------------------------------------------------
 
-    def _open_alert(self) -> tuple[int, str] | None:
-        rows = self.store.execute(
-            "SELECT id, detail FROM alerts WHERE rule = ? AND device = ? AND state = 'active' "
-            "ORDER BY id DESC LIMIT 1", (REJECTED_RULE, self.name))
-        return (rows[0][0], rows[0][1]) if rows else None
-
-    def _on_rejected(self, stream: str, refused: list[tuple[Point, str]], items: int) -> None:
+    def _on_rejected(self, stream: str, refused: list[tuple[Point, str]], items: int,
+                     out: Outcome) -> None:
         message = refused[-1][1]
         log.error("%s: the server refused %d point(s) of %s for good; kept in the store as "
                   "rejected: %s", self.name, len(refused), stream, message)
         if self.metrics is not None:
             self.metrics.sink_rejected.labels(self.name, stream).inc(items)
-        now = self.now_ms()
-        with self.store.transaction() as conn:
-            rows = conn.execute(
-                "SELECT id, detail FROM alerts WHERE rule = ? AND device = ? "
-                "AND state = 'active' ORDER BY id DESC LIMIT 1",
-                (REJECTED_RULE, self.name)).fetchall()
-            seq = self.store.next_seq(conn)
-            if rows:
-                detail = json.loads(rows[0][1] or "{}")
-                detail["points"] = detail.get("points", 0) + len(refused)
-                detail["items"] = detail.get("items", 0) + items
-                detail.update(stream=stream, message=message, last_ms=now)
-                conn.execute("UPDATE alerts SET detail = ?, seq = ? WHERE id = ?",
-                             (json.dumps(detail), seq, rows[0][0]))
-            else:
-                detail = {"points": len(refused), "items": items, "stream": stream,
-                          "message": message, "last_ms": now}
-                conn.execute(
-                    "INSERT INTO alerts (rule, device, state, started, ended, detail, seq) "
-                    "VALUES (?, ?, 'active', ?, NULL, ?, ?)",
-                    (REJECTED_RULE, self.name, now, json.dumps(detail), seq))
-                if self.metrics is not None:
-                    self.metrics.alerts.labels(REJECTED_RULE).inc()
-        self._alert_open = True
-
-    def _maybe_resolve_alert(self) -> None:
-        found = self._open_alert()
-        if found is None:
-            self._alert_open = False
-            return
-        alert_id, detail_text = found
-        last = json.loads(detail_text or "{}").get("last_ms", 0)
-        now = self.now_ms()
-        if now - last < REJECTED_QUIET_MS:
-            return
-        with self.store.transaction() as conn:
-            conn.execute("UPDATE alerts SET state = 'resolved', ended = ?, seq = ? WHERE id = ?",
-                         (now, self.store.next_seq(conn), alert_id))
-        self._alert_open = False
+        out.rejections.append(Rejection(stream, len(refused), items, message))
 
     # --- running --------------------------------------------------------------------------
 
@@ -427,7 +406,7 @@ class Forwarder:
             total += out.sent + out.rejected
             if out.sent == 0 and out.rejected == 0 and self.gap is None \
                     and time.monotonic() >= self._next_backlog \
-                    and self.store.backlog(self.name).count == 0:
+                    and self.backlog().count == 0:
                 return total
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name}: not drained within {timeout:.0f} s")
@@ -449,9 +428,7 @@ class Forwarder:
             try:
                 out = self.step()
             except SinkRetryable as exc:
-                delay = max(backoff_delay(self._attempt, self.backoff_max),
-                            exc.retry_after or 0.0)
-                self._attempt += 1
+                delay = self._backoff.next(at_least=exc.retry_after)
                 self.last_error = str(exc)
                 self._count_error(exc)
                 if failing_since is None:
@@ -464,8 +441,7 @@ class Forwarder:
                 continue
             except Exception as exc:
                 # a store problem (disk full, locked): contained, logged once, tried again
-                delay = backoff_delay(self._attempt, self.backoff_max)
-                self._attempt += 1
+                delay = self._backoff.next()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.metrics is not None:
                     self.metrics.sink_errors.labels(self.name, "internal").inc()
@@ -474,7 +450,7 @@ class Forwarder:
                     # the store's own failures (a full disk) need no traceback; others do
                     log.warning("%s: forwarding cycle failed (%s); retrying in %.1f s and "
                                 "backing off", self.name, self.last_error, delay,
-                                exc_info=not isinstance(exc, sqlite3.Error | EnergydError))
+                                exc_info=not isinstance(exc, STORE_ERRORS + (EnergydError,)))
                 else:
                     log.debug("%s: forwarding cycle still failing: %s", self.name,
                               self.last_error)
@@ -482,9 +458,9 @@ class Forwarder:
                 continue
             if failing_since is not None:
                 log.info("%s: writing again after %.0f s and %d failed attempts",
-                         self.name, time.monotonic() - failing_since, self._attempt)
+                         self.name, time.monotonic() - failing_since, self._backoff.attempt)
                 failing_since = None
-            self._attempt = 0
+            self._backoff.reset()
             self.last_error = None
             if self.metrics is not None:
                 self.metrics.sink_up.labels(self.name).set(1)
@@ -496,11 +472,7 @@ class Forwarder:
     def _count_error(self, exc: SinkRetryable) -> None:
         if self.metrics is None:
             return
-        text = str(exc)
-        reason = ("throttled" if "HTTP 429" in text else
-                  "server" if "HTTP 5" in text else
-                  "refused" if "HTTP 4" in text else "connection")
-        self.metrics.sink_errors.labels(self.name, reason).inc()
+        self.metrics.sink_errors.labels(self.name, exc.reason).inc()
         self.metrics.sink_up.labels(self.name).set(0)
 
     def health(self) -> dict[str, Any]:

@@ -7,10 +7,11 @@
 Replies are sorted by what the forwarder should do next (`classify`):
 
     2xx                      accepted: the forwarder advances its cursor
-    connection error, 5xx,   SinkRetryable: the chunk is tried again after a jittered backoff,
-    429, 408                 or after Retry-After when the server sends one
-    401, 403, 404            SinkRetryable too: a wrong token or a missing database is a
-                             configuration to fix, not a reason to throw data away
+    connection error         SinkUnreachable  \
+    5xx                      SinkServerError   } SinkRetryable: the chunk is tried again after
+    429                      SinkThrottled    /  a jittered backoff, at least Retry-After
+    408, 401, 403, 404       SinkRefused: retryable too: a wrong token or a missing database
+                             is a configuration to fix, not a reason to throw data away
     413, 400, 422, other 4xx SinkRejected: the forwarder bisects the chunk to find the points
                              that will never be taken and goes on with the rest
 
@@ -20,13 +21,14 @@ userinfo before a message leaves this package (in an exception or a log line).
 
 from __future__ import annotations
 
-import email.utils
-import time
 from collections.abc import Iterable
 from typing import Protocol
 
 from energyd.config.secrets import redact_urls
-from energyd.errors import SinkError, SinkRejected, SinkRetryable
+from energyd.errors import SinkError, SinkRefused, SinkRejected, SinkServerError, SinkThrottled
+from energyd.retry import retry_after
+
+__all__ = ["MESSAGE_MAX", "Redactor", "Transport", "classify", "retry_after"]
 
 # a server may echo a whole chunk back: keep what goes to logs and the store short
 MESSAGE_MAX = 500
@@ -57,29 +59,17 @@ class Redactor:
         return text
 
 
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def classify(status: int, message: str, where: str, retry_after_s: float | None) -> SinkError:
     """The exception for a non-2xx reply."""
     text = f"{where}: HTTP {status}: {message}" if message else f"{where}: HTTP {status}"
-    if status in (408, 429) or status >= 500:
-        return SinkRetryable(text, retry_after_s)
+    if status == 429:
+        return SinkThrottled(text, retry_after_s)
+    if status >= 500:
+        return SinkServerError(text, retry_after_s)
+    if status == 408:
+        return SinkRefused(text, retry_after_s)
     if status in _BLOCKING:
-        return SinkRetryable(f"{text} (check the sink's {_blocking_hint(status)})",
+        return SinkRefused(f"{text} (check the sink's {_blocking_hint(status)})",
                              retry_after_s)
     return SinkRejected(text, status)
 

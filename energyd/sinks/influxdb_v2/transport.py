@@ -2,7 +2,8 @@
 
 Serves InfluxDB 2.x, 3.x and Cloud (`org`, `bucket`, a token), InfluxDB 1.8+ (token
 `user:password`, org `-`, bucket `database/retention_policy`) and servers that take the v2
-write API (VictoriaMetrics). Options: `url`, `org`, `bucket`, `token_file`/`token_env`,
+write API (VictoriaMetrics). Options (a `sinks:` entry of `type: influxdb_v2`, or `influxdb:`
+with `api: v2`; README.md beside this file): `url`, `org`, `bucket`, `token_file`/`token_env`,
 `timeout`, `gzip`.
 
 The client's batching mode is not used: it drops a batch after its retries and holds data
@@ -14,20 +15,28 @@ connection errors to SinkRetryable.
 
 from __future__ import annotations
 
+from typing import Any
+
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from energyd.config.schema import InfluxDB
 from energyd.config.secrets import redact_url
-from energyd.errors import SinkRetryable
-from energyd.sinks.transport import Redactor, classify, retry_after
+from energyd.errors import SinkUnreachable
+from energyd.retry import retry_after
+from energyd.sinks.transport import Redactor, classify
+
+
+def make(sink: Any) -> V2Transport:
+    return V2Transport(sink)
 
 
 class V2Transport:
-    def __init__(self, sink: InfluxDB):
+    """`sink`: the sink's options (influxdb_v2/options.py, or an `influxdb:` entry)."""
+
+    def __init__(self, sink: Any):
         token = sink.token.get_secret_value() if sink.token else None
         self.name = sink.name
         self._bucket = sink.bucket
@@ -41,20 +50,20 @@ class V2Transport:
 
     def write(self, body: bytes) -> None:
         if self._client is None:
-            raise SinkRetryable(f"{self._where}: the transport is closed")
+            raise SinkUnreachable(f"{self._where}: the transport is closed")
         try:
             self._write_api.write(bucket=self._bucket, org=self._org, record=body,
                                   write_precision=WritePrecision.MS)
         except ApiException as exc:
             status = exc.status or 0
             if status == 0:
-                raise SinkRetryable(self._redact(f"{self._where}: {exc.reason}")) from None
+                raise SinkUnreachable(self._redact(f"{self._where}: {exc.reason}")) from None
             message = self._redact(_message(exc))
             headers = exc.headers or {}
             raise classify(status, message, self._where,
                            retry_after(headers.get("Retry-After"))) from None
         except (Urllib3Error, InfluxDBError, OSError) as exc:
-            raise SinkRetryable(self._redact(f"{self._where}: {_reason(exc)}")) from None
+            raise SinkUnreachable(self._redact(f"{self._where}: {_reason(exc)}")) from None
 
     def close(self) -> None:
         client, self._client = self._client, None

@@ -1,0 +1,1 @@
+"""The InfluxDB v2 write API (README.md beside this file documents every option)."""
