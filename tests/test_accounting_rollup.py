@@ -16,6 +16,7 @@ import pytest
 from energyd.accounting.energy import HOUR_MS
 from energyd.accounting.storage import Accountant
 from energyd.config.loader import parse_config
+from energyd.daemon.reconciliation import record_reconciliation
 from energyd.errors import ImportRejected
 from energyd.store import Store
 
@@ -182,16 +183,17 @@ def test_fully_metered_period_keeps_the_meter_and_flags_a_difference(tmp_path: P
     csv_text = ("account,period_start,period_end,energy_kwh,supplier,document\n"
                 "incomer,2023-05-01,2023-05-03,7560,SG,SG-0501\n")  # metered: 7200, +5%
     _, result = acc.import_statements(io.StringIO(csv_text), "bill.csv", now)
-    assert [f["statement_kwh"] for f in result.findings] == [7560]
+    record_reconciliation(acc.store, acc.config, result, now)  # as the caller does
+    assert [f.statement_kwh for f in result.findings] == [7560]
     f = result.findings[0]
-    assert f["metered_kwh"] == pytest.approx(7200, abs=0.01)
-    assert f["difference_share"] == pytest.approx(360 / 7560, rel=1e-4)
+    assert f.metered_kwh == pytest.approx(7200, abs=0.01)
+    assert f.difference_share == pytest.approx(360 / 7560, rel=1e-4)
     assert all(r.source == "meter" for r in acc.rows(start, end))
     alerts = acc.store.execute("SELECT rule, device, state, detail FROM alerts")
     assert [(a[0], a[1], a[2]) for a in alerts] == [("reconciliation", "incomer", "active")]
     assert "SG-0501" in json.loads(alerts[0][3])["message"]
     report = acc.report("2023-05", now)
-    assert report["reconciliation"][0]["statement"] == f["statement"]
+    assert report["reconciliation"][0]["statement"] == f.statement
     assert report["flags"] and "SG-0501" in report["flags"][0]
     # within tolerance: no finding
     acc2 = make(tmp_path / "b", device_yaml("incomer"))
@@ -199,6 +201,7 @@ def test_fully_metered_period_keeps_the_meter_and_flags_a_difference(tmp_path: P
     acc2.recompute((start, end), now)
     _, result = acc2.import_statements(io.StringIO(csv_text.replace("7560", "7300")), "b.csv",
                                        now)
+    record_reconciliation(acc2.store, acc2.config, result, now)
     assert result.findings == []
     assert acc2.store.execute("SELECT count(*) FROM alerts")[0][0] == 0
 

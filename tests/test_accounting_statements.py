@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from energyd.accounting.energy import HOUR_MS
 from energyd.cli import cli
 from energyd.config.loader import parse_config
+from energyd.daemon.reconciliation import record_reconciliation
 from energyd.errors import ConfigError, ImportRejected
 from tests.test_accounting_rollup import by_hour, device_yaml, flat, load, make, ms
 
@@ -99,6 +100,7 @@ def below_metered(tmp_path: Path):
     csv_text = ("account,period_start,period_end,energy_kwh,supplier,document\n"
                 "incomer,2023-05-01,2023-05-03,6000,SG,SG-0501\n")
     _, result = acc.import_statements(io.StringIO(csv_text), "bill.csv", now)
+    record_reconciliation(acc.store, acc.config, result, now)  # as the caller does
     return acc, result, (start, end, out0, out1, now)
 
 
@@ -112,10 +114,10 @@ def test_a_statement_below_the_meter_keeps_the_estimate_flags_alerts_and_holds_t
     assert all(r.mwh == pytest.approx(0.1, abs=1e-6) for r in gap)
     assert all(r.detail["statements"][0]["conflict"] == "below_metered" for r in gap)
     [f] = result.findings
-    assert f["kind"] == "statement_below_metered" and f["statement_kwh"] == 6000
-    assert f["metered_kwh"] == pytest.approx(6600, abs=0.01)
-    assert f["difference_kwh"] == pytest.approx(600, abs=0.01)
-    assert f["estimated_kwh"] == pytest.approx(600, abs=0.01) and f["gap_hours"] == 6
+    assert f.below_metered and f.statement_kwh == 6000
+    assert f.metered_kwh == pytest.approx(6600, abs=0.01)
+    assert f.difference_kwh == pytest.approx(600, abs=0.01)
+    assert f.estimated_kwh == pytest.approx(600, abs=0.01) and f.gap_hours == 6
     alerts = acc.store.execute("SELECT rule, device, state, detail FROM alerts")
     assert [a[:3] for a in alerts] == [("reconciliation", "incomer", "active")]
     assert "keep an estimate" in json.loads(alerts[0][3])["message"]
@@ -129,13 +131,14 @@ def test_a_statement_below_the_meter_keeps_the_estimate_flags_alerts_and_holds_t
 def test_an_acceptance_is_stored_with_who_when_why_and_makes_the_month_final(
         tmp_path: Path) -> None:
     acc, result, (start, end, out0, out1, now) = below_metered(tmp_path)
-    sid = result.findings[0]["statement"]
+    sid = result.findings[0].statement
     with pytest.raises(ValueError, match="needs a reason"):
         acc.accept_statement(sid, "  ", "li.wei", now)
     with pytest.raises(ValueError, match="no statement 99"):
         acc.accept_statement(99, "why", "li.wei", now)
     got = acc.accept_statement(sid, "supplier confirms the bill; meter swap on 2 May",
                                "li.wei", now + 1000)
+    record_reconciliation(acc.store, acc.config, acc.reconcile([sid]), now + 1000)
     assert got["by"] == "li.wei" and got["at"] == "2023-06-01T16:00:01Z"
     report = acc.report("2023-05", now)
     assert report["status"] == "final", report["reasons"]
@@ -151,7 +154,7 @@ def test_an_acceptance_is_stored_with_who_when_why_and_makes_the_month_final(
 
 def test_invoices_accept_from_the_command_line(tmp_path: Path) -> None:
     acc, result, (start, end, out0, out1, now) = below_metered(tmp_path)
-    sid = result.findings[0]["statement"]
+    sid = result.findings[0].statement
     acc.store.close()
     cfg = tmp_path / "energyd.yaml"
     cfg.write_text(f"""
@@ -179,7 +182,7 @@ accounting:
 
 def test_a_corrected_statement_replaces_the_one_below_the_meter(tmp_path: Path) -> None:
     acc, result, (start, end, out0, out1, now) = below_metered(tmp_path)
-    sid = result.findings[0]["statement"]
+    sid = result.findings[0].statement
     bad = ("account,period_start,period_end,energy_kwh,supplier,document,replaces\n"
            "incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R,99\n"
            "incomer-x,2023-05-01,2023-05-03,7200,SG,SG-0501-R,\n")
@@ -195,6 +198,7 @@ def test_a_corrected_statement_replaces_the_one_below_the_meter(tmp_path: Path) 
     fixed = ("account,period_start,period_end,energy_kwh,supplier,document,replaces\n"
              f"incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R,{sid}\n")
     _, res = acc.import_statements(io.StringIO(fixed), "fix.csv", now)
+    record_reconciliation(acc.store, acc.config, res, now)
     assert res.findings == []
     rows = by_hour(acc, "incomer")
     gap = [rows[h] for h in range(out0, out1, HOUR_MS)]

@@ -46,6 +46,7 @@ from energyd.accounting.validation import DAY_MS, LEARN_DAYS
 from energyd.config.schema import Config
 from energyd.errors import StoreError
 from energyd.store.sqlite import Store
+from energyd.store.statements import Acceptance, StoredStatement
 
 if TYPE_CHECKING:
     from energyd.accounting.storage import Accountant
@@ -76,9 +77,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     # statement), as in Accountant.run; but from the month's first stored row where one was
     # computed earlier (`energyd rollup` over the whole month)
     since = {name: st.floor_hour(t) for name, t in acc._known_since().items()}
-    first_rows = dict(acc.store.execute(
-        "SELECT device, min(hour) FROM rollups WHERE hour >= ? AND hour < ? GROUP BY device",
-        (st.floor_hour(start), end)))
+    first_rows = acc.store.rollups.first_hours(st.floor_hour(start), end)
     want = {}
     for d in acc.devices:
         firsts = [t for t in (since.get(d.name), first_rows.get(d.name)) if t is not None]
@@ -107,10 +106,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     done("readings.csv")
 
     accounts = acc.accounts()
-    replaced = acc.store.execute(
-        "SELECT id, account, period_start, period_end, energy_kwh, supplier, document, "
-        "replaced_by FROM invoices WHERE replaced_by IS NOT NULL AND period_start < ? "
-        "AND period_end > ?", (hi, lo))
+    replaced = acc.store.statements.replaced(lo, hi)
     with open(out / "invoices.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["id", "account", "period_start", "period_end", "energy_kwh", "supplier",
@@ -119,9 +115,9 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
                   s.supplier or "", s.document or "", " ".join(s.devices), "")
                  for s in statements]
         # replaced statements are not used, but they are part of the record
-        lines += [(i, a, iso(p0), iso(p1), repr(kwh), sup or "", doc or "",
-                   " ".join(accounts.get(a, ())), by)
-                  for i, a, p0, p1, kwh, sup, doc, by in replaced]
+        lines += [(s.id, s.account, iso(s.start_ms), iso(s.end_ms), repr(s.kwh),
+                   s.supplier or "", s.document or "", " ".join(accounts.get(s.account, ())),
+                   s.replaced_by) for s in replaced]
         w.writerows(sorted(lines))
     done("invoices.csv")
     _write_json(out / "acceptances.json",
@@ -146,9 +142,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
                  if acc.factors.by_id(i) is not None],
         "all": [f.as_dict() for f in acc.factors.factors]})
     done("factors.json")
-    before = dict(acc.store.execute(
-        "SELECT certificate, sum(mwh) FROM certificate_allocations WHERE hour < ? "
-        "GROUP BY certificate", (lo,)))
+    before = acc.store.certificates.used_before(lo)
     _write_json(out / "certificates.json", {
         "certificates": report["certificates"],
         "allocated_before_window_mwh": {k: before[k] for k in sorted(before)}})
@@ -422,33 +416,23 @@ def _load_store(folder: Path, store: Store) -> list[Line]:
     acceptances = json.loads((folder / "acceptances.json").read_text(encoding="utf-8"))
     certs = json.loads((folder / "certificates.json").read_text(encoding="utf-8"))
     meta = json.loads((folder / "evidence.json").read_text(encoding="utf-8"))
-    with store.transaction() as conn:
-        store.insert_rows(conn, readings)
-        conn.executemany(
-            "INSERT INTO invoices (id, account, period_start, period_end, energy_kwh, "
-            "supplier, document, imported, replaced_by) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            [(int(r["id"]), r["account"], _ms(r["period_start"]), _ms(r["period_end"]),
-              float(r["energy_kwh"]), r["supplier"] or None, r["document"] or None,
-              int(r["replaced_by"]) if r["replaced_by"] else None)
-             for r in invoices])
-        conn.executemany(
-            "INSERT INTO statement_acceptances (statement, accepted, accepted_by, reason, "
-            "finding) VALUES (?, ?, ?, ?, ?)",
-            [(a["statement"], _ms(a["at"]), a["by"], a["reason"], _dumps(a["finding"]))
-             for a in acceptances])
-        conn.executemany(
-            "INSERT INTO rollups (device, hour, mwh, source, coverage, tco2_location, "
-            "tco2_market, ef_location, ef_id, detail, seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-            [(r["device"], _ms(r["hour"]), r["mwh"], r["source"], r["coverage"],
-              r["tco2_location"], r["tco2_market"], r["ef_location"], r["ef_id"],
-              _dumps(r["detail"])) for r in history])
+    with store.atomic():
+        store.import_rows(readings)
+        store.statements.restore(
+            [StoredStatement(int(r["id"]), r["account"], _ms(r["period_start"]),
+                             _ms(r["period_end"]), float(r["energy_kwh"]), r["supplier"] or None,
+                             r["document"] or None,
+                             int(r["replaced_by"]) if r["replaced_by"] else None)
+             for r in invoices],
+            [Acceptance(a["statement"], _ms(a["at"]), a["by"], a["reason"],
+                        _dumps(a["finding"])) for a in acceptances])
+        store.rollups.restore(
+            (r["device"], _ms(r["hour"]), r["mwh"], r["source"], r["coverage"],
+             r["tco2_location"], r["tco2_market"], r["ef_location"], r["ef_id"],
+             _dumps(r["detail"])) for r in history)
         # what hours before the window took of each certificate, as one earlier hour
-        before = _ms(meta["window_start"]) - HOUR_MS
-        conn.executemany(
-            "INSERT INTO certificate_allocations (certificate, device, hour, mwh) "
-            "VALUES (?, '', ?, ?)",
-            [(cid, before, mwh) for cid, mwh in certs["allocated_before_window_mwh"].items()])
+        store.certificates.restore_before(_ms(meta["window_start"]) - HOUR_MS,
+                                          certs["allocated_before_window_mwh"])
     return lines
 
 

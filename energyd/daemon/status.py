@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
-import sqlite3
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from energyd.config.schema import Config
 from energyd.config.secrets import redact_url
 from energyd.errors import StoreError
 from energyd.model import from_ms
-from energyd.store.sqlite import STREAMS, Store, corrupt
+from energyd.store.sqlite import STREAMS, DatabaseError, Store, corrupt
 
 HEALTH_TIMEOUT = 2.0  # seconds: a daemon busy for longer is reported as not answering
 
@@ -75,7 +74,7 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
     """Raises StoreError (never a traceback of SQLite's) when the store cannot be read."""
     try:
         return _collect(config, now)
-    except sqlite3.DatabaseError as exc:
+    except DatabaseError as exc:
         if not corrupt(exc):
             raise StoreError(f"{config.storage.path}: the store cannot be read: {exc}"
                              ) from None

@@ -35,6 +35,11 @@ from typing import Any
 
 from energyd.errors import StoreCorrupt, StoreError
 from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
+from energyd.store.air import AirHours
+from energyd.store.certificates import CertificateAllocations
+from energyd.store.meta import Meta
+from energyd.store.reconciliation import ReconciliationEpisodes
+from energyd.store.rollups import Rollups
 from energyd.store.samples import (
     SLOTS,
     Sample,
@@ -49,6 +54,7 @@ from energyd.store.samples import (
     value_at,
 )
 from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
+from energyd.store.statements import Statements
 
 READINGS = "readings"
 ROLLUPS = "rollups"
@@ -104,9 +110,6 @@ _layout_of = itemgetter(0)
 _time_of = itemgetter(0)
 # the id of a sample's last reading, in SQL (see samples.py)
 _LAST_ID = f"id * {SLOTS} + length(vals) / 8 - 1"
-READINGS_POSITION = "accounting.readings_position"
-"""The meta key of the hourly job's position among the reading ids: the quota must not move
-an id across it (see `_pinned`)."""
 HELD = Quality.CLOCK_SUSPECT
 """Readings of this quality wait for review: the accounting reads around them and retention
 keeps them, however old they look (their time came from a clock that was wrong), until they
@@ -148,6 +151,13 @@ class Store:
         self._others: dict[int, list[tuple[int, int, int, int]]] = {}
         self._latest: dict[int, int] = {}
         self._data_version = -1
+        self._depth = 0  # transactions open on the connection: 0, or 1 plus those joined
+        self.meta = Meta(self)
+        self.rollups = Rollups(self)
+        self.statements = Statements(self)
+        self.certificates = CertificateAllocations(self)
+        self.air = AirHours(self)
+        self.reconciliation = ReconciliationEpisodes(self)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -193,7 +203,7 @@ class Store:
         Returns the problems found, [] when the store is intact."""
         pragma = "integrity_check" if full else "quick_check"
         try:
-            rows = self.execute(f"PRAGMA {pragma}({int(limit)})")
+            rows = self._read(f"PRAGMA {pragma}({int(limit)})")
         except sqlite3.DatabaseError as exc:
             return [str(exc)]
         lines = [line for row in rows for line in row[0].splitlines()
@@ -222,11 +232,27 @@ class Store:
             raise StoreError(f"{self.path}: the store is closed")
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic unit: everything inside commits together or not at all."""
+    def atomic(self) -> Iterator[None]:
+        """One unit of work across repositories: what they write inside commits together or
+        not at all (a recompute's rollups and the certificate allocations they rest on)."""
+        with self._writing():
+            yield
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside a transaction; a transaction already open on this thread
+        (an `atomic` block) is joined rather than nested, which SQLite cannot do."""
         with self._lock:
             self._check_open()
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
@@ -239,24 +265,23 @@ class Store:
                 # could give them to a different series or layout
                 self.invalidate_series_cache()
                 raise
+            finally:
+                self._depth = 0
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Read query for the layers above (accounting, alerts, status)."""
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
             self._check_open()
             return self._conn.execute(sql, params).fetchall()
 
-    def iterate(self, sql: str, params: Sequence[Any] = (), batch: int = 10000) -> Iterator[tuple]:
-        """Stream a large read (an export, an evidence file) on a connection of its own, so
-        memory stays flat and the writer is not held up meanwhile."""
-        self._check_open()
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-        try:
-            cur = conn.execute(sql, params)
-            while rows := cur.fetchmany(batch):
-                yield from rows
-        finally:
-            conn.close()
+    # Only for code not yet converted to the repositories (alerts/, sinks/forwarder.py,
+    # demo.py): no layer above the store is to run SQL; these two go once it no longer does.
+    def transaction(self) -> Iterator[sqlite3.Connection]:  # type: ignore[misc]
+        """Only for code not yet converted to the repositories: a raw transaction."""
+        return self._writing()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Only for code not yet converted to the repositories: a raw read."""
+        return self._read(sql, params)
 
     # --- series -------------------------------------------------------------------------
 
@@ -278,6 +303,16 @@ class Store:
                 ).fetchone()[0]
                 self._series[key] = sid
                 self._series_names[sid] = key
+        return sid
+
+    def find_series(self, device: str, quantity: str) -> int | None:
+        """The series id of (device, quantity), None if the device never reported it; unlike
+        `series_id`, creates nothing."""
+        sid = self._series.get((device, quantity))
+        if sid is None:  # another process (the committer, an import) may have made it
+            rows = self._read("SELECT id FROM series WHERE device = ? AND quantity = ?",
+                              (device, quantity))
+            sid = rows[0][0] if rows else None
         return sid
 
     @property
@@ -328,7 +363,7 @@ class Store:
 
     def _placements(self, series: int) -> list[tuple[int, int]]:
         """(layout, position) of each layout that holds the series."""
-        return self.execute("SELECT layout, position FROM layout_series WHERE series = ?",
+        return self._read("SELECT layout, position FROM layout_series WHERE series = ?",
                             (series,))
 
     # --- writing readings ---------------------------------------------------------------
@@ -344,7 +379,7 @@ class Store:
         except KeyError:
             pass
         missing = {(r.device, r.quantity) for r in readings} - known.keys()
-        with self.transaction() as conn:  # a new device's series in one commit, not one each
+        with self._writing() as conn:  # a new device's series in one commit, not one each
             for device, quantity in sorted(missing):
                 self.series_id(device, quantity, conn)
         return self.series_rows(readings)
@@ -358,7 +393,7 @@ class Store:
         the differing readings are kept as conflicts (see `conflicts`) and, when
         `conflicts` is given, the ones not kept before are appended to it. Returns how many
         samples were new."""
-        with self.transaction() as conn:
+        with self._writing() as conn:
             layout_id = self._layout_id
             rows = [(layout_id(conn, key), t, vals, quality) for key, t, vals, quality in samples]
             # consecutive rows of a layout land in the same leaf of the (layout, time) index;
@@ -504,7 +539,7 @@ class Store:
 
     def conflict_counts(self) -> dict[str, int]:
         """Conflicts kept, per device."""
-        return dict(self.execute(
+        return dict(self._read(
             "SELECT s.device, count(*) FROM conflicts c JOIN series s ON s.id = c.series "
             "GROUP BY s.device"))
 
@@ -513,7 +548,7 @@ class Store:
         where, params = "", []
         if device is not None:
             where, params = "WHERE s.device = ?", [device]
-        return [Conflict(*row) for row in self.execute(
+        return [Conflict(*row) for row in self._read(
             "SELECT s.device, s.quantity, c.time, c.value, c.quality, c.stored FROM conflicts c "
             f"JOIN series s ON s.id = c.series {where} "
             "ORDER BY s.device, s.quantity, c.time, c.id LIMIT ?", (*params, limit))]
@@ -521,8 +556,16 @@ class Store:
     def insert_readings(self, readings: Iterable[Reading]) -> int:
         """Commit `readings` in one transaction; returns how many were new."""
         rows = self.series_rows(readings)
-        with self.transaction() as conn:
+        with self._writing() as conn:
             return self.insert_series_rows(conn, rows)
+
+    def import_rows(self, rows: Iterable[tuple[int, str, str, float, int]]) -> int:
+        """Insert (time_ms, device, quantity, value, quality) rows in one transaction (or
+        the `atomic` block it is called in), as an import does: a reading the store holds
+        already is left out, one held with another value kept as a conflict; returns how
+        many were new."""
+        with self._writing() as conn:
+            return self.insert_rows(conn, rows)
 
     def insert_rows(self, conn: sqlite3.Connection,
                     rows: Iterable[tuple[int, str, str, float, int]]) -> int:
@@ -672,7 +715,7 @@ class Store:
             return None
         best = None
         for lid, pos in self._placements(sid):
-            rows = self.execute("SELECT time, id, vals, quality FROM samples WHERE layout = ? "
+            rows = self._read("SELECT time, id, vals, quality FROM samples WHERE layout = ? "
                                 "ORDER BY time DESC LIMIT 1", (lid,))
             if rows and (best is None or rows[0][0] > best[0][0]):
                 best = rows[0], pos
@@ -683,7 +726,7 @@ class Store:
                              value_at(vals, pos), quality_at(quality, pos))
 
     def count_readings(self) -> int:
-        return self.execute("SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples")[0][0]
+        return self._read("SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples")[0][0]
 
     def readings_in(self, start_ms: int, end_ms: int, *, device: str | None = None,
                     by_series: bool = False) -> Iterator[tuple[int, str, str, float, int]]:
@@ -751,7 +794,7 @@ class Store:
                f"ORDER BY time {'DESC' if last else 'ASC'} LIMIT 1")
         found = []
         for lid, pos in self._placements(series):
-            rows = self.execute(sql, (lid, *params, pos + 1))
+            rows = self._read(sql, (lid, *params, pos + 1))
             if rows:
                 found.append(rows[0][0])
         if not found:
@@ -778,9 +821,9 @@ class Store:
     def held(self) -> list[tuple[str, str, int, int, int]]:
         """(device, quantity, count, first time, last time) of the readings held for review
         (stamped under a suspect clock, not yet marked reviewed), by device and quantity."""
-        reviewed = self.get_meta(HELD_REVIEWED, -1)
+        reviewed = self.meta.get(HELD_REVIEWED, -1)
         out: dict[int, list[int]] = {}
-        for sample, lid, t, q in self.execute(
+        for sample, lid, t, q in self._read(
                 f"SELECT id, layout, time, quality FROM samples WHERE NOT {_HOLDS_NONE}"):
             for pos, sid in enumerate(self._layout(lid)):
                 if q[pos] == HELD and sample * SLOTS + pos > reviewed:
@@ -797,7 +840,7 @@ class Store:
         """Mark the readings held now as reviewed: retention may remove them once they are
         older than it keeps and forwarded, like any other. Returns how many were marked."""
         count = self.held_count()
-        self.set_meta(HELD_REVIEWED, self.last_reading_id())
+        self.meta.set(HELD_REVIEWED, self.last_reading_id())
         return count
 
     def series_readings(self, series: int, first_ms: int, last_ms: int
@@ -812,7 +855,7 @@ class Store:
     def last_reading_id(self) -> int:
         """The newest reading's id, 0 in an empty store. Ids only grow (see the schema), but
         they are not dense (see samples.py): count readings with `count_after`."""
-        rows = self.execute("SELECT id, length(vals) FROM samples ORDER BY id DESC LIMIT 1")
+        rows = self._read("SELECT id, length(vals) FROM samples ORDER BY id DESC LIMIT 1")
         return rows[0][0] * SLOTS + rows[0][1] // 8 - 1 if rows else 0
 
     def reading_chunk(self, after: int, upto: int, count: int
@@ -878,7 +921,7 @@ class Store:
         once it has found that many (a sample holds at least one)."""
         k = position // SLOTS
         limit = -1 if at_least is None else at_least + 1  # -1: no limit
-        rows = self.execute(
+        rows = self._read(
             "SELECT coalesce(sum(length(vals)), 0) / 8, "
             "(SELECT length(vals) / 8 FROM samples WHERE id = ?) "
             "FROM (SELECT vals FROM samples WHERE id > ? ORDER BY id LIMIT ?)",
@@ -890,7 +933,7 @@ class Store:
         """A position p >= floor, at a sample's start, with at least `count` readings in
         (p, newest]; `floor` if there are not that many above it."""
         total = 0
-        for sample, n in self.execute(
+        for sample, n in self._read(
                 "SELECT id, length(vals) / 8 FROM samples WHERE id > ? ORDER BY id DESC "
                 "LIMIT ?", (floor // SLOTS, count)):
             total += n
@@ -906,11 +949,11 @@ class Store:
         def note(sid: int, t: int) -> None:
             if t < out.get(sid, t + 1):
                 out[sid] = t
-        for lid, t in self.execute("SELECT layout, min(time) FROM samples WHERE id > ? "
+        for lid, t in self._read("SELECT layout, min(time) FROM samples WHERE id > ? "
                                    "AND id < ? GROUP BY layout", (first, last)):
             for sid in self._layout(lid):
                 note(sid, t)
-        for sample, lid, t, vals in self.execute(
+        for sample, lid, t, vals in self._read(
                 "SELECT id, layout, time, vals FROM samples WHERE id IN (?, ?)", (first, last)):
             for pos, sid in enumerate(self._layout(lid)[:count(vals)]):
                 if after < sample * SLOTS + pos <= upto:
@@ -919,10 +962,10 @@ class Store:
 
     def poll_reading_ids(self, device: str, time_ms: int, after: int, upto: int) -> list[int]:
         """Ids in (after, upto] of the device's readings taken at `time_ms` (one poll)."""
-        mine = {sid for (sid,) in self.execute("SELECT id FROM series WHERE device = ?",
+        mine = {sid for (sid,) in self._read("SELECT id FROM series WHERE device = ?",
                                                 (device,))}
         ids = []
-        for sample, lid, n in self.execute(
+        for sample, lid, n in self._read(
                 "SELECT id, layout, length(vals) / 8 FROM samples WHERE id >= ? AND id <= ? "
                 "AND time = ?", (after // SLOTS, upto // SLOTS, time_ms)):
             for pos, sid in enumerate(self._layout(lid)[:n]):
@@ -933,12 +976,12 @@ class Store:
     # --- sink cursors -------------------------------------------------------------------
 
     def cursor(self, sink: str, stream: str = READINGS) -> int:
-        rows = self.execute(
+        rows = self._read(
             "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", (sink, stream))
         return rows[0][0] if rows else 0
 
     def set_cursor(self, sink: str, stream: str, position: int) -> None:
-        with self.transaction() as conn:
+        with self._writing() as conn:
             conn.execute(
                 "INSERT INTO sink_cursors (sink, stream, position, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (sink, stream) DO UPDATE SET position = excluded.position, "
@@ -955,14 +998,14 @@ class Store:
             return Backlog(count, self._oldest_after(position) if count else None)
         table, time_col = {ROLLUPS: ("rollups", "hour"), ALERTS: ("alerts", "started"),
                            AIR: ("air_hourly", "hour")}[stream]
-        row = self.execute(
+        row = self._read(
             f"SELECT count(*), min({time_col}) FROM {table} WHERE seq > ?", (position,))[0]
         return Backlog(row[0], row[1])
 
     def rejected_count(self, sink: str | None = None) -> int:
         if sink is None:
-            return self.execute("SELECT count(*) FROM rejected")[0][0]
-        return self.execute("SELECT count(*) FROM rejected WHERE sink = ?", (sink,))[0][0]
+            return self._read("SELECT count(*) FROM rejected")[0][0]
+        return self._read("SELECT count(*) FROM rejected WHERE sink = ?", (sink,))[0][0]
 
     # --- change sequence for rollups and alerts -----------------------------------------
 
@@ -972,13 +1015,12 @@ class Store:
         return int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        rows = self.execute("SELECT value FROM meta WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
+        """`meta.get`, for the callers not yet converted."""
+        return self.meta.get(key, default)
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self.transaction() as conn:
-            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
-                         "DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+        """`meta.set`, for the callers not yet converted."""
+        self.meta.set(key, value)
 
     # --- device status ----------------------------------------------------------------
 
@@ -1017,7 +1059,7 @@ class Store:
                 [(device, *f) for device, f in folded.items()])
 
     def device_status(self) -> dict[str, dict[str, Any]]:
-        rows = self.execute("SELECT device, last_poll, last_success, last_error, last_error_time, "
+        rows = self._read("SELECT device, last_poll, last_success, last_error, last_error_time, "
                             "polls, errors FROM device_status")
         keys = ("last_poll", "last_success", "last_error", "last_error_time", "polls", "errors")
         return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
@@ -1026,9 +1068,9 @@ class Store:
 
     def size_bytes(self) -> int:
         """Bytes in use by the database (free pages excluded; they are reused first)."""
-        page_count, = self.execute("PRAGMA page_count")[0]
-        free, = self.execute("PRAGMA freelist_count")[0]
-        page_size, = self.execute("PRAGMA page_size")[0]
+        page_count, = self._read("PRAGMA page_count")[0]
+        free, = self._read("PRAGMA freelist_count")[0]
+        page_size, = self._read("PRAGMA page_size")[0]
         return (page_count - free) * page_size
 
     def file_bytes(self) -> int:
@@ -1039,13 +1081,16 @@ class Store:
                 total += p.stat().st_size
         return total
 
-    def enforce_quota(self, batch: int = 5000, sinks: Sequence[str] = ()) -> int:
+    def enforce_quota(self, batch: int = 5000, sinks: Sequence[str] = (),
+                      positions: Sequence[str] = ()) -> int:
         """Shed the oldest sheddable readings (power, voltage, current...) until under quota.
 
         What every sink in `sinks` has already forwarded goes first; only if that is not
         enough are unsent samples shed. Energy counters are never shed: they carry what the
-        accounting signs for (a sample holding both keeps its counters). Returns the number
-        of readings shed; if only counters are left, the store stays over quota.
+        accounting signs for (a sample holding both keeps its counters). `positions` are
+        the meta keys under which a job keeps its position among the reading ids (the hourly
+        rollup's): no id is moved across one. Returns the number of readings shed; if only
+        counters are left, the store stays over quota.
         """
         if self.quota is None:
             return 0
@@ -1054,19 +1099,19 @@ class Store:
         forwarded = min((self.cursor(s, READINGS) for s in sinks), default=None)
         for limit in ([forwarded] if forwarded is not None else []) + [2**62]:
             while self.size_bytes() > self.quota or (shed and self.size_bytes() > target):
-                n = self._shed(limit, batch)
+                n = self._shed(limit, batch, positions)
                 shed += n
                 if n == 0:
                     break
         return shed
 
-    def _shed(self, upto: int, batch: int) -> int:
+    def _shed(self, upto: int, batch: int, positions: Sequence[str] = ()) -> int:
         """Shed the sheddable readings of the oldest `batch` samples with ids up to `upto`
         that hold any; returns how many readings went."""
         with self._lock:
             self._load_series()
             kept = {}  # layout -> positions of the readings it keeps
-            for lid, key in self.execute("SELECT id, series FROM layouts"):
+            for lid, key in self._read("SELECT id, series FROM layouts"):
                 series = unpack_ids(key)
                 keep = [pos for pos, sid in enumerate(series)
                         if not _sheddable(self._series_names[sid][1])]
@@ -1076,8 +1121,8 @@ class Store:
             return 0
         shed = 0
         marks = ",".join("?" * len(kept))
-        with self.transaction() as conn:
-            pinned = self._pinned(conn)
+        with self._writing() as conn:
+            pinned = self._pinned(conn, positions)
             rows = conn.execute(
                 f"SELECT id, layout, vals, quality FROM samples WHERE layout IN ({marks}) "
                 f"AND {_LAST_ID} <= ? ORDER BY id LIMIT ?",
@@ -1106,17 +1151,18 @@ class Store:
         return shed
 
     @staticmethod
-    def _pinned(conn: sqlite3.Connection) -> set[int]:
+    def _pinned(conn: sqlite3.Connection, keys: Sequence[str]) -> set[int]:
         """Samples a reading position points into (a cursor set by hand to resend refused
-        readings, a refused reading itself): rewriting them could move an id across it."""
+        readings, a refused reading itself, a job's position under a meta key of `keys`):
+        rewriting them could move an id across it."""
         positions = [p for (p,) in conn.execute(
             "SELECT position FROM sink_cursors WHERE stream IN (?, ?, ?) UNION ALL "
             "SELECT item FROM rejected WHERE stream = ?",
             (READINGS, f"{READINGS}.gap", f"{READINGS}.live", READINGS))]
-        row = conn.execute("SELECT value FROM meta WHERE key = ?",
-                           (READINGS_POSITION,)).fetchone()
-        if row is not None:
-            positions.append(int(json.loads(row[0])))
+        for key in keys:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                positions.append(int(json.loads(row[0])))
         return {p // SLOTS for p in positions}
 
     def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
@@ -1127,12 +1173,12 @@ class Store:
         says nothing about their age."""
         horizon = now_ms - retention_ms
         limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
-        reviewed = self.get_meta(HELD_REVIEWED, -1)
+        reviewed = self.meta.get(HELD_REVIEWED, -1)
         where, params = f"time < ? AND ({_HOLDS_NONE} OR {_LAST_ID} <= ?)", [horizon, reviewed]
         if limit is not None:
             where += f" AND {_LAST_ID} <= ?"
             params.append(limit)
-        with self.transaction() as conn:
+        with self._writing() as conn:
             gone = conn.execute(f"SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples "
                                 f"WHERE {where}", params).fetchone()[0]
             conn.execute(f"DELETE FROM samples WHERE {where}", params)
@@ -1143,7 +1189,7 @@ class Store:
 
     def sink_positions(self, sink: str) -> dict[str, int]:
         """Every cursor of `sink`, by stream name (including the forwarder's own ones)."""
-        return dict(self.execute(
+        return dict(self._read(
             "SELECT stream, position FROM sink_cursors WHERE sink = ?", (sink,)))
 
     def commit_sink(self, sink: str, positions: dict[str, int | None],
@@ -1152,7 +1198,7 @@ class Store:
         the server refused for good, all in one transaction: a crash leaves either the
         state before the acknowledged chunk or the state after it."""
         now = int(time.time() * 1000)
-        with self.transaction() as conn:
+        with self._writing() as conn:
             conn.executemany(
                 "INSERT INTO rejected (sink, stream, item, message, time) VALUES (?, ?, ?, ?, ?)",
                 [(sink, stream, item, message, now) for stream, item, message in rejected])
@@ -1183,11 +1229,15 @@ class Store:
     def _oldest_after(self, position: int, upto: int = 2**62) -> int | None:
         """The earliest reading time among the (about) 10,000 readings with ids in
         (position, upto]."""
-        return self.execute(
+        return self._read(
             "SELECT min(time) FROM (SELECT time, id, vals FROM samples WHERE id >= ? "
             f"AND id <= ? ORDER BY id LIMIT ?) WHERE {_LAST_ID} > ?",
             (position // SLOTS, upto // SLOTS, 10000 // self._per_sample + 1, position))[0][0]
 
+
+DatabaseError = sqlite3.DatabaseError
+"""What SQLite raises when the store cannot be read or written (a damaged page, a full
+disk): for the layers above, which report it without knowing the database."""
 
 RECOVER_HINT = ("it was left as it is. Stop energyd, then `energyd store check -c CONFIG` "
                 "says what is wrong and `energyd store recover -c CONFIG --to NEW_FILE` copies "
