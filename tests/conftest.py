@@ -89,6 +89,26 @@ def victoria_metrics_private(tmp_path: Path) -> Iterator[VictoriaMetricsServer]:
         yield server
 
 
+# --- the store ---
+# One fresh store per test, in the test's own directory; the store and accounting tests take
+# it rather than each opening their own.
+
+from energyd.store import Store  # noqa: E402
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    """Where the `store` fixture keeps its file (for a test that reopens it)."""
+    return tmp_path / "energyd.db"
+
+
+@pytest.fixture
+def store(store_path: Path) -> Iterator[Store]:
+    """A new, empty store, closed after the test (closing twice is harmless)."""
+    with Store.open(store_path) as opened:
+        yield opened
+
+
 # --- `energyd demo`, run once for tests/test_demo.py and tests/test_grafana.py ---
 
 import subprocess  # noqa: E402

@@ -228,14 +228,14 @@ def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> list[Line]
         src = acc._source(device)
         if src.series is None or src.quantity is None:
             continue
-        got = [t for t in (store.series_time_before(src.series, lo),
-                           store.series_time_from(src.series, hi)) if t is not None]
+        got = [t for t in (store.readings.series_time_before(src.series, lo),
+                           store.readings.series_time_from(src.series, hi)) if t is not None]
         if got:
             edges[(device.name, src.quantity)] = got
-    rows = list(store.readings_in(lo, hi, by_series=True))
+    rows = list(store.readings.readings_in(lo, hi, by_series=True))
     for (device, quantity), times in edges.items():
         for t in times:
-            rows.extend(r for r in store.readings_in(t, t + 1, device=device)
+            rows.extend(r for r in store.readings.readings_in(t, t + 1, device=device)
                         if r[2] == quantity)
     rows.sort(key=lambda r: (r[1], r[2], r[0]))
     # device names and quantities never need CSV quoting (config.schema's name pattern)

@@ -250,9 +250,9 @@ class Accountant:
                  ) -> tuple[list[int], list[float]]:
         """The series' samples in [first, last] and the one on either side beyond; `receipt`
         gets, per hour, the provenance of the receive-timed readings (`_receipt_hours`)."""
-        lo = self.store.series_time_before(sid, first)
-        hi = self.store.series_time_from(sid, last + 1)
-        rows = self.store.series_readings(sid, first if lo is None else lo,
+        lo = self.store.readings.series_time_before(sid, first)
+        hi = self.store.readings.series_time_from(sid, last + 1)
+        rows = self.store.readings.series_readings(sid, first if lo is None else lo,
                                           last if hi is None else hi)
         if receipt is not None:
             _receipt_hours(rows, receipt)
@@ -501,7 +501,7 @@ class Accountant:
         certificates, and (at start-up) the last `recompute_hours` hours; nothing before
         `not_before` (ms), if given: hours a step of the wall clock jumped over."""
         end = floor_hour(now_ms)
-        max_id = self.store.last_reading_id()
+        max_id = self.store.readings.last_reading_id()
         done = self.store.meta.get(META_DONE)
         position = self.store.meta.get(META_POSITION)
         wanted: dict[str, list[tuple[int, int]]] = {d.name: [] for d in self.devices}
@@ -550,7 +550,7 @@ class Accountant:
         for device in self.devices:
             src = self._source(device)
             if src.series is not None:
-                t = self.store.series_first_time(src.series)
+                t = self.store.readings.series_first_time(src.series)
                 if t is not None:
                     out[device.name] = t
         for account, devices in self.accounts().items():
@@ -564,14 +564,14 @@ class Accountant:
         """device -> the hour from which readings stored after `position` call for a
         recompute: from the sample before the earliest of them, so a gap they close (or a
         statement period they fall in) is recomputed, if that lies before `before`."""
-        first = self.store.earliest_by_series(position, max_id)
+        first = self.store.readings.earliest_by_series(position, max_id)
         out: dict[str, int] = {}
         for device in self.devices:
             src = self._source(device)
             t = first.get(src.series) if src.series is not None else None
             if t is None:
                 continue
-            prev = self.store.series_time_before(src.series, t)
+            prev = self.store.readings.series_time_before(src.series, t)
             a = floor_hour(prev if prev is not None else t)
             if a < before:
                 out[device.name] = a

@@ -56,7 +56,7 @@ def compute_hours(store: Store, config: Config, start_ms: int, end_ms: int) -> i
             mine = []
             for device in members:
                 samples = {
-                    key: [(r.time_ms, r.value) for r in store.query_readings(
+                    key: [(r.time_ms, r.value) for r in store.readings.query_readings(
                         device=device, quantity=q, start_ms=hour - max_gap,
                         end_ms=hour + HOUR_MS + max_gap + 1)
                           if r.quality != Quality.CLOCK_SUSPECT]  # held for review
