@@ -181,6 +181,26 @@ def test_quota_leaves_a_sample_alone_when_a_cursor_points_inside_it(store: Store
         ("voltage_l1_v", 0.0), ("active_energy_import_kwh", 0.0)]
 
 
+@pytest.mark.parametrize("passed", [True, False])
+def test_quota_leaves_a_sample_alone_when_a_position_named_by_its_caller_points_inside_it(
+        store: Store, passed: bool) -> None:
+    ids = [store.series_id("m1", q) for q in ("active_power_kw", "voltage_l1_v",
+                                               "active_energy_import_kwh")]
+    store.commit_samples([s for k in range(200) for s in group_rows(
+        [(sid, 1000 * k, float(k), 0) for sid in ids])], [])
+    first = store.readings.readings_after(0, 3)
+    # the hourly job's position: the store knows the key only because the caller names it
+    store.meta.set("job.position", first[0].id)
+    store.quota = store.size_bytes() // 2
+    assert store.enforce_quota(batch=50, positions=["job.position"] if passed else []) > 0
+    rest = store.readings.readings_after(first[0].id, 2)
+    if passed:  # the sample stays whole: the readings after the position are the same
+        assert [(r.quantity, r.value) for r in rest] == [
+            ("voltage_l1_v", 0.0), ("active_energy_import_kwh", 0.0)]
+    else:  # rewritten to its counter: the ids after the position moved
+        assert [(r.quantity, r.value) for r in rest][0] != ("voltage_l1_v", 0.0)
+
+
 def test_a_series_held_in_two_layouts_reads_back_as_one(store: Store) -> None:
     a, b = store.series_id("m1", "voltage_l1_v"), store.series_id("m1", "current_l1_a")
     store.commit_samples(group_rows([(a, 3000, 232.0, 0), (b, 3000, 6.0, 0)]), [])

@@ -412,3 +412,12 @@ class Readings:
                 if sid in mine and after < sample * SLOTS + pos <= upto:
                     ids.append(sample * SLOTS + pos)
         return sorted(ids)
+
+    def oldest_after(self, position: int, upto: int = 2**62) -> int | None:
+        """The earliest reading time among the (about) 10,000 readings with ids in
+        (position, upto]."""
+        return self._store._read(
+            "SELECT min(time) FROM (SELECT time, id, vals FROM samples WHERE id >= ? "
+            f"AND id <= ? ORDER BY id LIMIT ?) WHERE {_LAST_ID} > ?",
+            (position // SLOTS, upto // SLOTS, 10000 // self._store._per_sample + 1,
+             position))[0][0]

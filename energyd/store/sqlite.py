@@ -10,6 +10,13 @@ concurrently, which WAL allows.
 Readings are kept packed, a row per instant and set of series (energyd/store/samples.py says
 how and why); the methods here take and give readings, so no layer above needs to know.
 
+`Store` owns the connection, the caches and the writing of readings; what the layers above
+read and write goes through its repositories, one module each: `store.readings`
+(readings.py), `store.rollups`, `store.statements`, `store.certificates`, `store.air`,
+`store.meta`, `store.reconciliation`. `store.atomic()` makes their writes one transaction.
+No SQL is written outside energyd/store/ (tests/test_no_sql_outside_store.py); `execute` and
+`transaction` are left only for the modules that test lists as not yet converted.
+
 Lifecycle: `Store.open(path)` or `with Store.open(path) as store:`; `close()` is idempotent.
 """
 
@@ -25,7 +32,6 @@ import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,15 @@ from energyd.errors import StoreCorrupt, StoreError
 from energyd.model import QUANTITIES, Reading, to_ms
 from energyd.store.air import AirHours
 from energyd.store.certificates import CertificateAllocations
+from energyd.store.cursors import (  # noqa: F401 (the stream names are imported from here too)
+    AIR,
+    ALERTS,
+    READINGS,
+    ROLLUPS,
+    STREAMS,
+    Backlog,
+    SinkCursors,
+)
 from energyd.store.meta import Meta
 from energyd.store.readings import (
     _HOLDS_NONE,
@@ -61,12 +76,6 @@ from energyd.store.samples import (
 from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
 from energyd.store.statements import Statements
 
-READINGS = "readings"
-ROLLUPS = "rollups"
-ALERTS = "alerts"
-AIR = "air_hourly"
-STREAMS = (READINGS, ROLLUPS, ALERTS, AIR)
-
 
 class State(enum.Enum):
     OPEN = "open"
@@ -76,11 +85,6 @@ class State(enum.Enum):
 # (series id, time ms, value, quality, stored value): a conflict as the store finds it
 _Found = tuple[int, int, float, int, float]
 
-
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    count: int
-    oldest_ms: int | None  # reading time of the oldest unsent item
 
 
 _INSERT_SAMPLE = ("INSERT INTO samples (layout, time, vals, quality) VALUES (?, ?, ?, ?) "
@@ -117,6 +121,7 @@ class Store:
         self._depth = 0  # transactions open on the connection: 0, or 1 plus those joined
         self.meta = Meta(self)
         self.readings = Readings(self)
+        self.cursors = SinkCursors(self)
         self.rollups = Rollups(self)
         self.statements = Statements(self)
         self.certificates = CertificateAllocations(self)
@@ -678,39 +683,30 @@ class Store:
     def poll_reading_ids(self, device: str, time_ms: int, after: int, upto: int) -> list[int]:
         return self.readings.poll_reading_ids(device, time_ms, after, upto)
 
-    # --- sink cursors -------------------------------------------------------------------
+    # --- sink cursors: `store.cursors`; these stay for the callers not yet converted -------
+
+    # the forwarder's cursors of a readings backlog drained behind the live tail, until it
+    # asks `cursors.backlog` with its own names
+    _FORWARDER_SPLIT = ("readings.gap", "readings.live")
 
     def cursor(self, sink: str, stream: str = READINGS) -> int:
-        rows = self._read(
-            "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", (sink, stream))
-        return rows[0][0] if rows else 0
+        return self.cursors.position(sink, stream)
 
     def set_cursor(self, sink: str, stream: str, position: int) -> None:
-        with self._writing() as conn:
-            conn.execute(
-                "INSERT INTO sink_cursors (sink, stream, position, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (sink, stream) DO UPDATE SET position = excluded.position, "
-                "updated = excluded.updated",
-                (sink, stream, position, int(time.time() * 1000)))
+        self.cursors.move(sink, stream, position)
+
+    def sink_positions(self, sink: str) -> dict[str, int]:
+        return self.cursors.positions(sink)
+
+    def commit_sink(self, sink: str, positions: dict[str, int | None],
+                    rejected: Iterable[tuple[str, int, str]] = ()) -> None:
+        self.cursors.commit(sink, positions, rejected)
 
     def backlog(self, sink: str, stream: str = READINGS) -> Backlog:
-        position = self.cursor(sink, stream)
-        if stream == READINGS:
-            split = self._split_backlog(sink, position)
-            if split is not None:
-                return split
-            count = self.count_after(position)
-            return Backlog(count, self._oldest_after(position) if count else None)
-        table, time_col = {ROLLUPS: ("rollups", "hour"), ALERTS: ("alerts", "started"),
-                           AIR: ("air_hourly", "hour")}[stream]
-        row = self._read(
-            f"SELECT count(*), min({time_col}) FROM {table} WHERE seq > ?", (position,))[0]
-        return Backlog(row[0], row[1])
+        return self.cursors.backlog(sink, stream, self._FORWARDER_SPLIT)
 
     def rejected_count(self, sink: str | None = None) -> int:
-        if sink is None:
-            return self._read("SELECT count(*) FROM rejected")[0][0]
-        return self._read("SELECT count(*) FROM rejected WHERE sink = ?", (sink,))[0][0]
+        return self.cursors.rejected_count(sink)
 
     # --- change sequence for rollups and alerts -----------------------------------------
 
@@ -801,7 +797,7 @@ class Store:
             return 0
         shed = 0
         target = int(self.quota * 0.9)  # leave headroom so shedding is not re-run every flush
-        forwarded = min((self.cursor(s, READINGS) for s in sinks), default=None)
+        forwarded = min((self.cursors.position(s, READINGS) for s in sinks), default=None)
         for limit in ([forwarded] if forwarded is not None else []) + [2**62]:
             while self.size_bytes() > self.quota or (shed and self.size_bytes() > target):
                 n = self._shed(limit, batch, positions)
@@ -860,10 +856,11 @@ class Store:
         """Samples a reading position points into (a cursor set by hand to resend refused
         readings, a refused reading itself, a job's position under a meta key of `keys`):
         rewriting them could move an id across it."""
+        # a cursor of stream `readings` or `readings.<a sink's own name>` holds a reading id
         positions = [p for (p,) in conn.execute(
-            "SELECT position FROM sink_cursors WHERE stream IN (?, ?, ?) UNION ALL "
-            "SELECT item FROM rejected WHERE stream = ?",
-            (READINGS, f"{READINGS}.gap", f"{READINGS}.live", READINGS))]
+            "SELECT position FROM sink_cursors WHERE stream = ? OR stream LIKE ? "
+            "UNION ALL SELECT item FROM rejected WHERE stream = ?",
+            (READINGS, f"{READINGS}.%", READINGS))]
         for key in keys:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row is not None:
@@ -877,7 +874,7 @@ class Store:
         how many readings went. Samples holding a reading held for review stay: their time
         says nothing about their age."""
         horizon = now_ms - retention_ms
-        limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
+        limit = min((self.cursors.position(s, READINGS) for s in sinks), default=None)
         reviewed = self.meta.get(HELD_REVIEWED, -1)
         where, params = f"time < ? AND ({_HOLDS_NONE} OR {_LAST_ID} <= ?)", [horizon, reviewed]
         if limit is not None:
@@ -889,55 +886,6 @@ class Store:
             conn.execute(f"DELETE FROM samples WHERE {where}", params)
             conn.execute("DELETE FROM conflicts WHERE time < ?", (horizon,))
         return gone
-
-    # --- sink forwarding state (energyd/sinks/forwarder.py) -------------------------------
-
-    def sink_positions(self, sink: str) -> dict[str, int]:
-        """Every cursor of `sink`, by stream name (including the forwarder's own ones)."""
-        return dict(self._read(
-            "SELECT stream, position FROM sink_cursors WHERE sink = ?", (sink,)))
-
-    def commit_sink(self, sink: str, positions: dict[str, int | None],
-                    rejected: Iterable[tuple[str, int, str]] = ()) -> None:
-        """Move `sink`'s cursors (None removes one) and keep the (stream, item, message)
-        the server refused for good, all in one transaction: a crash leaves either the
-        state before the acknowledged chunk or the state after it."""
-        now = int(time.time() * 1000)
-        with self._writing() as conn:
-            conn.executemany(
-                "INSERT INTO rejected (sink, stream, item, message, time) VALUES (?, ?, ?, ?, ?)",
-                [(sink, stream, item, message, now) for stream, item, message in rejected])
-            for stream, position in positions.items():
-                if position is None:
-                    conn.execute("DELETE FROM sink_cursors WHERE sink = ? AND stream = ?",
-                                 (sink, stream))
-                else:
-                    conn.execute(
-                        "INSERT INTO sink_cursors (sink, stream, position, updated) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (sink, stream) DO UPDATE SET "
-                        "position = excluded.position, updated = excluded.updated",
-                        (sink, stream, position, now))
-
-    def _split_backlog(self, sink: str, head: int) -> Backlog | None:
-        """The readings backlog while the forwarder sends the live tail ahead of the
-        backlog: unsent are the ids in (head, readings.gap] and after readings.live."""
-        positions = self.sink_positions(sink)
-        gap, live = positions.get("readings.gap"), positions.get("readings.live")
-        if gap is None or live is None:
-            return None
-        old = self.count_after(head) - self.count_after(gap)
-        new = self.count_after(live)
-        times = [t for n, after, upto in ((old, head, gap), (new, live, 2**62)) if n
-                 and (t := self._oldest_after(after, upto)) is not None]
-        return Backlog(old + new, min(times) if times else None)
-
-    def _oldest_after(self, position: int, upto: int = 2**62) -> int | None:
-        """The earliest reading time among the (about) 10,000 readings with ids in
-        (position, upto]."""
-        return self._read(
-            "SELECT min(time) FROM (SELECT time, id, vals FROM samples WHERE id >= ? "
-            f"AND id <= ? ORDER BY id LIMIT ?) WHERE {_LAST_ID} > ?",
-            (position // SLOTS, upto // SLOTS, 10000 // self._per_sample + 1, position))[0][0]
 
 
 DatabaseError = sqlite3.DatabaseError
