@@ -109,6 +109,16 @@ def store(store_path: Path) -> Iterator[Store]:
         yield opened
 
 
+def stored(store: Store, sql: str, params: tuple = ()) -> list[tuple]:
+    """A table as the store holds it, read on a connection of the test's own (as another
+    process would): for what no repository gives back, e.g. change numbers."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
 # --- `energyd demo`, run once for tests/test_demo.py and tests/test_grafana.py ---
 
 import subprocess  # noqa: E402

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import stored
 
 from energyd.accounting.energy import HOUR_MS
 from energyd.cli import cli
@@ -39,7 +40,7 @@ def test_the_same_meter_billed_under_its_name_and_an_account_is_refused_with_the
     assert "april.csv:4: statement for incomer bills meter incomer that the statement on " \
            "line 3 bills under ACC-7" in text
     assert ":5:" not in text
-    assert acc.store.execute("SELECT count(*) FROM invoices")[0][0] == 1
+    assert stored(acc.store, "SELECT count(*) FROM invoices")[0][0] == 1
     # the two accounts billing disjoint time are fine
     acc.import_statements(io.StringIO("account,period_start,period_end,energy_kwh\n"
                                       "incomer,2023-04-01,2023-04-30,40\n"), "ok.csv", now)
@@ -118,7 +119,7 @@ def test_a_statement_below_the_meter_keeps_the_estimate_flags_alerts_and_holds_t
     assert f.metered_kwh == pytest.approx(6600, abs=0.01)
     assert f.difference_kwh == pytest.approx(600, abs=0.01)
     assert f.estimated_kwh == pytest.approx(600, abs=0.01) and f.gap_hours == 6
-    alerts = acc.store.execute("SELECT rule, device, state, detail FROM alerts")
+    alerts = stored(acc.store, "SELECT rule, device, state, detail FROM alerts")
     assert [a[:3] for a in alerts] == [("reconciliation", "incomer", "active")]
     assert "keep an estimate" in json.loads(alerts[0][3])["message"]
     report = acc.report("2023-05", now)
@@ -147,7 +148,7 @@ def test_an_acceptance_is_stored_with_who_when_why_and_makes_the_month_final(
     assert any("accepted by li.wei" in f for f in report["flags"])
     [dev] = report["devices"]
     assert dev["accepted_estimated_hours"] == 6
-    assert acc.store.execute("SELECT state FROM alerts")[0][0] == "resolved"
+    assert stored(acc.store, "SELECT state FROM alerts")[0][0] == "resolved"
     # nothing else changed: the rows are as they were
     assert acc.recompute((start, end), now).written == 0
 
@@ -211,8 +212,8 @@ def test_a_corrected_statement_replaces_the_one_below_the_meter(tmp_path: Path) 
     assert [s["document"] for s in report["statements"]] == ["SG-0501-R"]
     assert [(s["id"], s["document"]) for s in report["replaced_statements"]] == [
         (sid, "SG-0501")]
-    assert acc.store.execute("SELECT state FROM alerts") == [("resolved",)]
-    assert acc.store.execute("SELECT count(*) FROM invoices")[0][0] == 2  # the old one kept
+    assert stored(acc.store, "SELECT state FROM alerts") == [("resolved",)]
+    assert stored(acc.store, "SELECT count(*) FROM invoices")[0][0] == 2  # the old one kept
 
 
 def test_invoices_import_says_when_a_statement_is_below_the_meter(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import stored
 
 from energyd.clock import ManualClock
 from energyd.config.schema import Config
@@ -48,8 +49,8 @@ def _feed(store: Store, device: str, kw: float, flow: float, minutes: range) -> 
 
 def _rows(store: Store) -> dict[str, tuple]:
     return {d: (kwh, m3, sp, share, json.loads(detail), seq) for d, kwh, m3, sp, share, detail,
-            seq in store.execute("SELECT device, kwh, m3, specific_power, loaded_share, "
-                                 "detail, seq FROM air_hourly WHERE hour = ?", (H,))}
+            seq in stored(store, "SELECT device, kwh, m3, specific_power, loaded_share, "
+                                "detail, seq FROM air_hourly WHERE hour = ?", (H,))}
 
 
 def test_stations_group_compressors(tmp_path):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import stored
 
 from energyd.errors import StoreError
 from energyd.model import Quality, Reading, to_ms
@@ -80,7 +81,7 @@ def test_committed_readings_survive_reopen(tmp_path: Path) -> None:
         store.insert_readings(readings("m1", "active_power_kw", 3))
     with Store.open(path) as store:
         assert store.count_readings() == 3
-        assert store.execute("PRAGMA journal_mode")[0][0] == "wal"
+        assert stored(store, "PRAGMA journal_mode")[0][0] == "wal"
 
 
 def test_paging_past_batch_size_keeps_order(store: Store) -> None:
@@ -112,7 +113,7 @@ def test_migrates_an_old_store_and_refuses_a_newer_one(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Store.open(path) as store:
-        assert store.execute("PRAGMA user_version")[0][0] == SCHEMA_VERSION
+        assert stored(store, "PRAGMA user_version")[0][0] == SCHEMA_VERSION
         assert [r.value for r in store.query_readings()] == [5.0]  # nothing lost on the way
 
     conn = sqlite3.connect(path)
@@ -162,9 +163,8 @@ def test_retention_keeps_what_a_sink_has_not_forwarded(store: Store) -> None:
 
 def test_conflicts_are_kept_as_long_as_readings(store: Store) -> None:
     store.insert_readings(readings("m1", "active_power_kw", 10, step_s=86400))
-    with store.transaction() as conn:
-        store.insert_rows(conn, [(to_ms(T0 + timedelta(days=d)), "m1", "active_power_kw",
-                                  -1.0, 0) for d in (1, 8)])
+    store.import_rows([(to_ms(T0 + timedelta(days=d)), "m1", "active_power_kw", -1.0, 0)
+                       for d in (1, 8)])
     assert store.conflict_counts() == {"m1": 2}
     store.apply_retention(to_ms(T0 + timedelta(days=10)), 5 * 86400_000, sinks=[])
     assert [c.time_ms for c in store.conflicts()] == [to_ms(T0 + timedelta(days=8))]
@@ -179,8 +179,8 @@ def test_closed_store_says_so(tmp_path: Path) -> None:
 
 
 def test_rolled_back_transaction_leaves_no_series_behind(store: Store) -> None:
-    with pytest.raises(RuntimeError), store.transaction() as conn:
-        store.insert_rows(conn, [(1000, "ghost", "active_power_kw", 1.0, 0)])
+    with pytest.raises(RuntimeError), store.atomic():
+        store.import_rows([(1000, "ghost", "active_power_kw", 1.0, 0)])
         raise RuntimeError("abort")
     assert store.series() == []
     store.insert_readings(readings("ghost", "active_power_kw", 1))
