@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import stored
 
 from energyd.model import Quality, Reading, from_ms, to_ms
 from energyd.store import READINGS, Store
@@ -51,7 +52,7 @@ def test_a_poll_is_one_row_and_a_resent_batch_is_ignored(store: Store) -> None:
     flush = [s for p in polls for s in group_rows(p)]
     assert store.commit_samples(flush, [("m1", 1000, None)]) == 3
     assert store.commit_samples(flush, []) == 0  # the committer died before answering
-    assert store.execute("SELECT count(*) FROM samples")[0][0] == 3
+    assert stored(store, "SELECT count(*) FROM samples")[0][0] == 3
     assert store.count_readings() == 9
     rows, end, more = store.reading_chunk(0, 2**62, 4)  # whole samples: 6 readings
     assert [v for _, _, v in rows] == [231.0, 232.0, 233.0, 232.0, 233.0, 234.0]
@@ -71,7 +72,7 @@ def test_an_import_skips_what_a_poll_stored_in_another_layout(store: Store) -> N
     again = [Reading(T0, "m1", "voltage_l1_v", 1.0)]
     assert store.insert_readings(again) == 1
     clash = [(a, 1000, 999.0, 0), (a, 2000, 231.0, 0), (a, 2000, 232.0, 0)]
-    with store.transaction() as conn:
+    with store._writing() as conn:  # the store's own bulk path
         assert store.insert_series_rows(conn, clash) == 1  # 1000 is known, 2000 twice
     assert store.series_values(a, 0, 3000) == [(1000, 230.0), (2000, 231.0)]
 
@@ -125,7 +126,7 @@ def test_migration_packs_readings_and_moves_every_position(tmp_path: Path) -> No
         assert store.cursor("influx", "rollups") == 7  # not a reading id
         assert store.count_after(store.cursor("influx", READINGS)) == 5
         assert store.get_meta("accounting.readings_position") == 6 * SLOTS
-        rejected = store.execute("SELECT item FROM rejected")[0][0]
+        rejected = stored(store, "SELECT item FROM rejected")[0][0]
         assert [r.value for r in store.readings_after(rejected - 1, 1)] == [3.0]
         assert [(r.value, r.quality) for r in store.readings_after(4 * SLOTS, 1)] == [(5.0, 2)]
         store.insert_readings([Reading(T0 + timedelta(hours=1), "m1", "active_power_kw", 1.0)])
@@ -137,13 +138,13 @@ def test_a_full_disk_leaves_no_layout_id_behind_for_another_process_to_reuse(tmp
     with Store.open(path) as store, Store.open(path) as importer:
         power = store.series_id("m1", "active_power_kw")
         volts = store.series_id("m1", "voltage_l1_v")
-        pages = store.execute("PRAGMA page_count")[0][0]
-        store.execute(f"PRAGMA max_page_count = {pages + 3}")
+        pages = store._read("PRAGMA page_count")[0][0]
+        store._read(f"PRAGMA max_page_count = {pages + 3}")
         poll = group_rows([(power, 1000, 1.0, 0), (volts, 1000, 2.0, 0)])[0]
         many = [(poll[0], 1000 + k, poll[2], None) for k in range(20000)]
         with pytest.raises(sqlite3.OperationalError, match="full"):  # not "cannot rollback"
             store.commit_samples(many, [])
-        store.execute("PRAGMA max_page_count = 1000000")
+        store._read("PRAGMA max_page_count = 1000000")
         # another process makes a layout, which may get the id the failed one had
         importer.insert_readings([Reading(from_ms(500), "m1", "voltage_l1_v", 230.0)])
         store.commit_samples(group_rows([(power, 9000, 7.0, 0), (volts, 9000, 231.0, 0)]), [])
@@ -162,7 +163,7 @@ def test_a_message_with_a_new_series_is_packed_as_it_will_be_when_delivered_agai
         writer.submit(list(message))  # QoS 1: the broker delivers it again
         writer.flush_sync()
     assert store.count_readings() == 2
-    assert store.execute("SELECT count(*) FROM samples")[0][0] == 1
+    assert stored(store, "SELECT count(*) FROM samples")[0][0] == 1
 
 
 def test_quota_leaves_a_sample_alone_when_a_cursor_points_inside_it(store: Store) -> None:
@@ -225,7 +226,7 @@ def test_a_sparse_import_over_densely_stored_time_finds_what_is_held(store: Stor
     store.commit_samples([s for k in range(2000) for s in group_rows(
         [(a, 1000 * k, 230.0, 0), (b, 1000 * k, 5.0, 0)])], [])
     sparse = [(a, 0, 1.0, 0), (a, 999_500, 2.0, 0), (a, 1_999_000, 3.0, 0)]
-    with store.transaction() as conn:
+    with store._writing() as conn:  # the store's own bulk path
         assert store.insert_series_rows(conn, sparse) == 1  # only 999,500 is new
     assert store.series_values(a, 999_000, 1_000_000) == [
         (999_000, 230.0), (999_500, 2.0), (1_000_000, 230.0)]
