@@ -31,7 +31,7 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +244,7 @@ class Store:
 
     # Only for code not yet converted to the repositories (alerts/, sinks/forwarder.py,
     # demo.py): no layer above the store is to run SQL; these two go once it no longer does.
-    def transaction(self) -> Iterator[sqlite3.Connection]:  # type: ignore[misc]
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """Only for code not yet converted to the repositories: a raw transaction."""
         return self._writing()
 
