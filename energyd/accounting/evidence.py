@@ -76,7 +76,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     # the hours the daemon computes: none before a device was first seen (a reading or a
     # statement), as in Accountant.run; but from the month's first stored row where one was
     # computed earlier (`energyd rollup` over the whole month)
-    since = {name: st.floor_hour(t) for name, t in acc._known_since().items()}
+    since = {name: st.floor_hour(t) for name, t in acc.known_since().items()}
     first_rows = acc.store.rollups.first_hours(st.floor_hour(start), end)
     want = {}
     for d in acc.devices:
@@ -85,7 +85,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
             want[d.name] = (max(st.floor_hour(start), min(firsts)),
                             min(st.ceil_hour(end), limit))
     want = {k: v for k, v in want.items() if v[1] > v[0]}
-    statements = acc._widen(want, limit) if want else []  # what recompute reads with them
+    statements = acc.widen(want, limit) if want else []  # what recompute reads with them
     lo = min([a for a, _ in want.values()], default=st.floor_hour(start))
     hi = max([b for _, b in want.values()], default=st.ceil_hour(end))
     until = min(limit, hi)
@@ -125,7 +125,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     done("acceptances.json")
 
     rows = acc.rows(start, end)
-    sources = {d.name: acc._source(d).quantity for d in acc.devices}
+    sources = {d.name: acc.source(d).quantity for d in acc.devices}
     _write_rows(out / "rollups.csv", rows, inputs_digests(readings, rows, sources))
     done("rollups.csv")
     history = [r for name, (a, _) in sorted(want.items())
@@ -225,7 +225,7 @@ def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> list[Line]
     store = acc.store
     edges: dict[tuple[str, str], list[int]] = {}
     for device in acc.devices:
-        src = acc._source(device)
+        src = acc.source(device)
         if src.series is None or src.quantity is None:
             continue
         got = [t for t in (store.readings.series_time_before(src.series, lo),
@@ -351,7 +351,7 @@ def verify_evidence(folder: str | Path) -> Verdict:
         with Store.open(config.storage.path) as store:
             readings = _load_store(folder, store)
             acc = Accountant(store, config, factors)
-            sources = {d.name: acc._source(d).quantity for d in acc.devices}
+            sources = {d.name: acc.source(d).quantity for d in acc.devices}
             until = _ms(meta["computed_until"])
             start, end = _ms(meta["month_start"]), _ms(meta["month_end"])
             acc.recompute({name: (_ms(a), _ms(b)) for name, (a, b) in meta["windows"].items()},

@@ -201,7 +201,9 @@ class Accountant:
             when = when.replace(tzinfo=self.tz)
         return round(when.timestamp() * 1000)
 
-    def _source(self, device: Device) -> Source:
+    def source(self, device: Device) -> Source:
+        """Where the device's energy is read from: a counter series, else active power
+        (integrated), else nothing stored yet."""
         if device.role == "fuel" and device.fuel is not None:
             candidates = [device.fuel.quantity]
         elif device.role == "generation":
@@ -325,7 +327,7 @@ class Accountant:
         for d in self.devices:
             if device is not None and d.name != device:
                 continue
-            src = self._source(d)
+            src = self.source(d)
             if src.kind != "counter" or src.quantity is None:
                 continue
             for f in self._trace(d, src, start, end).findings:
@@ -361,7 +363,7 @@ class Accountant:
                     want[name] = (a, b)
         if not want:
             return RecomputeResult()
-        statements = self._widen(want, limit)
+        statements = self.widen(want, limit)
         hour_energy: dict[str, list[HourEnergy]] = {}
         profiles = {}
         infos = {}
@@ -369,7 +371,7 @@ class Accountant:
         receipt: dict[str, dict[int, str]] = {}
         for name, (a, b) in list(want.items()):
             device = known[name]
-            src = self._source(device)
+            src = self.source(device)
             if src.kind == "none" and device.role not in ("grid_import", "fuel"):
                 del want[name]  # nothing to say about a submeter that never reported
                 continue
@@ -416,7 +418,7 @@ class Accountant:
                      ", ".join(f"{iso(a)}..{iso(b)}" for a, b in result.ranges))
         return result
 
-    def _widen(self, want: Ranges, limit: int) -> list[Statement]:
+    def widen(self, want: Ranges, limit: int) -> list[Statement]:
         """Widen the ranges to whole statement periods, for every device of the account."""
         accounts = self.accounts()
         used: dict[int, Statement] = {}
@@ -526,7 +528,7 @@ class Accountant:
                 for name in wanted:
                     wanted[name].append((a, b))
         ranges: Ranges = {}
-        since = self._known_since()
+        since = self.known_since()
         for name, spans in wanted.items():
             # hours before a device's first reading or statement are not "estimated": they
             # are before energyd knew the device (a new gateway, a meter added later)
@@ -544,11 +546,11 @@ class Accountant:
         meta.set(META_OPEN, self.open_tails)
         return result
 
-    def _known_since(self) -> dict[str, int]:
+    def known_since(self) -> dict[str, int]:
         """device -> the earliest of its first reading and its first statement (ms)."""
         out: dict[str, int] = {}
         for device in self.devices:
-            src = self._source(device)
+            src = self.source(device)
             if src.series is not None:
                 t = self.store.readings.series_first_time(src.series)
                 if t is not None:
@@ -567,7 +569,7 @@ class Accountant:
         first = self.store.readings.earliest_by_series(position, max_id)
         out: dict[str, int] = {}
         for device in self.devices:
-            src = self._source(device)
+            src = self.source(device)
             t = first.get(src.series) if src.series is not None else None
             if t is None:
                 continue
@@ -699,7 +701,7 @@ class Accountant:
                           "remaining_mwh": round(max(c.mwh - used, 0.0), 6)})
         accounted = [(d.name, d.role) for d in self.devices
                      if d.role in ("grid_import", "fuel")
-                     or self._source(d).kind != "none"]
+                     or self.source(d).kind != "none"]
         report = build_report(
             site={"name": self.config.site.name, "grid_region": self.policy.region,
                   "residual_region": self.policy.residual_region},
