@@ -240,3 +240,28 @@ accounting:
     assert "reconciliation: statement 1 for incomer: 6000 kWh billed, 6600 kWh metered in the " \
            "period alone: below the meter; 6 gap hours keep an estimate" in res.output
     assert "energyd invoices accept --statement 1" in res.output
+
+
+def test_findings_come_back_as_values_and_a_reconciliation_rule_keeps_their_episodes(
+        tmp_path: Path) -> None:
+    """The accounting writes no episode itself; the caller records them unless an alert rule
+    of type reconciliation owns them."""
+    rule = "alerts:\n  rules:\n    - {name: bills, type: reconciliation}\n"
+    acc = make(tmp_path, device_yaml("incomer"), accounting=rule)
+    start, end = ms("2023-05-01T00:00"), ms("2023-05-04T00:00")
+    load(acc, "incomer", start - HOUR_MS, end + HOUR_MS, 60, flat)
+    now = ms("2023-06-01T00:00")
+    acc.recompute((start, end), now)
+    _, result = acc.import_statements(io.StringIO(
+        "account,period_start,period_end,energy_kwh,supplier,document\n"
+        "incomer,2023-05-01,2023-05-03,7560,SG,SG-0501\n"), "bill.csv", now)
+    [f] = result.findings
+    assert (f.kind, f.account, f.devices, f.document) == (
+        "meter_difference", "incomer", ("incomer",), "SG-0501")
+    assert [st.id for st in result.checked] == [f.statement]
+    # today's dict, key for key, for the reports
+    assert f.to_json() == acc.report("2023-05", now)["reconciliation"][0]
+    assert "7560 kWh billed, 7200 kWh metered (4.8% apart, tolerance 2%)" in f.message()
+    assert stored(acc.store, "SELECT count(*) FROM alerts")[0][0] == 0  # none written
+    record_reconciliation(acc.store, acc.config, result, now)
+    assert stored(acc.store, "SELECT count(*) FROM alerts")[0][0] == 0  # the rule owns them
