@@ -255,7 +255,7 @@ class Accountant:
         lo = self.store.readings.series_time_before(sid, first)
         hi = self.store.readings.series_time_from(sid, last + 1)
         rows = self.store.readings.series_readings(sid, first if lo is None else lo,
-                                          last if hi is None else hi)
+                                                   last if hi is None else hi)
         if receipt is not None:
             _receipt_hours(rows, receipt)
         return list(map(itemgetter(0), rows)), list(map(itemgetter(1), rows))
