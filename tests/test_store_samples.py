@@ -125,7 +125,7 @@ def test_migration_packs_readings_and_moves_every_position(tmp_path: Path) -> No
         assert store.cursor("influx", READINGS) == 4 * SLOTS
         assert store.cursor("influx", "rollups") == 7  # not a reading id
         assert store.count_after(store.cursor("influx", READINGS)) == 5
-        assert store.get_meta("accounting.readings_position") == 6 * SLOTS
+        assert store.meta.get("accounting.readings_position") == 6 * SLOTS
         rejected = stored(store, "SELECT item FROM rejected")[0][0]
         assert [r.value for r in store.readings_after(rejected - 1, 1)] == [3.0]
         assert [(r.value, r.quality) for r in store.readings_after(4 * SLOTS, 1)] == [(5.0, 2)]
