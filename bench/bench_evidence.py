@@ -21,6 +21,7 @@ import argparse
 import io
 import math
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -66,8 +67,7 @@ def build(workdir: Path, devices: int, interval_s: int) -> Accountant:
                              0))
             v += power(t + step / 2) * step / HOUR_MS
             t += step
-        with acc.store.transaction() as conn:
-            acc.store.insert_rows(conn, rows)
+        acc.store.import_rows(rows)
     bills = "account,period_start,period_end,energy_kwh\n" + "".join(
         f"{n},2023-03-01,2023-03-31,74400\n" for n in names)
     acc.import_statements(io.StringIO(bills), "bills.csv", END + 86_400_000)
@@ -88,8 +88,10 @@ def main() -> int:
         # one that says what the code costs
         ceiling = math.inf
         for _ in range(3):
-            with acc.store.transaction() as conn:
+            conn = sqlite3.connect(acc.store.path)
+            with conn:  # commits: every row is written again
                 conn.execute("DELETE FROM rollups")
+            conn.close()
             t = time.perf_counter()
             acc.recompute((START, END), now)
             ceiling = min(ceiling, time.perf_counter() - t)

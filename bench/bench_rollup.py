@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -77,24 +78,34 @@ def insert(store: Store, n: int, start: int, end: int, interval: int, *, power: 
                 rows.append((t, name, "active_power_kw", round(p, 2), 0))
             v += p * step / HOUR_MS
         base[i] = v
-        with store.transaction() as conn:
-            total += store.insert_rows(conn, rows)
+        total += store.import_rows(rows)
     return total
 
 
 def bare_scan(store: Store, names: list[str], start: int, end: int) -> tuple[float, int]:
+    conn = sqlite3.connect(store.path)  # raw SQL on a connection of its own, no Store
     t0 = time.perf_counter()
     n = 0
     for name in names:
-        sid = store.execute("SELECT id FROM series WHERE device = ? AND quantity = ?",
-                            (name, "active_energy_import_kwh"))[0][0]
-        # the samples that hold the counter, its value taken out of each: raw SQL, no Store
-        rows = [(t, value_at(vals, pos)) for t, pos, vals in store.execute(
+        sid = conn.execute("SELECT id FROM series WHERE device = ? AND quantity = ?",
+                           (name, "active_energy_import_kwh")).fetchone()[0]
+        # the samples that hold the counter, its value taken out of each
+        rows = [(t, value_at(vals, pos)) for t, pos, vals in conn.execute(
             "SELECT s.time, l.position, s.vals FROM layout_series l JOIN samples s "
             "ON s.layout = l.layout WHERE l.series = ? AND s.time >= ? AND s.time < ? "
             "ORDER BY s.time", (sid, start, end))]
         n += len(rows)
-    return time.perf_counter() - t0, n
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return elapsed, n
+
+
+def _forget_rollups(store: Store) -> None:
+    """Every stored rollup deleted, so the next recompute writes them all again."""
+    conn = sqlite3.connect(store.path)
+    with conn:  # commits
+        conn.execute("DELETE FROM rollups")
+    conn.close()
 
 
 def hourly_job(work: Path, n: int, interval: int) -> None:
@@ -140,8 +151,7 @@ def month(work: Path, n: int, interval: int, days: int, rounds: int) -> None:
     # machine slows both alike instead of one of them.
     scans, firsts, agains = [], [], []
     for _ in range(rounds):
-        with store.transaction() as conn:
-            conn.execute("DELETE FROM rollups")
+        _forget_rollups(store)
         s, rows = bare_scan(store, names, start - HOUR_MS, end + HOUR_MS)
         scans.append(s)
         t = time.perf_counter()

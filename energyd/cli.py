@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -665,21 +664,23 @@ def invoices_import(config_path: str, csv_file: str) -> None:
     config = _load(config_path)
     factors = _factors(config)
 
+    from energyd.daemon.reconciliation import record_reconciliation
+
     with _csv_import(config, csv_file) as (f, store):
-        rows, result = _accountant(config, store, factors).import_statements(
-            f, csv_file, _now_ms())
+        now = _now_ms()
+        rows, result = _accountant(config, store, factors).import_statements(f, csv_file, now)
+        record_reconciliation(store, config, result, now)
     click.echo(f"{csv_file}: {len(rows)} statements stored; rollups recomputed, "
                f"{result.written} device-hours changed")
     for finding in result.findings:
-        below = finding.get("kind") == "statement_below_metered"
-        click.echo(f"reconciliation: statement {finding['statement']} for "
-                   f"{finding['account']}: {finding['statement_kwh']:g} kWh billed, "
-                   f"{finding['metered_kwh']:g} kWh metered "
-                   + (f"in the period alone: below the meter; {finding['gap_hours']} gap hours "
+        click.echo(f"reconciliation: statement {finding.statement} for "
+                   f"{finding.account}: {finding.statement_kwh:g} kWh billed, "
+                   f"{finding.metered_kwh:g} kWh metered "
+                   + (f"in the period alone: below the meter; {finding.gap_hours} gap hours "
                       "keep an estimate until the readings or the statement are corrected or "
                       f"it is accepted (energyd invoices accept --statement "
-                      f"{finding['statement']})" if below
-                      else f"({finding['difference_share']:.1%} apart)"), err=True)
+                      f"{finding.statement})" if finding.below_metered
+                      else f"({finding.difference_share:.1%} apart)"), err=True)
 
 
 @invoices.command("accept")
@@ -696,13 +697,18 @@ def invoices_accept(config_path: str, statement_id: int, reason: str, by: str | 
 
     config = _load(config_path)
     factors = _factors(config)
+    from energyd.daemon.reconciliation import record_reconciliation
+
     with _existing_store(config) as store:
+        accountant = _accountant(config, store, factors)
+        now = _now_ms()
         try:
-            acc = _accountant(config, store, factors).accept_statement(
-                statement_id, reason, by if by is not None else getpass.getuser(), _now_ms())
+            acc = accountant.accept_statement(
+                statement_id, reason, by if by is not None else getpass.getuser(), now)
         except ValueError as exc:
             click.echo(f"energyd: {exc}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        record_reconciliation(store, config, accountant.reconcile([statement_id]), now)
     f = acc["finding"]
     click.echo(f"statement {statement_id} ({f['account']}, {f['statement_kwh']:g} kWh billed, "
                f"{f['metered_kwh']:g} kWh metered) accepted by {acc['by']} at {acc['at']}: "
@@ -780,6 +786,7 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
     config = _load(config_path)
     t0, t1 = _parse_time(start, "--from"), _parse_time(end, "--to")
     factors = _factors(config)
+    from energyd.daemon.reconciliation import record_reconciliation
     from energyd.model import to_ms
 
     with _existing_store(config) as store:
@@ -790,7 +797,9 @@ def rollup(config_path: str, start: str, end: str, devices: tuple[str, ...],
                 raise click.BadParameter(f"{d!r} is not an enabled device of the configuration",
                                          param_hint="--device")
         span = (to_ms(t0), to_ms(t1))
-        result = acc.recompute({d: span for d in (devices or names)}, _now_ms())
+        now = _now_ms()
+        result = acc.recompute({d: span for d in (devices or names)}, now)
+        record_reconciliation(store, config, result, now)
     if as_json:
         _print_json([r.as_json() for r in result.rows])
         return
@@ -995,12 +1004,14 @@ def forward(config_path: str, sinks: tuple[str, ...], timeout: float, as_json: b
 
 
 def main() -> None:
+    from energyd.store.sqlite import DatabaseError
+
     try:
         cli()
     except EnergydError as exc:  # a command that did not catch it: a message, not a traceback
         click.echo(f"energyd: {exc}", err=True)
         sys.exit(1)
-    except sqlite3.DatabaseError as exc:  # the store failed part way through a command
+    except DatabaseError as exc:  # the store failed part way through a command
         click.echo(f"energyd: the store cannot be read or written: {exc}; if it is damaged, "
                    f"`energyd store check -c CONFIG` says what is wrong", err=True)
         sys.exit(1)

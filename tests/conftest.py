@@ -89,6 +89,36 @@ def victoria_metrics_private(tmp_path: Path) -> Iterator[VictoriaMetricsServer]:
         yield server
 
 
+# --- the store ---
+# One fresh store per test, in the test's own directory; the store and accounting tests take
+# it rather than each opening their own.
+
+from energyd.store import Store  # noqa: E402
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    """Where the `store` fixture keeps its file (for a test that reopens it)."""
+    return tmp_path / "energyd.db"
+
+
+@pytest.fixture
+def store(store_path: Path) -> Iterator[Store]:
+    """A new, empty store, closed after the test (closing twice is harmless)."""
+    with Store.open(store_path) as opened:
+        yield opened
+
+
+def stored(store: Store, sql: str, params: tuple = ()) -> list[tuple]:
+    """A table as the store holds it, read on a connection of the test's own (as another
+    process would): for what no repository gives back, e.g. change numbers."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
 # --- `energyd demo`, run once for tests/test_demo.py and tests/test_grafana.py ---
 
 import subprocess  # noqa: E402

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from click.testing import CliRunner
+from conftest import stored
 
 from energyd.accounting.energy import HOUR_MS
 from energyd.cli import cli
@@ -47,10 +48,10 @@ def write_config(tmp_path: Path) -> Path:
 
 
 def fill(db: Path, start: int, end: int, step_s: int = 60, kw: float = 100.0) -> None:
-    with Store.open(db) as store, store.transaction() as conn:
-        store.insert_rows(conn, [(t, "incomer", "active_energy_import_kwh",
-                                  1000.0 + kw * (t - start) / HOUR_MS, 0)
-                                 for t in range(start, end, step_s * 1000)])
+    with Store.open(db) as store:
+        store.import_rows([(t, "incomer", "active_energy_import_kwh",
+                            1000.0 + kw * (t - start) / HOUR_MS, 0)
+                           for t in range(start, end, step_s * 1000)])
 
 
 def ms(text: str) -> int:
@@ -168,7 +169,7 @@ async def test_daemon_recomputes_at_start_then_hourly_and_tells_listeners(
     assert heard[0] == (h - 3 * HOUR_MS, h)  # recompute_hours: 3
     assert heard[1][0] == h and heard[1][1] > h  # then the hours completed since
     with Store.open(tmp_path / "energyd.db") as store:
-        rows = store.execute("SELECT hour, source, mwh FROM rollups ORDER BY hour")
+        rows = stored(store, "SELECT hour, source, mwh FROM rollups ORDER BY hour")
     assert rows[0][0] == h - 3 * HOUR_MS and len(rows) >= 4
     assert all(src == "meter" and abs(mwh - 0.1) < 1e-9 for _, src, mwh in rows)
 

@@ -191,7 +191,7 @@ def test_an_accepted_statement_below_the_meter_travels_with_the_evidence(
     from tests.test_accounting_statements import below_metered
 
     acc, result, (_, _, _, _, now) = below_metered(tmp_path)
-    acc.accept_statement(result.findings[0]["statement"], "bill confirmed", "auditor", now)
+    acc.accept_statement(result.findings[0].statement, "bill confirmed", "auditor", now)
     acc.export_evidence("2023-05", tmp_path / "ev", now)
     accepted = json.loads((tmp_path / "ev" / "acceptances.json").read_text())
     assert [(a["by"], a["reason"]) for a in accepted] == [("auditor", "bill confirmed")]
@@ -211,7 +211,7 @@ def test_a_replaced_statement_is_in_the_record_but_not_in_the_figures(tmp_path: 
     from tests.test_accounting_statements import below_metered
 
     acc, result, (_, _, _, _, now) = below_metered(tmp_path)
-    sid = result.findings[0]["statement"]
+    sid = result.findings[0].statement
     acc.import_statements(io.StringIO(
         "account,period_start,period_end,energy_kwh,supplier,document,replaces\n"
         f"incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R,{sid}\n"), "fix.csv", now)

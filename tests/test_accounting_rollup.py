@@ -12,10 +12,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import stored
 
 from energyd.accounting.energy import HOUR_MS
 from energyd.accounting.storage import Accountant
 from energyd.config.loader import parse_config
+from energyd.daemon.reconciliation import record_reconciliation
 from energyd.errors import ImportRejected
 from energyd.store import Store
 
@@ -70,8 +72,7 @@ def load(acc: Accountant, device: str, start: int, end: int, step_s: int,
             rows.append((t, device, quantity, round(v, 6), 0))
         v += power(t + step / 2) * step / HOUR_MS * scale
         t += step
-    with acc.store.transaction() as conn:
-        acc.store.insert_rows(conn, rows)
+    acc.store.import_rows(rows)
     return v
 
 
@@ -84,7 +85,7 @@ def flat(t: int) -> float:
 
 
 def seqs(acc: Accountant) -> list[tuple]:
-    return acc.store.execute("SELECT device, hour, seq FROM rollups ORDER BY device, hour")
+    return stored(acc.store, "SELECT device, hour, seq FROM rollups ORDER BY device, hour")
 
 
 def by_hour(acc: Accountant, device: str) -> dict[int, tuple]:
@@ -170,7 +171,7 @@ def test_statement_import_refuses_overlaps_and_duplicates_with_line_numbers(
     assert "april.csv:6: period_end 2023-04-30 is not after period_start" in text
     assert "april.csv:7: energy_kwh 'x' is not a number" in text
     assert "nothing was imported" in text
-    assert acc.store.execute("SELECT count(*) FROM invoices")[0][0] == 1
+    assert stored(acc.store, "SELECT count(*) FROM invoices")[0][0] == 1
 
 
 def test_fully_metered_period_keeps_the_meter_and_flags_a_difference(tmp_path: Path) -> None:
@@ -182,16 +183,17 @@ def test_fully_metered_period_keeps_the_meter_and_flags_a_difference(tmp_path: P
     csv_text = ("account,period_start,period_end,energy_kwh,supplier,document\n"
                 "incomer,2023-05-01,2023-05-03,7560,SG,SG-0501\n")  # metered: 7200, +5%
     _, result = acc.import_statements(io.StringIO(csv_text), "bill.csv", now)
-    assert [f["statement_kwh"] for f in result.findings] == [7560]
+    record_reconciliation(acc.store, acc.config, result, now)  # as the caller does
+    assert [f.statement_kwh for f in result.findings] == [7560]
     f = result.findings[0]
-    assert f["metered_kwh"] == pytest.approx(7200, abs=0.01)
-    assert f["difference_share"] == pytest.approx(360 / 7560, rel=1e-4)
+    assert f.metered_kwh == pytest.approx(7200, abs=0.01)
+    assert f.difference_share == pytest.approx(360 / 7560, rel=1e-4)
     assert all(r.source == "meter" for r in acc.rows(start, end))
-    alerts = acc.store.execute("SELECT rule, device, state, detail FROM alerts")
+    alerts = stored(acc.store, "SELECT rule, device, state, detail FROM alerts")
     assert [(a[0], a[1], a[2]) for a in alerts] == [("reconciliation", "incomer", "active")]
     assert "SG-0501" in json.loads(alerts[0][3])["message"]
     report = acc.report("2023-05", now)
-    assert report["reconciliation"][0]["statement"] == f["statement"]
+    assert report["reconciliation"][0]["statement"] == f.statement
     assert report["flags"] and "SG-0501" in report["flags"][0]
     # within tolerance: no finding
     acc2 = make(tmp_path / "b", device_yaml("incomer"))
@@ -199,8 +201,9 @@ def test_fully_metered_period_keeps_the_meter_and_flags_a_difference(tmp_path: P
     acc2.recompute((start, end), now)
     _, result = acc2.import_statements(io.StringIO(csv_text.replace("7560", "7300")), "b.csv",
                                        now)
+    record_reconciliation(acc2.store, acc2.config, result, now)
     assert result.findings == []
-    assert acc2.store.execute("SELECT count(*) FROM alerts")[0][0] == 0
+    assert stored(acc2.store, "SELECT count(*) FROM alerts")[0][0] == 0
 
 
 # --- gaps and late readings through the hourly job -------------------------------------------
@@ -403,8 +406,7 @@ def test_power_integration_only_without_a_counter_and_flagged(tmp_path: Path) ->
     load(acc, "incomer", t0 - HOUR_MS, t0 + 3 * HOUR_MS, 10, flat)
     rows = [(t, "line-3", "active_power_kw", 50.0, 0)
             for t in range(t0 - HOUR_MS, t0 + 3 * HOUR_MS, 10_000)]
-    with acc.store.transaction() as conn:
-        acc.store.insert_rows(conn, rows)
+    acc.store.import_rows(rows)
     result = acc.recompute((t0, t0 + 2 * HOUR_MS), ms("2023-06-01T00:00"))
     out = {(r.device, r.hour): r for r in result.rows}
     assert out[("line-3", t0)].as_json()["power_integrated"] is True
@@ -421,8 +423,7 @@ def test_hours_with_receive_timed_readings_say_so(tmp_path: Path) -> None:
     rows = [(t, "air", "active_energy_import_kwh", 500.0 + (t - t0) / 36_000_000,
              4 if t0 + 2 * HOUR_MS <= t < t0 + 3 * HOUR_MS else 3)
             for t in range(t0 - HOUR_MS, t0 + 4 * HOUR_MS, 60_000)]
-    with acc.store.transaction() as conn:
-        acc.store.insert_rows(conn, rows)
+    acc.store.import_rows(rows)
     result = acc.recompute((t0, t0 + 3 * HOUR_MS), ms("2023-06-01T00:00"))
     out = {(r.device, r.hour): r.detail.get("times_from_receipt") for r in result.rows}
     assert [out[("air", t0 + i * HOUR_MS)] for i in range(3)] == [
@@ -487,8 +488,7 @@ def test_configured_rollover_wraps_and_generation_is_not_purchased(tmp_path: Pat
         rows.append((t, "incomer", "active_energy_import_kwh",
                      round((9_500.0 + 250.0 * k * 30 / 3600) % 10_000, 4), 0))
         rows.append((t, "pv-roof", "active_energy_export_kwh", 50.0 * k * 30 / 3600, 0))
-    with acc.store.transaction() as conn:
-        acc.store.insert_rows(conn, rows)
+    acc.store.import_rows(rows)
     acc.recompute((t0, t0 + 6 * HOUR_MS), ms("2023-06-01T00:00"))
     incomer = [r for r in acc.rows(t0, t0 + 6 * HOUR_MS) if r.device == "incomer"]
     # one wrap, in the hour from 01:00
@@ -521,7 +521,7 @@ def test_earlier_hours_computed_later_take_certificates_first_and_later_rows_fol
     after = dict((r[1], r[2]) for r in seqs(acc))
     moved = [h for h in seq_late if after[h] != seq_late[h]]
     assert moved == [t0 + k * HOUR_MS for k in range(10, 15)]  # re-sent to the sinks
-    used = acc.store.execute("SELECT sum(mwh) FROM certificate_allocations")[0][0]
+    used = stored(acc.store, "SELECT sum(mwh) FROM certificate_allocations")[0][0]
     assert used == pytest.approx(1.0, abs=1e-9)
 
 
@@ -531,10 +531,8 @@ def test_readings_held_for_a_suspect_clock_make_no_hours(tmp_path: Path) -> None
     are rolled up, not the 23 years between."""
     acc = make(tmp_path, device_yaml("incomer"))
     t2000 = ms("2000-01-01T00:00")
-    with acc.store.transaction() as conn:
-        acc.store.insert_rows(conn, [(t2000 + i * 60_000, "incomer",
-                                      "active_energy_import_kwh", 5000.0 + i, 5)
-                                     for i in range(30)])
+    acc.store.import_rows([(t2000 + i * 60_000, "incomer", "active_energy_import_kwh",
+                            5000.0 + i, 5) for i in range(30)])
     acc.run(t2000 + 2 * HOUR_MS, recompute_hours=48)  # the first start, clock wrong
     assert by_hour(acc, "incomer") == {}
     t0 = ms("2023-05-01T00:00")

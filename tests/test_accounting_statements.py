@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import stored
 
 from energyd.accounting.energy import HOUR_MS
 from energyd.cli import cli
 from energyd.config.loader import parse_config
+from energyd.daemon.reconciliation import record_reconciliation
 from energyd.errors import ConfigError, ImportRejected
 from tests.test_accounting_rollup import by_hour, device_yaml, flat, load, make, ms
 
@@ -38,7 +40,7 @@ def test_the_same_meter_billed_under_its_name_and_an_account_is_refused_with_the
     assert "april.csv:4: statement for incomer bills meter incomer that the statement on " \
            "line 3 bills under ACC-7" in text
     assert ":5:" not in text
-    assert acc.store.execute("SELECT count(*) FROM invoices")[0][0] == 1
+    assert stored(acc.store, "SELECT count(*) FROM invoices")[0][0] == 1
     # the two accounts billing disjoint time are fine
     acc.import_statements(io.StringIO("account,period_start,period_end,energy_kwh\n"
                                       "incomer,2023-04-01,2023-04-30,40\n"), "ok.csv", now)
@@ -99,6 +101,7 @@ def below_metered(tmp_path: Path):
     csv_text = ("account,period_start,period_end,energy_kwh,supplier,document\n"
                 "incomer,2023-05-01,2023-05-03,6000,SG,SG-0501\n")
     _, result = acc.import_statements(io.StringIO(csv_text), "bill.csv", now)
+    record_reconciliation(acc.store, acc.config, result, now)  # as the caller does
     return acc, result, (start, end, out0, out1, now)
 
 
@@ -112,11 +115,11 @@ def test_a_statement_below_the_meter_keeps_the_estimate_flags_alerts_and_holds_t
     assert all(r.mwh == pytest.approx(0.1, abs=1e-6) for r in gap)
     assert all(r.detail["statements"][0]["conflict"] == "below_metered" for r in gap)
     [f] = result.findings
-    assert f["kind"] == "statement_below_metered" and f["statement_kwh"] == 6000
-    assert f["metered_kwh"] == pytest.approx(6600, abs=0.01)
-    assert f["difference_kwh"] == pytest.approx(600, abs=0.01)
-    assert f["estimated_kwh"] == pytest.approx(600, abs=0.01) and f["gap_hours"] == 6
-    alerts = acc.store.execute("SELECT rule, device, state, detail FROM alerts")
+    assert f.below_metered and f.statement_kwh == 6000
+    assert f.metered_kwh == pytest.approx(6600, abs=0.01)
+    assert f.difference_kwh == pytest.approx(600, abs=0.01)
+    assert f.estimated_kwh == pytest.approx(600, abs=0.01) and f.gap_hours == 6
+    alerts = stored(acc.store, "SELECT rule, device, state, detail FROM alerts")
     assert [a[:3] for a in alerts] == [("reconciliation", "incomer", "active")]
     assert "keep an estimate" in json.loads(alerts[0][3])["message"]
     report = acc.report("2023-05", now)
@@ -129,13 +132,14 @@ def test_a_statement_below_the_meter_keeps_the_estimate_flags_alerts_and_holds_t
 def test_an_acceptance_is_stored_with_who_when_why_and_makes_the_month_final(
         tmp_path: Path) -> None:
     acc, result, (start, end, out0, out1, now) = below_metered(tmp_path)
-    sid = result.findings[0]["statement"]
+    sid = result.findings[0].statement
     with pytest.raises(ValueError, match="needs a reason"):
         acc.accept_statement(sid, "  ", "li.wei", now)
     with pytest.raises(ValueError, match="no statement 99"):
         acc.accept_statement(99, "why", "li.wei", now)
     got = acc.accept_statement(sid, "supplier confirms the bill; meter swap on 2 May",
                                "li.wei", now + 1000)
+    record_reconciliation(acc.store, acc.config, acc.reconcile([sid]), now + 1000)
     assert got["by"] == "li.wei" and got["at"] == "2023-06-01T16:00:01Z"
     report = acc.report("2023-05", now)
     assert report["status"] == "final", report["reasons"]
@@ -144,14 +148,14 @@ def test_an_acceptance_is_stored_with_who_when_why_and_makes_the_month_final(
     assert any("accepted by li.wei" in f for f in report["flags"])
     [dev] = report["devices"]
     assert dev["accepted_estimated_hours"] == 6
-    assert acc.store.execute("SELECT state FROM alerts")[0][0] == "resolved"
+    assert stored(acc.store, "SELECT state FROM alerts")[0][0] == "resolved"
     # nothing else changed: the rows are as they were
     assert acc.recompute((start, end), now).written == 0
 
 
 def test_invoices_accept_from_the_command_line(tmp_path: Path) -> None:
     acc, result, (start, end, out0, out1, now) = below_metered(tmp_path)
-    sid = result.findings[0]["statement"]
+    sid = result.findings[0].statement
     acc.store.close()
     cfg = tmp_path / "energyd.yaml"
     cfg.write_text(f"""
@@ -179,7 +183,7 @@ accounting:
 
 def test_a_corrected_statement_replaces_the_one_below_the_meter(tmp_path: Path) -> None:
     acc, result, (start, end, out0, out1, now) = below_metered(tmp_path)
-    sid = result.findings[0]["statement"]
+    sid = result.findings[0].statement
     bad = ("account,period_start,period_end,energy_kwh,supplier,document,replaces\n"
            "incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R,99\n"
            "incomer-x,2023-05-01,2023-05-03,7200,SG,SG-0501-R,\n")
@@ -195,6 +199,7 @@ def test_a_corrected_statement_replaces_the_one_below_the_meter(tmp_path: Path) 
     fixed = ("account,period_start,period_end,energy_kwh,supplier,document,replaces\n"
              f"incomer,2023-05-01,2023-05-03,7200,SG,SG-0501-R,{sid}\n")
     _, res = acc.import_statements(io.StringIO(fixed), "fix.csv", now)
+    record_reconciliation(acc.store, acc.config, res, now)
     assert res.findings == []
     rows = by_hour(acc, "incomer")
     gap = [rows[h] for h in range(out0, out1, HOUR_MS)]
@@ -207,8 +212,8 @@ def test_a_corrected_statement_replaces_the_one_below_the_meter(tmp_path: Path) 
     assert [s["document"] for s in report["statements"]] == ["SG-0501-R"]
     assert [(s["id"], s["document"]) for s in report["replaced_statements"]] == [
         (sid, "SG-0501")]
-    assert acc.store.execute("SELECT state FROM alerts") == [("resolved",)]
-    assert acc.store.execute("SELECT count(*) FROM invoices")[0][0] == 2  # the old one kept
+    assert stored(acc.store, "SELECT state FROM alerts") == [("resolved",)]
+    assert stored(acc.store, "SELECT count(*) FROM invoices")[0][0] == 2  # the old one kept
 
 
 def test_invoices_import_says_when_a_statement_is_below_the_meter(tmp_path: Path) -> None:
@@ -235,3 +240,28 @@ accounting:
     assert "reconciliation: statement 1 for incomer: 6000 kWh billed, 6600 kWh metered in the " \
            "period alone: below the meter; 6 gap hours keep an estimate" in res.output
     assert "energyd invoices accept --statement 1" in res.output
+
+
+def test_findings_come_back_as_values_and_a_reconciliation_rule_keeps_their_episodes(
+        tmp_path: Path) -> None:
+    """The accounting writes no episode itself; the caller records them unless an alert rule
+    of type reconciliation owns them."""
+    rule = "alerts:\n  rules:\n    - {name: bills, type: reconciliation}\n"
+    acc = make(tmp_path, device_yaml("incomer"), accounting=rule)
+    start, end = ms("2023-05-01T00:00"), ms("2023-05-04T00:00")
+    load(acc, "incomer", start - HOUR_MS, end + HOUR_MS, 60, flat)
+    now = ms("2023-06-01T00:00")
+    acc.recompute((start, end), now)
+    _, result = acc.import_statements(io.StringIO(
+        "account,period_start,period_end,energy_kwh,supplier,document\n"
+        "incomer,2023-05-01,2023-05-03,7560,SG,SG-0501\n"), "bill.csv", now)
+    [f] = result.findings
+    assert (f.kind, f.account, f.devices, f.document) == (
+        "meter_difference", "incomer", ("incomer",), "SG-0501")
+    assert [st.id for st in result.checked] == [f.statement]
+    # today's dict, key for key, for the reports
+    assert f.to_json() == acc.report("2023-05", now)["reconciliation"][0]
+    assert "7560 kWh billed, 7200 kWh metered (4.8% apart, tolerance 2%)" in f.message()
+    assert stored(acc.store, "SELECT count(*) FROM alerts")[0][0] == 0  # none written
+    record_reconciliation(acc.store, acc.config, result, now)
+    assert stored(acc.store, "SELECT count(*) FROM alerts")[0][0] == 0  # the rule owns them

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import stored
 
 from energyd.clock import ManualClock
 from energyd.config.schema import Config
@@ -48,8 +49,8 @@ def _feed(store: Store, device: str, kw: float, flow: float, minutes: range) -> 
 
 def _rows(store: Store) -> dict[str, tuple]:
     return {d: (kwh, m3, sp, share, json.loads(detail), seq) for d, kwh, m3, sp, share, detail,
-            seq in store.execute("SELECT device, kwh, m3, specific_power, loaded_share, "
-                                 "detail, seq FROM air_hourly WHERE hour = ?", (H,))}
+            seq in stored(store, "SELECT device, kwh, m3, specific_power, loaded_share, "
+                                "detail, seq FROM air_hourly WHERE hour = ?", (H,))}
 
 
 def test_stations_group_compressors(tmp_path):
@@ -57,34 +58,33 @@ def test_stations_group_compressors(tmp_path):
                                            DEFAULT_STATION: ["screw9"]}
 
 
-def test_job_writes_rows_and_bumps_seq_only_on_change(tmp_path):
+def test_job_writes_rows_and_bumps_seq_only_on_change(store: Store, tmp_path):
     config = _config(tmp_path)
-    with Store.open(tmp_path / "e.db") as store:
-        _feed(store, "air1-c1", 60.0, 10.0, range(-5, 66))  # 6 kW per m3/min
-        _feed(store, "air1-c2", 33.0, 5.0, range(-5, 66))  # 6.6
-        assert compute_hours(store, config, H, H + 3_600_000) == 3
-        rows = _rows(store)
-        assert set(rows) == {"air1-c1", "air1-c2", "air1"}
-        assert rows["air1-c1"][:4] == pytest.approx((60.0, 600.0, 6.0, 1.0))
-        assert rows["air1-c2"][:4] == pytest.approx((33.0, 300.0, 6.6, 1.0))
-        assert rows["air1"][:4] == pytest.approx((93.0, 900.0, 60 * 93 / 900, 1.0))
-        assert rows["air1"][4] == {"compressors": ["air1-c1", "air1-c2"]}
-        seqs = {d: r[5] for d, r in rows.items()}
-        assert store.backlog("influx", AIR).count == 3
+    _feed(store, "air1-c1", 60.0, 10.0, range(-5, 66))  # 6 kW per m3/min
+    _feed(store, "air1-c2", 33.0, 5.0, range(-5, 66))  # 6.6
+    assert compute_hours(store, config, H, H + 3_600_000) == 3
+    rows = _rows(store)
+    assert set(rows) == {"air1-c1", "air1-c2", "air1"}
+    assert rows["air1-c1"][:4] == pytest.approx((60.0, 600.0, 6.0, 1.0))
+    assert rows["air1-c2"][:4] == pytest.approx((33.0, 300.0, 6.6, 1.0))
+    assert rows["air1"][:4] == pytest.approx((93.0, 900.0, 60 * 93 / 900, 1.0))
+    assert rows["air1"][4] == {"compressors": ["air1-c1", "air1-c2"]}
+    seqs = {d: r[5] for d, r in rows.items()}
+    assert store.backlog("influx", AIR).count == 3
 
-        # the same data again: nothing changes, nothing is forwarded again
-        assert compute_hours(store, config, H, H + 3_600_000) == 0
-        assert {d: r[5] for d, r in _rows(store).items()} == seqs
+    # the same data again: nothing changes, nothing is forwarded again
+    assert compute_hours(store, config, H, H + 3_600_000) == 0
+    assert {d: r[5] for d, r in _rows(store).items()} == seqs
 
-        # a late reading changes c2's hour: c2 and the station get a new seq, c1 does not
-        store.insert_readings([Reading(T0 + timedelta(minutes=30, seconds=30), "air1-c2",
-                                       "flow_m3_min", 8.0)])
-        assert compute_hours(store, config, H, H + 3_600_000) == 2
-        after = _rows(store)
-        assert after["air1-c1"][5] == seqs["air1-c1"]
-        assert after["air1-c2"][5] > max(seqs.values())
-        assert after["air1"][5] > max(seqs.values())
-        assert after["air1-c2"][1] > 300.0
+    # a late reading changes c2's hour: c2 and the station get a new seq, c1 does not
+    store.insert_readings([Reading(T0 + timedelta(minutes=30, seconds=30), "air1-c2",
+                                   "flow_m3_min", 8.0)])
+    assert compute_hours(store, config, H, H + 3_600_000) == 2
+    after = _rows(store)
+    assert after["air1-c1"][5] == seqs["air1-c1"]
+    assert after["air1-c2"][5] > max(seqs.values())
+    assert after["air1"][5] > max(seqs.values())
+    assert after["air1-c2"][1] > 300.0
 
 
 def test_air_system_follows_shifts_and_shows_a_leak_off_shift():

@@ -48,6 +48,7 @@ from energyd.config.schema import Config
 from energyd.errors import StoreError
 from energyd.store.certificates import CertificateRecord
 from energyd.store.sqlite import Store
+from energyd.store.statements import Acceptance, StoredStatement
 
 if TYPE_CHECKING:
     from energyd.accounting.storage import Accountant
@@ -77,10 +78,8 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     # the hours the daemon computes: none before a device was first seen (a reading or a
     # statement), as in Accountant.run; but from the month's first stored row where one was
     # computed earlier (`energyd rollup` over the whole month)
-    since = {name: st.floor_hour(t) for name, t in acc._known_since().items()}
-    first_rows = dict(acc.store.execute(
-        "SELECT device, min(hour) FROM rollups WHERE hour >= ? AND hour < ? GROUP BY device",
-        (st.floor_hour(start), end)))
+    since = {name: st.floor_hour(t) for name, t in acc.known_since().items()}
+    first_rows = acc.store.rollups.first_hours(st.floor_hour(start), end)
     want = {}
     for d in acc.devices:
         firsts = [t for t in (since.get(d.name), first_rows.get(d.name)) if t is not None]
@@ -88,7 +87,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
             want[d.name] = (max(st.floor_hour(start), min(firsts)),
                             min(st.ceil_hour(end), limit))
     want = {k: v for k, v in want.items() if v[1] > v[0]}
-    statements = acc._widen(want, limit) if want else []  # what recompute reads with them
+    statements = acc.widen(want, limit) if want else []  # what recompute reads with them
     lo = min([a for a, _ in want.values()], default=st.floor_hour(start))
     hi = max([b for _, b in want.values()], default=st.ceil_hour(end))
     until = min(limit, hi)
@@ -109,10 +108,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     done("readings.csv")
 
     accounts = acc.accounts()
-    replaced = acc.store.execute(
-        "SELECT id, account, period_start, period_end, energy_kwh, supplier, document, "
-        "replaced_by FROM invoices WHERE replaced_by IS NOT NULL AND period_start < ? "
-        "AND period_end > ?", (hi, lo))
+    replaced = acc.store.statements.replaced(lo, hi)
     with open(out / "invoices.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["id", "account", "period_start", "period_end", "energy_kwh", "supplier",
@@ -121,9 +117,9 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
                   s.supplier or "", s.document or "", " ".join(s.devices), "")
                  for s in statements]
         # replaced statements are not used, but they are part of the record
-        lines += [(i, a, iso(p0), iso(p1), repr(kwh), sup or "", doc or "",
-                   " ".join(accounts.get(a, ())), by)
-                  for i, a, p0, p1, kwh, sup, doc, by in replaced]
+        lines += [(s.id, s.account, iso(s.start_ms), iso(s.end_ms), repr(s.kwh),
+                   s.supplier or "", s.document or "", " ".join(accounts.get(s.account, ())),
+                   s.replaced_by) for s in replaced]
         w.writerows(sorted(lines))
     done("invoices.csv")
     _write_json(out / "acceptances.json",
@@ -131,7 +127,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
     done("acceptances.json")
 
     rows = acc.rows(start, end)
-    sources = {d.name: acc._source(d).quantity for d in acc.devices}
+    sources = {d.name: acc.source(d).quantity for d in acc.devices}
     _write_rows(out / "rollups.csv", rows, inputs_digests(readings, rows, sources))
     done("rollups.csv")
     history = [r for name, (a, _) in sorted(want.items())
@@ -148,9 +144,7 @@ def export_evidence(acc: Accountant, month: str, directory: str | Path,
                  if acc.factors.by_id(i) is not None],
         "all": [f.as_dict() for f in acc.factors.factors]})
     done("factors.json")
-    before = dict(acc.store.execute(
-        "SELECT certificate, sum(mwh) FROM certificate_allocations WHERE hour < ? "
-        "GROUP BY certificate", (lo,)))
+    before = acc.store.allocations.used_before(lo)
     _write_json(out / "certificates.json", {
         "certificates": report["certificates"],
         "allocated_before_window_mwh": {k: before[k] for k in sorted(before)},
@@ -235,17 +229,17 @@ def _write_readings(acc: Accountant, path: Path, lo: int, hi: int) -> list[Line]
     store = acc.store
     edges: dict[tuple[str, str], list[int]] = {}
     for device in acc.devices:
-        src = acc._source(device)
+        src = acc.source(device)
         if src.series is None or src.quantity is None:
             continue
-        got = [t for t in (store.series_time_before(src.series, lo),
-                           store.series_time_from(src.series, hi)) if t is not None]
+        got = [t for t in (store.readings.series_time_before(src.series, lo),
+                           store.readings.series_time_from(src.series, hi)) if t is not None]
         if got:
             edges[(device.name, src.quantity)] = got
-    rows = list(store.readings_in(lo, hi, by_series=True))
+    rows = list(store.readings.readings_in(lo, hi, by_series=True))
     for (device, quantity), times in edges.items():
         for t in times:
-            rows.extend(r for r in store.readings_in(t, t + 1, device=device)
+            rows.extend(r for r in store.readings.readings_in(t, t + 1, device=device)
                         if r[2] == quantity)
     rows.sort(key=lambda r: (r[1], r[2], r[0]))
     # device names and quantities never need CSV quoting (config.schema's name pattern)
@@ -361,7 +355,7 @@ def verify_evidence(folder: str | Path) -> Verdict:
         with Store.open(config.storage.path) as store:
             readings = _load_store(folder, store)
             acc = Accountant(store, config, factors)
-            sources = {d.name: acc._source(d).quantity for d in acc.devices}
+            sources = {d.name: acc.source(d).quantity for d in acc.devices}
             until = _ms(meta["computed_until"])
             start, end = _ms(meta["month_start"]), _ms(meta["month_end"])
             acc.recompute({name: (_ms(a), _ms(b)) for name, (a, b) in meta["windows"].items()},
@@ -435,33 +429,23 @@ def _load_store(folder: Path, store: Store) -> list[Line]:
     meta = json.loads((folder / "evidence.json").read_text(encoding="utf-8"))
     store.certificates.retire(((_granular(c), "certificates.json")
                                for c in certs.get("granular", [])), 0)
-    with store.transaction() as conn:
-        store.insert_rows(conn, readings)
-        conn.executemany(
-            "INSERT INTO invoices (id, account, period_start, period_end, energy_kwh, "
-            "supplier, document, imported, replaced_by) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            [(int(r["id"]), r["account"], _ms(r["period_start"]), _ms(r["period_end"]),
-              float(r["energy_kwh"]), r["supplier"] or None, r["document"] or None,
-              int(r["replaced_by"]) if r["replaced_by"] else None)
-             for r in invoices])
-        conn.executemany(
-            "INSERT INTO statement_acceptances (statement, accepted, accepted_by, reason, "
-            "finding) VALUES (?, ?, ?, ?, ?)",
-            [(a["statement"], _ms(a["at"]), a["by"], a["reason"], _dumps(a["finding"]))
-             for a in acceptances])
-        conn.executemany(
-            "INSERT INTO rollups (device, hour, mwh, source, coverage, tco2_location, "
-            "tco2_market, ef_location, ef_id, detail, seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-            [(r["device"], _ms(r["hour"]), r["mwh"], r["source"], r["coverage"],
-              r["tco2_location"], r["tco2_market"], r["ef_location"], r["ef_id"],
-              _dumps(r["detail"])) for r in history])
+    with store.atomic():
+        store.import_rows(readings)
+        store.statements.restore(
+            [StoredStatement(int(r["id"]), r["account"], _ms(r["period_start"]),
+                             _ms(r["period_end"]), float(r["energy_kwh"]), r["supplier"] or None,
+                             r["document"] or None,
+                             int(r["replaced_by"]) if r["replaced_by"] else None)
+             for r in invoices],
+            [Acceptance(a["statement"], _ms(a["at"]), a["by"], a["reason"],
+                        _dumps(a["finding"])) for a in acceptances])
+        store.rollups.restore(
+            (r["device"], _ms(r["hour"]), r["mwh"], r["source"], r["coverage"],
+             r["tco2_location"], r["tco2_market"], r["ef_location"], r["ef_id"],
+             _dumps(r["detail"])) for r in history)
         # what hours before the window took of each certificate, as one earlier hour
-        before = _ms(meta["window_start"]) - HOUR_MS
-        conn.executemany(
-            "INSERT INTO certificate_allocations (certificate, device, hour, mwh) "
-            "VALUES (?, '', ?, ?)",
-            [(cid, before, mwh) for cid, mwh in certs["allocated_before_window_mwh"].items()])
+        store.allocations.restore_before(_ms(meta["window_start"]) - HOUR_MS,
+                                          certs["allocated_before_window_mwh"])
     return lines
 
 

@@ -12,7 +12,12 @@ persists the result:
   by readings that arrived late (from the sample before the earliest late one: a gap that
   was estimated becomes interpolated); and, when the factor table or the certificates
   changed, the hours those apply to. `recompute_hours` widens it at start-up.
-- statements import, the monthly report and the evidence export.
+- statements import, the monthly report and the evidence export (evidence.py).
+
+The store is reached through the repository interfaces of `repositories.py` alone. The
+reconciliation findings come back as values (`findings.ReconciliationFinding`) with the
+statements they were checked for; the alert episodes they call for are the caller's to
+record (energyd/daemon/reconciliation.py), not the accounting's.
 
 Times are UTC epoch ms; the site's time zone only decides local dates (factor validity,
 statement days, report months).
@@ -24,7 +29,6 @@ import bisect
 import hashlib
 import json
 import logging
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
@@ -49,8 +53,10 @@ from energyd.accounting.factors import (
     load_factors,
     validity_ms,
 )
+from energyd.accounting.findings import ReconciliationFinding, find
 from energyd.accounting.invoices import StatementRow, StoredPeriod, parse_statements
 from energyd.accounting.report import build_report
+from energyd.accounting.repositories import AccountingStore
 from energyd.accounting.rollup import (
     LIKE_LOOKBACK_DAYS,
     PURCHASED_ROLES,
@@ -67,23 +73,23 @@ from energyd.accounting.rollup import (
     build_rows,
     fill_missing,
     iso,
-    reconciliation_findings,
 )
 from energyd.accounting.scope2_report import scope2_section
 from energyd.accounting.validation import DAY_MS, LEARN_DAYS, MAX_REPAIR_MS, learn_rates
 from energyd.config.schema import Config, Device
 from energyd.model import Quality
-from energyd.store.sqlite import READINGS_POSITION, Store
+from energyd.store.statements import Acceptance, NewStatement
 
 log = logging.getLogger(__name__)
 
 QUICK_MS = 900_000  # context read first around a recomputed range
 CONTEXT_MS = 2 * MAX_REPAIR_MS + HOUR_MS  # what a validation decision can depend on
-META_POSITION = READINGS_POSITION
+META_POSITION = "accounting.readings_position"
+"""The hourly job's position among the reading ids; the store's quota must not move an id
+across it (the daemon passes this key to `Store.enforce_quota`)."""
 META_DONE = "accounting.done_until"
 META_FINGERPRINT = "accounting.fingerprint"
 META_OPEN = "accounting.open_tails"
-RULE = "reconciliation"
 
 Ranges = dict[str, tuple[int, int]]
 
@@ -129,7 +135,10 @@ class RecomputeResult:
     ranges: list[tuple[int, int]] = field(default_factory=list)  # hours (re)computed, merged
     rows: list[RollupRow] = field(default_factory=list)
     written: int = 0  # rows that changed
-    findings: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[ReconciliationFinding] = field(default_factory=list)
+    checked: list[Statement] = field(default_factory=list)  # the statements reconciled
+    # (account, period start) of statements replaced by an import: their episodes end
+    replaced: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -142,7 +151,8 @@ class Source:
 class Accountant:
     """Accounting over one store and one configuration."""
 
-    def __init__(self, store: Store, config: Config, factors: FactorTable | None = None):
+    def __init__(self, store: AccountingStore, config: Config,
+                 factors: FactorTable | None = None):
         self.store = store
         self.config = config
         self.tz: ZoneInfo = config.site.tz
@@ -192,7 +202,9 @@ class Accountant:
             when = when.replace(tzinfo=self.tz)
         return round(when.timestamp() * 1000)
 
-    def _source(self, device: Device) -> Source:
+    def source(self, device: Device) -> Source:
+        """Where the device's energy is read from: a counter series, else active power
+        (integrated), else nothing stored yet."""
         if device.role == "fuel" and device.fuel is not None:
             candidates = [device.fuel.quantity]
         elif device.role == "generation":
@@ -212,9 +224,7 @@ class Accountant:
     def _series_id(self, device: str, quantity: str) -> int | None:
         sid = self._series.get((device, quantity))
         if sid is None:  # series appear when a device first reports; they never go
-            rows = self.store.execute("SELECT id FROM series WHERE device = ? AND quantity = ?",
-                                      (device, quantity))
-            sid = rows[0][0] if rows else None
+            sid = self.store.find_series(device, quantity)
             if sid is not None:
                 self._series[(device, quantity)] = sid
         return sid
@@ -243,10 +253,10 @@ class Accountant:
                  ) -> tuple[list[int], list[float]]:
         """The series' samples in [first, last] and the one on either side beyond; `receipt`
         gets, per hour, the provenance of the receive-timed readings (`_receipt_hours`)."""
-        lo = self.store.series_time_before(sid, first)
-        hi = self.store.series_time_from(sid, last + 1)
-        rows = self.store.series_readings(sid, first if lo is None else lo,
-                                          last if hi is None else hi)
+        lo = self.store.readings.series_time_before(sid, first)
+        hi = self.store.readings.series_time_from(sid, last + 1)
+        rows = self.store.readings.series_readings(sid, first if lo is None else lo,
+                                                   last if hi is None else hi)
         if receipt is not None:
             _receipt_hours(rows, receipt)
         return list(map(itemgetter(0), rows)), list(map(itemgetter(1), rows))
@@ -318,7 +328,7 @@ class Accountant:
         for d in self.devices:
             if device is not None and d.name != device:
                 continue
-            src = self._source(d)
+            src = self.source(d)
             if src.kind != "counter" or src.quantity is None:
                 continue
             for f in self._trace(d, src, start, end).findings:
@@ -328,18 +338,13 @@ class Accountant:
 
     def statements(self, start: int | None = None, end: int | None = None) -> list[Statement]:
         accounts = self.accounts()
-        # a statement replaced by a corrected one is kept, but no longer used
-        sql = ("SELECT id, account, period_start, period_end, energy_kwh, supplier, document "
-               "FROM invoices WHERE replaced_by IS NULL")
-        params: list[Any] = []
-        if start is not None and end is not None:
-            sql += " AND period_start < ? AND period_end > ?"
-            params = [end, start]
         out = []
-        for sid, account, p0, p1, kwh, supplier, document in self.store.execute(sql, params):
-            devs = accounts.get(account)
+        # a statement replaced by a corrected one is kept, but no longer used
+        for s in self.store.statements.current(start, end):
+            devs = accounts.get(s.account)
             if devs:
-                out.append(Statement(sid, account, p0, p1, kwh, devs, supplier, document))
+                out.append(Statement(s.id, s.account, s.start_ms, s.end_ms, s.kwh, devs,
+                                     s.supplier, s.document))
         return out
 
     # --- recomputing -------------------------------------------------------------------------
@@ -359,7 +364,7 @@ class Accountant:
                     want[name] = (a, b)
         if not want:
             return RecomputeResult()
-        statements = self._widen(want, limit)
+        statements = self.widen(want, limit)
         hour_energy: dict[str, list[HourEnergy]] = {}
         profiles = {}
         infos = {}
@@ -367,7 +372,7 @@ class Accountant:
         receipt: dict[str, dict[int, str]] = {}
         for name, (a, b) in list(want.items()):
             device = known[name]
-            src = self._source(device)
+            src = self.source(device)
             if src.kind == "none" and device.role not in ("grid_import", "fuel"):
                 del want[name]  # nothing to say about a submeter that never reported
                 continue
@@ -402,10 +407,10 @@ class Accountant:
         if not want:
             return RecomputeResult()
         result = RecomputeResult(ranges=merge(want.values()))
-        with self.store.transaction() as conn:
-            rows = self._market(conn, rows, want)
-            result.written = self._write(conn, rows, want)
-            result.findings = self._reconcile(conn, statements, now_ms)
+        with self.store.atomic():
+            rows = self._market(rows)
+            result.written = self.store.rollups.write_changed(map(_record, rows), want)
+            result.findings, result.checked = self._reconcile(statements)
         result.rows = sorted((r for r in rows if r.device in want
                               and want[r.device][0] <= r.hour < want[r.device][1]),
                              key=lambda r: (r.hour, r.device))
@@ -414,7 +419,7 @@ class Accountant:
                      ", ".join(f"{iso(a)}..{iso(b)}" for a, b in result.ranges))
         return result
 
-    def _widen(self, want: Ranges, limit: int) -> list[Statement]:
+    def widen(self, want: Ranges, limit: int) -> list[Statement]:
         """Widen the ranges to whole statement periods, for every device of the account."""
         accounts = self.accounts()
         used: dict[int, Statement] = {}
@@ -440,40 +445,31 @@ class Accountant:
                 break
         return list(used.values())
 
-    def _market(self, conn: sqlite3.Connection, rows: list[RollupRow],
-                want: Ranges) -> list[RollupRow]:
+    def _market(self, rows: list[RollupRow]) -> list[RollupRow]:
         """Certificates: re-allocate from the first recomputed purchased hour onwards."""
         roles = {d.name: d.role for d in self.devices}
         purchased = [r for r in rows if roles.get(r.device) in PURCHASED_ROLES]
         if not self.certificates:
-            conn.execute("DELETE FROM certificate_allocations")
+            self.store.allocations.reallocate(None, [])
             return [apply_market(r, []) if roles.get(r.device) in PURCHASED_ROLES else r
                     for r in rows]
         if not purchased:
             return rows
         start = min(r.hour for r in purchased)
-        used = dict(conn.execute(
-            "SELECT certificate, sum(mwh) FROM certificate_allocations WHERE hour < ? "
-            "GROUP BY certificate", (start,)).fetchall())
+        used = self.store.allocations.used_before(start)
         end = max(c.end_ms for c in self.certificates)
         fresh = {r.key(): r for r in purchased}
         names = sorted({n for n, role in roles.items() if role in PURCHASED_ROLES})
         walk: dict[tuple[str, int], RollupRow] = {}
         if end > start and names:
-            marks = ",".join("?" * len(names))
-            for rec in conn.execute(
-                    f"SELECT device, hour, mwh, source, coverage, tco2_location, tco2_market, "
-                    f"ef_location, ef_id, detail FROM rollups WHERE device IN ({marks}) "
-                    f"AND hour >= ? AND hour < ?", (*names, start, end)).fetchall():
+            for rec in self.store.rollups.rows(start, end, names):
                 r = _row(rec)
                 walk[r.key()] = r
         walk.update(fresh)
         allocation = allocate_certificates(self.certificates, used, list(walk.values()))
-        conn.execute("DELETE FROM certificate_allocations WHERE hour >= ?", (start,))
-        conn.executemany(
-            "INSERT INTO certificate_allocations (certificate, device, hour, mwh) "
-            "VALUES (?, ?, ?, ?)",
-            [(cid, d, h, mwh) for (d, h), allocs in allocation.items() for cid, mwh in allocs])
+        self.store.allocations.reallocate(
+            start, [(cid, d, h, mwh) for (d, h), allocs in allocation.items()
+                    for cid, mwh in allocs])
         out = [apply_market(r, allocation.get(r.key(), [])) if r.key() in fresh else r
                for r in rows]
         # stored hours after the recomputed ones whose certificates moved
@@ -482,99 +478,23 @@ class Accountant:
                 out.append(apply_market(r, allocation.get(key, [])))
         return out
 
-    def _write(self, conn: sqlite3.Connection, rows: Sequence[RollupRow], want: Ranges) -> int:
-        stored: dict[tuple[str, int], tuple] = {}
-        spans = set(want.values())
-        if len(spans) == 1:  # the usual case: one query for every device
-            (a, b), = spans
-            for rec in conn.execute(
-                    "SELECT device, hour, mwh, source, coverage, tco2_location, tco2_market, "
-                    "ef_location, ef_id, detail FROM rollups WHERE hour >= ? AND hour < ?",
-                    (a, b)):
-                stored[(rec[0], rec[1])] = tuple(rec[2:])
-        else:
-            for name, (a, b) in want.items():
-                for rec in conn.execute(
-                        "SELECT device, hour, mwh, source, coverage, tco2_location, "
-                        "tco2_market, ef_location, ef_id, detail FROM rollups WHERE device = ? "
-                        "AND hour >= ? AND hour < ?", (name, a, b)):
-                    stored[(rec[0], rec[1])] = tuple(rec[2:])
-        written = 0
-        for r in rows:
-            values = (r.mwh, r.source, r.coverage, r.tco2_location, r.tco2_market,
-                      r.ef_location, r.ef_id, _dumps(r.detail))
-            span = want.get(r.device)
-            if span is not None and span[0] <= r.hour < span[1]:
-                old = stored.get(r.key())
-            else:  # a later stored hour whose certificates moved
-                got = conn.execute(
-                    "SELECT mwh, source, coverage, tco2_location, tco2_market, ef_location, "
-                    "ef_id, detail FROM rollups WHERE device = ? AND hour = ?",
-                    r.key()).fetchone()
-                old = tuple(got) if got else None
-            if old == values:
-                continue
-            seq = self.store.next_seq(conn)
-            conn.execute(
-                "INSERT INTO rollups (device, hour, mwh, source, coverage, tco2_location, "
-                "tco2_market, ef_location, ef_id, detail, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, hour) DO UPDATE "
-                "SET mwh = excluded.mwh, source = excluded.source, coverage = excluded.coverage, "
-                "tco2_location = excluded.tco2_location, tco2_market = excluded.tco2_market, "
-                "ef_location = excluded.ef_location, ef_id = excluded.ef_id, "
-                "detail = excluded.detail, seq = excluded.seq",
-                (r.device, r.hour, *values, seq))
-            written += 1
-        return written
-
-    def _reconcile(self, conn: sqlite3.Connection, statements: Sequence[Statement],
-                   now_ms: int) -> list[dict[str, Any]]:
-        """Fully metered statement periods that disagree with the meter: returned, and kept
-        as `reconciliation` rows in the alerts table unless an alert rule of that type is
-        configured (the alert engine then owns those episodes)."""
+    def _reconcile(self, statements: Sequence[Statement]
+                   ) -> tuple[list[ReconciliationFinding], list[Statement]]:
+        """The findings of fully metered statement periods that disagree with the meter (and
+        of statements below it), with the statements checked."""
         if not statements:
-            return []
-        tol = self.config.accounting.reconciliation_tolerance
-        rows = self._rows_for(conn, statements)
-        findings = reconciliation_findings(statements, rows, tol)
-        if any(r.type == "reconciliation" for r in self.config.alerts.rules):
-            return findings
-        accepted = self.acceptances(conn=conn)
-        flagged = {f["statement"]: f for f in findings
-                   if not (f["kind"] == "statement_below_metered" and f["statement"] in accepted)}
-        for st in statements:
-            existing = conn.execute(
-                "SELECT id, state, detail FROM alerts WHERE rule = ? AND device = ? "
-                "AND started = ? ORDER BY id DESC LIMIT 1",
-                (RULE, st.account, st.start_ms)).fetchone()
-            f = flagged.get(st.id)
-            if f is not None:
-                detail = _dumps({**f, "message": _finding_message(f)})
-                if existing is None or existing[1] != "active" or existing[2] != detail:
-                    seq = self.store.next_seq(conn)
-                    if existing is not None and existing[1] == "active":
-                        conn.execute("UPDATE alerts SET detail = ?, seq = ? WHERE id = ?",
-                                     (detail, seq, existing[0]))
-                    else:
-                        conn.execute(
-                            "INSERT INTO alerts (rule, device, state, started, ended, detail, "
-                            "seq) VALUES (?, ?, 'active', ?, NULL, ?, ?)",
-                            (RULE, st.account, st.start_ms, detail, seq))
-            elif existing is not None and existing[1] == "active":
-                conn.execute("UPDATE alerts SET state = 'resolved', ended = ?, seq = ? "
-                             "WHERE id = ?", (now_ms, self.store.next_seq(conn), existing[0]))
-        return findings
+            return [], []
+        return (find(statements, self._rows_for_statements(statements),
+                     self.config.accounting.reconciliation_tolerance), list(statements))
 
-    def _rows_for(self, conn: sqlite3.Connection,
-                  statements: Sequence[Statement]) -> list[RollupRow]:
-        devs = sorted({d for st in statements for d in st.devices})
-        lo = floor_hour(min(st.start_ms for st in statements))
-        hi = max(st.end_ms for st in statements)
-        marks = ",".join("?" * len(devs))
-        return [_row(rec) for rec in conn.execute(
-            f"SELECT device, hour, mwh, source, coverage, tco2_location, tco2_market, "
-            f"ef_location, ef_id, detail FROM rollups WHERE device IN ({marks}) "
-            f"AND hour >= ? AND hour < ?", (*devs, lo, hi))]
+    def reconcile(self, statement_ids: Iterable[int] | None = None) -> RecomputeResult:
+        """The statements (those of `statement_ids`, or all) reconciled against the stored
+        rows, recomputing nothing: after an acceptance, what its episode should say."""
+        wanted = None if statement_ids is None else set(statement_ids)
+        statements = [st for st in self.statements() if wanted is None or st.id in wanted]
+        result = RecomputeResult()
+        result.findings, result.checked = self._reconcile(statements)
+        return result
 
     # --- the hourly job ----------------------------------------------------------------------
 
@@ -584,9 +504,9 @@ class Accountant:
         certificates, and (at start-up) the last `recompute_hours` hours; nothing before
         `not_before` (ms), if given: hours a step of the wall clock jumped over."""
         end = floor_hour(now_ms)
-        max_id = self.store.last_reading_id()
-        done = self.store.get_meta(META_DONE)
-        position = self.store.get_meta(META_POSITION)
+        max_id = self.store.readings.last_reading_id()
+        done = self.store.meta.get(META_DONE)
+        position = self.store.meta.get(META_POSITION)
         wanted: dict[str, list[tuple[int, int]]] = {d.name: [] for d in self.devices}
         start = end - HOUR_MS if done is None or done > end else done
         if recompute_hours:
@@ -598,18 +518,18 @@ class Accountant:
                 wanted[name].append((a, end))
         # hours last computed while a device's latest samples were undecided (a dropout or a
         # stale stretch not yet over) are computed again now that more samples are in
-        for name, t in (self.store.get_meta(META_OPEN) or {}).items():
+        for name, t in (self.store.meta.get(META_OPEN) or {}).items():
             if name in wanted:
                 wanted[name].append((max(floor_hour(t), start - MAX_REPAIR_MS), end))
         self.open_tails = {}
         fp = self.fingerprint()
-        old_fp = self.store.get_meta(META_FINGERPRINT)
+        old_fp = self.store.meta.get(META_FINGERPRINT)
         if old_fp is not None and old_fp != fp:
             for a, b in self._changed_windows(old_fp, fp, end):
                 for name in wanted:
                     wanted[name].append((a, b))
         ranges: Ranges = {}
-        since = self._known_since()
+        since = self.known_since()
         for name, spans in wanted.items():
             # hours before a device's first reading or statement are not "estimated": they
             # are before energyd knew the device (a new gateway, a meter added later)
@@ -620,24 +540,24 @@ class Accountant:
                 if b > a:
                     ranges[name] = (a, b)
         result = self.recompute(ranges, now_ms)
-        self.store.set_meta(META_POSITION, max_id)
-        self.store.set_meta(META_DONE, end)
-        self.store.set_meta(META_FINGERPRINT, fp)
-        self.store.set_meta(META_OPEN, self.open_tails)
+        meta = self.store.meta
+        meta.set(META_POSITION, max_id)
+        meta.set(META_DONE, end)
+        meta.set(META_FINGERPRINT, fp)
+        meta.set(META_OPEN, self.open_tails)
         return result
 
-    def _known_since(self) -> dict[str, int]:
+    def known_since(self) -> dict[str, int]:
         """device -> the earliest of its first reading and its first statement (ms)."""
         out: dict[str, int] = {}
         for device in self.devices:
-            src = self._source(device)
+            src = self.source(device)
             if src.series is not None:
-                t = self.store.series_first_time(src.series)
+                t = self.store.readings.series_first_time(src.series)
                 if t is not None:
                     out[device.name] = t
         for account, devices in self.accounts().items():
-            t = self.store.execute("SELECT min(period_start) FROM invoices WHERE account = ? "
-                                   "AND replaced_by IS NULL", (account,))[0][0]
+            t = self.store.statements.first_start(account)
             if t is not None:
                 for d in devices:
                     out[d] = min(out.get(d, t), t)
@@ -647,14 +567,14 @@ class Accountant:
         """device -> the hour from which readings stored after `position` call for a
         recompute: from the sample before the earliest of them, so a gap they close (or a
         statement period they fall in) is recomputed, if that lies before `before`."""
-        first = self.store.earliest_by_series(position, max_id)
+        first = self.store.readings.earliest_by_series(position, max_id)
         out: dict[str, int] = {}
         for device in self.devices:
-            src = self._source(device)
+            src = self.source(device)
             t = first.get(src.series) if src.series is not None else None
             if t is None:
                 continue
-            prev = self.store.series_time_before(src.series, t)
+            prev = self.store.readings.series_time_before(src.series, t)
             a = floor_hour(prev if prev is not None else t)
             if a < before:
                 out[device.name] = a
@@ -662,7 +582,7 @@ class Accountant:
 
     def _changed_windows(self, old: Mapping[str, Any], new: Mapping[str, Any],
                          end: int) -> list[tuple[int, int]]:
-        first = self.store.execute("SELECT min(hour) FROM rollups")[0][0]
+        first = self.store.rollups.first_hour()
         if first is None:
             return []
         windows = []
@@ -689,59 +609,49 @@ class Accountant:
         """Store a statements file whole (or raise ImportRejected) and recompute the hours of
         its periods: estimated hours become invoice hours."""
         accounts = self.accounts()
-        stored = [StoredPeriod(i, a, p0, p1, doc, kwh)
-                  for i, a, p0, p1, doc, kwh in self.store.execute(
-                      "SELECT id, account, period_start, period_end, document, energy_kwh "
-                      "FROM invoices WHERE replaced_by IS NULL")]
+        stored = [StoredPeriod(s.id, s.account, s.start_ms, s.end_ms, s.document, s.kwh)
+                  for s in self.store.statements.current()]
         rows = parse_statements(stream, filename, self.tz, accounts.__contains__, stored,
                                 lambda a: accounts.get(a, ()),
                                 max_days=self.config.accounting.max_statement_days)
         spans = [(r.account, r.start_ms, r.end_ms) for r in rows]
-        with self.store.transaction() as conn:
-            for r in rows:
-                new_id = conn.execute(
-                    "INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                    "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (r.account, r.start_ms, r.end_ms, r.kwh, r.supplier, r.document,
-                     now_ms)).lastrowid
-                if r.replaces is not None:
-                    conn.execute("UPDATE invoices SET replaced_by = ? WHERE id = ?",
-                                 (new_id, r.replaces))
-                    old = next(s for s in stored if s.id == r.replaces)
-                    spans.append((old.account, old.start_ms, old.end_ms))
-                    # the old statement's open finding goes with it
-                    conn.execute("UPDATE alerts SET state = 'resolved', ended = ?, seq = ? "
-                                 "WHERE rule = ? AND device = ? AND started = ? "
-                                 "AND state = 'active'",
-                                 (now_ms, self.store.next_seq(conn), RULE, old.account,
-                                  old.start_ms))
+        self.store.statements.add(
+            [NewStatement(r.account, r.start_ms, r.end_ms, r.kwh, r.supplier, r.document,
+                          r.replaces) for r in rows], now_ms)
+        replaced = []
+        for r in rows:
+            if r.replaces is not None:
+                old = next(s for s in stored if s.id == r.replaces)
+                spans.append((old.account, old.start_ms, old.end_ms))
+                # the old statement's open finding goes with it
+                replaced.append((old.account, old.start_ms))
         ranges: Ranges = {}
         for account, start, end in spans:
             for d in accounts[account]:
                 a, b = ranges.get(d, (start, end))
                 ranges[d] = (min(a, start), max(b, end))
-        return rows, self.recompute(ranges, now_ms)
+        result = self.recompute(ranges, now_ms)
+        result.replaced = replaced
+        return rows, result
 
-    def acceptances(self, statement_ids: Iterable[int] | None = None, *,
-                    conn: sqlite3.Connection | None = None) -> dict[int, dict[str, Any]]:
+    def acceptances(self, statement_ids: Iterable[int] | None = None
+                    ) -> dict[int, dict[str, Any]]:
         """statement id -> its latest recorded acceptance (by, at, reason, the finding as it
         stood)."""
-        query = (conn.execute if conn is not None else self.store.execute)(
-            "SELECT statement, accepted, accepted_by, reason, finding FROM "
-            "statement_acceptances ORDER BY id")
         wanted = None if statement_ids is None else set(statement_ids)
         out = {}
-        for sid, at, by, reason, finding in query:
-            if wanted is None or sid in wanted:
-                out[sid] = {"statement": sid, "at": iso(at), "by": by, "reason": reason,
-                            "finding": json.loads(finding)}
+        for a in self.store.statements.acceptances():
+            if wanted is None or a.statement in wanted:
+                out[a.statement] = {"statement": a.statement, "at": iso(a.at_ms), "by": a.by,
+                                    "reason": a.reason, "finding": json.loads(a.finding)}
         return out
 
     def accept_statement(self, statement_id: int, reason: str, by: str,
                          now_ms: int) -> dict[str, Any]:
         """Record that a statement below the metered energy of its period is accepted as it
-        stands (its gap hours keep their estimate), so its month can be final; resolves its
-        reconciliation alert. Raises ValueError when there is nothing to accept."""
+        stands (its gap hours keep their estimate), so its month can be final (its
+        reconciliation episode ends when the caller records `reconcile([statement_id])`).
+        Raises ValueError when there is nothing to accept."""
         reason, by = reason.strip(), by.strip()
         if not reason:
             raise ValueError("an acceptance needs a reason (--reason)")
@@ -750,19 +660,14 @@ class Accountant:
         statements = [st for st in self.statements() if st.id == statement_id]
         if not statements:
             raise ValueError(f"no statement {statement_id} (see the report's `statements`)")
-        findings = [f for f in reconciliation_findings(
-            statements, self._rows_for_statements(statements),
-            self.config.accounting.reconciliation_tolerance)
-            if f["kind"] == "statement_below_metered"]
+        findings = [f for f in find(statements, self._rows_for_statements(statements),
+                                    self.config.accounting.reconciliation_tolerance)
+                    if f.below_metered]
         if not findings:
             raise ValueError(f"statement {statement_id} is not below the metered energy of its "
                              "period: there is nothing to accept")
-        with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO statement_acceptances (statement, accepted, accepted_by, reason, "
-                "finding) VALUES (?, ?, ?, ?, ?)",
-                (statement_id, now_ms, by, reason, _dumps(findings[0])))
-            self._reconcile(conn, statements, now_ms)
+        self.store.statements.accept(
+            Acceptance(statement_id, now_ms, by, reason, _dumps(findings[0].to_json())))
         return self.acceptances([statement_id])[statement_id]
 
     # --- reports -----------------------------------------------------------------------------
@@ -777,29 +682,17 @@ class Accountant:
                 round(datetime.combine(nxt, time(0), self.tz).timestamp() * 1000))
 
     def rows(self, start: int, end: int, devices: Sequence[str] | None = None) -> list[RollupRow]:
-        sql = ("SELECT device, hour, mwh, source, coverage, tco2_location, tco2_market, "
-               "ef_location, ef_id, detail FROM rollups WHERE hour >= ? AND hour < ?")
-        params: list[Any] = [start, end]
-        if devices is not None:
-            sql += f" AND device IN ({','.join('?' * len(devices))})"
-            params += list(devices)
-        return [_row(r) for r in self.store.execute(sql + " ORDER BY hour, device", params)]
+        return [_row(r) for r in self.store.rollups.rows(start, end, devices)]
 
     def report(self, month: str, now_ms: int) -> dict[str, Any]:
         start, end = self.month_bounds(month)
         hours = list(range(ceil_hour(start), end, HOUR_MS))
         rows = self.rows(start, end)
         statements = self.statements(start, end)
-        findings = reconciliation_findings(
-            statements, self._rows_for_statements(statements),
-            self.config.accounting.reconciliation_tolerance) if statements else []
+        findings, _ = self._reconcile(statements)
         certs = []
-        month_use = dict(self.store.execute(
-            "SELECT certificate, sum(mwh) FROM certificate_allocations WHERE hour >= ? "
-            "AND hour < ? GROUP BY certificate", (start, end)))
-        total_use = dict(self.store.execute(
-            "SELECT certificate, sum(mwh) FROM certificate_allocations "
-            "WHERE hour < ? GROUP BY certificate", (end,)))
+        month_use = self.store.allocations.used_between(start, end)
+        total_use = self.store.allocations.used_before(end)
         for c in self.certificates:
             used = total_use.get(c.id, 0.0)
             certs.append({"id": c.id, "type": c.type, "vintage": c.vintage, "market": c.market,
@@ -809,24 +702,23 @@ class Accountant:
                           "remaining_mwh": round(max(c.mwh - used, 0.0), 6)})
         accounted = [(d.name, d.role) for d in self.devices
                      if d.role in ("grid_import", "fuel")
-                     or self._source(d).kind != "none"]
+                     or self.source(d).kind != "none"]
         report = build_report(
             site={"name": self.config.site.name, "grid_region": self.policy.region,
                   "residual_region": self.policy.residual_region},
             month=month, timezone=self.config.site.timezone, hours=hours, devices=accounted,
-            rows=rows, findings=findings, certificates=certs, complete=now_ms >= end,
+            rows=rows, findings=[f.to_json() for f in findings], certificates=certs,
+            complete=now_ms >= end,
             acceptances=self.acceptances([st.id for st in statements]))
         report["flags"].extend(self.certificate_problems + self.config_problems)
         report["validation"] = _validation_counts(rows)
         report["scope2"] = scope2_section(self, month, rows)
         report["statements"] = [st.as_detail() for st in statements]
         report["replaced_statements"] = [
-            {"id": i, "account": a, "period_start": iso(p0), "period_end": iso(p1), "kwh": kwh,
-             "document": doc, "replaced_by": by}
-            for i, a, p0, p1, kwh, doc, by in self.store.execute(
-                "SELECT id, account, period_start, period_end, energy_kwh, document, "
-                "replaced_by FROM invoices WHERE replaced_by IS NOT NULL AND period_start < ? "
-                "AND period_end > ? ORDER BY id", (end, start))]
+            {"id": s.id, "account": s.account, "period_start": iso(s.start_ms),
+             "period_end": iso(s.end_ms), "kwh": s.kwh, "document": s.document,
+             "replaced_by": s.replaced_by}
+            for s in self.store.statements.replaced(start, end)]
         return report
 
     def _rows_for_statements(self, statements: Sequence[Statement]) -> list[RollupRow]:
@@ -870,18 +762,12 @@ def _dumps(obj: Any) -> str:
 
 
 def _row(rec: Sequence[Any]) -> RollupRow:
+    """A stored rollup row (store.rollups.COLUMNS) as the accounting's."""
     d, h, mwh, src, cov, tl, tm, ef, efid, detail = rec
     return RollupRow(d, h, mwh, src, cov, tl, tm, ef, efid, json.loads(detail or "{}"))
 
 
-def _finding_message(f: Mapping[str, Any]) -> str:
-    if f.get("kind") == "statement_below_metered":
-        return (f"statement {f.get('document') or f['statement']} for {f['account']} "
-                f"({f['period_start']} to {f['period_end']}): {f['statement_kwh']:g} kWh "
-                f"billed, below the {f['metered_kwh']:g} kWh metered in the period alone; "
-                f"{f['gap_hours']} gap hours keep an estimate until the data or the statement "
-                f"is corrected or the difference is accepted")
-    return (f"statement {f.get('document') or f['statement']} for {f['account']} "
-            f"({f['period_start']} to {f['period_end']}): {f['statement_kwh']:g} kWh billed, "
-            f"{f['metered_kwh']:g} kWh metered ({f['difference_share']:.1%} apart, tolerance "
-            f"{f['tolerance']:.0%})")
+def _record(r: RollupRow) -> tuple[Any, ...]:
+    """A rollup row as the store keeps it (store.rollups.COLUMNS)."""
+    return (r.device, r.hour, r.mwh, r.source, r.coverage, r.tco2_location, r.tco2_market,
+            r.ef_location, r.ef_id, _dumps(r.detail))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from datetime import datetime
 
 from energyd.accounting.air import HOUR_MS, AirHour, compressor_hour, station_hour
@@ -57,7 +56,7 @@ def compute_hours(store: Store, config: Config, start_ms: int, end_ms: int) -> i
             mine = []
             for device in members:
                 samples = {
-                    key: [(r.time_ms, r.value) for r in store.query_readings(
+                    key: [(r.time_ms, r.value) for r in store.readings.query_readings(
                         device=device, quantity=q, start_ms=hour - max_gap,
                         end_ms=hour + HOUR_MS + max_gap + 1)
                           if r.quality != Quality.CLOCK_SUSPECT]  # held for review
@@ -72,36 +71,11 @@ def compute_hours(store: Store, config: Config, start_ms: int, end_ms: int) -> i
     return write_rows(store, rows)
 
 
-def _same(old: tuple, new: tuple) -> bool:
-    for a, b in zip(old, new, strict=True):
-        if isinstance(a, float) and isinstance(b, float):
-            if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9):
-                return False
-        elif a != b:
-            return False
-    return True
-
-
 def write_rows(store: Store, rows: list[AirHour]) -> int:
-    changed = 0
-    with store.transaction() as conn:
-        for r in rows:
-            new = (r.kwh, r.m3, r.specific_power, r.loaded_share,
-                   json.dumps(r.detail, sort_keys=True))
-            old = conn.execute(
-                "SELECT kwh, m3, specific_power, loaded_share, detail FROM air_hourly "
-                "WHERE device = ? AND hour = ?", (r.device, r.hour_ms)).fetchone()
-            if old is not None and _same(tuple(old), new):
-                continue
-            conn.execute(
-                "INSERT INTO air_hourly (device, hour, kwh, m3, specific_power, loaded_share, "
-                "detail, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, hour) DO "
-                "UPDATE SET kwh = excluded.kwh, m3 = excluded.m3, specific_power = "
-                "excluded.specific_power, loaded_share = excluded.loaded_share, "
-                "detail = excluded.detail, seq = excluded.seq",
-                (r.device, r.hour_ms, *new, store.next_seq(conn)))
-            changed += 1
-    return changed
+    """Store the hours that changed; returns how many did."""
+    return store.air.write_changed(
+        (r.device, r.hour_ms, r.kwh, r.m3, r.specific_power, r.loaded_share,
+         json.dumps(r.detail, sort_keys=True)) for r in rows)
 
 
 class AirJob:

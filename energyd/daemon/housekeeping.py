@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from energyd.accounting.storage import META_POSITION
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
 from energyd.sinks import backlog as sink_backlog
@@ -70,7 +71,8 @@ class Housekeeping:
 
     def _shed_and_expire(self) -> None:
         ctx = self.ctx
-        shed = ctx.store.enforce_quota(sinks=[s.name for s in ctx.config.all_sinks])
+        shed = ctx.store.enforce_quota(sinks=[s.name for s in ctx.config.all_sinks],
+                                       positions=[META_POSITION])
         if shed:
             ctx.metrics.store_shed.inc(shed)
             log.warning("store over its quota: shed %d instantaneous readings "

@@ -29,6 +29,7 @@ from energyd.accounting.rollup import iso
 from energyd.accounting.storage import Accountant, RecomputeResult, floor_hour
 from energyd.config.schema import Config
 from energyd.daemon.context import Component, Context
+from energyd.daemon.reconciliation import record_reconciliation
 from energyd.model import to_ms
 from energyd.store.sqlite import RECOVER_HINT, corrupt
 from energyd.store.writer import disk_full
@@ -94,8 +95,7 @@ class Rollups:
         async with self._lock:
             now = to_ms(self.ctx.clock.now())
             try:
-                result = await asyncio.to_thread(self.accountant.run, now,
-                                                 recompute_hours=hours, not_before=not_before)
+                result = await asyncio.to_thread(self._run, now, hours, not_before)
             except Exception as exc:
                 if not self._failing:
                     # a full disk or a damaged file is said in a line; anything else is a
@@ -120,6 +120,12 @@ class Rollups:
                     await listener(start, end)
                 except Exception:
                     log.exception("a rollup listener failed for %d..%d", start, end)
+        return result
+
+
+    def _run(self, now: int, hours: int, not_before: int | None) -> RecomputeResult:
+        result = self.accountant.run(now, recompute_hours=hours, not_before=not_before)
+        record_reconciliation(self.ctx.store, self.ctx.config, result, now)
         return result
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
-import sqlite3
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +24,7 @@ from energyd.httpclient import HttpClient, HttpUnreachable, split_url
 from energyd.model import from_ms
 from energyd.sinks import backlog as sink_backlog
 from energyd.sinks import describe as describe_sink
-from energyd.store.sqlite import STREAMS, Store, corrupt
+from energyd.store.sqlite import STREAMS, DatabaseError, Store, corrupt
 
 HEALTH_TIMEOUT = 2.0  # seconds: a daemon busy for longer is reported as not answering
 
@@ -79,7 +78,7 @@ def collect_status(config: Config, now: datetime | None = None) -> dict[str, Any
     """Raises StoreError (never a traceback of SQLite's) when the store cannot be read."""
     try:
         return _collect(config, now)
-    except sqlite3.DatabaseError as exc:
+    except DatabaseError as exc:
         if not corrupt(exc):
             raise StoreError(f"{config.storage.path}: the store cannot be read: {exc}"
                              ) from None

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     # Every series id it is sent was resolved by the daemon's own store, where it was
     # created and committed first (series are never deleted); the foreign-key lookup per
     # reading would cost a sixth of the commit's time to check what cannot be otherwise.
-    store.execute("PRAGMA foreign_keys=OFF")
+    store._read("PRAGMA foreign_keys=OFF")
     try:
         while True:
             try:

@@ -176,7 +176,7 @@ def import_readings(
 
     # One transaction for the whole file. Rows are parsed and inserted chunk by chunk; on the
     # first bad row insertion stops, but parsing goes on so every bad row can be reported.
-    with store.transaction() as conn:
+    with store._writing() as conn:
         parse = _RowParser(fail, known_device, lambda d, q: store.series_id(d, q, conn),
                            len(columns))
         chunk: list[tuple[int, int, float, int]] = []

@@ -10,6 +10,13 @@ concurrently, which WAL allows.
 Readings are kept packed, a row per instant and set of series (energyd/store/samples.py says
 how and why); the methods here take and give readings, so no layer above needs to know.
 
+`Store` owns the connection, the caches and the writing of readings; what the layers above
+read and write goes through its repositories, one module each: `store.readings`
+(readings.py), `store.rollups`, `store.statements`, `store.certificates`, `store.air`,
+`store.meta`, `store.reconciliation`. `store.atomic()` makes their writes one transaction.
+No SQL is written outside energyd/store/ (tests/test_no_sql_outside_store.py); `execute` and
+`transaction` are left only for the modules that test lists as not yet converted.
+
 Lifecycle: `Store.open(path)` or `with Store.open(path) as store:`; `close()` is idempotent.
 """
 
@@ -18,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
-import heapq
-import itertools
 import json
 import os
 import sqlite3
@@ -27,20 +32,40 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import repeat
-from operator import itemgetter
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from energyd.errors import StoreCorrupt, StoreError
-from energyd.model import QUANTITIES, Quality, Reading, from_ms, to_ms
+from energyd.model import QUANTITIES, Reading, to_ms
+from energyd.store.air import AirHours
 from energyd.store.alert_inputs import AlertInputs
+from energyd.store.allocations import CertificateAllocations
 from energyd.store.certificates import Certificates
+from energyd.store.cursors import (  # noqa: F401 (the stream names are imported from here too)
+    AIR,
+    ALERTS,
+    READINGS,
+    ROLLUPS,
+    STREAMS,
+    Backlog,
+    SinkCursors,
+)
 from energyd.store.episodes import Episodes
+from energyd.store.meta import Meta
 from energyd.store.outbox import OutboxRows
+from energyd.store.readings import (
+    _HOLDS_NONE,
+    _LAST_ID,
+    HELD_REVIEWED,
+    Conflict,
+    Readings,
+    StoredReading,
+    _layout_of,
+)
 from energyd.store.recent import RecentHours
+from energyd.store.reconciliation import ReconciliationEpisodes
+from energyd.store.rollups import Rollups
 from energyd.store.samples import (
     SLOTS,
     Sample,
@@ -55,12 +80,7 @@ from energyd.store.samples import (
     value_at,
 )
 from energyd.store.schema import MIGRATIONS, SCHEMA_VERSION
-
-READINGS = "readings"
-ROLLUPS = "rollups"
-ALERTS = "alerts"
-AIR = "air_hourly"
-STREAMS = (READINGS, ROLLUPS, ALERTS, AIR)
+from energyd.store.statements import Statements
 
 
 class State(enum.Enum):
@@ -68,60 +88,10 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class StoredReading:
-    """A reading as the store holds it: `id` orders insertion and is what sinks follow."""
-
-    id: int
-    time_ms: int
-    device: str
-    quantity: str
-    value: float
-    quality: int
-
-    def to_reading(self) -> Reading:
-        return Reading(from_ms(self.time_ms), self.device, self.quantity, self.value,
-                       Quality(self.quality))
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    """A reading refused because the store holds another value for its series and time."""
-
-    device: str
-    quantity: str
-    time_ms: int
-    value: float  # the value that came later, not taken
-    quality: int
-    stored: float  # the value the store holds, which stands
-
-
 # (series id, time ms, value, quality, stored value): a conflict as the store finds it
 _Found = tuple[int, int, float, int, float]
 
 
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    count: int
-    oldest_ms: int | None  # reading time of the oldest unsent item
-
-
-_layout_of = itemgetter(0)
-_time_of = itemgetter(0)
-# the id of a sample's last reading, in SQL (see samples.py)
-_LAST_ID = f"id * {SLOTS} + length(vals) / 8 - 1"
-READINGS_POSITION = "accounting.readings_position"
-"""The meta key of the hourly job's position among the reading ids: the quota must not move
-an id across it (see `_pinned`)."""
-HELD = Quality.CLOCK_SUSPECT
-"""Readings of this quality wait for review: the accounting reads around them and retention
-keeps them, however old they look (their time came from a clock that was wrong), until they
-are marked reviewed (`mark_held_reviewed`). Reviewed, they stay out of the accounting."""
-HELD_REVIEWED = "store.held_reviewed_until"
-"""The meta key of the last reading id whose held readings were reviewed."""
-_HELD_BYTE = f"x'{int(HELD):02x}'"
-_NOT_HELD_AT = f"(quality IS NULL OR substr(quality, ?, 1) != {_HELD_BYTE})"  # ? = position + 1
-_HOLDS_NONE = f"(quality IS NULL OR instr(quality, {_HELD_BYTE}) = 0)"
 
 _INSERT_SAMPLE = ("INSERT INTO samples (layout, time, vals, quality) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT (layout, time) DO NOTHING")
@@ -154,7 +124,16 @@ class Store:
         self._others: dict[int, list[tuple[int, int, int, int]]] = {}
         self._latest: dict[int, int] = {}
         self._data_version = -1
+        self._depth = 0  # transactions open on the connection: 0, or 1 plus those joined
+        self.meta = Meta(self)
+        self.readings = Readings(self)
+        self.cursors = SinkCursors(self)
+        self.rollups = Rollups(self)
+        self.statements = Statements(self)
+        self.allocations = CertificateAllocations(self)
         self.certificates = Certificates(self)
+        self.air = AirHours(self)
+        self.reconciliation = ReconciliationEpisodes(self)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -200,7 +179,7 @@ class Store:
         Returns the problems found, [] when the store is intact."""
         pragma = "integrity_check" if full else "quick_check"
         try:
-            rows = self.execute(f"PRAGMA {pragma}({int(limit)})")
+            rows = self._read(f"PRAGMA {pragma}({int(limit)})")
         except sqlite3.DatabaseError as exc:
             return [str(exc)]
         lines = [line for row in rows for line in row[0].splitlines()
@@ -229,11 +208,27 @@ class Store:
             raise StoreError(f"{self.path}: the store is closed")
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic unit: everything inside commits together or not at all."""
+    def atomic(self) -> Iterator[None]:
+        """One unit of work across repositories: what they write inside commits together or
+        not at all (a recompute's rollups and the certificate allocations they rest on)."""
+        with self._writing():
+            yield
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside a transaction; a transaction already open on this thread
+        (an `atomic` block) is joined rather than nested, which SQLite cannot do."""
         with self._lock:
             self._check_open()
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
@@ -246,24 +241,23 @@ class Store:
                 # could give them to a different series or layout
                 self.invalidate_series_cache()
                 raise
+            finally:
+                self._depth = 0
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Read query for the layers above (accounting, alerts, status)."""
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
             self._check_open()
             return self._conn.execute(sql, params).fetchall()
 
-    def iterate(self, sql: str, params: Sequence[Any] = (), batch: int = 10000) -> Iterator[tuple]:
-        """Stream a large read (an export, an evidence file) on a connection of its own, so
-        memory stays flat and the writer is not held up meanwhile."""
-        self._check_open()
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-        try:
-            cur = conn.execute(sql, params)
-            while rows := cur.fetchmany(batch):
-                yield from rows
-        finally:
-            conn.close()
+    # Only for code not yet converted to the repositories (alerts/, sinks/forwarder.py,
+    # demo.py): no layer above the store is to run SQL; these two go once it no longer does.
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """Only for code not yet converted to the repositories: a raw transaction."""
+        return self._writing()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Only for code not yet converted to the repositories: a raw read."""
+        return self._read(sql, params)
 
     # --- series -------------------------------------------------------------------------
 
@@ -285,6 +279,16 @@ class Store:
                 ).fetchone()[0]
                 self._series[key] = sid
                 self._series_names[sid] = key
+        return sid
+
+    def find_series(self, device: str, quantity: str) -> int | None:
+        """The series id of (device, quantity), None if the device never reported it; unlike
+        `series_id`, creates nothing."""
+        sid = self._series.get((device, quantity))
+        if sid is None:  # another process (the committer, an import) may have made it
+            rows = self._read("SELECT id FROM series WHERE device = ? AND quantity = ?",
+                              (device, quantity))
+            sid = rows[0][0] if rows else None
         return sid
 
     @property
@@ -335,7 +339,7 @@ class Store:
 
     def _placements(self, series: int) -> list[tuple[int, int]]:
         """(layout, position) of each layout that holds the series."""
-        return self.execute("SELECT layout, position FROM layout_series WHERE series = ?",
+        return self._read("SELECT layout, position FROM layout_series WHERE series = ?",
                             (series,))
 
     # --- writing readings ---------------------------------------------------------------
@@ -351,7 +355,7 @@ class Store:
         except KeyError:
             pass
         missing = {(r.device, r.quantity) for r in readings} - known.keys()
-        with self.transaction() as conn:  # a new device's series in one commit, not one each
+        with self._writing() as conn:  # a new device's series in one commit, not one each
             for device, quantity in sorted(missing):
                 self.series_id(device, quantity, conn)
         return self.series_rows(readings)
@@ -365,7 +369,7 @@ class Store:
         the differing readings are kept as conflicts (see `conflicts`) and, when
         `conflicts` is given, the ones not kept before are appended to it. Returns how many
         samples were new."""
-        with self.transaction() as conn:
+        with self._writing() as conn:
             layout_id = self._layout_id
             rows = [(layout_id(conn, key), t, vals, quality) for key, t, vals, quality in samples]
             # consecutive rows of a layout land in the same leaf of the (layout, time) index;
@@ -509,27 +513,19 @@ class Store:
             name = self._series_names[sid] = (device, quantity)
         return name
 
-    def conflict_counts(self) -> dict[str, int]:
-        """Conflicts kept, per device."""
-        return dict(self.execute(
-            "SELECT s.device, count(*) FROM conflicts c JOIN series s ON s.id = c.series "
-            "GROUP BY s.device"))
-
-    def conflicts(self, device: str | None = None, limit: int = 1000) -> list[Conflict]:
-        """The conflicts kept, by series and time (of `device` only, if given)."""
-        where, params = "", []
-        if device is not None:
-            where, params = "WHERE s.device = ?", [device]
-        return [Conflict(*row) for row in self.execute(
-            "SELECT s.device, s.quantity, c.time, c.value, c.quality, c.stored FROM conflicts c "
-            f"JOIN series s ON s.id = c.series {where} "
-            "ORDER BY s.device, s.quantity, c.time, c.id LIMIT ?", (*params, limit))]
-
     def insert_readings(self, readings: Iterable[Reading]) -> int:
         """Commit `readings` in one transaction; returns how many were new."""
         rows = self.series_rows(readings)
-        with self.transaction() as conn:
+        with self._writing() as conn:
             return self.insert_series_rows(conn, rows)
+
+    def import_rows(self, rows: Iterable[tuple[int, str, str, float, int]]) -> int:
+        """Insert (time_ms, device, quantity, value, quality) rows in one transaction (or
+        the `atomic` block it is called in), as an import does: a reading the store holds
+        already is left out, one held with another value kept as a conflict; returns how
+        many were new."""
+        with self._writing() as conn:
+            return self.insert_rows(conn, rows)
 
     def insert_rows(self, conn: sqlite3.Connection,
                     rows: Iterable[tuple[int, str, str, float, int]]) -> int:
@@ -619,357 +615,105 @@ class Store:
             self._layouts.clear()
             self._load_layouts()
 
-    # --- reading by series and time -------------------------------------------------------
+    # --- readings: `store.readings`; these stay for the callers not yet converted -------
+
+    def conflict_counts(self) -> dict[str, int]:
+        return self.readings.conflict_counts()
+
+    def conflicts(self, device: str | None = None, limit: int = 1000) -> list[Conflict]:
+        return self.readings.conflicts(device, limit)
 
     def query_readings(
-        self,
-        *,
-        device: str | None = None,
-        quantity: str | None = None,
-        start_ms: int | None = None,
-        end_ms: int | None = None,
-        batch: int = 10000,
+        self, *, device: str | None = None, quantity: str | None = None,
+        start_ms: int | None = None, end_ms: int | None = None, batch: int = 10000,
     ) -> Iterator[StoredReading]:
-        """Readings in [start_ms, end_ms), ordered by series then time."""
-        with self._lock:
-            wanted = [sid for (d, q), sid in self._series.items()
-                      if (device is None or d == device) and (quantity is None or q == quantity)]
-        lo = start_ms if start_ms is not None else -(2**62)
-        hi = end_ms if end_ms is not None else 2**62
-        for sid in sorted(wanted, key=lambda s: self._series_names[s]):
-            d, q = self._series_names[sid]
-            for t, rid, v, qual in self._series_stream(sid, lo, hi, batch):
-                yield StoredReading(rid, t, d, q, v, qual)
-
-    def _series_stream(self, series: int, lo: int, hi: int, batch: int = 10000
-                       ) -> Iterator[tuple[int, int, float, int]]:
-        """(time, reading id, value, quality) of the series' readings with lo <= time < hi,
-        by time, one per time should two layouts hold the same."""
-        streams = [self._placement_pages(lid, pos, lo, hi, batch)
-                   for lid, pos in self._placements(series)]
-        if len(streams) == 1:  # the usual case: the series is always read in one block
-            yield from streams[0]
-            return
-        last = None
-        for reading in heapq.merge(*streams):
-            if reading[0] != last:
-                last = reading[0]
-                yield reading
-
-    def _placement_pages(self, lid: int, pos: int, lo: int, hi: int, batch: int
-                         ) -> Iterator[tuple[int, int, float, int]]:
-        """(time, reading id, value, quality) at one position of one layout, by time."""
-        after = lo - 1
-        while True:
-            with self._lock:
-                self._check_open()
-                rows = self._conn.execute(
-                    "SELECT time, id, substr(vals, ?, 8), quality FROM samples "
-                    "WHERE layout = ? AND time > ? AND time < ? ORDER BY time LIMIT ?",
-                    (pos * 8 + 1, lid, after, hi, batch)).fetchall()
-            for t, sid, value, quality in rows:
-                yield t, sid * SLOTS + pos, value_at(value, 0), quality_at(quality, pos)
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
+        return self.readings.query_readings(device=device, quantity=quantity,
+                                            start_ms=start_ms, end_ms=end_ms, batch=batch)
 
     def latest(self, device: str, quantity: str) -> StoredReading | None:
-        sid = self._series.get((device, quantity))
-        if sid is None:
-            return None
-        best = None
-        for lid, pos in self._placements(sid):
-            rows = self.execute("SELECT time, id, vals, quality FROM samples WHERE layout = ? "
-                                "ORDER BY time DESC LIMIT 1", (lid,))
-            if rows and (best is None or rows[0][0] > best[0][0]):
-                best = rows[0], pos
-        if best is None:
-            return None
-        (t, sample, vals, quality), pos = best
-        return StoredReading(sample * SLOTS + pos, t, device, quantity,
-                             value_at(vals, pos), quality_at(quality, pos))
+        return self.readings.latest(device, quantity)
 
     def count_readings(self) -> int:
-        return self.execute("SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples")[0][0]
+        return self.readings.count_readings()
 
-    def readings_in(self, start_ms: int, end_ms: int, *, device: str | None = None,
-                    by_series: bool = False) -> Iterator[tuple[int, str, str, float, int]]:
-        """(time, device, quantity, value, quality) of the readings with start <= time < end,
-        ordered by time (then device, quantity), or with `by_series` by device, quantity,
-        time; streamed on a connection of its own (exports, evidence files)."""
-        self._check_open()
-        return self._stream_readings(start_ms, end_ms, device, by_series)
-
-    def _stream_readings(self, start_ms: int, end_ms: int, device: str | None,
-                         by_series: bool) -> Iterator[tuple[int, str, str, float, int]]:
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-        try:
-            names = {sid: (d, q) for sid, d, q in
-                     conn.execute("SELECT id, device, quantity FROM series")
-                     if device is None or d == device}
-            layouts: dict[int, list[tuple[int, int]]] = {}  # layout -> [(position, series)]
-            for sid, lid, pos in conn.execute(
-                    "SELECT series, layout, position FROM layout_series ORDER BY series"):
-                if sid in names:
-                    layouts.setdefault(lid, []).append((pos, sid))
-
-            def stream(lid: int, placed: list[tuple[int, int]]
-                       ) -> Iterator[tuple[int, list[tuple[str, str, float, int]]]]:
-                for t, vals, quality in conn.execute(
-                        "SELECT time, vals, quality FROM samples WHERE layout = ? "
-                        "AND time >= ? AND time < ? ORDER BY time", (lid, start_ms, end_ms)):
-                    values = unpack_values(vals)
-                    yield t, [(*names[sid], values[pos], quality_at(quality, pos))
-                              for pos, sid in placed]
-
-            if by_series:
-                by_sid: dict[int, list[tuple[int, int]]] = {}
-                for lid, placed in layouts.items():
-                    for pos, sid in placed:
-                        by_sid.setdefault(sid, []).append((lid, pos))
-                for sid in sorted(by_sid, key=names.__getitem__):
-                    last = None
-                    merged = heapq.merge(*(stream(lid, [(pos, sid)]) for lid, pos in by_sid[sid]),
-                                         key=_time_of)
-                    for t, ((d, q, v, qual),) in merged:
-                        if t != last:
-                            last = t
-                            yield t, d, q, v, qual
-                return
-            merged = heapq.merge(*(stream(lid, placed) for lid, placed in layouts.items()),
-                                 key=_time_of)
-            for t, group in itertools.groupby(merged, key=_time_of):
-                at: dict[tuple[str, str], tuple[float, int]] = {}
-                for _, items in group:
-                    for d, q, v, qual in items:
-                        at.setdefault((d, q), (v, qual))
-                for (d, q), (v, qual) in sorted(at.items()):
-                    yield t, d, q, v, qual
-        finally:
-            conn.close()
-
-    # --- one series, by id: what the accounting reads -----------------------------------
-    # Readings held for review (HELD) are left out: their time cannot be trusted.
-
-    def _series_time(self, series: int, where: str, params: tuple, last: bool) -> int | None:
-        # an ordered walk of the (layout, time) index that stops at the first reading not
-        # held: as quick as min()/max() when none is held, which the filter would not be
-        sql = (f"SELECT time FROM samples WHERE layout = ? {where} AND {_NOT_HELD_AT} "
-               f"ORDER BY time {'DESC' if last else 'ASC'} LIMIT 1")
-        found = []
-        for lid, pos in self._placements(series):
-            rows = self.execute(sql, (lid, *params, pos + 1))
-            if rows:
-                found.append(rows[0][0])
-        if not found:
-            return None
-        return max(found) if last else min(found)
+    def readings_in(
+        self, start_ms: int, end_ms: int, *, device: str | None = None, by_series: bool = False,
+    ) -> Iterator[tuple[int, str, str, float, int]]:
+        return self.readings.readings_in(start_ms, end_ms, device=device, by_series=by_series)
 
     def series_time_before(self, series: int, time_ms: int) -> int | None:
-        """The time of the series' last reading before `time_ms`, if any."""
-        return self._series_time(series, "AND time < ?", (time_ms,), last=True)
+        return self.readings.series_time_before(series, time_ms)
 
     def series_time_from(self, series: int, time_ms: int) -> int | None:
-        """The time of the series' first reading at or after `time_ms`, if any."""
-        return self._series_time(series, "AND time >= ?", (time_ms,), last=False)
+        return self.readings.series_time_from(series, time_ms)
 
     def series_first_time(self, series: int) -> int | None:
-        return self._series_time(series, "", (), last=False)
+        return self.readings.series_first_time(series)
 
-    def series_values(self, series: int, first_ms: int, last_ms: int
-                      ) -> list[tuple[int, float]]:
-        """(time, value) of the series' readings with first_ms <= time <= last_ms, by time."""
-        return [(t, v) for t, _, v, q in self._series_stream(series, first_ms, last_ms + 1)
-                if q != HELD]
+    def series_values(self, series: int, first_ms: int, last_ms: int) -> list[tuple[int, float]]:
+        return self.readings.series_values(series, first_ms, last_ms)
 
     def held(self) -> list[tuple[str, str, int, int, int]]:
-        """(device, quantity, count, first time, last time) of the readings held for review
-        (stamped under a suspect clock, not yet marked reviewed), by device and quantity."""
-        reviewed = self.get_meta(HELD_REVIEWED, -1)
-        out: dict[int, list[int]] = {}
-        for sample, lid, t, q in self.execute(
-                f"SELECT id, layout, time, quality FROM samples WHERE NOT {_HOLDS_NONE}"):
-            for pos, sid in enumerate(self._layout(lid)):
-                if q[pos] == HELD and sample * SLOTS + pos > reviewed:
-                    span = out.setdefault(sid, [0, t, t])
-                    span[0] += 1
-                    span[1], span[2] = min(span[1], t), max(span[2], t)
-        return sorted((*self._series_names[sid], n, a, b) for sid, (n, a, b) in out.items())
+        return self.readings.held()
 
     def held_count(self) -> int:
-        """Readings held for review (stamped under a suspect clock, not yet reviewed)."""
-        return sum(n for _, _, n, _, _ in self.held())
+        return self.readings.held_count()
 
     def mark_held_reviewed(self) -> int:
-        """Mark the readings held now as reviewed: retention may remove them once they are
-        older than it keeps and forwarded, like any other. Returns how many were marked."""
-        count = self.held_count()
-        self.set_meta(HELD_REVIEWED, self.last_reading_id())
-        return count
+        return self.readings.mark_held_reviewed()
 
-    def series_readings(self, series: int, first_ms: int, last_ms: int
-                        ) -> list[tuple[int, float, int]]:
-        """`series_values` with each reading's quality: (time, value, quality); readings held
-        for review are left out, as there."""
-        return [(t, v, q) for t, _, v, q in self._series_stream(series, first_ms, last_ms + 1)
-                if q != HELD]
-
-    # --- insertion order: what sinks and the hourly job follow ----------------------------
+    def series_readings(
+        self, series: int, first_ms: int, last_ms: int,
+    ) -> list[tuple[int, float, int]]:
+        return self.readings.series_readings(series, first_ms, last_ms)
 
     def last_reading_id(self) -> int:
-        """The newest reading's id, 0 in an empty store. Ids only grow (see the schema), but
-        they are not dense (see samples.py): count readings with `count_after`."""
-        rows = self.execute("SELECT id, length(vals) FROM samples ORDER BY id DESC LIMIT 1")
-        return rows[0][0] * SLOTS + rows[0][1] // 8 - 1 if rows else 0
+        return self.readings.last_reading_id()
 
-    def reading_chunk(self, after: int, upto: int, count: int
-                      ) -> tuple[list[tuple[int, int, float]], int, bool]:
-        """(series id, time, value) of the readings with ids in (after, upto], in id order,
-        whole samples until at least `count` are in: (rows, the last id they cover or
-        `after`, whether more readings up to `upto` follow). Ids are given out above every
-        existing one, so nothing can appear below that last id later: a sink that moves its
-        cursor there misses nothing, and the rows need not carry their ids."""
-        out: list[tuple[int, int, float]] = []
-        end = after
-        first, last = after // SLOTS, upto // SLOTS
-        page = max(8, count // self._per_sample + 1)
-        layouts = self._layouts
-        while True:
-            with self._lock:
-                self._check_open()
-                samples = self._conn.execute(
-                    "SELECT id, layout, time, vals FROM samples WHERE id >= ? AND id <= ? "
-                    "ORDER BY id LIMIT ?", (first, last, page)).fetchall()
-            if samples:
-                self._per_sample = max(1, sum(len(row[3]) for row in samples) // 8 // len(samples))
-            for sample, lid, t, vals in samples:
-                base = sample * SLOTS
-                if len(out) >= count:
-                    return out, end, base <= upto
-                series = layouts.get(lid) or self._layout(lid)
-                values = unpack_values(vals)
-                top = base + len(values) - 1
-                if base > after and top <= upto:
-                    out.extend(zip(series, repeat(t), values, strict=False))
-                    end = top
-                else:  # a sample the range cuts (a position not at a sample's end)
-                    for pos, (sid, v) in enumerate(zip(series, values, strict=True)):
-                        if after < base + pos <= upto:
-                            out.append((sid, t, v))
-                            end = base + pos
-            if len(samples) < page:
-                return out, end, False
-            first = samples[-1][0] + 1
+    def reading_chunk(
+        self, after: int, upto: int, count: int,
+    ) -> tuple[list[tuple[int, int, float]], int, bool]:
+        return self.readings.reading_chunk(after, upto, count)
 
     def readings_after(self, position: int, limit: int) -> list[StoredReading]:
-        """The next `limit` readings in insertion order after `position`, with their ids."""
-        with self._lock:
-            self._check_open()
-            samples = self._conn.execute(
-                "SELECT id, layout, time, vals, quality FROM samples WHERE id >= ? "
-                "ORDER BY id LIMIT ?", (position // SLOTS, limit + 1)).fetchall()
-        names = self._series_names
-        if any(sid not in names for _, lid, *_ in samples for sid in self._layout(lid)):
-            self.invalidate_series_cache()
-        out = []
-        for sample, lid, t, vals, quality in samples:
-            for pos, (sid, v) in enumerate(zip(self._layout(lid), unpack_values(vals),
-                                                  strict=True)):
-                if sample * SLOTS + pos > position and len(out) < limit:
-                    out.append(StoredReading(sample * SLOTS + pos, t, *names[sid], v,
-                                             quality_at(quality, pos)))
-        return out
+        return self.readings.readings_after(position, limit)
 
     def count_after(self, position: int, at_least: int | None = None) -> int:
-        """How many readings have ids above `position`; with `at_least`, counting may stop
-        once it has found that many (a sample holds at least one)."""
-        k = position // SLOTS
-        limit = -1 if at_least is None else at_least + 1  # -1: no limit
-        rows = self.execute(
-            "SELECT coalesce(sum(length(vals)), 0) / 8, "
-            "(SELECT length(vals) / 8 FROM samples WHERE id = ?) "
-            "FROM (SELECT vals FROM samples WHERE id > ? ORDER BY id LIMIT ?)",
-            (k, k, limit))[0]
-        partial = max(0, k * SLOTS + rows[1] - 1 - position) if rows[1] is not None else 0
-        return rows[0] + partial
+        return self.readings.count_after(position, at_least)
 
     def reading_id_back(self, count: int, floor: int) -> int:
-        """A position p >= floor, at a sample's start, with at least `count` readings in
-        (p, newest]; `floor` if there are not that many above it."""
-        total = 0
-        for sample, n in self.execute(
-                "SELECT id, length(vals) / 8 FROM samples WHERE id > ? ORDER BY id DESC "
-                "LIMIT ?", (floor // SLOTS, count)):
-            total += n
-            if total >= count:
-                return max(floor, sample * SLOTS - 1)
-        return floor
+        return self.readings.reading_id_back(count, floor)
 
     def earliest_by_series(self, after: int, upto: int) -> dict[int, int]:
-        """series id -> the earliest time among its readings with ids in (after, upto]."""
-        first, last = after // SLOTS, upto // SLOTS
-        out: dict[int, int] = {}
-
-        def note(sid: int, t: int) -> None:
-            if t < out.get(sid, t + 1):
-                out[sid] = t
-        for lid, t in self.execute("SELECT layout, min(time) FROM samples WHERE id > ? "
-                                   "AND id < ? GROUP BY layout", (first, last)):
-            for sid in self._layout(lid):
-                note(sid, t)
-        for sample, lid, t, vals in self.execute(
-                "SELECT id, layout, time, vals FROM samples WHERE id IN (?, ?)", (first, last)):
-            for pos, sid in enumerate(self._layout(lid)[:count(vals)]):
-                if after < sample * SLOTS + pos <= upto:
-                    note(sid, t)
-        return out
+        return self.readings.earliest_by_series(after, upto)
 
     def poll_reading_ids(self, device: str, time_ms: int, after: int, upto: int) -> list[int]:
-        """Ids in (after, upto] of the device's readings taken at `time_ms` (one poll)."""
-        mine = {sid for (sid,) in self.execute("SELECT id FROM series WHERE device = ?",
-                                                (device,))}
-        ids = []
-        for sample, lid, n in self.execute(
-                "SELECT id, layout, length(vals) / 8 FROM samples WHERE id >= ? AND id <= ? "
-                "AND time = ?", (after // SLOTS, upto // SLOTS, time_ms)):
-            for pos, sid in enumerate(self._layout(lid)[:n]):
-                if sid in mine and after < sample * SLOTS + pos <= upto:
-                    ids.append(sample * SLOTS + pos)
-        return sorted(ids)
+        return self.readings.poll_reading_ids(device, time_ms, after, upto)
 
-    # --- sink cursors -------------------------------------------------------------------
+    # --- sink cursors: `store.cursors`; these stay for the callers not yet converted -------
+
+    # the forwarder's cursors of a readings backlog drained behind the live tail, until it
+    # asks `cursors.backlog` with its own names
+    _FORWARDER_SPLIT = ("readings.gap", "readings.live")
 
     def cursor(self, sink: str, stream: str = READINGS) -> int:
-        rows = self.execute(
-            "SELECT position FROM sink_cursors WHERE sink = ? AND stream = ?", (sink, stream))
-        return rows[0][0] if rows else 0
+        return self.cursors.position(sink, stream)
 
     def set_cursor(self, sink: str, stream: str, position: int) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO sink_cursors (sink, stream, position, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (sink, stream) DO UPDATE SET position = excluded.position, "
-                "updated = excluded.updated",
-                (sink, stream, position, int(time.time() * 1000)))
+        self.cursors.move(sink, stream, position)
+
+    def sink_positions(self, sink: str) -> dict[str, int]:
+        return self.cursors.positions(sink)
+
+    def commit_sink(self, sink: str, positions: dict[str, int | None],
+                    rejected: Iterable[tuple[str, int, str]] = ()) -> None:
+        self.cursors.commit(sink, positions, rejected)
 
     def backlog(self, sink: str, stream: str = READINGS) -> Backlog:
-        position = self.cursor(sink, stream)
-        if stream == READINGS:
-            split = self._split_backlog(sink, position)
-            if split is not None:
-                return split
-            count = self.count_after(position)
-            return Backlog(count, self._oldest_after(position) if count else None)
-        table, time_col = {ROLLUPS: ("rollups", "hour"), ALERTS: ("alerts", "started"),
-                           AIR: ("air_hourly", "hour")}[stream]
-        row = self.execute(
-            f"SELECT count(*), min({time_col}) FROM {table} WHERE seq > ?", (position,))[0]
-        return Backlog(row[0], row[1])
+        return self.cursors.backlog(sink, stream, self._FORWARDER_SPLIT)
 
     def rejected_count(self, sink: str | None = None) -> int:
-        if sink is None:
-            return self.execute("SELECT count(*) FROM rejected")[0][0]
-        return self.execute("SELECT count(*) FROM rejected WHERE sink = ?", (sink,))[0][0]
+        return self.cursors.rejected_count(sink)
 
     # --- change sequence for rollups and alerts -----------------------------------------
 
@@ -997,13 +741,12 @@ class Store:
         return RecentHours(self)
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        rows = self.execute("SELECT value FROM meta WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
+        """`meta.get`, for the callers not yet converted."""
+        return self.meta.get(key, default)
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self.transaction() as conn:
-            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
-                         "DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+        """`meta.set`, for the callers not yet converted."""
+        self.meta.set(key, value)
 
     # --- device status ----------------------------------------------------------------
 
@@ -1042,7 +785,7 @@ class Store:
                 [(device, *f) for device, f in folded.items()])
 
     def device_status(self) -> dict[str, dict[str, Any]]:
-        rows = self.execute("SELECT device, last_poll, last_success, last_error, last_error_time, "
+        rows = self._read("SELECT device, last_poll, last_success, last_error, last_error_time, "
                             "polls, errors FROM device_status")
         keys = ("last_poll", "last_success", "last_error", "last_error_time", "polls", "errors")
         return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
@@ -1051,9 +794,9 @@ class Store:
 
     def size_bytes(self) -> int:
         """Bytes in use by the database (free pages excluded; they are reused first)."""
-        page_count, = self.execute("PRAGMA page_count")[0]
-        free, = self.execute("PRAGMA freelist_count")[0]
-        page_size, = self.execute("PRAGMA page_size")[0]
+        page_count, = self._read("PRAGMA page_count")[0]
+        free, = self._read("PRAGMA freelist_count")[0]
+        page_size, = self._read("PRAGMA page_size")[0]
         return (page_count - free) * page_size
 
     def file_bytes(self) -> int:
@@ -1064,34 +807,37 @@ class Store:
                 total += p.stat().st_size
         return total
 
-    def enforce_quota(self, batch: int = 5000, sinks: Sequence[str] = ()) -> int:
+    def enforce_quota(self, batch: int = 5000, sinks: Sequence[str] = (),
+                      positions: Sequence[str] = ()) -> int:
         """Shed the oldest sheddable readings (power, voltage, current...) until under quota.
 
         What every sink in `sinks` has already forwarded goes first; only if that is not
         enough are unsent samples shed. Energy counters are never shed: they carry what the
-        accounting signs for (a sample holding both keeps its counters). Returns the number
-        of readings shed; if only counters are left, the store stays over quota.
+        accounting signs for (a sample holding both keeps its counters). `positions` are
+        the meta keys under which a job keeps its position among the reading ids (the hourly
+        rollup's): no id is moved across one. Returns the number of readings shed; if only
+        counters are left, the store stays over quota.
         """
         if self.quota is None:
             return 0
         shed = 0
         target = int(self.quota * 0.9)  # leave headroom so shedding is not re-run every flush
-        forwarded = min((self.cursor(s, READINGS) for s in sinks), default=None)
+        forwarded = min((self.cursors.position(s, READINGS) for s in sinks), default=None)
         for limit in ([forwarded] if forwarded is not None else []) + [2**62]:
             while self.size_bytes() > self.quota or (shed and self.size_bytes() > target):
-                n = self._shed(limit, batch)
+                n = self._shed(limit, batch, positions)
                 shed += n
                 if n == 0:
                     break
         return shed
 
-    def _shed(self, upto: int, batch: int) -> int:
+    def _shed(self, upto: int, batch: int, positions: Sequence[str] = ()) -> int:
         """Shed the sheddable readings of the oldest `batch` samples with ids up to `upto`
         that hold any; returns how many readings went."""
         with self._lock:
             self._load_series()
             kept = {}  # layout -> positions of the readings it keeps
-            for lid, key in self.execute("SELECT id, series FROM layouts"):
+            for lid, key in self._read("SELECT id, series FROM layouts"):
                 series = unpack_ids(key)
                 keep = [pos for pos, sid in enumerate(series)
                         if not _sheddable(self._series_names[sid][1])]
@@ -1101,8 +847,8 @@ class Store:
             return 0
         shed = 0
         marks = ",".join("?" * len(kept))
-        with self.transaction() as conn:
-            pinned = self._pinned(conn)
+        with self._writing() as conn:
+            pinned = self._pinned(conn, positions)
             rows = conn.execute(
                 f"SELECT id, layout, vals, quality FROM samples WHERE layout IN ({marks}) "
                 f"AND {_LAST_ID} <= ? ORDER BY id LIMIT ?",
@@ -1131,17 +877,19 @@ class Store:
         return shed
 
     @staticmethod
-    def _pinned(conn: sqlite3.Connection) -> set[int]:
+    def _pinned(conn: sqlite3.Connection, keys: Sequence[str]) -> set[int]:
         """Samples a reading position points into (a cursor set by hand to resend refused
-        readings, a refused reading itself): rewriting them could move an id across it."""
+        readings, a refused reading itself, a job's position under a meta key of `keys`):
+        rewriting them could move an id across it."""
+        # a cursor of stream `readings` or `readings.<a sink's own name>` holds a reading id
         positions = [p for (p,) in conn.execute(
-            "SELECT position FROM sink_cursors WHERE stream IN (?, ?, ?) UNION ALL "
-            "SELECT item FROM rejected WHERE stream = ?",
-            (READINGS, f"{READINGS}.gap", f"{READINGS}.live", READINGS))]
-        row = conn.execute("SELECT value FROM meta WHERE key = ?",
-                           (READINGS_POSITION,)).fetchone()
-        if row is not None:
-            positions.append(int(json.loads(row[0])))
+            "SELECT position FROM sink_cursors WHERE stream = ? OR stream LIKE ? "
+            "UNION ALL SELECT item FROM rejected WHERE stream = ?",
+            (READINGS, f"{READINGS}.%", READINGS))]
+        for key in keys:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                positions.append(int(json.loads(row[0])))
         return {p // SLOTS for p in positions}
 
     def apply_retention(self, now_ms: int, retention_ms: int, sinks: Sequence[str]) -> int:
@@ -1151,68 +899,23 @@ class Store:
         how many readings went. Samples holding a reading held for review stay: their time
         says nothing about their age."""
         horizon = now_ms - retention_ms
-        limit = min((self.cursor(s, READINGS) for s in sinks), default=None)
-        reviewed = self.get_meta(HELD_REVIEWED, -1)
+        limit = min((self.cursors.position(s, READINGS) for s in sinks), default=None)
+        reviewed = self.meta.get(HELD_REVIEWED, -1)
         where, params = f"time < ? AND ({_HOLDS_NONE} OR {_LAST_ID} <= ?)", [horizon, reviewed]
         if limit is not None:
             where += f" AND {_LAST_ID} <= ?"
             params.append(limit)
-        with self.transaction() as conn:
+        with self._writing() as conn:
             gone = conn.execute(f"SELECT coalesce(sum(length(vals)), 0) / 8 FROM samples "
                                 f"WHERE {where}", params).fetchone()[0]
             conn.execute(f"DELETE FROM samples WHERE {where}", params)
             conn.execute("DELETE FROM conflicts WHERE time < ?", (horizon,))
         return gone
 
-    # --- sink forwarding state (energyd/sinks/forwarder.py) -------------------------------
 
-    def sink_positions(self, sink: str) -> dict[str, int]:
-        """Every cursor of `sink`, by stream name (including the forwarder's own ones)."""
-        return dict(self.execute(
-            "SELECT stream, position FROM sink_cursors WHERE sink = ?", (sink,)))
-
-    def commit_sink(self, sink: str, positions: dict[str, int | None],
-                    rejected: Iterable[tuple[str, int, str]] = ()) -> None:
-        """Move `sink`'s cursors (None removes one) and keep the (stream, item, message)
-        the server refused for good, all in one transaction: a crash leaves either the
-        state before the acknowledged chunk or the state after it."""
-        now = int(time.time() * 1000)
-        with self.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO rejected (sink, stream, item, message, time) VALUES (?, ?, ?, ?, ?)",
-                [(sink, stream, item, message, now) for stream, item, message in rejected])
-            for stream, position in positions.items():
-                if position is None:
-                    conn.execute("DELETE FROM sink_cursors WHERE sink = ? AND stream = ?",
-                                 (sink, stream))
-                else:
-                    conn.execute(
-                        "INSERT INTO sink_cursors (sink, stream, position, updated) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (sink, stream) DO UPDATE SET "
-                        "position = excluded.position, updated = excluded.updated",
-                        (sink, stream, position, now))
-
-    def _split_backlog(self, sink: str, head: int) -> Backlog | None:
-        """The readings backlog while the forwarder sends the live tail ahead of the
-        backlog: unsent are the ids in (head, readings.gap] and after readings.live."""
-        positions = self.sink_positions(sink)
-        gap, live = positions.get("readings.gap"), positions.get("readings.live")
-        if gap is None or live is None:
-            return None
-        old = self.count_after(head) - self.count_after(gap)
-        new = self.count_after(live)
-        times = [t for n, after, upto in ((old, head, gap), (new, live, 2**62)) if n
-                 and (t := self._oldest_after(after, upto)) is not None]
-        return Backlog(old + new, min(times) if times else None)
-
-    def _oldest_after(self, position: int, upto: int = 2**62) -> int | None:
-        """The earliest reading time among the (about) 10,000 readings with ids in
-        (position, upto]."""
-        return self.execute(
-            "SELECT min(time) FROM (SELECT time, id, vals FROM samples WHERE id >= ? "
-            f"AND id <= ? ORDER BY id LIMIT ?) WHERE {_LAST_ID} > ?",
-            (position // SLOTS, upto // SLOTS, 10000 // self._per_sample + 1, position))[0][0]
-
+DatabaseError = sqlite3.DatabaseError
+"""What SQLite raises when the store cannot be read or written (a damaged page, a full
+disk): for the layers above, which report it without knowing the database."""
 
 RECOVER_HINT = ("it was left as it is. Stop energyd, then `energyd store check -c CONFIG` "
                 "says what is wrong and `energyd store recover -c CONFIG --to NEW_FILE` copies "
