@@ -39,6 +39,10 @@ def layer_of(path: Path) -> str:
     return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
 
 
+# A plugin's options model is the one part of a driver the config schema assembles.
+PLUGIN_OPTIONS = {"energyd.drivers.dlt645.options"}
+
+
 def imported_layers(path: Path) -> set[str]:
     layers = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -49,6 +53,8 @@ def imported_layers(path: Path) -> set[str]:
             names = [a.name for a in node.names]
         for name in names:
             parts = name.split(".")
+            if layer_of(path) == "config" and name in PLUGIN_OPTIONS:
+                continue
             if parts[0] == "energyd" and len(parts) > 1:
                 layers.add(parts[1])
     return layers

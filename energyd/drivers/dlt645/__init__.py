@@ -1,9 +1,12 @@
 """DL/T 645-2007 driver: revenue meters on RS485, directly or through a transparent serial
-server over TCP; read-only by construction (codec.py). README.md has every option."""
+server over TCP; read-only by construction (codec.py). README.md has every option.
 
-from energyd.drivers.dlt645.codec import ReadCode
-from energyd.drivers.dlt645.link import BusSettings, Dlt645Link, MeterPoller, read_device
-from energyd.drivers.dlt645.profile import Dlt645Profile, load_profile
+    codec.py    frames: the three read requests, replies parsed, BCD
+    profile.py  data identifiers -> quantities (profiles/*.yaml)
+    link.py     one bus (serial or TCP) and the poller of one meter on it
+    scan.py     finding the meters on a bus
+    options.py  the `dlt645:` section of a device
 
-__all__ = ["BusSettings", "Dlt645Link", "Dlt645Profile", "MeterPoller", "ReadCode",
-           "load_profile", "read_device"]
+Kept free of imports here: the config schema imports options.py, and must not pull the
+link and its serial library in with it.
+"""
