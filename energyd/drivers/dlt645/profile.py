@@ -45,11 +45,17 @@ def _format(text: str) -> str:
     return text
 
 
+def _nonzero(v: float) -> float:
+    if v == 0:
+        raise ValueError("scale 0 would make every value 0")
+    return v
+
+
 class _Value(_Strict):
     quantity: Annotated[str, AfterValidator(check_quantity)] | None
     format: Annotated[str, AfterValidator(_format)]
     signed: bool = False
-    scale: float = Field(1.0, ne=0)
+    scale: Annotated[float, AfterValidator(_nonzero)] = 1.0
 
 
 def _di(text: str) -> str:
