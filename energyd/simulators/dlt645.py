@@ -72,7 +72,7 @@ def reply_frame(address: str, control: int, data: bytes, *, preamble: bool = Tru
     """A meter's frame with any control code (the simulator is the meter; energyd's codec
     builds read requests only)."""
     body = bytes([codec.START]) + codec.address_bytes(address) + bytes(
-        [codec.START, control, len(data)]) + bytes((b + codec.OFFSET) & 0xFF for b in data)
+        [codec.START, control, len(data)]) + codec.add_offset(data)
     frame = body + bytes([sum(body) & 0xFF, codec.END])
     return codec.PREAMBLE + frame if preamble else frame
 

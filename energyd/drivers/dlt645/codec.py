@@ -36,6 +36,15 @@ ERROR_BITS = {
 }
 
 
+# the 0x33 offset on and off, as byte translation tables
+_ADD = bytes((b + OFFSET) & 0xFF for b in range(256))
+_TAKE = bytes((b - OFFSET) & 0xFF for b in range(256))
+
+
+def add_offset(data: bytes) -> bytes:
+    return data.translate(_ADD)
+
+
 class ReadCode(enum.IntEnum):
     """The only control codes energyd can send."""
 
@@ -73,7 +82,7 @@ def request(address: str, code: ReadCode, payload: bytes = b"", *,
         raise ValueError(f"control code {code!r} is not a read (energyd sends 0x11, 0x12 "
                          "and 0x13 only)")
     body = bytes([START]) + address_bytes(address) + bytes([START, code, len(payload)])
-    body += bytes((b + OFFSET) & 0xFF for b in payload)
+    body += payload.translate(_ADD)
     frame = body + bytes([sum(body) & 0xFF, END])
     return PREAMBLE + frame if preamble else frame
 
@@ -144,7 +153,7 @@ def take_frame(buffer: bytearray) -> Frame | None:
         if sum(raw[:-2]) & 0xFF != raw[-2]:
             raise FrameError(f"checksum {raw[-2]:02X} where the bytes sum to "
                              f"{sum(raw[:-2]) & 0xFF:02X}")
-        data = bytes((b - OFFSET) & 0xFF for b in raw[10:10 + length])
+        data = raw[10:10 + length].translate(_TAKE)
         return Frame(address_text(raw[1:7]), raw[8], data)
 
 
