@@ -266,6 +266,30 @@ def test_the_sample_parses_and_groups_meters_by_bus() -> None:
     assert config.devices[1].dlt645.parity == "E"  # type: ignore[union-attr]
 
 
+def _shown(default: object) -> str:
+    """A default as the README writes it."""
+    if default is None:
+        return "-"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float):  # durations
+        return next((f"{default / size:g}{unit}" for unit, size in (("m", 60), ("s", 1))
+                     if default >= size and default % size == 0), f"{default:g}")
+    return str(default)
+
+
+def test_the_readme_documents_every_option_and_its_default() -> None:
+    from energyd.drivers.dlt645.options import Dlt645Options
+
+    readme = (SAMPLE.parent / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip().strip("`")
+            for line in readme.splitlines() if line.startswith("| `")}
+    for name, field in Dlt645Options.model_fields.items():
+        assert name in rows, f"README.md does not document `{name}`"
+        want = "(required)" if field.is_required() else _shown(field.default)
+        assert rows[name] == want, (name, rows[name], want)
+
+
 @pytest.mark.parametrize("section, message", [
     ("{serial_port: /dev/ttyS1, address: 1234567890123}", "not up to 12 decimal digits"),
     ("{serial_port: /dev/ttyS1, address: '12AB'}", "not up to 12 decimal digits"),
