@@ -323,6 +323,10 @@ def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | Non
     if dlt645:
         from energyd.drivers.dlt645.cli import scan_bus
 
+        if host is not None and click.get_current_context().get_parameter_source(
+                "port") is click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--dlt645 --host needs the serial server's --port")
+
         sys.exit(scan_bus(host, port, serial_port, baudrate or 2400, parity or "E",
                           addresses, timeout, as_json))
     baudrate, parity = baudrate or 9600, parity or "N"

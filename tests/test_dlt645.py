@@ -54,6 +54,21 @@ def test_the_codec_builds_read_requests_and_nothing_else() -> None:
         "785634120000")
 
 
+async def test_the_simulator_would_see_any_other_control_code() -> None:
+    # the check every test makes at the simulator can fail: a write reaches it as a write
+    from energyd.simulators.dlt645 import reply_frame
+
+    async with Dlt645Simulator(addresses=[A1]) as sim:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        writer.write(reply_frame(A1, 0x14, codec.identifier_bytes("04000101") + b"\0" * 8))
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(64), 2)
+        writer.close()
+    assert sim.unexpected == {0x14}
+    frame = codec.take_frame(bytearray(reply))
+    assert frame is not None and frame.abnormal  # and a meter refuses it
+
+
 def test_bcd_values_signs_and_garbage() -> None:
     assert codec.decode_bcd(bytes.fromhex("56341200"), 2, False) == 1234.56  # 00123456
     assert codec.decode_bcd(bytes.fromhex("345692"), 4, True) == -12.5634  # sign bit set
@@ -222,6 +237,26 @@ async def test_a_slow_meters_late_reply_is_not_taken_for_its_neighbours(bus) -> 
     assert isinstance(late.failures[0].error, DeviceTimeout)
     assert ok.failures == [] and {r.quantity: r.value for r in ok.readings} == {
         q: sim.served(A3)[q] for q in profile.quantities}
+
+
+async def test_a_reply_under_way_at_the_timeout_is_waited_for_at_the_lines_speed(
+        pty_pair: tuple[str, str]) -> None:
+    # 600 baud: the request takes 0.37 s to send and the reply's second half 0.3 s; the
+    # timeout counts from the end of the request, and a reply begun is awaited
+    clock = ManualClock(START)
+    async with Dlt645Simulator(addresses=[A1], serial_port=pty_pair[0], clock=clock) as sim:
+        sim.meter(A1).faults.slow = 0.4
+        sim.meter(A1).faults.trickle = 0.4
+        settings = BusSettings(transport="serial", serial_port=pty_pair[1], baudrate=600)
+        async with Dlt645Link(settings) as link:
+            started = time.monotonic()
+            data = await link.read(A1, "00010000", timeout=0.2)
+            took = time.monotonic() - started
+            sim.meter(A1).faults.trickle = 0.0
+            sim.meter(A1).faults.slow = 0.0
+            assert data == await link.read(A1, "00010000", timeout=0.2)
+    assert 0.75 < took < 1.5, took
+    assert settings.line_seconds(20) == pytest.approx(20 * 11 / 600)
 
 
 async def test_scan_finds_one_meter_by_broadcast_and_several_by_address(bus) -> None:

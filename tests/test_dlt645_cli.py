@@ -123,9 +123,11 @@ def test_scan_finds_the_meters(server: Dlt645Simulator) -> None:
                                       str(server.port), "--timeout", "0.3"])
     assert result.exit_code == 0, result.output
     assert f"one meter, {A3}" in result.stdout and "broadcast" in result.stdout
-    bad = CliRunner().invoke(cli, ["scan", "--dlt645", "--host", "127.0.0.1", "--addresses",
-                                   "x"])
+    bad = CliRunner().invoke(cli, ["scan", "--dlt645", "--host", "127.0.0.1", "--port", "1",
+                                   "--addresses", "x"])
     assert bad.exit_code == 2 and "--addresses" in bad.stderr
+    no_port = CliRunner().invoke(cli, ["scan", "--dlt645", "--host", "127.0.0.1"])
+    assert no_port.exit_code == 2 and "needs the serial server's --port" in no_port.output
 
 
 def test_simulate_dlt645_standalone() -> None:

@@ -21,6 +21,7 @@ Python API::
         meter.faults.refuse.add("0201FF00") # this identifier: "no such data"
         meter.faults.slow = 0.3             # each reply 0.3 s late (wall time)
         meter.faults.parts = 2              # replies in parts of 2 value bytes (follow-ups)
+        meter.faults.trickle = 0.2          # half of each reply now, the rest 0.2 s later
         sim.control_codes                   # Counter of every control code received
         sim.unexpected                      # control codes other than 0x11, 0x12, 0x13
 
@@ -57,6 +58,8 @@ class Dlt645Faults:
     refuse: set[str] = field(default_factory=set)  # identifiers answered "no such data"
     slow: float = 0.0  # wall seconds before each reply
     parts: int = 0  # > 0: value bytes sent in parts of this size (read follow-up)
+    # > 0: a reply's first half is sent, the rest this many wall seconds later (a slow line)
+    trickle: float = 0.0
 
 
 def identifier_table() -> dict[str, Identifier]:
@@ -201,13 +204,21 @@ class Dlt645Simulator:
         return reply_frame(m.address, 0x80 | more | code, frame.data[:4] + chunks[seq] + tail)
 
     def _later(self, m: SimulatedDlt645Meter, send: Any, data: bytes) -> None:
-        if m.faults.slow <= 0:
+        slow, trickle = m.faults.slow, m.faults.trickle
+        if slow <= 0 and trickle <= 0:
             send(data)
             return
 
         async def late() -> None:
-            await asyncio.sleep(m.faults.slow)
-            send(data)
+            await asyncio.sleep(slow)
+            if trickle > 0:
+                half = len(data) // 2
+                send(data[:half])
+                await asyncio.sleep(trickle)
+                data_ = data[half:]
+            else:
+                data_ = data
+            send(data_)
 
         task = asyncio.get_running_loop().create_task(late())
         self._tasks.add(task)

@@ -47,7 +47,7 @@ class BusSettings:
     transport: str = "serial"
     serial_port: str | None = None
     host: str | None = None
-    port: int = 8899
+    port: int | None = None
     baudrate: int = 2400
     parity: str = "E"
     bytesize: int = 8
@@ -61,6 +61,14 @@ class BusSettings:
                    baudrate=o.baudrate, parity=o.parity, bytesize=o.bytesize,
                    stopbits=o.stopbits, preamble=o.preamble,
                    connect_timeout=max(1.0, o.timeout))
+
+    def line_seconds(self, size: int) -> float:
+        """The time `size` bytes take on the serial line (0 over TCP: the serial server's
+        line speed is its own setting, unknown here)."""
+        if self.transport != "serial":
+            return 0.0
+        bits = 1 + self.bytesize + (self.parity != "N") + self.stopbits
+        return size * bits / self.baudrate
 
     def describe(self) -> str:
         if self.transport == "serial":
@@ -91,8 +99,8 @@ class Dlt645Link:
     def __init__(self, settings: BusSettings):
         if settings.transport == "serial" and not settings.serial_port:
             raise ValueError("transport serial needs a serial_port")
-        if settings.transport == "tcp" and not settings.host:
-            raise ValueError("transport tcp needs a host")
+        if settings.transport == "tcp" and (not settings.host or settings.port is None):
+            raise ValueError("transport tcp needs a host and a port")
         if settings.transport not in ("serial", "tcp"):
             raise ValueError(f"unknown transport {settings.transport!r}")
         self.settings = settings
@@ -207,7 +215,10 @@ class Dlt645Link:
             self.requests += 1
             self._send(frame)
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
+            # the timeout counts from when the request has left the wire (at 2400 baud a
+            # read request takes 80 ms to send)
+            deadline = loop.time() + timeout + self.settings.line_seconds(len(frame))
+            extended = False
             while True:
                 try:
                     reply = codec.take_frame(self._buffer)
@@ -226,7 +237,13 @@ class Dlt645Link:
                 if not self.connected:
                     raise DeviceError(f"{what}: connection lost")
                 if loop.time() >= deadline:
-                    raise DeviceTimeout(f"{what}: no reply within {timeout:g} s")
+                    rest = self._rest_of_frame()
+                    if extended or not rest:
+                        raise DeviceTimeout(f"{what}: no reply within {timeout:g} s")
+                    # a reply under way when the time is up: wait for the bytes it still
+                    # needs at the line's speed, once
+                    extended = False
+                    deadline = loop.time() + self.settings.line_seconds(rest) + 0.05
                 self._waiter = waiter = loop.create_future()
                 timer = loop.call_at(deadline, self._wake)
                 try:
@@ -234,6 +251,17 @@ class Dlt645Link:
                 finally:
                     timer.cancel()
                     self._waiter = None
+
+    def _rest_of_frame(self) -> int:
+        """Bytes still missing from a frame begun in the receive buffer (0: none begun)."""
+        buf = self._buffer
+        start = buf.find(codec.START)
+        if start < 0 or self.settings.transport != "serial":
+            return 0
+        have = len(buf) - start
+        if have < 10:
+            return 12 + codec.MAX_DATA - have  # its length is not in yet: the longest
+        return max(0, 12 + buf[start + 9] - have)
 
     async def read(self, address: str, di: str, *, timeout: float) -> bytes:
         """The value bytes of identifier `di` from the meter at `address` (read data, and

@@ -14,7 +14,7 @@ class Dlt645Options(Strict):
     transport: Literal["serial", "tcp"] = "serial"
     serial_port: str | None = None
     host: str | None = None  # a transparent serial server (serial-to-Ethernet)
-    port: int = Field(8899, ge=1, le=65535)
+    port: int | None = Field(None, ge=1, le=65535)  # the serial server's (no standard port)
     # the standard's default line: 2400 baud, 8 data bits, even parity, 1 stop bit
     baudrate: int = Field(2400, ge=300, le=115200)
     parity: Literal["N", "E", "O"] = "E"
@@ -53,8 +53,8 @@ class Dlt645Options(Strict):
 
     @model_validator(mode="after")
     def _link(self) -> Dlt645Options:
-        if self.transport == "tcp" and not self.host:
-            raise ValueError("transport tcp needs a host (the serial server)")
+        if self.transport == "tcp" and (not self.host or self.port is None):
+            raise ValueError("transport tcp needs a host and a port (the serial server's)")
         if self.transport == "serial" and not self.serial_port:
             raise ValueError("transport serial needs a serial_port")
         return self
