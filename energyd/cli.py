@@ -309,10 +309,12 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
 @click.option("--dlt645", is_flag=True, help="a DL/T 645 bus: broadcast read address, then "
               "the --addresses")
 @click.option("--addresses", default="", help="DL/T 645 addresses to probe, e.g. 1-20,000012345678")
+@click.option("--search", "search_bus", is_flag=True,
+              help="DL/T 645: find several meters on one bus by their address endings")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | None,
          baudrate: int | None, parity: str | None, units: str, timeout: float, dlt645: bool,
-         addresses: str, as_json: bool) -> None:
+         addresses: str, search_bus: bool, as_json: bool) -> None:
     """Find responding unit ids and name the profile (and byte order) that fits each."""
     from energyd.drivers.modbus import LinkSettings, ModbusLink
     from energyd.drivers.scan import parse_units
@@ -328,7 +330,7 @@ def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | Non
             raise click.UsageError("--dlt645 --host needs the serial server's --port")
 
         sys.exit(scan_bus(host, port, serial_port, baudrate or 2400, parity or "E",
-                          addresses, timeout, as_json))
+                          addresses, timeout, as_json, search_bus))
     baudrate, parity = baudrate or 9600, parity or "N"
     try:
         unit_ids = parse_units(units)

@@ -280,6 +280,24 @@ async def test_scan_finds_one_meter_by_broadcast_and_several_by_address(bus) -> 
     assert sim.control_codes[0x13] == 3
 
 
+async def test_search_finds_every_meter_of_a_multi_drop_bus_by_its_address_ending() -> None:
+    # 01 ends three addresses: the search goes one byte up under it; 78 ends one
+    addresses = [A1, "000000000101", "000000020301", A3]
+    async with Dlt645Simulator(addresses=addresses, clock=ManualClock(START)) as sim:
+        sim.meter(A3).faults.refuse.add("00010000")  # refusing still says who it is
+        settings = BusSettings(transport="tcp", host="127.0.0.1", port=sim.port)
+        async with Dlt645Link(settings) as link:
+            heard, hits = await scan(link, [], timeout=0.05, search_bus=True)
+    assert heard.outcome == "several meters answered"
+    assert sorted(h.address for h in hits) == sorted(addresses)
+    assert {h.found_by for h in hits} == {"search"}
+    assert {h.profile for h in hits} == {"dlt645_2007"}
+    assert [h.import_kwh is None for h in hits if h.address == A3] == [True]
+    assert sim.control_codes[0x13] == 1
+    assert 200 <= sim.control_codes[0x11] <= 200 + 4 * 8  # two levels, then the probes
+    assert set(sim.control_codes) <= READ_CODES
+
+
 def test_parse_addresses() -> None:
     assert parse_addresses("1-2,000012345678,2") == [A1, A2, A3]
     for bad in ("12-3", "abc", "1234567890123", "0-99999"):

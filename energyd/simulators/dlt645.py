@@ -25,9 +25,9 @@ Python API::
         sim.control_codes                   # Counter of every control code received
         sim.unexpected                      # control codes other than 0x11, 0x12, 0x13
 
-A broadcast read address (to AA..AA) is answered by every meter on the bus at once: with
-more than one, the replies collide on the wire, and the simulator sends what a collision
-leaves, bytes with a wrong checksum.
+A request to a shortened address (AA in some bytes; AA..AA for the broadcast read address)
+is answered by every meter it selects at once: with more than one, the replies collide on
+the wire, and the simulator sends what a collision leaves, bytes with a wrong checksum.
 '''
 
 from __future__ import annotations
@@ -92,13 +92,6 @@ class SimulatedDlt645Meter:
         return self.physics.values()
 
 
-def _matches(request: str, address: str) -> bool:
-    """The request's address selects this meter: equal, or AA (any) in the bytes given."""
-    return all(r == "AA" or r == a for r, a in zip(
-        (request[i:i + 2] for i in range(0, 12, 2)),
-        (address[i:i + 2] for i in range(0, 12, 2)), strict=True))
-
-
 class Dlt645Simulator:
     """One bus of simulated DL/T 645 meters (the module docstring has the API)."""
 
@@ -157,32 +150,25 @@ class Dlt645Simulator:
         self.control_codes[frame.control] += 1
         if frame.is_reply:
             return
-        code = frame.control
-        if code == 0x13:
-            answering = [m for m in self.meters.values()
-                         if _matches(frame.address, m.address) and not m.faults.no_reply]
-            if len(answering) == 1:
-                m = answering[0]
-                self._later(m, send, reply_frame(m.address, 0x93,
-                                                 codec.address_bytes(m.address)))
-            elif answering:  # a collision: the replies' bytes overlaid on the wire
-                frames = [reply_frame(m.address, 0x93, codec.address_bytes(m.address))
-                          for m in answering]
-                mixed = bytearray(frames[0])
-                for f in frames[1:]:
-                    for i, b in enumerate(f):
-                        mixed[i] &= b  # RS485 idles high: a 0 bit wins
-                self._later(answering[0], send, bytes(mixed))
-            return
-        for m in self.meters.values():
-            if frame.address == m.address:
-                m.requests += 1
-                if not m.faults.no_reply:
-                    self._later(m, send, self._answer(m, frame))
-                return
+        selected = [m for m in self.meters.values() if codec.selects(frame.address, m.address)]
+        for m in selected:
+            m.requests += 1
+        answering = [m for m in selected if not m.faults.no_reply]
+        replies = [(m, self._answer(m, frame)) for m in answering]
+        if len(replies) == 1:
+            self._later(*replies[0], send=send)
+        elif replies:  # a collision: the replies' bytes overlaid on the wire
+            mixed = bytearray(max(len(r) for _, r in replies))
+            mixed[:] = b"\xff" * len(mixed)
+            for _, r in replies:
+                for i, b in enumerate(r):
+                    mixed[i] &= b  # RS485 idles high: a 0 bit wins
+            self._later(replies[0][0], bytes(mixed), send=send)
 
     def _answer(self, m: SimulatedDlt645Meter, frame: Frame) -> bytes:
         code = frame.control
+        if code == 0x13:
+            return reply_frame(m.address, 0x93, codec.address_bytes(m.address))
         if code not in (0x11, 0x12) or len(frame.data) < 4:
             return reply_frame(m.address, 0xC0 | code, bytes([0x01]))  # other error
         di = frame.data[:4][::-1].hex().upper()
@@ -203,7 +189,7 @@ class Dlt645Simulator:
         tail = bytes([seq]) if code == 0x12 else b""
         return reply_frame(m.address, 0x80 | more | code, frame.data[:4] + chunks[seq] + tail)
 
-    def _later(self, m: SimulatedDlt645Meter, send: Any, data: bytes) -> None:
+    def _later(self, m: SimulatedDlt645Meter, data: bytes, *, send: Any) -> None:
         slow, trickle = m.faults.slow, m.faults.trickle
         if slow <= 0 and trickle <= 0:
             send(data)

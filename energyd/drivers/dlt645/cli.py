@@ -16,7 +16,8 @@ from energyd.errors import DeviceError
 
 
 def scan_bus(host: str | None, port: int, serial_port: str | None, baudrate: int,
-             parity: str, addresses: str, timeout: float, as_json: bool) -> int:
+             parity: str, addresses: str, timeout: float, as_json: bool,
+             search_bus: bool = False) -> int:
     """Scan one bus and print what answered; the exit code (0 found, 1 none or failed,
     2 bad input)."""
     try:
@@ -32,7 +33,7 @@ def scan_bus(host: str | None, port: int, serial_port: str | None, baudrate: int
 
     async def go():  # type: ignore[no-untyped-def]
         async with Dlt645Link(settings) as link:
-            return await scan(link, candidates, timeout=timeout)
+            return await scan(link, candidates, timeout=timeout, search_bus=search_bus)
 
     try:
         heard, hits = asyncio.run(go())
@@ -47,12 +48,13 @@ def scan_bus(host: str | None, port: int, serial_port: str | None, baudrate: int
     console = Console()
     note = {"one meter": f"broadcast read address: one meter, {heard.address}",
             "several meters answered": "broadcast read address: several meters answered at "
-            "once (their replies collided); probing --addresses",
+            "once (their replies collided); "
+            + ("searching by address endings" if search_bus else "probing --addresses"),
             "no reply": "broadcast read address: no reply"}[heard.outcome]
     console.print(note)
-    if heard.outcome == "several meters answered" and not candidates:
-        console.print("give the meters' addresses (their plates) with --addresses to find "
-                      "each")
+    if heard.outcome == "several meters answered" and not candidates and not search_bus:
+        console.print("give the meters' addresses (their plates) with --addresses, or "
+                      "--search, to find each")
     table = Table(title=f"{settings.describe()}: {len(hits)} meters")
     for col in ("address", "profile", "voltage_l1_v", "frequency_hz",
                 "active_energy_import_kwh", "found by"):

@@ -68,6 +68,14 @@ def address_text(wire: bytes) -> str:
     return wire[::-1].hex().upper()
 
 
+def selects(pattern: str, address: str) -> bool:
+    """Whether a request to `pattern` is for the meter at `address`: the same digits, or AA
+    (any) in the bytes not given (the standard's shortened addressing: the low bytes given,
+    the high ones AA)."""
+    return pattern == address or all(
+        pattern[i:i + 2] in ("AA", address[i:i + 2]) for i in range(0, 12, 2))
+
+
 def identifier_bytes(di: str) -> bytes:
     """'0201FF00' -> DI0 DI1 DI2 DI3 (lowest byte first), before the 0x33 offset."""
     if len(di) != 8:
@@ -191,4 +199,4 @@ def encode_bcd(value: float, size: int, decimals: int, signed: bool) -> bytes:
 
 __all__ = ["BROADCAST", "ERROR_BITS", "Frame", "FrameError", "ReadCode", "address_bytes",
            "address_text", "decode_bcd", "describe_error", "encode_bcd", "identifier_bytes",
-           "read_address", "read_data", "read_follow_up", "request", "take_frame"]
+           "read_address", "read_data", "read_follow_up", "request", "selects", "take_frame"]

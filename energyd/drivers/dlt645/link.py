@@ -206,8 +206,10 @@ class Dlt645Link:
             raise DeviceError(f"{self.settings.describe()}: not connected")
 
     async def exchange(self, frame: bytes, address: str, code: ReadCode, *,
-                       timeout: float, what: str) -> Frame:
-        """Send one request and wait for the reply from `address` to `code`."""
+                       timeout: float, what: str, abnormal_too: bool = False) -> Frame:
+        """Send one request and wait for the reply from `address` (a meter it selects,
+        when it holds AA bytes) to `code`. An abnormal reply raises DeviceRefused, unless
+        `abnormal_too` (which wants only to know who answered)."""
         async with self._lock:
             if not self.connected:
                 await self.connect()
@@ -226,10 +228,10 @@ class Dlt645Link:
                     raise DeviceGarbled(f"{what}: garbled reply ({exc})") from None
                 if reply is not None:
                     if (not reply.is_reply or reply.function != code
-                            or (address != codec.BROADCAST and reply.address != address)):
+                            or not codec.selects(address, reply.address)):
                         self.passed_over += 1
                         continue
-                    if reply.abnormal:
+                    if reply.abnormal and not abnormal_too:
                         err = reply.data[0] if reply.data else 0
                         raise DeviceRefused(f"{what}: abnormal reply, error {err:02X} "
                                             f"({codec.describe_error(err)})", err)
@@ -292,6 +294,17 @@ class Dlt645Link:
                 raise DeviceGarbled(f"{what}: garbled follow-up reply")
             value += reply.data[4:-1]  # the last byte is the part's sequence number
         return value
+
+    async def who_answers(self, pattern: str, di: str, *, timeout: float) -> str:
+        """The address of the one meter that answers a read of `di` sent to `pattern` (a
+        shortened address, AA in its high bytes); several answering at once garble each
+        other (DeviceGarbled), none is a DeviceTimeout. A meter that refuses the
+        identifier still says who it is."""
+        reply = await self.exchange(
+            codec.read_data(pattern, di, preamble=self.settings.preamble), pattern,
+            ReadCode.READ_DATA, timeout=timeout, what=f"read {di} at {pattern}",
+            abnormal_too=True)
+        return reply.address
 
     async def read_address(self, *, timeout: float) -> str:
         """The broadcast read-address request: the address of the one meter on the bus.
