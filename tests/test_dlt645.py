@@ -241,13 +241,14 @@ async def test_a_slow_meters_late_reply_is_not_taken_for_its_neighbours(bus) -> 
 
 async def test_a_reply_under_way_at_the_timeout_is_waited_for_at_the_lines_speed(
         pty_pair: tuple[str, str]) -> None:
-    # 600 baud: the request takes 0.37 s to send and the reply's second half 0.3 s; the
-    # timeout counts from the end of the request, and a reply begun is awaited
+    # 300 baud: the request takes 0.73 s to send, and the timeout counts from its end
+    # (0.93 s); the reply begins at 0.5 s and its last 6 bytes, 0.22 s on this line, come
+    # at 1.05 s: awaited, as the bytes of a reply on the line
     clock = ManualClock(START)
     async with Dlt645Simulator(addresses=[A1], serial_port=pty_pair[0], clock=clock) as sim:
-        sim.meter(A1).faults.slow = 0.4
-        sim.meter(A1).faults.trickle = 0.4
-        settings = BusSettings(transport="serial", serial_port=pty_pair[1], baudrate=600)
+        sim.meter(A1).faults.slow = 0.5
+        sim.meter(A1).faults.trickle = 0.55
+        settings = BusSettings(transport="serial", serial_port=pty_pair[1], baudrate=300)
         async with Dlt645Link(settings) as link:
             started = time.monotonic()
             data = await link.read(A1, "00010000", timeout=0.2)
@@ -255,8 +256,23 @@ async def test_a_reply_under_way_at_the_timeout_is_waited_for_at_the_lines_speed
             sim.meter(A1).faults.trickle = 0.0
             sim.meter(A1).faults.slow = 0.0
             assert data == await link.read(A1, "00010000", timeout=0.2)
-    assert 0.75 < took < 1.5, took
-    assert settings.line_seconds(20) == pytest.approx(20 * 11 / 600)
+    assert 0.95 < took < 2.0, took
+    assert settings.line_seconds(20) == pytest.approx(20 * 11 / 300)
+
+
+async def test_a_reply_that_stops_half_way_times_out_once_its_rest_is_overdue(
+        pty_pair: tuple[str, str]) -> None:
+    async with Dlt645Simulator(addresses=[A1], serial_port=pty_pair[0]) as sim:
+        sim.meter(A1).faults.slow = 0.1
+        sim.meter(A1).faults.trickle = 5.0  # the last bytes come far too late
+        settings = BusSettings(transport="serial", serial_port=pty_pair[1], baudrate=300)
+        async with Dlt645Link(settings) as link:
+            started = time.monotonic()
+            with pytest.raises(DeviceTimeout):
+                await link.read(A1, "00010000", timeout=0.2)
+            took = time.monotonic() - started
+    # 0.73 s to send, the timeout, then the rest's time at 300 baud, and no more: not 5 s
+    assert 0.9 < took < 2.5, took
 
 
 async def test_scan_finds_one_meter_by_broadcast_and_several_by_address(bus) -> None:

@@ -21,7 +21,7 @@ Python API::
         meter.faults.refuse.add("0201FF00") # this identifier: "no such data"
         meter.faults.slow = 0.3             # each reply 0.3 s late (wall time)
         meter.faults.parts = 2              # replies in parts of 2 value bytes (follow-ups)
-        meter.faults.trickle = 0.2          # half of each reply now, the rest 0.2 s later
+        meter.faults.trickle = 0.2          # each reply's last 6 bytes 0.2 s late
         sim.control_codes                   # Counter of every control code received
         sim.unexpected                      # control codes other than 0x11, 0x12, 0x13
 
@@ -58,7 +58,8 @@ class Dlt645Faults:
     refuse: set[str] = field(default_factory=set)  # identifiers answered "no such data"
     slow: float = 0.0  # wall seconds before each reply
     parts: int = 0  # > 0: value bytes sent in parts of this size (read follow-up)
-    # > 0: a reply's first half is sent, the rest this many wall seconds later (a slow line)
+    # > 0: a reply is sent but for its last 6 bytes, which follow this many wall seconds
+    # later (a reply still on the line)
     trickle: float = 0.0
 
 
@@ -198,10 +199,9 @@ class Dlt645Simulator:
         async def late() -> None:
             await asyncio.sleep(slow)
             if trickle > 0:
-                half = len(data) // 2
-                send(data[:half])
+                send(data[:-6])
                 await asyncio.sleep(trickle)
-                data_ = data[half:]
+                data_ = data[-6:]
             else:
                 data_ = data
             send(data_)

@@ -220,7 +220,7 @@ class Dlt645Link:
             # the timeout counts from when the request has left the wire (at 2400 baud a
             # read request takes 80 ms to send)
             deadline = loop.time() + timeout + self.settings.line_seconds(len(frame))
-            extended = False
+            had = -1  # bytes in the buffer when the deadline was last moved
             while True:
                 try:
                     reply = codec.take_frame(self._buffer)
@@ -240,11 +240,11 @@ class Dlt645Link:
                     raise DeviceError(f"{what}: connection lost")
                 if loop.time() >= deadline:
                     rest = self._rest_of_frame()
-                    if extended or not rest:
+                    if not rest or len(self._buffer) == had:
                         raise DeviceTimeout(f"{what}: no reply within {timeout:g} s")
                     # a reply under way when the time is up: wait for the bytes it still
-                    # needs at the line's speed, once
-                    extended = False
+                    # needs at the line's speed, for as long as they keep coming
+                    had = len(self._buffer)
                     deadline = loop.time() + self.settings.line_seconds(rest) + 0.05
                 self._waiter = waiter = loop.create_future()
                 timer = loop.call_at(deadline, self._wake)
@@ -262,7 +262,7 @@ class Dlt645Link:
             return 0
         have = len(buf) - start
         if have < 10:
-            return 12 + codec.MAX_DATA - have  # its length is not in yet: the longest
+            return 10 - have  # up to its length byte, then the rest is known
         return max(0, 12 + buf[start + 9] - have)
 
     async def read(self, address: str, di: str, *, timeout: float) -> bytes:
