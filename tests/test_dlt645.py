@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import subprocess
 import time
@@ -17,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from energyd.clock import ManualClock
 from energyd.config.loader import parse_config
@@ -48,6 +51,9 @@ def test_the_codec_builds_read_requests_and_nothing_else() -> None:
     assert codec.request(codec.BROADCAST, ReadCode.READ_DATA, codec.identifier_bytes(
         "00010000")).hex(" ").upper() == \
         "FE FE FE FE 68 AA AA AA AA AA AA 68 11 04 33 33 34 33 AE 16"
+    for bad in ("00000000001", "0000000000A1", "00000000001x"):
+        with pytest.raises(ValueError, match="not 12 BCD digits"):
+            codec.read_data(bad, "00010000")
     # the address goes on the wire last two digits first
     assert codec.read_address(preamble=False)[1:7] == b"\xaa" * 6
     assert codec.read_data(A3, "02010100", preamble=False)[1:7] == bytes.fromhex(
@@ -85,6 +91,39 @@ def test_bcd_values_signs_and_garbage() -> None:
         codec.take_frame(buffer)
     frame = codec.take_frame(buffer)  # the bad frame is consumed; the next one is whole
     assert frame is not None and frame.address == A2 and frame.control == 0x11
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.integers(0, 3))
+def test_any_bytes_give_frames_or_frame_errors_and_are_used_up(noise: bytes, n: int) -> None:
+    good = codec.read_data(A1, "00010000")
+    buffer = bytearray(noise + good * n)
+    frames = 0
+    for _ in range(len(buffer) + 1):
+        before = len(buffer)
+        try:
+            frame = codec.take_frame(buffer)
+        except FrameError:
+            assert len(buffer) < before  # a bad frame is consumed
+            continue
+        if frame is None:
+            break
+        frames += 1
+        assert len(buffer) < before
+    else:
+        raise AssertionError("take_frame made no progress")
+    assert frames >= (n if b"\x68" not in noise else 0)
+
+
+@given(st.integers(0, 10**8 - 1), st.integers(0, 4), st.booleans())
+def test_bcd_round_trip(digits: int, decimals: int, negative: bool) -> None:
+    value = digits / 10**decimals * (-1 if negative else 1)
+    signed_limit = 8 * 10**7 - 1
+    raw = codec.encode_bcd(value, 4, decimals, signed=True)
+    assert codec.decode_bcd(raw, decimals, True) == pytest.approx(
+        math.copysign(min(digits, signed_limit), value) / 10**decimals, abs=0)
+    assert codec.decode_bcd(codec.encode_bcd(abs(value), 4, decimals, False), decimals,
+                            False) == pytest.approx(digits / 10**decimals, abs=0)
 
 
 def test_a_profile_file_with_errors_is_refused_at_its_line(tmp_path: Path) -> None:

@@ -59,9 +59,10 @@ class FrameError(ValueError):
 
 def address_bytes(address: str) -> bytes:
     """'000012345678' -> the six wire bytes, last two digits first."""
-    if len(address) != 12 or not all(c in "0123456789Aa" for c in address):
-        raise ValueError(f"meter address {address!r} is not 12 BCD digits")
-    return bytes.fromhex(address)[::-1]
+    pairs = [address[i:i + 2].upper() for i in range(0, 12, 2)]
+    if len(address) != 12 or not all(p == "AA" or p.isdigit() for p in pairs):
+        raise ValueError(f"meter address {address!r} is not 12 BCD digits (AA: any)")
+    return bytes.fromhex("".join(pairs))[::-1]
 
 
 def address_text(wire: bytes) -> str:
