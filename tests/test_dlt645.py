@@ -415,6 +415,9 @@ def test_bad_dlt645_options_are_refused_at_their_line(section: str, message: str
 def test_a_dlt645_device_without_its_section_is_refused() -> None:
     with pytest.raises(ConfigError, match="needs a `dlt645:` section"):
         parse_config("devices:\n  - name: m\n    driver: dlt645\n", "plant.yaml")
+    with pytest.raises(ConfigError, match="names its profile under `dlt645:`"):
+        parse_config("devices:\n  - name: m\n    driver: dlt645\n    profile: eastron_sdm630\n"
+                     "    dlt645: {serial_port: /dev/x, address: '1'}\n", "plant.yaml")
     with pytest.raises(ConfigError, match="cannot have a `dlt645:` section"):
         parse_config("devices:\n  - name: m\n    driver: modbus\n    profile: eastron_sdm630\n"
                      "    modbus: {host: 127.0.0.1}\n    dlt645: {serial_port: /dev/x, "
