@@ -328,7 +328,6 @@ def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | Non
         if host is not None and click.get_current_context().get_parameter_source(
                 "port") is click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--dlt645 --host needs the serial server's --port")
-
         sys.exit(scan_bus(host, port, serial_port, baudrate or 2400, parity or "E",
                           addresses, timeout, as_json, search_bus))
     baudrate, parity = baudrate or 9600, parity or "N"
@@ -625,7 +624,8 @@ def simulate_meter(profile: str, port: int, units: str, framer: str, serial_port
 @click.option("--serial-port", default=None, help="serve on this serial device instead")
 @click.option("--baudrate", default=2400, show_default=True, type=int)
 @click.option("--fault", "faults", multiple=True, help="ADDRESS:KIND[=VALUE]; kinds: "
-              "no_reply, error=HEX, refuse=DI, slow=SECONDS, parts=N (repeatable)")
+              "no_reply, error=HEX, refuse=DI, slow=SECONDS, parts=N, trickle=SECONDS "
+              "(repeatable)")
 @click.option("--base-kw", default=40.0, show_default=True, type=click.FloatRange(-79, 79),
               help="full-production load per meter in kW")
 @click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),

@@ -287,7 +287,8 @@ class Dlt645Simulator:
 
 
 def apply_fault(sim: Dlt645Simulator, spec: str) -> None:
-    """'ADDRESS:KIND[=VALUE]': no_reply, error=HEX, refuse=DI, slow=SECONDS, parts=N."""
+    """'ADDRESS:KIND[=VALUE]': no_reply, error=HEX, refuse=DI, slow=SECONDS, parts=N,
+    trickle=SECONDS."""
     address, _, rest = spec.partition(":")
     kind, _, value = rest.partition("=")
     address = address.zfill(12)
@@ -305,11 +306,13 @@ def apply_fault(sim: Dlt645Simulator, spec: str) -> None:
             f.slow = float(value)
         elif kind == "parts":
             f.parts = int(value)
+        elif kind == "trickle":
+            f.trickle = float(value)
         else:
             raise ValueError(f"unknown kind {kind!r}")
     except ValueError as exc:
         raise ValueError(f"fault {spec!r}: {exc} (kinds: no_reply, error=HEX, refuse=DI, "
-                         "slow=SECONDS, parts=N)") from None
+                         "slow=SECONDS, parts=N, trickle=SECONDS)") from None
 
 
 async def run_cli(*, addresses: list[str], port: int, serial_port: str | None = None,
