@@ -30,7 +30,7 @@ from energyd.drivers.dlt645.codec import FrameError, ReadCode
 from energyd.drivers.dlt645.link import BusSettings, Dlt645Link, MeterPoller
 from energyd.drivers.dlt645.profile import builtin_names, load_profile
 from energyd.drivers.dlt645.scan import parse_addresses, scan
-from energyd.errors import ConfigError, DeviceRefused, DeviceTimeout
+from energyd.errors import ConfigError, DeviceError, DeviceRefused, DeviceTimeout
 from energyd.simulators.dlt645 import READ_CODES, Dlt645Simulator
 from energyd.store import Store
 
@@ -482,3 +482,38 @@ async def test_the_daemon_polls_a_shared_bus_and_backs_off_a_silent_meter(
             assert len(rows) >= states[d].polls - 1, d  # the last poll may be in flight
         status = store.device_status()
     assert status["m2"]["errors"] >= 1 and status["m1"]["errors"] == 0, status
+
+
+async def test_the_daemon_reads_a_serial_bus_and_lets_go_of_the_port_when_it_stops(
+        tmp_path: Path, pty_pair: tuple[str, str]) -> None:
+    sim_port, our_port = pty_pair
+    async with Dlt645Simulator(addresses=[A1, A3], serial_port=sim_port) as sim:
+        text = (f"storage: {{path: {tmp_path / 'energyd.db'}, flush_interval: 0.2}}\n"
+                "http: {enabled: false}\ndevices:\n" + "".join(
+                    f"  - name: m{a[-1]}\n    driver: dlt645\n    interval: 0.5\n"
+                    f"    dlt645: {{serial_port: {our_port}, address: '{a}', timeout: 0.5}}\n"
+                    for a in (A1, A3)))
+        daemon = Daemon(parse_config(text, "plant.yaml"), builders=[bus_owner.build])
+        task = asyncio.create_task(daemon.run(handle_signals=False))
+        await asyncio.wait_for(daemon.ready.wait(), 10)
+        await asyncio.sleep(2.5)
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+    with Store.open(tmp_path / "energyd.db") as store:
+        for d in ("m1", "m8"):
+            rows = list(store.query_readings(device=d, quantity="voltage_l1_v"))
+            assert len(rows) >= 3, (d, len(rows))
+            assert all(200 < r.value < 260 for r in rows), rows
+        status = store.device_status()
+    assert status["m1"]["errors"] == 0 and status["m8"]["errors"] == 0, status
+    assert set(sim.control_codes) <= READ_CODES
+
+
+async def test_a_serial_port_that_cannot_be_set_up_is_a_device_error(tmp_path: Path) -> None:
+    for path in (tmp_path / "not-a-tty", tmp_path / "missing"):
+        if path.name == "not-a-tty":
+            path.write_bytes(b"")  # termios refuses a plain file
+        link = Dlt645Link(BusSettings(transport="serial", serial_port=str(path)))
+        with pytest.raises(DeviceError, match=f"cannot connect to serial:{path}"):
+            await link.read(A1, "00010000", timeout=0.2)
+        assert not link.connected

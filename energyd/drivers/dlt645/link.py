@@ -143,6 +143,8 @@ class Dlt645Link:
                 from exc
 
     def _open_serial(self) -> None:
+        import termios
+
         import serial  # pyserial, which pymodbus[serial] brings
 
         s = self.settings
@@ -150,7 +152,9 @@ class Dlt645Link:
             port = serial.Serial(s.serial_port, baudrate=s.baudrate, parity=s.parity,
                                  bytesize=s.bytesize, stopbits=s.stopbits, timeout=0,
                                  write_timeout=0)
-        except serial.SerialException as exc:
+        except (serial.SerialException, termios.error, ValueError) as exc:
+            # termios refuses settings a port cannot take (or a pty whose other end is
+            # gone); pyserial lets that through as it is
             raise OSError(str(exc)) from exc
         self._serial = port
         asyncio.get_running_loop().add_reader(port.fileno(), self._serial_readable)
