@@ -18,7 +18,7 @@ Printed: requests/s, readings/s, CPU microseconds of this process per poll, and 
 request rate as a share of the bare loop's; the simulator process's CPU use beside each,
 to show whether the server was the limit. The target is the one a real bus sets: on the
 standard's 2400 baud 8E1 line (11 bits a byte) a poll's frames alone hold the bus for
-about 1.7 s, and energyd's CPU per poll must stay below 1 % of that, so that one gateway
+about 2.1 s, and energyd's CPU per poll must stay below 1 % of that, so that one gateway
 core serves a hundred buses with room to spare. The bare loop is no target: it checks and
 decodes nothing, and says what the sockets and the event loop cost.
 """
