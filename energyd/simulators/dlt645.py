@@ -100,13 +100,13 @@ class Dlt645Simulator:
                  serial_port: str | None = None, baudrate: int = 2400, parity: str = "E",
                  clock: Clock | None = None, base_kw: float = 40.0):
         check_loopback(host)
+        if abs(base_kw) >= 80:  # XX.XXXX kW holds at most 79.9999
+            raise ValueError("base_kw must stay below 80 kW: the standard's power format "
+                             "XX.XXXX kW holds no more")
         self.clock = clock or RealClock()
         self.meters = {a: SimulatedDlt645Meter(codec.address_text(codec.address_bytes(a)),
                                                i, clock=self.clock, base_kw=base_kw)
                        for i, a in enumerate(addresses, start=1)}
-        if abs(base_kw) >= 80:  # XX.XXXX kW holds at most 79.9999
-            raise ValueError("base_kw must stay below 80 kW: the standard's power format "
-                             "XX.XXXX kW holds no more")
         self.table = identifier_table()
         self.host, self.port = host, port
         self.serial_port, self.baudrate, self.parity = serial_port, baudrate, parity
@@ -234,7 +234,7 @@ class Dlt645Simulator:
             while data := await reader.read(4096):
                 buffer += data
                 self._feed(buffer, send)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             pass
         finally:
             self._writers.discard(writer)
@@ -249,15 +249,20 @@ class Dlt645Simulator:
             buffer = bytearray()
             fd = self._serial.fileno()
 
+            loop = asyncio.get_running_loop()
+
             def readable() -> None:
                 try:
                     data = os.read(fd, 4096)
-                except OSError:
+                except BlockingIOError:
+                    return
+                except OSError:  # the other end is gone (a pty closed): the bus is quiet
+                    loop.remove_reader(fd)
                     return
                 buffer.extend(data)
                 self._feed(buffer, self._serial.write)
 
-            asyncio.get_running_loop().add_reader(fd, readable)
+            loop.add_reader(fd, readable)
         else:
             self._server = await asyncio.start_server(self._client, self.host, self.port)
             self.port = self._server.sockets[0].getsockname()[1]
