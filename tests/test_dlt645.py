@@ -243,6 +243,36 @@ async def test_error_replies_are_refusals_and_the_other_identifiers_are_read_on(
     assert "password error" in two.error  # type: ignore[operator]
 
 
+async def test_an_identifier_the_meter_does_not_have_is_set_aside_until_a_reprobe(
+        bus) -> None:
+    sim, settings, clock = bus
+    sim.meter(A1).faults.refuse.add("00030000")
+    profile = load_profile("dlt645_2007")
+    poller = MeterPoller(A1, A1, profile, clock=clock)
+    asked = lambda: sim.meter(A1).requests  # noqa: E731
+    async with Dlt645Link(settings) as link:
+        first = await poller.poll(link)
+        n = asked()
+        second = await poller.poll(link)
+        assert asked() - n == len(profile.identifiers) - 1  # not asked again
+        assert list(poller.set_aside) == ["00030000"]
+        poller.set_aside["00030000"] = 0.0  # the re-probe is due
+        sim.meter(A1).faults.refuse.clear()  # a firmware update
+        third = await poller.poll(link)
+        # an error that is not "no such data" changes nothing about what is asked (one
+        # link for the test: socat ends a pty pair once its end has been closed)
+        sim.meter(A2).faults.error = 0x04
+        poller2 = MeterPoller(A2, A2, profile, clock=clock)
+        await poller2.poll(link)
+        again = await poller2.poll(link)
+    assert [f.block for f in first.failures] == ["00030000"]
+    assert second.failures == [] and "reactive_energy_import_kvarh" not in {
+        r.quantity for r in second.readings}
+    assert third.failures == [] and not poller.set_aside
+    assert "reactive_energy_import_kvarh" in {r.quantity for r in third.readings}
+    assert len(again.failures) == len(profile.identifiers) and not poller2.set_aside
+
+
 async def test_a_dead_address_costs_the_others_at_most_one_timeout(bus) -> None:
     sim, settings, clock = bus
     timeout = 0.4

@@ -138,6 +138,8 @@ class BusOwner(LinkOwner):
             out["devices"][st.device.name]["unit"] = None
             out["devices"][st.device.name]["address"] = (
                 st.device.dlt645.address if st.device.dlt645 else None)
+            # identifiers the meter said it does not have, not asked until a re-probe
+            out["devices"][st.device.name]["set_aside"] = sorted(st.poller.set_aside)
         return out
 
 

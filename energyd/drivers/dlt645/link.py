@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +32,14 @@ from energyd.clock import Clock, RealClock
 from energyd.drivers.dlt645 import codec
 from energyd.drivers.dlt645.codec import Frame, FrameError, ReadCode
 from energyd.drivers.dlt645.profile import Dlt645Profile, Identifier, load_profile
-from energyd.drivers.modbus import BlockFailure, PollResult
+from energyd.drivers.modbus import REPROBE_AFTER, BlockFailure, PollResult
 from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
 from energyd.model import Reading
 
 log = logging.getLogger(__name__)
 
 MAX_FOLLOW_UPS = 16  # a reply in more parts than this is not a meter's
+NO_SUCH_DATA = 0x02  # the error bit of a meter that does not have what was asked
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,12 @@ class MeterPoller:
     reading carries the clock's time taken before the first request. A refused or garbled
     identifier is a failure of that identifier, and the others are read on; a timeout ends
     the meter's poll, because a meter that does not answer would otherwise cost the bus one
-    timeout per identifier."""
+    timeout per identifier.
+
+    Only the meter's own word that it has no such data (error bit 02) changes what is
+    asked: that identifier is set aside (logged, listed in `set_aside`) and asked again
+    `reprobe_after` seconds later (a firmware update, a meter replaced), since at 2400 baud
+    each request the meter cannot answer holds the bus for a quarter of a second."""
 
     def __init__(self, name: str, address: str, profile: Dlt645Profile, *,
                  timeout: float = 1.0, pause_between_requests: float = 0.0,
@@ -341,6 +348,8 @@ class MeterPoller:
         self.timeout = timeout
         self.pause = pause_between_requests
         self.clock = clock or RealClock()
+        self.reprobe_after = REPROBE_AFTER
+        self.set_aside: dict[str, float] = {}  # identifier -> monotonic time to ask again
 
     @classmethod
     def from_device(cls, device: Any, clock: Clock | None = None) -> MeterPoller:
@@ -354,12 +363,26 @@ class MeterPoller:
     async def read(self, link: Dlt645Link) -> PollResult:
         result = PollResult(self.name)
         when = self.clock.now()
-        for i, ident in enumerate(self.profile.identifiers):
-            if i and self.pause > 0:
+        now = time.monotonic()
+        asked = 0
+        for ident in self.profile.identifiers:
+            if ident.di in self.set_aside:
+                if now < self.set_aside[ident.di]:
+                    continue
+                del self.set_aside[ident.di]
+            if asked and self.pause > 0:
                 await asyncio.sleep(self.pause)
+            asked += 1
             try:
                 data = await link.read(self.address, ident.di, timeout=self.timeout)
-            except (DeviceRefused, DeviceGarbled) as exc:
+            except DeviceRefused as exc:
+                result.failures.append(BlockFailure(ident.di, exc))
+                if (exc.exception_code or 0) & NO_SUCH_DATA:
+                    self.set_aside[ident.di] = time.monotonic() + self.reprobe_after
+                    log.info("%s: meter %s has no %s; not asked for the next %.0f s",
+                             self.name, self.address, ident.di, self.reprobe_after)
+                continue
+            except DeviceGarbled as exc:
                 result.failures.append(BlockFailure(ident.di, exc))
                 continue
             except DeviceError as exc:  # silent, or the bus is gone: the poll ends here
