@@ -265,7 +265,7 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
         click.echo(f"{device}: `energyd read` polls Modbus devices; this one is "
                           f"{dev.driver}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    from energyd.drivers.scan import read_device, read_summary
+    from energyd.drivers.modbus.scan import read_device, read_summary
     from energyd.model import QUANTITIES
 
     profile, result = asyncio.run(read_device(dev))
@@ -301,9 +301,9 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
 def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | None,
          baudrate: int, parity: str, units: str, timeout: float, as_json: bool) -> None:
     """Find responding unit ids and name the profile (and byte order) that fits each."""
-    from energyd.drivers.modbus import LinkSettings, ModbusLink
-    from energyd.drivers.scan import parse_units
-    from energyd.drivers.scan import scan as run_scan
+    from energyd.drivers.modbus.link import LinkSettings, ModbusLink
+    from energyd.drivers.modbus.scan import parse_units
+    from energyd.drivers.modbus.scan import scan as run_scan
 
     if (host is None) == (serial_port is None):
         raise click.UsageError("give either --host (TCP) or --serial-port (RTU)")
@@ -568,7 +568,7 @@ def simulate_meter(profile: str, port: int, units: str, framer: str, serial_port
                    baudrate: int, faults: tuple[str, ...], base_kw: float, speed: float,
                    duration: float | None) -> None:
     """Serve simulated meters over Modbus on 127.0.0.1 (several units, like a gateway)."""
-    from energyd.drivers.scan import parse_units
+    from energyd.drivers.modbus.scan import parse_units
     from energyd.simulators.meter import run_cli
 
     try:

@@ -19,8 +19,8 @@ import pytest
 
 from energyd.clock import ManualClock
 from energyd.config.profiles import builtin_names, load_profile
-from energyd.drivers.decode import decode
-from energyd.drivers.modbus import DevicePoller, LinkSettings, ModbusLink, ReadCode
+from energyd.drivers.modbus.decode import decode
+from energyd.drivers.modbus.link import DevicePoller, LinkSettings, ModbusLink, ReadCode
 from energyd.errors import DeviceRefused, DeviceTimeout
 from energyd.simulators import MeterSimulator
 
@@ -307,7 +307,7 @@ def test_late_reply_coalesced_with_the_next_is_not_lost() -> None:
     from pymodbus.pdu import DecodePDU
     from pymodbus.pdu.register_message import ReadInputRegistersResponse
 
-    from energyd.drivers.modbus import _FramerRTU
+    from energyd.drivers.modbus.link import _FramerRTU
 
     def frame(unit: int, regs: list[int]) -> bytes:
         pdu = ReadInputRegistersResponse(registers=regs, dev_id=unit)

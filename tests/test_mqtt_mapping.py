@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from energyd.config.loader import parse_config
-from energyd.drivers.mqtt import PayloadMapper, Rejected
+from energyd.drivers.mqtt.client import PayloadMapper, Rejected
 from energyd.errors import ConfigError
 from energyd.model import Quality, Reading
 

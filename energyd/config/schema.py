@@ -147,7 +147,7 @@ class ModbusOptions(Strict):
 
 
 class MqttDeviceOptions(Strict):
-    """How one device's messages are found and read (energyd/drivers/mqtt.py has examples).
+    """How one device's messages are found and read (energyd/drivers/mqtt/client.py has examples).
 
     An exact topic gives readings of this device. A pattern (`+`, `#`) with `device_level`
     is a template: the text at that topic level names the device, and `devices` lists the
@@ -157,7 +157,7 @@ class MqttDeviceOptions(Strict):
 
     topic: str  # exact topic, or a pattern with + / # wildcards
     # sparkplug_b: topic spBv1.0/<group>/+/<edge node>[/<device>], fields map quantities to
-    # metric names (energyd/drivers/sparkplug.py)
+    # metric names (energyd/drivers/mqtt/sparkplug.py)
     format: Literal["json", "value", "sparkplug_b"] = "json"
     fields: dict[str, str] = Field(default_factory=dict)  # quantity -> dotted path in payload
     quantity: str | None = None  # for format: value, the one quantity the topic carries

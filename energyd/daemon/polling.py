@@ -8,7 +8,7 @@ reads the queue one device at a time, so the units of a bus never talk over each
 different links poll concurrently. What a tick's polls read goes to the store in one call.
 
 A failure stays with its unit:
-- an exception reply isolates the refused registers (drivers/planner.py); the device's other
+- an exception reply isolates the refused registers (drivers/modbus/planner.py); the device's other
   blocks are read on, in the same poll;
 - a timeout ends that unit's poll (costing the bus one timeout) and backs the unit off: its
   next polls are skipped for a delay that doubles from one interval up to
@@ -45,7 +45,7 @@ from typing import Any
 
 from energyd.config.schema import Device
 from energyd.daemon.context import Component, Context
-from energyd.drivers.modbus import DevicePoller, LinkSettings, ModbusLink, PollResult
+from energyd.drivers.modbus.link import DevicePoller, LinkSettings, ModbusLink, PollResult
 from energyd.model import to_ms
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,7 @@ from collections import deque
 from typing import Any
 
 from energyd.daemon.context import Component, Context
-from energyd.drivers.mqtt import PayloadMapper, Rejected, Subscriber
+from energyd.drivers.mqtt.client import PayloadMapper, Rejected, Subscriber
 from energyd.model import Quality, Reading
 
 log = logging.getLogger(__name__)

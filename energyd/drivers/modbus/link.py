@@ -69,7 +69,7 @@ from pymodbus.framer.rtu import FramerRTU
 
 from energyd.clock import Clock, RealClock
 from energyd.config.profiles import Profile, RegisterSpec
-from energyd.drivers.planner import Block, key, plan
+from energyd.drivers.modbus.planner import Block, key, plan
 from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
 from energyd.model import Reading
 

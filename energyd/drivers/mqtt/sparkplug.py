@@ -35,7 +35,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from energyd.drivers import _sparkplug_b_pb2 as pb
+from energyd.drivers.mqtt import _sparkplug_b_pb2 as pb
 from energyd.errors import EnergydError
 
 NAMESPACE = "spBv1.0"

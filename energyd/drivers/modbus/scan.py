@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from energyd.config.profiles import Profile, RegisterSpec, builtin_names, load_profile
-from energyd.drivers.decode import ORDERS, decode
-from energyd.drivers.modbus import ModbusLink, PollResult
+from energyd.drivers.modbus.decode import ORDERS, decode
+from energyd.drivers.modbus.link import ModbusLink, PollResult
 from energyd.errors import DeviceError, DeviceRefused, DeviceTimeout
 from energyd.model import QUANTITIES
 
@@ -122,7 +122,7 @@ def parse_units(text: str) -> list[int]:
 
 async def read_device(device: object, clock: object | None = None) -> tuple[Profile, PollResult]:
     """Poll one configured device once: (its profile, the PollResult)."""
-    from energyd.drivers.modbus import DevicePoller, LinkSettings
+    from energyd.drivers.modbus.link import DevicePoller, LinkSettings
 
     poller = DevicePoller.from_device(device, clock)  # type: ignore[arg-type]
     async with ModbusLink(LinkSettings.from_options(device.modbus)) as link:  # type: ignore[attr-defined]

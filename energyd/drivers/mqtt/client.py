@@ -52,7 +52,7 @@ each (per-compressor settings such as rated power need per-compressor entries).
         fields: {active_power_kw: Power/Active, active_energy_import_kwh: Energy/Import}
 
 Sparkplug B entries subscribe to their edge node's whole subtree; births, aliases, sequence
-numbers and deaths are kept per node by energyd/drivers/sparkplug.py.
+numbers and deaths are kept per node by energyd/drivers/mqtt/sparkplug.py.
 
 Time: a payload's own timestamp is the readings' time (quality good). A message without one
 takes its receive time, made strictly increasing per device (each message at least a
@@ -93,7 +93,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from energyd.config.schema import Config, Mqtt, MqttDeviceOptions
-from energyd.drivers.sparkplug import (
+from energyd.drivers.mqtt.sparkplug import (
     Metric,
     SparkplugDecoder,
     SparkplugProblem,
