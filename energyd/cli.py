@@ -246,7 +246,7 @@ def alerts(config_path: str, as_json: bool, limit: int) -> None:
         console.print("no alert episodes")
 
 
-# --- Modbus commissioning ------------------------------------------------------------
+# --- commissioning ---------------------------------------------------------------------
 
 
 @cli.command("read")
@@ -254,27 +254,28 @@ def alerts(config_path: str, as_json: bool, limit: int) -> None:
 @click.argument("device")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def read_cmd(config_path: str, device: str, as_json: bool) -> None:
-    """Poll one Modbus DEVICE once and print its decoded values (nothing is stored)."""
+    """Poll one DEVICE once and print its decoded values (nothing is stored)."""
     config = _load(config_path)
     try:
         dev = config.device(device)
     except KeyError:
         click.echo(f"{config_path}: no device named {device!r}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    if dev.driver != "modbus":
-        click.echo(f"{device}: `energyd read` polls Modbus devices; this one is "
-                          f"{dev.driver}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    from energyd.drivers.modbus.scan import read_device, read_summary
+    from energyd.drivers.registry import plugin
     from energyd.model import QUANTITIES
 
-    profile, result = asyncio.run(read_device(dev))
-    summary = read_summary(device, profile, result)
+    read_once = plugin(dev.driver).read_once
+    if read_once is None:
+        click.echo(f"{device}: `energyd read` polls a device on demand; a {dev.driver} "
+                   "device sends its readings when it likes (watch `energyd status`)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    done = asyncio.run(read_once(dev))
+    summary = done.document(device)
     values = summary["values"]
     if as_json:
         _print_json(summary)
     else:
-        table = Table(title=f"{device} ({profile.name}, unit {dev.modbus.unit})")
+        table = Table(title=done.title)
         for col in ("quantity", "value", "unit"):
             table.add_column(col, justify="right" if col == "value" else "left")
         for q, v in values.items():
@@ -282,8 +283,8 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
         for q in summary["unavailable"]:
             table.add_row(q, "n/a (NaN)", QUANTITIES[q].unit)
         console.print(table)
-        for f in result.failures:
-            click.echo(f"{device}: {f}", err=True)
+        for part, why in done.failures:
+            click.echo(f"{device}: {part}: {why}", err=True)
     sys.exit(0 if values else 1)
 
 

@@ -244,12 +244,16 @@ def _locate(tree: Any, loc: tuple[Any, ...]) -> tuple[int | None, str]:
     line = 1
     node = tree
     parts: list[str] = []
-    for key in loc:
+    for i, key in enumerate(loc):
         if isinstance(node, CommentedMap) and isinstance(key, str):
             if key in node:
                 line = node.lc.key(key)[0] + 1
                 node = node[key]
                 parts.append(_printable(key))
+                continue
+            if i + 1 < len(loc) or "=" in key:
+                # a union's branch tag (`driver=modbus`), not a key of the file (a schema's
+                # keys hold no `=`; a missing required key comes last)
                 continue
             if node.lc.line is not None:
                 line = node.lc.line + 1

@@ -52,6 +52,7 @@ from typing import Any
 
 from energyd.daemon.context import Component, Context
 from energyd.drivers.mqtt.client import PayloadMapper, Rejected, Subscriber
+from energyd.drivers.registry import plugin
 from energyd.model import Quality, Reading
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ MQTT311_BROKER_INFLIGHT = 20
 
 def build(ctx: Context) -> list[Component]:
     if ctx.config.mqtt is None or not any(
-            d.driver == "mqtt" and d.enabled for d in ctx.config.devices):
+            d.enabled and plugin(d.driver).subscribed for d in ctx.config.devices):
         return []
     return [MqttComponent(ctx)]
 

@@ -92,7 +92,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from energyd.config.schema import Config, Mqtt, MqttDeviceOptions
+from energyd.config.schema import Config, Mqtt
+from energyd.drivers.mqtt.options import MqttDeviceOptions
 from energyd.drivers.mqtt.sparkplug import (
     Metric,
     SparkplugDecoder,
