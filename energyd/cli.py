@@ -289,6 +289,8 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--driver", default="modbus", show_default=True,
+              help="the driver whose bus is scanned")
 @click.option("--host", default=None, help="TCP meter or serial gateway to probe")
 @click.option("--port", default=502, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--rtu-over-tcp", is_flag=True, help="the gateway tunnels RTU frames")
@@ -299,45 +301,42 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
 @click.option("--timeout", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
               help="seconds to wait for each unit")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | None,
-         baudrate: int, parity: str, units: str, timeout: float, as_json: bool) -> None:
+def scan(driver: str, host: str | None, port: int, rtu_over_tcp: bool,
+         serial_port: str | None, baudrate: int, parity: str, units: str, timeout: float,
+         as_json: bool) -> None:
     """Find responding unit ids and name the profile (and byte order) that fits each."""
-    from energyd.drivers.modbus.link import LinkSettings, ModbusLink
-    from energyd.drivers.modbus.scan import parse_units
-    from energyd.drivers.modbus.scan import scan as run_scan
+    from energyd.drivers.contracts import BadScanTarget
+    from energyd.drivers.registry import DRIVERS, plugin
 
+    scanners = [name for name in DRIVERS if plugin(name).scan is not None]
+    if driver not in scanners:
+        raise click.BadParameter(f"{driver!r}: energyd scans the buses of "
+                                 f"{', '.join(scanners)}", param_hint="--driver")
     if (host is None) == (serial_port is None):
         raise click.UsageError("give either --host (TCP) or --serial-port (RTU)")
-    try:
-        unit_ids = parse_units(units)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--units") from None
     if serial_port is not None:
-        settings = LinkSettings(transport="rtu", serial_port=serial_port, baudrate=baudrate,
-                                parity=parity)
+        link: dict[str, Any] = {"transport": "rtu", "serial_port": serial_port,
+                                "baudrate": baudrate, "parity": parity}
     else:
-        settings = LinkSettings(transport="rtu_over_tcp" if rtu_over_tcp else "tcp",
-                                host=host, port=port)
-
-    async def go() -> list[Any]:
-        async with ModbusLink(settings) as link:
-            return await run_scan(link, unit_ids, timeout=timeout)
-
+        link = {"transport": "rtu_over_tcp" if rtu_over_tcp else "tcp", "host": host,
+                "port": port}
+    run_scan = plugin(driver).scan
+    assert run_scan is not None
     try:
-        hits = asyncio.run(go())
+        report = asyncio.run(run_scan(link, units, timeout))
+    except BadScanTarget as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.option) from None
     except EnergydError as exc:
         click.echo(f"energyd scan: {exc}", err=True)
         sys.exit(1)
     if as_json:
-        _print_json([h.as_dict() for h in hits])
+        _print_json(report.rows)
         return
-    table = Table(title=f"{settings.describe()}: {len(hits)} responding")
-    for col in ("unit", "profile", "order", "voltage_l1_v", "frequency_hz"):
+    table = Table(title=report.title)
+    for col in report.columns:
         table.add_column(col)
-    for h in hits:
-        table.add_row(str(h.unit), h.profile or "(responds, not recognised)", h.order or "",
-                      "" if h.voltage_v is None else f"{h.voltage_v:g}",
-                      "" if h.frequency_hz is None else f"{h.frequency_hz:g}")
+    for row in report.table:
+        table.add_row(*row)
     console.print(table)
 
 

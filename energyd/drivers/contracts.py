@@ -7,6 +7,8 @@ whose `summary()` is the device's line in `energyd check-config`. Its `plugin.py
 
 - `read_once(device)`: one poll for `energyd read` (commissioning), None if the driver's
   devices cannot be read on demand (their readings are pushed);
+- `scan(link, units, timeout)`: `energyd scan --driver NAME`, the units that answer on a
+  link and what they are, None if the driver has no bus to scan;
 - how its devices are acquired, one of:
   - `polled`: the devices are read on a schedule over links they share (a serial bus, a
     gateway). The daemon runs one bus owner per link (energyd/daemon/polling.py): the
@@ -111,6 +113,25 @@ class OneRead:
 
 
 @dataclass(frozen=True)
+class ScanReport:
+    """What `energyd scan` found on a link: `rows` for --json, `table` (columns, then one
+    line of text per unit) for the terminal, under `title`."""
+
+    title: str
+    rows: list[dict[str, Any]]
+    columns: tuple[str, ...]
+    table: list[tuple[str, ...]]
+
+
+class BadScanTarget(ValueError):
+    """A scan's link or units that cannot be: `option` is the command-line option to fix."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass(frozen=True)
 class Polled:
     """A polled driver: which link each device is on, and how to open one."""
 
@@ -122,5 +143,8 @@ class Polled:
 class DriverPlugin:
     name: str  # the `driver:` value
     read_once: Callable[[Any], Awaitable[OneRead]] | None = None
+    # the link as the driver's section would give it (transport, host, port, serial_port,
+    # baudrate, parity), the units to probe as the user wrote them, seconds per unit
+    scan: Callable[[dict[str, Any], str, float], Awaitable[ScanReport]] | None = None
     polled: Polled | None = None
     subscribed: bool = False

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from energyd.clock import Clock
-from energyd.drivers.contracts import DriverPlugin, OneRead, Polled
+from energyd.drivers.contracts import BadScanTarget, DriverPlugin, OneRead, Polled, ScanReport
 from energyd.drivers.modbus.link import DevicePoller, LinkSettings, ModbusLink, PollResult
 from energyd.drivers.modbus.options import ModbusDevice
 
@@ -71,5 +71,26 @@ async def read_once(device: Any) -> OneRead:
                    failures=[(f.block, str(f.error)) for f in result.failures])
 
 
-PLUGIN = DriverPlugin(name="modbus", read_once=read_once,
+async def scan(link: dict[str, Any], units: str, timeout: float) -> ScanReport:
+    """Probe unit ids on a bus or gateway; name the profile and byte order of each."""
+    from energyd.drivers.modbus.scan import parse_units
+    from energyd.drivers.modbus.scan import scan as run_scan
+
+    try:
+        unit_ids = parse_units(units)
+    except ValueError as exc:
+        raise BadScanTarget("--units", str(exc)) from None
+    settings = LinkSettings(**link)
+    async with ModbusLink(settings) as bus:
+        hits = await run_scan(bus, unit_ids, timeout=timeout)
+    return ScanReport(
+        title=f"{settings.describe()}: {len(hits)} responding",
+        rows=[h.as_dict() for h in hits],
+        columns=("unit", "profile", "order", "voltage_l1_v", "frequency_hz"),
+        table=[(str(h.unit), h.profile or "(responds, not recognised)", h.order or "",
+                "" if h.voltage_v is None else f"{h.voltage_v:g}",
+                "" if h.frequency_hz is None else f"{h.frequency_hz:g}") for h in hits])
+
+
+PLUGIN = DriverPlugin(name="modbus", read_once=read_once, scan=scan,
                       polled=Polled(link_of=link_of, open_link=ModbusBus))
