@@ -30,7 +30,7 @@ DRIVERS: dict[str, Entry] = {
 
 
 def plugin(driver: str) -> DriverPlugin:
-    """The driver's code: components, summary line, one-shot read (drivers/contracts.py)."""
+    """The driver's code: how it is acquired, its one-shot read, its scan (contracts.py)."""
     found: DriverPlugin = importlib.import_module(DRIVERS[driver].code).PLUGIN
     return found
 

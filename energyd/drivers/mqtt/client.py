@@ -236,7 +236,7 @@ class PayloadMapper:
             o = d.mqtt
             if o.format == "sparkplug_b":
                 # the node's every message, whatever device the entry reads: its births,
-                # sequence numbers and deaths are the node's (drivers/sparkplug.py)
+                # sequence numbers and deaths are the node's (sparkplug.py)
                 levels = o.topic.split("/")
                 self.routes.append(Route(
                     d.name, "/".join(levels[:4]) + "/#", o, (), None, None,

@@ -46,7 +46,7 @@ _NUMERIC = {"int_value", "long_value", "float_value", "double_value", "boolean_v
 
 
 class SparkplugProblem(EnergydError):
-    """A message or metric refused; `reason` is a short metric label (see drivers/mqtt.py's
+    """A message or metric refused; `reason` is a short metric label (see client.py's
     Rejected, which the mapper turns it into)."""
 
     def __init__(self, reason: str, detail: str):
