@@ -110,7 +110,11 @@ class UnknownDriver(BaseModel):
     def _refuse(self) -> UnknownDriver:
         known = ", ".join(DRIVERS)
         if self.driver is None:
-            raise ProblemsAt([(("driver",), f"a device needs `driver:` (one of {known})")])
+            # a misspelt `driver:` is among the keys no driver has: say so too
+            keys = {k for e in DRIVERS.values() for k in e.options.model_fields}
+            raise ProblemsAt([(("driver",), f"a device needs `driver:` (one of {known})")]
+                             + [((k,), "unknown key (check its spelling)")
+                                for k in self.model_extra or {} if k not in keys])
         raise ProblemsAt([(("driver",), f"unknown driver {str(self.driver)[:60]!r}: energyd "
                                         f"has {known}")])
 
