@@ -4,6 +4,7 @@ link is a serial port or a gateway's host:port, its summary line, its one-shot r
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from energyd.clock import Clock
@@ -42,12 +43,17 @@ class ModbusBus:
     async def __aexit__(self, *exc: object) -> None:
         await self.link.__aexit__(*exc)
 
-    async def read(self, unit: DevicePoller) -> PollResult:
+    def read(self, unit: DevicePoller) -> Awaitable[PollResult]:
+        # the poller's own coroutine, not one wrapped around it: this is every poll's path
+        if unit.close_after_poll:
+            return self._read_and_close(unit)
+        return unit.read(self.link)
+
+    async def _read_and_close(self, unit: DevicePoller) -> PollResult:
         try:
             return await unit.read(self.link)
         finally:
-            if unit.close_after_poll:
-                self.link.close()
+            self.link.close()
 
     def finish(self, unit: DevicePoller, raw: PollResult) -> PollResult:
         return unit.decode(raw)
