@@ -64,6 +64,7 @@ def test_each_registry_line_names_the_drivers_code() -> None:
     ("  - {name: a, modbus: {host: 127.0.0.1}}\n", 2,
      "devices[0].driver: a device needs `driver:` (one of modbus, mqtt)"),
     ("  - {name: a, drivr: modbus}\n", 2, "devices[0].drivr: unknown key (check its spelling)"),
+    ("  - incomer-1\n", 2, "devices[0]: a device is a mapping of its keys"),
     ("  - name: a\n    driver: modbus\n    profile: eastron_sdm630\n"
      "    mqtt: {topic: x}\n    modbus: {host: 127.0.0.1}\n", 5,
      "devices[0].mqtt: driver modbus cannot have a `mqtt:` section"),

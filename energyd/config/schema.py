@@ -106,6 +106,13 @@ class UnknownDriver(BaseModel):
     model_config = ConfigDict(extra="allow")
     driver: Any = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("a device is a mapping of its keys (name:, driver:, ...)")
+        return data
+
     @model_validator(mode="after")
     def _refuse(self) -> UnknownDriver:
         known = ", ".join(DRIVERS)
@@ -121,13 +128,13 @@ class UnknownDriver(BaseModel):
 
 def _driver_tag(v: Any) -> str:
     driver = v.get("driver") if isinstance(v, dict) else getattr(v, "driver", None)
-    return f"driver={driver}" if isinstance(driver, str) and driver in DRIVERS else "unknown"
+    return f"driver={driver}" if isinstance(driver, str) and driver in DRIVERS else "driver=?"
 
 
 DeviceEntry = Annotated[
     Union[  # noqa: UP007 -- a union built from the registry at import time
         tuple(Annotated[e.options, Tag(f"driver={name}")] for name, e in DRIVERS.items())
-        + (Annotated[UnknownDriver, Tag("unknown")],)],
+        + (Annotated[UnknownDriver, Tag("driver=?")],)],
     Discriminator(_driver_tag),
 ]
 
