@@ -297,18 +297,18 @@ class LinkOwner:
         if st.polls_metric is None:
             st.polls_metric = self.ctx.metrics.polls.labels(device.name)
         st.polls_metric.inc()
-        if result.reason is not None:
+        reason = result.reason
+        if reason is not None:
             st.errors += 1
             st.last_error = result.error
-            self.ctx.metrics.poll_errors.labels(device.name, result.reason).inc()
+            self.ctx.metrics.poll_errors.labels(device.name, reason).inc()
         if result.readings:
             st.last_ok_ms = when_ms
-        self._account(st, result)
+        self._account(st, result, reason)
 
-    def _account(self, st: DeviceState, result: PollOutcome) -> None:
+    def _account(self, st: DeviceState, result: PollOutcome, reason: str | None) -> None:
         name = st.device.name
-        reason = result.reason
-        if result.silent:
+        if reason is not None and result.silent:
             st.backoff = min(max(st.backoff * 2, st.interval_wall),
                              self.ctx.clock.real_seconds(st.poller.backoff_max))
             st.not_before = time.monotonic() + st.backoff
