@@ -113,3 +113,12 @@ def test_a_driver_imports_only_its_own_folder_and_its_contracts(path: Path) -> N
     wrong = {m for m in imported_modules(path) if m.startswith("energyd.drivers")
              and m != "energyd.drivers.contracts" and not (m == own or m.startswith(own + "."))}
     assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+def test_the_registry_imports_only_options_models() -> None:
+    """config imports the registry: a driver's code behind it is loaded only when asked for,
+    so validating a file never loads pymodbus or paho."""
+    allowed = {"energyd.config.types", "energyd.drivers.contracts"}
+    wrong = {m for m in imported_modules(DRIVERS / "registry.py")
+             if m not in allowed and not PLUGIN_OPTIONS.fullmatch(m)}
+    assert not wrong, f"drivers/registry.py imports {sorted(wrong)}"

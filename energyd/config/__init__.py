@@ -1,6 +1,23 @@
 """Configuration: the pydantic schema, YAML loading with line numbers, built-in profiles."""
 
-from energyd.config.loader import load_config, parse_config
-from energyd.config.schema import Config, Device
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from energyd.config.loader import load_config, parse_config
+    from energyd.config.schema import Config, Device
 
 __all__ = ["Config", "Device", "load_config", "parse_config"]
+
+_WHERE = {"Config": "schema", "Device": "schema", "load_config": "loader",
+          "parse_config": "loader"}
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded when first asked for: the schema is assembled from the drivers' options
+    # models, which are made of config.types; importing that must not build the schema.
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"energyd.config.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'energyd.config' has no attribute {name!r}")
