@@ -14,7 +14,7 @@ discrete inputs (2), holding registers (3), input registers (4). Any other funct
 refused before anything is sent. energyd never writes to a meter on a plant network, and
 there is no code in this package that could.
 
-Options per device (schema `ModbusOptions`): `timeout` per request (default 1 s), `retries`
+Options per device (options.py `ModbusOptions`): `timeout` per request (default 1 s), `retries`
 after a timeout (0), `pause_after_connect`, `pause_between_requests`, `close_after_poll`
 (devices that accept one master only), `single_register`, `max_gap`, `max_registers`.
 
