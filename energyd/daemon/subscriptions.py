@@ -1,8 +1,9 @@
 """MQTT acquisition: the daemon's one broker connection and its subscriptions.
 
 `build(ctx)` returns one component when any enabled device's driver is a subscribed one
-(energyd/drivers/contracts.py: the MQTT driver). Messages are mapped to Readings on paho's network thread and handed to the store writer there (submit
-appends to a list under a short lock, it never waits on the database).
+(energyd/drivers/contracts.py: the MQTT driver). Messages are mapped to Readings on paho's
+network thread and handed to the store writer there (submit appends to a list under a short
+lock, it never waits on the database).
 
 Commit, then acknowledge. paho would send the PUBACK of a QoS 1 message as soon as
 `on_message` returns, but the reading is durable only once the writer has committed it;
