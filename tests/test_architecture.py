@@ -122,3 +122,19 @@ def test_the_registry_imports_only_options_models() -> None:
     wrong = {m for m in imported_modules(DRIVERS / "registry.py")
              if m not in allowed and not PLUGIN_OPTIONS.fullmatch(m)}
     assert not wrong, f"drivers/registry.py imports {sorted(wrong)}"
+
+
+# The demo builds a simulated plant for each kind of device it knows: naming the drivers
+# is its job.
+DRIVER_NAMES_ALLOWED = ("drivers/", "demo.py", "demo/")
+
+
+def test_no_code_outside_a_driver_folder_asks_which_driver_a_device_has() -> None:
+    """The schema, the daemon and the command line go through the registry: a new driver
+    needs no `if device.driver == ...` anywhere else."""
+    asking = re.compile(r"""\.driver\s*(==|!=|\bin\b|\bnot in\b)\s*[("'\[{]""")
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
+             if not str(p.relative_to(PACKAGE)).startswith(DRIVER_NAMES_ALLOWED)
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if asking.search(line)]
+    assert not found, found
