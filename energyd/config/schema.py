@@ -505,8 +505,8 @@ class Config(Strict):
         problems += [(("influxdb", *loc), message + " (set `name:`)") for loc, message in
                      _duplicates([s.name for s in self.influxdb], "influxdb sink name")]
         problems += [(("devices", i, "driver"), f"{d.driver} devices need a top-level "
-                      f"`{section}:` section") for i, d in enumerate(self.devices)
-                     for section in d.needs if getattr(self, section) is None][:1]
+                      f"`{section}:` {what} section") for i, d in enumerate(self.devices)
+                     for section, what in d.needs.items() if getattr(self, section) is None][:1]
         roles = {d.name: d.role for d in self.devices}
         for account, devs in self.accounting.accounts.items():
             for j, d in enumerate(devs):

@@ -118,8 +118,9 @@ class Device(Strict):
     rated_flow: float | None = Field(None, gt=0)
     fuel: FuelParameters | None = None
 
-    # top-level sections of the file this driver's devices need (the MQTT broker's `mqtt:`)
-    needs: ClassVar[tuple[str, ...]] = ()
+    # top-level sections of the file this driver's devices need, and what each is
+    # ({"mqtt": "broker"}: the MQTT broker's connection)
+    needs: ClassVar[dict[str, str]] = {}
     # every driver's section name, filled as the drivers' models are defined
     sections: ClassVar[set[str]] = set()
 

@@ -83,7 +83,7 @@ class MqttDevice(Device):
     driver: Literal["mqtt"]
     mqtt: MqttDeviceOptions | None = None
 
-    needs: ClassVar[tuple[str, ...]] = ("mqtt",)
+    needs: ClassVar[dict[str, str]] = {"mqtt": "broker"}
 
     def summary(self) -> str:
         """The device's line in `energyd check-config`."""
