@@ -78,8 +78,9 @@ class PolledLink(Protocol):
 
     async def __aexit__(self, *exc: object) -> None: ...
 
-    async def read(self, unit: Any) -> Any:
-        """The unit's requests on the wire; failures come back in the result, not raised."""
+    def read(self, unit: Any) -> Awaitable[Any]:
+        """The unit's requests on the wire (an awaitable: a coroutine of the driver's own
+        will do); failures come back in the result, not raised."""
 
     def finish(self, unit: Any, raw: Any) -> PollOutcome:
         """Decode what `read` returned (off the wire)."""
