@@ -163,7 +163,7 @@ def fewest_reads(profile: Any, max_gap: int = 10, max_registers: int = 125) -> i
 def requests_per_profile() -> list[tuple[str, int, int]]:
     """(profile, requests the planner makes per poll, fewest possible) for every built-in."""
     from energyd.config.profiles import builtin_names, load_profile
-    from energyd.drivers.planner import plan
+    from energyd.drivers.modbus.planner import plan
 
     rows = []
     for name in builtin_names():
@@ -234,7 +234,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
     from energyd.config.profiles import load_profile
     from energyd.daemon import polling
     from energyd.daemon.app import Daemon
-    from energyd.drivers.planner import plan
+    from energyd.drivers.modbus.planner import plan
 
     profile = load_profile(PROFILE)
     blocks = plan(profile.registers, readable=profile.readable)

@@ -245,7 +245,7 @@ def alerts(config_path: str, as_json: bool, limit: int) -> None:
         console.print("no alert episodes")
 
 
-# --- Modbus commissioning ------------------------------------------------------------
+# --- commissioning ---------------------------------------------------------------------
 
 
 @cli.command("read")
@@ -253,35 +253,28 @@ def alerts(config_path: str, as_json: bool, limit: int) -> None:
 @click.argument("device")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def read_cmd(config_path: str, device: str, as_json: bool) -> None:
-    """Poll one Modbus or DL/T 645 DEVICE once and print its decoded values (nothing is
-    stored)."""
+    """Poll one DEVICE once and print its decoded values (nothing is stored)."""
     config = _load(config_path)
     try:
         dev = config.device(device)
     except KeyError:
         click.echo(f"{config_path}: no device named {device!r}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    if dev.driver not in ("modbus", "dlt645"):
-        click.echo(f"{device}: `energyd read` polls Modbus and DL/T 645 devices; this one is "
-                          f"{dev.driver}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    from energyd.drivers.scan import read_device, read_summary
+    from energyd.drivers.registry import plugin
     from energyd.model import QUANTITIES
 
-    if dev.driver == "dlt645":
-        from energyd.drivers.dlt645.link import read_device as read_meter
-
-        profile, result = asyncio.run(read_meter(dev))
-        where = f"address {dev.dlt645.address}"
-    else:
-        profile, result = asyncio.run(read_device(dev))
-        where = f"unit {dev.modbus.unit}"
-    summary = read_summary(device, profile, result)  # type: ignore[arg-type]
+    read_once = plugin(dev.driver).read_once
+    if read_once is None:
+        click.echo(f"{device}: `energyd read` polls a device on demand; a {dev.driver} "
+                   "device sends its readings when it likes (watch `energyd status`)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    done = asyncio.run(read_once(dev))
+    summary = done.document(device)
     values = summary["values"]
     if as_json:
         _print_json(summary)
     else:
-        table = Table(title=f"{device} ({profile.name}, {where})")
+        table = Table(title=done.title)
         for col in ("quantity", "value", "unit"):
             table.add_column(col, justify="right" if col == "value" else "left")
         for q, v in values.items():
@@ -289,12 +282,14 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
         for q in summary["unavailable"]:
             table.add_row(q, "n/a (NaN)", QUANTITIES[q].unit)
         console.print(table)
-        for f in result.failures:
-            click.echo(f"{device}: {f}", err=True)
+        for part, why in done.failures:
+            click.echo(f"{device}: {part}: {why}", err=True)
     sys.exit(0 if values else 1)
 
 
 @cli.command()
+@click.option("--driver", default="modbus", show_default=True,
+              help="the driver whose bus is scanned")
 @click.option("--host", default=None, help="TCP meter or serial gateway to probe")
 @click.option("--port", default=502, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--rtu-over-tcp", is_flag=True, help="the gateway tunnels RTU frames")
@@ -311,55 +306,42 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
 @click.option("--search", "search_bus", is_flag=True,
               help="DL/T 645: find several meters on one bus by their address endings")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | None,
-         baudrate: int | None, parity: str | None, units: str, timeout: float, dlt645: bool,
-         addresses: str, search_bus: bool, as_json: bool) -> None:
+def scan(driver: str, host: str | None, port: int, rtu_over_tcp: bool,
+         serial_port: str | None, baudrate: int, parity: str, units: str, timeout: float,
+         as_json: bool) -> None:
     """Find responding unit ids and name the profile (and byte order) that fits each."""
-    from energyd.drivers.modbus import LinkSettings, ModbusLink
-    from energyd.drivers.scan import parse_units
-    from energyd.drivers.scan import scan as run_scan
+    from energyd.drivers.contracts import BadScanTarget
+    from energyd.drivers.registry import DRIVERS, plugin
 
+    scanners = [name for name in DRIVERS if plugin(name).scan is not None]
+    if driver not in scanners:
+        raise click.BadParameter(f"{driver!r}: energyd scans the buses of "
+                                 f"{', '.join(scanners)}", param_hint="--driver")
     if (host is None) == (serial_port is None):
         raise click.UsageError("give either --host (TCP) or --serial-port (RTU)")
-    if dlt645:
-        from energyd.drivers.dlt645.cli import scan_bus
-
-        if host is not None and click.get_current_context().get_parameter_source(
-                "port") is click.core.ParameterSource.DEFAULT:
-            raise click.UsageError("--dlt645 --host needs the serial server's --port")
-        sys.exit(scan_bus(host, port, serial_port, baudrate or 2400, parity or "E",
-                          addresses, timeout, as_json, search_bus))
-    baudrate, parity = baudrate or 9600, parity or "N"
-    try:
-        unit_ids = parse_units(units)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--units") from None
     if serial_port is not None:
-        settings = LinkSettings(transport="rtu", serial_port=serial_port, baudrate=baudrate,
-                                parity=parity)
+        link: dict[str, Any] = {"transport": "rtu", "serial_port": serial_port,
+                                "baudrate": baudrate, "parity": parity}
     else:
-        settings = LinkSettings(transport="rtu_over_tcp" if rtu_over_tcp else "tcp",
-                                host=host, port=port)
-
-    async def go() -> list[Any]:
-        async with ModbusLink(settings) as link:
-            return await run_scan(link, unit_ids, timeout=timeout)
-
+        link = {"transport": "rtu_over_tcp" if rtu_over_tcp else "tcp", "host": host,
+                "port": port}
+    run_scan = plugin(driver).scan
+    assert run_scan is not None
     try:
-        hits = asyncio.run(go())
+        report = asyncio.run(run_scan(link, units, timeout))
+    except BadScanTarget as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.option) from None
     except EnergydError as exc:
         click.echo(f"energyd scan: {exc}", err=True)
         sys.exit(1)
     if as_json:
-        _print_json([h.as_dict() for h in hits])
+        _print_json(report.rows)
         return
-    table = Table(title=f"{settings.describe()}: {len(hits)} responding")
-    for col in ("unit", "profile", "order", "voltage_l1_v", "frequency_hz"):
+    table = Table(title=report.title)
+    for col in report.columns:
         table.add_column(col)
-    for h in hits:
-        table.add_row(str(h.unit), h.profile or "(responds, not recognised)", h.order or "",
-                      "" if h.voltage_v is None else f"{h.voltage_v:g}",
-                      "" if h.frequency_hz is None else f"{h.frequency_hz:g}")
+    for row in report.table:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -591,7 +573,7 @@ def simulate_meter(profile: str, port: int, units: str, framer: str, serial_port
                    baudrate: int, faults: tuple[str, ...], base_kw: float, speed: float,
                    duration: float | None) -> None:
     """Serve simulated meters over Modbus on 127.0.0.1 (several units, like a gateway)."""
-    from energyd.drivers.scan import parse_units
+    from energyd.drivers.modbus.scan import parse_units
     from energyd.simulators.meter import run_cli
 
     try:

@@ -3,7 +3,8 @@
     model, clock, errors       the shared vocabulary
     retry, tls, httpclient     cross-cutting policy: backoff and Retry-After, TLS contexts,
                                the one HTTP client
-    config                     schema, profiles, production hours
+    config                     schema, profiles, production hours (and the plugins'
+                               options models, which it assembles into the schema)
     store                      the durable store
     drivers                    devices -> readings
     sinks, accounting          read the store
@@ -71,7 +72,8 @@ def imported_modules(path: Path) -> set[str]:
 # higher layer the config may import: it assembles its unions from them.
 def _plugin_options(module: str) -> bool:
     parts = module.split(".")
-    return (module in ("energyd.sinks.registry", "energyd.alerts.rules.registry")
+    return (module in ("energyd.sinks.registry", "energyd.alerts.rules.registry",
+                       "energyd.drivers.registry")
             or (len(parts) == 4 and parts[1] in ("sinks", "drivers") and parts[3] == "options"))
 
 
@@ -79,6 +81,10 @@ def imported_layers(path: Path) -> set[str]:
     layer = layer_of(path)
     return {m.split(".")[1] for m in imported_modules(path)
             if not (layer == "config" and _plugin_options(m))}
+
+
+# what config may take from the plugins: the registry and the options models, nothing else
+PLUGIN_OPTIONS = re.compile(r"energyd\.drivers\.(registry|\w+\.options)")
 
 
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if layer_of(p) in ALLOWED)
@@ -201,3 +207,62 @@ def test_a_sink_holds_no_sql(path: Path) -> None:
     assert not sql, f"{path.relative_to(PACKAGE)} holds SQL: {sql}"
     assert "sqlite3" not in {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                              for a in node.names}
+DRIVERS = PACKAGE / "drivers"
+DRIVER_FOLDERS = sorted(p for p in DRIVERS.iterdir() if (p / "__init__.py").exists())
+
+
+def test_every_driver_folder_is_a_plugin() -> None:
+    """A folder per driver: its options, its code's PLUGIN, a README and a sample config,
+    and its line in the registry."""
+    from energyd.drivers.registry import DRIVERS as REGISTERED
+    from energyd.drivers.registry import plugin
+
+    assert {p.name for p in DRIVER_FOLDERS} == set(REGISTERED)
+    for folder in DRIVER_FOLDERS:
+        for name in ("options.py", "plugin.py", "README.md", "sample.yaml"):
+            assert (folder / name).is_file(), f"drivers/{folder.name} has no {name}"
+        assert plugin(folder.name).name == folder.name
+
+
+@pytest.mark.parametrize("path", sorted(DRIVERS.glob("*/options.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_driver_options_import_only_the_config_types(path: Path) -> None:
+    # the schema imports them: anything more would load a driver's code with the config
+    wrong = imported_modules(path) - {"energyd.config.types", "energyd.model"}
+    assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("path", sorted(DRIVERS.glob("*/*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_a_driver_imports_only_its_own_folder_and_its_contracts(path: Path) -> None:
+    """What a driver is handed is drivers/contracts.py; another driver's code is not its
+    business (a polled driver's bus owner is the daemon's, through that contract)."""
+    own = f"energyd.drivers.{path.parent.name}"
+    wrong = {m for m in imported_modules(path) if m.startswith("energyd.drivers")
+             and m != "energyd.drivers.contracts" and not (m == own or m.startswith(own + "."))}
+    assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+def test_the_registry_imports_only_options_models() -> None:
+    """config imports the registry: a driver's code behind it is loaded only when asked for,
+    so validating a file never loads pymodbus or paho."""
+    allowed = {"energyd.config.types", "energyd.drivers.contracts"}
+    wrong = {m for m in imported_modules(DRIVERS / "registry.py")
+             if m not in allowed and not PLUGIN_OPTIONS.fullmatch(m)}
+    assert not wrong, f"drivers/registry.py imports {sorted(wrong)}"
+
+
+# The demo builds a simulated plant for each kind of device it knows: naming the drivers
+# is its job.
+DRIVER_NAMES_ALLOWED = ("drivers/", "demo.py", "demo/")
+
+
+def test_no_code_outside_a_driver_folder_asks_which_driver_a_device_has() -> None:
+    """The schema, the daemon and the command line go through the registry: a new driver
+    needs no `if device.driver == ...` anywhere else."""
+    asking = re.compile(r"""\.driver\s*(==|!=|\bin\b|\bnot in\b)\s*[("'\[{]""")
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
+             if not str(p.relative_to(PACKAGE)).startswith(DRIVER_NAMES_ALLOWED)
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if asking.search(line)]
+    assert not found, found

@@ -19,7 +19,7 @@ from energyd.config.loader import load_config
 from energyd.daemon import scheduler as scheduler_module
 from energyd.daemon.degraded import Degraded
 from energyd.daemon.scheduler import Scheduler
-from energyd.drivers.mqtt import PayloadMapper, Rejected
+from energyd.drivers.mqtt.client import PayloadMapper, Rejected
 from energyd.model import Quality, Reading, to_ms
 from energyd.store import Store
 

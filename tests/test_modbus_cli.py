@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from energyd.cli import cli
-from energyd.drivers.modbus import LinkSettings, ModbusLink
+from energyd.drivers.modbus.link import LinkSettings, ModbusLink
 from energyd.simulators import MeterSimulator
 
 READ_CODES = {1, 2, 3, 4}

@@ -14,8 +14,8 @@ from energyd.config.profiles import (
     device_profile,
     load_profile,
 )
-from energyd.drivers.decode import ORDERS, TYPES, decode, encode
-from energyd.drivers.planner import Block, plan
+from energyd.drivers.modbus.decode import ORDERS, TYPES, decode, encode
+from energyd.drivers.modbus.planner import Block, plan
 from energyd.errors import ConfigError
 from energyd.model import QUANTITIES
 

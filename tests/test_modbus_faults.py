@@ -17,7 +17,7 @@ import pytest
 from test_modbus_polling import Running, plant
 
 from energyd.config.profiles import load_profile
-from energyd.drivers.modbus import DevicePoller, LinkSettings, ModbusLink, ReadCode
+from energyd.drivers.modbus.link import DevicePoller, LinkSettings, ModbusLink, ReadCode
 from energyd.errors import DeviceGarbled, DeviceRefused
 from energyd.simulators import MeterSimulator
 from energyd.simulators.meter import parse_fault
@@ -87,7 +87,7 @@ async def test_a_busy_or_failed_device_does_not_change_the_plan() -> None:
 
 async def test_an_isolated_register_is_probed_again_later(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="energyd.drivers.modbus")
+    caplog.set_level(logging.DEBUG, logger="energyd.drivers.modbus.link")
     profile = load_profile("eastron_sdm630")
     poller = DevicePoller("m1", 1, profile, timeout=1.0)
     poller.reprobe_after = 0.3

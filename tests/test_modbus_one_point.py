@@ -13,7 +13,7 @@ from energyd.config.loader import parse_config
 from energyd.config.profiles import device_profile
 from energyd.daemon import forwarding
 from energyd.daemon.app import Daemon
-from energyd.drivers.modbus import DevicePoller
+from energyd.drivers.modbus.link import DevicePoller
 from energyd.simulators import MeterSimulator
 from energyd.store import Store
 

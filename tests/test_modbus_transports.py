@@ -19,8 +19,8 @@ import pytest
 
 from energyd.clock import ManualClock
 from energyd.config.profiles import builtin_names, load_profile
-from energyd.drivers.decode import decode
-from energyd.drivers.modbus import DevicePoller, LinkSettings, ModbusLink, ReadCode
+from energyd.drivers.modbus.decode import decode
+from energyd.drivers.modbus.link import DevicePoller, LinkSettings, ModbusLink, ReadCode
 from energyd.errors import DeviceRefused, DeviceTimeout
 from energyd.simulators import MeterSimulator
 
@@ -210,7 +210,7 @@ def test_no_write_path_outside_the_simulators() -> None:
     root = Path(energyd.__file__).parent
     sources = [p for p in root.rglob("*.py") if "simulators" not in p.parts]
     sources += list((root.parent / "bench").glob("*.py"))
-    assert any(p.name == "modbus.py" for p in sources)
+    assert any(p.parts[-2:] == ("modbus", "link.py") for p in sources)
     for path in sources:
         text = path.read_text(encoding="utf-8")
         forbidden = ["write_coil", "write_register", "readwrite_registers", "mask_write"]
@@ -307,7 +307,7 @@ def test_late_reply_coalesced_with_the_next_is_not_lost() -> None:
     from pymodbus.pdu import DecodePDU
     from pymodbus.pdu.register_message import ReadInputRegistersResponse
 
-    from energyd.drivers.modbus import _FramerRTU
+    from energyd.drivers.modbus.link import _FramerRTU
 
     def frame(unit: int, regs: list[int]) -> bytes:
         pdu = ReadInputRegistersResponse(registers=regs, dev_id=unit)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from energyd.config.loader import parse_config
-from energyd.drivers.mqtt import PayloadMapper, Rejected
+from energyd.drivers.mqtt.client import PayloadMapper, Rejected
 from energyd.errors import ConfigError
 from energyd.model import Quality, Reading
 
@@ -223,3 +223,30 @@ def test_password_needs_a_username_and_never_shows(tmp_path):
     assert "s3cret" not in repr(config) and "s3cret" not in config.model_dump_json()
     with pytest.raises(ConfigError, match="needs a `username:`"):
         parse_config("mqtt: {password_file: mqtt.pw}\n", "x.yaml", base_dir=tmp_path)
+
+
+def test_routes_follow_mqtt_filter_rules_in_the_order_of_the_config():
+    config = parse_config(
+        "mqtt: {host: 127.0.0.1}\n"
+        "devices:\n"
+        "  - {name: all, driver: mqtt, mqtt: {topic: 'site/#', format: value,"
+        " quantity: frequency_hz}}\n"
+        "  - {name: any-hall, driver: mqtt, mqtt: {topic: 'site/+/power', format: value,"
+        " quantity: active_power_kw}}\n"
+        "  - {name: exact, driver: mqtt, mqtt: {topic: site/hall/power, format: value,"
+        " quantity: active_power_kw}}\n"
+        "  - {name: root, driver: mqtt, mqtt: {topic: '+/x', format: value,"
+        " quantity: active_power_kw}}\n")
+    mapper = PayloadMapper(config)
+
+    def entries(topic: str) -> list[str]:
+        return [r.entry for r in mapper.routes_for(topic)]
+
+    # exact routes first, then the patterns in the config's order
+    assert entries("site/hall/power") == ["exact", "all", "any-hall"]
+    assert entries("site") == ["all"]  # `#` takes its parent level too
+    assert entries("site/a/b/c") == ["all"]
+    assert entries("site/hall/power/x") == ["all"]  # `+` is one level only
+    assert entries("$SYS/x") == []  # a leading wildcard never takes a `$` topic
+    assert entries("a/x") == ["root"]
+    assert entries("other/hall/power") == []

@@ -16,8 +16,8 @@ from servers import MosquittoServer
 from test_mqtt_station import Running, _config, _until
 
 from energyd.config.loader import parse_config
-from energyd.drivers import _sparkplug_b_pb2 as pb
-from energyd.drivers.mqtt import PayloadMapper, Rejected
+from energyd.drivers.mqtt import _sparkplug_b_pb2 as pb
+from energyd.drivers.mqtt.client import PayloadMapper, Rejected
 from energyd.errors import ConfigError
 from energyd.model import Quality, Reading, from_ms, to_ms
 from energyd.store.sqlite import Store

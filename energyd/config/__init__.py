@@ -7,6 +7,7 @@ schema with the package would make a plugin's first import a cycle.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,12 +16,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Config", "Device", "load_config", "parse_config"]
 
+_WHERE = {"Config": "schema", "Device": "schema", "load_config": "loader",
+          "parse_config": "loader"}
+
 
 def __getattr__(name: str) -> Any:
-    if name in ("load_config", "parse_config"):
-        from energyd.config import loader
-        return getattr(loader, name)
-    if name in ("Config", "Device"):
-        from energyd.config import schema
-        return getattr(schema, name)
+    # Loaded when first asked for: the schema is assembled from the drivers' options
+    # models, which are made of config.types; importing that must not build the schema.
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"energyd.config.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'energyd.config' has no attribute {name!r}")

@@ -254,8 +254,10 @@ def _locate(tree: Any, loc: tuple[Any, ...]) -> tuple[int | None, str]:
                 node = node[key]
                 parts.append(_printable(key))
                 continue
-            if i + 1 < len(loc) and isinstance(loc[i + 1], str) and loc[i + 1] in node:
-                continue  # a union's branch name (a sink's `type:` tag), not the user's key
+            if i + 1 < len(loc) or "=" in key:
+                # a union's branch tag (`driver=modbus`), not a key of the file (a schema's
+                # keys hold no `=`; a missing required key comes last)
+                continue
             if node.lc.line is not None:
                 line = node.lc.line + 1
             parts.append(_printable(key))  # a missing required key: its parent mapping

@@ -11,7 +11,6 @@ field by field, and `config/*.example.yaml` files show them in use (parsed by th
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -35,20 +34,19 @@ from energyd.alerts.rules.registry import RULES
 from energyd.config.secrets import check_http_url, read_secret
 from energyd.config.types import (
     AgeMonths,
+    Device,
     Duration,
     ProblemsAt,
-    Role,
     Size,
     Strict,
     size_within,
     within,
 )
 from energyd.config.types import base_dir as _base_dir
-from energyd.config.types import check_quantity as _check_quantity
 from energyd.config.types import duplicates as _duplicates
 from energyd.config.types import path_value as _path
 from energyd.config.types import secret_file as _secret_file
-from energyd.drivers.dlt645.options import Dlt645Options
+from energyd.drivers.registry import DRIVERS
 from energyd.sinks.registry import SINKS
 
 # --- site and storage --------------------------------------------------------------------
@@ -98,200 +96,47 @@ class Http(Strict):
 # --- devices -----------------------------------------------------------------------------
 
 
-class Register(Strict):
-    """One value in a device's register map (inline for the generic profile)."""
-
-    quantity: str
-    address: int = Field(ge=0, le=65535)
-    function: Literal[1, 2, 3, 4] = 3  # read function codes only: energyd never writes
-    type: Literal[
-        "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"
-    ] = "float32"
-    order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
-    scale: float = 1.0
-    offset: float = 0.0
-
-    _q = field_validator("quantity")(classmethod(lambda cls, v: _check_quantity(v)))
+# The devices' models are the drivers' own (energyd/drivers/<name>/options.py), listed in
+# energyd/drivers/registry.py; an entry is told apart by its `driver:`. An entry whose
+# driver is missing or unknown gets a model of its own, so its problem is reported at its
+# `driver:` line beside every other problem of the file.
 
 
-class ModbusOptions(Strict):
-    transport: Literal["tcp", "rtu", "rtu_over_tcp"] = "tcp"
-    host: str | None = None
-    port: int = Field(502, ge=1, le=65535)
-    serial_port: str | None = None
-    baudrate: int = Field(9600, ge=300, le=4_000_000)
-    parity: Literal["N", "E", "O"] = "N"
-    bytesize: Literal[7, 8] = 8
-    stopbits: Literal[1, 2] = 1
-    unit: int = Field(1, ge=0, le=255)
-    # a silent unit holds its whole link this long per attempt
-    timeout: Annotated[Duration, within(0.01, 60)] = 1.0
-    retries: int = Field(0, ge=0, le=10)
-    # Devices that bend the spec:
-    pause_after_connect: Annotated[Duration, within(0, 60)] = 0.0
-    pause_between_requests: Annotated[Duration, within(0, 10)] = 0.0
-    close_after_poll: bool = False  # for single-master devices
-    single_register: bool = False  # one value per request
-    max_gap: int = Field(10, ge=0, le=120)  # registers read across to merge two blocks
-    max_registers: int = Field(125, ge=1, le=125)
-    # cap of the growing delay after timeouts
-    backoff_max: Annotated[Duration, within(0.01, 86400)] = 300.0
+class UnknownDriver(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    driver: Any = None
 
-    @model_validator(mode="after")
-    def _link(self) -> ModbusOptions:
-        if self.transport in ("tcp", "rtu_over_tcp") and not self.host:
-            raise ValueError(f"transport {self.transport} needs a host")
-        if self.transport == "rtu" and not self.serial_port:
-            raise ValueError("transport rtu needs a serial_port")
-        return self
-
-    @property
-    def link(self) -> str:
-        """The physical link this device sits on: one owner polls each."""
-        if self.transport == "rtu":
-            return f"serial:{self.serial_port}"
-        return f"{self.transport}:{self.host}:{self.port}"
-
-
-class MqttDeviceOptions(Strict):
-    """How one device's messages are found and read (energyd/drivers/mqtt.py has examples).
-
-    An exact topic gives readings of this device. A pattern (`+`, `#`) with `device_level`
-    is a template: the text at that topic level names the device, and `devices` lists the
-    names it may take (anything else is refused, so a mistyped publisher cannot invent
-    devices); role and station of the entry apply to each of them.
-    """
-
-    topic: str  # exact topic, or a pattern with + / # wildcards
-    # sparkplug_b: topic spBv1.0/<group>/+/<edge node>[/<device>], fields map quantities to
-    # metric names (energyd/drivers/sparkplug.py)
-    format: Literal["json", "value", "sparkplug_b"] = "json"
-    fields: dict[str, str] = Field(default_factory=dict)  # quantity -> dotted path in payload
-    quantity: str | None = None  # for format: value, the one quantity the topic carries
-    timestamp: str | None = None  # dotted path of the time field (ISO 8601 or epoch s/ms)
-    device_level: int | None = Field(None, ge=0, le=64)  # topic level (0-based) naming the device
-    devices: list[str] | None = None  # with device_level: the device names it may take
-    station: str | None = None  # compressed-air station this compressor belongs to
-
-    @field_validator("fields")
+    @model_validator(mode="before")
     @classmethod
-    def _fields(cls, v: dict[str, str]) -> dict[str, str]:
-        for q, path in v.items():
-            _check_quantity(q)
-            if not path or any(not part for part in path.split(".")):
-                raise ValueError(f"{q}: {path!r} is not a dotted path such as `data.power`")
-        return v
+    def _mapping(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("a device is a mapping of its keys (name:, driver:, ...)")
+        return data
 
     @model_validator(mode="after")
-    def _mapping(self) -> MqttDeviceOptions:
-        levels = self.topic.split("/")
-        if not self.topic or any(("+" in x or "#" in x) and len(x) > 1 for x in levels) \
-                or "#" in levels[:-1]:
-            raise ValueError(f"{self.topic!r} is not a valid topic or topic pattern")
-        if self.format == "sparkplug_b":
-            if len(levels) not in (4, 5) or levels[0] != "spBv1.0" or levels[2] != "+" or any(
-                    "+" in x or "#" in x for x in levels[1:2] + levels[3:]):
-                raise ValueError(f"format sparkplug_b needs a topic spBv1.0/<group>/+/<edge "
-                                 f"node>[/<device>], not {self.topic!r}")
-            if not self.fields:
-                raise ValueError("format sparkplug_b needs `fields:` (quantity: metric name)")
-            if self.timestamp or self.quantity or self.device_level is not None:
-                raise ValueError("format sparkplug_b takes each metric's own time and names its "
-                                 "device in the topic: no `timestamp:`, `quantity:` or "
-                                 "`device_level:`")
-        if self.format == "json" and not self.fields:
-            raise ValueError("format json needs `fields:` (quantity: dotted.path)")
-        if self.format == "value":
-            if self.quantity is None:
-                raise ValueError("format value needs `quantity:`")
-            _check_quantity(self.quantity)
-            if self.fields or self.timestamp:
-                raise ValueError("format value carries a bare number: no `fields:`/`timestamp:`")
-        if self.device_level is not None:
-            if self.device_level >= len(levels) or levels[self.device_level] != "+":
-                raise ValueError(f"device_level {self.device_level} must point at a `+` level "
-                                 f"of {self.topic!r}")
-            if not self.devices:
-                raise ValueError("device_level needs `devices:`, the names the level may take")
-            for name in self.devices:
-                if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-                    raise ValueError(f"devices: {name!r} is not a valid device name")
-        elif self.devices is not None:
-            raise ValueError("`devices:` only goes with a topic pattern and `device_level`")
-        return self
+    def _refuse(self) -> UnknownDriver:
+        known = ", ".join(DRIVERS)
+        if self.driver is None:
+            # a misspelt `driver:` is among the keys no driver has: say so too
+            keys = {k for e in DRIVERS.values() for k in e.options.model_fields}
+            raise ProblemsAt([(("driver",), f"a device needs `driver:` (one of {known})")]
+                             + [((k,), "unknown key (check its spelling)")
+                                for k in self.model_extra or {} if k not in keys])
+        raise ProblemsAt([(("driver",), f"unknown driver {str(self.driver)[:60]!r}: energyd "
+                                        f"has {known}")])
 
 
-class Device(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
-    role: Role = "submeter"
-    driver: Literal["modbus", "mqtt", "dlt645"]
-    interval: Annotated[Duration, within(0.01, 86400)] = 10.0
-    enabled: bool = True
-    profile: str | None = None  # built-in profile name, or a path to a profile YAML file
-    registers: list[Register] = Field(default_factory=list)  # the generic profile, inline
-    modbus: ModbusOptions | None = None
-    mqtt: MqttDeviceOptions | None = None
-    dlt645: Dlt645Options | None = None
-    # Accounting: used to tell a counter wrap or reset from real energy.
-    rated_power_kw: float | None = Field(None, gt=0)
-    counter_rollover: float | None = Field(None, gt=0)  # value at which the counter wraps to 0
-    # A fuel counter's most plausible advance per hour, in its own unit (m3/h, t/h); the
-    # rate limit of fuel counters as rated_power_kw is of kWh counters.
-    rated_flow: float | None = Field(None, gt=0)
-    fuel: FuelParameters | None = None
-
-    @field_validator("profile")
-    @classmethod
-    def _profile(cls, v: str | None, info: ValidationInfo) -> str | None:
-        # A built-in name stays as is; a file becomes an absolute path, checked now so a
-        # broken profile stops the start-up instead of a poll.
-        if v is None:
-            return v
-        from energyd.config.profiles import check_profile_ref
-
-        return check_profile_ref(_path(v), _base_dir(info))
-
-    @model_validator(mode="after")
-    def _driver_options(self) -> Device:
-        if self.driver != "dlt645" and self.dlt645 is not None:
-            raise ValueError(f"driver {self.driver} cannot have a `dlt645:` section")
-        if self.driver == "dlt645":
-            if self.dlt645 is None:
-                raise ValueError("driver dlt645 needs a `dlt645:` section")
-            if self.modbus is not None or self.mqtt is not None:
-                raise ValueError("driver dlt645 cannot have a `modbus:` or `mqtt:` section")
-            if self.profile is not None or self.registers:
-                raise ValueError("a dlt645 device names its profile under `dlt645:`")
-        elif self.driver == "modbus":
-            if self.modbus is None:
-                raise ValueError("driver modbus needs a `modbus:` section")
-            if self.mqtt is not None:
-                raise ValueError("driver modbus cannot have an `mqtt:` section")
-            if self.profile is None and not self.registers:
-                raise ValueError("a modbus device needs a `profile:` or inline `registers:`")
-        else:
-            if self.mqtt is None:
-                raise ValueError("driver mqtt needs an `mqtt:` section")
-            if self.modbus is not None:
-                raise ValueError("driver mqtt cannot have a `modbus:` section")
-        if self.interval <= 0:
-            raise ValueError("interval must be positive")
-        if self.rated_flow is not None and self.role != "fuel":
-            raise ValueError("rated_flow is a fuel counter's limit (role fuel); an electricity "
-                             "meter takes rated_power_kw")
-        return self
+def _driver_tag(v: Any) -> str:
+    driver = v.get("driver") if isinstance(v, dict) else getattr(v, "driver", None)
+    return f"driver={driver}" if isinstance(driver, str) and driver in DRIVERS else "driver=?"
 
 
-class FuelParameters(Strict):
-    """tCO2 = quantity x NCV x carbon content x oxidation x 44/12."""
-
-    quantity: Literal["fuel_volume_m3", "fuel_mass_t"]
-    # converts the counter's unit into the NCV's unit (e.g. 1e-4 for m3 -> 10^4 Nm3)
-    unit_factor: float = Field(1.0, gt=0)
-    ncv_gj_per_unit: float = Field(gt=0)
-    carbon_content_tc_per_gj: float = Field(gt=0)
-    oxidation: float = Field(1.0, gt=0, le=1)
-    source: str = ""
+DeviceEntry = Annotated[
+    Union[  # noqa: UP007 -- a union built from the registry at import time
+        tuple(Annotated[e.options, Tag(f"driver={name}")] for name, e in DRIVERS.items())
+        + (Annotated[UnknownDriver, Tag("driver=?")],)],
+    Discriminator(_driver_tag),
+]
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -641,7 +486,7 @@ class Config(Strict):
     site: Site = Field(default_factory=Site)
     storage: Storage = Field(default_factory=Storage)
     http: Http = Field(default_factory=Http)
-    devices: list[Device] = Field(default_factory=list)
+    devices: list[DeviceEntry] = Field(default_factory=list)
     mqtt: Mqtt | None = None
     influxdb: Annotated[list[InfluxDB], Field(default_factory=list)]
     sinks: Annotated[list[Sink], Field(default_factory=list)]
@@ -667,10 +512,9 @@ class Config(Strict):
         problems += [(("sinks", i, "name"), f"sink name {s.name!r} is already used by an "
                       "`influxdb:` entry: sink names must be unique (set `name:`)")
                      for i, s in enumerate(self.sinks) if s.name in taken]
-        if self.mqtt is None:
-            problems += [(("devices", i, "driver"), "mqtt devices need a top-level `mqtt:` "
-                          "broker section") for i, d in enumerate(self.devices)
-                         if d.driver == "mqtt"][:1]
+        problems += [(("devices", i, "driver"), f"{d.driver} devices need a top-level "
+                      f"`{section}:` {what} section") for i, d in enumerate(self.devices)
+                     for section, what in d.needs.items() if getattr(self, section) is None][:1]
         roles = {d.name: d.role for d in self.devices}
         for account, devs in self.accounting.accounts.items():
             for j, d in enumerate(devs):
@@ -704,5 +548,3 @@ class Config(Strict):
                 return d
         raise KeyError(name)
 
-
-Device.model_rebuild()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from energyd.config.schema import Config, Device
+from energyd.config.schema import Config
 from energyd.config.secrets import redact_url
 
 
@@ -13,24 +13,6 @@ def _fmt_seconds(s: float) -> str:
         if s >= size and s % size == 0:
             return f"{int(s // size)}{unit}"
     return f"{s:g}s"
-
-
-def _source(d: Device) -> str:
-    if d.modbus is not None:
-        m = d.modbus
-        where = m.serial_port if m.transport == "rtu" else f"{m.host}:{m.port}"
-        what = d.profile or f"{len(d.registers)} inline registers"
-        return f"modbus {m.transport} {where} unit {m.unit}, {what}"
-    if d.dlt645 is not None:
-        o = d.dlt645
-        where = o.serial_port if o.transport == "serial" else f"{o.host}:{o.port}"
-        return f"dlt645 {o.transport} {where} address {o.address}, {o.profile}"
-    assert d.mqtt is not None
-    if d.mqtt.devices:
-        # a template entry: one line, but every device it stands for is named
-        return (f"mqtt {d.mqtt.topic} ({d.mqtt.format}), level {d.mqtt.device_level} names "
-                f"{len(d.mqtt.devices)} devices: {', '.join(d.mqtt.devices)}")
-    return f"mqtt {d.mqtt.topic} ({d.mqtt.format})"
 
 
 def summary_tables(config: Config) -> list[Table]:
@@ -52,7 +34,7 @@ def summary_tables(config: Config) -> list[Table]:
         devices.add_column(col)
     for d in config.devices:
         devices.add_row(d.name + ("" if d.enabled else " (disabled)"), d.role,
-                        _fmt_seconds(d.interval), _source(d))
+                        _fmt_seconds(d.interval), d.summary())
 
     sinks = Table(title=f"sinks ({len(config.all_sinks)})")
     for col in ("name", "api", "url", "target", "credentials"):

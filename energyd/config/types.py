@@ -6,16 +6,18 @@ only the vocabulary below the config, so a plugin's options can use it without a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
+from energyd.config.profiles import check_profile_ref
 from energyd.config.secrets import check_secret_file
 from energyd.config.units import AgeMonths, Duration, Size, size_within, within
 from energyd.model import QUANTITIES, ROLES
 
-__all__ = ["AgeMonths", "Duration", "ProblemsAt", "Role", "Size", "Strict", "base_dir",
-           "check_quantity", "duplicates", "path_value", "secret_file", "size_within", "within"]
+__all__ = ["AgeMonths", "Device", "Duration", "FuelParameters", "ProblemsAt", "Role", "Size",
+           "Strict", "base_dir", "check_quantity", "duplicates", "path_value", "profile_ref",
+           "secret_file", "size_within", "within"]
 
 Role = Literal["grid_import", "submeter", "generation", "compressor", "fuel"]
 assert set(ROLES) == set(Role.__args__)  # type: ignore[attr-defined]
@@ -73,3 +75,90 @@ def check_quantity(name: str) -> str:
     if name not in QUANTITIES:
         raise ValueError(f"unknown quantity {name!r} (see the quantity vocabulary in DESIGN.md)")
     return name
+
+
+def profile_ref(v: str | None, info: ValidationInfo) -> str | None:
+    """A built-in profile name stays as is; a file becomes an absolute path, checked now so
+    a broken profile stops the start-up instead of a poll."""
+    if v is None:
+        return v
+    return check_profile_ref(path_value(v), base_dir(info))
+
+
+# --- what every device has, whatever its driver ----------------------------------------------
+
+
+class FuelParameters(Strict):
+    """tCO2 = quantity x NCV x carbon content x oxidation x 44/12."""
+
+    quantity: Literal["fuel_volume_m3", "fuel_mass_t"]
+    # converts the counter's unit into the NCV's unit (e.g. 1e-4 for m3 -> 10^4 Nm3)
+    unit_factor: float = Field(1.0, gt=0)
+    ncv_gj_per_unit: float = Field(gt=0)
+    carbon_content_tc_per_gj: float = Field(gt=0)
+    oxidation: float = Field(1.0, gt=0, le=1)
+    source: str = ""
+
+
+class Device(Strict):
+    """The fields every device has. A driver's options model (energyd/drivers/<name>/
+    options.py) subclasses it with `driver: Literal["<name>"]` and its `<name>:` section,
+    optional in the type and required by the check below, so a missing section is named."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
+    role: Role = "submeter"
+    driver: str
+    interval: Annotated[Duration, within(0.01, 86400)] = 10.0
+    enabled: bool = True
+    # Accounting: used to tell a counter wrap or reset from real energy.
+    rated_power_kw: float | None = Field(None, gt=0)
+    counter_rollover: float | None = Field(None, gt=0)  # value at which the counter wraps to 0
+    # A fuel counter's most plausible advance per hour, in its own unit (m3/h, t/h); the
+    # rate limit of fuel counters as rated_power_kw is of kWh counters.
+    rated_flow: float | None = Field(None, gt=0)
+    fuel: FuelParameters | None = None
+
+    # top-level sections of the file this driver's devices need, and what each is
+    # ({"mqtt": "broker"}: the MQTT broker's connection)
+    needs: ClassVar[dict[str, str]] = {}
+    # every driver's section name, filled as the drivers' models are defined
+    sections: ClassVar[set[str]] = set()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        Device.sections.update(getattr(cls.model_fields["driver"].annotation, "__args__", ()))
+
+    def __getattr__(self, name: str) -> Any:
+        # A device of another driver has no `<driver>:` section: code that looks for one
+        # driver's section on every device (air stations, alert templates) reads None.
+        if name in Device.sections:
+            return None
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def summary(self) -> str:
+        """The device's line in `energyd check-config` (its driver's model says)."""
+        raise NotImplementedError
+
+    @model_validator(mode="before")
+    @classmethod
+    def _foreign_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            driver = data.get("driver")
+            problems: list[tuple[tuple[str | int, ...], str]] = [
+                ((key,), f"driver {driver} cannot have a `{key}:` section")
+                for key in data if key in Device.sections and key != driver]
+            if problems:
+                raise ProblemsAt(problems)
+        return data
+
+    @model_validator(mode="after")
+    def _common(self) -> Device:
+        if getattr(self, self.driver, None) is None:
+            raise ValueError(f"driver {self.driver} needs a `{self.driver}:` section")
+        if self.interval <= 0:
+            raise ValueError("interval must be positive")
+        if self.rated_flow is not None and self.role != "fuel":
+            raise ValueError("rated_flow is a fuel counter's limit (role fuel); an electricity "
+                             "meter takes rated_power_kw")
+        return self

@@ -1,18 +1,24 @@
-"""Modbus acquisition: one owner per physical link (serial port or gateway host:port).
+"""Polled acquisition: one owner per physical link (serial port or gateway host:port).
 
-Every enabled Modbus device is grouped by `ModbusOptions.link`; each group gets a
-`LinkOwner` holding the link's one connection. The owner keeps its units' slots itself, on
-the monotonic clock: one wake-up per tick queues every unit due then (not a timer per
-device: on a small gateway the wake-ups cost more than the polls), and the owner's worker
-reads the queue one device at a time, so the units of a bus never talk over each other while
-different links poll concurrently. What a tick's polls read goes to the store in one call.
+Every enabled device of a polled driver (energyd/drivers/contracts.py: Modbus today) is
+grouped by the link its driver says it is on; each group gets a `LinkOwner` holding the
+link's one connection, through the driver's PolledLink, which knows the wire and nothing of
+scheduling: the owner is the same for every polled driver.
+
+The owner keeps its units' slots itself, on the monotonic clock: one wake-up per tick
+queues every unit due then (not a timer per device: on a small gateway the wake-ups cost
+more than the polls), and the owner's worker reads the queue one device at a time, so the
+units of a bus never talk over each other while different links poll concurrently.
+What a tick's polls read goes to the store in one call.
 
 A failure stays with its unit:
-- an exception reply isolates the refused registers (drivers/planner.py); the device's other
-  blocks are read on, in the same poll;
-- a timeout ends that unit's poll (costing the bus one timeout) and backs the unit off: its
-  next polls are skipped for a delay that doubles from one interval up to
-  `ModbusOptions.backoff_max`, so a dead unit does not spend the other units' bus time;
+- a part of the unit that is refused (a Modbus exception reply isolates the refused
+  registers, drivers/modbus/planner.py) is the driver's business; the unit's other parts are
+  read on, in the same poll, and each failing part is logged once;
+- a silent poll (a timeout, a connection down) ends that unit's poll (costing the bus one
+  timeout) and backs the unit off: its next polls are skipped for a delay that doubles from
+  one interval up to the unit's `backoff_max`, so a dead unit does not spend the other
+  units' bus time;
 - a unit in failure waits behind the healthy ones: the queue gives a healthy unit the bus
   first, so it waits at most for the one request on the wire, whatever the number of
   failing units on the link;
@@ -45,7 +51,8 @@ from typing import Any
 
 from energyd.config.schema import Device
 from energyd.daemon.context import Component, Context
-from energyd.drivers.modbus import DevicePoller, LinkSettings, ModbusLink, PollResult
+from energyd.drivers.contracts import Polled, PolledLink, PollOutcome
+from energyd.drivers.registry import plugins
 from energyd.model import to_ms
 
 log = logging.getLogger(__name__)
@@ -65,7 +72,7 @@ HAND_OVER_EVERY = 64  # polls: a link that is never idle still hands its reading
 @dataclass
 class DeviceState:
     device: Device
-    poller: DevicePoller
+    poller: Any  # the driver's object for this unit (a PolledUnit)
     interval_wall: float
     start: float = 0.0  # time.monotonic() of the first slot
     queued: bool = False
@@ -88,24 +95,15 @@ class DeviceState:
 class LinkOwner:
     """Owns one bus: one connection, one queue, every unit on it."""
 
-    def __init__(self, ctx: Context, link: str, devices: list[Device]):
+    def __init__(self, ctx: Context, link: str, devices: list[Device], driver: Polled):
         self.ctx = ctx
         self.link_id = link
         self.name = f"energyd[{link}].poll"
         self.devices = devices
-        self.settings = LinkSettings.from_options(devices[0].modbus)
-        for d in devices[1:]:
-            other = LinkSettings.from_options(d.modbus)
-            if (other.baudrate, other.parity, other.bytesize, other.stopbits) != (
-                    self.settings.baudrate, self.settings.parity, self.settings.bytesize,
-                    self.settings.stopbits):
-                log.warning("%s: %s sets other serial parameters than %s; one bus has one "
-                            "setting, %s's is used", link, d.name, devices[0].name,
-                            devices[0].name)
+        self.bus: PolledLink = driver.open_link(link, devices, ctx.clock)
         self.states = [
-            DeviceState(d, DevicePoller.from_device(d, ctx.clock),
-                        max(ctx.clock.real_seconds(d.interval), 0.001))
-            for d in devices
+            DeviceState(d, unit, max(ctx.clock.real_seconds(d.interval), 0.001))
+            for d, unit in zip(devices, self.bus.units, strict=True)
         ]
         self.lateness: deque[float] = deque(maxlen=LATENESS_SAMPLES)
         self.polls = 0
@@ -114,7 +112,7 @@ class LinkOwner:
         self._queue: asyncio.PriorityQueue[tuple[bool, int, DeviceState]] = (
             asyncio.PriorityQueue())
         self._order = itertools.count()
-        self._link: ModbusLink | None = None
+        self._link: PolledLink | None = None  # the bus, while it runs
         self._silent_in_row = 0
         self._stopping = False
         self._busy: deque[tuple[float, float]] = deque()  # (end, seconds) of recent polls
@@ -128,7 +126,7 @@ class LinkOwner:
         self._polled: list[tuple[str, int, str | None]] = []
 
     async def run(self) -> None:
-        async with ModbusLink(self.settings) as link:
+        async with self.bus as link:
             self._link = link
             worker = asyncio.create_task(self._worker(), name=f"{self.name}.worker")
             ticks = asyncio.create_task(self._ticks(), name=f"{self.name}.ticks")
@@ -138,7 +136,8 @@ class LinkOwner:
             finally:
                 self._stopping = True
                 ticks.cancel()
-                # pymodbus can swallow a cancellation that lands inside a request: insist
+                # a driver's library (pymodbus) can swallow a cancellation that lands inside a
+                # request: insist
                 while not worker.done():
                     worker.cancel()
                     await asyncio.wait([worker], timeout=0.2)
@@ -228,7 +227,7 @@ class LinkOwner:
             log.exception("%s: handing %d readings of %d polls to the store failed", self.name,
                           len(readings), len(polled))
 
-    def _finish_safely(self, st: DeviceState, result: PollResult) -> None:
+    def _finish_safely(self, st: DeviceState, result: Any) -> None:
         try:
             self.finish(st, result)
         except Exception:
@@ -236,20 +235,16 @@ class LinkOwner:
         finally:
             st.queued = False
 
-    async def read(self, st: DeviceState) -> PollResult:
+    async def read(self, st: DeviceState) -> Any:
         assert self._link is not None
         link = self._link
         late = max(0.0, time.monotonic() - st.polled_slot)
         self.lateness.append(late)
         st.lateness.append(late)
-        opts = st.device.modbus
-        assert opts is not None
         started = self._reading_since = time.monotonic()
         try:
-            return await st.poller.read(link)  # failures come back per block, not raised
+            return await link.read(st.poller)  # failures come back in the result, not raised
         finally:
-            if opts.close_after_poll:
-                link.close()
             ended = time.monotonic()
             self._reading_since = None
             self._busy.append((ended, ended - started))
@@ -288,10 +283,10 @@ class LinkOwner:
             log.info("%s: the link is busy %.0f%% of the time again", self.link_id,
                      share * 100)
 
-    def finish(self, st: DeviceState, result: PollResult) -> None:
+    def finish(self, st: DeviceState, raw: Any) -> None:
         """Decode, keep the readings for the store (handed over once the tick's units are
         read, `_hand_over`), count, log changes of state."""
-        st.poller.decode(result)
+        result = self.bus.finish(st.poller, raw)
         device = st.device
         self.polls += 1
         st.polls += 1
@@ -302,43 +297,45 @@ class LinkOwner:
         if st.polls_metric is None:
             st.polls_metric = self.ctx.metrics.polls.labels(device.name)
         st.polls_metric.inc()
-        if result.failures:
+        reason = result.reason
+        if reason is not None:
             st.errors += 1
             st.last_error = result.error
-            self.ctx.metrics.poll_errors.labels(device.name, result.reason).inc()
+            self.ctx.metrics.poll_errors.labels(device.name, reason).inc()
         if result.readings:
             st.last_ok_ms = when_ms
-        self._account(st, result)
+        self._account(st, result, reason)
 
-    def _account(self, st: DeviceState, result: PollResult) -> None:
+    def _account(self, st: DeviceState, result: PollOutcome, reason: str | None) -> None:
         name = st.device.name
-        opts = st.device.modbus
-        assert opts is not None
-        reason = result.reason
-        if reason in ("timeout", "connection"):
+        if reason is not None and result.silent:
             st.backoff = min(max(st.backoff * 2, st.interval_wall),
-                             self.ctx.clock.real_seconds(opts.backoff_max))
+                             self.ctx.clock.real_seconds(st.poller.backoff_max))
             st.not_before = time.monotonic() + st.backoff
             if st.failing is None:
-                log.warning("%s (unit %d on %s): %s; backing off", name, opts.unit,
+                log.warning("%s (unit %s on %s): %s; backing off", name, st.poller.address,
                             self.link_id, result.error)
             st.failing = reason
             self._silent_in_row += 1
             # every unit silent: the gateway or the connection is gone; start afresh
-            if self._silent_in_row >= len(self.states) + 2 and self._link is not None:
-                self._link.close()
+            if self._silent_in_row >= len(self.states) + 2:
+                self.bus.reset()
                 self._silent_in_row = 0
             return
         self._silent_in_row = 0
         st.backoff = 0.0
         st.not_before = 0.0
         if st.failing is not None:
-            log.info("%s (unit %d on %s): answering again", name, opts.unit, self.link_id)
+            log.info("%s (unit %s on %s): answering again", name, st.poller.address,
+                     self.link_id)
             st.failing = None
-        new = {f.block for f in result.failures} - st.refused
+        if reason is None:
+            return
+        parts = result.failed_parts()
+        new = parts.keys() - st.refused
         if new:
-            log.warning("%s: %s", name, "; ".join(str(f) for f in result.failures
-                                                  if f.block in new))
+            log.warning("%s: %s", name, "; ".join(why for part, why in parts.items()
+                                                  if part in new))
             st.refused |= new
 
     def health(self) -> dict[str, Any]:
@@ -349,7 +346,7 @@ class LinkOwner:
             "utilisation": round(self.utilisation(), 3),
             "devices": {
                 st.device.name: {
-                    "unit": st.device.modbus.unit if st.device.modbus else None,
+                    "unit": st.poller.address,
                     "polls": st.polls, "errors": st.errors, "skipped": st.skipped,
                     "missed": st.missed, "failing": st.failing,
                     "last_ok_ms": st.last_ok_ms, "last_error": st.last_error,
@@ -358,13 +355,19 @@ class LinkOwner:
         }
 
 
-def group_by_link(devices: list[Device]) -> dict[str, list[Device]]:
+def group_by_link(devices: list[Device], driver: str, polled: Polled
+                  ) -> dict[str, list[Device]]:
     links: dict[str, list[Device]] = {}
     for d in devices:
-        if d.enabled and d.driver == "modbus" and d.modbus is not None:
-            links.setdefault(d.modbus.link, []).append(d)
+        if d.enabled and d.driver == driver:
+            links.setdefault(polled.link_of(d), []).append(d)
     return links
 
 
 def build(ctx: Context) -> list[Component]:
-    return [LinkOwner(ctx, link, devs) for link, devs in group_by_link(ctx.config.devices).items()]
+    owners: list[Component] = []
+    for plugin in plugins():
+        if plugin.polled is not None:
+            links = group_by_link(ctx.config.devices, plugin.name, plugin.polled)
+            owners += [LinkOwner(ctx, link, devs, plugin.polled) for link, devs in links.items()]
+    return owners

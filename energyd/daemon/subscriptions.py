@@ -1,8 +1,9 @@
 """MQTT acquisition: the daemon's one broker connection and its subscriptions.
 
-`build(ctx)` returns one component when any enabled device uses driver mqtt. Messages are
-mapped to Readings on paho's network thread and handed to the store writer there (submit
-appends to a list under a short lock, it never waits on the database).
+`build(ctx)` returns one component when any enabled device's driver is a subscribed one
+(energyd/drivers/contracts.py: the MQTT driver). Messages are mapped to Readings on paho's
+network thread and handed to the store writer there (submit appends to a list under a short
+lock, it never waits on the database).
 
 Commit, then acknowledge. paho would send the PUBACK of a QoS 1 message as soon as
 `on_message` returns, but the reading is durable only once the writer has committed it;
@@ -51,7 +52,8 @@ from collections import deque
 from typing import Any
 
 from energyd.daemon.context import Component, Context
-from energyd.drivers.mqtt import PayloadMapper, Rejected, Subscriber
+from energyd.drivers.mqtt.client import PayloadMapper, Rejected, Subscriber
+from energyd.drivers.registry import plugin
 from energyd.model import Quality, Reading
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ MQTT311_BROKER_INFLIGHT = 20
 
 def build(ctx: Context) -> list[Component]:
     if ctx.config.mqtt is None or not any(
-            d.driver == "mqtt" and d.enabled for d in ctx.config.devices):
+            d.enabled and plugin(d.driver).subscribed for d in ctx.config.devices):
         return []
     return [MqttComponent(ctx)]
 

@@ -76,7 +76,7 @@ from pymodbus.transaction import TransactionManager
 
 from energyd.clock import Clock, RealClock
 from energyd.config.profiles import Profile, RegisterSpec, load_profile
-from energyd.drivers.decode import encode
+from energyd.drivers.modbus.decode import encode
 from energyd.simulators.loadshape import load_factor
 from energyd.simulators.loopback import check_loopback
 

@@ -52,7 +52,7 @@ each (per-compressor settings such as rated power need per-compressor entries).
         fields: {active_power_kw: Power/Active, active_energy_import_kwh: Energy/Import}
 
 Sparkplug B entries subscribe to their edge node's whole subtree; births, aliases, sequence
-numbers and deaths are kept per node by energyd/drivers/sparkplug.py.
+numbers and deaths are kept per node by energyd/drivers/mqtt/sparkplug.py.
 
 Time: a payload's own timestamp is the readings' time (quality good). A message without one
 takes its receive time, made strictly increasing per device (each message at least a
@@ -89,11 +89,13 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from energyd.config.schema import Config, Mqtt, MqttDeviceOptions
-from energyd.drivers.sparkplug import (
+from energyd.config.schema import Config, Mqtt
+from energyd.drivers.mqtt.options import MqttDeviceOptions
+from energyd.drivers.mqtt.sparkplug import (
     Metric,
     SparkplugDecoder,
     SparkplugProblem,
@@ -139,10 +141,6 @@ class Route:
     metrics: tuple[tuple[str, str], ...] = ()
 
     @property
-    def levels(self) -> list[str]:
-        return self.topic.split("/")
-
-    @property
     def is_pattern(self) -> bool:
         return "+" in self.topic or "#" in self.topic
 
@@ -158,19 +156,6 @@ class Route:
 
 
 _CACHE_TOPICS = 100_000
-
-
-def _matches(pattern: list[str], topic: list[str]) -> bool:
-    """MQTT filter matching on split levels (`+` one level, `#` the rest, and `$`-topics
-    are not matched by a leading wildcard)."""
-    if topic and topic[0].startswith("$") and pattern and pattern[0] in ("+", "#"):
-        return False
-    for i, p in enumerate(pattern):
-        if p == "#":
-            return True
-        if i >= len(topic) or (p != "+" and p != topic[i]):
-            return False
-    return len(pattern) == len(topic)
 
 
 def _path(dotted: str) -> tuple[str, ...]:
@@ -251,7 +236,7 @@ class PayloadMapper:
             o = d.mqtt
             if o.format == "sparkplug_b":
                 # the node's every message, whatever device the entry reads: its births,
-                # sequence numbers and deaths are the node's (drivers/sparkplug.py)
+                # sequence numbers and deaths are the node's (sparkplug.py)
                 levels = o.topic.split("/")
                 self.routes.append(Route(
                     d.name, "/".join(levels[:4]) + "/#", o, (), None, None,
@@ -264,10 +249,17 @@ class PayloadMapper:
                 frozenset(o.devices) if o.devices else None))
         self._exact: dict[str, list[Route]] = {}
         self._cache: dict[str, list[tuple[Route, str]] | Rejected] = {}
-        self._patterns: list[Route] = []
-        for r in self.routes:
+        # paho's own topic-filter trie (`+`, `#`, and `$` topics out of a leading
+        # wildcard's reach): each filter holds its routes with their place in the config
+        self._patterns = MQTTMatcher()
+        self._any_pattern = False
+        for i, r in enumerate(self.routes):
             if r.is_pattern:
-                self._patterns.append(r)
+                try:
+                    self._patterns[r.topic].append((i, r))
+                except KeyError:
+                    self._patterns[r.topic] = [(i, r)]
+                self._any_pattern = True
             else:
                 self._exact.setdefault(r.topic, []).append(r)
 
@@ -277,9 +269,10 @@ class PayloadMapper:
 
     def routes_for(self, topic: str) -> list[Route]:
         routes = self._exact.get(topic, [])
-        if self._patterns:
-            levels = topic.split("/")
-            routes = routes + [r for r in self._patterns if _matches(r.levels, levels)]
+        if self._any_pattern:
+            # in the config's order, as the exact ones: the last refusal is the one shown
+            matched = sorted(x for found in self._patterns.iter_match(topic) for x in found)
+            routes = routes + [r for _, r in matched]
         return routes
 
     def _named(self, topic: str) -> list[tuple[Route, str]] | Rejected:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from energyd.config.profiles import RegisterSpec
-from energyd.drivers.decode import TYPES
+from energyd.drivers.modbus.decode import TYPES
 
 MAX_BITS = 2000
 

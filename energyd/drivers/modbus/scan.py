@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from energyd.config.profiles import Profile, RegisterSpec, builtin_names, load_profile
-from energyd.drivers.decode import ORDERS, decode
-from energyd.drivers.modbus import ModbusLink, PollResult
+from energyd.drivers.modbus.decode import ORDERS, decode
+from energyd.drivers.modbus.link import ModbusLink, PollResult
 from energyd.errors import DeviceError, DeviceRefused, DeviceTimeout
-from energyd.model import QUANTITIES
 
 VOLTAGE = (80.0, 500.0)
 FREQUENCY = (45.0, 65.0)
@@ -122,22 +120,9 @@ def parse_units(text: str) -> list[int]:
 
 async def read_device(device: object, clock: object | None = None) -> tuple[Profile, PollResult]:
     """Poll one configured device once: (its profile, the PollResult)."""
-    from energyd.drivers.modbus import DevicePoller, LinkSettings
+    from energyd.drivers.modbus.link import DevicePoller, LinkSettings
 
     poller = DevicePoller.from_device(device, clock)  # type: ignore[arg-type]
     async with ModbusLink(LinkSettings.from_options(device.modbus)) as link:  # type: ignore[attr-defined]
         result = await poller.poll(link)
     return poller.profile, result
-
-
-def read_summary(device: str, profile: Profile, result: PollResult) -> dict[str, Any]:
-    """One poll as `energyd read` shows it: each value with its unit, the quantities the
-    meter does not measure (it sent NaN), and an error per block that failed."""
-    return {
-        "device": device, "profile": profile.name,
-        "time": result.readings[0].time.isoformat() if result.readings else None,
-        "values": {r.quantity: {"value": r.value, "unit": QUANTITIES[r.quantity].unit}
-                   for r in result.readings},
-        "errors": [{"block": f.block, "error": str(f.error)} for f in result.failures],
-        "unavailable": list(result.unavailable),
-    }

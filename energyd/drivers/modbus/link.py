@@ -14,7 +14,7 @@ discrete inputs (2), holding registers (3), input registers (4). Any other funct
 refused before anything is sent. energyd never writes to a meter on a plant network, and
 there is no code in this package that could.
 
-Options per device (schema `ModbusOptions`): `timeout` per request (default 1 s), `retries`
+Options per device (options.py `ModbusOptions`): `timeout` per request (default 1 s), `retries`
 after a timeout (0), `pause_after_connect`, `pause_between_requests`, `close_after_poll`
 (devices that accept one master only), `single_register`, `max_gap`, `max_registers`.
 
@@ -69,7 +69,7 @@ from pymodbus.framer.rtu import FramerRTU
 
 from energyd.clock import Clock, RealClock
 from energyd.config.profiles import Profile, RegisterSpec
-from energyd.drivers.planner import Block, key, plan
+from energyd.drivers.modbus.planner import Block, key, plan
 from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
 from energyd.model import Reading
 
@@ -315,6 +315,14 @@ class PollResult:
         return any(_silent(f.error) for f in self.failures)
 
     @property
+    def silent(self) -> bool:
+        """No reply, or no link: the bus owner backs the unit off."""
+        return self.reason in ("timeout", "connection")
+
+    def failed_parts(self) -> dict[str, str]:
+        return {f.block: str(f) for f in self.failures}
+
+    @property
     def error(self) -> str | None:
         return "; ".join(map(str, self.failures)) if self.failures else None
 
@@ -345,7 +353,8 @@ class DevicePoller:
     def __init__(self, name: str, unit: int, profile: Profile, *, timeout: float = 1.0,
                  retries: int = 0, pause_between_requests: float = 0.0,
                  single_register: bool = False, max_gap: int = 10, max_registers: int = 125,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, backoff_max: float = 300.0,
+                 close_after_poll: bool = False):
         if not profile.registers:
             raise ValueError(f"device {name}: the profile has no registers")
         self.name = name
@@ -358,6 +367,8 @@ class DevicePoller:
         self.max_gap = max_gap
         self.max_registers = max_registers
         self.clock = clock or RealClock()
+        self.backoff_max = backoff_max  # config seconds: the bus owner's cap after timeouts
+        self.close_after_poll = close_after_poll
         self.isolated: set[tuple[int, int]] = set()
         self.reprobe_after = REPROBE_AFTER
         self._reprobe_at: float | None = None  # monotonic: merged reads tried again then
@@ -372,7 +383,13 @@ class DevicePoller:
         return cls(device.name, o.unit, device_profile(device), timeout=o.timeout,
                    retries=o.retries, pause_between_requests=o.pause_between_requests,
                    single_register=o.single_register, max_gap=o.max_gap,
-                   max_registers=o.max_registers, clock=clock)
+                   max_registers=o.max_registers, clock=clock, backoff_max=o.backoff_max,
+                   close_after_poll=o.close_after_poll)
+
+    @property
+    def address(self) -> int:
+        """The unit id, for /health and the logs."""
+        return self.unit
 
     def _plan(self) -> list[Block]:
         return plan(self.profile.registers, max_registers=self.max_registers,

@@ -35,7 +35,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from energyd.drivers import _sparkplug_b_pb2 as pb
+from energyd.drivers.mqtt import _sparkplug_b_pb2 as pb
 from energyd.errors import EnergydError
 
 NAMESPACE = "spBv1.0"
@@ -46,7 +46,7 @@ _NUMERIC = {"int_value", "long_value", "float_value", "double_value", "boolean_v
 
 
 class SparkplugProblem(EnergydError):
-    """A message or metric refused; `reason` is a short metric label (see drivers/mqtt.py's
+    """A message or metric refused; `reason` is a short metric label (see client.py's
     Rejected, which the mapper turns it into)."""
 
     def __init__(self, reason: str, detail: str):

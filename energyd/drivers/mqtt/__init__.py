@@ -1,0 +1,1 @@
+"""The MQTT driver (JSON, bare values, Sparkplug B): README.md here documents its options."""
