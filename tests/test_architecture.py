@@ -14,19 +14,22 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "energyd"
 BASE = {"model", "clock", "errors"}
+OPTIONS_MODULE = re.compile(r"^energyd\.(drivers|sinks)\.\w+\.options$")
 ALLOWED: dict[str, set[str]] = {
     "model": BASE,
     "clock": BASE,
     "errors": BASE,
-    "config": BASE | {"config"},
+    # the config assembles the plugins' options models, and nothing else of theirs
+    "config": BASE | {"config", "plugin options"},
     "store": BASE | {"store"},
-    "drivers": BASE | {"config", "drivers"},
+    "drivers": BASE | {"config", "drivers", "plugin options"},
     "sinks": BASE | {"config", "store", "sinks"},
     "accounting": BASE | {"config", "store", "accounting"},
     "alerts": BASE | {"config", "store", "accounting", "alerts"},
@@ -50,8 +53,17 @@ def imported_layers(path: Path) -> set[str]:
         for name in names:
             parts = name.split(".")
             if parts[0] == "energyd" and len(parts) > 1:
-                layers.add(parts[1])
+                layers.add("plugin options" if OPTIONS_MODULE.match(name) else parts[1])
     return layers
+
+
+def test_options_modules_import_only_the_config_types() -> None:
+    for path in PACKAGE.glob("*/*/options.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("energyd"):
+                assert node.module in ("energyd.config.types", "energyd.model"), \
+                    f"{path.relative_to(PACKAGE)} imports {node.module}"
 
 
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if layer_of(p) in ALLOWED)

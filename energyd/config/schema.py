@@ -43,6 +43,7 @@ from energyd.config.types import check_quantity as _check_quantity
 from energyd.config.types import duplicates as _duplicates
 from energyd.config.types import path_value as _path
 from energyd.config.types import secret_file as _secret_file
+from energyd.drivers.opcua.options import OpcuaOptions
 
 # --- site and storage --------------------------------------------------------------------
 
@@ -217,13 +218,14 @@ class MqttDeviceOptions(Strict):
 class Device(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
     role: Role = "submeter"
-    driver: Literal["modbus", "mqtt"]
+    driver: Literal["modbus", "mqtt", "opcua"]
     interval: Annotated[Duration, within(0.01, 86400)] = 10.0
     enabled: bool = True
     profile: str | None = None  # built-in profile name, or a path to a profile YAML file
     registers: list[Register] = Field(default_factory=list)  # the generic profile, inline
     modbus: ModbusOptions | None = None
     mqtt: MqttDeviceOptions | None = None
+    opcua: OpcuaOptions | None = None  # energyd/drivers/opcua/README.md
     # Accounting: used to tell a counter wrap or reset from real energy.
     rated_power_kw: float | None = Field(None, gt=0)
     counter_rollover: float | None = Field(None, gt=0)  # value at which the counter wraps to 0
@@ -245,18 +247,25 @@ class Device(Strict):
 
     @model_validator(mode="after")
     def _driver_options(self) -> Device:
-        if self.driver == "modbus":
+        others = [k for k in ("modbus", "mqtt", "opcua")
+                  if k != self.driver and getattr(self, k) is not None]
+        if others:
+            raise ValueError(f"driver {self.driver} cannot have an `{others[0]}:` section")
+        if self.driver == "opcua":
+            if self.opcua is None:
+                raise ValueError("driver opcua needs an `opcua:` section (endpoint, profile)")
+            if self.profile is not None or self.registers:
+                raise ValueError("an opcua device's profile goes in its section: "
+                                 "`opcua: {profile: ...}` (device-level `profile:` and "
+                                 "`registers:` are Modbus register maps)")
+        elif self.driver == "modbus":
             if self.modbus is None:
                 raise ValueError("driver modbus needs a `modbus:` section")
-            if self.mqtt is not None:
-                raise ValueError("driver modbus cannot have an `mqtt:` section")
             if self.profile is None and not self.registers:
                 raise ValueError("a modbus device needs a `profile:` or inline `registers:`")
         else:
             if self.mqtt is None:
                 raise ValueError("driver mqtt needs an `mqtt:` section")
-            if self.modbus is not None:
-                raise ValueError("driver mqtt cannot have a `modbus:` section")
         if self.interval <= 0:
             raise ValueError("interval must be positive")
         if self.rated_flow is not None and self.role != "fuel":

@@ -21,6 +21,10 @@ def _source(d: Device) -> str:
         where = m.serial_port if m.transport == "rtu" else f"{m.host}:{m.port}"
         what = d.profile or f"{len(d.registers)} inline registers"
         return f"modbus {m.transport} {where} unit {m.unit}, {what}"
+    if d.opcua is not None:
+        o = d.opcua
+        return (f"opcua {o.endpoint} ({o.mode}, security {o.security}), "
+                f"{o.profile or 'inline nodes'}, {len(o.node_map())} nodes")
     assert d.mqtt is not None
     if d.mqtt.devices:
         # a template entry: one line, but every device it stands for is named

@@ -1,0 +1,188 @@
+"""One OPC UA device's readings: its session kept alive, its changes turned into Readings.
+
+`OpcuaSource(name, options, interval, on_readings=..., now=...)` runs until cancelled:
+
+* connect (security, user), look the profile's namespace up, then either subscribe to the
+  nodes' data changes (`mode: subscription`, the default) or read them every `interval`
+  (`mode: poll`);
+* check the connection every `watchdog` (asyncua reads the server's state; a failed read, a
+  publish loop that ended or a subscription the server closed all count as lost);
+* on a loss: close what is left, wait (backoff from `reconnect_delay_min`, doubling, capped
+  at `reconnect_delay_max`, with jitter), open a new session and re-create the subscription,
+  which sends every node's current value first. Logged once on the loss and once on the
+  recovery, however many attempts lie between; counted in `losses` and `recoveries`.
+
+Time: a value's source timestamp is the reading's time (quality good, or uncertain when
+the server says so). A value without one takes its receipt time, made strictly increasing
+per device as the MQTT driver does (energyd/drivers/mqtt.py), quality received. A value
+whose status is bad, or that is not a number, is refused and counted in `refused` by
+reason; nothing else is dropped. A value that comes again after a re-subscription (the
+current value the server sends first) carries the same source time, so the store keeps it
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from energyd.drivers.opcua.options import OpcuaOptions
+from energyd.drivers.opcua.session import Change, Session
+from energyd.errors import DeviceError
+from energyd.model import Quality, Reading, from_ms, to_ms
+
+log = logging.getLogger(__name__)
+
+
+def readings_of(device: str, options: OpcuaOptions, changes: list[Change], received: datetime,
+                receipts: dict[str, int], refused: dict[str, int] | None = None,
+                nodes: list | None = None) -> list[Reading]:
+    """Readings of changes from one session's nodes. `receipts` holds the device's last
+    receipt time (ms), so receipt-stamped readings stay strictly increasing."""
+    nodes = nodes if nodes is not None else options.node_map()
+    out = []
+    for ch in changes:
+        node = nodes[ch.node]
+        reason = None
+        if ch.status == "bad":
+            reason = "bad_status"
+        elif isinstance(ch.value, bool):
+            value = float(ch.value)
+        elif isinstance(ch.value, int | float):
+            value = float(ch.value) * node.scale
+            if value != value or value in (float("inf"), float("-inf")):
+                reason = "not_finite"
+        else:
+            reason = "not_numeric"
+        if reason is not None:
+            if refused is not None:
+                refused[reason] = refused.get(reason, 0) + 1
+            continue
+        if ch.source_time is not None:
+            when = ch.source_time
+            quality = Quality.UNCERTAIN if ch.status == "uncertain" else Quality.GOOD
+        else:
+            ms = to_ms(received)
+            last = receipts.get(device)
+            if last is not None and ms <= last:
+                ms = last + 1
+            receipts[device] = ms
+            when = from_ms(ms)
+            quality = Quality.RECEIVED
+        out.append(Reading(when, device, node.quantity, value, quality))
+    return out
+
+
+class OpcuaSource:
+    """The owner of one device's session. Keyword-only after `name`: `options`, `interval`
+    (poll mode), `on_readings` (called on the event loop with each batch of Readings),
+    `now` (the clock's now, for receipt times), `on_poll` (called with an error text or
+    None after each connect attempt and each poll, for the device's status)."""
+
+    def __init__(self, name: str, *, options: OpcuaOptions, interval: float,
+                 on_readings: Callable[[list[Reading]], None],
+                 now: Callable[[], datetime],
+                 on_poll: Callable[[str | None], None] | None = None):
+        self.name = name
+        self.options = options
+        self.interval = interval
+        self.on_readings = on_readings
+        self.now = now
+        self.on_poll = on_poll
+        self.nodes = options.node_map()
+        self.connected = False
+        self.last_error: str | None = None
+        self.connects = 0  # sessions opened
+        self.losses = 0  # connections lost (or never made) after being up or at start
+        self.recoveries = 0
+        self.changes = 0  # values received
+        self.refused: dict[str, int] = {}
+        self.unknown_nodes: dict[str, str] = {}
+        self._receipts: dict[str, int] = {}
+        self._failing = False
+        self._subscribed = asyncio.Event()
+
+    async def wait_subscribed(self) -> None:
+        await self._subscribed.wait()
+
+    async def run(self) -> None:
+        delay = self.options.reconnect_delay_min
+        while True:
+            session = Session(options=self.options)
+            try:
+                await session.open()
+                self.connects += 1
+                if self.options.mode == "subscription":
+                    await session.subscribe(self._take)
+                    self._note_unknown(session)
+                self._up()
+                delay = self.options.reconnect_delay_min
+                await self._hold(session)
+            except DeviceError as exc:
+                self._down(str(exc))
+            finally:
+                self.connected = False
+                self._subscribed.clear()
+                await session.close()
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.options.reconnect_delay_max)
+
+    async def _hold(self, session: Session) -> None:
+        """Until the connection is lost: poll, or watch the subscription."""
+        o = self.options
+        if o.mode == "poll":
+            next_poll = time.monotonic()
+            while True:
+                await session.check()
+                if time.monotonic() >= next_poll:
+                    self._take(await session.read())
+                    if self.on_poll is not None:
+                        self.on_poll(None)
+                    next_poll += self.interval
+                    if next_poll < time.monotonic():  # late: no burst of catch-up polls
+                        next_poll = time.monotonic() + self.interval
+                await asyncio.sleep(min(o.watchdog, max(0.0, next_poll - time.monotonic())))
+        self._subscribed.set()
+        while True:
+            await asyncio.sleep(o.watchdog)
+            await session.check()
+
+    def _take(self, changes: list[Change]) -> None:
+        self.changes += len(changes)
+        readings = readings_of(self.name, self.options, changes, self.now(), self._receipts,
+                               self.refused, self.nodes)
+        if readings:
+            self.on_readings(readings)
+
+    def _note_unknown(self, session: Session) -> None:
+        unknown = {self.nodes[i].quantity: f"{self.nodes[i].node}: {why}"
+                   for i, why in session.unknown.items()}
+        if unknown != self.unknown_nodes and unknown:
+            log.warning("opcua %s: the server refused %d node(s), read without them: %s",
+                        self.name, len(unknown), "; ".join(unknown.values()))
+        self.unknown_nodes = unknown
+
+    def _up(self) -> None:
+        self.connected = True
+        self.last_error = None
+        if self._failing:
+            self._failing = False
+            self.recoveries += 1
+            log.warning("opcua %s: connected again to %s; session and subscription "
+                        "re-created", self.name, self.options.endpoint)
+        if self.on_poll is not None:
+            self.on_poll(None)
+
+    def _down(self, error: str) -> None:
+        self.last_error = error
+        if not self._failing:
+            self._failing = True
+            self.losses += 1
+            log.warning("opcua %s: %s; reconnecting (up to every %gs)", self.name, error,
+                        self.options.reconnect_delay_max)
+        if self.on_poll is not None:
+            self.on_poll(error)

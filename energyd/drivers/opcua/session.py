@@ -1,0 +1,357 @@
+"""One connection and session to an OPC UA server, read-only by construction.
+
+`Session` is the only place that holds an asyncua client, and it keeps it private: what it
+offers is `open`, `read` (the Value attribute of the profile's nodes), `subscribe` (data
+changes of those nodes), `check` (is the connection alive) and `close`. There is no write,
+no method call, no browse-and-act: a caller cannot reach the server's write or call
+services through it, and a test holds the list of public names to these.
+
+asyncua's errors are mapped here, at the edge, onto energyd's (errors.py):
+
+    DeviceError
+    ├── DeviceTimeout         no answer in time (a dropped network, a server gone quiet)
+    ├── Unreachable           the connection could not be made or was lost
+    └── DeviceRefused         the server said no
+        ├── CertificateRefused      the server does not trust energyd's certificate
+        ├── CertificateMismatch     the server's certificate is not the pinned one
+        └── (a node the server does not know is reported per node, not raised)
+
+asyncua has no reconnection of its own (FreeOpcUa/opcua-asyncio #70, #1034, #1072): a
+session and its subscriptions die with the connection, and a server restart can leave a
+client whose publish loop ended silently. So a lost connection makes this session unusable
+(`check` raises); the owner (driver.py) closes it and opens a new one, which re-creates the
+session and the subscriptions from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from energyd.config.secrets import read_secret, secret_path
+from energyd.drivers.opcua.options import OpcuaOptions, ProfileNode
+from energyd.errors import DeviceError, DeviceRefused, DeviceTimeout
+
+__all__ = ["CertificateMismatch", "CertificateRefused", "Change", "Session", "Unreachable"]
+
+log = logging.getLogger(__name__)
+
+_CERTIFICATE_CODES = ("BadCertificate", "BadSecurityChecksFailed", "BadNoValidCertificates",
+                      "BadSecurityPolicyRejected", "BadApplicationSignatureInvalid")
+
+
+class Unreachable(DeviceError):
+    """The connection to the server could not be made, or it was lost."""
+
+
+class CertificateRefused(DeviceRefused):
+    """The server refused energyd's application certificate (not in its trust list, wrong
+    application URI, expired): the server's administrator has to trust it."""
+
+
+class CertificateMismatch(DeviceRefused):
+    """The server presents a certificate other than `server_certificate_file`: either the
+    server was re-keyed or this is not the server energyd was configured for."""
+
+
+class Change(NamedTuple):
+    """One value of one node as the server gave it."""
+
+    node: int  # index into Session.nodes
+    value: Any
+    source_time: datetime | None  # aware UTC; None when the server gives none
+    status: str  # "good", "uncertain" or "bad"
+    status_name: str
+
+
+def _status(code: Any) -> tuple[str, str]:
+    if code is None:
+        return "good", "Good"
+    try:
+        name = code.name
+    except Exception:
+        name = hex(getattr(code, "value", 0))
+    if code.is_good():
+        return "good", name
+    if code.is_uncertain():
+        return "uncertain", name
+    return "bad", name
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    if when is None or when.year < 1602:  # OPC UA's "no time": DateTime 0 (1601-01-01)
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _resolve(text: str, namespace: int | None, uris: list[str]) -> str:
+    """`text` with its namespace as an index of this server's namespace array."""
+    if text.startswith("ns="):
+        return text
+    if text.startswith("nsu="):
+        uri, _, rest = text[4:].partition(";")
+        if uri not in uris:
+            raise KeyError(uri)
+        return f"ns={uris.index(uri)};{rest}"
+    return f"ns={namespace};{text}" if namespace is not None else text
+
+
+def _mapped(exc: BaseException, endpoint: str) -> DeviceError:
+    """asyncua's and the socket's errors as energyd's, the original chained by the caller."""
+    from asyncua import ua
+
+    if isinstance(exc, DeviceError):
+        return exc
+    if isinstance(exc, ua.UaStatusCodeError):
+        name = exc.code.name if hasattr(exc, "code") else type(exc).__name__
+        if name.startswith(_CERTIFICATE_CODES):
+            return CertificateRefused(
+                f"{endpoint}: the server refused energyd's certificate ({name}): add "
+                "energyd's certificate to the server's trusted certificates, and check that "
+                "its application URI matches `application_uri`", getattr(exc, "code", None))
+        if name.startswith(("BadIdentityToken", "BadUserAccessDenied")):
+            return DeviceRefused(f"{endpoint}: the server refused the user ({name})")
+        return DeviceRefused(f"{endpoint}: {name}")
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return DeviceTimeout(f"{endpoint}: no answer in time")
+    if isinstance(exc, ConnectionRefusedError):
+        return Unreachable(f"{endpoint}: connection refused (is the server running?)")
+    if isinstance(exc, OSError | ConnectionError):
+        return Unreachable(f"{endpoint}: {exc.strerror or exc}" if isinstance(exc, OSError)
+                           else f"{endpoint}: connection lost ({exc})")
+    if isinstance(exc, ua.UaError):
+        return Unreachable(f"{endpoint}: {exc}")
+    return Unreachable(f"{endpoint}: {type(exc).__name__}: {exc}")
+
+
+class _Handler:
+    """asyncua's subscription handler: data changes become Changes, handed on at once."""
+
+    def __init__(self, session: Session, on_changes: Callable[[list[Change]], None]):
+        self.session = session
+        self.on_changes = on_changes
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        indexes = self.session._index.get(node.nodeid)  # noqa: SLF001
+        if not indexes:
+            return
+        dv = data.monitored_item.Value
+        status, name = _status(dv.StatusCode_)
+        value = dv.Value.Value if dv.Value is not None else None
+        when = _aware(dv.SourceTimestamp)
+        self.on_changes([Change(i, value, when, status, name) for i in indexes])
+
+    def status_change_notification(self, status: Any) -> None:
+        # the server ends the subscription (shutdown, timeout): the session is done
+        self.session._lost = f"subscription ended by the server ({_status(status)[1]})"  # noqa: SLF001
+
+
+class Session:
+    """A read-only OPC UA session over the profile's nodes.
+
+    Keyword-only: `options` (the device's OpcuaOptions). Use as `async with Session(...)`,
+    or `open()` / `close()`; close is safe twice and after a failed open.
+    """
+
+    def __init__(self, *, options: OpcuaOptions):
+        self.options = options
+        self.endpoint = options.endpoint
+        self.nodes: list[ProfileNode] = options.node_map()
+        self.unknown: dict[int, str] = {}  # node index -> why the server refused it
+        self._client: Any = None
+        self._ids: list[Any] = []
+        self._index: dict[Any, list[int]] = {}  # subscribed node id -> node indexes
+        self._lost: str | None = None
+
+    async def __aenter__(self) -> Session:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        from asyncua import Client
+
+        o = self.options
+        client = Client(self.endpoint, timeout=o.timeout, watchdog_intervall=o.watchdog)
+        # a session the server keeps for a client that vanished should not outlive long
+        # outages by much; the watchdog reads at `watchdog`, so this is never reached live
+        client.session_timeout = int(max(30.0, 10 * o.watchdog) * 1000)
+        try:
+            if o.security == "Basic256Sha256":
+                await self._secure(client)
+            if o.username is not None:
+                client.set_user(o.username)
+                password = read_secret(o.password_file, o.password_env, o.base_dir)
+                if password is not None:
+                    client.set_password(password.get_secret_value())
+            await client.connect()
+            self._client = client
+            uris = await client.get_namespace_array()
+            uri = o.namespace_uri
+            if uri is not None and uri not in uris:
+                raise DeviceRefused(f"{self.endpoint}: the server has no namespace {uri!r} "
+                                    f"(it has {', '.join(uris[1:]) or 'none of its own'})")
+            ns = uris.index(uri) if uri is not None else None
+            self._ids = []
+            for n in self.nodes:
+                try:
+                    self._ids.append(client.get_node(_resolve(n.node, ns, uris)))
+                except KeyError as exc:
+                    raise DeviceRefused(f"{self.endpoint}: {n.quantity}: the server has no "
+                                        f"namespace {exc.args[0]!r}") from None
+        except BaseException as exc:
+            await self._drop(client)
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+                raise
+            raise _mapped(exc, self.endpoint) from exc
+
+    async def _secure(self, client: Any) -> None:
+        from asyncua import ua
+        from asyncua.crypto import uacrypto
+        from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+        from cryptography import x509
+
+        o = self.options
+        assert o.certificate_file and o.private_key_file and o.server_certificate_file
+        key = secret_path(o.private_key_file, o.base_dir)
+        try:
+            cert = await uacrypto.load_certificate(str(o.certificate_file))
+            pinned = await uacrypto.load_certificate(str(o.server_certificate_file))
+        except Exception as exc:
+            raise DeviceRefused(f"a certificate cannot be read: {type(exc).__name__}") from None
+        uri = o.application_uri
+        if uri is None:
+            try:
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                uri = next(iter(san.value.get_values_for_type(x509.UniformResourceIdentifier)))
+            except (x509.ExtensionNotFound, StopIteration):
+                raise DeviceRefused(f"{o.certificate_file}: the certificate holds no "
+                                    "application URI: set `application_uri`") from None
+        client.application_uri = uri
+        # The server's certificate is compared before anything is encrypted with the pinned
+        # one: a server with another key would only drop the connection, which says nothing.
+        endpoints = await client.connect_and_get_server_endpoints()
+        policy = SecurityPolicyBasic256Sha256.URI
+        offered = [e for e in endpoints if e.SecurityPolicyUri == policy]
+        if not offered:
+            raise DeviceRefused(f"{self.endpoint}: the server offers no Basic256Sha256 "
+                                "endpoint")
+        pinned_der = uacrypto.der_from_x509(pinned)
+        presented = offered[0].ServerCertificate or b""
+        if not presented.startswith(pinned_der):
+            raise CertificateMismatch(
+                f"{self.endpoint}: the server's certificate is not the one in "
+                f"server_certificate_file ({o.server_certificate_file}): "
+                f"it presents SHA-256 {_thumbprint(presented)}, the file holds "
+                f"{_thumbprint(pinned_der)}")
+        mode = (ua.MessageSecurityMode.SignAndEncrypt if o.security_mode == "SignAndEncrypt"
+                else ua.MessageSecurityMode.Sign)
+        try:
+            await client.set_security(SecurityPolicyBasic256Sha256, certificate=str(
+                o.certificate_file), private_key=str(key), server_certificate=str(
+                o.server_certificate_file), mode=mode)
+        except (ValueError, TypeError) as exc:
+            raise DeviceRefused(f"energyd's certificate or private key cannot be used: "
+                                f"{type(exc).__name__}") from None
+
+    async def read(self) -> list[Change]:
+        """The current value of every node, one request."""
+        client = self._usable()
+        try:
+            values = await client.read_attributes(self._ids)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _mapped(exc, self.endpoint) from exc
+        out = []
+        for i, dv in enumerate(values):
+            status, name = _status(dv.StatusCode_)
+            value = dv.Value.Value if dv.Value is not None else None
+            out.append(Change(i, value, _aware(dv.SourceTimestamp), status, name))
+        return out
+
+    async def subscribe(self, on_changes: Callable[[list[Change]], None]) -> None:
+        """Data changes of every node, sampled at `sampling_interval`, published at
+        `publishing_interval`; the server sends each node's current value first. A node
+        the server refuses is left out and named in `unknown`."""
+        from asyncua import ua
+
+        client = self._usable()
+        o = self.options
+        publishing = o.publishing_interval if o.publishing_interval is not None else max(
+            o.sampling_interval, 0.05)
+        try:
+            sub = await client.create_subscription(publishing * 1000, _Handler(self, on_changes))
+            handles = await sub.subscribe_data_change(
+                self._ids, queuesize=o.queue_size, sampling_interval=o.sampling_interval * 1000)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _mapped(exc, self.endpoint) from exc
+        self._index.clear()
+        self.unknown.clear()
+        for i, handle in enumerate(handles):
+            if isinstance(handle, ua.StatusCode):
+                self.unknown[i] = _status(handle)[1]
+                continue
+            self._index.setdefault(self._ids[i].nodeid, []).append(i)
+        if not self._index:
+            raise DeviceRefused(f"{self.endpoint}: the server refused every node: "
+                                + "; ".join(f"{self.nodes[i].node} ({why})"
+                                            for i, why in self.unknown.items()))
+
+    async def check(self) -> None:
+        """Raise Unreachable (or a timeout) if the connection or the subscription is gone."""
+        client = self._usable()
+        if self._lost is not None:
+            raise Unreachable(f"{self.endpoint}: {self._lost}")
+        try:
+            await client.check_connection()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _mapped(exc, self.endpoint) from exc
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await self._drop(client)
+
+    async def _drop(self, client: Any) -> None:
+        # a polite disconnect when the server is there; never wait long for one that is not
+        try:
+            await asyncio.wait_for(client.disconnect(), self.options.timeout)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                with contextlib.suppress(Exception):
+                    client.disconnect_socket()
+                raise
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+
+    def _usable(self) -> Any:
+        if self._client is None:
+            raise Unreachable(f"{self.endpoint}: not connected")
+        return self._client
+
+
+def _thumbprint(der: bytes) -> str:
+    import hashlib
+
+    if not der:
+        return "(none)"
+    return hashlib.sha256(der[:_der_length(der)]).hexdigest()[:16]
+
+
+def _der_length(der: bytes) -> int:
+    # a chain is the DER certificates back to back: the first one's length is in its header
+    if len(der) < 4 or der[1] != 0x82:
+        return len(der)
+    return int.from_bytes(der[2:4], "big") + 4
+
