@@ -147,7 +147,8 @@ class _Handler:
 
     def status_change_notification(self, status: Any) -> None:
         # the server ends the subscription (shutdown, timeout): the session is done
-        self.session._lost = f"subscription ended by the server ({_status(status)[1]})"  # noqa: SLF001
+        code = getattr(status, "Status", status)
+        self.session._lost = f"subscription ended by the server ({_status(code)[1]})"  # noqa: SLF001
 
 
 class Session:
@@ -166,6 +167,7 @@ class Session:
         self._ids: list[Any] = []
         self._index: dict[Any, list[int]] = {}  # subscribed node id -> node indexes
         self._lost: str | None = None
+        self._broken = False  # the connection is known to be gone: no goodbye to send
 
     async def __aenter__(self) -> Session:
         await self.open()
@@ -310,12 +312,14 @@ class Session:
         """Raise Unreachable (or a timeout) if the connection or the subscription is gone."""
         client = self._usable()
         if self._lost is not None:
+            self._broken = True
             raise Unreachable(f"{self.endpoint}: {self._lost}")
         try:
             await client.check_connection()
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            self._broken = True
             raise _mapped(exc, self.endpoint) from exc
 
     async def close(self) -> None:
@@ -325,6 +329,13 @@ class Session:
 
     async def _drop(self, client: Any) -> None:
         # a polite disconnect when the server is there; never wait long for one that is not
+        if self._broken:
+            await _settle(client)
+            protocol = getattr(client.uaclient, "protocol", None)
+            if protocol is not None and getattr(protocol, "state", None) != "closed":
+                with contextlib.suppress(Exception):
+                    client.disconnect_socket()
+            return
         try:
             await asyncio.wait_for(client.disconnect(), self.options.timeout)
         except BaseException as exc:
@@ -339,6 +350,19 @@ class Session:
         if self._client is None:
             raise Unreachable(f"{self.endpoint}: not connected")
         return self._client
+
+
+async def _settle(client: Any) -> None:
+    """End the background tasks of a client whose connection is gone and take their
+    errors, which asyncua would otherwise leave to the event loop's "never retrieved"
+    report (its watchdog, channel renewal and publish loops outlive a lost connection)."""
+    tasks = [getattr(client, "_monitor_server_task", None),
+             getattr(client, "_renew_channel_task", None),
+             getattr(getattr(client, "uaclient", None), "_publish_task", None)]
+    tasks = [t for t in tasks if isinstance(t, asyncio.Task)]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _thumbprint(der: bytes) -> str:
