@@ -12,7 +12,8 @@ Keyword arguments: `host` (loopback only) and `port` (0: a free one, kept across
 "Basic256Sha256": then the controller makes its own key and certificate in `pki_dir` and
 serves only Basic256Sha256 endpoints), `trusted` (client certificate files the controller
 trusts; with none, any well-formed client certificate is taken), `source_timestamps` (False:
-the controller stamps no source time, as some PLCs do).
+the controller stamps no source time, as some PLCs do), `history` (the server keeps the
+last hour of every variable's changes for HistoryRead, from its start: True).
 
 Each compressor is an object named after it in the namespace `NAMESPACE`, its variables
 `<name>.Power` (kW), `.Energy` (kWh), `.Pressure` (bar), `.Flow` (m3/min), `.State` (0 off,
@@ -35,6 +36,7 @@ import json
 import logging
 import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -71,7 +73,7 @@ class OpcuaController:
                  compressors: int = 2, clock: Clock | None = None, rate: float = 1.0,
                  seed: int = 0, system: AirSystem | None = None, security: str = "None",
                  pki_dir: Path | None = None, trusted: list[Path] | None = None,
-                 source_timestamps: bool = True):
+                 source_timestamps: bool = True, history: bool = True):
         check_loopback(host, "OPC UA server")
         if compressors < 1:
             raise ValueError("a controller needs at least one compressor")
@@ -90,10 +92,12 @@ class OpcuaController:
         self.pki_dir = pki_dir
         self.trusted = list(trusted or [])
         self.source_timestamps = source_timestamps
+        self.history = history
         self.system = system or AirSystem.build(compressors, prefix=f"{station}-c", seed=seed)
         self.published: dict[str, dict[str, list[tuple[int, float]]]] = {
             c.name: {q: [] for q in VARIABLES} for c in self.system.compressors}
         self.starts = 0  # how many times the server was started
+        self.served_from: list[int] = []  # when each start began to serve (ms)
         self._server: Any = None
         self._vars: dict[tuple[str, str], Any] = {}
         self._last: dict[tuple[str, str], float] = {}
@@ -187,10 +191,16 @@ class OpcuaController:
                                               ua.Variant(0.0, ua.VariantType.Double))
                 self._vars[(c.name, quantity)] = node
         self._last.clear()  # a fresh address space: every value is written anew
-        await self._publish(now)  # before the first client can see the zeros
+        # the values first (no client ever sees the zeros the variables are made with),
+        # then the history, which starts from them
+        await self._publish(now)
+        if self.history:
+            await server.historize_node_data_change(list(self._vars.values()),
+                                                    period=timedelta(hours=1))
         await server.start()
         self._server = server
         self.starts += 1
+        self.served_from.append(to_ms(now))
         self._serving = True
 
     async def _pki(self, server: Any) -> None:

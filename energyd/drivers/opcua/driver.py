@@ -11,6 +11,11 @@
   at `reconnect_delay_max`, with jitter), open a new session and re-create the subscription,
   which sends every node's current value first. Logged once on the loss and once on the
   recovery, however many attempts lie between; counted in `losses` and `recoveries`.
+* after a re-created subscription (`backfill`, on by default), read from the server's
+  history what each node did between the last source time energyd received and now: a
+  subscription only ever sends the current value, so the changes while energyd was away
+  would otherwise be lost. A server without history says so once in the log; a server
+  that restarted keeps only what its history holds since its own start.
 
 Time: a value's source timestamp is the reading's time (quality good, or uncertain when
 the server says so). A value without one takes its receipt time, made strictly increasing
@@ -31,7 +36,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from energyd.drivers.opcua.options import OpcuaOptions
-from energyd.drivers.opcua.session import Change, Session
+from energyd.drivers.opcua.session import Change, HistoryUnavailable, Session
 from energyd.errors import DeviceError
 from energyd.model import Quality, Reading, from_ms, to_ms
 
@@ -105,6 +110,9 @@ class OpcuaSource:
         self._receipts: dict[str, int] = {}
         self._failing = False
         self._subscribed = asyncio.Event()
+        self._seen: dict[int, datetime] = {}  # node -> latest source time received
+        self.backfilled = 0  # values read from the server's history after a reconnect
+        self._no_history = False
 
     async def wait_subscribed(self) -> None:
         await self._subscribed.wait()
@@ -117,8 +125,11 @@ class OpcuaSource:
                 await session.open()
                 self.connects += 1
                 if self.options.mode == "subscription":
+                    since = dict(self._seen)  # before the subscription moves it on
                     await session.subscribe(self._take)
                     self._note_unknown(session)
+                    if since and self.options.backfill:
+                        await self._backfill(session, since)
                 self._up()
                 delay = self.options.reconnect_delay_min
                 await self._hold(session)
@@ -151,8 +162,28 @@ class OpcuaSource:
             await asyncio.sleep(o.watchdog)
             await session.check()
 
+    async def _backfill(self, session: Session, since: dict[int, datetime]) -> None:
+        """What changed between the last value seen and the new subscription, from the
+        server's history: the store keeps once what the subscription's first values repeat."""
+        try:
+            changes = await session.history(since, self.now())
+        except HistoryUnavailable as exc:
+            if not self._no_history:
+                self._no_history = True
+                log.warning("opcua %s: %s: what changed while disconnected is not read back "
+                            "(set `backfill: false` to skip the attempt)", self.name, exc)
+            return
+        self.backfilled += len(changes)
+        if changes:
+            self._take(changes)
+
     def _take(self, changes: list[Change]) -> None:
         self.changes += len(changes)
+        seen = self._seen
+        for ch in changes:
+            t = ch.source_time
+            if t is not None and (ch.node not in seen or t > seen[ch.node]):
+                seen[ch.node] = t
         readings = readings_of(self.name, self.options, changes, self.now(), self._receipts,
                                self.refused, self.nodes)
         if readings:

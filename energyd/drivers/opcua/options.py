@@ -131,6 +131,8 @@ class OpcuaOptions(Strict):
     publishing_interval: Annotated[Duration, within(0.01, 3600)] | None = None
     # changes the server may queue per node between two publishes
     queue_size: int = Field(10, ge=1, le=10000)
+    # after a reconnect, read what changed while energyd was away from the server's history
+    backfill: bool = True
     security: Literal["None", "Basic256Sha256"] = "None"
     security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
     certificate_file: Path | None = None  # energyd's application certificate (DER or PEM)

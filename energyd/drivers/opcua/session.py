@@ -2,7 +2,8 @@
 
 `Session` is the only place that holds an asyncua client, and it keeps it private: what it
 offers is `open`, `read` (the Value attribute of the profile's nodes), `subscribe` (data
-changes of those nodes), `check` (is the connection alive) and `close`. There is no write,
+changes of those nodes), `history` (the changes the server kept, HistoryRead), `check` (is
+the connection alive) and `close`. There is no write,
 no method call, no browse-and-act: a caller cannot reach the server's write or call
 services through it, and a test holds the list of public names to these.
 
@@ -36,7 +37,8 @@ from energyd.config.secrets import read_secret, secret_path
 from energyd.drivers.opcua.options import OpcuaOptions, ProfileNode
 from energyd.errors import DeviceError, DeviceRefused, DeviceTimeout
 
-__all__ = ["CertificateMismatch", "CertificateRefused", "Change", "Session", "Unreachable"]
+__all__ = ["CertificateMismatch", "CertificateRefused", "Change", "HistoryUnavailable", "Session",
+           "Unreachable"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ _CERTIFICATE_CODES = ("BadCertificate", "BadSecurityChecksFailed", "BadNoValidCe
 
 class Unreachable(DeviceError):
     """The connection to the server could not be made, or it was lost."""
+
+
+class HistoryUnavailable(DeviceRefused):
+    """The server keeps no history of a node (HistoryRead unsupported or not allowed)."""
 
 
 class CertificateRefused(DeviceRefused):
@@ -307,6 +313,37 @@ class Session:
             raise DeviceRefused(f"{self.endpoint}: the server refused every node: "
                                 + "; ".join(f"{self.nodes[i].node} ({why})"
                                             for i, why in self.unknown.items()))
+
+    async def history(self, since: dict[int, datetime], until: datetime) -> list[Change]:
+        """Each node's changes the server kept after `since[node]` (exclusive) up to `until`
+        (HistoryRead, raw). Raises HistoryUnavailable if the server keeps none."""
+        from asyncua import ua
+
+        self._usable()
+        out: list[Change] = []
+        for i, start in since.items():
+            try:
+                values = await self._ids[i].read_raw_history(start, until, return_bounds=False)
+            except ua.UaStatusCodeError as exc:
+                name = exc.code.name if hasattr(exc, "code") else type(exc).__name__
+                if name.startswith(("BadHistoryOperation", "BadNotReadable",
+                                    "BadUserAccessDenied", "BadNotSupported",
+                                    "BadServiceUnsupported")):
+                    raise HistoryUnavailable(f"{self.endpoint}: {self.nodes[i].node}: the "
+                                             f"server keeps no history ({name})") from None
+                raise _mapped(exc, self.endpoint) from exc
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise _mapped(exc, self.endpoint) from exc
+            for dv in values:
+                when = _aware(dv.SourceTimestamp)
+                if when is None or when <= start:
+                    continue
+                status, name = _status(dv.StatusCode_)
+                value = dv.Value.Value if dv.Value is not None else None
+                out.append(Change(i, value, when, status, name))
+        return out
 
     async def check(self) -> None:
         """Raise Unreachable (or a timeout) if the connection or the subscription is gone."""
