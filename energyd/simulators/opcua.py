@@ -13,7 +13,9 @@ Keyword arguments: `host` (loopback only) and `port` (0: a free one, kept across
 serves only Basic256Sha256 endpoints), `trusted` (client certificate files the controller
 trusts; with none, any well-formed client certificate is taken), `source_timestamps` (False:
 the controller stamps no source time, as some PLCs do), `history` (the server keeps the
-last hour of every variable's changes for HistoryRead, from its start: True).
+last hour of every variable's changes for HistoryRead: True), `history_file` (keep that
+history in an SQLite file, so it outlives a restart as a controller's historian does;
+default in memory, lost with the server).
 
 Each compressor is an object named after it in the namespace `NAMESPACE`, its variables
 `<name>.Power` (kW), `.Energy` (kWh), `.Pressure` (bar), `.Flow` (m3/min), `.State` (0 off,
@@ -73,7 +75,8 @@ class OpcuaController:
                  compressors: int = 2, clock: Clock | None = None, rate: float = 1.0,
                  seed: int = 0, system: AirSystem | None = None, security: str = "None",
                  pki_dir: Path | None = None, trusted: list[Path] | None = None,
-                 source_timestamps: bool = True, history: bool = True):
+                 source_timestamps: bool = True, history: bool = True,
+                 history_file: Path | None = None):
         check_loopback(host, "OPC UA server")
         if compressors < 1:
             raise ValueError("a controller needs at least one compressor")
@@ -93,6 +96,7 @@ class OpcuaController:
         self.trusted = list(trusted or [])
         self.source_timestamps = source_timestamps
         self.history = history
+        self.history_file = history_file
         self.system = system or AirSystem.build(compressors, prefix=f"{station}-c", seed=seed)
         self.published: dict[str, dict[str, list[tuple[int, float]]]] = {
             c.name: {q: [] for q in VARIABLES} for c in self.system.compressors}
@@ -147,12 +151,23 @@ class OpcuaController:
             self._task = asyncio.create_task(self._run(), name=f"simulator[{self.station}]")
 
     async def stop_server(self) -> None:
-        """The controller goes away (the plant keeps running)."""
+        """The controller shuts down (the plant keeps running): it stops writing, lets its
+        history take the last changes, then closes its sessions."""
         self._serving = False
         server, self._server = self._server, None
-        self._vars.clear()
         if server is not None:
+            if self.history:
+                await asyncio.sleep(0.05)  # asyncua's historian saves every 10 ms
             await server.stop()
+        self._vars.clear()
+
+    async def pause(self) -> None:
+        """The plant stops changing (the server stays): what was published is final."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     async def restart(self, down: float = 0.0) -> None:
         await self.stop_server()
@@ -161,11 +176,7 @@ class OpcuaController:
         await self._serve()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.pause()
         await self.stop_server()
 
     async def _serve(self) -> None:
@@ -195,6 +206,12 @@ class OpcuaController:
         # then the history, which starts from them
         await self._publish(now)
         if self.history:
+            if self.history_file is not None:
+                from asyncua.server.history_sql import HistorySQLite
+
+                storage = HistorySQLite(str(self.history_file))
+                await storage.init()
+                server.iserver.history_manager.set_storage(storage)
             await server.historize_node_data_change(list(self._vars.values()),
                                                     period=timedelta(hours=1))
         await server.start()

@@ -132,7 +132,7 @@ class OpcuaSource:
                         await self._backfill(session, since)
                 self._up()
                 delay = self.options.reconnect_delay_min
-                await self._hold(session)
+                await self._hold(session, since if self.options.backfill else {})
             except DeviceError as exc:
                 self._down(str(exc))
             finally:
@@ -142,7 +142,7 @@ class OpcuaSource:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.options.reconnect_delay_max)
 
-    async def _hold(self, session: Session) -> None:
+    async def _hold(self, session: Session, since: dict[int, datetime]) -> None:
         """Until the connection is lost: poll, or watch the subscription."""
         o = self.options
         if o.mode == "poll":
@@ -158,9 +158,17 @@ class OpcuaSource:
                         next_poll = time.monotonic() + self.interval
                 await asyncio.sleep(min(o.watchdog, max(0.0, next_poll - time.monotonic())))
         self._subscribed.set()
+        # The history is read once more a little later: a server may save a change to its
+        # history after it was read (asyncua does so on its own publishing cycle), and a
+        # change written while the subscription was being made reaches neither the
+        # subscription nor the first read. The store keeps once what both bring.
+        again = time.monotonic() + max(1.0, 4 * (o.publishing_interval or o.sampling_interval))
         while True:
             await asyncio.sleep(o.watchdog)
             await session.check()
+            if since and time.monotonic() >= again:
+                await self._backfill(session, since)
+                since = {}
 
     async def _backfill(self, session: Session, since: dict[int, datetime]) -> None:
         """What changed between the last value seen and the new subscription, from the
@@ -173,6 +181,11 @@ class OpcuaSource:
                 log.warning("opcua %s: %s: what changed while disconnected is not read back "
                             "(set `backfill: false` to skip the attempt)", self.name, exc)
             return
+        if session.without_history and not self._no_history:
+            self._no_history = True
+            log.warning("opcua %s: the server keeps no history of %s: what those nodes did "
+                        "while disconnected is not read back", self.name,
+                        ", ".join(session.without_history))
         self.backfilled += len(changes)
         if changes:
             self._take(changes)
@@ -217,3 +230,4 @@ class OpcuaSource:
                         self.options.reconnect_delay_max)
         if self.on_poll is not None:
             self.on_poll(error)
+

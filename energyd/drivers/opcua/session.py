@@ -169,6 +169,7 @@ class Session:
         self.endpoint = options.endpoint
         self.nodes: list[ProfileNode] = options.node_map()
         self.unknown: dict[int, str] = {}  # node index -> why the server refused it
+        self.without_history: list[str] = []  # quantities whose node keeps no history
         self._client: Any = None
         self._ids: list[Any] = []
         self._index: dict[Any, list[int]] = {}  # subscribed node id -> node indexes
@@ -294,6 +295,11 @@ class Session:
         o = self.options
         publishing = o.publishing_interval if o.publishing_interval is not None else max(
             o.sampling_interval, 0.05)
+        # known before the first notification: the server sends every node's current value
+        # right away, possibly before subscribe_data_change has returned
+        self._index.clear()
+        for i, node in enumerate(self._ids):
+            self._index.setdefault(node.nodeid, []).append(i)
         try:
             sub = await client.create_subscription(publishing * 1000, _Handler(self, on_changes))
             handles = await sub.subscribe_data_change(
@@ -302,13 +308,11 @@ class Session:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise _mapped(exc, self.endpoint) from exc
-        self._index.clear()
         self.unknown.clear()
         for i, handle in enumerate(handles):
             if isinstance(handle, ua.StatusCode):
                 self.unknown[i] = _status(handle)[1]
-                continue
-            self._index.setdefault(self._ids[i].nodeid, []).append(i)
+                self._index.pop(self._ids[i].nodeid, None)
         if not self._index:
             raise DeviceRefused(f"{self.endpoint}: the server refused every node: "
                                 + "; ".join(f"{self.nodes[i].node} ({why})"
@@ -319,9 +323,29 @@ class Session:
         (HistoryRead, raw). Raises HistoryUnavailable if the server keeps none."""
         from asyncua import ua
 
-        self._usable()
+        client = self._usable()
+        # A server answers a history read of a node it does not historize with nothing at
+        # all (asyncua does): the node's access level says whether there is a history.
+        try:
+            levels = await client.read_attributes([self._ids[i] for i in since],
+                                                   ua.AttributeIds.UserAccessLevel)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _mapped(exc, self.endpoint) from exc
+        kept = {}
+        self.without_history = []
+        for (i, start), dv in zip(since.items(), levels, strict=True):
+            bits = dv.Value.Value if dv.Value is not None else None
+            if isinstance(bits, int) and bits >> ua.AccessLevel.HistoryRead & 1:
+                kept[i] = start
+            else:
+                self.without_history.append(self.nodes[i].quantity)
+        if not kept:
+            raise HistoryUnavailable(f"{self.endpoint}: the server keeps no history of "
+                                     "these nodes (their access level has no HistoryRead)")
         out: list[Change] = []
-        for i, start in since.items():
+        for i, start in kept.items():
             try:
                 values = await self._ids[i].read_raw_history(start, until, return_bounds=False)
             except ua.UaStatusCodeError as exc:

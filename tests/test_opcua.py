@@ -1,0 +1,352 @@
+"""OPC UA acquisition against the project's compressor-controller simulator (an asyncua
+server on a loopback port): restarts mid-stream lose nothing and store nothing twice,
+Basic256Sha256 with generated certificates, wrong certificates refused clearly, and a
+session that cannot write."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from ruamel.yaml import YAML
+
+from energyd.config.schema import Config
+from energyd.daemon.app import Daemon
+from energyd.daemon.opcua import OpcuaComponent
+from energyd.drivers.opcua.driver import readings_of
+from energyd.drivers.opcua.options import OpcuaOptions
+from energyd.drivers.opcua.session import (
+    CertificateMismatch,
+    CertificateRefused,
+    Change,
+    Session,
+)
+from energyd.model import Quality, to_ms
+from energyd.simulators.air import AirSystem
+from energyd.simulators.opcua import VARIABLES, OpcuaController
+from energyd.store.sqlite import Store
+
+DRIVER = Path(__file__).resolve().parent.parent / "energyd" / "drivers" / "opcua"
+# short enough that a restart is noticed and repaired within a second
+FAST = {"sampling_interval": 0.02, "publishing_interval": 0.05, "watchdog": 0.2,
+        "timeout": 2, "reconnect_delay_min": 0.1, "reconnect_delay_max": 0.5}
+
+
+def _plant(station: str = "air3") -> AirSystem:
+    # below the load pressure: the compressor loads at once, so every variable moves
+    return AirSystem.build(1, prefix=f"{station}-c", seed=3, pressure_bar=6.0)
+
+
+def _config(tmp_path: Path, devices: list[dict[str, Any]]) -> Config:
+    return Config.model_validate({
+        "storage": {"path": str(tmp_path / "energyd.db"), "flush_interval": 0.2},
+        "http": {"enabled": False}, "devices": devices})
+
+
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Running:
+    """An in-process energyd on a real clock, reading OPC UA devices."""
+
+    def __init__(self, config: Config):
+        self.daemon = Daemon(config)
+        self.task: asyncio.Task[int] | None = None
+
+    async def __aenter__(self) -> Running:
+        self.task = asyncio.create_task(self.daemon.run(handle_signals=False))
+        await asyncio.wait_for(self.daemon.ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.daemon.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 15)
+
+    def component(self, device: str) -> OpcuaComponent:
+        ctx = self.daemon.context
+        assert ctx is not None
+        return ctx.health[f"{device}.opcua"].__self__  # type: ignore[attr-defined]
+
+    def metric(self, name: str, device: str) -> float:
+        value = self.daemon.metrics.registry.get_sample_value(name, {"device": device})
+        return value or 0.0
+
+
+def _stored(path: Path, device: str) -> dict[str, list[tuple[int, float, int]]]:
+    """Per quantity, every (time, value, quality) as an export reads them."""
+    out: dict[str, list[tuple[int, float, int]]] = {}
+    with Store.open(path) as store:
+        assert store.conflict_counts() == {}, "a value came again with another value"
+        for t, _, q, v, quality in store.readings_in(0, 2**62, device=device, by_series=True):
+            out.setdefault(q, []).append((t, v, quality))
+    return out
+
+
+def _check_published_stored(sim: OpcuaController, device: str, path: Path,
+                            since_ms: int) -> int:
+    """Every change the simulator published from `since_ms` on is stored with its value and
+    source time, once; nothing is stored that was never published. Returns how many."""
+    stored = _stored(path, device)
+    checked = 0
+    for quantity in VARIABLES:
+        published = dict(sim.published[device][quantity])
+        rows = stored.get(quantity, [])
+        times = Counter(t for t, _, _ in rows)
+        assert not [t for t, n in times.items() if n > 1], f"{quantity}: stored twice"
+        invented = [(t, v) for t, v, _ in rows if published.get(t) != v]
+        assert not invented, f"{quantity}: stored but never published: {invented[:5]}"
+        assert all(quality == Quality.GOOD for _, _, quality in rows)
+        have = {t for t, _, _ in rows}
+        wanted = [(t, v) for t, v in sim.published[device][quantity] if t >= since_ms]
+        missing = [(t, v) for t, v in wanted if t not in have]
+        assert not missing, (f"{quantity}: {len(missing)} of {len(wanted)} changes published "
+                             f"since the restart are not stored, first {missing[:3]}; "
+                             f"served from {sim.served_from}, near: "
+                             f"{[r for r in rows if abs(r[0] - missing[0][0]) < 300]}")
+        checked += len(wanted)
+    return checked
+
+
+async def test_three_restarts_in_a_row_lose_nothing_and_store_nothing_twice(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="energyd.drivers.opcua")
+    # the controller's history outlives its restarts, as a historian's does: the changes
+    # of its last moments before each restart are read back from it
+    sim = OpcuaController(station="air3", system=_plant(), rate=20,
+                          history_file=tmp_path / "controller-history.db")
+    device = "air3-c1"
+    async with sim:
+        config = _config(tmp_path, sim.device_entries(**FAST))
+        async with Running(config) as energyd:
+            source = energyd.component(device).source
+            await asyncio.wait_for(source.wait_subscribed(), 10)
+            await _until(lambda: source.changes > 30, 5, "data changes")
+            for i in range(1, 4):
+                await sim.restart(down=0.3)
+                await _until(lambda i=i: source.recoveries == i, 10, f"recovery {i}")
+                seen = source.changes
+                await _until(lambda seen=seen: source.changes > seen + 20, 5,
+                             f"data changes after restart {i}")
+            assert source.losses == 3 and source.connects == 4
+            assert source.backfilled > 0, "nothing was read back from the server's history"
+            await sim.pause()  # nothing is published after this
+            await asyncio.sleep(0.5)
+            assert energyd.metric("energyd_opcua_reconnects_total", device) == 3
+            assert energyd.metric("energyd_opcua_connection_losses_total", device) == 3
+    assert sim.starts == 4
+    checked = _check_published_stored(sim, device, tmp_path / "energyd.db", sim.served_from[1])
+    assert checked > 100
+    lost = [r for r in caplog.records if "reconnecting" in r.getMessage()]
+    back = [r for r in caplog.records if "connected again" in r.getMessage()]
+    assert len(lost) == 3 and len(back) == 3, [r.getMessage() for r in caplog.records]
+
+
+async def test_restart_without_server_history_keeps_every_change_after_resubscribing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="energyd.drivers.opcua")
+    sim = OpcuaController(station="air4", system=_plant("air4"), rate=20, history=False)
+    device = "air4-c1"
+    async with sim, Running(_config(tmp_path, sim.device_entries(**FAST))) as energyd:
+        source = energyd.component(device).source
+        await asyncio.wait_for(source.wait_subscribed(), 10)
+        await _until(lambda: source.changes > 30, 5, "data changes")
+        await sim.restart(down=0.3)
+        await _until(lambda: source.recoveries == 1, 10, "the recovery")
+        resubscribed = to_ms(datetime.now(UTC))
+        await _until(lambda: source.changes > 100, 5, "data changes after the restart")
+        await sim.pause()
+        await asyncio.sleep(0.5)
+    # OPC UA sends only the current value on subscribing: what changed between the
+    # restart and the new subscription is gone without the server's history (said once)
+    _check_published_stored(sim, device, tmp_path / "energyd.db", resubscribed)
+    said = [r.getMessage() for r in caplog.records if "keeps no history" in r.getMessage()]
+    assert len(said) == 1, said
+
+
+# --- security ------------------------------------------------------------------------------
+
+
+async def _client_certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.der"
+    await setup_self_signed_certificate(key, cert, f"urn:energyd:test:{name}", "localhost",
+                                        [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": name})
+    return cert, key
+
+
+async def test_basic256sha256_with_generated_certificates(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    cert, key = await _client_certificate(pki, "energyd")
+    stranger_cert, stranger_key = await _client_certificate(pki, "stranger")
+    other = OpcuaController(port=1, security="Basic256Sha256", pki_dir=tmp_path / "other")
+    await other._pki(_NoServer())  # noqa: SLF001 - only its key and certificate are wanted
+    sim = OpcuaController(station="air5", system=_plant("air5"), rate=20,
+                          security="Basic256Sha256", pki_dir=tmp_path / "controller",
+                          trusted=[cert])
+    async with sim:
+        def options(**over: Any) -> OpcuaOptions:
+            entry = sim.device_entries(security="Basic256Sha256", certificate_file=str(cert),
+                                       private_key_file=str(key),
+                                       server_certificate_file=str(sim.certificate_file),
+                                       **FAST)[0]
+            entry["opcua"].update(over)
+            return OpcuaOptions.model_validate(entry["opcua"])
+
+        async with Session(options=options()) as session:
+            values = await session.read()
+        assert {c.status for c in values} == {"good"} and len(values) == len(VARIABLES)
+        assert values[0].source_time is not None
+
+        with pytest.raises(CertificateRefused) as refused:
+            await Session(options=options(certificate_file=str(stranger_cert),
+                                          private_key_file=str(stranger_key))).open()
+        assert "refused energyd's certificate" in str(refused.value)
+        assert "BadCertificateUntrusted" in str(refused.value) or "Bad" in str(refused.value)
+
+        with pytest.raises(CertificateMismatch) as mismatch:
+            await Session(options=options(
+                server_certificate_file=str(other.certificate_file))).open()
+        assert "not the one in server_certificate_file" in str(mismatch.value)
+        assert str(other.certificate_file) in str(mismatch.value)
+
+        # the daemon reads over the secured session too
+        async with Running(_config(tmp_path, [{**sim.device_entries()[0],
+                                               "opcua": options().model_dump(
+                                                   mode="json", exclude_defaults=True)}])
+                           ) as energyd:
+            source = energyd.component("air5-c1").source
+            await asyncio.wait_for(source.wait_subscribed(), 10)
+            await _until(lambda: source.changes > 10, 5, "data changes")
+        assert source.last_error is None
+
+
+class _NoServer:
+    """Stands in for the asyncua server when only the controller's key pair is made."""
+
+    async def load_certificate(self, path: str) -> None: ...
+    async def load_private_key(self, path: str) -> None: ...
+    def set_security_policy(self, policies: object) -> None: ...
+    def set_certificate_validator(self, validator: object) -> None: ...
+
+
+# --- read-only by construction -------------------------------------------------------------
+
+
+def test_the_session_exposes_no_write_and_no_method_call() -> None:
+    public = {n for n, _ in inspect.getmembers(Session) if not n.startswith("_")}
+    assert public == {"open", "close", "read", "subscribe", "history", "check"}
+    # and nothing in the driver's folder calls asyncua's write or call services
+    words = ("write_value", "write_attribute", "set_value", "call_method", ".call(",
+             "add_nodes", "delete_nodes", "write(")
+    for path in DRIVER.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not [w for w in words if w in text], path.name
+
+
+# --- time and quality ----------------------------------------------------------------------
+
+
+def test_source_time_kept_receipt_time_without_it_bad_values_counted() -> None:
+    options = OpcuaOptions.model_validate({"endpoint": "opc.tcp://127.0.0.1:4840",
+                                           "nodes": {"active_power_kw": "ns=2;s=P",
+                                                     "pressure_bar": "ns=2;s=B"}})
+    t0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    received = t0 + timedelta(seconds=5)
+    receipts: dict[str, int] = {}
+    refused: dict[str, int] = {}
+    changes = [Change(0, 51.5, t0, "good", "Good"),
+               Change(1, 7.1, t0, "uncertain", "UncertainLastUsableValue"),
+               Change(0, 52.0, None, "good", "Good"),
+               Change(1, 7.2, None, "good", "Good"),  # same receipt: a millisecond later
+               Change(0, 9.0, t0, "bad", "BadSensorFailure"),
+               Change(1, "7.3", t0, "good", "Good")]
+    got = readings_of("c1", options, changes, received, receipts, refused)
+    assert [(r.time, r.quantity, r.value, r.quality) for r in got] == [
+        (t0, "active_power_kw", 51.5, Quality.GOOD),
+        (t0, "pressure_bar", 7.1, Quality.UNCERTAIN),
+        (received, "active_power_kw", 52.0, Quality.RECEIVED),
+        (received + timedelta(milliseconds=1), "pressure_bar", 7.2, Quality.RECEIVED)]
+    assert refused == {"bad_status": 1, "not_numeric": 1}
+
+
+async def test_a_controller_without_source_times_is_stored_on_receipt(tmp_path: Path) -> None:
+    sim = OpcuaController(station="air6", system=_plant("air6"), rate=20,
+                          source_timestamps=False)
+    async with sim:
+        entry = sim.device_entries(mode="poll", **FAST)[0]
+        entry["interval"] = 0.1
+        async with Running(_config(tmp_path, [entry])) as energyd:
+            source = energyd.component("air6-c1").source
+            await _until(lambda: source.changes >= 5 * len(VARIABLES), 10, "five polls")
+    stored = _stored(tmp_path / "energyd.db", "air6-c1")
+    rows = stored["active_energy_import_kwh"]
+    assert len(rows) >= 5 and {q for _, _, q in rows} == {Quality.RECEIVED}
+    assert [t for t, _, _ in rows] == sorted({t for t, _, _ in rows})
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_sample_config_parses(tmp_path: Path) -> None:
+    doc = YAML(typ="safe").load((DRIVER / "sample.yaml").read_text(encoding="utf-8"))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name in ("energyd-key.pem", "opcua-password"):
+        (secrets / name).write_text("not a real secret\n")
+    for name in ("energyd-cert.der", "controller-cert.der"):
+        (secrets / name).write_bytes(b"0")
+    config = Config.model_validate(doc, context={"base_dir": tmp_path})
+    opcua = [d for d in config.devices if d.driver == "opcua"]
+    assert len(opcua) == len(doc["devices"]) >= 2
+    for d in opcua:
+        assert d.opcua is not None and d.opcua.node_map()
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (DRIVER / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in OpcuaOptions.model_fields if f"`{name}`" not in readme]
+    assert not missing
+
+
+@pytest.mark.parametrize(("opcua", "message"), [
+    ({"endpoint": "http://127.0.0.1:4840", "profile": "energyd_compressor", "object": "c1"},
+     "is not an OPC UA endpoint"),
+    ({"endpoint": "opc.tcp://127.0.0.1:4840", "profile": "energyd_compressor"},
+     "set `object:`"),
+    ({"endpoint": "opc.tcp://127.0.0.1:4840", "profile": "no_such"}, "unknown OPC UA profile"),
+    ({"endpoint": "opc.tcp://127.0.0.1:4840", "nodes": {"power_kw": "ns=2;s=P"}},
+     "unknown quantity"),
+    ({"endpoint": "opc.tcp://127.0.0.1:4840", "nodes": {"active_power_kw": "Power"}},
+     "is not an OPC UA node id"),
+    ({"endpoint": "opc.tcp://127.0.0.1:4840", "nodes": {"active_power_kw": "ns=2;s=P"},
+      "security": "Basic256Sha256"}, "needs certificate_file, private_key_file, "
+                                     "server_certificate_file"),
+    ({"endpoint": "opc.tcp://127.0.0.1:4840", "nodes": {"active_power_kw": "ns=2;s=P"},
+      "private_key_file": "/nonexistent/key.pem"}, "does not exist"),
+])
+def test_bad_options_are_refused_with_a_clear_error(opcua: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match="devices.0.opcua") as exc:
+        Config.model_validate({"devices": [{"name": "c1", "driver": "opcua", "opcua": opcua}]})
+    assert message in str(exc.value)
+
+
+def test_statuses_are_named() -> None:
+    # asyncua's StatusCode names are what the errors and the refusals show
+    assert ua.StatusCode(ua.StatusCodes.BadCertificateUntrusted).name == "BadCertificateUntrusted"
