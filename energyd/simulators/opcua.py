@@ -95,7 +95,7 @@ class OpcuaController:
         self.pki_dir = pki_dir
         self.trusted = list(trusted or [])
         self.source_timestamps = source_timestamps
-        self.history = history
+        self.history = history and source_timestamps  # asyncua historizes by source time
         self.history_file = history_file
         self.system = system or AirSystem.build(compressors, prefix=f"{station}-c", seed=seed)
         self.published: dict[str, dict[str, list[tuple[int, float]]]] = {

@@ -124,6 +124,7 @@ class OpcuaSource:
             try:
                 await session.open()
                 self.connects += 1
+                since: dict[int, datetime] = {}
                 if self.options.mode == "subscription":
                     since = dict(self._seen)  # before the subscription moves it on
                     await session.subscribe(self._take)

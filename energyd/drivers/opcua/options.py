@@ -189,7 +189,9 @@ class OpcuaOptions(Strict):
             _nodes(self.nodes, "nodes")
         elif self._profile is None:
             raise ValueError("an opcua device needs a `profile:` or `nodes:` (quantity: node id)")
-        if "{object}" in " ".join(n.node for n in self.node_map()) and not self.object:
+        written = list(self._profile.nodes) if self._profile is not None else []
+        written += list(_nodes(self.nodes, "nodes")) if self.nodes else []
+        if any("{object}" in n.node for n in written) and not self.object:
             raise ValueError("the profile's node ids name `{object}`: set `object:`")
         if self.security == "None":
             given = [k for k in ("certificate_file", "private_key_file",

@@ -106,6 +106,15 @@ def _resolve(text: str, namespace: int | None, uris: list[str]) -> str:
     return f"ns={namespace};{text}" if namespace is not None else text
 
 
+def _code_name(exc: Any) -> str:
+    from asyncua import ua
+
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return ua.StatusCode(code).name
+    return type(exc).__name__
+
+
 def _mapped(exc: BaseException, endpoint: str) -> DeviceError:
     """asyncua's and the socket's errors as energyd's, the original chained by the caller."""
     from asyncua import ua
@@ -113,7 +122,7 @@ def _mapped(exc: BaseException, endpoint: str) -> DeviceError:
     if isinstance(exc, DeviceError):
         return exc
     if isinstance(exc, ua.UaStatusCodeError):
-        name = exc.code.name if hasattr(exc, "code") else type(exc).__name__
+        name = _code_name(exc)
         if name.startswith(_CERTIFICATE_CODES):
             return CertificateRefused(
                 f"{endpoint}: the server refused energyd's certificate ({name}): add "
@@ -349,7 +358,7 @@ class Session:
             try:
                 values = await self._ids[i].read_raw_history(start, until, return_bounds=False)
             except ua.UaStatusCodeError as exc:
-                name = exc.code.name if hasattr(exc, "code") else type(exc).__name__
+                name = _code_name(exc)
                 if name.startswith(("BadHistoryOperation", "BadNotReadable",
                                     "BadUserAccessDenied", "BadNotSupported",
                                     "BadServiceUnsupported")):
