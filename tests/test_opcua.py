@@ -350,3 +350,39 @@ def test_bad_options_are_refused_with_a_clear_error(opcua: dict[str, Any], messa
 def test_statuses_are_named() -> None:
     # asyncua's StatusCode names are what the errors and the refusals show
     assert ua.StatusCode(ua.StatusCodes.BadCertificateUntrusted).name == "BadCertificateUntrusted"
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def test_simulate_opcua_and_read_it(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    energyd = [sys.executable, "-m", "energyd.cli"]
+    sim = subprocess.Popen([*energyd, "simulate", "opcua", "--port", "0", "--station", "air7",
+                            "--compressors", "1", "--rate", "5", "--duration", "60"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert sim.stdout is not None
+        lines = []
+        for line in sim.stdout:  # the config that reads it, printed once serving
+            lines.append(line)
+            if line.rstrip() == "}":
+                break
+        devices = json.loads("".join(lines))["devices"]
+        assert [d["name"] for d in devices] == ["air7-c1"]
+        config = tmp_path / "energyd.yaml"
+        config.write_text(json.dumps({"storage": {"path": str(tmp_path / "e.db")},
+                                      "devices": devices}))
+        out = subprocess.run([*energyd, "read", "-c", str(config), "air7-c1", "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        assert set(summary["values"]) == set(VARIABLES)
+        assert {v["quality"] for v in summary["values"].values()} == {"good"}
+        assert summary["values"]["pressure_bar"]["unit"] == "bar"
+    finally:
+        sim.terminate()
+        sim.wait(15)

@@ -232,3 +232,22 @@ class OpcuaSource:
         if self.on_poll is not None:
             self.on_poll(error)
 
+
+
+async def read_once(name: str, options: OpcuaOptions, now: Callable[[], datetime]
+                    ) -> dict[str, object]:
+    """One read of every node (`energyd read`): the values as readings would hold them,
+    what was refused, and the nodes the server does not know. Raises DeviceError."""
+    from energyd.model import QUANTITIES
+
+    async with Session(options=options) as session:
+        changes = await session.read()
+    refused: dict[str, int] = {}
+    nodes = options.node_map()
+    values = {}
+    for r in readings_of(name, options, changes, now(), {}, refused, nodes):
+        values[r.quantity] = {"value": r.value, "unit": QUANTITIES[r.quantity].unit,
+                              "time": r.time.isoformat(), "quality": r.quality.name.lower()}
+    bad = {nodes[c.node].quantity: c.status_name for c in changes if c.status == "bad"}
+    return {"device": name, "endpoint": options.endpoint, "values": values,
+            "refused": refused, "bad": bad}
