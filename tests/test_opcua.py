@@ -158,23 +158,122 @@ async def test_three_restarts_in_a_row_lose_nothing_and_store_nothing_twice(
     assert len(lost) == 3 and len(back) == 3, [r.getMessage() for r in caplog.records]
 
 
-async def test_restart_without_server_history_keeps_every_change_after_resubscribing(
+class Link:
+    """A TCP relay between energyd and the controller, on loopback, that the network can
+    drop: `drop(silent=False)` resets every connection; `drop(silent=True)` lets them hang
+    (nothing passes, nothing closes, as when a cable is pulled); new connections are
+    refused until `restore()`."""
+
+    def __init__(self, target: int):
+        self.target = target
+        self.port = 0
+        self.down = False
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Link:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.drop()
+        assert self._server is not None
+        self._server.close()
+
+    def endpoint(self, url: str) -> str:
+        return url.replace(f":{self.target}/", f":{self.port}/")
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._pairs.append((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    while self.down and not dst.is_closing():  # a hung link holds it back
+                        await asyncio.sleep(0.05)
+                    if dst.is_closing():
+                        return
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                if not self.down:
+                    dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def drop(self, silent: bool = False) -> None:
+        self.down = True
+        if not silent:
+            self.cut()
+
+    def cut(self) -> None:
+        for a, b in self._pairs:
+            a.transport.abort()
+            b.transport.abort()
+        self._pairs.clear()
+
+    def restore(self) -> None:
+        self.cut()  # what hung stays dead; the next connection goes through
+        self.down = False
+
+
+async def test_a_hung_network_is_noticed_and_the_gap_read_back_from_history(
+        tmp_path: Path) -> None:
+    sim = OpcuaController(station="air4", system=_plant("air4"), rate=20)
+    device = "air4-c1"
+    async with sim, Link(sim.port) as link:
+        entries = sim.device_entries(**dict(FAST, timeout=0.5))
+        entries[0]["opcua"]["endpoint"] = link.endpoint(sim.url)
+        async with Running(_config(tmp_path, entries)) as energyd:
+            source = energyd.component(device).source
+            await asyncio.wait_for(source.wait_subscribed(), 10)
+            await _until(lambda: source.changes > 30, 5, "data changes")
+            first = to_ms(datetime.now(UTC))
+            link.drop(silent=True)
+            await _until(lambda: source.losses == 1, 5, "the loss noticed")
+            assert "no answer in time" in (source.last_error or "")
+            await asyncio.sleep(0.5)  # the plant goes on changing meanwhile
+            link.restore()
+            await _until(lambda: source.recoveries == 1, 10, "the recovery")
+            await _until(lambda: source.backfilled > 0, 5, "the gap read back")
+            seen = source.changes
+            await _until(lambda: source.changes > seen + 20, 5, "data changes after")
+            await sim.pause()
+            await asyncio.sleep(1.5)  # the second history read
+    _check_published_stored(sim, device, tmp_path / "energyd.db", first)
+
+
+async def test_without_server_history_every_change_after_resubscribing_is_kept(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="energyd.drivers.opcua")
-    sim = OpcuaController(station="air4", system=_plant("air4"), rate=20, history=False)
-    device = "air4-c1"
-    async with sim, Running(_config(tmp_path, sim.device_entries(**FAST))) as energyd:
-        source = energyd.component(device).source
-        await asyncio.wait_for(source.wait_subscribed(), 10)
-        await _until(lambda: source.changes > 30, 5, "data changes")
-        await sim.restart(down=0.3)
-        await _until(lambda: source.recoveries == 1, 10, "the recovery")
-        resubscribed = to_ms(datetime.now(UTC))
-        await _until(lambda: source.changes > 100, 5, "data changes after the restart")
-        await sim.pause()
-        await asyncio.sleep(0.5)
-    # OPC UA sends only the current value on subscribing: what changed between the
-    # restart and the new subscription is gone without the server's history (said once)
+    sim = OpcuaController(station="air5", system=_plant("air5"), rate=20, history=False)
+    device = "air5-c1"
+    async with sim, Link(sim.port) as link:
+        entries = sim.device_entries(**FAST)
+        entries[0]["opcua"]["endpoint"] = link.endpoint(sim.url)
+        async with Running(_config(tmp_path, entries)) as energyd:
+            source = energyd.component(device).source
+            await asyncio.wait_for(source.wait_subscribed(), 10)
+            await _until(lambda: source.changes > 30, 5, "data changes")
+            link.drop()
+            await _until(lambda: source.losses == 1, 5, "the loss noticed")
+            await asyncio.sleep(0.3)
+            link.restore()
+            await _until(lambda: source.recoveries == 1, 10, "the recovery")
+            resubscribed = to_ms(datetime.now(UTC))
+            seen = source.changes
+            await _until(lambda: source.changes > seen + 30, 5, "data changes after")
+            await sim.pause()
+            await asyncio.sleep(0.5)
+    # OPC UA sends only the current value on subscribing: what changed while the link was
+    # down is gone without the server's history (said once)
     _check_published_stored(sim, device, tmp_path / "energyd.db", resubscribed)
     said = [r.getMessage() for r in caplog.records if "keeps no history" in r.getMessage()]
     assert len(said) == 1, said
@@ -376,9 +475,12 @@ def test_simulate_opcua_and_read_it(tmp_path: Path) -> None:
         config = tmp_path / "energyd.yaml"
         config.write_text(json.dumps({"storage": {"path": str(tmp_path / "e.db")},
                                       "devices": devices}))
-        out = subprocess.run([*energyd, "read", "-c", str(config), "air7-c1", "--json"],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
+        from click.testing import CliRunner
+
+        from energyd.cli import cli
+
+        out = CliRunner().invoke(cli, ["read", "-c", str(config), "air7-c1", "--json"])
+        assert out.exit_code == 0, out.output
         summary = json.loads(out.stdout)
         assert set(summary["values"]) == set(VARIABLES)
         assert {v["quality"] for v in summary["values"].values()} == {"good"}

@@ -121,6 +121,8 @@ def _mapped(exc: BaseException, endpoint: str) -> DeviceError:
 
     if isinstance(exc, DeviceError):
         return exc
+    if type(exc) is ua.UaError and isinstance(exc.__cause__, TimeoutError):
+        exc = exc.__cause__  # asyncua's "Failed to send request" around a timeout
     if isinstance(exc, ua.UaStatusCodeError):
         name = _code_name(exc)
         if name.startswith(_CERTIFICATE_CODES):
@@ -163,7 +165,7 @@ class _Handler:
     def status_change_notification(self, status: Any) -> None:
         # the server ends the subscription (shutdown, timeout): the session is done
         code = getattr(status, "Status", status)
-        self.session._lost = f"subscription ended by the server ({_status(code)[1]})"  # noqa: SLF001
+        self.session._lost = f"the subscription ended ({_status(code)[1]})"  # noqa: SLF001
 
 
 class Session:
@@ -382,8 +384,9 @@ class Session:
         """Raise Unreachable (or a timeout) if the connection or the subscription is gone."""
         client = self._usable()
         if self._lost is not None:
-            self._broken = True
-            raise Unreachable(f"{self.endpoint}: {self._lost}")
+            # asyncua reports its own lost connection to the subscription as BadShutdown
+            # before its watchdog ends with the cause: let the cause be the error
+            await asyncio.sleep(0)
         try:
             await client.check_connection()
         except BaseException as exc:
@@ -391,6 +394,9 @@ class Session:
                 raise
             self._broken = True
             raise _mapped(exc, self.endpoint) from exc
+        if self._lost is not None:
+            self._broken = True
+            raise Unreachable(f"{self.endpoint}: {self._lost}")
 
     async def close(self) -> None:
         client, self._client = self._client, None
