@@ -256,12 +256,14 @@ async def test_without_server_history_every_change_after_resubscribing_is_kept(
     sim = OpcuaController(station="air5", system=_plant("air5"), rate=20, history=False)
     device = "air5-c1"
     async with sim, Link(sim.port) as link:
-        entries = sim.device_entries(**FAST)
+        # and one node the controller does not have: left out, named, the others read
+        entries = sim.device_entries(nodes={"current_l1_a": "s=air5-c1.Current"}, **FAST)
         entries[0]["opcua"]["endpoint"] = link.endpoint(sim.url)
         async with Running(_config(tmp_path, entries)) as energyd:
             source = energyd.component(device).source
             await asyncio.wait_for(source.wait_subscribed(), 10)
             await _until(lambda: source.changes > 30, 5, "data changes")
+            assert list(source.unknown_nodes) == ["current_l1_a"]
             link.drop()
             await _until(lambda: source.losses == 1, 5, "the loss noticed")
             await asyncio.sleep(0.3)
@@ -488,3 +490,57 @@ def test_simulate_opcua_and_read_it(tmp_path: Path) -> None:
     finally:
         sim.terminate()
         sim.wait(15)
+
+
+def _sample_config(tmp_path: Path, text: str | None = None) -> Path:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(exist_ok=True)
+    for name in ("energyd-key.pem", "opcua-password"):
+        (secrets / name).write_text("not a real secret\n")
+    for name in ("energyd-cert.der", "controller-cert.der"):
+        (secrets / name).write_bytes(b"0")
+    path = tmp_path / "energyd.yaml"
+    sample = text if text is not None else (DRIVER / "sample.yaml").read_text(encoding="utf-8")
+    path.write_text(f"storage: {{path: {tmp_path / 'e.db'}}}\n" + sample, encoding="utf-8")
+    return path
+
+
+def test_check_config_summarises_an_opcua_device_and_points_at_a_bad_line(
+        tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from energyd.cli import cli
+
+    good = CliRunner().invoke(cli, ["check-config", "-c", str(_sample_config(tmp_path))])
+    assert good.exit_code == 0, good.output
+    assert "opcua" in good.output
+    from energyd.config.loader import load_config
+    from energyd.config.summary import _source
+
+    device = load_config(tmp_path / "energyd.yaml").device("air3-c1")
+    assert _source(device) == ("opcua opc.tcp://192.168.10.40:4840 (subscription, security "
+                               "None), energyd_compressor, 7 nodes")
+    assert "not a real secret" not in good.output
+    sample = (DRIVER / "sample.yaml").read_text(encoding="utf-8")
+    bad = sample.replace("opc.tcp://192.168.10.41:4840/plc", "opc.tcp://192.168.10.41/plc")
+    line = 1 + bad.splitlines().index(next(x for x in bad.splitlines()
+                                          if "192.168.10.41/plc" in x)) + 1
+    out = CliRunner().invoke(cli, ["check-config", "-c", str(_sample_config(tmp_path, bad))])
+    assert out.exit_code == 2
+    assert f"energyd.yaml:{line}" in out.output and "devices[1].opcua.endpoint" in out.output
+
+
+def test_read_says_clearly_when_the_controller_cannot_be_reached(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from energyd.cli import cli
+    from energyd.simulators.opcua import free_port
+
+    config = tmp_path / "energyd.yaml"
+    config.write_text(f"storage: {{path: {tmp_path / 'e.db'}}}\ndevices:\n"
+                      f"  - name: c1\n    driver: opcua\n    opcua:\n"
+                      f"      endpoint: opc.tcp://127.0.0.1:{free_port()}\n"
+                      f"      nodes: {{active_power_kw: 'ns=2;s=P'}}\n      timeout: 1s\n")
+    out = CliRunner().invoke(cli, ["read", "-c", str(config), "c1"])
+    assert out.exit_code == 1
+    assert "c1: opc.tcp://127.0.0.1:" in out.output and "connection refused" in out.output
