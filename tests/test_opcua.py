@@ -248,6 +248,10 @@ async def test_a_hung_network_is_noticed_and_the_gap_read_back_from_history(
             await sim.pause()
             await asyncio.sleep(1.5)  # the second history read
     _check_published_stored(sim, device, tmp_path / "energyd.db", first)
+    with Store.open(tmp_path / "energyd.db") as store:
+        status = store.device_status()[device]  # what `energyd status` shows
+    assert "no answer in time" in status["last_error"]
+    assert status["last_success"] > status["last_error_time"]
 
 
 async def test_without_server_history_every_change_after_resubscribing_is_kept(

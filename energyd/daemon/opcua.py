@@ -9,6 +9,7 @@ MQTT component does.
 
 from __future__ import annotations
 
+import time
 import weakref
 from typing import Any
 
@@ -64,6 +65,8 @@ class OpcuaComponent:
                                   on_readings=self._readings, now=ctx.clock.now,
                                   on_poll=self._poll)
         self._counted = (0, 0, 0, {})
+        self.interval = d.interval
+        self._recorded = 0.0
 
     async def run(self) -> None:
         self.ctx.health[self.name] = self._health
@@ -82,7 +85,13 @@ class OpcuaComponent:
             readings = [r._replace(quality=Quality.CLOCK_SUSPECT)
                         if r.quality == Quality.RECEIVED else r for r in readings]
         self.ctx.writer.submit(readings)
-        self._count()
+        # a subscribed device is "polled" when its values come: recorded once per interval
+        now = time.monotonic()
+        if now - self._recorded >= self.interval:
+            self._recorded = now
+            self._poll(None)
+        else:
+            self._count()
 
     def _poll(self, error: str | None) -> None:
         self.ctx.writer.record_poll(self.device, to_ms(self.ctx.clock.now()), error)
