@@ -42,6 +42,23 @@ __all__ = ["CertificateMismatch", "CertificateRefused", "Change", "HistoryUnavai
 
 log = logging.getLogger(__name__)
 
+
+class _SameLoss(logging.Filter):
+    """asyncua logs every step of a lost connection (a traceback from its watchdog, a
+    warning per close call on a closed socket); energyd says it once itself, with the
+    cause, so these repeats are left out. Everything else asyncua logs passes."""
+
+    REPEATS = ("Error in watchdog loop", "close_session was called but connection is closed",
+               "close_secure_channel was called but connection is closed",
+               "disconnect_socket was called but connection is closed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.REPEATS))
+
+
+for _name in ("asyncua.client.client", "asyncua.client.ua_client.UaClient"):
+    logging.getLogger(_name).addFilter(_SameLoss())
+
 _CERTIFICATE_CODES = ("BadCertificate", "BadSecurityChecksFailed", "BadNoValidCertificates",
                       "BadSecurityPolicyRejected", "BadApplicationSignatureInvalid")
 
@@ -137,9 +154,10 @@ def _mapped(exc: BaseException, endpoint: str) -> DeviceError:
         return DeviceTimeout(f"{endpoint}: no answer in time")
     if isinstance(exc, ConnectionRefusedError):
         return Unreachable(f"{endpoint}: connection refused (is the server running?)")
-    if isinstance(exc, OSError | ConnectionError):
-        return Unreachable(f"{endpoint}: {exc.strerror or exc}" if isinstance(exc, OSError)
-                           else f"{endpoint}: connection lost ({exc})")
+    if isinstance(exc, ConnectionError):
+        return Unreachable(f"{endpoint}: connection lost ({exc})")
+    if isinstance(exc, OSError):
+        return Unreachable(f"{endpoint}: {exc.strerror or exc}")
     if isinstance(exc, ua.UaError):
         return Unreachable(f"{endpoint}: {exc}")
     return Unreachable(f"{endpoint}: {type(exc).__name__}: {exc}")
@@ -226,7 +244,10 @@ class Session:
                     raise DeviceRefused(f"{self.endpoint}: {n.quantity}: the server has no "
                                         f"namespace {exc.args[0]!r}") from None
         except BaseException as exc:
+            self._broken = self._client is None  # not connected: no goodbye to say
+            self._client = None
             await self._drop(client)
+            self._broken = False
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
                 raise
             raise _mapped(exc, self.endpoint) from exc
