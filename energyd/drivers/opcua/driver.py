@@ -36,7 +36,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from energyd.drivers.opcua.options import OpcuaOptions
-from energyd.drivers.opcua.session import Change, HistoryUnavailable, Session
+from energyd.drivers.opcua.session import BACKFILL_LIMIT, Change, HistoryUnavailable, Session
 from energyd.errors import DeviceError
 from energyd.model import Quality, Reading, from_ms, to_ms
 
@@ -187,6 +187,9 @@ class OpcuaSource:
             log.warning("opcua %s: the server keeps no history of %s: what those nodes did "
                         "while disconnected is not read back", self.name,
                         ", ".join(session.without_history))
+        if session.truncated:
+            log.warning("opcua %s: read back the first %d changes of %s only (the gap holds "
+                        "more)", self.name, BACKFILL_LIMIT, ", ".join(session.truncated))
         self.backfilled += len(changes)
         if changes:
             self._take(changes)

@@ -59,6 +59,9 @@ class _SameLoss(logging.Filter):
 for _name in ("asyncua.client.client", "asyncua.client.ua_client.UaClient"):
     logging.getLogger(_name).addFilter(_SameLoss())
 
+# The most values read back per node and reconnect: a day of one change a second. An outage
+# longer than that at that rate keeps its first part; the log says which nodes.
+BACKFILL_LIMIT = 86_400
 _CERTIFICATE_CODES = ("BadCertificate", "BadSecurityChecksFailed", "BadNoValidCertificates",
                       "BadSecurityPolicyRejected", "BadApplicationSignatureInvalid")
 
@@ -199,6 +202,7 @@ class Session:
         self.nodes: list[ProfileNode] = options.node_map()
         self.unknown: dict[int, str] = {}  # node index -> why the server refused it
         self.without_history: list[str] = []  # quantities whose node keeps no history
+        self.truncated: list[str] = []  # quantities whose history read hit BACKFILL_LIMIT
         self._client: Any = None
         self._ids: list[Any] = []
         self._index: dict[Any, list[int]] = {}  # subscribed node id -> node indexes
@@ -367,6 +371,7 @@ class Session:
             raise _mapped(exc, self.endpoint) from exc
         kept = {}
         self.without_history = []
+        self.truncated = []
         for (i, start), dv in zip(since.items(), levels, strict=True):
             bits = dv.Value.Value if dv.Value is not None else None
             if isinstance(bits, int) and bits >> ua.AccessLevel.HistoryRead & 1:
@@ -379,7 +384,7 @@ class Session:
         out: list[Change] = []
         for i, start in kept.items():
             try:
-                values = await self._ids[i].read_raw_history(start, until, return_bounds=False)
+                values = await _raw_history(self._ids[i], start, until)
             except ua.UaStatusCodeError as exc:
                 name = _code_name(exc)
                 if name.startswith(("BadHistoryOperation", "BadNotReadable",
@@ -392,6 +397,8 @@ class Session:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise _mapped(exc, self.endpoint) from exc
+            if len(values) >= BACKFILL_LIMIT:
+                self.truncated.append(self.nodes[i].quantity)
             for dv in values:
                 when = _aware(dv.SourceTimestamp)
                 if when is None or when <= start:
@@ -447,6 +454,25 @@ class Session:
         if self._client is None:
             raise Unreachable(f"{self.endpoint}: not connected")
         return self._client
+
+
+async def _raw_history(node: Any, start: datetime, end: datetime) -> list[Any]:
+    """A node's raw history in [start, end], page by page up to BACKFILL_LIMIT values.
+    (asyncua's read_raw_history stops after the first page when given a limit, and a
+    server's page may be smaller than the limit.)"""
+    from asyncua import ua
+
+    details = ua.ReadRawModifiedDetails(IsReadModified=False, StartTime=start, EndTime=end,
+                                        NumValuesPerNode=0, ReturnBounds=False)
+    values: list[Any] = []
+    point = None
+    while True:
+        result = await node.history_read(details, point)
+        result.StatusCode.check()
+        values.extend(result.HistoryData.DataValues or [])
+        point = result.ContinuationPoint
+        if point is None or len(values) >= BACKFILL_LIMIT:
+            return values[:BACKFILL_LIMIT]
 
 
 async def _settle(client: Any) -> None:
