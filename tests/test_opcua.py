@@ -548,3 +548,24 @@ def test_read_says_clearly_when_the_controller_cannot_be_reached(tmp_path: Path)
     out = CliRunner().invoke(cli, ["read", "-c", str(config), "c1"])
     assert out.exit_code == 1
     assert "c1: opc.tcp://127.0.0.1:" in out.output and "connection refused" in out.output
+
+
+async def test_a_user_and_password_from_a_file_and_a_refused_one_named_without_it(
+        tmp_path: Path) -> None:
+    from energyd.errors import DeviceRefused
+
+    password = "s3cret-not-in-messages"
+    (tmp_path / "pw").write_text(password + "\n")
+    (tmp_path / "wrong").write_text("guess\n")
+    sim = OpcuaController(station="air8", rate=5, users={"energyd": password}, history=False)
+    async with sim:
+        def options(pw: str) -> OpcuaOptions:
+            entry = sim.device_entries(username="energyd", password_file=pw)[0]["opcua"]
+            return OpcuaOptions.model_validate(entry, context={"base_dir": tmp_path})
+
+        async with Session(options=options("pw")) as session:
+            assert len(await session.read()) == len(VARIABLES)
+        with pytest.raises(DeviceRefused) as refused:
+            await Session(options=options("wrong")).open()
+        assert "refused the user" in str(refused.value)
+        assert password not in str(refused.value) and "guess" not in str(refused.value)

@@ -15,7 +15,8 @@ trusts; with none, any well-formed client certificate is taken), `source_timesta
 the controller stamps no source time, as some PLCs do), `history` (the server keeps the
 last hour of every variable's changes for HistoryRead: True), `history_file` (keep that
 history in an SQLite file, so it outlives a restart as a controller's historian does;
-default in memory, lost with the server).
+default in memory, lost with the server), `users` (user name -> password: only these may
+open a session; default anyone, anonymously).
 
 Each compressor is an object named after it in the namespace `NAMESPACE`, its variables
 `<name>.Power` (kW), `.Energy` (kWh), `.Pressure` (bar), `.Flow` (m3/min), `.State` (0 off,
@@ -76,7 +77,7 @@ class OpcuaController:
                  seed: int = 0, system: AirSystem | None = None, security: str = "None",
                  pki_dir: Path | None = None, trusted: list[Path] | None = None,
                  source_timestamps: bool = True, history: bool = True,
-                 history_file: Path | None = None):
+                 history_file: Path | None = None, users: dict[str, str] | None = None):
         check_loopback(host, "OPC UA server")
         if compressors < 1:
             raise ValueError("a controller needs at least one compressor")
@@ -97,6 +98,7 @@ class OpcuaController:
         self.source_timestamps = source_timestamps
         self.history = history and source_timestamps  # asyncua historizes by source time
         self.history_file = history_file
+        self.users = dict(users or {})
         self.system = system or AirSystem.build(compressors, prefix=f"{station}-c", seed=seed)
         self.published: dict[str, dict[str, list[tuple[int, float]]]] = {
             c.name: {q: [] for q in VARIABLES} for c in self.system.compressors}
@@ -182,8 +184,10 @@ class OpcuaController:
     async def _serve(self) -> None:
         from asyncua import Server, ua
 
-        server = Server()
+        server = Server(user_manager=_Users(self.users) if self.users else None)
         await server.init()
+        if self.users:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
         server.set_endpoint(self.url)
         server.set_server_name(f"energyd compressor controller {self.station}")
         await server.set_application_uri(APPLICATION_URI)
@@ -288,6 +292,21 @@ class OpcuaController:
                 await node.write_value(dv)
                 self._last[key] = value
                 self.published[c.name][quantity].append((ms, value))
+
+
+class _Users:
+    """Only these user names, with these passwords, may open a session."""
+
+    def __init__(self, users: dict[str, str]):
+        self.users = users
+
+    def get_user(self, iserver: Any, username: str | None = None,
+                 password: str | None = None, certificate: Any = None) -> Any:
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
 
 
 def _der(data: bytes) -> bytes:
