@@ -183,7 +183,7 @@ async def main(args: argparse.Namespace) -> bool:
     print(f"  energyd             {mine:9.1f} polls/s  {mine_cpu:8.0f} us CPU per poll  "
           f"({mine * len(VARIABLES):.0f} readings/s)")
     print(f"  energyd / bare      {mine / bare * 100:9.1f} % of the rate (the server's load "
-          "moves it), ")
+          "moves it),")
     print(f"                      {mine_cpu / bare_cpu:9.2f} x the CPU per poll (ceiling 1.3 x)"
           f"{'' if ok_poll else '  MISSED'}")
     b, m = cpu_us("bare_change", 1000), cpu_us("energyd_change", 1000)
