@@ -265,7 +265,7 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
     if dev.driver == "opcua":
         sys.exit(_read_opcua(dev, as_json))
     if dev.driver != "modbus":
-        click.echo(f"{device}: `energyd read` polls Modbus devices; this one is "
+        click.echo(f"{device}: `energyd read` polls Modbus and OPC UA devices; this one is "
                           f"{dev.driver}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     from energyd.drivers.scan import read_device, read_summary

@@ -250,7 +250,7 @@ class Device(Strict):
         others = [k for k in ("modbus", "mqtt", "opcua")
                   if k != self.driver and getattr(self, k) is not None]
         if others:
-            raise ValueError(f"driver {self.driver} cannot have an `{others[0]}:` section")
+            raise ValueError(f"driver {self.driver} takes no `{others[0]}:` section")
         if self.driver == "opcua":
             if self.opcua is None:
                 raise ValueError("driver opcua needs an `opcua:` section (endpoint, profile)")
