@@ -300,8 +300,6 @@ async def test_basic256sha256_with_generated_certificates(tmp_path: Path) -> Non
     pki.mkdir()
     cert, key = await _client_certificate(pki, "energyd")
     stranger_cert, stranger_key = await _client_certificate(pki, "stranger")
-    other = OpcuaController(port=1, security="Basic256Sha256", pki_dir=tmp_path / "other")
-    await other._pki(_NoServer())  # noqa: SLF001 - only its key and certificate are wanted
     sim = OpcuaController(station="air5", system=_plant("air5"), rate=20,
                           security="Basic256Sha256", pki_dir=tmp_path / "controller",
                           trusted=[cert])
@@ -325,11 +323,11 @@ async def test_basic256sha256_with_generated_certificates(tmp_path: Path) -> Non
         assert "refused energyd's certificate" in str(refused.value)
         assert "BadCertificateUntrusted" in str(refused.value) or "Bad" in str(refused.value)
 
+        # pinned: a certificate other than the server's (here the stranger's)
         with pytest.raises(CertificateMismatch) as mismatch:
-            await Session(options=options(
-                server_certificate_file=str(other.certificate_file))).open()
+            await Session(options=options(server_certificate_file=str(stranger_cert))).open()
         assert "not the one in server_certificate_file" in str(mismatch.value)
-        assert str(other.certificate_file) in str(mismatch.value)
+        assert str(stranger_cert) in str(mismatch.value)
 
         # the daemon reads over the secured session too
         async with Running(_config(tmp_path, [{**sim.device_entries()[0],
@@ -340,15 +338,6 @@ async def test_basic256sha256_with_generated_certificates(tmp_path: Path) -> Non
             await asyncio.wait_for(source.wait_subscribed(), 10)
             await _until(lambda: source.changes > 10, 5, "data changes")
         assert source.last_error is None
-
-
-class _NoServer:
-    """Stands in for the asyncua server when only the controller's key pair is made."""
-
-    async def load_certificate(self, path: str) -> None: ...
-    async def load_private_key(self, path: str) -> None: ...
-    def set_security_policy(self, policies: object) -> None: ...
-    def set_certificate_validator(self, validator: object) -> None: ...
 
 
 # --- read-only by construction -------------------------------------------------------------
