@@ -130,7 +130,7 @@ class OpcuaSource:
                     await session.subscribe(self._take)
                     self._note_unknown(session)
                     if since and self.options.backfill:
-                        await self._backfill(session, since)
+                        since = await self._backfill(session, since)
                 self._up()
                 delay = self.options.reconnect_delay_min
                 await self._hold(session, since if self.options.backfill else {})
@@ -171,7 +171,8 @@ class OpcuaSource:
                 await self._backfill(session, since)
                 since = {}
 
-    async def _backfill(self, session: Session, since: dict[int, datetime]) -> None:
+    async def _backfill(self, session: Session, since: dict[int, datetime]
+                        ) -> dict[int, datetime]:
         """What changed between the last value seen and the new subscription, from the
         server's history: the store keeps once what the subscription's first values repeat."""
         try:
@@ -181,7 +182,7 @@ class OpcuaSource:
                 self._no_history = True
                 log.warning("opcua %s: %s: what changed while disconnected is not read back "
                             "(set `backfill: false` to skip the attempt)", self.name, exc)
-            return
+            return {}
         if session.without_history and not self._no_history:
             self._no_history = True
             log.warning("opcua %s: the server keeps no history of %s: what those nodes did "
@@ -193,6 +194,12 @@ class OpcuaSource:
         self.backfilled += len(changes)
         if changes:
             self._take(changes)
+        # where the next read of the same gap starts: after what this one found
+        after = dict(since)
+        for ch in changes:
+            if ch.source_time is not None and ch.source_time > after[ch.node]:
+                after[ch.node] = ch.source_time
+        return after
 
     def _take(self, changes: list[Change]) -> None:
         self.changes += len(changes)
