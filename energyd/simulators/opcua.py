@@ -49,6 +49,9 @@ from energyd.simulators.air import AirSystem
 from energyd.simulators.loopback import check_loopback
 
 log = logging.getLogger(__name__)
+# asyncua's server tells its address space's construction at INFO, thousands of lines
+if logging.getLogger("asyncua").level == logging.NOTSET:
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
 
 NAMESPACE = "urn:energyd:simulator:compressor-controller"
 APPLICATION_URI = "urn:energyd:simulator:opcua"

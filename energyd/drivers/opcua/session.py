@@ -58,6 +58,10 @@ class _SameLoss(logging.Filter):
 
 for _name in ("asyncua.client.client", "asyncua.client.ua_client.UaClient"):
     logging.getLogger(_name).addFilter(_SameLoss())
+# asyncua tells each step of a connection at INFO (endpoints found, sessions made, sockets
+# closed): at energyd's INFO level that would bury its own lines
+if logging.getLogger("asyncua").level == logging.NOTSET:
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
 
 # The most values read back per node and reconnect: a day of one change a second. An outage
 # longer than that at that rate keeps its first part; the log says which nodes.
