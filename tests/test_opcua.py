@@ -389,10 +389,18 @@ async def test_a_controller_without_source_times_is_stored_on_receipt(tmp_path: 
         async with Running(_config(tmp_path, [entry])) as energyd:
             source = energyd.component("air6-c1").source
             await _until(lambda: source.changes >= 5 * len(VARIABLES), 10, "five polls")
+            # then the gateway's clock becomes implausible: receipt times are held
+            watch = energyd.daemon.clock_watch
+            assert watch is not None
+            suspect_from = to_ms(datetime.now(UTC))
+            watch.earliest_s = time.time() + 86400
+            await _until(lambda: source.changes >= 10 * len(VARIABLES), 10, "five more polls")
     stored = _stored(tmp_path / "energyd.db", "air6-c1")
     rows = stored["active_energy_import_kwh"]
-    assert len(rows) >= 5 and {q for _, _, q in rows} == {Quality.RECEIVED}
     assert [t for t, _, _ in rows] == sorted({t for t, _, _ in rows})
+    before = {q for t, _, q in rows if t < suspect_from - 200}
+    after = {q for t, _, q in rows if t > suspect_from + 200}
+    assert before == {Quality.RECEIVED} and after == {Quality.CLOCK_SUSPECT}
 
 
 # --- configuration -------------------------------------------------------------------------
