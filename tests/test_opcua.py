@@ -566,3 +566,17 @@ async def test_a_user_and_password_from_a_file_and_a_refused_one_named_without_i
             await Session(options=options("wrong")).open()
         assert "refused the user" in str(refused.value)
         assert password not in str(refused.value) and "guess" not in str(refused.value)
+
+
+async def test_a_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:
+    from energyd.errors import DeviceRefused
+    from energyd.simulators.opcua import free_port
+
+    cert, key = await _client_certificate(tmp_path, "energyd")
+    (tmp_path / "server.der").write_bytes(b"not a certificate")
+    options = OpcuaOptions.model_validate({
+        "endpoint": f"opc.tcp://127.0.0.1:{free_port()}", "nodes": {"active_power_kw": "i=1"},
+        "security": "Basic256Sha256", "certificate_file": str(cert),
+        "private_key_file": str(key), "server_certificate_file": str(tmp_path / "server.der")})
+    with pytest.raises(DeviceRefused, match="server.der: not a certificate"):
+        await Session(options=options).open()

@@ -269,11 +269,14 @@ class Session:
         o = self.options
         assert o.certificate_file and o.private_key_file and o.server_certificate_file
         key = secret_path(o.private_key_file, o.base_dir)
-        try:
-            cert = await uacrypto.load_certificate(str(o.certificate_file))
-            pinned = await uacrypto.load_certificate(str(o.server_certificate_file))
-        except Exception as exc:
-            raise DeviceRefused(f"a certificate cannot be read: {type(exc).__name__}") from None
+        certs = []
+        for path in (o.certificate_file, o.server_certificate_file):
+            try:
+                certs.append(await uacrypto.load_certificate(str(path)))
+            except Exception as exc:
+                raise DeviceRefused(f"{path}: not a certificate (DER or PEM): "
+                                    f"{type(exc).__name__}") from None
+        cert, pinned = certs
         uri = o.application_uri
         if uri is None:
             try:
