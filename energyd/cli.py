@@ -287,6 +287,29 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
     sys.exit(0 if values else 1)
 
 
+def _read_opcua(dev: Any, as_json: bool) -> int:
+    from energyd.clock import RealClock
+    from energyd.drivers.opcua.driver import read_once
+
+    try:
+        summary: Any = asyncio.run(read_once(dev.name, dev.opcua, RealClock().now))
+    except EnergydError as exc:
+        click.echo(f"{dev.name}: {exc}", err=True)
+        return 1
+    if as_json:
+        _print_json(summary)
+    else:
+        table = Table(title=f"{dev.name} ({dev.opcua.endpoint})")
+        for col in ("quantity", "value", "unit", "time", "quality"):
+            table.add_column(col, justify="right" if col == "value" else "left")
+        for q, v in summary["values"].items():
+            table.add_row(q, f"{v['value']:.6g}", v["unit"], v["time"], v["quality"])
+        for q, status in summary["bad"].items():
+            table.add_row(q, f"n/a ({status})", "", "", "")
+        console.print(table)
+    return 0 if summary["values"] else 1
+
+
 @cli.command()
 @click.option("--driver", default="modbus", show_default=True,
               help="the driver whose bus is scanned")
@@ -545,7 +568,8 @@ def readings_held(config_path: str, as_json: bool, reviewed: bool) -> None:
 
 @cli.group()
 def simulate() -> None:
-    """Run a simulator alone (a Modbus meter, an MQTT compressor station)."""
+    """Run a simulator alone (a Modbus meter, an MQTT compressor station, an OPC UA
+    compressor controller)."""
 
 
 @simulate.command("meter")
@@ -666,6 +690,40 @@ def simulate_compressor(broker: str, station: str, compressors: int, rate: float
                             speed=speed, topic_prefix=topic_prefix, duration=duration))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
+    except KeyboardInterrupt:
+        pass
+
+
+@simulate.command("opcua")
+@click.option("--port", default=4840, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port on 127.0.0.1 (0: any free port)")
+@click.option("--station", default="air1", show_default=True, help="station name")
+@click.option("--compressors", default=2, show_default=True, type=click.IntRange(1, 100))
+@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="updates per (simulated) second")
+@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="simulated seconds per wall second")
+@click.option("--security", default="None", show_default=True,
+              type=click.Choice(["None", "Basic256Sha256"]))
+@click.option("--pki-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where the controller keeps its generated key and certificate")
+@click.option("--trust", "trusted", multiple=True, type=click.Path(dir_okay=False,
+              exists=True, path_type=Path), help="a client certificate to trust (repeatable)")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="stop after this many wall seconds (default: run until Ctrl-C)")
+def simulate_opcua(port: int, station: str, compressors: int, rate: float, speed: float,
+                   security: str, pki_dir: Path | None, trusted: tuple[Path, ...],
+                   duration: float | None) -> None:
+    """Serve an OPC UA compressor controller on 127.0.0.1 (the MQTT station's physics)."""
+    from energyd.simulators.opcua import run_cli
+
+    try:
+        asyncio.run(run_cli("127.0.0.1", port, station=station, compressors=compressors,
+                            rate=rate, speed=speed, security=security, pki_dir=pki_dir,
+                            trusted=list(trusted), duration=duration))
+    except (ValueError, OSError) as exc:
+        click.echo(f"energyd simulate opcua: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT if isinstance(exc, ValueError) else 1)
     except KeyboardInterrupt:
         pass
 

@@ -41,6 +41,7 @@ from energyd.daemon.degraded import Degraded
 from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
+from energyd.daemon.opcua import build as build_opcua
 from energyd.daemon.scheduler import Scheduler
 from energyd.errors import ConfigError, EnergydError, StoreCorrupt
 from energyd.store.sqlite import RECOVER_HINT, Store
@@ -54,6 +55,7 @@ BUILDERS: list[Builder] = [
     polling.build,
     dlt645.build,
     subscriptions.build,
+    build_opcua,
     forwarding.build,
     rollups.build,
     air.build,
