@@ -339,7 +339,11 @@ def test_backlog_of_a_dead_sink(tmp_path, store):
     t0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
     store.insert_readings([Reading(t0 + timedelta(minutes=m), "incomer-1", "active_power_kw", 1.0)
                            for m in range(120)])
-    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0))
+    # as the daemon does: the alerts may not import the sinks, so it hands the backlogs over
+    from energyd.daemon.alerting import sink_backlogs
+
+    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0),
+                         sink_backlogs=lambda: sink_backlogs(config, store))
     assert engine.check_backlog(to_ms(t0 + timedelta(minutes=50))) == []
     fired = engine.check_backlog(to_ms(t0 + timedelta(minutes=61)))
     assert [(e.kind, e.episode.device) for e in fired] == [("start", "central")]
@@ -460,16 +464,23 @@ def test_a_sinks_rejections_make_one_episode_that_ends_after_a_quiet_hour(store)
 
 
 def test_accountings_finding_is_read_through_one_adapter():
+    from dataclasses import replace
+
+    from energyd.accounting.findings import ReconciliationFinding
     from energyd.alerts.statements import statement_check
 
-    finding = {"kind": "statement_below_metered", "statement": 7, "account": "acct-1",
-               "devices": ["incomer-1", "incomer-2"], "period_start": "2026-06-01T00:00:00Z",
-               "period_end": "2026-07-01T00:00:00Z", "statement_kwh": 900.0,
-               "metered_kwh": 1000.0, "tolerance": 0.02}
+    finding = ReconciliationFinding(
+        kind="statement_below_metered", statement=7, account="acct-1",
+        devices=("incomer-1", "incomer-2"), period_start="2026-06-01T00:00:00Z",
+        period_end="2026-07-01T00:00:00Z", statement_kwh=900.0, metered_kwh=1000.0,
+        difference_kwh=100.0, difference_share=0.1, tolerance=0.02, document=None,
+        supplier=None, estimated_kwh=100.0, gap_hours=3)
     check = statement_check(finding, accepted={7})
     assert check.account == "acct-1" and check.devices == ("incomer-1", "incomer-2")
     assert check.period_start_ms == to_ms(datetime(2026, 6, 1, tzinfo=UTC))
+    assert check.period_end_ms == to_ms(datetime(2026, 7, 1, tzinfo=UTC))
     assert (check.metered_kwh, check.statement_kwh) == (1000.0, 900.0)
     assert check.below_metered and check.accepted
-    assert not statement_check({**finding, "kind": "meter_difference"}, {7}).accepted
+    assert not statement_check(replace(finding, kind="meter_difference"), {7}).accepted
     assert not statement_check(finding, accepted=set()).accepted
+    assert statement_check(replace(finding, devices=()), set()).devices == ("acct-1",)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from energyd.config.schema import InfluxDB
+from energyd.daemon.forwarding import rejection_reporter
 from energyd.errors import (
     ConfigError,
     SinkRefused,
@@ -25,7 +26,6 @@ from energyd.errors import (
 from energyd.model import Reading, from_ms
 from energyd.sinks import Encoder, Forwarder, backoff_delay
 from energyd.sinks.forwarder import GAP, LIVE, Outcome
-from energyd.sinks.rejections import RejectionEpisodes
 from energyd.sinks.transport import Redactor, classify, retry_after
 from energyd.store.sqlite import READINGS, Store
 
@@ -139,11 +139,11 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
 
     transport = RefusesSeven([])
     outcomes: list[Outcome] = []
-    episodes = RejectionEpisodes("s", store)
+    episodes = rejection_reporter("s", store)
 
     def report(out: Outcome) -> None:
         outcomes.append(out)
-        episodes.observe(out)
+        episodes(out)
 
     fwd = Forwarder("s", store, transport, encoder=Encoder("site", {}), chunk_size=100,
                     report=report)
