@@ -137,6 +137,11 @@ async def test_live_spike_and_a_stopped_simulator(tmp_path, mosquitto, mqtt_topi
                       f"switch, event at the broker after {arrived:.3f} s")
                 assert start["rule"] == "incomer-spike" and start["type"] == "spike"
                 assert start["figures"]["kw"] > 1.5 * start["figures"]["baseline_kw"]
+                # one tracker: the alert engine's is the daemon's, which the hourly rollup's
+                # reconciliation and the forwarders' refused points feed too
+                alerting = daemon.context.health["alerts"].__self__
+                assert alerting.engine.tracker is daemon.context.episodes
+                assert [e.rule for e in daemon.context.episodes.active] == ["incomer-spike"]
 
                 await asyncio.sleep(1.5)  # the spike goes on: nothing is repeated
                 meter.faults.spike = 1.0

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from energyd.alerts.engine import AlertEngine
-from energyd.alerts.episodes import load_episodes
+from energyd.alerts.episodes import EpisodeTracker, load_episodes
 from energyd.alerts.statements import statement_findings
 from energyd.config.loader import parse_config
 from energyd.model import Reading, to_ms
@@ -437,8 +437,6 @@ def test_the_metered_part_of_gap_hours_counts_against_the_statement(tmp_path, st
 
 def test_a_sinks_rejections_make_one_episode_that_ends_after_a_quiet_hour(store):
     """The forwarder reports rejected points; the one tracker keeps them as an episode."""
-    from energyd.alerts.episodes import EpisodeTracker
-
     tracker = EpisodeTracker(store)
     t0 = to_ms(datetime(2026, 6, 1, tzinfo=UTC))
     (start,) = tracker.sink_rejected("influx-main", stream="readings", points=2, items=3,
@@ -484,3 +482,51 @@ def test_accountings_finding_is_read_through_one_adapter():
     assert not statement_check(replace(finding, kind="meter_difference"), {7}).accepted
     assert not statement_check(finding, accepted=set()).accepted
     assert statement_check(replace(finding, devices=()), set()).devices == ("acct-1",)
+
+
+def test_statements_that_disagree_with_the_meter_are_episodes_of_the_one_tracker(store):
+    from dataclasses import replace
+
+    from energyd.accounting.findings import ReconciliationFinding
+    from energyd.accounting.rollup import Statement
+
+    tracker = EpisodeTracker(store)
+    acc = Statement(1, "acc", 0, 10 * H, 900.0, ("incomer-1",), "SG", "SG-1")
+    other = Statement(2, "b", H, 10 * H, 500.0, ("incomer-2",))
+    finding = ReconciliationFinding(
+        "meter_difference", 1, "acc", ("incomer-1",), "1970-01-01T00:00:00Z",
+        "1970-01-01T10:00:00Z", 900.0, 1000.0, 100.0, 0.1, 0.02, "SG-1", "SG")
+
+    def stored() -> list[tuple]:
+        return [(e.device, e.state, e.started, e.ended, e.detail.get("metered_kwh"))
+                for e in reversed(load_episodes(store))]
+
+    (start,) = tracker.statements_checked([acc, other], [finding], set(), 10)
+    assert (start.kind, start.episode.rule, start.episode.device) == (
+        "start", "reconciliation", "acc")
+    assert "900 kWh billed, 1000 kWh metered (10.0% apart" in start.episode.detail["message"]
+    assert stored() == [("acc", "active", 0, None, 1000.0)]
+    seq = store.meta.get("seq")
+    # the same finding again (every rollup run): nothing is written, nothing forwarded again
+    assert tracker.statements_checked([acc], [finding], set(), 11) == []
+    assert store.meta.get("seq") == seq
+    # the finding changed: the episode carries it, and is forwarded again
+    assert tracker.statements_checked([acc], [replace(finding, metered_kwh=1100.0)], set(),
+                                      12) == []
+    assert stored() == [("acc", "active", 0, None, 1100.0)] and store.meta.get("seq") != seq
+    # the statement agrees now: its episode ends
+    (end,) = tracker.statements_checked([acc], [], set(), 13)
+    assert (end.kind, end.episode.ended) == ("end", 13)
+    # a disagreement again is a new episode; a replaced statement's ends
+    tracker.statements_checked([acc], [finding], set(), 14)
+    (end,) = tracker.statements_replaced([("acc", 0)], 15)
+    assert [e[1:4] for e in stored()] == [("resolved", 0, 13), ("resolved", 0, 15)]
+    assert tracker.statements_replaced([("acc", 0)], 16) == []
+    # below the meter and accepted: no episode; not accepted: one
+    below = replace(finding, kind="statement_below_metered", estimated_kwh=100.0, gap_hours=3)
+    assert tracker.statements_checked([acc], [below], {1}, 17) == []
+    assert [e.kind for e in tracker.statements_checked([acc], [below], set(), 18)] == ["start"]
+    # the rules' episodes are not these: a restart neither loads nor retires them
+    assert EpisodeTracker(store).active == []
+    assert EpisodeTracker(store).retire(set(), 19) == []
+    assert load_episodes(store, state="active")[0].started == 0
