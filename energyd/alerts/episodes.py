@@ -206,7 +206,8 @@ class EpisodeTracker:
         """A sink's server refused `points` points (`items` stored items of `stream`) for
         good, the last with `message`: counted into the sink's active `sink_rejected`
         episode, or one started. Returns the start, if this started one."""
-        with self._lock:
+        # read and written as one: `energyd forward` may count into the same episode
+        with self._lock, self.store.atomic():
             self._sinks_open[sink] = True
             current = self.store.episodes.latest_active(SINK_REJECTED, sink)
             if current is not None:
@@ -230,13 +231,16 @@ class EpisodeTracker:
         with self._lock:
             if self._sinks_open.get(sink) is False:
                 return []  # the common case, asked after every quiet cycle: no store read
-            current = self.store.episodes.latest_active(SINK_REJECTED, sink)
-            self._sinks_open[sink] = current is not None
-            if current is None or at_ms - current.detail.get("last_ms", 0) < SINK_QUIET_MS:
-                return []
-            self._sinks_open[sink] = False
-            self.store.episodes.save([EpisodeChange(current.id, SINK_REJECTED, sink, RESOLVED,
-                                                    current.started, at_ms, current.detail)])
+            with self.store.atomic():
+                current = self.store.episodes.latest_active(SINK_REJECTED, sink)
+                self._sinks_open[sink] = current is not None
+                if current is None or \
+                        at_ms - current.detail.get("last_ms", 0) < SINK_QUIET_MS:
+                    return []
+                self._sinks_open[sink] = False
+                self.store.episodes.save([EpisodeChange(
+                    current.id, SINK_REJECTED, sink, RESOLVED, current.started, at_ms,
+                    current.detail)])
             return [Event("end", Episode(current.id, SINK_REJECTED, sink, RESOLVED,
                                          current.started, at_ms, dict(current.detail)))]
 
