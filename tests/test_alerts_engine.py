@@ -530,3 +530,18 @@ def test_statements_that_disagree_with_the_meter_are_episodes_of_the_one_tracker
     assert EpisodeTracker(store).active == []
     assert EpisodeTracker(store).retire(set(), 19) == []
     assert load_episodes(store, state="active")[0].started == 0
+
+
+def test_only_the_episodes_repository_writes_the_alerts_table():
+    """The tracker decides every episode (rules, sinks' refused points, statements), so one
+    repository writes them: a second writer would be a second owner of the episodes."""
+    import re
+
+    import energyd
+
+    writes = re.compile(r"\b(INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE(\s+OR\s+\w+)?|DELETE\s+FROM)"
+                        r"\s+alerts\b", re.IGNORECASE)
+    package = Path(energyd.__file__).parent
+    writers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if writes.search(p.read_text(encoding="utf-8")))
+    assert writers == ["store/episodes.py"]
