@@ -545,3 +545,15 @@ def test_only_the_episodes_repository_writes_the_alerts_table():
     writers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                      if writes.search(p.read_text(encoding="utf-8")))
     assert writers == ["store/episodes.py"]
+
+
+def test_hourly_energy_of_a_station_without_a_counter_comes_from_its_air_hours(tmp_path, store):
+    config = make_config(tmp_path, "    - {name: stale, type: stale, multiple: 3}")
+    put_hours(store, "incomer-1", {0: 100.0, H: 110.0})
+    put_hours(store, "incomer-1", {2 * H: 90.0}, source="estimated")  # not measured: left out
+    store.air.write_changed([("air1", 0, 50.0, 400.0, 7.5, 0.8, "{}"),
+                             ("incomer-1", 0, 1.0, 8.0, 7.5, 0.1, "{}")])
+    engine = AlertEngine(config, store, now_ms=lambda: 3 * H)
+    assert engine.hourly_energy(["incomer-1", "air1"], 0, 3 * H) == {
+        "incomer-1": {0: pytest.approx(100.0), H: pytest.approx(110.0)}, "air1": {0: 50.0}}
+    assert engine.hourly_energy([], 0, 3 * H) == {}

@@ -100,6 +100,21 @@ def test_a_replacing_statement_leaves_the_replaced_one_on_record(store: Store) -
         Acceptance(new, 5, "li.wei", "confirmed", '{"a": 1}')]
 
 
+def test_rollups_give_the_hourly_energy_and_the_metered_split_of_chosen_devices(
+        store: Store) -> None:
+    gap = ("m1", H, 0.1, "estimated", 0.5, 0.05, 0.05, 0.5, "f1",
+           json.dumps({"kwh": {"meter": 50.0, "estimated": 50.0}, "statements": [1]}))
+    rows = [_row("m1", 0, 1.0), gap, _row("m2", 0, 2.0), _row("m1", 2 * H, 3.0)]
+    store.rollups.write_changed(rows, {"m1": (0, 3 * H), "m2": (0, 3 * H)})
+    assert sorted(store.rollups.energy(0, 2 * H, ["m1"])) == [
+        ("m1", 0, 1.0, "meter"), ("m1", H, 0.1, "estimated")]
+    assert store.rollups.energy(0, 2 * H, []) == []
+    assert sorted(store.rollups.metered(0, 3 * H, ["m1", "m2"])) == [
+        ("m1", 0, 1.0, "meter", 1.0, None),
+        ("m1", H, 0.1, "estimated", 0.5, {"meter": 50.0, "estimated": 50.0}),
+        ("m1", 2 * H, 3.0, "meter", 1.0, None), ("m2", 0, 2.0, "meter", 1.0, None)]
+
+
 def test_episodes_are_kept_each_change_under_a_new_number(store: Store) -> None:
     def episodes() -> list[tuple]:  # read as another process would
         with contextlib.closing(sqlite3.connect(store.path)) as conn:
@@ -130,3 +145,11 @@ def test_air_hours_are_written_only_where_they_changed(store: Store) -> None:
     # a recompute's float one unit of the last place off is no change
     assert store.air.write_changed([("c1", 0, 50.0 + 1e-13, 400.0, 7.5, 0.8, "{}")]) == 0
     assert store.air.write_changed([("c1", 0, 51.0, 400.0, 7.5, 0.8, "{}")]) == 1
+
+
+def test_air_hours_give_the_kwh_of_chosen_stations(store: Store) -> None:
+    store.air.write_changed([("c1", 0, 50.0, 400.0, 7.5, 0.8, "{}"),
+                             ("c1", H, 40.0, 300.0, 8.0, 0.7, "{}"),
+                             ("c2", 0, 10.0, 80.0, 7.5, 0.2, "{}")])
+    assert sorted(store.air.kwh(["c1"], 0, 2 * H)) == [("c1", 0, 50.0), ("c1", H, 40.0)]
+    assert store.air.kwh(["c2"], H, 2 * H) == [] and store.air.kwh([], 0, 2 * H) == []

@@ -147,7 +147,7 @@ class AlertEngine:
         out: dict[str, dict[int, float]] = defaultdict(dict)
         if not devices:
             return out
-        for device, hour, mwh, source, *_ in self.store.rollups.rows(start_ms, end_ms, devices):
+        for device, hour, mwh, source in self.store.rollups.energy(start_ms, end_ms, devices):
             if source not in UNMEASURED:
                 out[device][hour] = mwh * 1000.0
         # a device with no rollup at all there is a station without a counter of its own

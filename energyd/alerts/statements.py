@@ -5,7 +5,6 @@ adapter (`statement_check`) over the typed `ReconciliationFinding`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection
 from datetime import datetime
 
@@ -44,13 +43,10 @@ def statement_findings(config: Config, store: Store
         lo = min(st.start_ms for st in statements) - HOUR_MS
         hi = max(st.end_ms for st in statements)
         devs = sorted({d for st in statements for d in st.devices})
-        rows = []
-        for device, hour, mwh, src, coverage, *_, detail in store.rollups.rows(lo, hi, devs):
-            # the kWh split gives the metered part of hours with gaps; the rest of the
-            # detail plays no part in the comparison
-            split = json.loads(detail).get("kwh") if detail else None
-            rows.append(RollupRow(device, hour, mwh, src, coverage, None, None, None, None,
-                                  {"kwh": split} if split else {}))
+        # the kWh split gives the metered part of hours with gaps
+        rows = [RollupRow(device, hour, mwh, src, coverage, None, None, None, None,
+                          {"kwh": split} if split else {})
+                for device, hour, mwh, src, coverage, split in store.rollups.metered(lo, hi, devs)]
         accepted = {a.statement for a in store.statements.acceptances()}
         return [statement_check(f, accepted) for f in find(statements, rows, tolerance=-1.0)]
 
