@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import stored
 
 from energyd.alerts.engine import AlertEngine
 from energyd.alerts.episodes import EpisodeTracker, load_episodes
@@ -25,6 +26,7 @@ from energyd.model import Reading, to_ms
 from energyd.simulators.air import AirSystem
 from energyd.simulators.loadshape import load_factor
 from energyd.store.sqlite import Store
+from energyd.store.statements import Acceptance, NewStatement
 
 H = 3_600_000
 TZ = "Asia/Shanghai"
@@ -50,15 +52,19 @@ alerts:
     return parse_config(text, "test.yaml")
 
 
-def put_hours(store: Store, device: str, kwh: dict[int, float], source: str = "meter") -> None:
-    with store.transaction() as conn:
-        for hour, value in sorted(kwh.items()):
-            seq = store.next_seq(conn)
-            conn.execute(
-                "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
-                "VALUES (?, ?, ?, ?, 1.0, '{}', ?) ON CONFLICT (device, hour) DO UPDATE SET "
-                "mwh = excluded.mwh, source = excluded.source, seq = excluded.seq",
-                (device, hour, value / 1000.0, source, seq))
+def put_hours(store: Store, device: str, kwh: dict[int, float], source: str = "meter",
+              coverage: float = 1.0, detail: str = "{}") -> None:
+    if kwh:
+        store.rollups.write_changed(
+            [(device, hour, value / 1000.0, source, coverage, None, None, None, None, detail)
+             for hour, value in sorted(kwh.items())], {device: (min(kwh), max(kwh) + H)})
+
+
+def put_statement(store: Store, start_ms: int, end_ms: int, kwh: float, document: str,
+                  replaces: int | None = None) -> int:
+    (sid,) = store.statements.add([NewStatement("incomer-1", start_ms, end_ms, kwh, "grid",
+                                                document, replaces)], imported_ms=0)
+    return sid
 
 
 def weekly_pattern(start: datetime, weeks: int, seed: int = 7) -> dict[int, float]:
@@ -133,7 +139,7 @@ def test_an_hourly_spike_fires_once_and_resolves_once_even_across_restarts(tmp_p
     for _ in range(2):
         again = engine_for(config, store)
         assert again.evaluate_hours(*span) == []
-    rows = store.execute("SELECT rule, device, state, started, ended FROM alerts")
+    rows = stored(store, "SELECT rule, device, state, started, ended FROM alerts")
     assert rows == [("incomer-spike", "incomer-1", "resolved", spike_at, spike_at + 2 * H)]
 
 
@@ -282,10 +288,7 @@ def test_reconciliation_episode_from_accounting_findings(tmp_path, store):
     day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
     hours = {to_ms(day) + k * H: 100.0 for k in range(24)}  # 2400 kWh metered
     put_hours(store, "incomer-1", hours)
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 2600.0, "grid", "B-1", 0))
+    wrong = put_statement(store, to_ms(day), to_ms(day) + 24 * H, 2600.0, "B-1")
     now = [to_ms(day) + 30 * H]
     engine = AlertEngine(config, store, now_ms=lambda: now[0],
                          reconciliation=statement_findings(config, store))
@@ -297,8 +300,7 @@ def test_reconciliation_episode_from_accounting_findings(tmp_path, store):
     assert figures["difference"] == pytest.approx(200 / 2600, rel=1e-4)
     assert engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H) == []
     # a corrected statement replaces the wrong one: the episode ends
-    with store.transaction() as conn:
-        conn.execute("UPDATE invoices SET energy_kwh = 2410.0")
+    put_statement(store, to_ms(day), to_ms(day) + 24 * H, 2410.0, "B-1a", replaces=wrong)
     now[0] += H
     ends = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [e.kind for e in ends] == ["end"]
@@ -312,10 +314,7 @@ def test_a_statement_below_the_meter_alerts_within_tolerance_until_accepted(tmp_
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18)})  # 1800 kWh
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18, 24)},
               source="estimated")
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1790.0, "grid", "B-2", 0))
+    sid = put_statement(store, to_ms(day), to_ms(day) + 24 * H, 1790.0, "B-2")
     now = [to_ms(day) + 30 * H]
     engine = AlertEngine(config, store, now_ms=lambda: now[0],
                          reconciliation=statement_findings(config, store))
@@ -324,9 +323,7 @@ def test_a_statement_below_the_meter_alerts_within_tolerance_until_accepted(tmp_
     events = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [(e.kind, e.episode.device) for e in events] == [("start", "incomer-1")]
     assert events[0].episode.detail["start"]["meter_kwh"] == pytest.approx(1800)
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO statement_acceptances (statement, accepted, accepted_by, "
-                     "reason) VALUES (1, 0, 'auditor', 'bill confirmed')")
+    store.statements.accept(Acceptance(sid, 0, "auditor", "bill confirmed", "{}"))
     now[0] += H
     ends = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [e.kind for e in ends] == ["end"]
@@ -366,7 +363,7 @@ def test_removed_rules_end_their_active_episodes(tmp_path, store):
 """)
     ended = engine_for(other, store).retire_removed_rules()
     assert [(e.kind, e.episode.rule) for e in ended] == [("end", "incomer-spike")]
-    row = store.execute("SELECT state, detail FROM alerts")[0]
+    row = stored(store, "SELECT state, detail FROM alerts")[0]
     assert row[0] == "resolved" and "rule removed" in json.loads(row[1])["end"]["reason"]
 
 
@@ -417,16 +414,11 @@ def test_the_metered_part_of_gap_hours_counts_against_the_statement(tmp_path, st
 """)
     day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18)})  # 1800 kWh
-    with store.transaction() as conn:  # six hours metered 20 kWh each, estimated the rest
-        for k in range(18, 24):
-            conn.execute(
-                "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
-                "VALUES ('incomer-1', ?, 0.1, 'estimated', 0.2, ?, ?)",
-                (to_ms(day) + k * H, json.dumps({"kwh": {"meter": 20.0, "estimated": 80.0}}),
-                 store.next_seq(conn)))
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1900.0, "grid", "B-3", 0))
+    # six hours metered 20 kWh each, estimated the rest
+    put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18, 24)},
+              source="estimated", coverage=0.2,
+              detail=json.dumps({"kwh": {"meter": 20.0, "estimated": 80.0}}))
+    put_statement(store, to_ms(day), to_ms(day) + 24 * H, 1900.0, "B-3")
     engine = AlertEngine(config, store, now_ms=lambda: to_ms(day) + 30 * H,
                          reconciliation=statement_findings(config, store))
     # 1,800 + 6 x 20 = 1,920 kWh metered: a statement of 1,900 is below the meter

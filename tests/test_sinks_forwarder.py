@@ -12,6 +12,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from conftest import stored
 
 from energyd.config.schema import InfluxDB
 from energyd.daemon.forwarding import rejection_reporter
@@ -158,7 +159,7 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
     # ... and the rejection went out as an alert episode of the sink
     [alert] = [line for line in lines if line.startswith("energy_alert,")]
     assert "device=s,rule=sink_rejected" in alert and "bad point" in alert
-    [(item, message)] = store.execute("SELECT item, message FROM rejected")
+    [(item, message)] = stored(store, "SELECT item, message FROM rejected")
     assert [r.value for r in store.readings_after(item - 1, 1)] == [7.0]
     assert "bad point" in message
     # the chunk, 2 per level of halving (13 -> 7 -> 4 -> 2 -> 1), and the alert
