@@ -139,7 +139,11 @@ def test_an_acceptance_is_stored_with_who_when_why_and_makes_the_month_final(
         acc.accept_statement(99, "why", "li.wei", now)
     got = acc.accept_statement(sid, "supplier confirms the bill; meter swap on 2 May",
                                "li.wei", now + 1000)
-    record_reconciliation(acc.store, acc.config, acc.reconcile([sid]), now + 1000)
+    # accepted as it stands: the alerts' tracker ends the statement's episode
+    [ended] = record_reconciliation(acc.store, acc.config, acc.reconcile([sid]), now + 1000)
+    assert (ended.kind, ended.episode.rule, ended.episode.device, ended.episode.ended) == (
+        "end", "reconciliation", "incomer", now + 1000)
+    assert stored(acc.store, "SELECT state FROM alerts") == [("resolved",)]
     assert got["by"] == "li.wei" and got["at"] == "2023-06-01T16:00:01Z"
     report = acc.report("2023-05", now)
     assert report["status"] == "final", report["reasons"]

@@ -16,15 +16,17 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import stored
 
 from energyd.alerts.engine import AlertEngine
-from energyd.alerts.episodes import load_episodes
+from energyd.alerts.episodes import EpisodeTracker, load_episodes
 from energyd.alerts.statements import statement_findings
 from energyd.config.loader import parse_config
 from energyd.model import Reading, to_ms
 from energyd.simulators.air import AirSystem
 from energyd.simulators.loadshape import load_factor
 from energyd.store.sqlite import Store
+from energyd.store.statements import Acceptance, NewStatement
 
 H = 3_600_000
 TZ = "Asia/Shanghai"
@@ -50,15 +52,19 @@ alerts:
     return parse_config(text, "test.yaml")
 
 
-def put_hours(store: Store, device: str, kwh: dict[int, float], source: str = "meter") -> None:
-    with store.transaction() as conn:
-        for hour, value in sorted(kwh.items()):
-            seq = store.next_seq(conn)
-            conn.execute(
-                "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
-                "VALUES (?, ?, ?, ?, 1.0, '{}', ?) ON CONFLICT (device, hour) DO UPDATE SET "
-                "mwh = excluded.mwh, source = excluded.source, seq = excluded.seq",
-                (device, hour, value / 1000.0, source, seq))
+def put_hours(store: Store, device: str, kwh: dict[int, float], source: str = "meter",
+              coverage: float = 1.0, detail: str = "{}") -> None:
+    if kwh:
+        store.rollups.write_changed(
+            [(device, hour, value / 1000.0, source, coverage, None, None, None, None, detail)
+             for hour, value in sorted(kwh.items())], {device: (min(kwh), max(kwh) + H)})
+
+
+def put_statement(store: Store, start_ms: int, end_ms: int, kwh: float, document: str,
+                  replaces: int | None = None) -> int:
+    (sid,) = store.statements.add([NewStatement("incomer-1", start_ms, end_ms, kwh, "grid",
+                                                document, replaces)], imported_ms=0)
+    return sid
 
 
 def weekly_pattern(start: datetime, weeks: int, seed: int = 7) -> dict[int, float]:
@@ -133,7 +139,7 @@ def test_an_hourly_spike_fires_once_and_resolves_once_even_across_restarts(tmp_p
     for _ in range(2):
         again = engine_for(config, store)
         assert again.evaluate_hours(*span) == []
-    rows = store.execute("SELECT rule, device, state, started, ended FROM alerts")
+    rows = stored(store, "SELECT rule, device, state, started, ended FROM alerts")
     assert rows == [("incomer-spike", "incomer-1", "resolved", spike_at, spike_at + 2 * H)]
 
 
@@ -282,10 +288,7 @@ def test_reconciliation_episode_from_accounting_findings(tmp_path, store):
     day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
     hours = {to_ms(day) + k * H: 100.0 for k in range(24)}  # 2400 kWh metered
     put_hours(store, "incomer-1", hours)
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 2600.0, "grid", "B-1", 0))
+    wrong = put_statement(store, to_ms(day), to_ms(day) + 24 * H, 2600.0, "B-1")
     now = [to_ms(day) + 30 * H]
     engine = AlertEngine(config, store, now_ms=lambda: now[0],
                          reconciliation=statement_findings(config, store))
@@ -297,8 +300,7 @@ def test_reconciliation_episode_from_accounting_findings(tmp_path, store):
     assert figures["difference"] == pytest.approx(200 / 2600, rel=1e-4)
     assert engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H) == []
     # a corrected statement replaces the wrong one: the episode ends
-    with store.transaction() as conn:
-        conn.execute("UPDATE invoices SET energy_kwh = 2410.0")
+    put_statement(store, to_ms(day), to_ms(day) + 24 * H, 2410.0, "B-1a", replaces=wrong)
     now[0] += H
     ends = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [e.kind for e in ends] == ["end"]
@@ -312,10 +314,7 @@ def test_a_statement_below_the_meter_alerts_within_tolerance_until_accepted(tmp_
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18)})  # 1800 kWh
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18, 24)},
               source="estimated")
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1790.0, "grid", "B-2", 0))
+    sid = put_statement(store, to_ms(day), to_ms(day) + 24 * H, 1790.0, "B-2")
     now = [to_ms(day) + 30 * H]
     engine = AlertEngine(config, store, now_ms=lambda: now[0],
                          reconciliation=statement_findings(config, store))
@@ -324,9 +323,7 @@ def test_a_statement_below_the_meter_alerts_within_tolerance_until_accepted(tmp_
     events = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [(e.kind, e.episode.device) for e in events] == [("start", "incomer-1")]
     assert events[0].episode.detail["start"]["meter_kwh"] == pytest.approx(1800)
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO statement_acceptances (statement, accepted, accepted_by, "
-                     "reason) VALUES (1, 0, 'auditor', 'bill confirmed')")
+    store.statements.accept(Acceptance(sid, 0, "auditor", "bill confirmed", "{}"))
     now[0] += H
     ends = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [e.kind for e in ends] == ["end"]
@@ -339,7 +336,11 @@ def test_backlog_of_a_dead_sink(tmp_path, store):
     t0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
     store.insert_readings([Reading(t0 + timedelta(minutes=m), "incomer-1", "active_power_kw", 1.0)
                            for m in range(120)])
-    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0))
+    # as the daemon does: the alerts may not import the sinks, so it hands the backlogs over
+    from energyd.daemon.alerting import sink_backlogs
+
+    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0),
+                         sink_backlogs=lambda: sink_backlogs(config, store))
     assert engine.check_backlog(to_ms(t0 + timedelta(minutes=50))) == []
     fired = engine.check_backlog(to_ms(t0 + timedelta(minutes=61)))
     assert [(e.kind, e.episode.device) for e in fired] == [("start", "central")]
@@ -362,7 +363,7 @@ def test_removed_rules_end_their_active_episodes(tmp_path, store):
 """)
     ended = engine_for(other, store).retire_removed_rules()
     assert [(e.kind, e.episode.rule) for e in ended] == [("end", "incomer-spike")]
-    row = store.execute("SELECT state, detail FROM alerts")[0]
+    row = stored(store, "SELECT state, detail FROM alerts")[0]
     assert row[0] == "resolved" and "rule removed" in json.loads(row[1])["end"]["reason"]
 
 
@@ -413,16 +414,11 @@ def test_the_metered_part_of_gap_hours_counts_against_the_statement(tmp_path, st
 """)
     day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18)})  # 1800 kWh
-    with store.transaction() as conn:  # six hours metered 20 kWh each, estimated the rest
-        for k in range(18, 24):
-            conn.execute(
-                "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
-                "VALUES ('incomer-1', ?, 0.1, 'estimated', 0.2, ?, ?)",
-                (to_ms(day) + k * H, json.dumps({"kwh": {"meter": 20.0, "estimated": 80.0}}),
-                 store.next_seq(conn)))
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1900.0, "grid", "B-3", 0))
+    # six hours metered 20 kWh each, estimated the rest
+    put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18, 24)},
+              source="estimated", coverage=0.2,
+              detail=json.dumps({"kwh": {"meter": 20.0, "estimated": 80.0}}))
+    put_statement(store, to_ms(day), to_ms(day) + 24 * H, 1900.0, "B-3")
     engine = AlertEngine(config, store, now_ms=lambda: to_ms(day) + 30 * H,
                          reconciliation=statement_findings(config, store))
     # 1,800 + 6 x 20 = 1,920 kWh metered: a statement of 1,900 is below the meter
@@ -433,8 +429,6 @@ def test_the_metered_part_of_gap_hours_counts_against_the_statement(tmp_path, st
 
 def test_a_sinks_rejections_make_one_episode_that_ends_after_a_quiet_hour(store):
     """The forwarder reports rejected points; the one tracker keeps them as an episode."""
-    from energyd.alerts.episodes import EpisodeTracker
-
     tracker = EpisodeTracker(store)
     t0 = to_ms(datetime(2026, 6, 1, tzinfo=UTC))
     (start,) = tracker.sink_rejected("influx-main", stream="readings", points=2, items=3,
@@ -460,16 +454,98 @@ def test_a_sinks_rejections_make_one_episode_that_ends_after_a_quiet_hour(store)
 
 
 def test_accountings_finding_is_read_through_one_adapter():
+    from dataclasses import replace
+
+    from energyd.accounting.findings import ReconciliationFinding
     from energyd.alerts.statements import statement_check
 
-    finding = {"kind": "statement_below_metered", "statement": 7, "account": "acct-1",
-               "devices": ["incomer-1", "incomer-2"], "period_start": "2026-06-01T00:00:00Z",
-               "period_end": "2026-07-01T00:00:00Z", "statement_kwh": 900.0,
-               "metered_kwh": 1000.0, "tolerance": 0.02}
+    finding = ReconciliationFinding(
+        kind="statement_below_metered", statement=7, account="acct-1",
+        devices=("incomer-1", "incomer-2"), period_start="2026-06-01T00:00:00Z",
+        period_end="2026-07-01T00:00:00Z", statement_kwh=900.0, metered_kwh=1000.0,
+        difference_kwh=100.0, difference_share=0.1, tolerance=0.02, document=None,
+        supplier=None, estimated_kwh=100.0, gap_hours=3)
     check = statement_check(finding, accepted={7})
     assert check.account == "acct-1" and check.devices == ("incomer-1", "incomer-2")
     assert check.period_start_ms == to_ms(datetime(2026, 6, 1, tzinfo=UTC))
+    assert check.period_end_ms == to_ms(datetime(2026, 7, 1, tzinfo=UTC))
     assert (check.metered_kwh, check.statement_kwh) == (1000.0, 900.0)
     assert check.below_metered and check.accepted
-    assert not statement_check({**finding, "kind": "meter_difference"}, {7}).accepted
+    assert not statement_check(replace(finding, kind="meter_difference"), {7}).accepted
     assert not statement_check(finding, accepted=set()).accepted
+    assert statement_check(replace(finding, devices=()), set()).devices == ("acct-1",)
+
+
+def test_statements_that_disagree_with_the_meter_are_episodes_of_the_one_tracker(store):
+    from dataclasses import replace
+
+    from energyd.accounting.findings import ReconciliationFinding
+    from energyd.accounting.rollup import Statement
+
+    tracker = EpisodeTracker(store)
+    acc = Statement(1, "acc", 0, 10 * H, 900.0, ("incomer-1",), "SG", "SG-1")
+    other = Statement(2, "b", H, 10 * H, 500.0, ("incomer-2",))
+    finding = ReconciliationFinding(
+        "meter_difference", 1, "acc", ("incomer-1",), "1970-01-01T00:00:00Z",
+        "1970-01-01T10:00:00Z", 900.0, 1000.0, 100.0, 0.1, 0.02, "SG-1", "SG")
+
+    def stored() -> list[tuple]:
+        return [(e.device, e.state, e.started, e.ended, e.detail.get("metered_kwh"))
+                for e in reversed(load_episodes(store))]
+
+    (start,) = tracker.statements_checked([acc, other], [finding], set(), 10)
+    assert (start.kind, start.episode.rule, start.episode.device) == (
+        "start", "reconciliation", "acc")
+    assert "900 kWh billed, 1000 kWh metered (10.0% apart" in start.episode.detail["message"]
+    assert stored() == [("acc", "active", 0, None, 1000.0)]
+    seq = store.meta.get("seq")
+    # the same finding again (every rollup run): nothing is written, nothing forwarded again
+    assert tracker.statements_checked([acc], [finding], set(), 11) == []
+    assert store.meta.get("seq") == seq
+    # the finding changed: the episode carries it, and is forwarded again
+    assert tracker.statements_checked([acc], [replace(finding, metered_kwh=1100.0)], set(),
+                                      12) == []
+    assert stored() == [("acc", "active", 0, None, 1100.0)] and store.meta.get("seq") != seq
+    # the statement agrees now: its episode ends
+    (end,) = tracker.statements_checked([acc], [], set(), 13)
+    assert (end.kind, end.episode.ended) == ("end", 13)
+    # a disagreement again is a new episode; a replaced statement's ends
+    tracker.statements_checked([acc], [finding], set(), 14)
+    (end,) = tracker.statements_replaced([("acc", 0)], 15)
+    assert [e[1:4] for e in stored()] == [("resolved", 0, 13), ("resolved", 0, 15)]
+    assert tracker.statements_replaced([("acc", 0)], 16) == []
+    # below the meter and accepted: no episode; not accepted: one
+    below = replace(finding, kind="statement_below_metered", estimated_kwh=100.0, gap_hours=3)
+    assert tracker.statements_checked([acc], [below], {1}, 17) == []
+    assert [e.kind for e in tracker.statements_checked([acc], [below], set(), 18)] == ["start"]
+    # the rules' episodes are not these: a restart neither loads nor retires them
+    assert EpisodeTracker(store).active == []
+    assert EpisodeTracker(store).retire(set(), 19) == []
+    assert load_episodes(store, state="active")[0].started == 0
+
+
+def test_only_the_episodes_repository_writes_the_alerts_table():
+    """The tracker decides every episode (rules, sinks' refused points, statements), so one
+    repository writes them: a second writer would be a second owner of the episodes."""
+    import re
+
+    import energyd
+
+    writes = re.compile(r"\b(INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE(\s+OR\s+\w+)?|DELETE\s+FROM)"
+                        r"\s+alerts\b", re.IGNORECASE)
+    package = Path(energyd.__file__).parent
+    writers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if writes.search(p.read_text(encoding="utf-8")))
+    assert writers == ["store/episodes.py"]
+
+
+def test_hourly_energy_of_a_station_without_a_counter_comes_from_its_air_hours(tmp_path, store):
+    config = make_config(tmp_path, "    - {name: stale, type: stale, multiple: 3}")
+    put_hours(store, "incomer-1", {0: 100.0, H: 110.0})
+    put_hours(store, "incomer-1", {2 * H: 90.0}, source="estimated")  # not measured: left out
+    store.air.write_changed([("air1", 0, 50.0, 400.0, 7.5, 0.8, "{}"),
+                             ("incomer-1", 0, 1.0, 8.0, 7.5, 0.1, "{}")])
+    engine = AlertEngine(config, store, now_ms=lambda: 3 * H)
+    assert engine.hourly_energy(["incomer-1", "air1"], 0, 3 * H) == {
+        "incomer-1": {0: pytest.approx(100.0), H: pytest.approx(110.0)}, "air1": {0: 50.0}}
+    assert engine.hourly_energy([], 0, 3 * H) == {}

@@ -12,8 +12,10 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from conftest import stored
 
 from energyd.config.schema import InfluxDB
+from energyd.daemon.forwarding import rejection_reporter
 from energyd.errors import (
     ConfigError,
     SinkRefused,
@@ -25,7 +27,6 @@ from energyd.errors import (
 from energyd.model import Reading, from_ms
 from energyd.sinks import Encoder, Forwarder, backoff_delay
 from energyd.sinks.forwarder import GAP, LIVE, Outcome
-from energyd.sinks.rejections import RejectionEpisodes
 from energyd.sinks.transport import Redactor, classify, retry_after
 from energyd.store.sqlite import READINGS, Store
 
@@ -139,11 +140,11 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
 
     transport = RefusesSeven([])
     outcomes: list[Outcome] = []
-    episodes = RejectionEpisodes("s", store)
+    episodes = rejection_reporter("s", store)
 
     def report(out: Outcome) -> None:
         outcomes.append(out)
-        episodes.observe(out)
+        episodes(out)
 
     fwd = Forwarder("s", store, transport, encoder=Encoder("site", {}), chunk_size=100,
                     report=report)
@@ -158,7 +159,7 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
     # ... and the rejection went out as an alert episode of the sink
     [alert] = [line for line in lines if line.startswith("energy_alert,")]
     assert "device=s,rule=sink_rejected" in alert and "bad point" in alert
-    [(item, message)] = store.execute("SELECT item, message FROM rejected")
+    [(item, message)] = stored(store, "SELECT item, message FROM rejected")
     assert [r.value for r in store.readings_after(item - 1, 1)] == [7.0]
     assert "bad point" in message
     # the chunk, 2 per level of halving (13 -> 7 -> 4 -> 2 -> 1), and the alert

@@ -15,12 +15,12 @@ from servers import InfluxDBServer, free_port
 from energyd.config.schema import Config, InfluxDB
 from energyd.daemon import forwarding, housekeeping
 from energyd.daemon.app import Daemon
+from energyd.daemon.forwarding import rejection_reporter
 from energyd.daemon.metrics import Metrics
 from energyd.errors import SinkRetryable
 from energyd.model import Reading, from_ms
 from energyd.sinks import Encoder, Forwarder, make_transport
 from energyd.sinks.forwarder import GAP, LIVE
-from energyd.sinks.rejections import RejectionEpisodes
 from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, STREAMS, Store
 
 T0 = 1_700_000_000_123  # sub-second digits catch a precision mix-up
@@ -43,8 +43,8 @@ def sink(url: str, database: str, **options) -> InfluxDB:
 def forwarder(store: Store, config: InfluxDB, *, site: str = "plant", **options) -> Forwarder:
     options.setdefault("chunk_size", config.chunk_size)
     # as the daemon does (daemon/forwarding.py): refused points become an alert episode
-    options.setdefault("report", RejectionEpisodes(config.name, store,
-                                                   metrics=options.get("metrics")).observe)
+    options.setdefault("report", rejection_reporter(config.name, store,
+                                                    metrics=options.get("metrics")))
     return Forwarder(config.name, store, make_transport(config),
                      encoder=Encoder(site, ROLES, gateway="gw1"), **options)
 

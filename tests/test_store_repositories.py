@@ -12,6 +12,7 @@ import pytest
 
 from energyd.accounting import repositories
 from energyd.store import Store
+from energyd.store.episodes import EpisodeChange
 from energyd.store.statements import Acceptance, NewStatement
 
 H = 3_600_000
@@ -99,24 +100,43 @@ def test_a_replacing_statement_leaves_the_replaced_one_on_record(store: Store) -
         Acceptance(new, 5, "li.wei", "confirmed", '{"a": 1}')]
 
 
-def test_reconciliation_episodes_open_change_and_end_with_their_findings(store: Store) -> None:
-    def episodes() -> list[tuple]:  # read as another process would: the alerts own no API here
+def test_rollups_give_the_hourly_energy_and_the_metered_split_of_chosen_devices(
+        store: Store) -> None:
+    gap = ("m1", H, 0.1, "estimated", 0.5, 0.05, 0.05, 0.5, "f1",
+           json.dumps({"kwh": {"meter": 50.0, "estimated": 50.0}, "statements": [1]}))
+    rows = [_row("m1", 0, 1.0), gap, _row("m2", 0, 2.0), _row("m1", 2 * H, 3.0)]
+    store.rollups.write_changed(rows, {"m1": (0, 3 * H), "m2": (0, 3 * H)})
+    assert sorted(store.rollups.energy(0, 2 * H, ["m1"])) == [
+        ("m1", 0, 1.0, "meter"), ("m1", H, 0.1, "estimated")]
+    assert store.rollups.energy(0, 2 * H, []) == []
+    assert sorted(store.rollups.metered(0, 3 * H, ["m1", "m2"])) == [
+        ("m1", 0, 1.0, "meter", 1.0, None),
+        ("m1", H, 0.1, "estimated", 0.5, {"meter": 50.0, "estimated": 50.0}),
+        ("m1", 2 * H, 3.0, "meter", 1.0, None), ("m2", 0, 2.0, "meter", 1.0, None)]
+
+
+def test_episodes_are_kept_each_change_under_a_new_number(store: Store) -> None:
+    def episodes() -> list[tuple]:  # read as another process would
         with contextlib.closing(sqlite3.connect(store.path)) as conn:
             return conn.execute("SELECT device, state, started, ended, detail FROM alerts "
                                 "ORDER BY id").fetchall()
 
-    store.reconciliation.sync("reconciliation", [("acc", 0, '{"x":1}'), ("b", H, None)], 10)
-    assert episodes() == [("acc", "active", 0, None, '{"x":1}')]
+    (i,) = store.episodes.save([EpisodeChange(0, "reconciliation", "acc", "active", 0, None,
+                                              {"x": 1})])
     seq = store.meta.get("seq")
-    store.reconciliation.sync("reconciliation", [("acc", 0, '{"x":1}')], 11)
-    assert store.meta.get("seq") == seq  # unchanged: not touched
-    store.reconciliation.sync("reconciliation", [("acc", 0, '{"x":2}')], 12)
-    assert episodes() == [("acc", "active", 0, None, '{"x":2}')]
-    store.reconciliation.sync("reconciliation", [("acc", 0, None)], 13)
-    assert episodes() == [("acc", "resolved", 0, 13, '{"x":2}')]
-    store.reconciliation.sync("reconciliation", [("acc", 0, '{"x":3}')], 14)  # a new one
-    store.reconciliation.resolve("reconciliation", [("acc", 0)], 15)
-    assert [e[1:4] for e in episodes()] == [("resolved", 0, 13), ("resolved", 0, 15)]
+    assert episodes() == [("acc", "active", 0, None, '{"x": 1}')]
+    # an episode that starts and ends in one save: the end follows the start's new id
+    store.episodes.save([EpisodeChange(0, "reconciliation", "acc", "active", H, None, {}),
+                         EpisodeChange(0, "reconciliation", "acc", "resolved", H, 2 * H, {},
+                                       follows=0)])
+    assert [e[1:4] for e in episodes()] == [("active", 0, None), ("resolved", H, 2 * H)]
+    assert int(store.meta.get("seq")) == int(seq) + 2
+    store.episodes.save([EpisodeChange(i, "reconciliation", "acc", "resolved", 0, 15,
+                                       {"x": 2})])
+    [e] = store.episodes.started_at("reconciliation", "acc", 0)
+    assert (e.id, e.state, e.ended, e.detail) == (i, "resolved", 15, {"x": 2})
+    assert store.episodes.started_at("reconciliation", "other", 0) == []
+    assert store.episodes.latest_active("reconciliation", "acc") is None
 
 
 def test_air_hours_are_written_only_where_they_changed(store: Store) -> None:
@@ -125,3 +145,11 @@ def test_air_hours_are_written_only_where_they_changed(store: Store) -> None:
     # a recompute's float one unit of the last place off is no change
     assert store.air.write_changed([("c1", 0, 50.0 + 1e-13, 400.0, 7.5, 0.8, "{}")]) == 0
     assert store.air.write_changed([("c1", 0, 51.0, 400.0, 7.5, 0.8, "{}")]) == 1
+
+
+def test_air_hours_give_the_kwh_of_chosen_stations(store: Store) -> None:
+    store.air.write_changed([("c1", 0, 50.0, 400.0, 7.5, 0.8, "{}"),
+                             ("c1", H, 40.0, 300.0, 8.0, 0.7, "{}"),
+                             ("c2", 0, 10.0, 80.0, 7.5, 0.2, "{}")])
+    assert sorted(store.air.kwh(["c1"], 0, 2 * H)) == [("c1", 0, 50.0), ("c1", H, 40.0)]
+    assert store.air.kwh(["c2"], H, 2 * H) == [] and store.air.kwh([], 0, 2 * H) == []

@@ -2,15 +2,13 @@
 
 `reconciliation_findings` (rollup.py) finds them as plain mappings; `find` gives them as
 `ReconciliationFinding`, whose `to_json()` is that mapping again, key for key, so the JSON,
-CSV and HTML reports read as before. `episodes` says which alert episodes the findings call
-for; the accounting writes none itself (the caller records them, see
-energyd/daemon/reconciliation.py).
+CSV and HTML reports read as before. The accounting writes no alert episode itself: the
+caller hands the findings to the alerts' episode tracker (energyd/daemon/reconciliation.py).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,19 +86,3 @@ def find(statements: Iterable[Statement], rows: Iterable[RollupRow],
     return [ReconciliationFinding.from_json(f)
             for f in reconciliation_findings(statements, rows, tolerance)]
 
-
-def episodes(statements: Sequence[Statement], findings: Iterable[ReconciliationFinding],
-             accepted: Collection[int]) -> list[tuple[str, int, str | None]]:
-    """Per statement checked: (account, period start, the episode's detail as JSON text), or
-    None in place of the detail where no episode should be open: the statement agrees, or
-    it is below the meter and that was accepted."""
-    flagged = {f.statement: f for f in findings
-               if not (f.below_metered and f.statement in accepted)}
-    out = []
-    for st in statements:
-        f = flagged.get(st.id)
-        detail = None if f is None else json.dumps(
-            {**f.to_json(), "message": f.message()}, sort_keys=True, separators=(",", ":"),
-            default=str)
-        out.append((st.account, st.start_ms, detail))
-    return out

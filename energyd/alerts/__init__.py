@@ -2,8 +2,9 @@
 
     rules/        one plugin per rule type (its options and hooks), a registry, and the
                   conditions as pure functions over plain data (rules/conditions.py)
-    episodes.py   the one episode tracker: rules' verdicts and sinks' rejections -> episodes
-                  (start once, end once), kept through the store's episodes repository
+    episodes.py   the one episode tracker: rules' verdicts, sinks' rejections and the
+                  statements that disagree with the meter -> episodes (start once, end
+                  once), kept through the store's episodes repository
     engine.py     configured rules applied to the store's rollups and to live readings
     statements.py the reconciliation rule's input: accounting's findings as typed values
     dispatch.py   MQTT, webhook and log channels, each independent

@@ -53,14 +53,18 @@ class AlertEngine:
     def __init__(self, config: Config, store: Store, *, now_ms: Callable[[], int],
                  reconciliation: Callable[[int, int], Iterable[StatementCheck]] | None = None,
                  sink_backlogs: Callable[[], list[tuple[str, int, int | None]]] | None = None,
-                 monotonic: Callable[[], float] | None = None):
+                 monotonic: Callable[[], float] | None = None,
+                 tracker: EpisodeTracker | None = None):
         """`reconciliation` gives the statement checks of the hours just rolled up;
         `sink_backlogs` each sink's name, unsent readings and the oldest one's time (by
         default, the store's cursors of the configured InfluxDB sinks).
 
         `monotonic` (seconds), when given, measures how long a device has been silent
         instead of the readings' times: a step of the wall clock then neither makes every
-        device silent for years nor hides a silence behind a clock that went back."""
+        device silent for years nor hides a silence behind a clock that went back.
+
+        `tracker`: the daemon's one episode tracker, which the statements' reconciliation
+        and the sinks' rejected points feed too (by default one of the engine's own)."""
         self.config = config
         self.store = store
         self.now_ms = now_ms
@@ -69,7 +73,7 @@ class AlertEngine:
         self.tz = config.site.tz
         self.site = config.site.name
         self.reconciliation_tolerance = config.accounting.reconciliation_tolerance
-        self.tracker = EpisodeTracker(store)
+        self.tracker = tracker if tracker is not None else EpisodeTracker(store)
         self.reconciliation_source = reconciliation
         self._sink_backlogs = sink_backlogs
         self._lock = threading.RLock()
@@ -140,8 +144,17 @@ class AlertEngine:
                       ) -> dict[str, dict[int, float]]:
         """kWh per device and measured hour from the rollups; compressor stations without an
         energy counter of their own come from air_hourly."""
-        return self.store.alert_inputs.hourly_kwh(devices, start_ms, end_ms,
-                                                  skip_sources=UNMEASURED)
+        out: dict[str, dict[int, float]] = defaultdict(dict)
+        if not devices:
+            return out
+        for device, hour, mwh, source in self.store.rollups.energy(start_ms, end_ms, devices):
+            if source not in UNMEASURED:
+                out[device][hour] = mwh * 1000.0
+        # a device with no rollup at all there is a station without a counter of its own
+        for device, hour, kwh in self.store.air.kwh([d for d in devices if d not in out],
+                                                    start_ms, end_ms):
+            out[device][hour] = kwh
+        return out
 
     def silence(self, device: str, now_ms: int | None) -> tuple[int, int]:
         """(now, last heard of): on the monotonic clock when there is one and no time is

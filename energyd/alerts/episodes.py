@@ -16,16 +16,25 @@ An hourly verdict covers its whole hour, so a live episode within 10:00-11:00 an
 `active` or `resolved`); each change takes a new `seq`, so the sinks forward it as an
 `energy_alert` point. Active episodes are loaded at start, which is what lets state survive
 a restart.
+
+Two producers besides the rules feed it, each with an episode of its own kind: a sink's points
+refused for good (`sink_rejected` / `sink_quiet`, from the forwarder's outcome) and the
+accounting's statements that disagree with the meter (`statements_checked` /
+`statements_replaced`, while no `reconciliation` alert rule owns them). So this module alone
+decides what the alerts table holds; energyd/store/episodes.py alone writes it.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from energyd.accounting.findings import RULE as RECONCILIATION
+from energyd.accounting.findings import ReconciliationFinding
+from energyd.accounting.rollup import Statement
 from energyd.alerts.rules.base import HOURLY, LIVE, PERIODIC, Observation
 from energyd.alerts.rules.conditions import HOUR_MS, Level
 from energyd.model import from_ms
@@ -35,7 +44,8 @@ from energyd.store.sqlite import Store
 ACTIVE = "active"
 RESOLVED = "resolved"
 # Who observed the condition; episodes without one (a sink's rejected points, see
-# `sink_rejected`) are not ended by observations.
+# `sink_rejected`; a statement's disagreement with the meter, see `statements_checked`) are
+# not ended by observations.
 SOURCES = (LIVE, HOURLY, PERIODIC)
 __all__ = ["ACTIVE", "HOURLY", "RESOLVED", "SOURCES", "Episode", "EpisodeTracker", "Event",
            "Observation", "load_episodes"]
@@ -196,7 +206,8 @@ class EpisodeTracker:
         """A sink's server refused `points` points (`items` stored items of `stream`) for
         good, the last with `message`: counted into the sink's active `sink_rejected`
         episode, or one started. Returns the start, if this started one."""
-        with self._lock:
+        # read and written as one: `energyd forward` may count into the same episode
+        with self._lock, self.store.atomic():
             self._sinks_open[sink] = True
             current = self.store.episodes.latest_active(SINK_REJECTED, sink)
             if current is not None:
@@ -220,15 +231,74 @@ class EpisodeTracker:
         with self._lock:
             if self._sinks_open.get(sink) is False:
                 return []  # the common case, asked after every quiet cycle: no store read
-            current = self.store.episodes.latest_active(SINK_REJECTED, sink)
-            self._sinks_open[sink] = current is not None
-            if current is None or at_ms - current.detail.get("last_ms", 0) < SINK_QUIET_MS:
-                return []
-            self._sinks_open[sink] = False
-            self.store.episodes.save([EpisodeChange(current.id, SINK_REJECTED, sink, RESOLVED,
-                                                    current.started, at_ms, current.detail)])
+            with self.store.atomic():
+                current = self.store.episodes.latest_active(SINK_REJECTED, sink)
+                self._sinks_open[sink] = current is not None
+                if current is None or \
+                        at_ms - current.detail.get("last_ms", 0) < SINK_QUIET_MS:
+                    return []
+                self._sinks_open[sink] = False
+                self.store.episodes.save([EpisodeChange(
+                    current.id, SINK_REJECTED, sink, RESOLVED, current.started, at_ms,
+                    current.detail)])
             return [Event("end", Episode(current.id, SINK_REJECTED, sink, RESOLVED,
                                          current.started, at_ms, dict(current.detail)))]
+
+    # --- statements that disagree with the meter ----------------------------------------
+
+    def statements_checked(self, checked: Iterable[Statement],
+                           findings: Iterable[ReconciliationFinding], accepted: Collection[int],
+                           at_ms: int) -> list[Event]:
+        """The accounting checked `checked` against the meter and found `findings`: one
+        episode per statement period (rule `reconciliation`, device = the account, started =
+        the period's start), open while its finding stands with the finding and its message
+        as detail, ended once the statement agrees or is accepted while below the meter.
+        Used while no `reconciliation` alert rule owns these episodes. Returns the starts
+        and ends."""
+        flagged = {f.statement: f for f in findings
+                   if not (f.below_metered and f.statement in accepted)}
+        events: list[Event] = []
+        with self._lock, self.store.atomic():  # read and written as one, beside other writers
+            for st in checked:
+                f = flagged.get(st.id)
+                found = self.store.episodes.started_at(RECONCILIATION, st.account, st.start_ms)
+                current = found[0] if found and found[0].state == ACTIVE else None
+                if f is None:
+                    if current is not None:
+                        events.append(self._end_stored(current, at_ms))
+                    continue
+                detail = {**f.to_json(), "message": f.message()}
+                if current is None:
+                    (i,) = self.store.episodes.save([EpisodeChange(
+                        0, RECONCILIATION, st.account, ACTIVE, st.start_ms, None, detail)])
+                    events.append(Event("start", Episode(i, RECONCILIATION, st.account, ACTIVE,
+                                                         st.start_ms, None, detail)))
+                elif current.detail != _plain(detail):
+                    self.store.episodes.save([EpisodeChange(
+                        current.id, RECONCILIATION, st.account, ACTIVE, current.started, None,
+                        detail)])
+        return events
+
+    def statements_replaced(self, periods: Iterable[tuple[str, int]],
+                            at_ms: int) -> list[Event]:
+        """End the open episodes of the (account, period start) of statements a new import
+        replaced: the replacement is checked on its own."""
+        events: list[Event] = []
+        with self._lock, self.store.atomic():
+            for account, started in periods:
+                for e in self.store.episodes.started_at(RECONCILIATION, account, started):
+                    if e.state == ACTIVE:
+                        events.append(self._end_stored(e, at_ms))
+        return events
+
+    def _end_stored(self, e: StoredEpisode, at_ms: int) -> Event:
+        """End a stored episode (under the lock)."""
+        if (kept := self._active.get((e.rule, e.device))) is not None and kept.id == e.id:
+            del self._active[(e.rule, e.device)]  # a rule's own, should one match
+        self.store.episodes.save([EpisodeChange(e.id, e.rule, e.device, RESOLVED, e.started,
+                                                at_ms, e.detail)])
+        return Event("end", Episode(e.id, e.rule, e.device, RESOLVED, e.started, at_ms,
+                                    dict(e.detail)))
 
     def retire(self, rules: set[str], at_ms: int) -> list[Event]:
         """End active episodes of rules no longer configured (they could never end)."""
@@ -242,6 +312,11 @@ class EpisodeTracker:
             if changes:
                 self._persist(changes)
             return [Event("end", snap) for _, _, snap in changes]
+
+
+def _plain(detail: dict[str, Any]) -> dict[str, Any]:
+    """`detail` as it reads back from the store (tuples become lists)."""
+    return json.loads(json.dumps(detail))
 
 
 def _snapshot(ep: Episode) -> Episode:

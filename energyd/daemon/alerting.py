@@ -83,7 +83,8 @@ class AlertComponent:
         self.engine = AlertEngine(config, ctx.store, now_ms=lambda: to_ms(ctx.clock.now()),
                                   reconciliation=statement_findings(config, ctx.store),
                                   sink_backlogs=lambda: sink_backlogs(config, ctx.store),
-                                  monotonic=time.monotonic if ctx.clock_watch else None)
+                                  monotonic=time.monotonic if ctx.clock_watch else None,
+                                  tracker=ctx.episodes)
 
         def failed(channel: str) -> None:
             ctx.metrics.alert_dispatch_failures.labels(channel).inc()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from energyd.alerts.episodes import EpisodeTracker
 from energyd.clock import Clock, ClockWatch
 from energyd.config.schema import Config
 from energyd.daemon.degraded import Degraded
@@ -39,6 +41,19 @@ class Context:
     # Says whether a time stamped from the wall clock can be trusted; None on a simulated
     # clock, which cannot be stepped.
     clock_watch: ClockWatch | None = None
+    _episodes: EpisodeTracker | None = field(default=None, init=False, repr=False)
+    _episodes_made: threading.Lock = field(default_factory=threading.Lock, init=False,
+                                           repr=False)
+
+    @property
+    def episodes(self) -> EpisodeTracker:
+        """The daemon's one episode tracker, which the alert rules, the statements'
+        reconciliation and the sinks' refused points all feed. Made on first use (it reads
+        the active episodes), from whichever thread comes first."""
+        with self._episodes_made:
+            if self._episodes is None:
+                self._episodes = EpisodeTracker(self.store)
+            return self._episodes
 
     def stamped(self, readings: list[Reading]) -> list[Reading]:
         """`readings`, all stamped from the wall clock at one instant, flagged CLOCK_SUSPECT

@@ -16,25 +16,39 @@ import contextlib
 import email.utils
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from energyd.alerts.episodes import SINK_REJECTED, EpisodeTracker
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
+from energyd.sinks.forwarder import Outcome
 from energyd.store.sqlite import Store
 
 log = logging.getLogger(__name__)
 
 
 def rejection_reporter(sink: str, store: Store, *, metrics: Any = None,
-                       now_ms: Callable[[], int] | None = None) -> Callable[[Any], None]:
+                       now_ms: Callable[[], int] | None = None,
+                       tracker: EpisodeTracker | None = None) -> Callable[[Outcome], None]:
     """Where a forwarder's refused points go (its Outcome's `rejections`), in the daemon and
-    in `energyd forward`: today an alert episode of rule `sink_rejected` written by
-    sinks/rejections.py; the one place to switch when the alerts' episode tracker takes
-    them."""
-    from energyd.sinks.rejections import RejectionEpisodes
+    in `energyd forward`: into the episode tracker (`tracker`, the daemon's one; a command
+    makes its own), as one episode of rule `sink_rejected` per sink (device = the sink's
+    name) that ends after an hour without a rejection."""
+    episodes = tracker if tracker is not None else EpisodeTracker(store)
+    clock = now_ms or (lambda: int(time.time() * 1000))
 
-    return RejectionEpisodes(sink, store, metrics=metrics, now_ms=now_ms).observe
+    def report(out: Outcome) -> None:
+        for r in out.rejections:
+            started = episodes.sink_rejected(sink, stream=r.stream, points=r.points,
+                                             items=r.items, message=r.message, at_ms=clock())
+            if started and metrics is not None:
+                metrics.alerts.labels(SINK_REJECTED).inc()
+        if not out.rejections:
+            episodes.sink_quiet(sink, clock())
+
+    return report
 
 
 class ForwardingComponent:
@@ -50,7 +64,8 @@ class ForwardingComponent:
         forwarder = for_sink(self.sink, ctx.config, ctx.store, metrics=ctx.metrics,
                              report=rejection_reporter(
                                  self.sink.name, ctx.store, metrics=ctx.metrics,
-                                 now_ms=lambda: to_ms(ctx.clock.now())))
+                                 now_ms=lambda: to_ms(ctx.clock.now()),
+                                 tracker=ctx.episodes))
 
         def wake(count: int) -> None:
             forwarder.wake()

@@ -125,7 +125,8 @@ class Rollups:
 
     def _run(self, now: int, hours: int, not_before: int | None) -> RecomputeResult:
         result = self.accountant.run(now, recompute_hours=hours, not_before=not_before)
-        record_reconciliation(self.ctx.store, self.ctx.config, result, now)
+        record_reconciliation(self.ctx.store, self.ctx.config, result, now,
+                              tracker=self.ctx.episodes)
         return result
 
 

@@ -90,8 +90,9 @@ def forward_once(config: Config, *, sinks: list[str] | None = None, timeout: flo
     """Forward what the configured sinks have not sent yet, once, and report per sink:
     `energyd forward` (commissioning, or pushing a backfill while the daemon is stopped).
     A sink that fails is reported with its error and the others still run. `reporter(sink,
-    store)` gives each forwarder its `report` (where refused points go; by default an alert
-    episode, sinks/rejections.py)."""
+    store)` gives each forwarder its `report` (where refused points go: `energyd forward`
+    makes them an alert episode, energyd/daemon/forwarding.py); without one they are counted
+    and kept in the store's rejected table only."""
     from energyd.errors import SinkError
     from energyd.store.sqlite import Store
 
@@ -103,7 +104,7 @@ def forward_once(config: Config, *, sinks: list[str] | None = None, timeout: flo
     report = []
     with Store.open(config.storage.path) as store:
         for sink in chosen:
-            report_to = (reporter or _episodes)(sink.name, store)
+            report_to = reporter(sink.name, store) if reporter is not None else None
             forwarder = for_sink(sink, config, store, report=report_to)
             kind, where = describe(sink)
             entry: dict[str, Any] = {"sink": sink.name, "api": kind, "url": where}
@@ -119,8 +120,3 @@ def forward_once(config: Config, *, sinks: list[str] | None = None, timeout: flo
             report.append(entry)
     return report
 
-
-def _episodes(sink: str, store: Store) -> Callable[[Outcome], None]:
-    from energyd.sinks.rejections import RejectionEpisodes
-
-    return RejectionEpisodes(sink, store).observe

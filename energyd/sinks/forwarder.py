@@ -38,7 +38,7 @@ jitter, at least Retry-After (energyd.retry). A SinkRejected (400 field type con
 413...) splits the chunk in halves until the refused points are found; they go to the
 store's `rejected` table with the server's message, are counted (energyd_sink_rejected)
 and reported in the cycle's Outcome (`rejections`), which the forwarder hands to its
-`report` callable: the daemon turns them into an alert episode (sinks/rejections.py).
+`report` callable: the daemon turns them into an alert episode (daemon/forwarding.py).
 
 The forwarder reads the store through its streams (store/streams.py) and moves its own
 cursors; it knows no table and no SQL, and depends otherwise on its encoder and transport.
@@ -123,7 +123,7 @@ class Forwarder:
       backoff_max           cap of the delay between failed attempts
       metrics               energyd.daemon.metrics.Metrics or None
       report                called with each cycle's Outcome (its rejections become an
-                            alert episode: sinks/rejections.py)
+                            alert episode: daemon/forwarding.py)
     """
 
     def __init__(self, name: str, store: Store, transport: Transport, *, encoder: Encoder,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -49,3 +49,12 @@ class AirHours:
                     (device, hour, *new, self._store.next_seq(conn)))
                 changed += 1
         return changed
+
+    def kwh(self, devices: Sequence[str], start: int, end: int) -> list[tuple[str, int, float]]:
+        """(device, hour, kWh) of `devices` for the hours in [start, end)."""
+        if not devices:
+            return []
+        return self._store._read(
+            f"SELECT device, hour, kwh FROM air_hourly WHERE device IN "
+            f"({','.join('?' * len(devices))}) AND hour >= ? AND hour < ?",
+            (*devices, start, end))

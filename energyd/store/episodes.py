@@ -70,27 +70,34 @@ class Episodes:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [_episode(r) for r in self._store.execute(sql, params)]
+        return [_episode(r) for r in self._store._read(sql, params)]
 
     def overlapping(self, rule: str, device: str, start_ms: int, end_ms: int,
                     limit: int = 20) -> list[StoredEpisode]:
         """A rule's episodes on a device that began before `end_ms` and had not ended by
         `start_ms`."""
-        return [_episode(r) for r in self._store.execute(
+        return [_episode(r) for r in self._store._read(
             f"SELECT {_COLUMNS} FROM alerts WHERE rule = ? AND device = ? AND started < ? "
             "AND (ended IS NULL OR ended > ?) LIMIT ?", (rule, device, end_ms, start_ms, limit))]
 
     def latest_active(self, rule: str, device: str) -> StoredEpisode | None:
-        rows = self._store.execute(
+        rows = self._store._read(
             f"SELECT {_COLUMNS} FROM alerts WHERE rule = ? AND device = ? AND state = ? "
             "ORDER BY id DESC LIMIT 1", (rule, device, ACTIVE))
         return _episode(rows[0]) if rows else None
+
+    def started_at(self, rule: str, device: str, started: int) -> list[StoredEpisode]:
+        """A rule's episodes on a device that began at `started`, newest first: those of
+        a statement period, which begin with it."""
+        return [_episode(r) for r in self._store._read(
+            f"SELECT {_COLUMNS} FROM alerts WHERE rule = ? AND device = ? AND started = ? "
+            "ORDER BY id DESC", (rule, device, started))]
 
     def save(self, changes: Sequence[EpisodeChange]) -> list[int]:
         """Store the changes in one transaction, each under a new change number; returns
         each episode's id (a new one for those not stored yet)."""
         ids: list[int] = []
-        with self._store.transaction() as conn:
+        with self._store._writing() as conn:
             for ch in changes:
                 seq = self._store.next_seq(conn)
                 detail = json.dumps(ch.detail, sort_keys=True)

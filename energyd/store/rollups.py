@@ -6,6 +6,7 @@ so the sinks forward it again; an unchanged one is not touched."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,30 @@ class Rollups:
             sql += f" AND device IN ({','.join('?' * len(devices))})"
             params += list(devices)
         return self._store._read(sql + " ORDER BY hour, device", params)
+
+    def energy(self, start: int, end: int, devices: Sequence[str]
+               ) -> list[tuple[str, int, float, str]]:
+        """(device, hour, MWh, source) of `devices` for the hours in [start, end): what an
+        alert rule over hourly energy reads, without the rest of each row."""
+        if not devices:
+            return []
+        return self._store._read(
+            f"SELECT device, hour, mwh, source FROM rollups WHERE device IN "
+            f"({','.join('?' * len(devices))}) AND hour >= ? AND hour < ?",
+            (*devices, start, end))
+
+    def metered(self, start: int, end: int, devices: Sequence[str]
+                ) -> list[tuple[str, int, float, str, float, Any]]:
+        """(device, hour, MWh, source, coverage, kWh split) of `devices` for the hours in
+        [start, end): what a statement is compared with. The split (the detail's `kwh`, by
+        source: the metered part of an hour with a gap) is None where the row has none."""
+        if not devices:
+            return []
+        return [(d, h, mwh, src, cov, json.loads(split) if split else None)
+                for d, h, mwh, src, cov, split in self._store._read(
+                    f"SELECT device, hour, mwh, source, coverage, json_extract(detail, '$.kwh') "
+                    f"FROM rollups WHERE device IN ({','.join('?' * len(devices))}) "
+                    "AND hour >= ? AND hour < ?", (*devices, start, end))]
 
     def write_changed(self, rows: Iterable[RollupRecord],
                       spans: Mapping[str, tuple[int, int]]) -> int:

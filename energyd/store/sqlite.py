@@ -13,7 +13,7 @@ how and why); the methods here take and give readings, so no layer above needs t
 `Store` owns the connection, the caches and the writing of readings; what the layers above
 read and write goes through its repositories, one module each: `store.readings`
 (readings.py), `store.rollups`, `store.statements`, `store.certificates`, `store.air`,
-`store.meta`, `store.reconciliation`. `store.atomic()` makes their writes one transaction.
+`store.meta`, `store.episodes`. `store.atomic()` makes their writes one transaction.
 No SQL is written outside energyd/store/ (tests/test_no_sql_outside_store.py); `execute` and
 `transaction` are left only for the modules that test lists as not yet converted.
 
@@ -39,7 +39,6 @@ from typing import Any
 from energyd.errors import StoreCorrupt, StoreError
 from energyd.model import QUANTITIES, Reading, to_ms
 from energyd.store.air import AirHours
-from energyd.store.alert_inputs import AlertInputs
 from energyd.store.allocations import CertificateAllocations
 from energyd.store.certificates import Certificates
 from energyd.store.cursors import (  # noqa: F401 (the stream names are imported from here too)
@@ -64,7 +63,6 @@ from energyd.store.readings import (
     _layout_of,
 )
 from energyd.store.recent import RecentHours
-from energyd.store.reconciliation import ReconciliationEpisodes
 from energyd.store.rollups import Rollups
 from energyd.store.samples import (
     SLOTS,
@@ -133,7 +131,6 @@ class Store:
         self.allocations = CertificateAllocations(self)
         self.certificates = Certificates(self)
         self.air = AirHours(self)
-        self.reconciliation = ReconciliationEpisodes(self)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -731,10 +728,6 @@ class Store:
     @functools.cached_property
     def outbox(self) -> OutboxRows:
         return OutboxRows(self)
-
-    @functools.cached_property
-    def alert_inputs(self) -> AlertInputs:
-        return AlertInputs(self)
 
     @functools.cached_property
     def recent(self) -> RecentHours:
