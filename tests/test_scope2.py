@@ -123,14 +123,28 @@ def test_a_certificate_of_another_market_covers_nothing():
     assert annual.allocations == {} and "jp" in annual.refused
 
 
-def test_an_interval_across_an_hour_or_longer_than_one_is_no_granular_certificate():
-    assert interval_problem(h(13) + 1_800_000, h(14) + 1_800_000) is not None
+def test_an_interval_longer_than_an_hour_or_empty_is_no_granular_certificate():
     assert interval_problem(h(13), h(14) + 1) is not None
     assert interval_problem(h(13), h(13)) is not None
     assert interval_problem(h(13), h(14)) is None
-    got = match_hourly([Load("incomer", h(13), 1.0), Load("incomer", h(14), 1.0)],
-                       [cert("x", 13, 1.0, offset=30)], "CN")
-    assert got.allocations == {} and "x" in got.refused
+    assert interval_problem(h(13) + 1_800_000, h(14) + 1_800_000) is None
+
+
+def test_a_certificate_across_an_hours_start_covers_each_hour_with_its_share_only():
+    """13:00-14:00 in India is 07:30-08:30 UTC: a quarter of it in one hour and three
+    quarters in the next when it starts at :15, never the whole in either."""
+    c = cert("x", 13, 1.0, offset=15)
+    assert c.parts() == [(h(13), pytest.approx(0.75)), (h(14), pytest.approx(0.25))]
+    both = match_hourly([Load("incomer", h(13), 1.0), Load("incomer", h(14), 1.0)], [c], "CN")
+    assert both.allocations == {("incomer", h(13)): [("x", 0.75)],
+                                ("incomer", h(14)): [("x", 0.25)]}
+    assert both.used == {"x": 1.0} and both.unused == {} and both.refused == {}
+    # the 14:00 share cannot serve 13:00's load: no banking within a certificate either
+    only_13 = match_hourly([Load("incomer", h(13), 1.0)], [c], "CN")
+    assert only_13.allocations == {("incomer", h(13)): [("x", 0.75)]}
+    assert only_13.used == {"x": 0.75} and only_13.unused == {"x": 0.25}
+    # a quarter-hour certificate inside one hour is not split
+    assert cert("q", 13, 0.2, minutes=15, offset=30).parts() == [(h(13), pytest.approx(0.2))]
 
 
 def test_the_same_certificate_twice_is_refused():

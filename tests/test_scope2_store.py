@@ -46,7 +46,7 @@ def test_import_refuses_bad_lines_with_file_line_and_field(tmp_path: Path) -> No
     acc = make(tmp_path, device_yaml("incomer"))
     bad = certs_csv(
         line("ok-1", "2026-06-01T13:00+08:00", "2026-06-01T14:00+08:00"),
-        line("across", "2026-06-01T13:30+08:00", "2026-06-01T14:30+08:00"),
+        line("empty", "2026-06-01T13:30+08:00", "2026-06-01T13:30+08:00"),
         line("long", "2026-06-01T13:00+08:00", "2026-06-01T14:15+08:00"),
         line("neg", "2026-06-01T13:00+08:00", "2026-06-01T14:00+08:00", wh=-5),
         line("ok-1", "2026-06-01T15:00+08:00", "2026-06-01T16:00+08:00"),
@@ -59,7 +59,7 @@ def test_import_refuses_bad_lines_with_file_line_and_field(tmp_path: Path) -> No
         import_certificates(acc.store, bad, "certs.csv", SHANGHAI, 0)
     text = str(exc.value)
     assert "certs.csv:3: production_start 2026-06-01T13:30+08:00" in text
-    assert "crosses the start of a UTC hour" in text
+    assert "production_end must be after production_start" in text
     assert "certs.csv:4:" in text and "longer than one hour" in text
     assert "certs.csv:5: wh -5" in text
     assert "certs.csv:6: id ok-1: the certificate on line 2 has the same id" in text
@@ -273,7 +273,7 @@ def test_cli_imports_certificates_and_reports_both_modes(tmp_path: Path) -> None
     res = runner.invoke(cli, ["certificates", "import", "-c", str(cfg), str(more)])
     assert "0 certificates stored, 1 already stored" in res.output
     bad = tmp_path / "bad.csv"
-    bad.write_text(HEADER + line("X", f"{DAY}T15:30+08:00", f"{DAY}T16:30+08:00") + "\n")
+    bad.write_text(HEADER + line("X", f"{DAY}T15:30+08:00", f"{DAY}T16:45+08:00") + "\n")
     res = runner.invoke(cli, ["certificates", "import", "-c", str(cfg), str(bad)])
     assert res.exit_code == 2 and f"{bad}:2: production_start" in res.output
 

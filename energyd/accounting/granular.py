@@ -6,14 +6,15 @@ Certificates: `id,production_start,production_end,wh,market,device,technology` a
 and `production_interval_end` are read as the same). `id` is the
 registry's certificate id (EnergyTag: the certificate's unique id), stable across exports,
 and the store keeps each id once. `production_start` / `production_end`: ISO 8601 instants
-(a time without an offset is site time); the interval is an hour or less and lies within one
-UTC hour. `wh` > 0 (EnergyTag's unit). `storage_discharge`: true/false (empty: false).
+(a time without an offset is site time); the interval is an hour or less (one across a UTC
+hour's start is split between the two hours in proportion to time, see scope2.py).
+`wh` > 0 (EnergyTag's unit). `storage_discharge`: true/false (empty: false).
 `backs`: the id of an annual instrument (`accounting.certificates`) whose production the
 certificate details hour by hour: of the instrument's market, produced within its validity,
 and never, with what is stored for it, beyond its MWh.
 
 A file goes in whole or not at all. Refused, each with its line, the field and what is wrong:
-a bad field; an interval that is empty, longer than an hour or across an hour's start; an id
+a bad field; an interval that is empty or longer than an hour; an id
 twice in the file (both lines named); an id the store holds with other figures (a certificate
 is retired once and never changed). An id the store holds with the same figures is left as
 it is and counted as already stored, so importing a file again, or one that overlaps an

@@ -5,12 +5,15 @@ hour is the UTC hour its start names, as the rollups keep them. The rules (the a
 README, "Scope 2 by the hour", says the same for people):
 
 - **Hourly matching** (`match_hourly`): a granular certificate covers purchased electricity
-  only in the UTC hour its production interval lies in (an hour or less, never across an
-  hour's boundary), and only within the market boundary it was issued in. No banking: what an
-  hour's certificates hold beyond that hour's load covers nothing and is reported as excess.
-  Within an hour, certificates are used in the order of their production start, then id;
-  the load of the hour is served devices by name. A certificate id appears once: the same id
-  twice is refused, so no certificate is ever counted twice.
+  only in the UTC hour its production interval lies in (an hour or less), and only within
+  the market boundary it was issued in. An interval across the start of a UTC hour (the
+  hourly certificates of a half-hour time zone: 13:00-14:00 in India is 07:30-08:30 UTC) is
+  split between its two hours in proportion to time, its production taken as even within
+  the interval: it covers each hour with its share, never one hour with the whole. No
+  banking: what an hour's certificates hold beyond that hour's load covers nothing and is
+  reported as excess. Within an hour, certificates are used in the order of their
+  production start, then id; the load of the hour is served devices by name. A certificate
+  id appears once: the same id twice is refused, so no certificate is ever counted twice.
 - **Annual matching** (`match_annual`): an instrument covers any purchased hour within its
   window (its vintage year by default) and market, by volume, hours in time order (devices
   by name within an hour), instruments in the order given, each until used up: the rule the
@@ -63,7 +66,7 @@ class Load:
 @dataclass(frozen=True, slots=True)
 class GranularCertificate:
     """An EnergyTag-style certificate: energy produced in [start_ms, end_ms), one hour or
-    less within one UTC hour, by `device` (the production device's id) with `technology` at
+    less, by `device` (the production device's id) with `technology` at
     `location`, issued in the market boundary `market`."""
 
     id: str
@@ -87,6 +90,15 @@ class GranularCertificate:
     def mwh(self) -> float:
         return self.wh / 1e6
 
+    def parts(self) -> list[tuple[int, float]]:
+        """(UTC hour, MWh) of its production: all in its hour, or, across an hour's start,
+        each hour's share in proportion to time."""
+        second = self.end_ms - (self.end_ms - 1) % HOUR_MS - 1  # the start of the last hour
+        if second <= self.start_ms:
+            return [(self.hour, self.mwh)]
+        share = (second - self.start_ms) / (self.end_ms - self.start_ms)
+        return [(self.hour, self.mwh * share), (second, self.mwh * (1.0 - share))]
+
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "production_start": iso(self.start_ms),
                 "production_end": iso(self.end_ms), "wh": self.wh, "market": self.market,
@@ -101,9 +113,6 @@ def interval_problem(start_ms: int, end_ms: int) -> str | None:
         return "production_end must be after production_start"
     if end_ms - start_ms > HOUR_MS:
         return "the production interval is longer than one hour"
-    if (end_ms - 1) // HOUR_MS != start_ms // HOUR_MS:
-        return ("the production interval crosses the start of a UTC hour: a granular "
-                "certificate covers one hour, so it must lie within one")
     return None
 
 
@@ -185,7 +194,7 @@ def match_hourly(consumption: Iterable[Consumption],
     _unique(c.id for c in certificates)
     markets, shown = _markets(market)
     out = Matching()
-    by_hour: dict[int, list[GranularCertificate]] = {}
+    by_hour: dict[int, list[tuple[GranularCertificate, float]]] = {}
     for c in certificates:
         why = interval_problem(c.start_ms, c.end_ms)
         if why is None and c.market not in markets:
@@ -195,13 +204,16 @@ def match_hourly(consumption: Iterable[Consumption],
         if why is not None:
             out.refused[c.id] = why
             continue
-        by_hour.setdefault(c.hour, []).append(c)
+        for hour, part in c.parts():
+            by_hour.setdefault(hour, []).append((c, part))
     loads: dict[int, list[Load]] = {}
     for ld in _loads(consumption):
         loads.setdefault(ld.hour, []).append(ld)
-    for hour, certs in sorted(by_hour.items()):
-        left = {c.id: c.mwh for c in certs}
-        order = sorted(certs, key=lambda c: (c.start_ms, c.id))
+    used: dict[str, float] = {}
+    unused: dict[str, float] = {}
+    for hour, parts in sorted(by_hour.items()):
+        left = {c.id: part for c, part in parts}
+        order = sorted((c for c, _ in parts), key=lambda c: (c.start_ms, c.id))
         for ld in loads.get(hour, ()):
             need = ld.mwh
             for c in order:
@@ -215,11 +227,14 @@ def match_hourly(consumption: Iterable[Consumption],
                 need -= take
                 out.allocations.setdefault((ld.device, hour), []).append(
                     (c.id, round(take, ROUND)))
-        for c in order:
-            out.used[c.id] = round(c.mwh - left[c.id], ROUND)
-            rest = left[c.id]
-            if rest > EPSILON_MWH:
-                out.unused[c.id] = round(rest, ROUND)
+        for c, part in parts:
+            used[c.id] = used.get(c.id, 0.0) + part - left[c.id]
+            if left[c.id] > EPSILON_MWH:
+                unused[c.id] = unused.get(c.id, 0.0) + left[c.id]
+    for cid, mwh in used.items():
+        out.used[cid] = round(mwh, ROUND)
+    for cid, mwh in unused.items():
+        out.unused[cid] = round(mwh, ROUND)
     return out
 
 
