@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+from conftest import stored
 from daemon_helper import RunningDaemon
 from test_alerts_dispatch import Receiver, Subscriber
 
@@ -35,16 +36,16 @@ def seed_history(db: Path, meter: SimulatedMeter, around: datetime, hours: int =
     """Rollup rows of what the simulated meter drew in the same hours of the past weeks
     (the accounting job writes such rows; here they stand for four weeks of operation)."""
     first = to_ms(around) - to_ms(around) % H - H
-    with Store.open(db) as store, store.transaction() as conn:
-        for k in range(1, weeks + 1):
-            for j in range(hours + 1):
-                hour = first + j * H - k * 7 * 24 * H
-                t0 = datetime.fromtimestamp(hour / 1000, UTC)
-                kwh = sum(meter.power_kw(t0 + timedelta(minutes=m)) for m in range(0, 60, 5)) / 12
-                conn.execute(
-                    "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
-                    "VALUES ('incomer-1', ?, ?, 'meter', 1.0, '{}', ?)",
-                    (hour, kwh / 1000, store.next_seq(conn)))
+    rows = []
+    for k in range(1, weeks + 1):
+        for j in range(hours + 1):
+            hour = first + j * H - k * 7 * 24 * H
+            t0 = datetime.fromtimestamp(hour / 1000, UTC)
+            kwh = sum(meter.power_kw(t0 + timedelta(minutes=m)) for m in range(0, 60, 5)) / 12
+            rows.append(("incomer-1", hour, kwh / 1000, "meter", 1.0, None, None, None, None,
+                         "{}"))
+    with Store.open(db) as store:
+        store.rollups.write_changed(rows, {})
 
 
 def write_config(tmp_path: Path, *, port: int, mqtt_port: int, topic: str, hook: str,
@@ -123,7 +124,7 @@ async def test_live_spike_and_a_stopped_simulator(tmp_path, mosquitto, mqtt_topi
                 await asyncio.sleep(2.5)  # normal load: several polls, no alert
                 assert events(sub) == []
                 assert daemon.context is not None
-                assert daemon.context.store.count_readings() > 0
+                assert daemon.context.store.readings.count_readings() > 0
 
                 switched = time.time()
                 meter.faults.spike = 3.0
@@ -229,8 +230,8 @@ async def test_a_spike_is_reported_at_the_hours_rollup_and_once_after_a_restart(
                 await asyncio.sleep(2.0)
             assert events(sub) == [("start", "incomer-spike"), ("end", "incomer-spike")]
             with Store.open(tmp_path / "energyd.db") as store:
-                rows = store.execute("SELECT hour, source FROM rollups WHERE hour = ?",
-                                     (to_ms(start.replace(hour=10, minute=0)),))
+                rows = stored(store, "SELECT hour, source FROM rollups WHERE hour = ?",
+                                    (to_ms(start.replace(hour=10, minute=0)),))
                 assert rows and rows[0][1] == "meter"  # the accounting job wrote the hour
                 assert len(load_episodes(store)) == 1
             assert [json.loads(b)["event"] for _, b, _ in hook.requests] == ["start", "end"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import altered, stored
 
 from energyd.alerts.engine import AlertEngine
 from energyd.alerts.episodes import load_episodes
@@ -25,6 +26,7 @@ from energyd.model import Reading, to_ms
 from energyd.simulators.air import AirSystem
 from energyd.simulators.loadshape import load_factor
 from energyd.store.sqlite import Store
+from energyd.store.statements import NewStatement
 
 H = 3_600_000
 TZ = "Asia/Shanghai"
@@ -51,14 +53,9 @@ alerts:
 
 
 def put_hours(store: Store, device: str, kwh: dict[int, float], source: str = "meter") -> None:
-    with store.transaction() as conn:
-        for hour, value in sorted(kwh.items()):
-            seq = store.next_seq(conn)
-            conn.execute(
-                "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
-                "VALUES (?, ?, ?, ?, 1.0, '{}', ?) ON CONFLICT (device, hour) DO UPDATE SET "
-                "mwh = excluded.mwh, source = excluded.source, seq = excluded.seq",
-                (device, hour, value / 1000.0, source, seq))
+    store.rollups.write_changed(
+        [(device, hour, value / 1000.0, source, 1.0, None, None, None, None, "{}")
+         for hour, value in sorted(kwh.items())], {})
 
 
 def weekly_pattern(start: datetime, weeks: int, seed: int = 7) -> dict[int, float]:
@@ -133,7 +130,7 @@ def test_an_hourly_spike_fires_once_and_resolves_once_even_across_restarts(tmp_p
     for _ in range(2):
         again = engine_for(config, store)
         assert again.evaluate_hours(*span) == []
-    rows = store.execute("SELECT rule, device, state, started, ended FROM alerts")
+    rows = stored(store, "SELECT rule, device, state, started, ended FROM alerts")
     assert rows == [("incomer-spike", "incomer-1", "resolved", spike_at, spike_at + 2 * H)]
 
 
@@ -163,14 +160,14 @@ def test_an_active_episode_survives_a_restart_and_ends_once(tmp_path, store):
     put_hours(store, "incomer-1", history)
     e1 = engine_for(config, store)
     assert [e.kind for e in e1.evaluate_hours(spike_at, spike_at + 2 * H)] == ["start"]
-    seq_after_start = store.get_meta("seq")
+    seq_after_start = store.meta.get("seq")
     # restart in the middle of it: the episode is loaded, not started again
     e2 = engine_for(config, store)
     assert [ep.started for ep in e2.tracker.active] == [spike_at]
     assert e2.evaluate_hours(spike_at, spike_at + 3 * H) == []
     ends = e2.evaluate_hours(spike_at + 3 * H, spike_at + 5 * H)
     assert [(e.kind, e.episode.ended) for e in ends] == [("end", spike_at + 3 * H)]
-    assert store.get_meta("seq") > seq_after_start  # the sinks see the change
+    assert store.meta.get("seq") > seq_after_start  # the sinks see the change
 
 
 def test_invoice_filled_and_estimated_hours_never_alert(tmp_path, store):
@@ -282,10 +279,8 @@ def test_reconciliation_episode_from_accounting_findings(tmp_path, store):
     day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
     hours = {to_ms(day) + k * H: 100.0 for k in range(24)}  # 2400 kWh metered
     put_hours(store, "incomer-1", hours)
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 2600.0, "grid", "B-1", 0))
+    store.statements.add([NewStatement("incomer-1", to_ms(day), to_ms(day) + 24 * H, 2600.0,
+                                       "grid", "B-1")], 0)
     now = [to_ms(day) + 30 * H]
     engine = AlertEngine(config, store, now_ms=lambda: now[0],
                          reconciliation=statement_findings(config, store))
@@ -297,8 +292,7 @@ def test_reconciliation_episode_from_accounting_findings(tmp_path, store):
     assert figures["difference"] == pytest.approx(200 / 2600, rel=1e-4)
     assert engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H) == []
     # a corrected statement replaces the wrong one: the episode ends
-    with store.transaction() as conn:
-        conn.execute("UPDATE invoices SET energy_kwh = 2410.0")
+    altered(store, "UPDATE invoices SET energy_kwh = 2410.0")  # corrected in place
     now[0] += H
     ends = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [e.kind for e in ends] == ["end"]
@@ -312,10 +306,8 @@ def test_a_statement_below_the_meter_alerts_within_tolerance_until_accepted(tmp_
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18)})  # 1800 kWh
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18, 24)},
               source="estimated")
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1790.0, "grid", "B-2", 0))
+    store.statements.add([NewStatement("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1790.0,
+                                       "grid", "B-2")], 0)
     now = [to_ms(day) + 30 * H]
     engine = AlertEngine(config, store, now_ms=lambda: now[0],
                          reconciliation=statement_findings(config, store))
@@ -324,9 +316,8 @@ def test_a_statement_below_the_meter_alerts_within_tolerance_until_accepted(tmp_
     events = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [(e.kind, e.episode.device) for e in events] == [("start", "incomer-1")]
     assert events[0].episode.detail["start"]["meter_kwh"] == pytest.approx(1800)
-    with store.transaction() as conn:
-        conn.execute("INSERT INTO statement_acceptances (statement, accepted, accepted_by, "
-                     "reason) VALUES (1, 0, 'auditor', 'bill confirmed')")
+    altered(store, "INSERT INTO statement_acceptances (statement, accepted, accepted_by, "
+                   "reason) VALUES (1, 0, 'auditor', 'bill confirmed')")
     now[0] += H
     ends = engine.evaluate_hours(to_ms(day) + 23 * H, to_ms(day) + 24 * H)
     assert [e.kind for e in ends] == ["end"]
@@ -344,8 +335,8 @@ def test_backlog_of_a_dead_sink(tmp_path, store):
     fired = engine.check_backlog(to_ms(t0 + timedelta(minutes=61)))
     assert [(e.kind, e.episode.device) for e in fired] == [("start", "central")]
     assert fired[0].episode.detail["start"]["backlog"] == 120
-    last_id = store.last_reading_id()
-    store.set_cursor("central", "readings", last_id)  # the sink caught up
+    last_id = store.readings.last_reading_id()
+    store.cursors.move("central", "readings", last_id)  # the sink caught up
     assert [e.kind for e in engine.check_backlog(to_ms(t0 + timedelta(minutes=130)))] == ["end"]
 
 
@@ -362,7 +353,7 @@ def test_removed_rules_end_their_active_episodes(tmp_path, store):
 """)
     ended = engine_for(other, store).retire_removed_rules()
     assert [(e.kind, e.episode.rule) for e in ended] == [("end", "incomer-spike")]
-    row = store.execute("SELECT state, detail FROM alerts")[0]
+    row = stored(store, "SELECT state, detail FROM alerts")[0]
     assert row[0] == "resolved" and "rule removed" in json.loads(row[1])["end"]["reason"]
 
 
@@ -413,16 +404,13 @@ def test_the_metered_part_of_gap_hours_counts_against_the_statement(tmp_path, st
 """)
     day = datetime(2026, 6, 1, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
     put_hours(store, "incomer-1", {to_ms(day) + k * H: 100.0 for k in range(18)})  # 1800 kWh
-    with store.transaction() as conn:  # six hours metered 20 kWh each, estimated the rest
-        for k in range(18, 24):
-            conn.execute(
-                "INSERT INTO rollups (device, hour, mwh, source, coverage, detail, seq) "
-                "VALUES ('incomer-1', ?, 0.1, 'estimated', 0.2, ?, ?)",
-                (to_ms(day) + k * H, json.dumps({"kwh": {"meter": 20.0, "estimated": 80.0}}),
-                 store.next_seq(conn)))
-        conn.execute("INSERT INTO invoices (account, period_start, period_end, energy_kwh, "
-                     "supplier, document, imported) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     ("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1900.0, "grid", "B-3", 0))
+    # six hours metered 20 kWh each, estimated the rest
+    detail = json.dumps({"kwh": {"meter": 20.0, "estimated": 80.0}})
+    store.rollups.write_changed(
+        [("incomer-1", to_ms(day) + k * H, 0.1, "estimated", 0.2, None, None, None, None, detail)
+         for k in range(18, 24)], {})
+    store.statements.add([NewStatement("incomer-1", to_ms(day), to_ms(day) + 24 * H, 1900.0,
+                                       "grid", "B-3")], 0)
     engine = AlertEngine(config, store, now_ms=lambda: to_ms(day) + 30 * H,
                          reconciliation=statement_findings(config, store))
     # 1,800 + 6 x 20 = 1,920 kWh metered: a statement of 1,900 is below the meter

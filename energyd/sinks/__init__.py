@@ -115,7 +115,7 @@ def forward_once(config: Config, *, sinks: list[str] | None = None, timeout: flo
             finally:
                 forwarder.close()
             entry["backlog"] = forwarder.backlog().count
-            entry["rejected"] = store.rejected_count(sink.name)
+            entry["rejected"] = store.cursors.rejected_count(sink.name)
             report.append(entry)
     return report
 

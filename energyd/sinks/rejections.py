@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from energyd.sinks.forwarder import Outcome
-from energyd.store.sink_episodes import RULE, SinkRejectionEpisodes
+from energyd.store.sink_episodes import RULE
 from energyd.store.sqlite import Store
 
 REJECTED_RULE = RULE
@@ -23,7 +23,7 @@ class RejectionEpisodes:
     def __init__(self, sink: str, store: Store, *, metrics: Any = None,
                  now_ms: Callable[[], int] | None = None):
         self.sink = sink
-        self._episodes = SinkRejectionEpisodes(store)
+        self._episodes = store.sink_episodes
         self._metrics = metrics
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._open = self._episodes.open_episode(sink) is not None
