@@ -22,6 +22,7 @@ from energyd.alerts.engine import AlertEngine
 from energyd.alerts.episodes import load_episodes
 from energyd.alerts.statements import statement_findings
 from energyd.config.loader import parse_config
+from energyd.daemon.alerting import sink_backlogs
 from energyd.model import Reading, to_ms
 from energyd.simulators.air import AirSystem
 from energyd.simulators.loadshape import load_factor
@@ -330,7 +331,9 @@ def test_backlog_of_a_dead_sink(tmp_path, store):
     t0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
     store.insert_readings([Reading(t0 + timedelta(minutes=m), "incomer-1", "active_power_kw", 1.0)
                            for m in range(120)])
-    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0))
+    # the daemon hands the engine each sink's backlog (the alerts may not import the sinks)
+    engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0),
+                         sink_backlogs=lambda: sink_backlogs(config, store))
     assert engine.check_backlog(to_ms(t0 + timedelta(minutes=50))) == []
     fired = engine.check_backlog(to_ms(t0 + timedelta(minutes=61)))
     assert [(e.kind, e.episode.device) for e in fired] == [("start", "central")]

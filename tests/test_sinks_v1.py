@@ -102,13 +102,13 @@ def test_an_hour_recomputed_under_another_source_is_not_counted_twice(
 
 def add_table_rows(store: Store) -> None:
     store.rollups.write_changed([("inc1", 1_699_999_200_000, 1.5, "meter", 1.0, 0.91515, None,
-                                  0.6101, "CN-2022", None)], {})
+                                  0.6101, "CN-2022", "{}")], {})
     altered(store, "INSERT INTO alerts (rule, device, state, started, ended, detail, seq) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [("night_load", "sub1", "resolved", T0, T0 + 60_000,
               json.dumps({"value": 42, "threshold": 30.5, "message": "load at night"}))],
             numbered=True)
-    store.air.write_changed([("comp1", 1_699_999_200_000, 55.0, 480.25, 6.87, None, None)])
+    store.air.write_changed([("comp1", 1_699_999_200_000, 55.0, 480.25, 6.87, None, "{}")])
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def site() -> str:
 def test_readings_and_rollups_read_back_equal(victoria_metrics, store, site):
     store.insert_readings(polls(["inc1", "pv1"], 50))
     store.rollups.write_changed([("inc1", 1_699_999_200_000, 2.25, "meter_interpolated", 0.5,
-                                  1.372725, 1.2, 0.6101, None, None)], {})
+                                  1.372725, 1.2, 0.6101, None, "{}")], {})
     fwd = forwarder(store, v2_sink(victoria_metrics.url, chunk_size=9), site)
     assert fwd.drain(timeout=30) == 300 + 1
 
