@@ -253,27 +253,35 @@ def alerts(config_path: str, as_json: bool, limit: int) -> None:
 @click.argument("device")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def read_cmd(config_path: str, device: str, as_json: bool) -> None:
-    """Poll one Modbus DEVICE once and print its decoded values (nothing is stored)."""
+    """Poll one Modbus or DL/T 645 DEVICE once and print its decoded values (nothing is
+    stored)."""
     config = _load(config_path)
     try:
         dev = config.device(device)
     except KeyError:
         click.echo(f"{config_path}: no device named {device!r}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    if dev.driver != "modbus":
-        click.echo(f"{device}: `energyd read` polls Modbus devices; this one is "
+    if dev.driver not in ("modbus", "dlt645"):
+        click.echo(f"{device}: `energyd read` polls Modbus and DL/T 645 devices; this one is "
                           f"{dev.driver}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     from energyd.drivers.scan import read_device, read_summary
     from energyd.model import QUANTITIES
 
-    profile, result = asyncio.run(read_device(dev))
-    summary = read_summary(device, profile, result)
+    if dev.driver == "dlt645":
+        from energyd.drivers.dlt645.link import read_device as read_meter
+
+        profile, result = asyncio.run(read_meter(dev))
+        where = f"address {dev.dlt645.address}"
+    else:
+        profile, result = asyncio.run(read_device(dev))
+        where = f"unit {dev.modbus.unit}"
+    summary = read_summary(device, profile, result)  # type: ignore[arg-type]
     values = summary["values"]
     if as_json:
         _print_json(summary)
     else:
-        table = Table(title=f"{device} ({profile.name}, unit {dev.modbus.unit})")
+        table = Table(title=f"{device} ({profile.name}, {where})")
         for col in ("quantity", "value", "unit"):
             table.add_column(col, justify="right" if col == "value" else "left")
         for q, v in values.items():
@@ -291,14 +299,21 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
 @click.option("--port", default=502, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--rtu-over-tcp", is_flag=True, help="the gateway tunnels RTU frames")
 @click.option("--serial-port", default=None, help="scan an RS485 bus on this serial device")
-@click.option("--baudrate", default=9600, show_default=True, type=int)
-@click.option("--parity", default="N", show_default=True, type=click.Choice(["N", "E", "O"]))
+@click.option("--baudrate", default=None, type=int, help="[default: 9600; DL/T 645 2400]")
+@click.option("--parity", default=None, type=click.Choice(["N", "E", "O"]),
+              help="[default: N; DL/T 645 E]")
 @click.option("--units", default="1-247", show_default=True, help="unit ids to probe")
 @click.option("--timeout", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
               help="seconds to wait for each unit")
+@click.option("--dlt645", is_flag=True, help="a DL/T 645 bus: broadcast read address, then "
+              "the --addresses")
+@click.option("--addresses", default="", help="DL/T 645 addresses to probe, e.g. 1-20,000012345678")
+@click.option("--search", "search_bus", is_flag=True,
+              help="DL/T 645: find several meters on one bus by their address endings")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | None,
-         baudrate: int, parity: str, units: str, timeout: float, as_json: bool) -> None:
+         baudrate: int | None, parity: str | None, units: str, timeout: float, dlt645: bool,
+         addresses: str, search_bus: bool, as_json: bool) -> None:
     """Find responding unit ids and name the profile (and byte order) that fits each."""
     from energyd.drivers.modbus import LinkSettings, ModbusLink
     from energyd.drivers.scan import parse_units
@@ -306,6 +321,15 @@ def scan(host: str | None, port: int, rtu_over_tcp: bool, serial_port: str | Non
 
     if (host is None) == (serial_port is None):
         raise click.UsageError("give either --host (TCP) or --serial-port (RTU)")
+    if dlt645:
+        from energyd.drivers.dlt645.cli import scan_bus
+
+        if host is not None and click.get_current_context().get_parameter_source(
+                "port") is click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--dlt645 --host needs the serial server's --port")
+        sys.exit(scan_bus(host, port, serial_port, baudrate or 2400, parity or "E",
+                          addresses, timeout, as_json, search_bus))
+    baudrate, parity = baudrate or 9600, parity or "N"
     try:
         unit_ids = parse_units(units)
     except ValueError as exc:
@@ -586,6 +610,44 @@ def simulate_meter(profile: str, port: int, units: str, framer: str, serial_port
         sys.exit(EXIT_BAD_INPUT)
     except OSError as exc:
         click.echo(f"energyd simulate meter: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+@simulate.command("dlt645")
+@click.option("--addresses", default="000000000001", show_default=True,
+              help="meter addresses on the bus, e.g. 1-3,000012345678")
+@click.option("--port", default=8899, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port on 127.0.0.1 (0: any free port)")
+@click.option("--serial-port", default=None, help="serve on this serial device instead")
+@click.option("--baudrate", default=2400, show_default=True, type=int)
+@click.option("--fault", "faults", multiple=True, help="ADDRESS:KIND[=VALUE]; kinds: "
+              "no_reply, error=HEX, refuse=DI, slow=SECONDS, parts=N, trickle=SECONDS "
+              "(repeatable)")
+@click.option("--base-kw", default=40.0, show_default=True, type=click.FloatRange(-79, 79),
+              help="full-production load per meter in kW")
+@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="simulated seconds per wall second")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="stop after this many wall seconds (default: run until Ctrl-C)")
+def simulate_dlt645(addresses: str, port: int, serial_port: str | None, baudrate: int,
+                    faults: tuple[str, ...], base_kw: float, speed: float,
+                    duration: float | None) -> None:
+    """Serve simulated DL/T 645 meters on one bus (127.0.0.1 TCP or a serial device)."""
+    from energyd.drivers.dlt645.scan import parse_addresses
+    from energyd.simulators.dlt645 import run_cli
+
+    try:
+        asyncio.run(run_cli(addresses=parse_addresses(addresses), port=port,
+                            serial_port=serial_port, baudrate=baudrate, faults=list(faults),
+                            base_kw=base_kw, speed=speed, duration=duration,
+                            announce=lambda text: click.echo(text, err=True)))
+    except ValueError as exc:
+        click.echo(f"energyd simulate dlt645: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:
+        click.echo(f"energyd simulate dlt645: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         pass

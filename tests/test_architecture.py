@@ -71,7 +71,7 @@ def imported_modules(path: Path) -> set[str]:
 def _plugin_options(module: str) -> bool:
     parts = module.split(".")
     return (module in ("energyd.sinks.registry", "energyd.alerts.rules.registry")
-            or (len(parts) == 4 and parts[1] == "sinks" and parts[3] == "options"))
+            or (len(parts) == 4 and parts[1] in ("sinks", "drivers") and parts[3] == "options"))
 
 
 def imported_layers(path: Path) -> set[str]:

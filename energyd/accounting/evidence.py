@@ -57,7 +57,7 @@ FORMAT = 1
 MANIFEST = "MANIFEST.sha256"
 # A device's connection settings are not evidence: they say nothing about the figures, and
 # name hosts and credential files.
-_DRIVER_KEYS = {"driver", "interval", "profile", "registers", "modbus", "mqtt"}
+_DRIVER_KEYS = {"driver", "interval", "profile", "registers", "modbus", "mqtt", "dlt645"}
 _ROW_FLOATS = ("mwh", "coverage", "tco2_location", "tco2_market", "ef_location")
 # Figures are stored rounded (MWh and tCO2 to 1e-9, the kWh split to 1e-6): two roundings
 # of the same figure may be one unit of the last place apart.

@@ -48,6 +48,7 @@ from energyd.config.types import check_quantity as _check_quantity
 from energyd.config.types import duplicates as _duplicates
 from energyd.config.types import path_value as _path
 from energyd.config.types import secret_file as _secret_file
+from energyd.drivers.dlt645.options import Dlt645Options
 from energyd.sinks.registry import SINKS
 
 # --- site and storage --------------------------------------------------------------------
@@ -223,13 +224,14 @@ class MqttDeviceOptions(Strict):
 class Device(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
     role: Role = "submeter"
-    driver: Literal["modbus", "mqtt"]
+    driver: Literal["modbus", "mqtt", "dlt645"]
     interval: Annotated[Duration, within(0.01, 86400)] = 10.0
     enabled: bool = True
     profile: str | None = None  # built-in profile name, or a path to a profile YAML file
     registers: list[Register] = Field(default_factory=list)  # the generic profile, inline
     modbus: ModbusOptions | None = None
     mqtt: MqttDeviceOptions | None = None
+    dlt645: Dlt645Options | None = None
     # Accounting: used to tell a counter wrap or reset from real energy.
     rated_power_kw: float | None = Field(None, gt=0)
     counter_rollover: float | None = Field(None, gt=0)  # value at which the counter wraps to 0
@@ -251,7 +253,16 @@ class Device(Strict):
 
     @model_validator(mode="after")
     def _driver_options(self) -> Device:
-        if self.driver == "modbus":
+        if self.driver != "dlt645" and self.dlt645 is not None:
+            raise ValueError(f"driver {self.driver} cannot have a `dlt645:` section")
+        if self.driver == "dlt645":
+            if self.dlt645 is None:
+                raise ValueError("driver dlt645 needs a `dlt645:` section")
+            if self.modbus is not None or self.mqtt is not None:
+                raise ValueError("driver dlt645 cannot have a `modbus:` or `mqtt:` section")
+            if self.profile is not None or self.registers:
+                raise ValueError("a dlt645 device names its profile under `dlt645:`")
+        elif self.driver == "modbus":
             if self.modbus is None:
                 raise ValueError("driver modbus needs a `modbus:` section")
             if self.mqtt is not None:

@@ -21,6 +21,10 @@ def _source(d: Device) -> str:
         where = m.serial_port if m.transport == "rtu" else f"{m.host}:{m.port}"
         what = d.profile or f"{len(d.registers)} inline registers"
         return f"modbus {m.transport} {where} unit {m.unit}, {what}"
+    if d.dlt645 is not None:
+        o = d.dlt645
+        where = o.serial_port if o.transport == "serial" else f"{o.host}:{o.port}"
+        return f"dlt645 {o.transport} {where} address {o.address}, {o.profile}"
     assert d.mqtt is not None
     if d.mqtt.devices:
         # a template entry: one line, but every device it stands for is named

@@ -26,7 +26,16 @@ from energyd import __version__
 from energyd.clock import STEPPED_FOR, Clock, ClockWatch, RealClock
 from energyd.config.loader import load_config
 from energyd.config.schema import Config
-from energyd.daemon import air, alerting, forwarding, housekeeping, polling, rollups, subscriptions
+from energyd.daemon import (
+    air,
+    alerting,
+    dlt645,
+    forwarding,
+    housekeeping,
+    polling,
+    rollups,
+    subscriptions,
+)
 from energyd.daemon.context import Builder, Component, Context
 from energyd.daemon.degraded import Degraded
 from energyd.daemon.http import HealthServer
@@ -43,6 +52,7 @@ log = logging.getLogger(__name__)
 BUILDERS: list[Builder] = [
     housekeeping.build,
     polling.build,
+    dlt645.build,
     subscriptions.build,
     forwarding.build,
     rollups.build,
