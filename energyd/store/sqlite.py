@@ -613,7 +613,16 @@ class Store:
     # (alerts/engine.py, daemon/subscriptions.py); everything else asks the repositories
 
     def latest(self, device: str, quantity: str) -> StoredReading | None:
+        """`readings.latest`, for alerts/engine.py until it asks `store.readings`."""
         return self.readings.latest(device, quantity)
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """`meta.get`, for daemon/subscriptions.py until it asks `store.meta`."""
+        return self.meta.get(key, default)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """`meta.set`, for daemon/subscriptions.py until it asks `store.meta`."""
+        self.meta.set(key, value)
 
     # --- change sequence for rollups and alerts -----------------------------------------
 
@@ -645,14 +654,6 @@ class Store:
     @functools.cached_property
     def recent(self) -> RecentHours:
         return RecentHours(self)
-
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        """`meta.get`, for daemon/subscriptions.py until it asks `store.meta`."""
-        return self.meta.get(key, default)
-
-    def set_meta(self, key: str, value: Any) -> None:
-        """`meta.set`, for daemon/subscriptions.py until it asks `store.meta`."""
-        self.meta.set(key, value)
 
     # --- device status ----------------------------------------------------------------
 
