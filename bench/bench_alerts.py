@@ -77,12 +77,10 @@ def main() -> None:
         now = datetime(2026, 6, 3, 10, tzinfo=UTC)
         # history: --weeks weeks of rollups for every meter, plus the last 48 h
         first = to_ms(now) - (args.weeks * 7 * 24 + 48) * H
-        with store.transaction() as conn:
-            for name in names:
-                for hour in range(first, to_ms(now), H):
-                    conn.execute("INSERT INTO rollups (device, hour, mwh, source, coverage, "
-                                 "detail, seq) VALUES (?, ?, ?, 'meter', 1.0, '{}', ?)",
-                                 (name, hour, rng.uniform(0.08, 0.12), store.next_seq(conn)))
+        store.rollups.write_changed(
+            [(name, hour, rng.uniform(0.08, 0.12), "meter", 1.0, None, None, None, None, "{}")
+             for name in names for hour in range(first, to_ms(now), H)],
+            {name: (first, to_ms(now)) for name in names})
         engine = AlertEngine(config, store, now_ms=lambda: to_ms(now))
 
         # 1. live
@@ -133,8 +131,7 @@ def main() -> None:
         # 2. hourly
         span = (to_ms(now) - 48 * H, to_ms(now))
         t0 = time.perf_counter()
-        rows = store.execute("SELECT device, hour, mwh FROM rollups WHERE hour >= ?",
-                             (span[0] - (args.weeks + 1) * 7 * 24 * H,))
+        rows = store.rollups.rows(span[0] - (args.weeks + 1) * 7 * 24 * H, 2**62)
         read_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         events = engine.evaluate_hours(*span)

@@ -61,9 +61,8 @@ def fill(store_path: Path, n: int) -> int:
             rows = [(T0 + p * 10_000 + d, f"meter{d:02d}", q, meter_value(p, d, i), 0)
                     for p in range(start, min(polls, start + 200))
                     for d in range(DEVICES) for i, q in enumerate(QUANTITIES)]
-            with store.transaction() as conn:
-                store.insert_rows(conn, rows)
-        return store.count_readings()
+            store.import_rows(rows)
+        return store.readings.count_readings()
 
 
 def sink(url: str, database: str, use_gzip: bool):
@@ -82,15 +81,15 @@ def encoder():
 def ceiling_bodies(store_path: Path, use_gzip: bool) -> list[bytes]:
     from energyd.sinks.lineprotocol import body
     from energyd.store.sqlite import Store
+    from energyd.store.streams import Streams
 
     enc = encoder()
     bodies = []
     with Store.open(store_path) as store:
-        names = {sid: (d, q) for sid, d, q in
-                 store.execute("SELECT id, device, quantity FROM series")}
+        names = Streams(store).readings.series_names()
         after = 0
         while True:
-            rows, after, _ = store.reading_chunk(after, 2**62, CHUNK * len(QUANTITIES))
+            rows, after, _ = store.readings.reading_chunk(after, 2**62, CHUNK * len(QUANTITIES))
             if not rows:
                 return bodies
             data = body(enc.readings(rows, names))
@@ -119,18 +118,19 @@ def child(store_path: str, url: str, database: str, use_gzip: bool) -> None:
     from energyd.daemon.app import tune_gc
     from energyd.sinks import Forwarder, make_transport
     from energyd.sinks.forwarder import GAP, LIVE
+    from energyd.sinks.forwarder import backlog as sink_backlog
     from energyd.store.sqlite import READINGS, Store
 
     cfg = sink(url, database, use_gzip)
     with Store.open(store_path) as store:
-        store.commit_sink(cfg.name, {READINGS: 0, GAP: None, LIVE: None})  # all unsent
+        store.cursors.commit(cfg.name, {READINGS: 0, GAP: None, LIVE: None})  # all unsent
         forwarder = Forwarder(cfg.name, store, make_transport(cfg), encoder=encoder(),
                               chunk_size=cfg.chunk_size)
         tune_gc()  # as the daemon runs its forwarders
         started, cpu = time.perf_counter(), time.process_time()
         readings = forwarder.drain(timeout=3600)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        backlog = store.backlog(cfg.name).count
+        backlog = sink_backlog(store, cfg.name).count
         forwarder.close()
     print(json.dumps({"readings": readings, "seconds": elapsed, "cpu": cpu,
                       "backlog_after": backlog,

@@ -255,10 +255,10 @@ def check_store(dbs: list[Path], acked: dict[str, dict[int, int]]) -> tuple[int,
     rows = 0
     for db in dbs:
         with Store.open(db) as store:
-            rows += store.count_readings()
+            rows += store.readings.count_readings()
             for device in acked:
                 stored.setdefault(device, set()).update(
-                    r.time_ms for r in store.query_readings(device=device,
+                    r.time_ms for r in store.readings.query_readings(device=device,
                                                             quantity="active_power_kw"))
     missing = sum(1 for device, seqs in acked.items() for t in seqs.values()
                   if t not in stored[device])

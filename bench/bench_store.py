@@ -85,7 +85,7 @@ def bench_insert(tmp: Path, rows: list[Reading]) -> tuple[float, float]:
 def bench_read(tmp: Path, n: int) -> tuple[float, float]:
     with Store.open(tmp / "store.db") as store:
         t0 = time.perf_counter()
-        got = sum(1 for _ in store.query_readings())
+        got = sum(1 for _ in store.readings.query_readings())
         energyd_rate = got / (time.perf_counter() - t0)
     assert got == n, (got, n)
     conn = sqlite3.connect(tmp / "store.db")
@@ -125,7 +125,7 @@ def bench_import(tmp: Path, n: int) -> tuple[float, float, int]:
     if peak_kb <= before:
         print("  (note: child peak RSS not above an earlier child's; figure is a lower bound)")
     with Store.open(tmp / "import.db") as store:
-        stored = store.count_readings()
+        stored = store.readings.count_readings()
     return n / elapsed, peak_kb / 1024, stored
 
 

@@ -411,7 +411,7 @@ def readings_conflicts(config_path: str, device: str | None, limit: int,
     """Readings that came with another value for a time the store holds (the first stands)."""
     config = _load(config_path)
     with _existing_store(config) as store:
-        found = store.conflicts(device, limit)
+        found = store.readings.conflicts(device, limit)
     rows = [{"time": from_ms(c.time_ms).isoformat(timespec="milliseconds"),
              "device": c.device, "quantity": c.quantity, "value": c.value,
              "stored": c.stored, "quality": Quality(c.quality).name.lower()} for c in found]
@@ -552,8 +552,8 @@ def readings_held(config_path: str, as_json: bool, reviewed: bool) -> None:
         held = [{"device": d, "quantity": q, "readings": n,
                  "first": from_ms(a).isoformat(timespec="seconds"),
                  "last": from_ms(b).isoformat(timespec="seconds")}
-                for d, q, n, a, b in store.held()]
-        marked = store.mark_held_reviewed() if reviewed else 0
+                for d, q, n, a, b in store.readings.held()]
+        marked = store.readings.mark_held_reviewed() if reviewed else 0
     if as_json:
         click.echo(json.dumps({"held": held, "marked_reviewed": marked}, indent=2))
         return

@@ -119,6 +119,26 @@ def stored(store: Store, sql: str, params: tuple = ()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
+def altered(store: Store, sql: str, rows: list[tuple] | None = None, *,
+            numbered: bool = False) -> None:
+    """Rows written on a connection of the test's own, in one transaction (as another
+    process, or a hand edit in the sqlite3 shell, would): for what no repository of the
+    test's own area writes, e.g. an alert row or a statement corrected in place.
+    `numbered`: each row gets the store's next change number as its last parameter, as the
+    store gives a changed rollup or alert, so the sinks see it."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store.path, timeout=30)) as conn, conn:
+        for params in rows if rows is not None else [()]:
+            if numbered:
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                             "WHERE key = 'seq'")
+                params = (*params, int(conn.execute(
+                    "SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]))
+            conn.execute(sql, params)
+
+
 # --- `energyd demo`, run once for tests/test_demo.py and tests/test_grafana.py ---
 
 import subprocess  # noqa: E402

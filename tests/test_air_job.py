@@ -70,7 +70,7 @@ def test_job_writes_rows_and_bumps_seq_only_on_change(store: Store, tmp_path):
     assert rows["air1"][:4] == pytest.approx((93.0, 900.0, 60 * 93 / 900, 1.0))
     assert rows["air1"][4] == {"compressors": ["air1-c1", "air1-c2"]}
     seqs = {d: r[5] for d, r in rows.items()}
-    assert store.backlog("influx", AIR).count == 3
+    assert store.cursors.backlog("influx", AIR).count == 3
 
     # the same data again: nothing changes, nothing is forwarded again
     assert compute_hours(store, config, H, H + 3_600_000) == 0

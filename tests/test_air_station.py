@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from conftest import stored
 from servers import MosquittoServer
 
 from energyd.clock import AcceleratedClock
@@ -42,9 +43,8 @@ async def test_hourly_specific_power_from_the_simulated_station(
         async with sim:
             deadline = time.monotonic() + 15
             while True:
-                rows = daemon.store.execute(
-                    "SELECT device, kwh, m3, specific_power, loaded_share, detail FROM "
-                    "air_hourly WHERE hour = ?", (HOUR,))
+                rows = stored(daemon.store, "SELECT device, kwh, m3, specific_power, "
+                              "loaded_share, detail FROM air_hourly WHERE hour = ?", (HOUR,))
                 # the hour's first run may come before the last of its readings were
                 # committed (an hour is a second here); later runs take them in
                 got = {r[0]: r for r in rows}

@@ -124,7 +124,7 @@ async def test_live_spike_and_a_stopped_simulator(tmp_path, mosquitto, mqtt_topi
                 await asyncio.sleep(2.5)  # normal load: several polls, no alert
                 assert events(sub) == []
                 assert daemon.context is not None
-                assert daemon.context.store.count_readings() > 0
+                assert daemon.context.store.readings.count_readings() > 0
 
                 switched = time.time()
                 meter.faults.spike = 3.0

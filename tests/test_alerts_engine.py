@@ -22,6 +22,7 @@ from energyd.alerts.engine import AlertEngine
 from energyd.alerts.episodes import EpisodeTracker, load_episodes
 from energyd.alerts.statements import statement_findings
 from energyd.config.loader import parse_config
+from energyd.daemon.alerting import sink_backlogs
 from energyd.model import Reading, to_ms
 from energyd.simulators.air import AirSystem
 from energyd.simulators.loadshape import load_factor
@@ -169,14 +170,14 @@ def test_an_active_episode_survives_a_restart_and_ends_once(tmp_path, store):
     put_hours(store, "incomer-1", history)
     e1 = engine_for(config, store)
     assert [e.kind for e in e1.evaluate_hours(spike_at, spike_at + 2 * H)] == ["start"]
-    seq_after_start = store.get_meta("seq")
+    seq_after_start = store.meta.get("seq")
     # restart in the middle of it: the episode is loaded, not started again
     e2 = engine_for(config, store)
     assert [ep.started for ep in e2.tracker.active] == [spike_at]
     assert e2.evaluate_hours(spike_at, spike_at + 3 * H) == []
     ends = e2.evaluate_hours(spike_at + 3 * H, spike_at + 5 * H)
     assert [(e.kind, e.episode.ended) for e in ends] == [("end", spike_at + 3 * H)]
-    assert store.get_meta("seq") > seq_after_start  # the sinks see the change
+    assert store.meta.get("seq") > seq_after_start  # the sinks see the change
 
 
 def test_invoice_filled_and_estimated_hours_never_alert(tmp_path, store):
@@ -337,7 +338,6 @@ def test_backlog_of_a_dead_sink(tmp_path, store):
     store.insert_readings([Reading(t0 + timedelta(minutes=m), "incomer-1", "active_power_kw", 1.0)
                            for m in range(120)])
     # as the daemon does: the alerts may not import the sinks, so it hands the backlogs over
-    from energyd.daemon.alerting import sink_backlogs
 
     engine = AlertEngine(config, store, now_ms=lambda: to_ms(t0),
                          sink_backlogs=lambda: sink_backlogs(config, store))
@@ -345,8 +345,8 @@ def test_backlog_of_a_dead_sink(tmp_path, store):
     fired = engine.check_backlog(to_ms(t0 + timedelta(minutes=61)))
     assert [(e.kind, e.episode.device) for e in fired] == [("start", "central")]
     assert fired[0].episode.detail["start"]["backlog"] == 120
-    last_id = store.last_reading_id()
-    store.set_cursor("central", "readings", last_id)  # the sink caught up
+    last_id = store.readings.last_reading_id()
+    store.cursors.move("central", "readings", last_id)  # the sink caught up
     assert [e.kind for e in engine.check_backlog(to_ms(t0 + timedelta(minutes=130)))] == ["end"]
 
 

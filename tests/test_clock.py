@@ -156,15 +156,15 @@ def test_the_store_holds_suspect_readings_out_of_accounting_and_retention(
             + [Reading(t2026 + timedelta(minutes=i), "m1", "active_energy_import_kwh",
                        200.0 + i) for i in range(3)])
         sid = store.known_series[("m1", "active_energy_import_kwh")]
-        assert store.series_first_time(sid) == to_ms(t2026)
-        assert store.series_time_before(sid, to_ms(t2026)) is None
-        assert store.series_time_from(sid, 0) == to_ms(t2026)
-        assert [v for _, v in store.series_values(sid, 0, to_ms(t2026) + 3600_000)] == \
+        assert store.readings.series_first_time(sid) == to_ms(t2026)
+        assert store.readings.series_time_before(sid, to_ms(t2026)) is None
+        assert store.readings.series_time_from(sid, 0) == to_ms(t2026)
+        assert [v for _, v in store.readings.series_values(sid, 0, to_ms(t2026) + 3600_000)] == \
             [200.0, 201.0, 202.0]
-        assert store.held_count() == 3
+        assert store.readings.held_count() == 3
         gone = store.apply_retention(to_ms(t2026 + timedelta(days=400)), 86400_000, [])
         assert gone == 3
-        kept = list(store.readings_in(0, 2**62))
+        kept = list(store.readings.readings_in(0, 2**62))
         assert [(v, q) for _, _, _, v, q in kept] == [(100.0, 5), (101.0, 5), (102.0, 5)]
 
 
@@ -235,17 +235,17 @@ def test_held_readings_go_with_retention_only_once_reviewed(tmp_path: Path) -> N
                                Reading(t2000, "m1", "voltage_l1_v", 230.0,
                                        Quality.CLOCK_SUSPECT)])
         store.insert_readings([Reading(t2026, "m1", "active_power_kw", 2.0)])
-        assert [(d, q, n) for d, q, n, _, _ in store.held()] == \
+        assert [(d, q, n) for d, q, n, _, _ in store.readings.held()] == \
             [("m1", "active_power_kw", 1), ("m1", "voltage_l1_v", 1)]
         now = to_ms(t2026 + timedelta(days=1))
         assert store.apply_retention(now, 3600_000, []) == 1  # the 2026 reading only
-        assert store.mark_held_reviewed() == 2
+        assert store.readings.mark_held_reviewed() == 2
         # a reading held after the review waits for a review of its own
         store.insert_readings([Reading(t2000 + timedelta(hours=1), "m1", "active_power_kw",
                                        3.0, Quality.CLOCK_SUSPECT)])
-        assert store.held_count() == 1
+        assert store.readings.held_count() == 1
         assert store.apply_retention(now, 3600_000, []) == 2
-        assert [v for _, _, _, v, _ in store.readings_in(0, 2**62)] == [3.0]
+        assert [v for _, _, _, v, _ in store.readings.readings_in(0, 2**62)] == [3.0]
 
 
 async def test_hourly_jobs_look_at_the_clock_at_once_when_told_it_stepped() -> None:

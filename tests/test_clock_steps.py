@@ -228,16 +228,16 @@ def test_boot_with_a_wrong_clock_then_the_right_one(tmp_path: Path, meter: int) 
 
     db = tmp_path / "energyd.db"
     with Store.open(db, must_exist=True) as store:
-        held = list(store.readings_in(0, int(datetime(2001, 1, 1, tzinfo=UTC).timestamp()
+        held = list(store.readings.readings_in(0, int(datetime(2001, 1, 1, tzinfo=UTC).timestamp()
                                                    * 1000)))
         now_ms = int(time.time() * 1000)
-        good = list(store.readings_in(now_ms - 600_000, now_ms + 60_000))
+        good = list(store.readings.readings_in(now_ms - 600_000, now_ms + 60_000))
         assert held and all(q == Quality.CLOCK_SUSPECT for *_, q in held)
-        assert store.held_count() == len(held) >= flagged  # polls went on until the stop
+        assert store.readings.held_count() == len(held) >= flagged  # polls went on until the stop
         assert good and all(q != Quality.CLOCK_SUSPECT for *_, q in good)
         # retention, however short, leaves the held readings for review
         assert store.apply_retention(now_ms, 1000, []) > 0
-        assert store.held_count() == len(held)
+        assert store.readings.held_count() == len(held)
     listed = subprocess.run([*ENERGYD, "readings", "held", "-c", str(cfg), "--json"],
                             capture_output=True, text=True, timeout=60)
     rows = json.loads(listed.stdout)["held"]
@@ -350,7 +350,7 @@ devices:
         client.disconnect()
         stop(proc)
     with Store.open(tmp_path / "energyd.db", must_exist=True) as store:
-        rows = {d: (t, v, q) for t, d, _, v, q in store.readings_in(0, 2**62)}
+        rows = {d: (t, v, q) for t, d, _, v, q in store.readings.readings_in(0, 2**62)}
     assert rows["air1"] == (int(measured.timestamp() * 1000), 40.0, Quality.GOOD)
     t, v, q = rows["v1"]
     assert t < int(datetime(2000, 1, 2, tzinfo=UTC).timestamp() * 1000)

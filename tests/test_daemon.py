@@ -155,8 +155,8 @@ def test_status_shows_devices_store_and_backlog(tmp_path: Path) -> None:
         store.insert_readings([Reading(now - timedelta(seconds=60 - i), "m1",
                                        "active_power_kw", float(i)) for i in range(6)])
         store.commit_samples([], [("m1", int(now.timestamp() * 1000), "timeout after 1.0 s")])
-        first = store.readings_after(0, 2)
-        store.set_cursor("influxdb", READINGS, first[-1].id)
+        first = store.readings.readings_after(0, 2)
+        store.cursors.move("influxdb", READINGS, first[-1].id)
         Outbox(store).add(["ops"], [{"event": "start", "rule": "spike", "device": "m1"}])
     result = subprocess.run([*ENERGYD, "status", "-c", str(cfg), "--json"],
                             capture_output=True, text=True, timeout=60)
@@ -218,7 +218,7 @@ async def test_stop_commits_every_reading_that_was_read(tmp_path: Path) -> None:
     # flush_interval is 10 s, so only the final flush at the stop can have committed them
     assert len(submitted) > 50
     with Store.open(tmp_path / "e.db") as store:
-        assert store.count_readings() == len(submitted)
+        assert store.readings.count_readings() == len(submitted)
 
 
 def test_reload_that_cannot_build_keeps_the_running_configuration(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ def test_what_is_held_is_bounded_gauges_first_then_counters_thinned(tmp_path: Pa
         status = store.device_status()["m1"]
         assert (status["polls"], status["errors"]) == (1000, 333)
         assert status["last_error"] == "timeout" and status["last_poll"] == 1_000_000
-        kept = [r for r in store.query_readings() if r.quantity == "active_energy_import_kwh"]
+        kept = list(store.readings.query_readings(quantity="active_energy_import_kwh"))
         assert len(kept) == 1 + 1300
         writer.close()
 
@@ -179,4 +179,4 @@ def test_what_was_held_is_committed_in_slices_and_acknowledged_at_the_end(
         assert acknowledged == []  # the messages' readings are not all on disk yet
         writer.close()
         assert writer.pending == 0 and acknowledged == list(range(1, 334))
-        assert store.count_readings() == 3 + 999
+        assert store.readings.count_readings() == 3 + 999

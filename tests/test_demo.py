@@ -68,7 +68,7 @@ def test_the_view_shows_devices_hourly_rows_and_alerts(demo_run: Any) -> None:
 def test_the_store_holds_what_the_view_showed(demo_run: Any) -> None:
     db = store(demo_run)
     with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as st:
-        polled = {d for d, q in st.series() if st.latest(d, q) is not None}
+        polled = {d for d, q in st.series() if st.readings.latest(d, q) is not None}
     assert polled == set(DEVICES)
     # meter-first hours of the incomer with MWh and both tCO2 figures
     hours = db.execute("SELECT mwh, tco2_location, tco2_market, ef_location FROM rollups "
@@ -87,9 +87,9 @@ def test_the_spike_and_the_leak_are_in_the_data(demo_run: Any) -> None:
     db = store(demo_run)
     with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as st:
         first_ms = min(t for sid in st.known_series.values()
-                       if (t := st.series_first_time(sid)) is not None)
+                       if (t := st.readings.series_first_time(sid)) is not None)
         power = st.known_series[("sub1-incomer", "active_power_kw")]
-        incomer = st.series_values(power, first_ms, first_ms + 4 * 3_600_000)
+        incomer = st.readings.series_values(power, first_ms, first_ms + 4 * 3_600_000)
     start = datetime.fromtimestamp(first_ms / 1000, UTC).replace(minute=0, second=0,
                                                                   microsecond=0)
     assert start.astimezone(tz).hour == 20 and start.astimezone(tz).weekday() < 5

@@ -508,7 +508,8 @@ async def test_the_daemon_polls_a_shared_bus_and_backs_off_a_silent_meter(
     assert set(sim.control_codes) <= READ_CODES
     with Store.open(tmp_path / "energyd.db") as store:
         for d in ("m1", "m3"):
-            rows = list(store.query_readings(device=d, quantity="active_energy_import_kwh"))
+            rows = list(store.readings.query_readings(device=d,
+                                                      quantity="active_energy_import_kwh"))
             assert len(rows) >= states[d].polls - 1, d  # the last poll may be in flight
         status = store.device_status()
     assert status["m2"]["errors"] >= 1 and status["m1"]["errors"] == 0, status
@@ -531,7 +532,7 @@ async def test_the_daemon_reads_a_bus_on_a_serial_line(
         await asyncio.wait_for(task, 10)
     with Store.open(tmp_path / "energyd.db") as store:
         for d in ("m1", "m8"):
-            rows = list(store.query_readings(device=d, quantity="voltage_l1_v"))
+            rows = list(store.readings.query_readings(device=d, quantity="voltage_l1_v"))
             assert len(rows) >= 3, (d, len(rows))
             assert all(200 < r.value < 260 for r in rows), rows
         status = store.device_status()

@@ -78,7 +78,7 @@ def answer(influx: Any, database: str, q: str) -> tuple[str | None, list[list[An
 def filled(demo_run: Any) -> tuple[Any, str, int, int]:
     assert demo_run.returncode == 0, demo_run.stderr[-3000:]
     with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as store:
-        times = [r.time_ms for r in store.query_readings(quantity="active_power_kw")]
+        times = [r.time_ms for r in store.readings.query_readings(quantity="active_power_kw")]
     start_ms, end_ms = min(times), max(times)
     return demo_run.influx, demo_run.database, start_ms - 3_600_000, end_ms + 3_600_000
 

@@ -15,6 +15,7 @@ from energyd.daemon import forwarding
 from energyd.daemon.app import Daemon
 from energyd.drivers.modbus.link import DevicePoller
 from energyd.simulators import MeterSimulator
+from energyd.sinks.forwarder import backlog as sink_backlog
 from energyd.store import Store
 
 
@@ -36,7 +37,8 @@ async def test_a_poll_of_several_blocks_is_one_point_with_every_field(
             await asyncio.sleep(2.0)
         with Store.open(tmp_path / "energyd.db") as store:
             status = store.device_status()
-            polled = {d: {r.time_ms for r in store.query_readings(device=d)} for d in ("m1", "m2")}
+            polled = {d: {r.time_ms for r in store.readings.query_readings(device=d)}
+                      for d in ("m1", "m2")}
         for d, times in polled.items():
             assert status[d]["errors"] == 0 and len(times) == status[d]["polls"] >= 5, (d, status)
 
@@ -46,7 +48,7 @@ async def test_a_poll_of_several_blocks_is_one_point_with_every_field(
             await asyncio.wait_for(sender.ready.wait(), 10)
             for _ in range(200):
                 assert sender.context is not None
-                if sender.context.store.backlog("influxdb").count == 0:
+                if sink_backlog(sender.context.store, "influxdb").count == 0:
                     break
                 await asyncio.sleep(0.1)
         finally:

@@ -98,7 +98,7 @@ async def test_a_silent_unit_costs_its_neighbours_at_most_one_timeout(
     # what was read is in the store, under the right devices
     with Store.open(tmp_path / "energyd.db") as store:
         for d in ("m1", "m2", "m3"):
-            rows = list(store.query_readings(device=d, quantity="voltage_l1_v"))
+            rows = list(store.readings.query_readings(device=d, quantity="voltage_l1_v"))
             assert len(rows) >= (2 if d == "m2" else slots - 2), (d, len(rows))
         status = store.device_status()
         assert status["m2"]["errors"] >= 1 and status["m1"]["errors"] == 0
@@ -120,7 +120,7 @@ async def test_an_illegal_address_block_does_not_stop_the_other_blocks(
     # the values of the refused read are read alone from now on (until the next re-probe)
     assert "fc4 52..53" in blocks and "fc4 0..1" in blocks and len(blocks) == 16
     with Store.open(tmp_path / "energyd.db") as store:
-        got = {q: len(list(store.query_readings(device="m1", quantity=q))) for q in (
+        got = {q: len(list(store.readings.query_readings(device="m1", quantity=q))) for q in (
             "voltage_l1_v", "active_power_l3_kw", "apparent_power_kva",
             "active_energy_import_kwh", "frequency_hz", "active_power_kw")}
         status = store.device_status()["m1"]
@@ -154,7 +154,8 @@ async def test_devices_bending_the_spec(tmp_path: Path) -> None:
     # every poll read each value alone; a poll under way when the daemon stopped was cut short
     assert 16 * st.polls <= requests < 16 * (st.polls + 1), (requests, st.polls)
     with Store.open(tmp_path / "e.db") as store:
-        rows = list(store.query_readings(device="pac", quantity="active_energy_import_kwh"))
+        rows = list(store.readings.query_readings(device="pac",
+                                                  quantity="active_energy_import_kwh"))
     assert len(rows) == st.polls
 
 

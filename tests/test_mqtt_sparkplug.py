@@ -214,7 +214,8 @@ async def test_an_edge_node_through_a_real_broker(
         metrics = energyd.daemon.metrics.render().decode()
     with Store.open(tmp_path / "energyd.db") as store:
         power = [(r.time_ms - now, r.value, r.quality)
-                 for r in store.query_readings(device="meter7", quantity="active_power_kw")]
+                 for r in store.readings.query_readings(device="meter7",
+                                                        quantity="active_power_kw")]
     assert power == [(1000 * i, 10.0 + i, Quality.GOOD) for i in range(6)]
     assert (f'energyd_mqtt_rejected_total{{reason="sequence_gap",'
             f'topic="spBv1.0/{group}/DDATA/gw1/meter7"}} 1.0') in metrics

@@ -97,7 +97,7 @@ def _state(*running: Running) -> list[dict[str, Any]]:
 
 def _times(store_path: Path, device: str, quantity: str = "active_power_kw") -> dict[int, float]:
     with Store.open(store_path) as store:
-        return {r.time_ms: r.value for r in store.query_readings(device=device,
+        return {r.time_ms: r.value for r in store.readings.query_readings(device=device,
                                                                   quantity=quantity)}
 
 
@@ -136,10 +136,10 @@ async def test_simulator_values_arrive_with_device_quantity_and_time(
         assert {d for d, _ in store.series()} == set(sim.devices)
         for device, payload in sim.last_payload.items():
             for key, quantity in QUANTITY_OF.items():
-                latest = store.latest(device, quantity)
+                latest = store.readings.latest(device, quantity)
                 assert latest is not None, (device, quantity)
                 assert (latest.time_ms, latest.value) == (payload["ts"], payload[key])
-        states = {r.value for r in store.query_readings(quantity="compressor_state")}
+        states = {r.value for r in store.readings.query_readings(quantity="compressor_state")}
         assert states and states <= {0.0, 1.0, 2.0}
 
 
@@ -205,7 +205,7 @@ async def test_energyd_killed_mid_stream_loses_no_qos1_message(
 
     async def committed() -> int:
         with Store.open(tmp_path / "energyd.db") as store:
-            return store.count_readings()
+            return store.readings.count_readings()
 
     async with Running(config):
         pass  # energyd ran before: the broker holds its session and subscriptions
@@ -299,10 +299,10 @@ async def test_bad_payloads_are_refused_counted_and_the_stream_goes_on(
                 count = metrics.get_sample_value("energyd_mqtt_rejected_total",
                                                  {"topic": label, "reason": reason})
                 assert count == (2 if reason == "not_json" else 1), (reason, count)
-            assert {(r.device, r.quantity, r.value) for r in store.query_readings()} == {
+            assert {(r.device, r.quantity, r.value) for r in store.readings.query_readings()} == {
                 ("m1", "active_power_kw", 7.5), ("m1", "active_energy_import_kwh", 100.0),
                 ("v1", "pressure_bar", 6.9), ("k1", "compressor_state", 2.0)}
-            assert store.latest("m1", "active_power_kw").time_ms == now + 10
+            assert store.readings.latest("m1", "active_power_kw").time_ms == now + 10
             assert metrics.get_sample_value("energyd_mqtt_messages_total",
                                             {"topic": f"{p}/m1"}) == 10
             assert metrics.get_sample_value("energyd_mqtt_connected") == 1
@@ -375,7 +375,7 @@ async def test_a_topic_dropped_from_the_config_is_unsubscribed(
             metrics = energyd.daemon.metrics.registry
             assert metrics.get_sample_value("energyd_mqtt_rejected_total",
                                             {"topic": "(unrouted)", "reason": "no_route"}) == 1
-            assert [r.value for r in energyd.daemon.store.query_readings()] == [3.0]
+            assert [r.value for r in energyd.daemon.store.readings.query_readings()] == [3.0]
     finally:
         pub.disconnect()
         pub.loop_stop()

@@ -56,7 +56,7 @@ def _readings(path: Path, device: str, quantity: str = "active_power_kw"
     """(time ms, value, quality) by time."""
     with Store.open(path) as store:
         return [(r.time_ms, r.value, r.quality)
-                for r in store.query_readings(device=device, quantity=quantity)]
+                for r in store.readings.query_readings(device=device, quantity=quantity)]
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
@@ -142,7 +142,7 @@ async def test_a_conflicting_duplicate_shows_in_metrics_and_status(
     status = collect_status(Config.model_validate(config))
     assert [(d["device"], d["conflicts"]) for d in status["devices"]] == [("c1", 1)]
     with Store.open(tmp_path / "energyd.db") as store:
-        [conflict] = store.conflicts()
+        [conflict] = store.readings.conflicts()
     assert (conflict.quantity, conflict.value, conflict.stored) == ("active_power_kw", 12.5, 10.0)
 
 

@@ -103,7 +103,7 @@ async def test_tls_with_username_and_password_file(secure_broker, tmp_path: Path
     async with Running(config) as energyd:
         await asyncio.to_thread(_publish, secure_broker, b"12.5")
         await _until(lambda: energyd.component.acked == 1, 10, "the message over TLS")
-        assert [r.value for r in energyd.daemon.store.query_readings()] == [12.5]
+        assert [r.value for r in energyd.daemon.store.readings.query_readings()] == [12.5]
 
 
 async def test_a_wrong_password_is_refused_and_never_logged(

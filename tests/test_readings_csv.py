@@ -45,7 +45,7 @@ def energyd(*args: str) -> subprocess.CompletedProcess[str]:
 
 def count(tmp_path: Path) -> int:
     with Store.open(tmp_path / "energyd.db") as store:
-        return store.count_readings()
+        return store.readings.count_readings()
 
 
 def test_import_then_export_round_trips(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_import_then_export_round_trips(tmp_path: Path) -> None:
     assert lines[1] == "2026-01-05T00:00:00.000+00:00,m1,active_energy_import_kwh,1000.0,imported"
     assert lines[-1].endswith(",m1,active_energy_import_kwh,1007.25,imported")
     with Store.open(tmp_path / "energyd.db") as store:
-        first = next(store.query_readings(device="m1"))
+        first = next(store.readings.query_readings(device="m1"))
         assert first.quality == Quality.IMPORTED
 
 
@@ -124,7 +124,7 @@ def test_sigkill_during_import_leaves_nothing_half_imported(tmp_path: Path) -> N
     assert wal.stat().st_size >= 2_000_000  # the partial transaction was really on disk
     assert count(tmp_path) == 0
     with Store.open(tmp_path / "energyd.db") as store:
-        assert store.execute("PRAGMA integrity_check")[0][0] == "ok"
+        assert store.check(full=True) == []
     # and the same file then goes in whole
     result = energyd("readings", "import", "-c", str(cfg), str(src))
     assert result.returncode == 0, result.stderr
@@ -167,9 +167,9 @@ def test_a_replayed_import_is_harmless_and_a_conflicting_one_reported(tmp_path: 
         assert "2 rows have another value than the store holds" in result.stderr
         assert "999.5 (stored 1000.5)" in result.stderr
     with Store.open(tmp_path / "energyd.db") as store:
-        values = [r.value for r in store.query_readings(device="m1")]
+        values = [r.value for r in store.readings.query_readings(device="m1")]
         assert values == [1000 + i * 0.25 for i in range(51)]
-        assert store.conflict_counts() == {"m1": 2}
+        assert store.readings.conflict_counts() == {"m1": 2}
     listed = energyd("readings", "conflicts", "-c", str(cfg), "--json")
     assert listed.returncode == 0, listed.stderr
     assert [(c["value"], c["stored"], c["quality"]) for c in json.loads(listed.stdout)] == [

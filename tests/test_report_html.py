@@ -220,7 +220,7 @@ def test_the_demo_report_shows_the_overload_hour_and_the_air_leak(
     cfg = demo_run.workdir / "energyd.yaml"
     with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as st:
         first_ms = min(t for sid in st.known_series.values()
-                       if (t := st.series_first_time(sid)) is not None)
+                       if (t := st.readings.series_first_time(sid)) is not None)
     from energyd.config import load_config
 
     tz = ZoneInfo(load_config(cfg).site.timezone)

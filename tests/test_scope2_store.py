@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import stored as table_rows
 
 from energyd.accounting.energy import HOUR_MS
 from energyd.accounting.granular import import_certificates, parse_grid_mix
@@ -39,7 +40,7 @@ def line(cid: str, start: str, end: str, wh: float = 150_000, market: str = "CN"
 def test_the_store_has_migration_8_for_granular_certificates(tmp_path: Path) -> None:
     with Store.open(tmp_path / "s.db") as store:
         assert SCHEMA_VERSION >= 8
-        assert store.execute("SELECT count(*) FROM granular_certificates")[0][0] == 0
+        assert store.certificates.count() == 0
 
 
 def test_import_refuses_bad_lines_with_file_line_and_field(tmp_path: Path) -> None:
@@ -98,7 +99,8 @@ def test_a_certificate_is_retired_once_across_reruns_and_overlapping_imports(
     stored = acc.store.certificates.held(["GC-12"])["GC-12"]
     assert stored.wh == 150_000 and stored.production_start == ms("2026-06-01T12:00")
     # the report counts each stored certificate once whatever was imported
-    rows = acc.store.execute("SELECT id, count(*) FROM granular_certificates GROUP BY id")
+    rows = table_rows(acc.store,
+                      "SELECT id, count(*) FROM granular_certificates GROUP BY id")
     assert all(n == 1 for _, n in rows)
 
 

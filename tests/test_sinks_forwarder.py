@@ -27,6 +27,7 @@ from energyd.errors import (
 from energyd.model import Reading, from_ms
 from energyd.sinks import Encoder, Forwarder, backoff_delay
 from energyd.sinks.forwarder import GAP, LIVE, Outcome
+from energyd.sinks.forwarder import backlog as sink_backlog
 from energyd.sinks.transport import Redactor, classify, retry_after
 from energyd.store.sqlite import READINGS, Store
 
@@ -118,14 +119,14 @@ def test_retry_after_is_honoured_and_the_cursor_waits_for_the_ack(store):
     thread = threading.Thread(target=fwd.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 5
-    while store.cursor("s", READINGS) == 0 and time.monotonic() < deadline:
-        assert store.backlog("s").count in (0, 5)
+    while store.cursors.position("s", READINGS) == 0 and time.monotonic() < deadline:
+        assert sink_backlog(store, "s").count in (0, 5)
         time.sleep(0.02)
     fwd.stop()
     thread.join(5)
     assert len(transport.times) >= 2
     assert transport.times[1] - transport.times[0] >= 0.4  # not the 0.01 s backoff
-    assert store.backlog("s").count == 0 and len(transport.bodies) == 1
+    assert sink_backlog(store, "s").count == 0 and len(transport.bodies) == 1
 
 
 def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
@@ -160,7 +161,7 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
     [alert] = [line for line in lines if line.startswith("energy_alert,")]
     assert "device=s,rule=sink_rejected" in alert and "bad point" in alert
     [(item, message)] = stored(store, "SELECT item, message FROM rejected")
-    assert [r.value for r in store.readings_after(item - 1, 1)] == [7.0]
+    assert [r.value for r in store.readings.readings_after(item - 1, 1)] == [7.0]
     assert "bad point" in message
     # the chunk, 2 per level of halving (13 -> 7 -> 4 -> 2 -> 1), and the alert
     assert len(transport.times) <= 1 + 2 * 4 + 1
@@ -168,15 +169,15 @@ def test_bisection_finds_the_refused_points_and_keeps_the_rest(store):
 
 def test_backlog_counts_both_unsent_ranges_while_the_live_tail_goes_first(store):
     store.insert_readings(readings(100))
-    ids = [r.id for r in store.readings_after(0, 100)]
-    assert store.backlog("s").count == 100
+    ids = [r.id for r in store.readings.readings_after(0, 100)]
+    assert sink_backlog(store, "s").count == 100
     # sent: ids <= 10 and (60, 80]; unsent: (10, 60] and after 80
-    store.commit_sink("s", {READINGS: ids[9], GAP: ids[59], LIVE: ids[79]})
-    backlog = store.backlog("s")
+    store.cursors.commit("s", {READINGS: ids[9], GAP: ids[59], LIVE: ids[79]})
+    backlog = sink_backlog(store, "s")
     assert backlog.count == 50 + 20
     assert backlog.oldest_ms == 1_700_000_000_000 + 10 * 1000
-    store.commit_sink("s", {READINGS: ids[79], GAP: None, LIVE: None})
-    assert store.backlog("s").count == 20
+    store.cursors.commit("s", {READINGS: ids[79], GAP: None, LIVE: None})
+    assert sink_backlog(store, "s").count == 20
 
 
 def test_a_backlog_opens_a_gap_and_every_reading_is_sent_exactly_once(store):
@@ -198,7 +199,7 @@ def test_a_backlog_opens_a_gap_and_every_reading_is_sent_exactly_once(store):
     assert fwd.gap is None
     lines = b"\n".join(transport.bodies).decode().splitlines()
     assert len(lines) == len(set(lines)) == 405
-    assert store.backlog("s").count == 0
+    assert sink_backlog(store, "s").count == 0
 
 
 def test_packed_polls_with_sparse_ids_are_each_sent_once_across_gap_and_tail(store):
@@ -216,7 +217,8 @@ def test_packed_polls_with_sparse_ids_are_each_sent_once_across_gap_and_tail(sto
                                        for i, q in enumerate(quantities)])
 
     polls(120, 1_700_000_000_000)
-    assert store.last_reading_id() > 10 * store.count_readings()  # ids are far from dense
+    # ids are far from dense
+    assert store.readings.last_reading_id() > 10 * store.readings.count_readings()
     transport = Scripted([])
     fwd = Forwarder("s", store, transport, encoder=Encoder("site", {}), chunk_size=20,
                     max_points_per_second=200)
@@ -224,19 +226,19 @@ def test_packed_polls_with_sparse_ids_are_each_sent_once_across_gap_and_tail(sto
     assert fwd.gap is not None  # 3,240 readings unsent: more than two chunks' worth
     polls(3, 1_800_000_000_000)
     fwd.drain(timeout=10)
-    assert fwd.gap is None and store.backlog("s").count == 0
+    assert fwd.gap is None and sink_backlog(store, "s").count == 0
     lines = b"\n".join(transport.bodies).decode().splitlines()
     assert len(lines) == len(set(lines)) == 3 * 123  # a point per device and poll
     fields = [f for line in lines for f in line.split(" ")[1].split(",")]
-    assert len(fields) == store.count_readings() == 9 * 3 * 123
+    assert len(fields) == store.readings.count_readings() == 9 * 3 * 123
 
 
 def test_the_backlogs_oldest_time_counts_only_unsent_readings(store):
     store.insert_readings(readings(20, start=1_700_000_100_000))
     store.insert_readings(readings(20, start=1_700_000_000_000))  # older, stored later
-    ids = [r.id for r in store.readings_after(0, 40)]
+    ids = [r.id for r in store.readings.readings_after(0, 40)]
     # sent: up to the 5th and the 11th to 30th (among them the older ones' first ten)
-    store.commit_sink("s", {READINGS: ids[4], GAP: ids[9], LIVE: ids[29]})
-    backlog = store.backlog("s")
+    store.cursors.commit("s", {READINGS: ids[4], GAP: ids[9], LIVE: ids[29]})
+    backlog = sink_backlog(store, "s")
     assert backlog.count == 5 + 10
     assert backlog.oldest_ms == 1_700_000_000_000 + 10 * 1000

@@ -7,11 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import altered
 
 from energyd.config.loader import parse_config
 from energyd.errors import ConfigError, SinkUnreachable
 from energyd.model import Reading, from_ms
 from energyd.sinks import encoder_for, for_sink, forward_once
+from energyd.sinks.forwarder import backlog as sink_backlog
 from energyd.sinks.lineprotocol import body
 from energyd.sinks.registry import PLUGINS, SINKS
 from energyd.store.sqlite import READINGS, Store
@@ -103,10 +105,11 @@ def test_the_file_sink_writes_what_influxdb_would_get_and_resumes(tmp_path, stor
         # the folder is missing: retryable, and nothing is lost or acknowledged
         with pytest.raises(SinkUnreachable, match="No such file or directory"):
             forwarder.step()
-        assert store.cursor("file", READINGS) == 0 and store.backlog("file").count == 120
+        assert store.cursors.position("file", READINGS) == 0
+        assert sink_backlog(store, "file").count == 120
         out.parent.mkdir()
         assert forwarder.drain(timeout=10) == 120
-        rows, _, _ = store.reading_chunk(0, 2**62, 1000)
+        rows, _, _ = store.readings.reading_chunk(0, 2**62, 1000)
         names = Streams(store).readings.series_names()
         expected = body(encoder_for(config).readings(rows, names)).decode().splitlines()
         assert out.read_text().splitlines() == expected and len(expected) == 60
@@ -116,7 +119,7 @@ def test_the_file_sink_writes_what_influxdb_would_get_and_resumes(tmp_path, stor
         assert len(lines) == 70 and lines[:60] == expected  # appended, nothing sent twice
     finally:
         forwarder.close()
-    assert store.backlog("file").count == 0
+    assert sink_backlog(store, "file").count == 0
 
 
 def test_energyd_forward_drives_a_file_sink(tmp_path):
@@ -163,30 +166,29 @@ def test_streams_read_after_a_position_and_the_backlog_follows_the_sinks_own_cur
     assert len(rest.rows) == 32 and not rest.more
     assert streams.readings.after(rest.next, 10) == ([], rest.next, False)
 
-    assert backlog(store, "s").count == 40 == store.backlog("s").count
+    assert backlog(store, "s").count == 40 == store.cursors.backlog("s", split=(GAP, LIVE)).count
     middle = streams.readings.position_back(16, 0)
-    store.commit_sink("s", {READINGS: first.next, GAP: middle, LIVE: rest.next - 4})
+    store.cursors.commit("s", {READINGS: first.next, GAP: middle, LIVE: rest.next - 4})
     gap = backlog(store, "s")
-    assert gap == store.backlog("s")  # the store's own count agrees while it still has one
+    # the store's own count agrees while it still has one
+    assert gap == store.cursors.backlog("s", split=(GAP, LIVE))
     assert gap.count == streams.readings.count_after(first.next) - \
         streams.readings.count_after(middle) + 4
     assert gap.oldest_ms == T0 + 2000  # 8 readings = two polls sent
 
-    store.commit_sink("s", {READINGS: rest.next, GAP: None, LIVE: None})
+    store.cursors.commit("s", {READINGS: rest.next, GAP: None, LIVE: None})
     assert backlog(store, "s").count == 0
 
-    with store.transaction() as conn:
-        for k in range(3):
-            conn.execute("INSERT INTO alerts (rule, device, state, started, detail, seq) "
-                         "VALUES ('spike', 'inc1', 'active', ?, '{}', ?)",
-                         (T0 + k, store.next_seq(conn)))
+    altered(store, "INSERT INTO alerts (rule, device, state, started, detail, seq) "
+                   "VALUES ('spike', 'inc1', 'active', ?, '{}', ?)",
+            [(T0 + k,) for k in range(3)], numbered=True)
     chunk = streams.alerts.after(0, 2)
     assert [type(r) for r in chunk.rows] == [AlertRow, AlertRow] and chunk.more
     assert chunk.rows[0].rule == "spike" and chunk.next == chunk.rows[1].seq
     assert streams.alerts.after(chunk.next, 2).rows[0].started == T0 + 2
     assert backlog(store, "s", "alerts").count == 3
-    store.commit_sink("s", {"alerts": chunk.next})
-    assert backlog(store, "s", "alerts") == store.backlog("s", "alerts")
+    store.cursors.commit("s", {"alerts": chunk.next})
+    assert backlog(store, "s", "alerts") == store.cursors.backlog("s", "alerts")
     assert backlog(store, "s", "alerts").count == 1
 
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import altered
+from conftest import stored as table_rows
 from servers import InfluxDBServer, free_port
 
 from energyd.config.schema import Config, InfluxDB
@@ -21,6 +23,7 @@ from energyd.errors import SinkRetryable
 from energyd.model import Reading, from_ms
 from energyd.sinks import Encoder, Forwarder, make_transport
 from energyd.sinks.forwarder import GAP, LIVE
+from energyd.sinks.forwarder import backlog as sink_backlog
 from energyd.store.sqlite import AIR, ALERTS, READINGS, ROLLUPS, STREAMS, Store
 
 T0 = 1_700_000_000_123  # sub-second digits catch a precision mix-up
@@ -51,7 +54,7 @@ def forwarder(store: Store, config: InfluxDB, *, site: str = "plant", **options)
 
 def stored(store: Store) -> dict[tuple[str, int], dict[str, float]]:
     out: dict[tuple[str, int], dict[str, float]] = {}
-    for r in store.query_readings():
+    for r in store.readings.query_readings():
         out.setdefault((r.device, r.time_ms), {})[r.quantity] = r.value
     return out
 
@@ -88,9 +91,8 @@ def test_an_hour_recomputed_under_another_source_is_not_counted_twice(
     fwd = forwarder(store, sink(influxdb.url, influxdb_database))
     fwd.drain(timeout=30)
     # the statement arrives: the hour is now sourced from the invoice, with another value
-    with store.transaction() as conn:
-        conn.execute("UPDATE rollups SET source = 'invoice', mwh = 1.75, seq = ? "
-                     "WHERE device = 'inc1'", (store.next_seq(conn),))
+    [row] = store.rollups.rows(0, 2**62, ["inc1"])
+    store.rollups.write_changed([(*row[:2], 1.75, "invoice", *row[4:])], {})
     assert fwd.drain(timeout=30) == 1
     total = influxdb.query("SELECT sum(mwh) FROM energy_hourly WHERE device = 'inc1'",
                            db=influxdb_database)["results"][0]["series"][0]["values"][0][1]
@@ -99,22 +101,14 @@ def test_an_hour_recomputed_under_another_source_is_not_counted_twice(
 
 
 def add_table_rows(store: Store) -> None:
-    with store.transaction() as conn:
-        conn.execute(
-            "INSERT INTO rollups (device, hour, mwh, source, coverage, tco2_location, "
-            "tco2_market, ef_location, ef_id, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ("inc1", 1_699_999_200_000, 1.5, "meter", 1.0, 0.91515, None, 0.6101, "CN-2022",
-             store.next_seq(conn)))
-        conn.execute(
-            "INSERT INTO alerts (rule, device, state, started, ended, detail, seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ("night_load", "sub1", "resolved", T0, T0 + 60_000,
-             json.dumps({"value": 42, "threshold": 30.5, "message": "load at night"}),
-             store.next_seq(conn)))
-        conn.execute(
-            "INSERT INTO air_hourly (device, hour, kwh, m3, specific_power, loaded_share, seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ("comp1", 1_699_999_200_000, 55.0, 480.25, 6.87, None, store.next_seq(conn)))
+    store.rollups.write_changed([("inc1", 1_699_999_200_000, 1.5, "meter", 1.0, 0.91515, None,
+                                  0.6101, "CN-2022", "{}")], {})
+    altered(store, "INSERT INTO alerts (rule, device, state, started, ended, detail, seq) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [("night_load", "sub1", "resolved", T0, T0 + 60_000,
+              json.dumps({"value": 42, "threshold": 30.5, "message": "load at night"}))],
+            numbered=True)
+    store.air.write_changed([("comp1", 1_699_999_200_000, 55.0, 480.25, 6.87, None, "{}")])
 
 
 @pytest.fixture
@@ -160,16 +154,16 @@ def test_readings_rollups_alerts_and_air_read_back_equal(influxdb, influxdb_data
                                 "night_load resolved on sub1: load at night", 42, 30.5]]
 
     for stream in STREAMS:
-        assert store.backlog("central", stream).count == 0
-    positions = store.sink_positions("central")
+        assert sink_backlog(store, "central", stream).count == 0
+    positions = store.cursors.positions("central")
     assert GAP not in positions and LIVE not in positions
-    assert positions[READINGS] == store.last_reading_id()
+    assert positions[READINGS] == store.readings.last_reading_id()
     sent = {s: metrics.sink_sent.labels("central", s)._value.get() for s in STREAMS}
     assert sent == {READINGS: len(readings), ROLLUPS: 1, ALERTS: 1, AIR: 1}
 
     # nothing new: nothing sent, and a replay from zero overwrites instead of adding
     assert fwd.drain(timeout=5) == 0
-    store.commit_sink("central", {READINGS: 0, ROLLUPS: 0, ALERTS: 0, AIR: 0})
+    store.cursors.commit("central", {READINGS: 0, ROLLUPS: 0, ALERTS: 0, AIR: 0})
     again = forwarder(store, sink(influxdb.url, influxdb_database, chunk_size=500))
     assert again.drain(timeout=30) == len(readings) + 3
     assert influx_points(influxdb, influxdb_database) == got
@@ -193,18 +187,18 @@ def test_poisoned_point_is_isolated_while_the_rest_arrives(influxdb, influxdb_da
     bad_key = ("sub1", far)
     assert {k: f for k, (_, f) in got.items()} == {k: v for k, v in expected.items()
                                                    if k != bad_key}
-    rejected = store.execute("SELECT stream, item, message FROM rejected WHERE sink = ?",
-                             ("central",))
-    ids = set(store.poll_reading_ids("sub1", far, 0, store.last_reading_id()))
+    rejected = table_rows(store, "SELECT stream, item, message FROM rejected WHERE sink = ?",
+                          ("central",))
+    ids = set(store.readings.poll_reading_ids("sub1", far, 0, store.readings.last_reading_id()))
     assert {(stream, item) for stream, item, _ in rejected} == {(READINGS, i) for i in ids}
     assert len(ids) == len(QUANTITIES)
     assert all("field type conflict" in message for _, _, message in rejected)
     assert metrics.sink_rejected.labels("central", READINGS)._value.get() == len(ids)
-    assert store.backlog("central").count == 0
+    assert sink_backlog(store, "central").count == 0
 
     # the rejection is an alert episode, forwarded like any alert
-    [(rule, device, state, detail)] = store.execute(
-        "SELECT rule, device, state, detail FROM alerts")
+    [(rule, device, state, detail)] = table_rows(
+        store, "SELECT rule, device, state, detail FROM alerts")
     assert (rule, device, state) == ("sink_rejected", "central", "active")
     assert json.loads(detail)["items"] == len(ids)
     fwd.drain(timeout=10)
@@ -235,17 +229,17 @@ def test_outage_during_ingestion_loses_nothing_and_duplicates_nothing(influxdb_p
                 server.stop()
                 outage = time.monotonic()
             elif outage is not None and server.proc is None and time.monotonic() - outage > 1.5:
-                assert store.backlog("central").count > 0  # it piled up in the store
+                assert sink_backlog(store, "central").count > 0  # it piled up in the store
                 server.start()
             time.sleep(0.01)
         deadline = time.monotonic() + 20
-        while store.backlog("central").count and time.monotonic() < deadline:
+        while sink_backlog(store, "central").count and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         fwd.stop()
         thread.join(5)
         fwd.close()
-    assert store.backlog("central").count == 0
+    assert sink_backlog(store, "central").count == 0
     assert metrics.sink_errors.labels("central", "connection")._value.get() > 0
 
     expected_times = [T0 + k * 1000 for k in range(produced)]
@@ -291,18 +285,18 @@ def test_newest_readings_go_first_and_the_backlog_drains_at_a_bounded_rate(
             pytest.fail("the newest reading did not arrive while the backlog drained")
         elapsed = time.monotonic() - started
         sent = count()
-        assert fwd.gap is not None and store.backlog("central").count > 0
+        assert fwd.gap is not None and sink_backlog(store, "central").count > 0
         # the backlog at the rate, plus the first live chunk and one chunk of burst
         assert sent <= rate * elapsed + 2 * 20 + 1
         deadline = time.monotonic() + 10
-        while store.backlog("central").count and time.monotonic() < deadline:
+        while sink_backlog(store, "central").count and time.monotonic() < deadline:
             time.sleep(0.05)
         drained = time.monotonic() - started
     finally:
         fwd.stop()
         thread.join(5)
         fwd.close()
-    assert store.backlog("central").count == 0 and fwd.gap is None
+    assert sink_backlog(store, "central").count == 0 and fwd.gap is None
     assert drained >= (len(backlog) / 3 - 40) / rate  # the bound held to the end
     assert {k: f for k, (_, f) in influx_points(influxdb, db).items()} == stored(store)
 
@@ -330,7 +324,7 @@ def test_password_never_appears_in_errors_or_logs(tmp_path, monkeypatch, caplog,
     fwd.close()
     assert "retrying" in caplog.text
     assert secret not in caplog.text
-    assert store.backlog("central").count == 9 and store.rejected_count() == 0
+    assert sink_backlog(store, "central").count == 9 and store.cursors.rejected_count() == 0
 
 
 async def test_daemon_runs_one_forwarder_per_sink(influxdb, tmp_path):
@@ -354,7 +348,8 @@ async def test_daemon_runs_one_forwarder_per_sink(influxdb, tmp_path):
         ctx.writer.submit(polls(["inc1"], 5, start=int(datetime.now(UTC).timestamp() * 1000)))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if all(ctx.store.cursor(s) and not ctx.store.backlog(s).count for s in "ab"):
+            if all(ctx.store.cursors.position(s) and not sink_backlog(ctx.store, s).count
+                   for s in "ab"):
                 break
             await asyncio.sleep(0.05)
         for db in ("central_a", "central_b"):

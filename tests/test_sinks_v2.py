@@ -18,6 +18,7 @@ from energyd.daemon.metrics import Metrics
 from energyd.errors import SinkRetryable
 from energyd.model import Reading, from_ms
 from energyd.sinks import Encoder, Forwarder, make_transport
+from energyd.sinks.forwarder import backlog as sink_backlog
 from energyd.store.sqlite import READINGS, STREAMS, Store
 
 T0 = 1_700_000_000_123
@@ -58,7 +59,7 @@ def exported(vm: VictoriaMetricsServer, site: str, measurement: str = "energy_re
 
 def expected(store: Store):
     out: dict = {}
-    for r in store.query_readings():
+    for r in store.readings.query_readings():
         out.setdefault((r.device, r.quantity), []).append((r.time_ms, r.value))
     return out
 
@@ -76,12 +77,8 @@ def site() -> str:
 
 def test_readings_and_rollups_read_back_equal(victoria_metrics, store, site):
     store.insert_readings(polls(["inc1", "pv1"], 50))
-    with store.transaction() as conn:
-        conn.execute(
-            "INSERT INTO rollups (device, hour, mwh, source, coverage, tco2_location, "
-            "tco2_market, ef_location, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ("inc1", 1_699_999_200_000, 2.25, "meter_interpolated", 0.5, 1.372725, 1.2, 0.6101,
-             store.next_seq(conn)))
+    store.rollups.write_changed([("inc1", 1_699_999_200_000, 2.25, "meter_interpolated", 0.5,
+                                  1.372725, 1.2, 0.6101, None, "{}")], {})
     fwd = forwarder(store, v2_sink(victoria_metrics.url, chunk_size=9), site)
     assert fwd.drain(timeout=30) == 300 + 1
 
@@ -103,7 +100,7 @@ def test_readings_and_rollups_read_back_equal(victoria_metrics, store, site):
         f'{{__name__="energy_hourly_mwh",site="{site}",source!="meter_interpolated"}}')
     assert sorted(s["metric"]["source"] for s in zeroed) == ["estimated", "invoice", "meter"]
     assert all(s["values"] == [0] for s in zeroed)
-    assert all(store.backlog("cloud", s).count == 0 for s in STREAMS)
+    assert all(sink_backlog(store, "cloud", s).count == 0 for s in STREAMS)
 
 
 def test_outage_during_ingestion_loses_nothing_and_duplicates_nothing(
@@ -125,17 +122,17 @@ def test_outage_during_ingestion_loses_nothing_and_duplicates_nothing(
                 vm.stop()
                 outage = time.monotonic()
             elif outage is not None and vm.proc is None and time.monotonic() - outage > 1.2:
-                assert store.backlog("cloud").count > 0
+                assert sink_backlog(store, "cloud").count > 0
                 vm.start()
             time.sleep(0.01)
         deadline = time.monotonic() + 20
-        while store.backlog("cloud").count and time.monotonic() < deadline:
+        while sink_backlog(store, "cloud").count and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         fwd.stop()
         thread.join(5)
         fwd.close()
-    assert store.backlog("cloud").count == 0
+    assert sink_backlog(store, "cloud").count == 0
     assert metrics.sink_errors.labels("cloud", "connection")._value.get() > 0
     got = {k: v for k, (_, v) in exported(vm, site).items()}
     want = expected(store)
@@ -155,8 +152,8 @@ def test_v2_against_a_server_without_the_v2_api_blocks_without_losing_data(
         fwd.step()
     message = str(err.value)
     assert "HTTP 404" in message and "cloud" in message and token not in message
-    assert store.rejected_count() == 0 and store.backlog("cloud").count == 12
-    assert store.cursor("cloud", READINGS) == 0
+    assert store.cursors.rejected_count() == 0 and sink_backlog(store, "cloud").count == 12
+    assert store.cursors.position("cloud", READINGS) == 0
     caplog.set_level("DEBUG")
     fwd.backoff_max = 0.05
     thread = threading.Thread(target=fwd.run, daemon=True)

@@ -93,7 +93,7 @@ def test_recover_copies_what_can_be_read_into_a_new_store(tmp_path: Path, shell:
     assert digest(db) == before
     with Store.open(new, must_exist=True) as store:
         assert store.check(full=True) == []
-        kept = store.count_readings()
+        kept = store.readings.count_readings()
     # one page of readings is gone, the rest is there
     assert READINGS * 0.9 < kept < READINGS
     assert energyd("store", "check", "-c", config(tmp_path, new)).returncode == 0
@@ -101,7 +101,7 @@ def test_recover_copies_what_can_be_read_into_a_new_store(tmp_path: Path, shell:
     again = energyd(*args)
     assert again.returncode == 1 and "already exists" in again.stderr
     with Store.open(new, must_exist=True) as store:
-        assert store.count_readings() == kept
+        assert store.readings.count_readings() == kept
 
 
 def test_an_intact_store_checks_clean(tmp_path: Path) -> None:

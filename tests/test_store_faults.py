@@ -92,7 +92,7 @@ def rss_kb(pid: int) -> int:
 def counter_times(db: Path) -> dict[str, list[int]]:
     with Store.open(db, must_exist=True) as store:
         out: dict[str, list[int]] = {}
-        for r in store.query_readings():
+        for r in store.readings.query_readings():
             if not QUANTITIES[r.quantity].sheddable:
                 out.setdefault(f"{r.device}/{r.quantity}", []).append(r.time_ms)
         return out
@@ -199,7 +199,7 @@ def test_a_full_disk_is_a_named_state_with_bounded_memory_and_logs_and_nothing_l
 
         # every reading the daemon said it committed is in the store
         with Store.open(db, must_exist=True) as store:
-            assert store.count_readings() >= committed_in_all
+            assert store.readings.count_readings() >= committed_in_all
         # counters were never shed: every poll's counter readings, through the full disk
         times = counter_times(db)
         assert times

@@ -53,16 +53,16 @@ def test_a_poll_is_one_row_and_a_resent_batch_is_ignored(store: Store) -> None:
     assert store.commit_samples(flush, [("m1", 1000, None)]) == 3
     assert store.commit_samples(flush, []) == 0  # the committer died before answering
     assert stored(store, "SELECT count(*) FROM samples")[0][0] == 3
-    assert store.count_readings() == 9
-    rows, end, more = store.reading_chunk(0, 2**62, 4)  # whole samples: 6 readings
+    assert store.readings.count_readings() == 9
+    rows, end, more = store.readings.reading_chunk(0, 2**62, 4)  # whole samples: 6 readings
     assert [v for _, _, v in rows] == [231.0, 232.0, 233.0, 232.0, 233.0, 234.0]
-    assert not more or store.count_after(end) == 3
-    assert end == store.readings_after(0, 6)[-1].id
-    rest, top, more = store.reading_chunk(end, 2**62, 100)
-    assert len(rest) == 3 and not more and top == store.last_reading_id()
+    assert not more or store.readings.count_after(end) == 3
+    assert end == store.readings.readings_after(0, 6)[-1].id
+    rest, top, more = store.readings.reading_chunk(end, 2**62, 100)
+    assert len(rest) == 3 and not more and top == store.readings.last_reading_id()
     # a reading's id is its sample's id * SLOTS + its position
-    assert [r.id % SLOTS for r in store.readings_after(0, 9)] == [0, 1, 2] * 3
-    counter = store.latest("m1", "active_energy_import_kwh")
+    assert [r.id % SLOTS for r in store.readings.readings_after(0, 9)] == [0, 1, 2] * 3
+    counter = store.readings.latest("m1", "active_energy_import_kwh")
     assert counter is not None and (counter.time_ms, counter.value) == (3000, 235.0)
 
 
@@ -74,7 +74,7 @@ def test_an_import_skips_what_a_poll_stored_in_another_layout(store: Store) -> N
     clash = [(a, 1000, 999.0, 0), (a, 2000, 231.0, 0), (a, 2000, 232.0, 0)]
     with store._writing() as conn:  # the store's own bulk path
         assert store.insert_series_rows(conn, clash) == 1  # 1000 is known, 2000 twice
-    assert store.series_values(a, 0, 3000) == [(1000, 230.0), (2000, 231.0)]
+    assert store.readings.series_values(a, 0, 3000) == [(1000, 230.0), (2000, 231.0)]
 
 
 def test_quota_keeps_the_counters_of_a_mixed_sample_under_the_same_id(store: Store) -> None:
@@ -83,16 +83,16 @@ def test_quota_keeps_the_counters_of_a_mixed_sample_under_the_same_id(store: Sto
     flush = [s for k in range(2000)
              for s in group_rows([(sid, 1000 * k, float(k), 0) for sid in ids])]
     store.commit_samples(flush, [])
-    first = store.readings_after(0, 3)
+    first = store.readings.readings_after(0, 3)
     store.quota = store.size_bytes() // 2
     shed = store.enforce_quota(batch=500)
     assert shed > 0 and shed % 2 == 0
-    counters = list(store.query_readings(quantity="active_energy_import_kwh"))
+    counters = list(store.readings.query_readings(quantity="active_energy_import_kwh"))
     assert [r.value for r in counters] == [float(k) for k in range(2000)]
     # the oldest sample now holds only its counter, at its old sample id
     assert counters[0].id // SLOTS == first[0].id // SLOTS
-    assert not store.series_values(ids[0], 0, 0)
-    assert len(store.series_values(ids[0], 0, 2_000_000)) == 2000 - shed // 2
+    assert not store.readings.series_values(ids[0], 0, 0)
+    assert len(store.readings.series_values(ids[0], 0, 2_000_000)) == 2000 - shed // 2
 
 
 def test_migration_packs_readings_and_moves_every_position(tmp_path: Path) -> None:
@@ -121,16 +121,17 @@ def test_migration_packs_readings_and_moves_every_position(tmp_path: Path) -> No
     conn.commit()
     conn.close()
     with Store.open(path) as store:
-        assert store.count_readings() == 9
-        assert store.cursor("influx", READINGS) == 4 * SLOTS
-        assert store.cursor("influx", "rollups") == 7  # not a reading id
-        assert store.count_after(store.cursor("influx", READINGS)) == 5
+        assert store.readings.count_readings() == 9
+        assert store.cursors.position("influx", READINGS) == 4 * SLOTS
+        assert store.cursors.position("influx", "rollups") == 7  # not a reading id
+        assert store.readings.count_after(store.cursors.position("influx", READINGS)) == 5
         assert store.meta.get("accounting.readings_position") == 6 * SLOTS
         rejected = stored(store, "SELECT item FROM rejected")[0][0]
-        assert [r.value for r in store.readings_after(rejected - 1, 1)] == [3.0]
-        assert [(r.value, r.quality) for r in store.readings_after(4 * SLOTS, 1)] == [(5.0, 2)]
+        assert [r.value for r in store.readings.readings_after(rejected - 1, 1)] == [3.0]
+        assert [(r.value, r.quality)
+                for r in store.readings.readings_after(4 * SLOTS, 1)] == [(5.0, 2)]
         store.insert_readings([Reading(T0 + timedelta(hours=1), "m1", "active_power_kw", 1.0)])
-        assert store.last_reading_id() > 10 * SLOTS  # above the deleted newest id
+        assert store.readings.last_reading_id() > 10 * SLOTS  # above the deleted newest id
 
 
 def test_a_full_disk_leaves_no_layout_id_behind_for_another_process_to_reuse(tmp_path: Path):
@@ -148,8 +149,8 @@ def test_a_full_disk_leaves_no_layout_id_behind_for_another_process_to_reuse(tmp
         # another process makes a layout, which may get the id the failed one had
         importer.insert_readings([Reading(from_ms(500), "m1", "voltage_l1_v", 230.0)])
         store.commit_samples(group_rows([(power, 9000, 7.0, 0), (volts, 9000, 231.0, 0)]), [])
-        assert importer.series_values(power, 0, 10_000) == [(9000, 7.0)]
-        assert importer.series_values(volts, 0, 10_000) == [(500, 230.0), (9000, 231.0)]
+        assert importer.readings.series_values(power, 0, 10_000) == [(9000, 7.0)]
+        assert importer.readings.series_values(volts, 0, 10_000) == [(500, 230.0), (9000, 231.0)]
 
 
 def test_a_message_with_a_new_series_is_packed_as_it_will_be_when_delivered_again(store: Store,
@@ -162,7 +163,7 @@ def test_a_message_with_a_new_series_is_packed_as_it_will_be_when_delivered_agai
         writer.flush_sync()
         writer.submit(list(message))  # QoS 1: the broker delivers it again
         writer.flush_sync()
-    assert store.count_readings() == 2
+    assert store.readings.count_readings() == 2
     assert stored(store, "SELECT count(*) FROM samples")[0][0] == 1
 
 
@@ -171,13 +172,13 @@ def test_quota_leaves_a_sample_alone_when_a_cursor_points_inside_it(store: Store
                                                "active_energy_import_kwh")]
     store.commit_samples([s for k in range(200) for s in group_rows(
         [(sid, 1000 * k, float(k), 0) for sid in ids])], [])
-    first = store.readings_after(0, 3)
+    first = store.readings.readings_after(0, 3)
     # resend from the first sample's second reading on (deploy/influxdb/README.md)
-    store.set_cursor("influx", READINGS, first[0].id)
-    assert store.count_after(first[0].id) == 3 * 200 - 1
+    store.cursors.move("influx", READINGS, first[0].id)
+    assert store.readings.count_after(first[0].id) == 3 * 200 - 1
     store.quota = store.size_bytes() // 2
     assert store.enforce_quota(batch=50) > 0
-    rest = store.readings_after(first[0].id, 2)
+    rest = store.readings.readings_after(first[0].id, 2)
     assert [(r.quantity, r.value) for r in rest] == [
         ("voltage_l1_v", 0.0), ("active_energy_import_kwh", 0.0)]
 
@@ -207,18 +208,18 @@ def test_a_series_held_in_two_layouts_reads_back_as_one(store: Store) -> None:
     store.commit_samples(group_rows([(a, 3000, 232.0, 0), (b, 3000, 6.0, 0)]), [])
     store.commit_samples(group_rows([(a, 2000, 231.0, 0)]), [])
     store.commit_samples(group_rows([(a, 1000, 230.0, 0), (b, 1000, 5.0, 0)]), [])
-    by_time = [(t, q, v) for t, _, q, v, _ in store.readings_in(0, 4000)]
+    by_time = [(t, q, v) for t, _, q, v, _ in store.readings.readings_in(0, 4000)]
     assert by_time == [(1000, "current_l1_a", 5.0), (1000, "voltage_l1_v", 230.0),
                        (2000, "voltage_l1_v", 231.0),
                        (3000, "current_l1_a", 6.0), (3000, "voltage_l1_v", 232.0)]
-    by_series = [(q, t) for t, _, q, _, _ in store.readings_in(0, 4000, by_series=True)]
+    by_series = [(q, t) for t, _, q, _, _ in store.readings.readings_in(0, 4000, by_series=True)]
     assert by_series == [("current_l1_a", 1000), ("current_l1_a", 3000),
                          ("voltage_l1_v", 1000), ("voltage_l1_v", 2000),
                          ("voltage_l1_v", 3000)]
-    assert [r.value for r in store.query_readings(quantity="voltage_l1_v")] == [
+    assert [r.value for r in store.readings.query_readings(quantity="voltage_l1_v")] == [
         230.0, 231.0, 232.0]
-    assert store.series_time_before(a, 3000) == 2000
-    assert store.latest("m1", "voltage_l1_v").value == 232.0
+    assert store.readings.series_time_before(a, 3000) == 2000
+    assert store.readings.latest("m1", "voltage_l1_v").value == 232.0
 
 
 def test_a_sparse_import_over_densely_stored_time_finds_what_is_held(store: Store) -> None:
@@ -228,5 +229,5 @@ def test_a_sparse_import_over_densely_stored_time_finds_what_is_held(store: Stor
     sparse = [(a, 0, 1.0, 0), (a, 999_500, 2.0, 0), (a, 1_999_000, 3.0, 0)]
     with store._writing() as conn:  # the store's own bulk path
         assert store.insert_series_rows(conn, sparse) == 1  # only 999,500 is new
-    assert store.series_values(a, 999_000, 1_000_000) == [
+    assert store.readings.series_values(a, 999_000, 1_000_000) == [
         (999_000, 230.0), (999_500, 2.0), (1_000_000, 230.0)]

@@ -30,7 +30,7 @@ def poll(device: str, second: int, values: tuple[float, ...] = (1.0, 2.0)) -> li
 def stored(path: Path) -> list[tuple[str, str, int, float]]:
     with Store.open(path) as store:
         return sorted((r.device, r.quantity, r.time_ms, r.value)
-                      for r in store.query_readings())
+                      for r in store.readings.query_readings())
 
 
 def gone(pid: int, timeout: float) -> bool:
@@ -169,14 +169,14 @@ def test_a_replay_is_ignored_and_a_conflict_kept_apart(tmp_path: Path) -> None:
         writer.flush_sync()
         assert found == [{"m1": 1, "m2": 3}]
         assert writer.conflicts == {"m1": 1, "m2": 3}
-        assert store.conflict_counts() == {"m1": 1, "m2": 3}
+        assert store.readings.conflict_counts() == {"m1": 1, "m2": 3}
         assert [(c.device, c.quantity, c.time_ms - to_ms(T0), c.value, c.stored)
-                for c in store.conflicts()] == [
+                for c in store.readings.conflicts()] == [
             ("m1", "active_energy_import_kwh", 0, 9.0, 2.0),
             ("m2", "active_energy_import_kwh", 0, 8.0, 2.0),
             ("m2", "active_power_kw", 0, 7.0, 1.0),
             ("m2", "active_power_kw", 1000, 5.5, 5.0)]
-        assert [c.device for c in store.conflicts("m1")] == ["m1"]
+        assert [c.device for c in store.readings.conflicts("m1")] == ["m1"]
     assert stored(path) == [
         ("m1", "active_energy_import_kwh", to_ms(T0), 2.0),
         ("m1", "active_power_kw", to_ms(T0), 1.0),
@@ -203,11 +203,11 @@ def test_a_reading_held_by_another_layout_is_not_stored_twice(tmp_path: Path) ->
         writer.flush_sync()
         assert writer.conflicts == {"m1": 2}
         assert [(c.quantity, c.time_ms - to_ms(T0), c.value, c.stored)
-                for c in store.conflicts()] == [
+                for c in store.readings.conflicts()] == [
             ("active_energy_import_kwh", 1000, 3.0, 2.0),
             ("active_power_kw", 1000, 4.0, 1.0)]
-        assert store.count_readings() == 5  # nothing stored twice, whatever a reader asks
-        after = [(r.quantity, r.value) for r in store.readings_after(0, 100)]
+        assert store.readings.count_readings() == 5  # nothing stored twice, whatever a reader asks
+        after = [(r.quantity, r.value) for r in store.readings.readings_after(0, 100)]
         assert sorted(after) == [("active_energy_import_kwh", 2.0),
                                  ("active_energy_import_kwh", 2.0),
                                  ("active_power_kw", 1.0), ("active_power_kw", 1.0),
@@ -223,6 +223,6 @@ def test_a_conflict_between_layouts_within_one_flush_is_found(tmp_path: Path) ->
         writer.submit(poll("m1", 5))  # the pair, later than either layout held
         writer.submit([Reading(T0 + timedelta(seconds=5), "m1", "active_power_kw", 7.0)])
         writer.flush_sync()
-        assert [(c.time_ms - to_ms(T0), c.value, c.stored) for c in store.conflicts()] == [
+        assert [(c.time_ms - to_ms(T0), c.value, c.stored) for c in store.readings.conflicts()] == [
             (5000, 7.0, 1.0)]
-        assert store.count_readings() == 4
+        assert store.readings.count_readings() == 4

@@ -122,7 +122,7 @@ class AlertEngine:
         wanted = {d for r in self._rules if r.reads_silence for d in self._devices[r.name]}
         for device, quantity in self.store.series():
             if device in wanted:
-                latest = self.store.latest(device, quantity)
+                latest = self.store.readings.latest(device, quantity)
                 # a time stamped under a suspect clock says nothing of how long ago it was
                 if latest is not None and latest.quality != Quality.CLOCK_SUSPECT:
                     self._last_seen[device] = max(self._last_seen.get(device, 0), latest.time_ms)

@@ -93,13 +93,13 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
     health = daemon_health(config)
     with Store.open(config.storage.path, must_exist=True) as store:
         polls = store.device_status()
-        conflicts = store.conflict_counts()
+        conflicts = store.readings.conflict_counts()
         devices = []
         for d in config.devices:
             last = None
             for device, quantity in store.series():
                 if device == d.name:
-                    r = store.latest(device, quantity)
+                    r = store.readings.latest(device, quantity)
                     if r is not None and (last is None or r.time_ms > last):
                         last = r.time_ms
             p = polls.get(d.name, {})
@@ -127,7 +127,7 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
                     "oldest_unsent_age_s":
                         round((now_ms - b.oldest_ms) / 1000, 1) if b.oldest_ms else None,
                 }
-            entry["rejected"] = store.rejected_count(s.name)
+            entry["rejected"] = store.cursors.rejected_count(s.name)
             live = health.get(f"sink:{s.name}")
             entry["last_error"] = live.get("last_error") if isinstance(live, dict) else None
             sinks.append(entry)
@@ -140,8 +140,9 @@ def _collect(config: Config, now: datetime | None) -> dict[str, Any]:
                        "pending_readings": health.get("pending_readings"),
                        "shed_readings": health.get("shed_readings")},
             "store": {"path": str(config.storage.path), "bytes_used": store.size_bytes(),
-                      "bytes_on_disk": store.file_bytes(), "readings": store.count_readings(),
-                      "held_for_review": store.held_count(),
+                      "bytes_on_disk": store.file_bytes(),
+                      "readings": store.readings.count_readings(),
+                      "held_for_review": store.readings.held_count(),
                       "disk_free_bytes": disk.free,
                       "conflicts": conflicts},
             "devices": devices,
@@ -159,7 +160,7 @@ def recent_activity(store: Store, config: Config, *, hourly: int = 12, air: int 
     polls = store.device_status()
     devices = []
     for d in config.devices:
-        r = store.latest(d.name, "active_power_kw")
+        r = store.readings.latest(d.name, "active_power_kw")
         p = polls.get(d.name, {})
         devices.append({
             "device": d.name, "role": d.role, "driver": d.driver, "interval_s": d.interval,
@@ -175,7 +176,7 @@ def recent_activity(store: Store, config: Config, *, hourly: int = 12, air: int 
         "hourly": [asdict(r) for r in store.recent.rollups(hourly)],
         "air": [asdict(r) for r in store.recent.air_hours(stations, air)],
         "alerts": [asdict(e) for e in store.episodes.newest_first(limit=alerts)],
-        "readings": store.count_readings(),
+        "readings": store.readings.count_readings(),
         "backlog": sink_backlog(store, config.all_sinks[0].name).count if config.all_sinks
         else None,
     }

@@ -133,7 +133,7 @@ class MqttComponent:
         self.ctx.health["mqtt"] = self._health
         filters = self.mapper.filters()
         key = f"mqtt.filters.{self.options.client_id}"
-        previous = await asyncio.to_thread(self.ctx.store.get_meta, key, [])
+        previous = await asyncio.to_thread(self.ctx.store.meta.get, key, [])
         sub = self.subscriber = Subscriber(self.options, filters, on_message=self._on_message,
                                            on_connected=self._connected, stale=previous)
         saved = previous == filters
@@ -149,7 +149,7 @@ class MqttComponent:
                     self._publish_counts()  # also when nothing is committed (all refused)
                 if not saved and sub.subscribed and not sub.stale:
                     # remembered once the broker has the new set, for the next start
-                    await asyncio.to_thread(self.ctx.store.set_meta, key, filters)
+                    await asyncio.to_thread(self.ctx.store.meta.set, key, filters)
                     saved = True
                 if not wanted:
                     continue
@@ -164,7 +164,7 @@ class MqttComponent:
             # Stop taking messages; commit and acknowledge what was taken; then leave.
             self._taking = False
             if not saved and sub.subscribed and not sub.stale:
-                self.ctx.store.set_meta(key, filters)
+                self.ctx.store.meta.set(key, filters)
             try:
                 await asyncio.shield(self.ctx.writer.flush())
             except BaseException:

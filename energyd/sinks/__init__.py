@@ -7,7 +7,6 @@
     influxdb_v1/          InfluxDB 1.x `/write`
     influxdb_v2/          the v2 write API through influxdb-client (synchronous)
     file/                 line protocol appended to a file
-    rejections            refused points become one alert episode per sink
 
 `for_sink(sink, config, store)` builds a configured forwarder; the daemon runs one per
 `sinks:` entry and per `influxdb:` entry (energyd/daemon/forwarding.py). The names below are
@@ -116,7 +115,7 @@ def forward_once(config: Config, *, sinks: list[str] | None = None, timeout: flo
             finally:
                 forwarder.close()
             entry["backlog"] = forwarder.backlog().count
-            entry["rejected"] = store.rejected_count(sink.name)
+            entry["rejected"] = store.cursors.rejected_count(sink.name)
             report.append(entry)
     return report
 

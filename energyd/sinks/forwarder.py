@@ -87,7 +87,7 @@ def unsent(streams: Streams, positions: dict[str, int], stream: str) -> Backlog:
 
 def backlog(store: Store, sink: str, stream: str = READINGS) -> Backlog:
     """What the sink named `sink` has not sent yet of `stream`, from its cursors."""
-    return unsent(Streams(store), store.sink_positions(sink), stream)
+    return unsent(Streams(store), store.cursors.positions(sink), stream)
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class Forwarder:
         self.backoff_max = backoff_max
         self.metrics = metrics
         self.report = report
-        self._pos = store.sink_positions(name)
+        self._pos = store.cursors.positions(name)
         # readings per point (quantities per poll): sizes the reads, learnt from each chunk
         self._ratio = self.streams.readings.readings_per_poll()
         self._names: dict[int, tuple[str, str]] = {}  # series id -> (device, quantity)
@@ -172,7 +172,7 @@ class Forwarder:
 
     def _commit(self, positions: dict[str, int | None],
                 rejected: Sequence[tuple[str, int, str]] = ()) -> None:
-        self.store.commit_sink(self.name, positions, rejected)
+        self.store.cursors.commit(self.name, positions, rejected)
         for stream, value in positions.items():
             if value is None:
                 self._pos.pop(stream, None)

@@ -54,7 +54,7 @@ class Certificates:
         out: dict[str, CertificateRecord] = {}
         for i in range(0, len(wanted), 500):
             chunk = wanted[i:i + 500]
-            for row in self._store.execute(
+            for row in self._store._read(
                     f"SELECT {_COLUMNS} FROM granular_certificates "
                     f"WHERE id IN ({','.join('?' * len(chunk))})", chunk):
                 rec = _record(row)
@@ -66,7 +66,7 @@ class Certificates:
         """Store each (certificate, origin) the store does not hold yet, in one transaction.
         Returns the ids added and the ids already held (left as they were)."""
         added, already = [], []
-        with self._store.transaction() as conn:
+        with self._store._writing() as conn:
             for rec, origin in records:
                 cur = conn.execute(
                     f"INSERT INTO granular_certificates ({_COLUMNS}, imported, origin) "
@@ -79,15 +79,15 @@ class Certificates:
 
     def produced_between(self, start_ms: int, end_ms: int) -> list[CertificateRecord]:
         """Certificates whose production starts in [start_ms, end_ms), by start and id."""
-        return [_record(r) for r in self._store.execute(
+        return [_record(r) for r in self._store._read(
             f"SELECT {_COLUMNS} FROM granular_certificates WHERE production_start >= ? "
             "AND production_start < ? ORDER BY production_start, id", (start_ms, end_ms))]
 
     def backing_wh(self, instrument: str) -> float:
         """The Wh of the stored certificates that detail an annual instrument's production."""
-        return float(self._store.execute(
+        return float(self._store._read(
             "SELECT coalesce(sum(wh), 0) FROM granular_certificates WHERE backs = ?",
             (instrument,))[0][0])
 
     def count(self) -> int:
-        return int(self._store.execute("SELECT count(*) FROM granular_certificates")[0][0])
+        return int(self._store._read("SELECT count(*) FROM granular_certificates")[0][0])

@@ -353,7 +353,8 @@ def export_readings(store: Store, out: TextIO, start: datetime, end: datetime,
     writer.writerow(EXPORT_HEADER if notes is None else [*EXPORT_HEADER, "validation"])
     names = {int(q): q.name.lower() for q in Quality}
     try:
-        for t, d, q, v, quality in store.readings_in(to_ms(start), to_ms(end), device=device):
+        for t, d, q, v, quality in store.readings.readings_in(to_ms(start), to_ms(end),
+                                                               device=device):
             stamp = from_ms(t).isoformat(timespec="milliseconds")
             row: tuple[str, ...] = (stamp, d, q, repr(v), names.get(quality, str(quality)))
             if notes is not None:

@@ -36,7 +36,7 @@ class RecentHours:
 
     def rollups(self, limit: int) -> list[RecentRollup]:
         """The newest hourly rollups, newest hour first, devices by name within an hour."""
-        return [RecentRollup(*row) for row in self._store.execute(
+        return [RecentRollup(*row) for row in self._store._read(
             "SELECT hour, device, mwh, source, coverage, tco2_location, tco2_market "
             "FROM rollups ORDER BY hour DESC, device LIMIT ?", (limit,))]
 
@@ -44,7 +44,7 @@ class RecentHours:
         """The newest hours of these compressed-air stations, newest first."""
         if not stations:
             return []
-        return [RecentAirHour(*row) for row in self._store.execute(
+        return [RecentAirHour(*row) for row in self._store._read(
             "SELECT hour, device, kwh, m3, specific_power, loaded_share FROM air_hourly "
             f"WHERE device IN ({','.join('?' * len(stations))}) ORDER BY hour DESC LIMIT ?",
             (*stations, limit))]

@@ -12,10 +12,11 @@ how and why); the methods here take and give readings, so no layer above needs t
 
 `Store` owns the connection, the caches and the writing of readings; what the layers above
 read and write goes through its repositories, one module each: `store.readings`
-(readings.py), `store.rollups`, `store.statements`, `store.certificates`, `store.air`,
-`store.meta`, `store.episodes`. `store.atomic()` makes their writes one transaction.
-No SQL is written outside energyd/store/ (tests/test_no_sql_outside_store.py); `execute` and
-`transaction` are left only for the modules that test lists as not yet converted.
+(readings.py), `store.cursors`, `store.rollups`, `store.statements`, `store.certificates`,
+`store.air`, `store.meta`, `store.episodes` and `store.outbox`. `store.atomic()` makes
+their writes one transaction. The connection never leaves energyd/store/: the repositories
+reach it through `_read` and `_writing`, and no SQL is written outside the package
+(tests/test_no_sql_outside_store.py).
 
 Lifecycle: `Store.open(path)` or `with Store.open(path) as store:`; `close()` is idempotent.
 """
@@ -32,7 +33,7 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,6 @@ from energyd.store.readings import (
     HELD_REVIEWED,
     Conflict,
     Readings,
-    StoredReading,
     _layout_of,
 )
 from energyd.store.recent import RecentHours
@@ -245,16 +245,6 @@ class Store:
         with self._lock:
             self._check_open()
             return self._conn.execute(sql, params).fetchall()
-
-    # Only for code not yet converted to the repositories (alerts/, sinks/forwarder.py,
-    # demo.py): no layer above the store is to run SQL; these two go once it no longer does.
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        """Only for code not yet converted to the repositories: a raw transaction."""
-        return self._writing()
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Only for code not yet converted to the repositories: a raw read."""
-        return self._read(sql, params)
 
     # --- series -------------------------------------------------------------------------
 
@@ -526,7 +516,7 @@ class Store:
 
     def insert_rows(self, conn: sqlite3.Connection,
                     rows: Iterable[tuple[int, str, str, float, int]]) -> int:
-        """Insert (time_ms, device, quantity, value, quality) rows inside `transaction()`;
+        """Insert (time_ms, device, quantity, value, quality) rows inside `_writing()`;
         returns how many were new."""
         known = self._series
         params = [((known.get((device, quantity)) or self.series_id(device, quantity, conn)),
@@ -537,7 +527,7 @@ class Store:
                            params: list[tuple[int, int, float, int]],
                            conflicts: list[Conflict] | None = None,
                            origin: str = "import") -> int:
-        """Insert (series id, time ms, value, quality) rows inside `transaction()`; returns
+        """Insert (series id, time ms, value, quality) rows inside `_writing()`; returns
         how many were new. For bulk paths (imports, backfills): a reading of a series and time
         the store holds already is left out, so replays and re-imports are harmless whatever
         samples the readings were first stored in. One with another value than the stored
@@ -612,105 +602,8 @@ class Store:
             self._layouts.clear()
             self._load_layouts()
 
-    # --- readings: `store.readings`; these stay for the callers not yet converted -------
-
-    def conflict_counts(self) -> dict[str, int]:
-        return self.readings.conflict_counts()
-
-    def conflicts(self, device: str | None = None, limit: int = 1000) -> list[Conflict]:
-        return self.readings.conflicts(device, limit)
-
-    def query_readings(
-        self, *, device: str | None = None, quantity: str | None = None,
-        start_ms: int | None = None, end_ms: int | None = None, batch: int = 10000,
-    ) -> Iterator[StoredReading]:
-        return self.readings.query_readings(device=device, quantity=quantity,
-                                            start_ms=start_ms, end_ms=end_ms, batch=batch)
-
-    def latest(self, device: str, quantity: str) -> StoredReading | None:
-        return self.readings.latest(device, quantity)
-
-    def count_readings(self) -> int:
-        return self.readings.count_readings()
-
-    def readings_in(
-        self, start_ms: int, end_ms: int, *, device: str | None = None, by_series: bool = False,
-    ) -> Iterator[tuple[int, str, str, float, int]]:
-        return self.readings.readings_in(start_ms, end_ms, device=device, by_series=by_series)
-
-    def series_time_before(self, series: int, time_ms: int) -> int | None:
-        return self.readings.series_time_before(series, time_ms)
-
-    def series_time_from(self, series: int, time_ms: int) -> int | None:
-        return self.readings.series_time_from(series, time_ms)
-
-    def series_first_time(self, series: int) -> int | None:
-        return self.readings.series_first_time(series)
-
-    def series_values(self, series: int, first_ms: int, last_ms: int) -> list[tuple[int, float]]:
-        return self.readings.series_values(series, first_ms, last_ms)
-
-    def held(self) -> list[tuple[str, str, int, int, int]]:
-        return self.readings.held()
-
-    def held_count(self) -> int:
-        return self.readings.held_count()
-
-    def mark_held_reviewed(self) -> int:
-        return self.readings.mark_held_reviewed()
-
-    def series_readings(
-        self, series: int, first_ms: int, last_ms: int,
-    ) -> list[tuple[int, float, int]]:
-        return self.readings.series_readings(series, first_ms, last_ms)
-
-    def last_reading_id(self) -> int:
-        return self.readings.last_reading_id()
-
-    def reading_chunk(
-        self, after: int, upto: int, count: int,
-    ) -> tuple[list[tuple[int, int, float]], int, bool]:
-        return self.readings.reading_chunk(after, upto, count)
-
-    def readings_after(self, position: int, limit: int) -> list[StoredReading]:
-        return self.readings.readings_after(position, limit)
-
-    def count_after(self, position: int, at_least: int | None = None) -> int:
-        return self.readings.count_after(position, at_least)
-
-    def reading_id_back(self, count: int, floor: int) -> int:
-        return self.readings.reading_id_back(count, floor)
-
-    def earliest_by_series(self, after: int, upto: int) -> dict[int, int]:
-        return self.readings.earliest_by_series(after, upto)
-
-    def poll_reading_ids(self, device: str, time_ms: int, after: int, upto: int) -> list[int]:
-        return self.readings.poll_reading_ids(device, time_ms, after, upto)
-
-    # --- sink cursors: `store.cursors`; these stay for the callers not yet converted -------
-
-    # the forwarder's cursors of a readings backlog drained behind the live tail, until it
-    # asks `cursors.backlog` with its own names
-    _FORWARDER_SPLIT = ("readings.gap", "readings.live")
-
-    def cursor(self, sink: str, stream: str = READINGS) -> int:
-        return self.cursors.position(sink, stream)
-
-    def set_cursor(self, sink: str, stream: str, position: int) -> None:
-        self.cursors.move(sink, stream, position)
-
-    def sink_positions(self, sink: str) -> dict[str, int]:
-        return self.cursors.positions(sink)
-
-    def commit_sink(self, sink: str, positions: dict[str, int | None],
-                    rejected: Iterable[tuple[str, int, str]] = ()) -> None:
-        self.cursors.commit(sink, positions, rejected)
-
-    def backlog(self, sink: str, stream: str = READINGS) -> Backlog:
-        return self.cursors.backlog(sink, stream, self._FORWARDER_SPLIT)
-
-    def rejected_count(self, sink: str | None = None) -> int:
-        return self.cursors.rejected_count(sink)
+    # --- what callers outside the store's own area still ask of it directly -----------
+    # (alerts/engine.py, daemon/subscriptions.py); everything else asks the repositories
 
     # --- change sequence for rollups and alerts -----------------------------------------
 
@@ -732,14 +625,6 @@ class Store:
     @functools.cached_property
     def recent(self) -> RecentHours:
         return RecentHours(self)
-
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        """`meta.get`, for the callers not yet converted."""
-        return self.meta.get(key, default)
-
-    def set_meta(self, key: str, value: Any) -> None:
-        """`meta.set`, for the callers not yet converted."""
-        self.meta.set(key, value)
 
     # --- device status ----------------------------------------------------------------
 

@@ -79,15 +79,15 @@ class ReadingStream:
               ) -> Chunk[tuple[int, int, float]]:
         """Whole polls of the readings with ids in (position, upto] until at least `n`
         are in."""
-        rows, end, more = self._store.reading_chunk(position, upto, n)
+        rows, end, more = self._store.readings.reading_chunk(position, upto, n)
         return Chunk(rows, end, more)
 
     def count_after(self, position: int, at_least: int | None = None) -> int:
-        return self._store.count_after(position, at_least=at_least)
+        return self._store.readings.count_after(position, at_least=at_least)
 
     def position_back(self, n: int, floor: int) -> int:
         """A position >= floor with at least `n` readings after it (floor if fewer)."""
-        return self._store.reading_id_back(n, floor)
+        return self._store.readings.reading_id_back(n, floor)
 
     def pending(self, ranges: list[tuple[int, int]]) -> Backlog:
         """How many readings have ids in the (after, upto] ranges (disjoint), and the
@@ -99,24 +99,24 @@ class ReadingStream:
             n = self.count_after(after) - (self.count_after(upto) if upto < TOP else 0)
             if n > 0:
                 count += n
-                t = self._store._oldest_after(after, upto)
+                t = self._store.readings.oldest_after(after, upto)
                 if t is not None:
                     times.append(t)
         return Backlog(count, min(times) if times else None)
 
     def poll_ids(self, device: str, time_ms: int, after: int, upto: int) -> list[int]:
         """The ids in (after, upto] of one poll of `device` (a point is one poll)."""
-        return self._store.poll_reading_ids(device, time_ms, after, upto)
+        return self._store.readings.poll_reading_ids(device, time_ms, after, upto)
 
     def series_names(self) -> dict[int, tuple[str, str]]:
         """series id -> (device, quantity): what a reading row's series id stands for."""
         return {sid: (device, quantity) for sid, device, quantity in
-                self._store.execute("SELECT id, device, quantity FROM series")}
+                self._store._read("SELECT id, device, quantity FROM series")}
 
     def readings_per_poll(self) -> float:
         """Quantities per device and poll on average (1.0 in an empty store): how many
         readings make one point."""
-        return float(self._store.execute(
+        return float(self._store._read(
             "SELECT coalesce(count(*) * 1.0 / count(DISTINCT device), 1.0) FROM series")[0][0])
 
 
@@ -143,13 +143,13 @@ class TableStream(Generic[Row]):
         self._sql, self._row = _TABLES[name]
 
     def after(self, position: int, n: int) -> Chunk[Row]:
-        rows = [self._row(*r) for r in self._store.execute(self._sql, (position, n))]
+        rows = [self._row(*r) for r in self._store._read(self._sql, (position, n))]
         return Chunk(rows, rows[-1].seq if rows else position, len(rows) == n)
 
     def pending(self, position: int) -> Backlog:
         """How many rows have a seq above `position`, and the earliest time among them."""
         table, when = _PENDING[self.name]
-        count, oldest = self._store.execute(
+        count, oldest = self._store._read(
             f"SELECT count(*), min({when}) FROM {table} WHERE seq > ?", (position,))[0]
         return Backlog(count, oldest)
 
