@@ -18,11 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from energyd.cli import cli
 from energyd.clock import ManualClock
-from energyd.config.loader import parse_config
+from energyd.config.loader import load_config, parse_config
 from energyd.daemon import polling
 from energyd.daemon.app import Daemon
 from energyd.drivers.dlt645 import codec
@@ -136,6 +138,18 @@ def test_a_profile_file_with_errors_is_refused_at_its_line(tmp_path: Path) -> No
     text = str(err.value)
     assert "meter.yaml:3" in text and "unknown quantity 'active_energy_kwh'" in text
     assert "0201FF" in text and "XXX.XX" in text
+    # named by a device, the same file stops the configuration at the device's line, with
+    # the profile's own line (check-config and start-up load it through the options model)
+    config = tmp_path / "plant.yaml"
+    config.write_text("devices:\n  - name: m\n    driver: dlt645\n    dlt645: {serial_port: "
+                      "/dev/ttyS1, address: '1', profile: meter.yaml}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    text = str(err.value)
+    assert f"{config}:4" in text and "DL/T 645 profile has errors" in text, text
+    assert "meter.yaml:3" in text and "unknown quantity 'active_energy_kwh'" in text, text
+    result = CliRunner().invoke(cli, ["check-config", "-c", str(config)])
+    assert result.exit_code == 2 and "meter.yaml:3" in result.output, result.output
 
 
 # --- over a pty and over TCP --------------------------------------------------------------
