@@ -127,6 +127,8 @@ def test_scan_finds_the_meters(server: Dlt645Simulator) -> None:
     assert bad.exit_code == 2 and "--units" in bad.stderr
     no_port = CliRunner().invoke(cli, ["scan", "--driver", "dlt645", "--host", "127.0.0.1"])
     assert no_port.exit_code == 2 and "needs the serial server's --port" in no_port.output
+    tunnel = CliRunner().invoke(cli, [*at, "--rtu-over-tcp"])
+    assert tunnel.exit_code == 2 and "leave out --rtu-over-tcp" in tunnel.output
 
 
 def test_scan_searches_a_bus_by_address_endings(server: Dlt645Simulator) -> None:
