@@ -314,25 +314,24 @@ def _read_opcua(dev: Any, as_json: bool) -> int:
 @click.option("--driver", default="modbus", show_default=True,
               help="the driver whose bus is scanned")
 @click.option("--host", default=None, help="TCP meter or serial gateway to probe")
-@click.option("--port", default=502, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="[default: the driver's (Modbus 502)]")
 @click.option("--rtu-over-tcp", is_flag=True, help="the gateway tunnels RTU frames")
 @click.option("--serial-port", default=None, help="scan an RS485 bus on this serial device")
-@click.option("--baudrate", default=None, type=int, help="[default: 9600; DL/T 645 2400]")
+@click.option("--baudrate", default=None, type=int, help="[default: the driver's (Modbus 9600, "
+              "DL/T 645 2400)]")
 @click.option("--parity", default=None, type=click.Choice(["N", "E", "O"]),
-              help="[default: N; DL/T 645 E]")
-@click.option("--units", default="1-247", show_default=True, help="unit ids to probe")
+              help="[default: the driver's (Modbus N, DL/T 645 E)]")
+@click.option("--units", default="", help="the units to probe, as the driver names them "
+              "[default: the driver's: Modbus unit ids 1-247; DL/T 645 the meter that answers "
+              "the broadcast, or addresses such as 1-20,000012345678, or `search`]")
 @click.option("--timeout", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
               help="seconds to wait for each unit")
-@click.option("--dlt645", is_flag=True, help="a DL/T 645 bus: broadcast read address, then "
-              "the --addresses")
-@click.option("--addresses", default="", help="DL/T 645 addresses to probe, e.g. 1-20,000012345678")
-@click.option("--search", "search_bus", is_flag=True,
-              help="DL/T 645: find several meters on one bus by their address endings")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def scan(driver: str, host: str | None, port: int, rtu_over_tcp: bool,
-         serial_port: str | None, baudrate: int, parity: str, units: str, timeout: float,
-         as_json: bool) -> None:
-    """Find responding unit ids and name the profile (and byte order) that fits each."""
+def scan(driver: str, host: str | None, port: int | None, rtu_over_tcp: bool,
+         serial_port: str | None, baudrate: int | None, parity: str | None, units: str,
+         timeout: float, as_json: bool) -> None:
+    """Find the units that answer on a bus and name the profile that fits each."""
     from energyd.drivers.contracts import BadScanTarget
     from energyd.drivers.registry import DRIVERS, plugin
 
@@ -348,6 +347,8 @@ def scan(driver: str, host: str | None, port: int, rtu_over_tcp: bool,
     else:
         link = {"transport": "rtu_over_tcp" if rtu_over_tcp else "tcp", "host": host,
                 "port": port}
+    # an option not given is the driver's default, not ours
+    link = {k: v for k, v in link.items() if v is not None}
     run_scan = plugin(driver).scan
     assert run_scan is not None
     try:
@@ -357,6 +358,8 @@ def scan(driver: str, host: str | None, port: int, rtu_over_tcp: bool,
     except EnergydError as exc:
         click.echo(f"energyd scan: {exc}", err=True)
         sys.exit(1)
+    for note in report.notes:
+        click.echo(note, err=as_json)
     if as_json:
         _print_json(report.rows)
         return

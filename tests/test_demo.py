@@ -113,6 +113,17 @@ def test_the_spike_and_the_leak_are_in_the_data(demo_run: Any) -> None:
     assert first_alert - ms < 12 * hour
 
 
+def test_the_dlt645_meter_behind_its_serial_server_is_read(demo_run: Any) -> None:
+    with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as st:
+        kwh = list(st.readings.query_readings(device="sub3-canteen",
+                                              quantity="active_energy_import_kwh"))
+        volts = list(st.readings.query_readings(device="sub3-canteen",
+                                                quantity="voltage_l1_v"))
+    assert len(kwh) >= 10 and len(volts) >= 10, (len(kwh), len(volts))
+    assert kwh[-1].value > kwh[0].value  # its counter rose with the simulated load
+    assert all(200 < r.value < 260 for r in volts), volts[:5]
+
+
 def test_energyd_alerts_reads_the_demo_store(demo_run: Any) -> None:
     proc = subprocess.run([str(ENERGYD), "alerts", "-c", str(demo_run.workdir / "energyd.yaml"),
                            "--json"], capture_output=True, text=True, timeout=30)

@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from energyd.cli import cli
 from energyd.clock import ManualClock
-from energyd.config.loader import parse_config
-from energyd.daemon import dlt645 as bus_owner
+from energyd.config.loader import load_config, parse_config
+from energyd.daemon import polling
 from energyd.daemon.app import Daemon
 from energyd.drivers.dlt645 import codec
 from energyd.drivers.dlt645.codec import FrameError, ReadCode
@@ -136,6 +138,18 @@ def test_a_profile_file_with_errors_is_refused_at_its_line(tmp_path: Path) -> No
     text = str(err.value)
     assert "meter.yaml:3" in text and "unknown quantity 'active_energy_kwh'" in text
     assert "0201FF" in text and "XXX.XX" in text
+    # named by a device, the same file stops the configuration at the device's line, with
+    # the profile's own line (check-config and start-up load it through the options model)
+    config = tmp_path / "plant.yaml"
+    config.write_text("devices:\n  - name: m\n    driver: dlt645\n    dlt645: {serial_port: "
+                      "/dev/ttyS1, address: '1', profile: meter.yaml}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    text = str(err.value)
+    assert f"{config}:4" in text and "DL/T 645 profile has errors" in text, text
+    assert "meter.yaml:3" in text and "unknown quantity 'active_energy_kwh'" in text, text
+    result = CliRunner().invoke(cli, ["check-config", "-c", str(config)])
+    assert result.exit_code == 2 and "meter.yaml:3" in result.output, result.output
 
 
 # --- over a pty and over TCP --------------------------------------------------------------
@@ -395,7 +409,11 @@ def test_parse_addresses() -> None:
 
 def test_the_sample_parses_and_groups_meters_by_bus() -> None:
     config = parse_config(SAMPLE.read_text(), str(SAMPLE))
-    groups = bus_owner.group_by_bus(config.devices)
+    from energyd.drivers.registry import plugin
+
+    polled = plugin("dlt645").polled
+    assert polled is not None
+    groups = polling.group_by_link(config.devices, "dlt645", polled)
     assert {k: [d.name for d in v] for k, v in groups.items()} == {
         "dlt645:serial:/dev/ttyUSB0": ["incomer-t1", "check-t1"],
         "dlt645:tcp:192.168.10.40:8899": ["workshop-3"]}
@@ -470,14 +488,14 @@ def plant(tmp_path: Path, port: int, addresses: list[str], *, interval: float,
 
 async def test_the_daemon_polls_a_shared_bus_and_backs_off_a_silent_meter(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="energyd.daemon.dlt645")
+    caplog.set_level(logging.INFO, logger="energyd.daemon.polling")
     interval, timeout = 0.8, 0.4
     async with Dlt645Simulator(addresses=[A1, A2, "000000000003"]) as sim:
         sim.meter(A2).faults.no_reply = True
         daemon = Daemon(parse_config(plant(tmp_path, sim.port, [A1, A2, "000000000003"],
                                            interval=interval, timeout=timeout,
                                            backoff_max=2.4), "plant.yaml"),
-                        builders=[bus_owner.build])
+                        builders=[polling.build])
         task = asyncio.create_task(daemon.run(handle_signals=False))
         await asyncio.wait_for(daemon.ready.wait(), 10)
         try:
@@ -500,10 +518,10 @@ async def test_the_daemon_polls_a_shared_bus_and_backs_off_a_silent_meter(
         assert max(st.lateness) < timeout + 0.3, (d, max(st.lateness))
     assert states["m2"].skipped > 0  # backed off, not asked every interval
     assert health["devices"]["m2"]["failing"] == "timeout"
-    assert health["devices"]["m2"]["address"] == A2
+    assert health["devices"]["m2"]["unit"] == A2
     assert recovered is None
     text = caplog.text
-    assert text.count("m2 (meter 000000000002") == 2  # once into failure, once out
+    assert text.count("m2 (unit 000000000002") == 2  # once into failure, once out
     assert "answering again" in text
     assert set(sim.control_codes) <= READ_CODES
     with Store.open(tmp_path / "energyd.db") as store:
@@ -524,7 +542,7 @@ async def test_the_daemon_reads_a_bus_on_a_serial_line(
                     f"  - name: m{a[-1]}\n    driver: dlt645\n    interval: 0.5\n"
                     f"    dlt645: {{serial_port: {our_port}, address: '{a}', timeout: 0.5}}\n"
                     for a in (A1, A3)))
-        daemon = Daemon(parse_config(text, "plant.yaml"), builders=[bus_owner.build])
+        daemon = Daemon(parse_config(text, "plant.yaml"), builders=[polling.build])
         task = asyncio.create_task(daemon.run(handle_signals=False))
         await asyncio.wait_for(daemon.ready.wait(), 10)
         await asyncio.sleep(2.5)
@@ -537,6 +555,32 @@ async def test_the_daemon_reads_a_bus_on_a_serial_line(
             assert all(200 < r.value < 260 for r in rows), rows
         status = store.device_status()
     assert status["m1"]["errors"] == 0 and status["m8"]["errors"] == 0, status
+    assert set(sim.control_codes) <= READ_CODES
+
+
+async def test_an_identifier_set_aside_shows_in_health_and_is_logged_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with Dlt645Simulator(addresses=[A1]) as sim:
+        sim.meter(A1).faults.refuse.add("00030000")
+        daemon = Daemon(parse_config(plant(tmp_path, sim.port, [A1], interval=0.3,
+                                           timeout=0.4, backoff_max=2.4), "plant.yaml"),
+                        builders=[polling.build])
+        task = asyncio.create_task(daemon.run(handle_signals=False))
+        await asyncio.wait_for(daemon.ready.wait(), 10)
+        try:
+            await asyncio.sleep(2.0)
+            assert daemon.context is not None
+            (name,) = [k for k in daemon.context.health if k.endswith(".poll")]
+            health = daemon.context.health[name]()
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+    meter = health["devices"]["m1"]
+    assert meter["set_aside"] == ["00030000"] and meter["polls"] >= 3, meter
+    assert meter["errors"] == 1 and meter["failing"] is None, meter  # the first poll only
+    assert sum(1 for r in caplog.records if "has no 00030000" in r.getMessage()) == 1
+    assert sum(1 for r in caplog.records if "00030000: meter" in r.getMessage()) == 1
     assert set(sim.control_codes) <= READ_CODES
 
 

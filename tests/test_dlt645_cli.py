@@ -1,4 +1,4 @@
-"""`energyd read`, `energyd scan --dlt645`, `energyd simulate dlt645` and `check-config`
+"""`energyd read`, `energyd scan --driver dlt645`, `energyd simulate dlt645` and `check-config`
 for DL/T 645 meters, against the simulator on real sockets."""
 
 from __future__ import annotations
@@ -109,25 +109,36 @@ def test_check_config_summarises_a_dlt645_device(tmp_path: Path) -> None:
 
 def test_scan_finds_the_meters(server: Dlt645Simulator) -> None:
     server.meter(A2).faults.no_reply = True
-    result = CliRunner().invoke(cli, ["scan", "--dlt645", "--host", "127.0.0.1", "--port",
-                                      str(server.port), "--addresses", f"1-3,{A3}",
-                                      "--timeout", "0.3", "--json"])
+    at = ["scan", "--driver", "dlt645", "--host", "127.0.0.1", "--port", str(server.port)]
+    result = CliRunner().invoke(cli, [*at, "--units", f"1-3,{A3}", "--timeout", "0.3",
+                                      "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["broadcast"]["outcome"] == "several meters answered"
-    assert [m["address"] for m in payload["meters"]] == [A1, A3]
-    assert all(m["profile"] == "dlt645_2007" for m in payload["meters"])
+    assert "broadcast read address: several meters answered" in result.stderr
+    assert [m["address"] for m in payload] == [A1, A3]
+    assert all(m["profile"] == "dlt645_2007" for m in payload)
     # one meter left on the bus: the broadcast alone finds it
     server.meter(A1).faults.no_reply = True
-    result = CliRunner().invoke(cli, ["scan", "--dlt645", "--host", "127.0.0.1", "--port",
-                                      str(server.port), "--timeout", "0.3"])
+    result = CliRunner().invoke(cli, [*at, "--timeout", "0.3"])
     assert result.exit_code == 0, result.output
     assert f"one meter, {A3}" in result.stdout and "broadcast" in result.stdout
-    bad = CliRunner().invoke(cli, ["scan", "--dlt645", "--host", "127.0.0.1", "--port", "1",
-                                   "--addresses", "x"])
-    assert bad.exit_code == 2 and "--addresses" in bad.stderr
-    no_port = CliRunner().invoke(cli, ["scan", "--dlt645", "--host", "127.0.0.1"])
+    bad = CliRunner().invoke(cli, ["scan", "--driver", "dlt645", "--host", "127.0.0.1",
+                                   "--port", "1", "--units", "x"])
+    assert bad.exit_code == 2 and "--units" in bad.stderr
+    no_port = CliRunner().invoke(cli, ["scan", "--driver", "dlt645", "--host", "127.0.0.1"])
     assert no_port.exit_code == 2 and "needs the serial server's --port" in no_port.output
+    tunnel = CliRunner().invoke(cli, [*at, "--rtu-over-tcp"])
+    assert tunnel.exit_code == 2 and "leave out --rtu-over-tcp" in tunnel.output
+
+
+def test_scan_searches_a_bus_by_address_endings(server: Dlt645Simulator) -> None:
+    result = CliRunner().invoke(cli, ["scan", "--driver", "dlt645", "--host", "127.0.0.1",
+                                      "--port", str(server.port), "--units", "search",
+                                      "--timeout", "0.05", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "searching by address endings" in result.stderr
+    found = {m["address"]: m["found_by"] for m in json.loads(result.stdout)}
+    assert found == {A1: "search", A2: "search", A3: "search"}
 
 
 def test_simulate_dlt645_standalone() -> None:

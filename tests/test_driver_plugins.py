@@ -60,9 +60,9 @@ def test_each_registry_line_names_the_drivers_code() -> None:
 
 @pytest.mark.parametrize(("entry", "line", "message"), [
     ("  - {name: a, driver: opcua, modbus: {host: 127.0.0.1}}\n", 2,
-     "devices[0].driver: unknown driver 'opcua': energyd has modbus, mqtt"),
+     "devices[0].driver: unknown driver 'opcua': energyd has dlt645, modbus, mqtt"),
     ("  - {name: a, modbus: {host: 127.0.0.1}}\n", 2,
-     "devices[0].driver: a device needs `driver:` (one of modbus, mqtt)"),
+     "devices[0].driver: a device needs `driver:` (one of dlt645, modbus, mqtt)"),
     ("  - {name: a, drivr: modbus}\n", 2, "devices[0].drivr: unknown key (check its spelling)"),
     ("  - incomer-1\n", 2, "devices[0]: a device is a mapping of its keys"),
     ("  - name: a\n    driver: modbus\n    profile: eastron_sdm630\n"

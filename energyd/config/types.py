@@ -5,19 +5,22 @@ only the vocabulary below the config, so a plugin's options can use it without a
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from energyd.config.profiles import check_profile_ref
 from energyd.config.secrets import check_secret_file
 from energyd.config.units import AgeMonths, Duration, Size, size_within, within
+from energyd.errors import ConfigError, Problem
 from energyd.model import QUANTITIES, ROLES
 
 __all__ = ["AgeMonths", "Device", "Duration", "FuelParameters", "ProblemsAt", "Role", "Size",
-           "Strict", "base_dir", "check_quantity", "duplicates", "path_value", "profile_ref",
-           "secret_file", "size_within", "within"]
+           "Strict", "base_dir", "check_quantity", "data_file_ref", "duplicates",
+           "load_data_file", "path_value", "profile_ref", "secret_file", "size_within",
+           "within"]
 
 Role = Literal["grid_import", "submeter", "generation", "compressor", "fuel"]
 assert set(ROLES) == set(Role.__args__)  # type: ignore[attr-defined]
@@ -83,6 +86,64 @@ def profile_ref(v: str | None, info: ValidationInfo) -> str | None:
     if v is None:
         return v
     return check_profile_ref(path_value(v), base_dir(info))
+
+
+Data = TypeVar("Data", bound=BaseModel)
+
+
+def load_data_file(path: Path, schema: type[Data]) -> Data:
+    """A YAML data file a plugin's options name (a driver's profile, say), validated
+    against the plugin's own model of it; ConfigError with the file's line of each problem.
+    An edited file is read afresh (on a reload)."""
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), None, "", f"cannot read the file: "
+                                                       f"{exc.strerror}")]) from None
+    return _load_data_file(str(path), schema, stamp)  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=64)
+def _load_data_file(path_text: str, schema: type[BaseModel], _stamp: int) -> BaseModel:
+    from energyd.config.loader import _locate, _plain_checked, parse_yaml, read_text
+
+    tree = parse_yaml(read_text(Path(path_text)), path_text)
+    if not isinstance(tree, dict):
+        raise ConfigError([Problem(path_text, 1, "", "the file must hold a mapping")])
+    try:
+        return schema.model_validate(_plain_checked(tree, path_text))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = tuple(part for part in err["loc"] if part != "[key]")
+            line, where = _locate(tree, loc)
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key (check its spelling)"
+            problems.append(Problem(path_text, line, where, message))
+        raise ConfigError(problems) from None
+
+
+def data_file_ref(ref: str, info: ValidationInfo, builtin_dir: Path, schema: type[BaseModel],
+                  what: str) -> str:
+    """For an option naming a data file: a built-in name (a YAML file in `builtin_dir`)
+    stays as is, a path becomes absolute; either is loaded now against `schema`, so a
+    broken file stops the start-up (and check-config) at the option's line, not a poll."""
+    ref = path_value(ref)
+    builtin = builtin_dir / f"{ref}.yaml"
+    if "/" not in ref and builtin.is_file():
+        path, resolved = builtin, ref
+    else:
+        path = Path(ref).expanduser()
+        folder = base_dir(info)
+        if not path.is_absolute() and folder is not None:
+            path = folder / path
+        resolved = str(path)
+    try:
+        load_data_file(path, schema)
+    except ConfigError as exc:
+        raise ValueError(f"{what} has errors: " + "; ".join(map(str, exc.problems))) from None
+    return resolved
 
 
 # --- what every device has, whatever its driver ----------------------------------------------

@@ -29,7 +29,6 @@ from energyd.config.schema import Config
 from energyd.daemon import (
     air,
     alerting,
-    dlt645,
     forwarding,
     housekeeping,
     polling,
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 BUILDERS: list[Builder] = [
     housekeeping.build,
     polling.build,
-    dlt645.build,
     subscriptions.build,
     build_opcua,
     forwarding.build,

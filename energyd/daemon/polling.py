@@ -1,6 +1,6 @@
 """Polled acquisition: one owner per physical link (serial port or gateway host:port).
 
-Every enabled device of a polled driver (energyd/drivers/contracts.py: Modbus today) is
+Every enabled device of a polled driver (energyd/drivers/contracts.py: Modbus, DL/T 645) is
 grouped by the link its driver says it is on; each group gets a `LinkOwner` holding the
 link's one connection, through the driver's PolledLink, which knows the wire and nothing of
 scheduling: the owner is the same for every polled driver.
@@ -350,9 +350,16 @@ class LinkOwner:
                     "polls": st.polls, "errors": st.errors, "skipped": st.skipped,
                     "missed": st.missed, "failing": st.failing,
                     "last_ok_ms": st.last_ok_ms, "last_error": st.last_error,
+                    **self._details(st),
                 } for st in self.states
             },
         }
+
+    @staticmethod
+    def _details(st: DeviceState) -> dict[str, Any]:
+        # a driver's own lines about a unit (contracts.py, PolledUnit)
+        details = getattr(st.poller, "details", None)
+        return details() if details is not None else {}
 
 
 def group_by_link(devices: list[Device], driver: str, polled: Polled

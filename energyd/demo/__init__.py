@@ -12,6 +12,9 @@ What runs, all on loopback ports picked at start:
 - a Modbus gateway simulator (energyd.simulators.meter) for every `host:port` of the
   config's Modbus devices, serving each unit with the device's own profile; a meter's
   full-production load is 45 % of its `rated_power_kw`;
+- a DL/T 645 bus simulator (energyd.simulators.dlt645) for every serial server
+  (`host:port`) of the config's DL/T 645 devices, one meter per address, with the same
+  load share (below 80 kW: the standard's power format);
 - an MQTT broker: Mosquitto when it is installed, else the embedded amqtt;
 - a compressor station (energyd.simulators.compressor) for every `station` of the config's
   MQTT devices, publishing to the topics the config subscribes to;

@@ -1,5 +1,6 @@
-"""The simulated plant: a Modbus gateway simulator per link and a compressor station per
-MQTT station of the config, bound to loopback ports written into the config that runs."""
+"""The simulated plant: a Modbus gateway simulator per link, a DL/T 645 bus simulator per
+serial server and a compressor station per MQTT station of the config, bound to loopback
+ports written into the config that runs."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Plant:
     """The simulators and the daemon's effective configuration."""
 
     config_tree: dict[str, Any]
-    meters: list[Any] = field(default_factory=list)  # MeterSimulator
+    meters: list[Any] = field(default_factory=list)  # MeterSimulator, Dlt645Simulator
     meter_of: dict[str, tuple[Any, int]] = field(default_factory=dict)  # device -> (sim, unit)
     stations: list[Any] = field(default_factory=list)  # CompressorStation
     events: list[Event] = field(default_factory=list)
@@ -76,6 +77,39 @@ async def start_meters(plant: Plant, config: Config, clock: Any, tz: ZoneInfo) -
             plant.meter_of[d.name] = (sim, d.modbus.unit)
             entry = trees[d.name]
             entry["modbus"] = {**entry["modbus"], "host": LOOPBACK, "port": sim.port}
+    await start_dlt645_buses(plant, config, clock)
+
+
+async def start_dlt645_buses(plant: Plant, config: Config, clock: Any) -> None:
+    from energyd.simulators.dlt645 import Dlt645Simulator
+
+    buses: dict[str, list[Any]] = {}
+    for d in config.devices:
+        if d.driver == "dlt645" and d.enabled:
+            assert d.dlt645 is not None
+            if d.dlt645.transport != "tcp":
+                raise DemoError(f"device {d.name}: the demo simulates DL/T 645 meters behind "
+                                "serial servers on TCP only (transport tcp)")
+            buses.setdefault(d.dlt645.link, []).append(d)
+    trees = {t["name"]: t for t in plant.config_tree.get("devices", [])}
+    for devices in buses.values():
+        addresses = [d.dlt645.address for d in devices]
+        if len(set(addresses)) != len(addresses):
+            raise DemoError(f"devices {', '.join(d.name for d in devices)} share a bus and "
+                            "a meter address")
+        # one load for the bus: the simulator gives every meter on it the same shape
+        base_kw = LOAD_SHARE * min(d.rated_power_kw or 100.0 for d in devices)
+        if base_kw >= 80:
+            raise DemoError(f"devices {', '.join(d.name for d in devices)}: the DL/T 645 "
+                            "simulator's power format holds below 80 kW; rate the meters "
+                            f"below {80 / LOAD_SHARE:.0f} kW")
+        sim = Dlt645Simulator(addresses=addresses, host=LOOPBACK, port=0, clock=clock,
+                              base_kw=base_kw)
+        await sim.start()
+        plant.meters.append(sim)
+        for d in devices:
+            entry = trees[d.name]
+            entry["dlt645"] = {**entry["dlt645"], "host": LOOPBACK, "port": sim.port}
 
 
 async def start_stations(plant: Plant, config: Config, broker: Broker, clock: Any,

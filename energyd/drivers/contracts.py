@@ -65,6 +65,9 @@ class PolledUnit(Protocol):
     def backoff_max(self) -> float:
         """Seconds (of the config's clock): the cap of the delay after silent polls."""
 
+    # A unit may also have `details() -> dict`: its driver's own lines in /health (the
+    # identifiers a DL/T 645 meter said it lacks, say), merged into the unit's entry.
+
 
 class PolledLink(Protocol):
     """One link of a polled driver, with its units; an async context manager that holds the
@@ -116,12 +119,15 @@ class OneRead:
 @dataclass(frozen=True)
 class ScanReport:
     """What `energyd scan` found on a link: `rows` for --json, `table` (columns, then one
-    line of text per unit) for the terminal, under `title`."""
+    line of text per unit) for the terminal, under `title`; `notes`, lines about the link
+    as a whole (what a broadcast heard, say), said before the table (on stderr with
+    --json)."""
 
     title: str
     rows: list[dict[str, Any]]
     columns: tuple[str, ...]
     table: list[tuple[str, ...]]
+    notes: tuple[str, ...] = ()
 
 
 class BadScanTarget(ValueError):
@@ -145,7 +151,8 @@ class DriverPlugin:
     name: str  # the `driver:` value
     read_once: Callable[[Any], Awaitable[OneRead]] | None = None
     # the link as the driver's section would give it (transport, host, port, serial_port,
-    # baudrate, parity), the units to probe as the user wrote them, seconds per unit
+    # baudrate, parity; an option not given is absent: the driver's default), the units to
+    # probe as the user wrote them ("" when not given: the driver's default), seconds per unit
     scan: Callable[[dict[str, Any], str, float], Awaitable[ScanReport]] | None = None
     polled: Polled | None = None
     subscribed: bool = False

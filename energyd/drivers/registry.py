@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, NamedTuple
 
 from energyd.config.types import Device
+from energyd.drivers.dlt645.options import Dlt645Device
 from energyd.drivers.modbus.options import ModbusDevice
 from energyd.drivers.mqtt.options import MqttDevice
 
@@ -24,6 +25,7 @@ class Entry(NamedTuple):
 
 
 DRIVERS: dict[str, Entry] = {
+    "dlt645": Entry(Dlt645Device, "energyd.drivers.dlt645.plugin"),
     "modbus": Entry(ModbusDevice, "energyd.drivers.modbus.plugin"),
     "mqtt": Entry(MqttDevice, "energyd.drivers.mqtt.plugin"),
 }

@@ -2,7 +2,7 @@
 poller of one meter on it.
 
 A `Dlt645Link` owns the connection; every meter on the bus shares it and its requests go
-one at a time (daemon/dlt645.py gives a bus exactly one owner). A request is sent, then
+one at a time (the daemon gives a bus exactly one owner, through plugin.py). A request is sent, then
 frames are taken from what comes back until one is the reply from the asked address to the
 asked code, or the timeout passes:
 
@@ -25,19 +25,19 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from energyd.clock import Clock, RealClock
 from energyd.drivers.dlt645 import codec
 from energyd.drivers.dlt645.codec import Frame, FrameError, ReadCode
 from energyd.drivers.dlt645.profile import Dlt645Profile, Identifier, load_profile
-from energyd.drivers.modbus import REPROBE_AFTER, BlockFailure, PollResult
 from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
 from energyd.model import Reading
 
 log = logging.getLogger(__name__)
 
+REPROBE_AFTER = 3600.0  # seconds before an identifier a meter said it lacks is asked again
 MAX_FOLLOW_UPS = 16  # a reply in more parts than this is not a meter's
 NO_SUCH_DATA = 0x02  # the error bit of a meter that does not have what was asked
 
@@ -323,6 +323,51 @@ class Dlt645Link:
         return codec.address_text(reply.data)
 
 
+@dataclass
+class IdentifierFailure:
+    block: str  # the data identifier (a "part" of the meter, for the owner's logging)
+    error: DeviceError
+
+    def __str__(self) -> str:
+        return f"{self.block}: {self.error}"
+
+
+@dataclass
+class PollResult:
+    """One poll of one meter (a PollOutcome for the bus owner, drivers/contracts.py)."""
+
+    device: str
+    readings: list[Reading] = field(default_factory=list)
+    failures: list[IdentifierFailure] = field(default_factory=list)
+    raw: list[tuple[Any, Any, bytes]] = field(default_factory=list)  # read, not decoded
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(map(str, self.failures)) if self.failures else None
+
+    @property
+    def reason(self) -> str | None:
+        """One word for metrics: timeout, refused, garbled, connection (None when clean)."""
+        if not self.failures:
+            return None
+        kinds = {type(f.error) for f in self.failures}
+        if DeviceTimeout in kinds:
+            return "timeout"
+        if kinds == {DeviceRefused}:
+            return "refused"
+        if kinds <= {DeviceRefused, DeviceGarbled}:
+            return "garbled"
+        return "connection"
+
+    @property
+    def silent(self) -> bool:
+        """No reply, or no bus: the owner backs the meter off."""
+        return self.reason in ("timeout", "connection")
+
+    def failed_parts(self) -> dict[str, str]:
+        return {f.block: str(f) for f in self.failures}
+
+
 class MeterPoller:
     """Reads one meter's profile through a link, identifier by identifier.
 
@@ -339,7 +384,7 @@ class MeterPoller:
 
     def __init__(self, name: str, address: str, profile: Dlt645Profile, *,
                  timeout: float = 1.0, pause_between_requests: float = 0.0,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, backoff_max: float = 300.0):
         if not profile.identifiers:
             raise ValueError(f"device {name}: the profile has no identifiers")
         self.name = name
@@ -348,6 +393,7 @@ class MeterPoller:
         self.timeout = timeout
         self.pause = pause_between_requests
         self.clock = clock or RealClock()
+        self.backoff_max = backoff_max  # the config's seconds (the owner converts)
         self.reprobe_after = REPROBE_AFTER
         self.set_aside: dict[str, float] = {}  # identifier -> monotonic time to ask again
 
@@ -355,7 +401,13 @@ class MeterPoller:
     def from_device(cls, device: Any, clock: Clock | None = None) -> MeterPoller:
         o = device.dlt645
         return cls(device.name, o.address, load_profile(o.profile), timeout=o.timeout,
-                   pause_between_requests=o.pause_between_requests, clock=clock)
+                   pause_between_requests=o.pause_between_requests, clock=clock,
+                   backoff_max=o.backoff_max)
+
+    def details(self) -> dict[str, Any]:
+        """The meter's own lines in /health: the identifiers it said it does not have,
+        not asked until their re-probe."""
+        return {"set_aside": sorted(self.set_aside)}
 
     async def poll(self, link: Dlt645Link) -> PollResult:
         return self.decode(await self.read(link))
@@ -376,17 +428,17 @@ class MeterPoller:
             try:
                 data = await link.read(self.address, ident.di, timeout=self.timeout)
             except DeviceRefused as exc:
-                result.failures.append(BlockFailure(ident.di, exc))
+                result.failures.append(IdentifierFailure(ident.di, exc))
                 if (exc.exception_code or 0) & NO_SUCH_DATA:
                     self.set_aside[ident.di] = time.monotonic() + self.reprobe_after
                     log.info("%s: meter %s has no %s; not asked for the next %.0f s",
                              self.name, self.address, ident.di, self.reprobe_after)
                 continue
             except DeviceGarbled as exc:
-                result.failures.append(BlockFailure(ident.di, exc))
+                result.failures.append(IdentifierFailure(ident.di, exc))
                 continue
             except DeviceError as exc:  # silent, or the bus is gone: the poll ends here
-                result.failures.append(BlockFailure(ident.di, exc))
+                result.failures.append(IdentifierFailure(ident.di, exc))
                 break
             result.raw.append((ident, when, data))  # type: ignore[arg-type]
         return result
@@ -397,7 +449,7 @@ class MeterPoller:
             try:
                 values = ident.decode(data)
             except FrameError as exc:
-                result.failures.append(BlockFailure(ident.di, DeviceGarbled(
+                result.failures.append(IdentifierFailure(ident.di, DeviceGarbled(
                     f"meter {self.address} {ident.di}: garbled reply ({exc})")))
                 continue
             result.readings += [Reading(when, self.name, q, v) for q, v in values]

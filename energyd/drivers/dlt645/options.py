@@ -1,13 +1,75 @@
-"""The `dlt645:` section of a device (README.md in this folder documents every option)."""
+"""A DL/T 645 device's options: the `dlt645:` section (README.md in this folder documents
+every option), and the shape of a profile file, which the section names and which is
+checked with the configuration."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from energyd.config.types import Duration, Strict, base_dir, path_value, within
+from energyd.config.types import (
+    Device,
+    Duration,
+    ProblemsAt,
+    Strict,
+    check_quantity,
+    data_file_ref,
+    within,
+)
+
+BUILTIN_PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+# --- a profile file (profile.py says what each part means) --------------------------------
+
+
+def _format(text: str) -> str:
+    whole, _, decimals = text.partition(".")
+    if not whole or set(whole + decimals) != {"X"} or (len(whole) + len(decimals)) % 2:
+        raise ValueError(f"format {text!r} is not an even number of X digits (e.g. XXX.X)")
+    return text
+
+
+def _nonzero(v: float) -> float:
+    if v == 0:
+        raise ValueError("scale 0 would make every value 0")
+    return v
+
+
+class ProfileValue(Strict):
+    quantity: Annotated[str, AfterValidator(check_quantity)] | None
+    format: Annotated[str, AfterValidator(_format)]
+    signed: bool = False
+    scale: Annotated[float, AfterValidator(_nonzero)] = 1.0
+
+
+def _di(text: str) -> str:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"data identifier {text!r} is not hex") from None
+    if len(text) != 8:
+        raise ValueError(f"data identifier {text!r} is not 8 hex digits (4 bytes)")
+    return text.upper()
+
+
+class ProfileFile(Strict):
+    name: str | None = None
+    source: str | None = None
+    identifiers: dict[Annotated[str, AfterValidator(_di)],
+                      Annotated[list[ProfileValue], Field(min_length=1)]]
+
+
+# --- the `dlt645:` section ----------------------------------------------------------------
 
 
 class Dlt645Options(Strict):
@@ -47,9 +109,7 @@ class Dlt645Options(Strict):
     @classmethod
     def _profile(cls, v: str, info: ValidationInfo) -> str:
         # loaded now, so a broken profile file stops the start-up instead of a poll
-        from energyd.drivers.dlt645.profile import check_profile_ref
-
-        return check_profile_ref(path_value(v), base_dir(info))
+        return data_file_ref(v, info, BUILTIN_PROFILES, ProfileFile, "DL/T 645 profile")
 
     @model_validator(mode="after")
     def _link(self) -> Dlt645Options:
@@ -65,3 +125,24 @@ class Dlt645Options(Strict):
         if self.transport == "serial":
             return f"dlt645:serial:{self.serial_port}"
         return f"dlt645:tcp:{self.host}:{self.port}"
+
+
+class Dlt645Device(Device):
+    driver: Literal["dlt645"]
+    dlt645: Dlt645Options | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_in_its_section(cls, data: Any) -> Any:
+        # a Modbus habit: the profile sits beside the section there
+        if isinstance(data, dict) and "profile" in data:
+            raise ProblemsAt([(("profile",), "a dlt645 device names its profile under "
+                                             "`dlt645:` (dlt645: {profile: ...})")])
+        return data
+
+    def summary(self) -> str:
+        """The device's line in `energyd check-config`."""
+        o = self.dlt645
+        assert o is not None
+        where = o.serial_port if o.transport == "serial" else f"{o.host}:{o.port}"
+        return f"dlt645 {o.transport} {where} address {o.address}, {o.profile}"

@@ -1,11 +1,11 @@
-"""Finding DL/T 645 meters on a bus (`energyd scan --dlt645`).
+"""Finding DL/T 645 meters on a bus (`energyd scan --driver dlt645`, through plugin.py).
 
 First the broadcast read-address request (to AA AA AA AA AA AA), which every meter on the
 bus answers. With one meter on the bus that is its address. With several, their replies
 go out at once and collide on the wire: what arrives fails its checksum, and the scan says
 so ("several meters answered") rather than guessing. The addresses to try then come from
-the user (`--addresses`, single addresses and ranges, e.g. the plates' numbers or a range
-of consecutive serials), or from a search (`--search`) by the standard's shortened
+the user (`--units`, single addresses and ranges, e.g. the plates' numbers or a range
+of consecutive serials), or from a search (`--units search`) by the standard's shortened
 addressing (`search()`: a read sent to AA..AA plus the last byte, 00 to 99, and a byte
 further up wherever two meters share an ending). Each address found is asked for the
 built-in profiles' identifiers, and a meter that answers one with a plausible L1 voltage

@@ -83,7 +83,7 @@ async def scan(link: dict[str, Any], units: str, timeout: float) -> ScanReport:
     from energyd.drivers.modbus.scan import scan as run_scan
 
     try:
-        unit_ids = parse_units(units)
+        unit_ids = parse_units(units or "1-247")  # none given: every unit id
     except ValueError as exc:
         raise BadScanTarget("--units", str(exc)) from None
     settings = LinkSettings(**link)
