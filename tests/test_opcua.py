@@ -23,9 +23,9 @@ from ruamel.yaml import YAML
 
 from energyd.config.schema import Config
 from energyd.daemon.app import Daemon
-from energyd.daemon.opcua import OpcuaComponent
 from energyd.drivers.opcua.driver import readings_of
 from energyd.drivers.opcua.options import OpcuaOptions
+from energyd.drivers.opcua.plugin import OpcuaSession
 from energyd.drivers.opcua.session import (
     CertificateMismatch,
     CertificateRefused,
@@ -79,7 +79,7 @@ class Running:
         assert self.task is not None
         await asyncio.wait_for(self.task, 15)
 
-    def component(self, device: str) -> OpcuaComponent:
+    def component(self, device: str) -> OpcuaSession:
         ctx = self.daemon.context
         assert ctx is not None
         return ctx.health[f"{device}.opcua"].__self__  # type: ignore[attr-defined]
@@ -516,10 +516,9 @@ def test_check_config_summarises_an_opcua_device_and_points_at_a_bad_line(
     assert good.exit_code == 0, good.output
     assert "opcua" in good.output
     from energyd.config.loader import load_config
-    from energyd.config.summary import _source
 
     device = load_config(tmp_path / "energyd.yaml").device("air3-c1")
-    assert _source(device) == ("opcua opc.tcp://192.168.10.40:4840 (subscription, security "
+    assert device.summary() == ("opcua opc.tcp://192.168.10.40:4840 (subscription, security "
                                "None), energyd_compressor, 7 nodes")
     assert "not a real secret" not in good.output
     sample = (DRIVER / "sample.yaml").read_text(encoding="utf-8")
@@ -580,3 +579,16 @@ async def test_a_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None
         "private_key_file": str(key), "server_certificate_file": str(tmp_path / "server.der")})
     with pytest.raises(DeviceRefused, match="server.der: not a certificate"):
         await Session(options=options).open()
+
+
+def test_a_device_level_register_map_is_refused_at_its_line(tmp_path: Path) -> None:
+    from energyd.config import parse_config
+    from energyd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config("devices:\n  - name: c1\n    driver: opcua\n"
+                     "    profile: energyd_compressor\n"
+                     "    opcua: {endpoint: 'opc.tcp://127.0.0.1:4840', nodes: "
+                     "{active_power_kw: 'ns=2;s=P'}}\n", "plant.yaml")
+    assert ("plant.yaml:5: devices[0].profile: an opcua device's profile goes in its "
+            "section") in str(info.value), str(info.value)

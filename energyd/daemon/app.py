@@ -34,6 +34,7 @@ from energyd.daemon import (
     housekeeping,
     polling,
     rollups,
+    sessions,
     subscriptions,
 )
 from energyd.daemon.context import Builder, Component, Context
@@ -41,7 +42,6 @@ from energyd.daemon.degraded import Degraded
 from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
-from energyd.daemon.opcua import build as build_opcua
 from energyd.daemon.scheduler import Scheduler
 from energyd.errors import ConfigError, EnergydError, StoreCorrupt
 from energyd.store.sqlite import RECOVER_HINT, Store
@@ -55,7 +55,7 @@ BUILDERS: list[Builder] = [
     polling.build,
     dlt645.build,
     subscriptions.build,
-    build_opcua,
+    sessions.build,
     forwarding.build,
     rollups.build,
     air.build,

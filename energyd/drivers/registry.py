@@ -2,7 +2,7 @@
 
 The config builds the `devices:` entries from the options models (a union told apart by
 `driver:`); the daemon and the command line find a driver's code through `plugin()`. The
-code is imported only when asked for, so the config never loads pymodbus or paho.
+code is imported only when asked for, so the config never loads pymodbus, paho or asyncua.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from energyd.config.types import Device
 from energyd.drivers.modbus.options import ModbusDevice
 from energyd.drivers.mqtt.options import MqttDevice
+from energyd.drivers.opcua.options import OpcuaDevice
 
 if TYPE_CHECKING:
     from energyd.drivers.contracts import DriverPlugin
@@ -26,6 +27,7 @@ class Entry(NamedTuple):
 DRIVERS: dict[str, Entry] = {
     "modbus": Entry(ModbusDevice, "energyd.drivers.modbus.plugin"),
     "mqtt": Entry(MqttDevice, "energyd.drivers.mqtt.plugin"),
+    "opcua": Entry(OpcuaDevice, "energyd.drivers.opcua.plugin"),
 }
 
 
