@@ -444,9 +444,15 @@ def test_readme_documents_every_option() -> None:
       "private_key_file": "/nonexistent/key.pem"}, "does not exist"),
 ])
 def test_bad_options_are_refused_with_a_clear_error(opcua: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match="devices.0.opcua") as exc:
-        Config.model_validate({"devices": [{"name": "c1", "driver": "opcua", "opcua": opcua}]})
-    assert message in str(exc.value)
+    import json
+
+    from energyd.config import parse_config
+    from energyd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config(json.dumps({"devices": [{"name": "c1", "driver": "opcua",
+                                              "opcua": opcua}]}), "plant.yaml")
+    assert "devices[0].opcua" in str(exc.value) and message in str(exc.value), str(exc.value)
 
 
 def test_statuses_are_named() -> None:
@@ -590,5 +596,5 @@ def test_a_device_level_register_map_is_refused_at_its_line(tmp_path: Path) -> N
                      "    profile: energyd_compressor\n"
                      "    opcua: {endpoint: 'opc.tcp://127.0.0.1:4840', nodes: "
                      "{active_power_kw: 'ns=2;s=P'}}\n", "plant.yaml")
-    assert ("plant.yaml:5: devices[0].profile: an opcua device's profile goes in its "
+    assert ("plant.yaml:4: devices[0].profile: an opcua device's profile goes in its "
             "section") in str(info.value), str(info.value)
