@@ -494,6 +494,24 @@ def test_simulate_opcua_and_read_it(tmp_path: Path) -> None:
         assert set(summary["values"]) == set(VARIABLES)
         assert {v["quality"] for v in summary["values"].values()} == {"good"}
         assert summary["values"]["pressure_bar"]["unit"] == "bar"
+        assert summary["endpoint"] == devices[0]["opcua"]["endpoint"] and summary["bad"] == {}
+
+        # a node the controller does not have: shown with the status the server gave it
+        devices[0]["opcua"]["nodes"] = {"current_l1_a": "s=air7-c1.Current"}
+        config.write_text(json.dumps({"storage": {"path": str(tmp_path / "e.db")},
+                                      "devices": devices}))
+        out = CliRunner().invoke(cli, ["read", "-c", str(config), "air7-c1", "--json"])
+        assert out.exit_code == 0, out.output
+        summary = json.loads(out.stdout)
+        assert summary["bad"] == {"current_l1_a": "BadNodeIdUnknown"}
+        assert summary["unavailable"] == ["current_l1_a"]
+        assert set(summary["values"]) == set(VARIABLES)
+        table = CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["read", "-c", str(config),
+                                                               "air7-c1"])
+        assert table.exit_code == 0, table.output
+        row = next(line for line in table.stdout.splitlines() if "current_l1_a" in line)
+        assert "n/a (BadNodeIdUnknown)" in row and "A" in row
+        assert all(q in table.stdout for q in VARIABLES)
     finally:
         sim.terminate()
         sim.wait(15)
