@@ -18,9 +18,9 @@ from energyd.demo.options import LOOPBACK, DemoError
 
 LOAD_SHARE = 0.45  # full-production load of a simulated meter, as a share of its rating
 MESSAGES_EVERY_S = 30.0  # a compressor publishes every 30 simulated seconds
-# an OPC UA controller updates its variables every 60 simulated seconds: at the demo's 360x
-# six changes a wall second, well inside what a subscription's queue holds per publish
-OPCUA_UPDATE_EVERY_S = 60.0
+# an OPC UA controller updates its variables as often as a compressor publishes: at the
+# demo's 360x twelve changes a wall second, about one per publish of the subscription
+OPCUA_UPDATE_EVERY_S = MESSAGES_EVERY_S
 
 
 @dataclass

@@ -167,6 +167,9 @@ class OpcuaSource:
         while True:
             await asyncio.sleep(o.watchdog)
             await session.check()
+            if self.on_poll is not None:
+                # heard, though nothing changed: a steady value is sent once, not again
+                self.on_poll(None)
             if since and time.monotonic() >= again:
                 await self._backfill(session, since)
                 since = {}

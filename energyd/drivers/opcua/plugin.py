@@ -58,6 +58,7 @@ class OpcuaSession:
             on_readings=self._readings, now=self._now, on_poll=self._poll)
         self._counted: tuple[int, int, int, dict[str, int]] = (0, 0, 0, {})
         self._recorded = 0.0
+        self._failed = False  # the last poll recorded was an error
 
     async def run(self, services: SessionServices) -> None:
         self._services = services
@@ -74,17 +75,21 @@ class OpcuaSession:
     def _readings(self, readings: list[Reading]) -> None:
         assert self._services is not None
         self._services.submit(readings)
-        # a subscribed device is "polled" when its values come: recorded once per interval
-        # (of the config's clock, which a demo runs faster than the wall's)
-        now = time.monotonic()
-        if now - self._recorded >= self._services.clock.real_seconds(self.interval):
-            self._recorded = now
-            self._poll(None)
-        else:
-            self._count()
+        self._poll(None)
 
     def _poll(self, error: str | None) -> None:
+        """A subscribed device is "polled" when its values come or the server answers the
+        watchdog: a success is recorded once per interval (of the config's clock, which a
+        demo runs faster than the wall's) and at once after an error, an error each time."""
         assert self._services is not None
+        if error is None:
+            now = time.monotonic()
+            if not self._failed and (now - self._recorded
+                                     < self._services.clock.real_seconds(self.interval)):
+                self._count()
+                return
+            self._recorded = now
+        self._failed = error is not None
         self._services.record_poll(error)
         self._count()
 
