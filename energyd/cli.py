@@ -280,34 +280,11 @@ def read_cmd(config_path: str, device: str, as_json: bool) -> None:
         for q, v in values.items():
             table.add_row(q, f"{v['value']:.6g}", v["unit"])
         for q in summary["unavailable"]:
-            table.add_row(q, "n/a (NaN)", QUANTITIES[q].unit)
+            table.add_row(q, f"n/a ({done.why_unavailable(q)})", QUANTITIES[q].unit)
         console.print(table)
         for part, why in done.failures:
             click.echo(f"{device}: {part}: {why}", err=True)
     sys.exit(0 if values else 1)
-
-
-def _read_opcua(dev: Any, as_json: bool) -> int:
-    from energyd.clock import RealClock
-    from energyd.drivers.opcua.driver import read_once
-
-    try:
-        summary: Any = asyncio.run(read_once(dev.name, dev.opcua, RealClock().now))
-    except EnergydError as exc:
-        click.echo(f"{dev.name}: {exc}", err=True)
-        return 1
-    if as_json:
-        _print_json(summary)
-    else:
-        table = Table(title=f"{dev.name} ({dev.opcua.endpoint})")
-        for col in ("quantity", "value", "unit", "time", "quality"):
-            table.add_column(col, justify="right" if col == "value" else "left")
-        for q, v in summary["values"].items():
-            table.add_row(q, f"{v['value']:.6g}", v["unit"], v["time"], v["quality"])
-        for q, status in summary["bad"].items():
-            table.add_row(q, f"n/a ({status})", "", "", "")
-        console.print(table)
-    return 0 if summary["values"] else 1
 
 
 @cli.command()

@@ -25,6 +25,7 @@ import pytest
 
 from energyd.config import load_config
 from energyd.demo import SOURCE_CONFIG, demo_start
+from energyd.model import Quality
 from energyd.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +123,34 @@ def test_the_dlt645_meter_behind_its_serial_server_is_read(demo_run: Any) -> Non
     assert len(kwh) >= 10 and len(volts) >= 10, (len(kwh), len(volts))
     assert kwh[-1].value > kwh[0].value  # its counter rose with the simulated load
     assert all(200 < r.value < 260 for r in volts), volts[:5]
+
+
+def test_the_opcua_compressor_is_read_from_its_simulated_controller(demo_run: Any) -> None:
+    """air-c4 is served by an OPC UA controller on a loopback port the demo chose, read over
+    a session of energyd's own: every variable of the profile stored at the controller's
+    (simulated) source times, and counted in the station's hours."""
+    from energyd.simulators.opcua import VARIABLES
+
+    source = load_config(SOURCE_CONFIG).device("air-c4")
+    ran = load_config(demo_run.workdir / "energyd.yaml").device("air-c4")
+    assert source.driver == ran.driver == "opcua"
+    assert ran.opcua.endpoint.startswith("opc.tcp://127.0.0.1:")
+    assert ran.opcua.endpoint != source.opcua.endpoint  # a free port, written into the config
+    with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as st:
+        rows = list(st.readings.readings_in(0, 2**62, device="air-c4", by_series=True))
+    by_quantity: dict[str, list[tuple[int, float, int]]] = {}
+    for t, _, q, v, quality in rows:
+        by_quantity.setdefault(q, []).append((t, v, quality))
+    assert set(by_quantity) == set(VARIABLES)
+    assert {quality for r in by_quantity.values() for _, _, quality in r} == {Quality.GOOD}
+    energy = by_quantity["active_energy_import_kwh"]
+    # the demo runs 4.5 simulated hours: a change a simulated minute, and more
+    assert len(energy) > 60
+    span_h = (energy[-1][0] - energy[0][0]) / 3_600_000
+    assert span_h > 3 and energy[-1][1] > energy[0][1] > 0
+    members = store(demo_run).execute(
+        "SELECT count(*) FROM air_hourly WHERE device = 'air-c4' AND kwh > 0").fetchone()[0]
+    assert members >= 2
 
 
 def test_energyd_alerts_reads_the_demo_store(demo_run: Any) -> None:

@@ -23,9 +23,9 @@ from ruamel.yaml import YAML
 
 from energyd.config.schema import Config
 from energyd.daemon.app import Daemon
-from energyd.daemon.opcua import OpcuaComponent
 from energyd.drivers.opcua.driver import readings_of
 from energyd.drivers.opcua.options import OpcuaOptions
+from energyd.drivers.opcua.plugin import OpcuaSession
 from energyd.drivers.opcua.session import (
     CertificateMismatch,
     CertificateRefused,
@@ -79,7 +79,7 @@ class Running:
         assert self.task is not None
         await asyncio.wait_for(self.task, 15)
 
-    def component(self, device: str) -> OpcuaComponent:
+    def component(self, device: str) -> OpcuaSession:
         ctx = self.daemon.context
         assert ctx is not None
         return ctx.health[f"{device}.opcua"].__self__  # type: ignore[attr-defined]
@@ -94,7 +94,7 @@ def _stored(path: Path, device: str) -> dict[str, list[tuple[int, float, int]]]:
     out: dict[str, list[tuple[int, float, int]]] = {}
     with Store.open(path) as store:
         assert store.conflict_counts() == {}, "a value came again with another value"
-        for t, _, q, v, quality in store.readings_in(0, 2**62, device=device, by_series=True):
+        for t, _, q, v, quality in store.readings.readings_in(0, 2**62, device=device, by_series=True):
             out.setdefault(q, []).append((t, v, quality))
     return out
 
@@ -444,9 +444,15 @@ def test_readme_documents_every_option() -> None:
       "private_key_file": "/nonexistent/key.pem"}, "does not exist"),
 ])
 def test_bad_options_are_refused_with_a_clear_error(opcua: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match="devices.0.opcua") as exc:
-        Config.model_validate({"devices": [{"name": "c1", "driver": "opcua", "opcua": opcua}]})
-    assert message in str(exc.value)
+    import json
+
+    from energyd.config import parse_config
+    from energyd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config(json.dumps({"devices": [{"name": "c1", "driver": "opcua",
+                                              "opcua": opcua}]}), "plant.yaml")
+    assert "devices[0].opcua" in str(exc.value) and message in str(exc.value), str(exc.value)
 
 
 def test_statuses_are_named() -> None:
@@ -488,6 +494,24 @@ def test_simulate_opcua_and_read_it(tmp_path: Path) -> None:
         assert set(summary["values"]) == set(VARIABLES)
         assert {v["quality"] for v in summary["values"].values()} == {"good"}
         assert summary["values"]["pressure_bar"]["unit"] == "bar"
+        assert summary["endpoint"] == devices[0]["opcua"]["endpoint"] and summary["bad"] == {}
+
+        # a node the controller does not have: shown with the status the server gave it
+        devices[0]["opcua"]["nodes"] = {"current_l1_a": "s=air7-c1.Current"}
+        config.write_text(json.dumps({"storage": {"path": str(tmp_path / "e.db")},
+                                      "devices": devices}))
+        out = CliRunner().invoke(cli, ["read", "-c", str(config), "air7-c1", "--json"])
+        assert out.exit_code == 0, out.output
+        summary = json.loads(out.stdout)
+        assert summary["bad"] == {"current_l1_a": "BadNodeIdUnknown"}
+        assert summary["unavailable"] == ["current_l1_a"]
+        assert set(summary["values"]) == set(VARIABLES)
+        table = CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["read", "-c", str(config),
+                                                               "air7-c1"])
+        assert table.exit_code == 0, table.output
+        row = next(line for line in table.stdout.splitlines() if "current_l1_a" in line)
+        assert "n/a (BadNodeIdUnknown)" in row and "A" in row
+        assert all(q in table.stdout for q in VARIABLES)
     finally:
         sim.terminate()
         sim.wait(15)
@@ -516,10 +540,9 @@ def test_check_config_summarises_an_opcua_device_and_points_at_a_bad_line(
     assert good.exit_code == 0, good.output
     assert "opcua" in good.output
     from energyd.config.loader import load_config
-    from energyd.config.summary import _source
 
     device = load_config(tmp_path / "energyd.yaml").device("air3-c1")
-    assert _source(device) == ("opcua opc.tcp://192.168.10.40:4840 (subscription, security "
+    assert device.summary() == ("opcua opc.tcp://192.168.10.40:4840 (subscription, security "
                                "None), energyd_compressor, 7 nodes")
     assert "not a real secret" not in good.output
     sample = (DRIVER / "sample.yaml").read_text(encoding="utf-8")
@@ -580,3 +603,16 @@ async def test_a_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None
         "private_key_file": str(key), "server_certificate_file": str(tmp_path / "server.der")})
     with pytest.raises(DeviceRefused, match="server.der: not a certificate"):
         await Session(options=options).open()
+
+
+def test_a_device_level_register_map_is_refused_at_its_line(tmp_path: Path) -> None:
+    from energyd.config import parse_config
+    from energyd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config("devices:\n  - name: c1\n    driver: opcua\n"
+                     "    profile: energyd_compressor\n"
+                     "    opcua: {endpoint: 'opc.tcp://127.0.0.1:4840', nodes: "
+                     "{active_power_kw: 'ns=2;s=P'}}\n", "plant.yaml")
+    assert ("plant.yaml:4: devices[0].profile: an opcua device's profile goes in its "
+            "section") in str(info.value), str(info.value)

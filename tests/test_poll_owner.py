@@ -152,8 +152,8 @@ async def test_the_owner_drives_any_polled_driver_through_the_contract(
     assert sum(m.startswith("u3: part b: refused") for m in messages) == 1
 
     with Store.open(tmp_path / "energyd.db") as store:
-        stored = {d: list(store.readings.query_readings(device=d, quantity="active_energy_import_kwh"))
-                  for d in ("u1", "u2", "u3")}
+        stored = {d: list(store.readings.query_readings(
+                      device=d, quantity="active_energy_import_kwh")) for d in ("u1", "u2", "u3")}
     # every poll that answered is in the store, the refused part's poll with its good parts
     assert len(stored["u1"]) == states["u1"].polls
     assert len(stored["u3"]) == states["u3"].polls >= 6

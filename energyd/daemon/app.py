@@ -33,6 +33,7 @@ from energyd.daemon import (
     housekeeping,
     polling,
     rollups,
+    sessions,
     subscriptions,
 )
 from energyd.daemon.context import Builder, Component, Context
@@ -40,7 +41,6 @@ from energyd.daemon.degraded import Degraded
 from energyd.daemon.http import HealthServer
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
-from energyd.daemon.opcua import build as build_opcua
 from energyd.daemon.scheduler import Scheduler
 from energyd.errors import ConfigError, EnergydError, StoreCorrupt
 from energyd.store.sqlite import RECOVER_HINT, Store
@@ -53,7 +53,7 @@ BUILDERS: list[Builder] = [
     housekeeping.build,
     polling.build,
     subscriptions.build,
-    build_opcua,
+    sessions.build,
     forwarding.build,
     rollups.build,
     air.build,

@@ -1,6 +1,6 @@
 """The simulated plant: a Modbus gateway simulator per link, a DL/T 645 bus simulator per
-serial server and a compressor station per MQTT station of the config, bound to loopback
-ports written into the config that runs."""
+serial server, a compressor station per MQTT station and an OPC UA compressor controller per
+OPC UA endpoint of the config, bound to loopback ports written into the config that runs."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from energyd.demo.options import LOOPBACK, DemoError
 
 LOAD_SHARE = 0.45  # full-production load of a simulated meter, as a share of its rating
 MESSAGES_EVERY_S = 30.0  # a compressor publishes every 30 simulated seconds
+# an OPC UA controller updates its variables as often as a compressor publishes: at the
+# demo's 360x twelve changes a wall second, about one per publish of the subscription
+OPCUA_UPDATE_EVERY_S = MESSAGES_EVERY_S
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Plant:
     meters: list[Any] = field(default_factory=list)  # MeterSimulator, Dlt645Simulator
     meter_of: dict[str, tuple[Any, int]] = field(default_factory=dict)  # device -> (sim, unit)
     stations: list[Any] = field(default_factory=list)  # CompressorStation
+    controllers: list[Any] = field(default_factory=list)  # OpcuaController
     events: list[Event] = field(default_factory=list)
 
 
@@ -143,3 +147,39 @@ async def start_stations(plant: Plant, config: Config, broker: Broker, clock: An
     plant.config_tree["mqtt"] = {**plant.config_tree.get("mqtt", {}),
                                  "host": LOOPBACK, "port": broker.port}
 
+
+
+async def start_controllers(plant: Plant, config: Config, clock: Any, tz: ZoneInfo) -> None:
+    """An OPC UA compressor controller per endpoint, serving one compressor per device on
+    it (named as the device: the profile's `{object}`), on a free loopback port."""
+    from energyd.simulators.air import AirSystem, Compressor
+    from energyd.simulators.opcua import PROFILE, OpcuaController
+
+    endpoints: dict[str, list[Any]] = {}
+    for d in config.devices:
+        if d.driver == "opcua" and d.enabled:
+            assert d.opcua is not None
+            o = d.opcua
+            if o.security != "None" or o.username is not None:
+                raise DemoError(f"device {d.name}: the demo's OPC UA controllers serve "
+                                "security None without users")
+            if o.profile != PROFILE or o.nodes or o.object != d.name:
+                raise DemoError(f"device {d.name}: the demo simulates OPC UA devices as "
+                                f"compressors read with `profile: {PROFILE}` and "
+                                f"`object: {d.name}`")
+            endpoints.setdefault(o.endpoint, []).append(d)
+    trees = {t["name"]: t for t in plant.config_tree.get("devices", [])}
+    for seed, devices in enumerate(endpoints.values(), start=1):
+        system = AirSystem([Compressor(d.name, capacity_m3_min=10.0,
+                                       rated_kw=d.rated_power_kw or 55.0,
+                                       load_below_bar=6.6 - 0.1 * i,
+                                       unload_above_bar=7.4 - 0.1 * i)
+                            for i, d in enumerate(devices)], seed=100 + seed, tz=tz)
+        controller = OpcuaController(host=LOOPBACK, station=f"opcua{seed}", clock=clock,
+                                     rate=1.0 / OPCUA_UPDATE_EVERY_S, system=system,
+                                     history=False)
+        await controller.start()
+        plant.controllers.append(controller)
+        for d in devices:
+            entry = trees[d.name]
+            entry["opcua"] = {**entry["opcua"], "endpoint": controller.url}

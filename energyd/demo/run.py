@@ -21,7 +21,13 @@ from energyd.clock import AcceleratedClock
 from energyd.config.loader import load_config
 from energyd.demo.broker import Broker
 from energyd.demo.options import DemoError, DemoOptions
-from energyd.demo.plant import Plant, read_tree, start_meters, start_stations
+from energyd.demo.plant import (
+    Plant,
+    read_tree,
+    start_controllers,
+    start_meters,
+    start_stations,
+)
 from energyd.demo.scenario import demo_start, scenario
 from energyd.demo.view import render, snapshot
 
@@ -95,6 +101,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     wall0 = time.monotonic()
     try:
         await start_meters(plant, source, clock, tz)
+        await start_controllers(plant, source, clock, tz)
         if broker is not None:
             await broker.start()
             await start_stations(plant, source, broker, clock, tz)
@@ -179,6 +186,9 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         for sim in plant.meters:
             with contextlib.suppress(Exception):
                 await sim.stop()
+        for controller in plant.controllers:
+            with contextlib.suppress(Exception):
+                await controller.close()
         restore_log()
     rel = os.path.relpath(workdir)
     shown = rel if not rel.startswith("..") else str(workdir)

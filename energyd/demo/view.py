@@ -40,7 +40,9 @@ def snapshot(store: Any, config: Config, now: datetime) -> Snapshot:
             state = error or "waiting"
         elif error and (d["last_error_ms"] or 0) >= (d["last_success_ms"] or 0):
             state = f"error: {error}"
-        elif now_ms - t > 5 * d["interval_s"] * 1000 + 120_000:
+        elif now_ms - max(t, d["last_success_ms"] or 0) > 5 * d["interval_s"] * 1000 + 120_000:
+            # heard from neither a reading of its power nor a poll: a device that reports
+            # changes only (an OPC UA subscription) sends no new power while it holds steady
             state = "silent"
         else:
             state = "ok"

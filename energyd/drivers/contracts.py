@@ -16,17 +16,22 @@ whose `summary()` is the device's line in `energyd check-config`. Its `plugin.py
     unit, utilisation, and the logging into failure and out of it. The driver gives it a
     PolledLink per link, which knows the wire and nothing of scheduling;
   - `subscribed`: the devices' readings come in over the broker connection the daemon holds
-    (the file's top-level `mqtt:`), mapped by the driver's own code.
+    (the file's top-level `mqtt:`), mapped by the driver's own code;
+  - `owned`: each device has a connection of its own that the driver keeps (an OPC UA
+    session): the driver gives the daemon, per device, a DeviceSession whose `run(services)`
+    runs until cancelled; the daemon runs one component per device
+    (energyd/daemon/sessions.py) and hands it SessionServices, all it may use.
 
-The daemon hands a polled link only what is here: the devices of the link (their options
-models), the clock, and the calls below. Readings go back as energyd.model.Reading.
+The daemon hands a polled link or an owned session only what is here: the devices (their
+options models), the clock, and the calls below. Readings go back as energyd.model.Reading.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
 from energyd.clock import Clock
 from energyd.model import QUANTITIES, Reading
@@ -96,20 +101,27 @@ class PolledLink(Protocol):
 class OneRead:
     """What `energyd read` shows of one poll: `title` names what was read, `facts` are
     the driver's own lines of its JSON (the profile, say), the decoded readings, the
-    quantities the device sent as not available, and (part, why) per part that failed."""
+    quantities the device sent as not available (with the device's own word for why, when
+    it has one: an OPC UA status name; NaN otherwise), and (part, why) per part that
+    failed."""
 
     title: str
     facts: dict[str, Any] = field(default_factory=dict)
     readings: list[Reading] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    unavailable_as: dict[str, str] = field(default_factory=dict)  # quantity -> device's word
+
+    def why_unavailable(self, quantity: str) -> str:
+        return self.unavailable_as.get(quantity, "NaN")
 
     def document(self, device: str) -> dict[str, Any]:
         """`energyd read --json`: each value with its unit, the errors, what was not there."""
         return {
             "device": device, **self.facts,
             "time": self.readings[0].time.isoformat() if self.readings else None,
-            "values": {r.quantity: {"value": r.value, "unit": QUANTITIES[r.quantity].unit}
+            "values": {r.quantity: {"value": r.value, "unit": QUANTITIES[r.quantity].unit,
+                                    "quality": r.quality.name.lower()}
                        for r in self.readings},
             "errors": [{"block": part, "error": why} for part, why in self.failures],
             "unavailable": list(self.unavailable),
@@ -147,6 +159,66 @@ class Polled:
 
 
 @dataclass(frozen=True)
+class SessionMetric:
+    """A metric an owned driver counts in, one series per device (`labels` are the others):
+    registered once by the daemon, kept across reloads."""
+
+    name: str  # as exported, e.g. energyd_opcua_reconnects (a counter gains _total)
+    kind: Literal["counter", "gauge"]
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+class MetricSeries(Protocol):
+    """One series of a SessionMetric: a counter is increased, a gauge set."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+    def set(self, value: float) -> None: ...
+
+
+class SessionServices(Protocol):
+    """What the daemon hands an owned device's session, and all it may use."""
+
+    @property
+    def clock(self) -> Clock:
+        """The daemon's clock: receipt times are read from it."""
+
+    def submit(self, readings: list[Reading]) -> None:
+        """Readings to the store. Those stamped on receipt (quality RECEIVED) while the
+        wall clock could not be trusted are flagged CLOCK_SUSPECT and counted, as every
+        acquisition does; a reading with the device's own time stands as it is."""
+
+    def clock_suspect(self, when: datetime) -> str | None:
+        """Why a time stamped now from the wall clock cannot be trusted; None if it can."""
+
+    def record_poll(self, error: str | None) -> None:
+        """The device's status (`energyd status`): a poll now, with its error or None."""
+
+    def metric(self, name: str, **labels: str) -> MetricSeries:
+        """The device's series of one of the plugin's SessionMetrics."""
+
+    def show(self, health: Callable[[], dict[str, Any]]) -> None:
+        """What the device's entry in /health holds, asked for at each request."""
+
+
+class DeviceSession(Protocol):
+    """An owned device's connection, as its driver keeps it."""
+
+    async def run(self, services: SessionServices) -> None:
+        """Connect, read, reconnect after a loss... until cancelled; releases what it holds
+        in `finally`. A failure that escapes is logged and the daemon restarts it."""
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A driver whose devices each hold a connection of their own."""
+
+    open_session: Callable[[Any], DeviceSession]  # the device's options model
+    metrics: tuple[SessionMetric, ...] = ()
+
+
+@dataclass(frozen=True)
 class DriverPlugin:
     name: str  # the `driver:` value
     read_once: Callable[[Any], Awaitable[OneRead]] | None = None
@@ -156,3 +228,4 @@ class DriverPlugin:
     scan: Callable[[dict[str, Any], str, float], Awaitable[ScanReport]] | None = None
     polled: Polled | None = None
     subscribed: bool = False
+    owned: Owned | None = None

@@ -2,7 +2,7 @@
 
 The config builds the `devices:` entries from the options models (a union told apart by
 `driver:`); the daemon and the command line find a driver's code through `plugin()`. The
-code is imported only when asked for, so the config never loads pymodbus or paho.
+code is imported only when asked for, so the config never loads pymodbus, paho or asyncua.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from energyd.config.types import Device
 from energyd.drivers.dlt645.options import Dlt645Device
 from energyd.drivers.modbus.options import ModbusDevice
 from energyd.drivers.mqtt.options import MqttDevice
+from energyd.drivers.opcua.options import OpcuaDevice
 
 if TYPE_CHECKING:
     from energyd.drivers.contracts import DriverPlugin
@@ -28,6 +29,7 @@ DRIVERS: dict[str, Entry] = {
     "dlt645": Entry(Dlt645Device, "energyd.drivers.dlt645.plugin"),
     "modbus": Entry(ModbusDevice, "energyd.drivers.modbus.plugin"),
     "mqtt": Entry(MqttDevice, "energyd.drivers.mqtt.plugin"),
+    "opcua": Entry(OpcuaDevice, "energyd.drivers.opcua.plugin"),
 }
 
 

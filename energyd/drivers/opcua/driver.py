@@ -19,7 +19,7 @@
 
 Time: a value's source timestamp is the reading's time (quality good, or uncertain when
 the server says so). A value without one takes its receipt time, made strictly increasing
-per device as the MQTT driver does (energyd/drivers/mqtt.py), quality received. A value
+per device as the MQTT driver does (energyd/drivers/mqtt/), quality received. A value
 whose status is bad, or that is not a number, is refused and counted in `refused` by
 reason; nothing else is dropped. A value that comes again after a re-subscription (the
 current value the server sends first) carries the same source time, so the store keeps it
@@ -167,6 +167,9 @@ class OpcuaSource:
         while True:
             await asyncio.sleep(o.watchdog)
             await session.check()
+            if self.on_poll is not None:
+                # heard, though nothing changed: a steady value is sent once, not again
+                self.on_poll(None)
             if since and time.monotonic() >= again:
                 await self._backfill(session, since)
                 since = {}
@@ -243,21 +246,13 @@ class OpcuaSource:
             self.on_poll(error)
 
 
-
-async def read_once(name: str, options: OpcuaOptions, now: Callable[[], datetime]
-                    ) -> dict[str, object]:
-    """One read of every node (`energyd read`): the values as readings would hold them,
-    what was refused, and the nodes the server does not know. Raises DeviceError."""
-    from energyd.model import QUANTITIES
-
+async def read_nodes(name: str, options: OpcuaOptions, now: Callable[[], datetime]
+                     ) -> tuple[list[Reading], dict[str, str]]:
+    """One read of every node (`energyd read`): the readings it gives, and the quantities
+    whose node has a bad status, with the status's name. Raises DeviceError."""
     async with Session(options=options) as session:
         changes = await session.read()
-    refused: dict[str, int] = {}
     nodes = options.node_map()
-    values = {}
-    for r in readings_of(name, options, changes, now(), {}, refused, nodes):
-        values[r.quantity] = {"value": r.value, "unit": QUANTITIES[r.quantity].unit,
-                              "time": r.time.isoformat(), "quality": r.quality.name.lower()}
+    readings = readings_of(name, options, changes, now(), {}, {}, nodes)
     bad = {nodes[c.node].quantity: c.status_name for c in changes if c.status == "bad"}
-    return {"device": name, "endpoint": options.endpoint, "values": values,
-            "refused": refused, "bad": bad}
+    return readings, bad

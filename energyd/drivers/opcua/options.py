@@ -29,7 +29,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from energyd.config.types import (
+    Device,
     Duration,
+    ProblemsAt,
     Strict,
     base_dir,
     check_quantity,
@@ -237,3 +239,27 @@ class OpcuaOptions(Strict):
         obj = self.object or ""
         return [ProfileNode(n.quantity, n.node.replace("{object}", obj), n.scale)
                 for n in merged.values()]
+
+
+class OpcuaDevice(Device):
+    driver: Literal["opcua"]
+    opcua: OpcuaOptions | None = None  # energyd/drivers/opcua/README.md
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_register_map(cls, data: Any) -> Any:
+        # a Modbus habit: the node map lives in the section, not beside it
+        if isinstance(data, dict):
+            found = [((key,), "an opcua device's profile goes in its section: `opcua: "
+                      "{profile: ...}` (device-level `profile:` and `registers:` are Modbus "
+                      "register maps)") for key in ("profile", "registers") if key in data]
+            if found:
+                raise ProblemsAt(found)
+        return data
+
+    def summary(self) -> str:
+        """The device's line in `energyd check-config`."""
+        o = self.opcua
+        assert o is not None
+        return (f"opcua {o.endpoint} ({o.mode}, security {o.security}), "
+                f"{o.profile or 'inline nodes'}, {len(o.node_map())} nodes")
