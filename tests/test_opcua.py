@@ -93,7 +93,7 @@ def _stored(path: Path, device: str) -> dict[str, list[tuple[int, float, int]]]:
     """Per quantity, every (time, value, quality) as an export reads them."""
     out: dict[str, list[tuple[int, float, int]]] = {}
     with Store.open(path) as store:
-        assert store.conflict_counts() == {}, "a value came again with another value"
+        assert store.readings.conflict_counts() == {}, "a value came again with another value"
         for t, _, q, v, quality in store.readings.readings_in(0, 2**62, device=device,
                                                               by_series=True):
             out.setdefault(q, []).append((t, v, quality))
