@@ -114,11 +114,11 @@ def test_the_spike_and_the_leak_are_in_the_data(demo_run: Any) -> None:
     assert first_alert - ms < 12 * hour
 
 
-def test_the_dlt645_meter_behind_its_serial_server_is_read(demo_run: Any) -> None:
+def test_the_dlt645_incomer_behind_its_serial_server_is_read(demo_run: Any) -> None:
     with Store.open(demo_run.workdir / "energyd.db", must_exist=True) as st:
-        kwh = list(st.readings.query_readings(device="sub3-canteen",
+        kwh = list(st.readings.query_readings(device="sub3-incomer",
                                               quantity="active_energy_import_kwh"))
-        volts = list(st.readings.query_readings(device="sub3-canteen",
+        volts = list(st.readings.query_readings(device="sub3-incomer",
                                                 quantity="voltage_l1_v"))
     assert len(kwh) >= 10 and len(volts) >= 10, (len(kwh), len(volts))
     assert kwh[-1].value > kwh[0].value  # its counter rose with the simulated load

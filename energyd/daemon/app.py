@@ -43,6 +43,7 @@ from energyd.daemon.metrics import Metrics
 from energyd.daemon.notify import Notifier
 from energyd.daemon.scheduler import Scheduler
 from energyd.errors import ConfigError, EnergydError, StoreCorrupt
+from energyd.retry import Backoff
 from energyd.store.sqlite import RECOVER_HINT, Store
 from energyd.store.writer import StoreWriter
 
@@ -349,7 +350,8 @@ class Daemon:
             self.metrics.up.set(0)
 
     async def _supervise(self, component: Component) -> None:
-        delay = 1.0
+        restarts = Backoff(base=1.0, cap=RESTART_DELAY_MAX, jitter=False)
+        delay = restarts.next()
         while True:
             started = time.monotonic()
             try:
@@ -360,9 +362,10 @@ class Daemon:
             except Exception:
                 log.exception("%s failed; restarting it in %.0f s", component.name, delay)
             if time.monotonic() - started > 10 * delay:
-                delay = 1.0  # it ran a good while: start the backoff afresh
+                restarts.reset()  # it ran a good while: start the backoff afresh
+                delay = restarts.next()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_DELAY_MAX)
+            delay = restarts.next()
 
     async def _watchdog(self) -> None:
         # Pinged from the event loop itself: a loop that hangs stops the pings, and systemd

@@ -54,6 +54,7 @@ from energyd.daemon.context import Component, Context
 from energyd.drivers.contracts import Polled, PolledLink, PollOutcome
 from energyd.drivers.registry import plugins
 from energyd.model import to_ms
+from energyd.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class DeviceState:
     polled_slot: float = 0.0  # monotonic time of the slot the queued poll belongs to
     not_before: float = 0.0  # monotonic; backing off until then
     backoff: float = 0.0  # current backoff in wall seconds
+    silent_polls: int = 0  # in a row: the backoff's attempt
     failing: str | None = None  # reason while in failure
     refused: set[str] = field(default_factory=set)  # blocks already reported refused
     polls: int = 0
@@ -309,8 +311,9 @@ class LinkOwner:
     def _account(self, st: DeviceState, result: PollOutcome, reason: str | None) -> None:
         name = st.device.name
         if reason is not None and result.silent:
-            st.backoff = min(max(st.backoff * 2, st.interval_wall),
-                             self.ctx.clock.real_seconds(st.poller.backoff_max))
+            st.backoff = backoff_delay(st.silent_polls, base=st.interval_wall, jitter=False,
+                                       cap=self.ctx.clock.real_seconds(st.poller.backoff_max))
+            st.silent_polls += 1
             st.not_before = time.monotonic() + st.backoff
             if st.failing is None:
                 log.warning("%s (unit %s on %s): %s; backing off", name, st.poller.address,
@@ -324,6 +327,7 @@ class LinkOwner:
             return
         self._silent_in_row = 0
         st.backoff = 0.0
+        st.silent_polls = 0
         st.not_before = 0.0
         if st.failing is not None:
             log.info("%s (unit %s on %s): answering again", name, st.poller.address,

@@ -45,6 +45,7 @@ from pathlib import Path
 import energyd
 from energyd.errors import StoreCorrupt, StoreError, StoreFull
 from energyd.model import QUANTITIES, Reading, to_ms
+from energyd.retry import backoff_delay
 from energyd.store.sqlite import Store, corrupt
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ class StoreWriter:
         self.shed = 0  # gauge readings shed while commits failed
         self.thinned = 0  # counter readings thinned past twice the bound
         self._retry_at = 0.0  # monotonic: no attempt before, while failing
+        self._failures = 0  # commits failed in a row: the retry's attempt
         self._retry_delay = 0.0
 
     def submit(self, readings: list[Reading],
@@ -320,7 +322,9 @@ class StoreWriter:
                 "store_corrupt" if isinstance(exc, StoreCorrupt) or corrupt(exc) else
                 "store_failing")
         reason = str(exc) or type(exc).__name__
-        self._retry_delay = min(max(self._retry_delay * 2, self._flush_interval), RETRY_MAX)
+        self._retry_delay = backoff_delay(self._failures, RETRY_MAX, base=self._flush_interval,
+                                          jitter=False)
+        self._failures += 1
         self._retry_at = time.monotonic() + self._retry_delay
         previous, self.trouble = self.trouble, (name, reason)
         if self._on_state is not None:
@@ -330,6 +334,7 @@ class StoreWriter:
 
     def _recovered(self) -> None:
         self._retry_delay = 0.0
+        self._failures = 0
         self._retry_at = 0.0
         if self.trouble is not None:
             name, _ = self.trouble

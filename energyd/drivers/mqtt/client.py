@@ -80,7 +80,6 @@ import itertools
 import json
 import logging
 import math
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +102,7 @@ from energyd.drivers.mqtt.sparkplug import (
     parse_topic,
 )
 from energyd.model import Quality, Reading, from_ms, to_ms
+from energyd.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -517,13 +517,8 @@ class Subscriber:
             c.username_pw_set(options.username, pw)
         if options.tls is not None:
             t = options.tls
-            context = ssl.create_default_context(
-                cafile=str(t.ca_file) if t.ca_file is not None else None)
-            if t.cert_file is not None:
-                context.load_cert_chain(str(t.cert_file), str(t.key_file))
-            if t.insecure:
-                context.check_hostname = False
-            c.tls_set_context(context)
+            c.tls_set_context(client_context(ca_file=t.ca_file, cert_file=t.cert_file,
+                                             key_file=t.key_file, insecure=t.insecure))
             c.tls_insecure_set(t.insecure)
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -39,6 +38,7 @@ from energyd.drivers.opcua.options import OpcuaOptions
 from energyd.drivers.opcua.session import BACKFILL_LIMIT, Change, HistoryUnavailable, Session
 from energyd.errors import DeviceError
 from energyd.model import Quality, Reading, from_ms, to_ms
+from energyd.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ class OpcuaSource:
         await self._subscribed.wait()
 
     async def run(self) -> None:
-        delay = self.options.reconnect_delay_min
+        reconnects = Backoff(base=self.options.reconnect_delay_min,
+                             cap=self.options.reconnect_delay_max)
         while True:
             session = Session(options=self.options)
             try:
@@ -132,7 +133,7 @@ class OpcuaSource:
                     if since and self.options.backfill:
                         since = await self._backfill(session, since)
                 self._up()
-                delay = self.options.reconnect_delay_min
+                reconnects.reset()
                 await self._hold(session, since if self.options.backfill else {})
             except DeviceError as exc:
                 self._down(str(exc))
@@ -140,8 +141,7 @@ class OpcuaSource:
                 self.connected = False
                 self._subscribed.clear()
                 await session.close()
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.options.reconnect_delay_max)
+            await asyncio.sleep(reconnects.next())
 
     async def _hold(self, session: Session, since: dict[int, datetime]) -> None:
         """Until the connection is lost: poll, or watch the subscription."""
