@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from energyd.accounting.energy import HOUR_MS  # noqa: E402
-from energyd.accounting.storage import Accountant  # noqa: E402
+from energyd.accounting.service import Accountant  # noqa: E402
 from energyd.config.loader import parse_config  # noqa: E402
 from energyd.store import Store  # noqa: E402
 from energyd.store.samples import value_at  # noqa: E402

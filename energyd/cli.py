@@ -726,7 +726,7 @@ def _factors(config: Config) -> Any:
 
 
 def _accountant(config: Config, store: Any, factors: Any) -> Any:
-    from energyd.accounting.storage import Accountant
+    from energyd.accounting.service import Accountant
 
     return Accountant(store, config, factors)
 

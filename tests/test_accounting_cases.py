@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from energyd.accounting.energy import HOUR_MS
-from energyd.accounting.storage import Accountant
+from energyd.accounting.service import Accountant
 from energyd.config.loader import parse_config
 from energyd.model import to_ms
 from energyd.store import Store

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from energyd.accounting.energy import HOUR_MS
-from energyd.accounting.storage import Accountant
+from energyd.accounting.service import Accountant
 from energyd.clock import AcceleratedClock
 from energyd.config.loader import parse_config
 from energyd.daemon import polling, rollups

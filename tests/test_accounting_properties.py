@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from energyd.accounting.energy import HOUR_MS
-from energyd.accounting.storage import Accountant
+from energyd.accounting.service import Accountant
 from energyd.accounting.validation import PLAUSIBILITY_MARGIN, PLAUSIBILITY_SLACK
 from energyd.config.loader import parse_config
 from energyd.store import Store

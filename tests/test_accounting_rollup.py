@@ -15,7 +15,7 @@ import pytest
 from conftest import stored
 
 from energyd.accounting.energy import HOUR_MS
-from energyd.accounting.storage import Accountant
+from energyd.accounting.service import Accountant
 from energyd.config.loader import parse_config
 from energyd.daemon.reconciliation import record_reconciliation
 from energyd.errors import ImportRejected

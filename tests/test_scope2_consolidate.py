@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from energyd.accounting.consolidate import ConsolidationError, SiteMonth, combine
 from energyd.accounting.energy import HOUR_MS
 from energyd.accounting.granular import import_certificates
-from energyd.accounting.storage import Accountant
+from energyd.accounting.service import Accountant
 from energyd.cli import cli
 from energyd.config.loader import parse_config
 from energyd.store import Store

@@ -16,7 +16,7 @@ from conftest import stored as table_rows
 from energyd.accounting.energy import HOUR_MS
 from energyd.accounting.granular import import_certificates, parse_grid_mix
 from energyd.accounting.scope2_report import scope2_section
-from energyd.accounting.storage import Accountant
+from energyd.accounting.service import Accountant
 from energyd.cli import cli
 from energyd.errors import ImportRejected
 from energyd.store import Store

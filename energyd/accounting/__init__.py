@@ -3,7 +3,7 @@
 Pure functions over plain data (no clock, no sockets) in `validation` (which counter samples
 energy may be computed from), `energy` (counter -> hourly energy),
 `factors`, `rollup` (gap filling, tCO2, certificates, reconciliation), `invoices` (statement
-files) and `report`; `storage.Accountant` is the service that reads the store and writes
+files) and `report`; `service.Accountant` is the service that reads the store and writes
 rollups, through the repository interfaces of `repositories` (no SQL), with the evidence
 export and verification in `evidence` and reconciliation findings as values in `findings`.
 `reconciliation_findings(statements, rows, tolerance)` is what the alert engine calls to

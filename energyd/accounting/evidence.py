@@ -51,7 +51,7 @@ from energyd.store.sqlite import Store
 from energyd.store.statements import Acceptance, StoredStatement
 
 if TYPE_CHECKING:
-    from energyd.accounting.storage import Accountant
+    from energyd.accounting.service import Accountant
 
 FORMAT = 1
 MANIFEST = "MANIFEST.sha256"
@@ -68,7 +68,7 @@ KWH_TOLERANCE = 1.5e-6
 def export_evidence(acc: Accountant, month: str, directory: str | Path,
                     now_ms: int) -> dict[str, Any]:
     """Write the month's evidence into `directory` (new or empty)."""
-    from energyd.accounting import storage as st
+    from energyd.accounting import service as st
 
     out = Path(directory)
     if out.exists() and any(out.iterdir()):
@@ -337,7 +337,7 @@ def check_manifest(folder: Path) -> list[str]:
 
 def verify_evidence(folder: str | Path) -> Verdict:
     """Recompute the folder's month from the folder alone and compare."""
-    from energyd.accounting.storage import Accountant
+    from energyd.accounting.service import Accountant
 
     folder = Path(folder)
     verdict = Verdict(problems=check_manifest(folder))

@@ -39,7 +39,7 @@ from energyd.accounting.scope2 import (
 )
 
 if TYPE_CHECKING:
-    from energyd.accounting.storage import Accountant
+    from energyd.accounting.service import Accountant
 
 EXPORT = "active_energy_export_kwh"
 
@@ -118,7 +118,7 @@ def export_by_hour(acc: Accountant, start: int, end: int) -> dict[int, float] | 
     """Exported MWh per hour from the grid meters' export counters; None when no grid meter
     has one (the site does not export). An hour the counter does not cover whole is left
     out: its self-consumption is unknown, not guessed."""
-    from energyd.accounting.storage import Source
+    from energyd.accounting.service import Source
 
     hours = list(range(start - start % HOUR_MS, end, HOUR_MS))
     found = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from energyd.accounting.storage import META_POSITION
+from energyd.accounting.service import META_POSITION
 from energyd.daemon.context import Component, Context
 from energyd.model import to_ms
 from energyd.sinks import backlog as sink_backlog

@@ -10,7 +10,7 @@ itself and owns those episodes).
 from __future__ import annotations
 
 from energyd.accounting.findings import RULE
-from energyd.accounting.storage import RecomputeResult
+from energyd.accounting.service import RecomputeResult
 from energyd.alerts.episodes import EpisodeTracker, Event
 from energyd.config.schema import Config
 from energyd.store.sqlite import Store

@@ -26,7 +26,7 @@ import logging
 
 from energyd.accounting.factors import load_factors
 from energyd.accounting.rollup import iso
-from energyd.accounting.storage import Accountant, RecomputeResult, floor_hour
+from energyd.accounting.service import Accountant, RecomputeResult, floor_hour
 from energyd.config.schema import Config
 from energyd.daemon.context import Component, Context
 from energyd.daemon.reconciliation import record_reconciliation

@@ -1,4 +1,5 @@
-"""The one place accounting meets the store: read readings and statements, write rollups.
+"""The accounting service: the one place accounting meets the store (through the repository
+interfaces of repositories.py): read readings and statements, write rollups.
 
 Everything else in `energyd.accounting` is pure; this module decides *what* to recompute and
 persists the result:
