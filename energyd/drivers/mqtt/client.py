@@ -175,6 +175,21 @@ def _lookup(doc: Any, path: tuple[str, ...]) -> Any:
     return doc
 
 
+def _field(doc: Any, path: tuple[str, ...]) -> Any:
+    """_lookup, quicker for the usual case (objects within objects, every key there): only
+    a JSON object is indexed by a text key without a TypeError."""
+    value = doc
+    try:
+        for part in path:
+            value = value[part]
+    except (KeyError, TypeError, IndexError):
+        return _lookup(doc, path)  # a list, a missing key: said the way _lookup says it
+    return value
+
+
+_reading = tuple.__new__
+
+
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or value is None:
         raise Rejected("not_numeric", f"{what} is {json.dumps(value)}, not a number")
@@ -415,7 +430,7 @@ class PayloadMapper:
             missing: list[str] = []
             for quantity, path in route.fields:
                 try:
-                    raw = _lookup(doc, path)
+                    raw = _field(doc, path)
                 except KeyError:
                     missing.append(".".join(path))
                     continue
@@ -431,7 +446,10 @@ class PayloadMapper:
                         continue
                 if when is None:  # stamped once the message is known to give a reading
                     when = self._receipt(device, received)
-                out.append(Reading(when, device, quantity, value, quality))
+                # made without Reading's checks, which hold already: the value is finite
+                # (above) and `when` is aware (parse_time, _receipt); this runs per field of
+                # every message, in paho's thread
+                out.append(_reading(Reading, (when, device, quantity, value, quality)))
             if missing:
                 problem = Rejected("missing_field", f"no field {', '.join(missing)}")
                 if problems is None:
