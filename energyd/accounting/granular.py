@@ -43,7 +43,7 @@ from energyd.accounting.scope2 import (
 )
 from energyd.errors import ImportRejected, LineProblems, Problem
 from energyd.store.certificates import CertificateRecord
-from energyd.store.csvio import csv_records
+from energyd.store.csvio import csv_records, named_records
 
 if TYPE_CHECKING:
     from energyd.store.sqlite import Store
@@ -54,6 +54,7 @@ OPTIONAL = ["location", "storage_discharge", "registry", "backs"]
 MAX_REPORTED = 50
 MAX_FIELD = 200
 MAX_CERTIFICATES = 1_000_000  # a year of quarter-hour certificates from 25 devices
+MAX_HOURS = 100_000  # eleven years of hours: more is not one region's grid mix
 MAX_WH = 1e12  # a terawatt-hour in one hour: a slipped exponent
 FIRST_YEAR, END_YEAR = 1970, 2200
 # EnergyTag's and registries' names for the same columns
@@ -131,21 +132,9 @@ def parse_certificates(stream: TextIO, filename: str, tz: ZoneInfo,
     names = _header(records, filename, REQUIRED, OPTIONAL, fail)
     out: list[CertificateLine] = []
     first_line: dict[str, int] = {}
-    for line, fields in records:
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        if len(out) >= MAX_CERTIFICATES:
-            fail(line, f"more than {MAX_CERTIFICATES} certificates: split the file")
-            break
-        if len(fields) != len(names):
-            fail(line, f"expected {len(names)} columns, got {len(fields)}")
-            continue
-        long = [n for n, f in zip(names, fields, strict=True) if len(f) > MAX_FIELD]
-        if long:
-            fail(line, f"{long[0]} is longer than {MAX_FIELD} characters")
-            continue
-        rec = dict.fromkeys(OPTIONAL, "") | dict(
-            zip(names, (f.strip() for f in fields), strict=True))
+    for line, named in named_records(records, names, fail, most=MAX_CERTIFICATES,
+                                     what="certificates", max_field=MAX_FIELD):
+        rec = dict.fromkeys(OPTIONAL, "") | named
         empty = [k for k in ("id", "market", "device", "technology") if not rec[k]]
         if empty:
             fail(line, f"{empty[0]} is empty")
@@ -246,13 +235,8 @@ def parse_grid_mix(stream: TextIO, filename: str, tz: ZoneInfo) -> dict[int, flo
     names = _header(records, filename, ["hour", "clean_share"], [], fail)
     out: dict[int, float] = {}
     first_line: dict[int, int] = {}
-    for line, fields in records:
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        if len(fields) != len(names):
-            fail(line, f"expected {len(names)} columns, got {len(fields)}")
-            continue
-        rec = dict(zip(names, (f.strip() for f in fields), strict=True))
+    for line, rec in named_records(records, names, fail, most=MAX_HOURS, what="hours",
+                                   max_field=MAX_FIELD):
         try:
             hour = _instant(rec["hour"], "hour", tz)
         except ValueError as exc:

@@ -31,7 +31,7 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from energyd.errors import ImportRejected, LineProblems, Problem
-from energyd.store.csvio import csv_records
+from energyd.store.csvio import csv_records, named_records
 
 REQUIRED = ["account", "period_start", "period_end", "energy_kwh"]
 OPTIONAL = ["supplier", "document", "replaces"]
@@ -97,20 +97,8 @@ def parse_statements(
             filename, header_line, "", f"header must be {','.join(REQUIRED)}"
             f"[,supplier,document], got {got if len(got) <= 80 else got[:77] + '...'!r}")], 1)
     rows: list[StatementRow] = []
-    for line, fields in records:
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        if len(rows) >= MAX_STATEMENTS:
-            fail(line, f"more than {MAX_STATEMENTS} statements: split the file")
-            break
-        if len(fields) != len(names):
-            fail(line, f"expected {len(names)} columns, got {len(fields)}")
-            continue
-        long = [n for n, f in zip(names, fields, strict=True) if len(f) > MAX_FIELD]
-        if long:
-            fail(line, f"{long[0]} is longer than {MAX_FIELD} characters")
-            continue
-        rec = dict(zip(names, (f.strip() for f in fields), strict=True))
+    for line, rec in named_records(records, names, fail, most=MAX_STATEMENTS,
+                                   what="statements", max_field=MAX_FIELD):
         account = rec["account"]
         if not account:
             fail(line, "account is empty")

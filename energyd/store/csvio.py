@@ -28,7 +28,7 @@ import itertools
 import math
 import re
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -81,6 +81,30 @@ def csv_records(stream: TextIO, fail: Callable[[int, str], None],
             return
         except csv.Error as exc:
             fail(reader.line_num, f"not valid CSV: {exc}")
+
+
+def named_records(records: Iterable[tuple[int, list[str]]], names: list[str],
+                  fail: Callable[[int, str], None], *, most: int, what: str,
+                  max_field: int = MAX_FIELD) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: stripped field}) of each record after the header: blank lines
+    passed over; a line with another number of fields, or a field longer than `max_field`,
+    refused at its line; after `most` records the file is refused as not `what` at all."""
+    taken = 0
+    for line, fields in records:
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if taken >= most:
+            fail(line, f"more than {most} {what}: split the file")
+            return
+        if len(fields) != len(names):
+            fail(line, f"expected {len(names)} columns, got {len(fields)}")
+            continue
+        long = [n for n, f in zip(names, fields, strict=True) if len(f) > max_field]
+        if long:
+            fail(line, f"{long[0]} is longer than {max_field} characters")
+            continue
+        taken += 1
+        yield line, dict(zip(names, (f.strip() for f in fields), strict=True))
 
 
 def _checked_blocks(stream: TextIO, fail: Callable[[int, str], None], max_line: int
