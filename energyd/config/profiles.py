@@ -42,9 +42,9 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from energyd.errors import ConfigError, Problem
 from energyd.model import QUANTITIES
@@ -208,24 +208,12 @@ def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
 
 @functools.lru_cache(maxsize=64)
 def _load_file(path_text: str, _stamp: int = 0) -> Profile:
-    from energyd.config.loader import _locate, _plain_checked, parse_yaml, read_text
+    from energyd.config.loader import _locate
+    from energyd.config.types import validated_data_file
 
     path = Path(path_text)
-    tree = parse_yaml(read_text(path), path_text)
-    if not isinstance(tree, dict):
-        raise ConfigError([Problem(path_text, 1, "", "a profile must be a mapping")])
-    try:
-        data = _ProfileFile.model_validate(_plain_checked(tree, path_text))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False):
-            loc = tuple(part for part in err["loc"] if part != "[key]")
-            line, where = _locate(tree, loc)
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown key (check its spelling)"
-            problems.append(Problem(path_text, line, where, message))
-        raise ConfigError(problems) from None
+    tree, checked = validated_data_file(path_text, _ProfileFile)
+    data = cast(_ProfileFile, checked)
     specs = []
     problems = []
     for quantity, entry in data.registers.items():

@@ -105,13 +105,20 @@ def load_data_file(path: Path, schema: type[Data]) -> Data:
 
 @functools.lru_cache(maxsize=64)
 def _load_data_file(path_text: str, schema: type[BaseModel], _stamp: int) -> BaseModel:
+    return validated_data_file(path_text, schema)[1]
+
+
+def validated_data_file(path_text: str, schema: type[BaseModel]) -> tuple[Any, BaseModel]:
+    """The YAML file at `path_text` (its tree, with line numbers for checks of one's own)
+    and its data validated against `schema`, uncached; ConfigError with the file's line of
+    each problem, as the config's own loader reports them."""
     from energyd.config.loader import _locate, _plain_checked, parse_yaml, read_text
 
     tree = parse_yaml(read_text(Path(path_text)), path_text)
     if not isinstance(tree, dict):
         raise ConfigError([Problem(path_text, 1, "", "the file must hold a mapping")])
     try:
-        return schema.model_validate(_plain_checked(tree, path_text))
+        return tree, schema.model_validate(_plain_checked(tree, path_text))
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
