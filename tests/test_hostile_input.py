@@ -465,7 +465,16 @@ def test_a_store_directory_that_cannot_be_written_is_refused() -> None:
     """Run as an unprivileged user (root may write anywhere): as `nobody` through setpriv
     when the tests run as root, else as the current user under a read-only directory."""
     work = Path(tempfile.mkdtemp(prefix="energyd-unwritable-"))
+    opened: list[tuple[Path, int]] = []
     try:
+        if os.geteuid() == 0:
+            # `nobody` must reach the interpreter and the package: a checkout in a private
+            # directory (mktemp -d makes them 0700) is opened to it for the test's length
+            for d in Path(sys.prefix).resolve().parents:
+                mode = d.stat().st_mode
+                if not mode & 0o001:
+                    opened.append((d, mode))
+                    d.chmod(mode | 0o005)
         locked = work / "locked"
         locked.mkdir()
         cfg = work / "energyd.yaml"
@@ -486,5 +495,7 @@ def test_a_store_directory_that_cannot_be_written_is_refused() -> None:
         assert f"the directory {locked} is not writable" in result.stderr
         assert "Traceback" not in result.stderr
     finally:
+        for d, mode in reversed(opened):
+            d.chmod(mode)
         (work / "locked").chmod(0o755)
         shutil.rmtree(work, ignore_errors=True)
