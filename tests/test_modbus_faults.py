@@ -45,6 +45,29 @@ async def test_a_garbled_reply_is_a_device_error_at_the_driver_edge(framer: str,
             assert refused.value.exception_code == 2
 
 
+@pytest.mark.parametrize("function", [ReadCode.HOLDING_REGISTERS, ReadCode.INPUT_REGISTERS])
+async def test_a_reply_with_an_odd_byte_count_is_garbled_not_a_timeout(function: ReadCode
+                                                                       ) -> None:
+    # a Modbus TCP server that counts one byte too many in its replies to address 0
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while request := await reader.read(12):
+            tid, unit, code = request[:2], request[6], request[7]
+            address, count = int.from_bytes(request[8:10]), int.from_bytes(request[10:12])
+            words = b"".join(i.to_bytes(2, "big") for i in range(1, count + 1))
+            extra = b"\0" if address == 0 else b""
+            pdu = bytes([code, len(words + extra)]) + words + extra
+            writer.write(tid + b"\0\0" + (len(pdu) + 1).to_bytes(2, "big") + bytes([unit]) + pdu)
+            await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, ModbusLink(LinkSettings(host="127.0.0.1", port=port)) as link:
+        with pytest.raises(DeviceGarbled, match="7 bytes for 3 registers"):
+            await link.read(function, 0, 3, unit=1, timeout=1.0)
+        # a reply that counts right is read, through the same decoder
+        assert await link.read(function, 10, 3, unit=1, timeout=1.0) == [1, 2, 3]
+
+
 async def test_a_garbled_reply_fails_one_poll_and_leaves_the_read_plan_alone() -> None:
     # without its readable range the SDM630 is read in two blocks: one garbled, one not
     profile = dataclasses.replace(load_profile("eastron_sdm630"), readable={})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,18 +63,19 @@ class Block:
         last = self.address + self.count - 1
         return f"fc{self.function} {self.address}..{last}"
 
-    def decode(self, words: list[int]) -> dict[str, float]:
+    def decode(self, words: bytes | Sequence[int]) -> dict[str, float]:
         """Values of the block's quantities from the registers (or bits) read
         (the same numbers as decode.decode() gives value by value)."""
         return dict(self.values(words))
 
-    def values(self, words: list[int]) -> Iterator[tuple[str, float]]:
-        """(quantity, value) for each value of the block, in address order."""
+    def values(self, words: bytes | Sequence[int]) -> Iterator[tuple[str, float]]:
+        """(quantity, value) for each value of the block, in address order, from the bits or
+        registers read (registers as words, or as the bytes they came in)."""
         if self.function in (1, 2):
             for step in self._steps:
                 yield step.quantity, float(bool(words[step.start])) * step.scale + step.offset
             return
-        raw = struct.pack(f">{len(words)}H", *words)
+        raw = words if isinstance(words, bytes) else struct.pack(f">{len(words)}H", *words)
         if self._text is not None:
             values = list(map(float, (self._text % self._whole(raw)).split()))  # type: ignore[misc]
             for i, scale, offset in self._scaled:
