@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -137,6 +138,40 @@ class Reading(_ReadingFields):
 
 
 _new_tuple = tuple.__new__
+
+
+class _PollValuesFields(NamedTuple):
+    time: datetime  # aware, UTC
+    device: str
+    quantities: tuple[str, ...]
+    values: Sequence[float]
+    quality: Quality = Quality.GOOD
+
+
+class PollValues(_PollValuesFields):
+    """Values of one device read at one instant, as columns: what a poll gives (a block of
+    registers, a DL/T 645 identifier). The store packs the columns as they come; Readings
+    are made only for whoever asks for them (`readings()`), since a poller that made one
+    per value spent more on them than on the values. Checked when made, as a Reading is."""
+
+    __slots__ = ()
+
+    def __new__(cls, time: datetime, device: str, quantities: tuple[str, ...],
+                values: Sequence[float], quality: Quality = Quality.GOOD) -> PollValues:
+        if time.tzinfo is None:
+            raise ValueError("PollValues.time must be timezone-aware")
+        if len(quantities) != len(values):
+            raise ValueError(f"{device}: {len(quantities)} quantities for {len(values)} values")
+        if not all(map(math.isfinite, values)):
+            bad = next(q for q, v in zip(quantities, values, strict=True)
+                       if not math.isfinite(v))
+            raise ValueError(f"{device}/{bad}: a value is not finite")
+        return _new_tuple(cls, (time, device, quantities, values, quality))
+
+    def readings(self) -> list[Reading]:
+        time, device, quality = self.time, self.device, self.quality
+        return [_new_tuple(Reading, (time, device, q, v, quality))
+                for q, v in zip(self.quantities, self.values, strict=True)]
 
 
 HOUR_MS = 3_600_000  # the rollups' grain, in the store's time unit

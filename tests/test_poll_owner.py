@@ -23,7 +23,7 @@ from energyd.daemon import polling
 from energyd.daemon.app import Daemon
 from energyd.daemon.context import Component, Context
 from energyd.drivers.contracts import Polled
-from energyd.model import Reading
+from energyd.model import PollValues
 from energyd.store import Store
 
 WIRE = 0.005  # seconds a unit takes to answer
@@ -32,7 +32,7 @@ TIMEOUT = 0.15  # seconds a silent unit holds the link
 
 @dataclass
 class Outcome:
-    readings: list[Reading]
+    values: list[PollValues]
     error: str | None = None
     reason: str | None = None
     silent: bool = False
@@ -85,12 +85,12 @@ class CountingBus:
     def finish(self, unit: Unit, raw: Unit | None) -> Outcome:
         if raw is None:
             return Outcome([], f"unit {unit.address}: no reply", "timeout", silent=True)
-        reading = Reading(datetime.now(UTC), unit.name, "active_energy_import_kwh",
-                          float(unit.reads))
+        values = PollValues(datetime.now(UTC), unit.name, ("active_energy_import_kwh",),
+                            [float(unit.reads)])
         if unit.refuse:
-            return Outcome([reading], "part b: refused", "refused",
+            return Outcome([values], "part b: refused", "refused",
                            parts={"b": "part b: refused"})
-        return Outcome([reading])
+        return Outcome([values])
 
     def reset(self) -> None:
         self.resets += 1

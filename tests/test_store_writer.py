@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from energyd.errors import StoreError
-from energyd.model import Reading, to_ms
+from energyd.model import PollValues, Reading, to_ms
 from energyd.store import Store
 from energyd.store.writer import StoreWriter
 
@@ -72,6 +72,39 @@ def test_a_flush_commits_readings_and_polls_and_then_calls_back(tmp_path: Path) 
     status = store.device_status()["m1"]
     assert (status["polls"], status["errors"], status["last_error"]) == (2, 1, "timeout")
     store.close()
+
+
+def test_polls_as_columns_are_stored_as_the_same_readings(tmp_path: Path) -> None:
+    # a bus owner hands its polls over as columns (PollValues); what is stored, and what a
+    # reading listener is given, is what the same polls as Readings give
+    quantities = ("active_power_kw", "active_energy_import_kwh")
+    polls = [PollValues(T0 + timedelta(seconds=s), device, quantities, [s + 0.5, 100.0 + s])
+             for s in range(3) for device in ("m1", "m2")]
+    kept: list[Reading] = []
+    as_columns, as_readings = tmp_path / "columns.db", tmp_path / "readings.db"
+    with Store.open(as_columns) as store, StoreWriter(
+            store, on_commit=lambda n, got: kept.extend(got), keep_readings=lambda: True
+    ) as writer:
+        writer.submit_values(polls[:2])  # new series: made at the flush
+        assert writer.flush_sync() == 4
+        writer.submit_values(polls[2:])  # known now: packed as they are
+        assert writer.pending == 8
+        assert writer.flush_sync() == 8
+    with Store.open(as_readings) as store, StoreWriter(store) as writer:
+        for p in polls:
+            writer.submit(p.readings())
+    assert stored(as_columns) == stored(as_readings) and len(stored(as_columns)) == 12
+    assert kept == [r for p in polls for r in p.readings()]
+    assert kept[0] == Reading(T0, "m1", "active_power_kw", 0.5)
+
+
+def test_poll_values_are_checked_when_made() -> None:
+    with pytest.raises(ValueError, match="m1/active_power_kw: a value is not finite"):
+        PollValues(T0, "m1", ("active_power_kw",), [float("nan")])
+    with pytest.raises(ValueError, match="2 quantities for 1 values"):
+        PollValues(T0, "m1", ("active_power_kw", "frequency_hz"), [1.0])
+    with pytest.raises(ValueError, match="timezone-aware"):
+        PollValues(datetime(2026, 3, 1), "m1", ("active_power_kw",), [1.0])
 
 
 def test_a_dead_committer_loses_nothing_and_is_replaced(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from energyd.config.schema import Config
 from energyd.daemon.degraded import Degraded
 from energyd.daemon.metrics import Metrics
 from energyd.daemon.scheduler import Scheduler
-from energyd.model import Quality, Reading
+from energyd.model import PollValues, Quality, Reading
 from energyd.store.sqlite import Store
 from energyd.store.writer import StoreWriter
 
@@ -54,6 +54,14 @@ class Context:
             if self._episodes is None:
                 self._episodes = EpisodeTracker(self.store)
             return self._episodes
+
+    def stamped_values(self, polls: list[PollValues]) -> list[PollValues]:
+        """`stamped()` for polls as columns (drivers/contracts.py), all of one instant."""
+        watch = self.clock_watch
+        if not polls or watch is None or watch.suspect(polls[0].time) is None:
+            return polls
+        self.metrics.readings_clock_suspect.inc(sum(len(p.values) for p in polls))
+        return [p._replace(quality=Quality.CLOCK_SUSPECT) for p in polls]
 
     def stamped(self, readings: list[Reading]) -> list[Reading]:
         """`readings`, all stamped from the wall clock at one instant, flagged CLOCK_SUSPECT

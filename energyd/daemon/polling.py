@@ -53,7 +53,7 @@ from energyd.config.schema import Device
 from energyd.daemon.context import Component, Context
 from energyd.drivers.contracts import Polled, PolledLink, PollOutcome
 from energyd.drivers.registry import plugins
-from energyd.model import to_ms
+from energyd.model import PollValues, to_ms
 from energyd.retry import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,8 @@ class LinkOwner:
         self._busy_checked = self._busy_since
         self._busy_warned = False
         self._busy_metric = ctx.metrics.link_busy.labels(link)
-        # decoded, not yet handed to the store: the readings, and (device, ms, error) per poll
-        self._readings: list[Any] = []
+        # decoded, not yet handed to the store: the values, and (device, ms, error) per poll
+        self._values: list[PollValues] = []
         self._polled: list[tuple[str, int, str | None]] = []
 
     async def run(self) -> None:
@@ -218,18 +218,18 @@ class LinkOwner:
                 loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
-        readings, self._readings = self._readings, []
+        values, self._values = self._values, []
         polled, self._polled = self._polled, []
         writer = self.ctx.writer
         try:
-            if readings:
-                writer.submit(readings)
+            if values:
+                writer.submit_values(values)
             for device, when_ms, error in polled:
                 writer.record_poll(device, when_ms, error)
             self._check_busy()
         except Exception:
-            log.exception("%s: handing %d readings of %d polls to the store failed", self.name,
-                          len(readings), len(polled))
+            log.exception("%s: handing the values of %d polls to the store failed", self.name,
+                          len(polled))
 
     def _finish_safely(self, st: DeviceState, result: Any) -> None:
         try:
@@ -295,8 +295,8 @@ class LinkOwner:
         self.polls += 1
         st.polls += 1
         when_ms = to_ms(self.ctx.clock.now())
-        if result.readings:
-            self._readings += self.ctx.stamped(result.readings)
+        if result.values:
+            self._values += self.ctx.stamped_values(result.values)
         self._polled.append((device.name, when_ms, result.error))
         if st.polls_metric is None:
             st.polls_metric = self.ctx.metrics.polls.labels(device.name)
@@ -306,7 +306,7 @@ class LinkOwner:
             st.errors += 1
             st.last_error = result.error
             self.ctx.metrics.poll_errors.labels(device.name, reason).inc()
-        if result.readings:
+        if result.values:
             st.last_ok_ms = when_ms
         self._account(st, result, reason)
 

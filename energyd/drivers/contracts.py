@@ -23,7 +23,8 @@ whose `summary()` is the device's line in `energyd check-config`. Its `plugin.py
     (energyd/daemon/sessions.py) and hands it SessionServices, all it may use.
 
 The daemon hands a polled link or an owned session only what is here: the devices (their
-options models), the clock, and the calls below. Readings go back as energyd.model.Reading.
+options models), the clock, and the calls below. Readings go back as energyd.model.Reading,
+or, from a polled link, as energyd.model.PollValues (a poll's values as columns).
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from energyd.clock import Clock
-from energyd.model import QUANTITIES, Reading
+from energyd.model import QUANTITIES, PollValues, Reading
 
 
 class PollOutcome(Protocol):
     """What one poll of one unit gave, once decoded."""
 
-    readings: list[Reading]
+    values: list[PollValues]  # as columns: the owner hands them to the store as they are
 
     @property
     def error(self) -> str | None:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import energyd
 from energyd.errors import StoreCorrupt, StoreError, StoreFull
-from energyd.model import QUANTITIES, Reading, to_ms
+from energyd.model import QUANTITIES, PollValues, Reading, to_ms
 from energyd.retry import backoff_delay
 from energyd.store.sqlite import Store, corrupt
 
@@ -58,6 +58,7 @@ COMMIT_MAX = 200_000
 """Readings committed in one transaction at most (a slice of what a failure held)."""
 RETRY_MAX = 10.0
 """Seconds between two commit attempts at most while they fail."""
+SERIES_OF_MAX = 100_000  # (device, quantities) remembered by submit_values() at most
 MAX_POLLS = 10_000  # polls held before they are folded per device
 
 
@@ -217,6 +218,9 @@ class StoreWriter:
         self._retry_at = 0.0  # monotonic: no attempt before, while failing
         self._failures = 0  # commits failed in a row: the retry's attempt
         self._retry_delay = 0.0
+        # (device, quantities) -> their series ids, for submit_values(): a poll's columns
+        # find their series in one look-up
+        self._series_of: dict[tuple[str, tuple[str, ...]], array] = {}
 
     def submit(self, readings: list[Reading],
                  committed: Callable[[], None] | None = None) -> None:
@@ -250,6 +254,37 @@ class StoreWriter:
                 b.kept.extend(readings)
             if committed is not None:
                 b.callbacks.append(committed)
+
+    def submit_values(self, polls: Sequence[PollValues]) -> None:
+        """As submit(), for polls as columns (a bus owner's): each poll is a call of its own
+        (committed whole), and no Reading is made unless a listener keeps them."""
+        series_of = self._series_of
+        ids = []
+        for p in polls:
+            sids = series_of.get((p.device, p.quantities))
+            if sids is None:
+                known = self._store.known_series
+                found = [known.get((p.device, q)) for q in p.quantities]
+                if None in found:  # a new series: made at the flush, as for submit()
+                    for p in polls:
+                        self.submit(p.readings())
+                    return
+                if len(series_of) >= SERIES_OF_MAX:
+                    series_of.clear()
+                sids = series_of[(p.device, p.quantities)] = array("q", found)
+            ids.append(sids)
+        keep = self._keep_readings()
+        with self._lock:
+            b = self._batch
+            for p, sids in zip(polls, ids, strict=True):
+                n = len(sids)
+                b.starts.append(len(b.series))
+                b.series.extend(sids)
+                b.times.extend(array("q", (to_ms(p.time),)) * n)
+                b.values.extend(p.values)
+                b.quality.extend(array("b", (p.quality,)) * n)
+                if keep:
+                    b.kept += p.readings()
 
     def record_poll(self, device: str, when_ms: int, error: str | None) -> None:
         with self._lock:

@@ -33,7 +33,7 @@ from energyd.drivers.dlt645 import codec
 from energyd.drivers.dlt645.codec import Frame, FrameError, ReadCode
 from energyd.drivers.dlt645.profile import Dlt645Profile, Identifier, load_profile
 from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
-from energyd.model import Reading
+from energyd.model import PollValues, Reading
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +337,13 @@ class PollResult:
     """One poll of one meter (a PollOutcome for the bus owner, drivers/contracts.py)."""
 
     device: str
-    readings: list[Reading] = field(default_factory=list)
+    values: list[PollValues] = field(default_factory=list)  # an identifier's each
     failures: list[IdentifierFailure] = field(default_factory=list)
     raw: list[tuple[Any, Any, bytes]] = field(default_factory=list)  # read, not decoded
+
+    @property
+    def readings(self) -> list[Reading]:
+        return [r for v in self.values for r in v.readings()]
 
     @property
     def error(self) -> str | None:
@@ -452,7 +456,9 @@ class MeterPoller:
                 result.failures.append(IdentifierFailure(ident.di, DeviceGarbled(
                     f"meter {self.address} {ident.di}: garbled reply ({exc})")))
                 continue
-            result.readings += [Reading(when, self.name, q, v) for q, v in values]
+            if values:
+                result.values.append(PollValues(when, self.name, tuple(q for q, _ in values),
+                                                [v for _, v in values]))
         result.raw.clear()
         return result
 

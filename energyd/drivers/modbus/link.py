@@ -72,7 +72,7 @@ from energyd.clock import Clock, RealClock
 from energyd.config.profiles import Profile, RegisterSpec
 from energyd.drivers.modbus.planner import Block, key, plan
 from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
-from energyd.model import Reading
+from energyd.model import PollValues, Reading
 
 log = logging.getLogger(__name__)
 
@@ -350,10 +350,14 @@ class BlockFailure:
 @dataclass
 class PollResult:
     device: str
-    readings: list[Reading] = field(default_factory=list)
+    values: list[PollValues] = field(default_factory=list)  # a block's each
     failures: list[BlockFailure] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)  # quantities the meter sent as NaN
     raw: list[tuple[Block, Any, bytes | list[int]]] = field(default_factory=list)  # not decoded
+
+    @property
+    def readings(self) -> list[Reading]:
+        return [r for v in self.values for r in v.readings()]
 
     @property
     def timed_out(self) -> bool:
@@ -516,17 +520,23 @@ class DevicePoller:
         name = self.name
         for block, when, words in result.raw:
             try:
-                values = list(block.values(words))
+                values = block.numbers(words)
             except (struct.error, ValueError, IndexError, TypeError) as exc:
                 # read() checked the length already; whatever else cannot be decoded is garbage
                 result.failures.append(BlockFailure(str(block), DeviceGarbled(
                     f"unit {self.unit} {block}: garbled reply ({exc})")))
                 continue
-            for quantity, value in values:
-                if math.isfinite(value):
-                    result.readings.append(Reading(when, name, quantity, value))
-                else:  # meters send NaN for what they do not measure (an unwired phase)
-                    result.unavailable.append(quantity)
+            quantities = block.quantities
+            if not all(map(math.isfinite, values)):
+                # meters send NaN for what they do not measure (an unwired phase)
+                result.unavailable += [q for q, v in zip(quantities, values, strict=True)
+                                       if not math.isfinite(v)]
+                kept = [(q, v) for q, v in zip(quantities, values, strict=True)
+                        if math.isfinite(v)]
+                if not kept:
+                    continue
+                quantities, values = tuple(q for q, _ in kept), [v for _, v in kept]
+            result.values.append(PollValues(when, name, quantities, values))
         result.raw.clear()
         return result
 

@@ -45,12 +45,14 @@ class Block:
     _text: str | None = field(default=None, compare=False, repr=False)
     _scaled: tuple[tuple[int, float, float], ...] = field(default=(), compare=False,
                                                            repr=False)
+    _quantities: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # worked out once per plan, not per poll: decoding is the poller's hot path
         steps = tuple(sorted((_Step.of(spec, self.address) for spec in self.specs),
                              key=lambda st: st.start))
         object.__setattr__(self, "_steps", steps)
+        object.__setattr__(self, "_quantities", tuple(st.quantity for st in steps))
         whole = _whole_block_unpacker(steps, self.count)
         object.__setattr__(self, "_whole", whole)
         if whole is not None and all(st.transform is None for st in steps):
@@ -71,23 +73,31 @@ class Block:
     def values(self, words: bytes | Sequence[int]) -> Iterator[tuple[str, float]]:
         """(quantity, value) for each value of the block, in address order, from the bits or
         registers read (registers as words, or as the bytes they came in)."""
+        return zip(self.quantities, self.numbers(words), strict=True)
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        """The block's quantities, in address order (the order of numbers())."""
+        return self._quantities
+
+    def numbers(self, words: bytes | Sequence[int]) -> list[float]:
+        """The block's values, in address order (NaN where the meter sent one)."""
         if self.function in (1, 2):
-            for step in self._steps:
-                yield step.quantity, float(bool(words[step.start])) * step.scale + step.offset
-            return
+            return [float(bool(words[step.start])) * step.scale + step.offset
+                    for step in self._steps]
         raw = words if isinstance(words, bytes) else struct.pack(f">{len(words)}H", *words)
         if self._text is not None:
             values = list(map(float, (self._text % self._whole(raw)).split()))  # type: ignore[misc]
             for i, scale, offset in self._scaled:
                 value = values[i] * scale + offset
                 values[i] = round(value, 10) if math.isfinite(value) else value
-            yield from zip((st.quantity for st in self._steps), values, strict=True)
-            return
+            return values
         if self._whole is not None:
             raws: Iterable[Any] = self._whole(raw)
         else:
             raws = [step.unpack(_reorder(raw[2 * step.start:2 * step.start + step.size],
                                          step.order))[0] for step in self._steps]
+        values = []
         for step, value in zip(self._steps, raws, strict=True):
             # float32 carries about 7 significant digits; the rest is binary noise
             value = float(f"{value:.7g}") if step.float32 else float(value)
@@ -97,7 +107,8 @@ class Block:
                     value = round(value, 10)
             if step.transform is not None:
                 value = _four_quadrant_pf(value)
-            yield step.quantity, value
+            values.append(value)
+        return values
 
 
 @dataclass(frozen=True, slots=True)
