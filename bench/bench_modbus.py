@@ -1,6 +1,7 @@
 """Modbus acquisition benchmark: 200 meters on 20 gateways, polled every second.
 
     .venv/bin/python bench/bench_modbus.py [--duration 60] [--capacity-duration 60] [--rounds 6]
+    taskset -c 0 .venv/bin/python bench/bench_modbus.py     # a one-core gateway (make bench)
 
 The simulators run in a child process (20 Modbus TCP gateways on 127.0.0.1, 10 Eastron
 SDM630 units each). In this process:
@@ -41,6 +42,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -342,6 +344,10 @@ async def main_async(args: argparse.Namespace) -> None:
         ports = json.loads(child.stdout.readline())
         units = args.meters // args.gateways
         cpu = ChildCpu(child.pid)
+        cpus = sorted(os.sched_getaffinity(0))
+        pinned = len(cpus) == 1
+        print(f"on CPU {cpus[0]} alone (pinned: the simulators, energyd and its committer share "
+              f"one core)" if pinned else f"on CPUs {', '.join(map(str, cpus))}")
         print("requests per poll, planned / fewest the device allows:")
         profiles_ok = True
         for name, planned, fewest in requests_per_profile():
@@ -383,7 +389,11 @@ async def main_async(args: argparse.Namespace) -> None:
                       f"request{committer_us}; client side at {r['share'] * 100:.0f} %, "
                       f"simulators at {r['sim_share'] * 100:.0f} % of a core)")
             bare, mine = c["bare"]["rate"], c["full"]["rate"]
-            print(f"  energyd / bare          {mine / bare * 100:8.1f} %  (target >= 80 %; "
+            # on one core the simulators take their share of it from both loops alike, so
+            # the rates compare the two loops' costs plus the simulators', not the loops'
+            target = ("not a target pinned: the simulators share the core" if pinned else
+                      "target >= 80 %")
+            print(f"  energyd / bare          {mine / bare * 100:8.1f} %  ({target}; "
                   f"without the store {c['acq']['rate'] / bare * 100:.1f} %)")
             # a scheduled poll should cost about what its requests cost at full speed: the
             # wake-ups, timers and bookkeeping of a slot add at most half of that
@@ -393,7 +403,8 @@ async def main_async(args: argparse.Namespace) -> None:
                   f"{c['full']['us']:.0f} us per request at full speed x "
                   f"{s['requests_per_poll']:.2f} requests per poll = {ceiling_us:.0f} us; "
                   f"{per_poll_us / ceiling_us * 1.5:.2f} x)")
-            ok = (s["late_p99_ms"] < 100 and s["peak_rss_mb"] < 150 and mine >= 0.8 * bare
+            ok = (s["late_p99_ms"] < 100 and s["peak_rss_mb"] < 150
+                  and (pinned or mine >= 0.8 * bare)
                   and s["polls_per_s"] >= 0.95 * s["devices"] and per_poll_us <= ceiling_us
                   and abs(s["requests_per_poll"] - fewest) < 0.01 and profiles_ok)
             print("targets met" if ok else "TARGETS MISSED")
