@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from energyd.clock import Clock
+from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
 from energyd.model import QUANTITIES, PollValues, Reading
 
 
@@ -58,6 +59,69 @@ class PollOutcome(Protocol):
     def failed_parts(self) -> dict[str, str]:
         """Parts of the unit (register blocks, say) that failed, with why: each is logged
         the first time it fails, not at every poll."""
+
+
+@dataclass
+class PartFailure:
+    """A part of a unit (a Modbus register block, a DL/T 645 data identifier) that failed in
+    one poll, and why."""
+
+    block: str
+    error: DeviceError
+
+    def __str__(self) -> str:
+        return f"{self.block}: {self.error}"
+
+
+@dataclass
+class PollResult:
+    """One poll of one unit, as a polled driver gives it (a PollOutcome): the values read,
+    as columns, and the parts that failed. `raw` holds what was read and not yet decoded
+    (the owner has the driver decode it while the next unit's request is on the wire)."""
+
+    device: str
+    values: list[PollValues] = field(default_factory=list)
+    failures: list[PartFailure] = field(default_factory=list)
+    raw: list[Any] = field(default_factory=list)
+
+    @staticmethod
+    def no_reply(error: DeviceError) -> bool:
+        """Does this failure say the unit did not answer? (A driver adds its own signs.)"""
+        return isinstance(error, DeviceTimeout)
+
+    @property
+    def readings(self) -> list[Reading]:
+        return [r for v in self.values for r in v.readings()]
+
+    @property
+    def timed_out(self) -> bool:
+        return any(self.no_reply(f.error) for f in self.failures)
+
+    @property
+    def silent(self) -> bool:
+        """No reply, or no link: the bus owner backs the unit off."""
+        return self.reason in ("timeout", "connection")
+
+    def failed_parts(self) -> dict[str, str]:
+        return {f.block: str(f) for f in self.failures}
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(map(str, self.failures)) if self.failures else None
+
+    @property
+    def reason(self) -> str | None:
+        """One word for metrics: timeout, refused, garbled, connection (None when clean)."""
+        if not self.failures:
+            return None
+        if self.timed_out:
+            return "timeout"
+        kinds = {type(f.error) for f in self.failures}
+        if kinds == {DeviceRefused}:
+            return "refused"
+        if kinds <= {DeviceRefused, DeviceGarbled}:
+            return "garbled"
+        return "connection"
 
 
 class PolledUnit(Protocol):

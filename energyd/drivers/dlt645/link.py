@@ -25,15 +25,17 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from energyd.clock import Clock, RealClock
+from energyd.drivers import contracts
+from energyd.drivers.contracts import PartFailure
 from energyd.drivers.dlt645 import codec
 from energyd.drivers.dlt645.codec import Frame, FrameError, ReadCode
 from energyd.drivers.dlt645.profile import Dlt645Profile, Identifier, load_profile
 from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
-from energyd.model import PollValues, Reading
+from energyd.model import PollValues
 
 log = logging.getLogger(__name__)
 
@@ -323,53 +325,11 @@ class Dlt645Link:
         return codec.address_text(reply.data)
 
 
-@dataclass
-class IdentifierFailure:
-    block: str  # the data identifier (a "part" of the meter, for the owner's logging)
-    error: DeviceError
-
-    def __str__(self) -> str:
-        return f"{self.block}: {self.error}"
+IdentifierFailure = PartFailure  # a data identifier that failed
 
 
-@dataclass
-class PollResult:
+class PollResult(contracts.PollResult):
     """One poll of one meter (a PollOutcome for the bus owner, drivers/contracts.py)."""
-
-    device: str
-    values: list[PollValues] = field(default_factory=list)  # an identifier's each
-    failures: list[IdentifierFailure] = field(default_factory=list)
-    raw: list[tuple[Any, Any, bytes]] = field(default_factory=list)  # read, not decoded
-
-    @property
-    def readings(self) -> list[Reading]:
-        return [r for v in self.values for r in v.readings()]
-
-    @property
-    def error(self) -> str | None:
-        return "; ".join(map(str, self.failures)) if self.failures else None
-
-    @property
-    def reason(self) -> str | None:
-        """One word for metrics: timeout, refused, garbled, connection (None when clean)."""
-        if not self.failures:
-            return None
-        kinds = {type(f.error) for f in self.failures}
-        if DeviceTimeout in kinds:
-            return "timeout"
-        if kinds == {DeviceRefused}:
-            return "refused"
-        if kinds <= {DeviceRefused, DeviceGarbled}:
-            return "garbled"
-        return "connection"
-
-    @property
-    def silent(self) -> bool:
-        """No reply, or no bus: the owner backs the meter off."""
-        return self.reason in ("timeout", "connection")
-
-    def failed_parts(self) -> dict[str, str]:
-        return {f.block: str(f) for f in self.failures}
 
 
 class MeterPoller:

@@ -70,9 +70,11 @@ from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
 from energyd.clock import Clock, RealClock
 from energyd.config.profiles import Profile, RegisterSpec
+from energyd.drivers import contracts
+from energyd.drivers.contracts import PartFailure
 from energyd.drivers.modbus.planner import Block, key, plan
 from energyd.errors import DeviceError, DeviceGarbled, DeviceRefused, DeviceTimeout
-from energyd.model import PollValues, Reading
+from energyd.model import PollValues
 
 log = logging.getLogger(__name__)
 
@@ -338,62 +340,18 @@ def _what(code: int, address: int, count: int, unit: int) -> str:
     return f"unit {unit} fc{int(code)} {address}+{count}"
 
 
-@dataclass
-class BlockFailure:
-    block: str
-    error: DeviceError
-
-    def __str__(self) -> str:
-        return f"{self.block}: {self.error}"
+BlockFailure = PartFailure  # a register block that failed
 
 
 @dataclass
-class PollResult:
-    device: str
-    values: list[PollValues] = field(default_factory=list)  # a block's each
-    failures: list[BlockFailure] = field(default_factory=list)
+class PollResult(contracts.PollResult):
     unavailable: list[str] = field(default_factory=list)  # quantities the meter sent as NaN
-    raw: list[tuple[Block, Any, bytes | list[int]]] = field(default_factory=list)  # not decoded
 
-    @property
-    def readings(self) -> list[Reading]:
-        return [r for v in self.values for r in v.readings()]
-
-    @property
-    def timed_out(self) -> bool:
-        return any(_silent(f.error) for f in self.failures)
-
-    @property
-    def silent(self) -> bool:
-        """No reply, or no link: the bus owner backs the unit off."""
-        return self.reason in ("timeout", "connection")
-
-    def failed_parts(self) -> dict[str, str]:
-        return {f.block: str(f) for f in self.failures}
-
-    @property
-    def error(self) -> str | None:
-        return "; ".join(map(str, self.failures)) if self.failures else None
-
-    @property
-    def reason(self) -> str | None:
-        """One word for metrics: timeout, refused, garbled, connection (None when clean)."""
-        if not self.failures:
-            return None
-        if self.timed_out:
-            return "timeout"
-        kinds = {type(f.error) for f in self.failures}
-        if kinds == {DeviceRefused}:
-            return "refused"
-        if kinds <= {DeviceRefused, DeviceGarbled}:
-            return "garbled"
-        return "connection"
-
-
-def _silent(error: DeviceError) -> bool:
-    """No reply: a timeout, or a gateway saying the unit behind it did not answer."""
-    return isinstance(error, DeviceTimeout) or (
-        isinstance(error, DeviceRefused) and error.exception_code in GATEWAY_SILENCE)
+    @staticmethod
+    def no_reply(error: DeviceError) -> bool:
+        """A timeout, or a gateway saying the unit behind it did not answer."""
+        return isinstance(error, DeviceTimeout) or (
+            isinstance(error, DeviceRefused) and error.exception_code in GATEWAY_SILENCE)
 
 
 class DevicePoller:
