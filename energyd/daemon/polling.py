@@ -9,7 +9,8 @@ The owner keeps its units' slots itself, on the monotonic clock: one wake-up per
 queues every unit due then (not a timer per device: on a small gateway the wake-ups cost
 more than the polls), and the owner's worker reads the queue one device at a time, so the
 units of a bus never talk over each other while different links poll concurrently.
-What a tick's polls read goes to the store in one call.
+What a tick's polls read goes to the store in one call, as columns (each poll's values
+with their one time, energyd.model.PollValues), not as a Reading per value.
 
 A failure stays with its unit:
 - a part of the unit that is refused (a Modbus exception reply isolates the refused

@@ -107,6 +107,9 @@ class Store:
         self.quota = quota
         self.state = State.OPEN
         self._series: dict[tuple[str, str], int] = {}
+        # counts the rollbacks that emptied known_series: a caller keeping ids from it
+        # (StoreWriter.submit_values) forgets them when this moves
+        self.series_generation = 0
         self._series_names: dict[int, tuple[str, str]] = {}
         self._load_series()
         self._layout_ids: dict[bytes, int] = {}  # samples.pack_ids(series) -> layout id
@@ -595,6 +598,7 @@ class Store:
     def invalidate_series_cache(self) -> None:
         """After a rollback, series and layouts created inside it no longer exist."""
         with self._lock:
+            self.series_generation += 1
             self._series.clear()
             self._series_names.clear()
             self._load_series()

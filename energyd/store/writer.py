@@ -221,6 +221,7 @@ class StoreWriter:
         # (device, quantities) -> their series ids, for submit_values(): a poll's columns
         # find their series in one look-up
         self._series_of: dict[tuple[str, tuple[str, ...]], array] = {}
+        self._series_generation = store.series_generation
 
     def submit(self, readings: list[Reading],
                  committed: Callable[[], None] | None = None) -> None:
@@ -259,6 +260,9 @@ class StoreWriter:
         """As submit(), for polls as columns (a bus owner's): each poll is a call of its own
         (committed whole), and no Reading is made unless a listener keeps them."""
         series_of = self._series_of
+        if self._series_generation != self._store.series_generation:
+            series_of.clear()  # a rollback: ids made inside it may be another series' now
+            self._series_generation = self._store.series_generation
         ids = []
         for p in polls:
             sids = series_of.get((p.device, p.quantities))
