@@ -255,7 +255,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
     owners = [fn.__self__ for k, fn in ctx.health.items() if k.endswith(".poll")]
     writer = ctx.writer
     committer = CommitterCpu(writer)
-    real = (writer.submit, writer.record_poll)
+    real = (writer.submit_values, writer.record_polls)
     slice_s = duration / rounds
     totals = {k: {"requests": 0.0, "s": 0.0, "cpu": 0.0, "sim_cpu": 0.0, "polls": 0.0,
                   "committer": 0.0}
@@ -288,10 +288,10 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
 
     async def run(kind: str) -> None:
         if kind == "acq":
-            writer.submit = lambda readings: None
-            writer.record_poll = lambda *args: None
+            writer.submit_values = lambda polls: None
+            writer.record_polls = lambda polls: None
         else:
-            writer.submit, writer.record_poll = real
+            writer.submit_values, writer.record_polls = real
         req0 = sum(o._link.requests for o in owners)
         polls0 = sum(o.polls for o in owners)
         cpu.mark()
@@ -321,7 +321,7 @@ async def capacity(ports: list[int], units: int, text: str, duration: float,
             for kind in ("bare", "full", "acq"):
                 await run(kind)
     finally:
-        writer.submit, writer.record_poll = real
+        writer.submit_values, writer.record_polls = real
         for c in clients:
             c.close()
         daemon.stop()

@@ -70,7 +70,10 @@ BUSY_WARNING, BUSY_CLEAR = 0.9, 0.75  # utilisation that is logged, and that end
 # per poll than two, one phase doubles the lateness of a link's last unit
 LINK_PHASES = 2
 TICK_SLACK = 0.0005  # seconds: a slot this close to the tick is served by it
-HAND_OVER_EVERY = 64  # polls: a link that is never idle still hands its readings over
+# a link that is never idle still hands its readings (and its busy seconds) over, after this
+# many polls or this many seconds, whichever comes first
+HAND_OVER_EVERY = 64
+HAND_OVER_AFTER = 1.0
 
 
 @dataclass
@@ -126,6 +129,8 @@ class LinkOwner:
         self._busy_checked = self._busy_since
         self._busy_warned = False
         self._busy_metric = ctx.metrics.link_busy.labels(link)
+        self._busy_unsaid = 0.0  # seconds busy not yet added to the metric
+        self._handed_at = time.monotonic()
         # decoded, not yet handed to the store: the values, and (device, ms, error) per poll
         self._values: list[PollValues] = []
         self._polled: list[tuple[str, int, str | None]] = []
@@ -214,19 +219,24 @@ class LinkOwner:
                 loop.call_soon(self._finish_safely, st, result)
             finally:
                 self._queue.task_done()
-            if self._queue.empty() or len(self._polled) >= HAND_OVER_EVERY:
+            if (self._queue.empty() or len(self._polled) >= HAND_OVER_EVERY
+                    or time.monotonic() - self._handed_at >= HAND_OVER_AFTER):
                 # the tick's units are read: the store gets what they gave in one call
                 loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
+        self._handed_at = time.monotonic()
         values, self._values = self._values, []
         polled, self._polled = self._polled, []
         writer = self.ctx.writer
         try:
             if values:
                 writer.submit_values(values)
-            for device, when_ms, error in polled:
-                writer.record_poll(device, when_ms, error)
+            if polled:
+                writer.record_polls(polled)
+            if self._busy_unsaid:
+                self._busy_metric.inc(self._busy_unsaid)
+                self._busy_unsaid = 0.0
             self._check_busy()
         except Exception:
             log.exception("%s: handing the values of %d polls to the store failed", self.name,
@@ -253,7 +263,7 @@ class LinkOwner:
             ended = time.monotonic()
             self._reading_since = None
             self._busy.append((ended, ended - started))
-            self._busy_metric.inc(ended - started)
+            self._busy_unsaid += ended - started  # counted at the hand-over
 
     def utilisation(self, now: float | None = None) -> float:
         """The share of the last minute (or of the time since start, if shorter) that the

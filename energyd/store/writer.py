@@ -294,6 +294,11 @@ class StoreWriter:
         with self._lock:
             self._batch.polls.append((device, when_ms, error))
 
+    def record_polls(self, polls: Sequence[tuple[str, int, str | None]]) -> None:
+        """record_poll() for each (device, when ms, error), under the lock once."""
+        with self._lock:
+            self._batch.polls += polls
+
     @property
     def pending(self) -> int:
         return len(self._batch)
