@@ -3,6 +3,11 @@
     .venv/bin/python bench/bench_modbus.py [--duration 60] [--capacity-duration 60] [--rounds 6]
     taskset -c 0 .venv/bin/python bench/bench_modbus.py     # a one-core gateway (make bench)
 
+Pinned to one CPU (`taskset -c 0`), energyd and its committer run on that core alone, as on
+a one-core gateway, and the simulators are moved to the machine's other cores: the meters
+are not on the gateway. (On a one-CPU machine they share it, and energyd / bare is then
+printed but not a target: it would measure the simulators' share of the core.)
+
 The simulators run in a child process (20 Modbus TCP gateways on 127.0.0.1, 10 Eastron
 SDM630 units each). In this process:
 
@@ -344,10 +349,19 @@ async def main_async(args: argparse.Namespace) -> None:
         ports = json.loads(child.stdout.readline())
         units = args.meters // args.gateways
         cpu = ChildCpu(child.pid)
+        # Pinned (`taskset -c 0`), energyd and its committer have one core, as on a one-core
+        # gateway; the simulated meters are not on the gateway, so they go to the other cores
+        # where there are any (sharing energyd's core, each of their replies would preempt it)
         cpus = sorted(os.sched_getaffinity(0))
         pinned = len(cpus) == 1
-        print(f"on CPU {cpus[0]} alone (pinned: the simulators, energyd and its committer share "
-              f"one core)" if pinned else f"on CPUs {', '.join(map(str, cpus))}")
+        others = set(range(os.cpu_count() or 1)) - set(cpus)
+        shared = pinned and not others
+        if pinned and others:
+            os.sched_setaffinity(child.pid, others)
+        where = ("the simulators share it" if shared else
+                 f"the simulators on CPU {', '.join(map(str, sorted(others)))}")
+        print(f"energyd pinned to CPU {cpus[0]} ({where})" if pinned
+              else f"on CPUs {', '.join(map(str, cpus))}")
         print("requests per poll, planned / fewest the device allows:")
         profiles_ok = True
         for name, planned, fewest in requests_per_profile():
@@ -391,7 +405,7 @@ async def main_async(args: argparse.Namespace) -> None:
             bare, mine = c["bare"]["rate"], c["full"]["rate"]
             # on one core the simulators take their share of it from both loops alike, so
             # the rates compare the two loops' costs plus the simulators', not the loops'
-            target = ("not a target pinned: the simulators share the core" if pinned else
+            target = ("not a target: the simulators share the core" if shared else
                       "target >= 80 %")
             print(f"  energyd / bare          {mine / bare * 100:8.1f} %  ({target}; "
                   f"without the store {c['acq']['rate'] / bare * 100:.1f} %)")
@@ -404,7 +418,7 @@ async def main_async(args: argparse.Namespace) -> None:
                   f"{s['requests_per_poll']:.2f} requests per poll = {ceiling_us:.0f} us; "
                   f"{per_poll_us / ceiling_us * 1.5:.2f} x)")
             ok = (s["late_p99_ms"] < 100 and s["peak_rss_mb"] < 150
-                  and (pinned or mine >= 0.8 * bare)
+                  and (shared or mine >= 0.8 * bare)
                   and s["polls_per_s"] >= 0.95 * s["devices"] and per_poll_us <= ceiling_us
                   and abs(s["requests_per_poll"] - fewest) < 0.01 and profiles_ok)
             print("targets met" if ok else "TARGETS MISSED")
