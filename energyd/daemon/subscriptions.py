@@ -147,7 +147,9 @@ class MqttComponent:
         try:
             while True:
                 # a backlog being received is watched for its end (see _backlog_paused)
-                watching = self._backlog and len(self._queue) >= BACKLOG_END_MIN
+                watching = self._backlog and (
+                    bool(self._queue)
+                    or time.monotonic() - self._last_arrival < self.options.backlog_gap)
                 try:
                     await asyncio.wait_for(self._flush_wanted.wait(),
                                            BACKLOG_END if watching else 1.0)
