@@ -35,7 +35,10 @@ The number of messages waiting for their commit is bounded by `mqtt.max_inflight
 to the broker as Receive Maximum under MQTT 5; under 3.1.1 the broker's own limit
 applies, taken as mosquitto's default of 20 unless max_inflight is set). When half of it
 is waiting, the component asks the writer for an early flush, so a fast stream is not
-held back to one window per `storage.flush_interval`.
+held back to one window per `storage.flush_interval`; and while the session's backlog is
+received (see _from_backlog), a pause in it with BACKLOG_END_MIN messages waiting asks for
+one too, so the end of a backlog is not held back to the next flush. The messages of a
+commit are acknowledged in one write (Subscriber.ack_all).
 
 QoS 2 is accepted, but paho answers PUBREC before the message is handed over: a crash
 between PUBREC and the commit loses it, so QoS 1 is what gives at-least-once into the
@@ -191,10 +194,9 @@ class MqttComponent:
     def _backlog_paused(self) -> bool:
         """Whether the session's backlog has stopped coming with messages waiting for their
         commit: the broker has sent what it queued (or waits for acknowledgements). They
-        are committed and acknowledged then, not up to a flush interval later; a steady
-        stream keeps the writer's cadence, since this only applies within a backlog and
-        to at least BACKLOG_END_MIN messages, which do not wait a flush interval for
-        nothing (a backlog of 100,000 messages ends a fraction of a second sooner)."""
+        are committed and acknowledged then, not up to a flush interval later. A steady
+        stream keeps the writer's cadence (one commit, one sync to disk, per interval):
+        this applies only within a backlog, and to BACKLOG_END_MIN messages at least."""
         return (len(self._queue) >= BACKLOG_END_MIN
                 and time.monotonic() - self._last_arrival >= BACKLOG_END)
 
