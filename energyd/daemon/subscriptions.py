@@ -110,8 +110,10 @@ class MqttComponent:
         self.refused = 0
         self.acked = 0
         self._taking = False
-        self._lock = threading.Lock()  # _queue: paho thread and committer
-        self._send_lock = threading.Lock()  # keeps acks in order across committing threads
+        # paho's thread appends to _queue and only _ack_ready, under _send_lock (which keeps
+        # acks in order across committing threads), takes from its front: a deque does both
+        # from two threads without a lock of ours, which paho's thread would take per message
+        self._send_lock = threading.Lock()
         self._queue: deque[_Taken] = deque()
         inflight = self.options.max_inflight
         if self.options.protocol == "3.1.1" and "max_inflight" not in \
@@ -123,7 +125,11 @@ class MqttComponent:
         self._flush_asked = False
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
         self._messages: dict[str, Any] = {}
+        # messages per topic: counted by paho's thread alone, published (by their growth
+        # since `_published`) from the others, one at a time under _publish_lock
         self._counts: dict[str, int] = {}
+        self._published: dict[str, int] = {}
+        self._publish_lock = threading.Lock()
         # the session's backlog (see _from_backlog); times from time.monotonic()
         self._backlog = False
         self._backlog_count = 0
@@ -293,16 +299,15 @@ class MqttComponent:
               readings: list[Reading]) -> None:
         # One submit() is one atomic part of a writer batch (taken, committed or put back
         # whole), so the message is committed exactly when its last reading is.
+        # counted here, added to the metric at the next commit (_publish_counts)
+        self._counts[topic] = self._counts.get(topic, 0) + 1
+        if qos == 0:
+            if readings:
+                self.ctx.writer.submit(readings)
+            return
         taken = _Taken(mid, qos, generation, not readings)
-        with self._lock:
-            # counted here, added to the metric at the next commit (one lock per message)
-            self._counts[topic] = self._counts.get(topic, 0) + 1
-            if qos == 0:
-                if readings:
-                    self.ctx.writer.submit(readings)
-                return
-            self._queue.append(taken)
-            waiting = len(self._queue)
+        self._queue.append(taken)  # before its commit can mark it
+        waiting = len(self._queue)
         if readings:
             self.ctx.writer.submit(readings, taken.committed)
         else:
@@ -340,21 +345,26 @@ class MqttComponent:
         sub = self.subscriber
         self.ctx.metrics.mqtt_connected.set(1 if sub is not None and sub.subscribed else 0)
         self.ctx.metrics.mqtt_waiting.set(len(self._queue))
-        with self._lock:
-            counts, self._counts = self._counts, {}
-        for topic, n in counts.items():
-            counter = self._messages.get(topic)
-            if counter is None:
-                counter = self._messages[topic] = self.ctx.metrics.mqtt_messages.labels(topic)
-            counter.inc(n)
+        counts = self._counts.copy()  # one step: paho's thread may count meanwhile
+        with self._publish_lock:
+            published = self._published
+            for topic, n in counts.items():
+                grown = n - published.get(topic, 0)
+                if grown <= 0:
+                    continue
+                published[topic] = n
+                counter = self._messages.get(topic)
+                if counter is None:
+                    counter = self._messages[topic] = \
+                        self.ctx.metrics.mqtt_messages.labels(topic)
+                counter.inc(grown)
 
     def _ack_ready(self) -> None:
         with self._send_lock:
-            with self._lock:
-                ready: list[_Taken] = []
-                q = self._queue
-                while q and q[0].done:
-                    ready.append(q.popleft())
+            ready: list[_Taken] = []
+            q = self._queue
+            while q and q[0].done:
+                ready.append(q.popleft())
             sub = self.subscriber
             if sub is None or not ready:
                 return
