@@ -225,6 +225,10 @@ class MqttComponent:
         self._backlog = session_present
         self._backlog_count = 0
         self._last_arrival = self._last_ack = now
+        if session_present and self._loop is not None and self._flush_wanted is not None:
+            # the loop looks again now, so it watches the backlog for its end from its
+            # first message (the flush this asks for has nothing of MQTT's to commit yet)
+            self._loop.call_soon_threadsafe(self._flush_wanted.set)
 
     def _from_backlog(self, msg: Any) -> bool:
         """Whether a message comes from the session's backlog rather than being published
