@@ -202,6 +202,7 @@ def _field(doc: Any, path: tuple[str, ...]) -> Any:
 
 _reading = tuple.__new__
 
+
 def _values_of(paths: tuple[tuple[str, ...], ...]) -> Callable[[Any], Sequence[Any]] | None:
     """Every field's value of a flat object in one call (a C loop of item lookups); None
     for one field or a nested path, which go field by field."""
