@@ -13,9 +13,9 @@ Starts its own Mosquitto (tests/servers.py) on a loopback port. 50 simulated com
    writer with SQLite synchronous=FULL, acknowledgement after commit) drains its own.
    Reported: messages/s, CPU seconds per 10,000 messages (this process and energyd's store
    committer process; the broker excluded), and energyd's rate as a share of the bare one.
-   `--rounds` rounds alternate the two, and the medians are compared, so load from
-   elsewhere falls on both alike.
-   Target: >= 50 %, nothing lost.
+   `--rounds` rounds alternate the two, so load from elsewhere falls on both alike, and
+   each round's share is energyd's rate over the bare rate of the same round.
+   Target: >= 50 % in every round (not only the median), nothing lost.
 2. Live: a publisher process offers `--live-rate` messages/s across the 60 devices for
    `--live-seconds`; energyd keeps up and stores every acknowledged message.
 
@@ -307,7 +307,7 @@ async def main() -> None:
               f"+ {METERS} meters, JSON, QoS 1; {os.cpu_count()} CPUs")
 
         # --- 1. drain, in rounds: bare and energyd alternate, so load from elsewhere on
-        # the machine falls on both alike; the medians are compared -------------------------
+        # the machine falls on both alike; every round's share must reach the target --------
         prefix = "drain"
         # A store per round, each first filled with `--history` earlier samples of every
         # series: rounds compare like with like, and a store that already holds history is
@@ -365,11 +365,13 @@ async def main() -> None:
                   f"{bare_cpus[-1]:>11.2f}{bare_broker / bare.count * 1e4:>13.2f}")
             print(f"   {'energyd into the store':<25}{comp.acked:>10}{e_rates[-1]:>10,.0f}"
                   f"{e_cpus[-1]:>11.2f}{e_broker / max(1, comp.acked) * 1e4:>13.2f}")
+            print(f"   energyd / bare = {e_rates[-1] / bare_rates[-1]:.0%}")
         fleet.stop()
         acked = fleet.acked()
         sent, missing, rows = check_store(dbs, acked)
         bare_rate, e_rate = statistics.median(bare_rates), statistics.median(e_rates)
-        share = e_rate / bare_rate
+        shares = [e / bare for e, bare in zip(e_rates, bare_rates, strict=True)]
+        share = min(shares)
         print(f"{'median':<28}{'':>10}{'':>10}")
         print(f"   {'bare paho (ceiling)':<25}{'':>10}{bare_rate:>10,.0f}"
               f"{statistics.median(bare_cpus):>11.2f}")
@@ -379,8 +381,10 @@ async def main() -> None:
         # a message taken after a round's energyd began to stop is sent again to the next
         # round's energyd (and store): more rows than messages is fine, fewer is a loss
         lost_ok = missing == 0 and rows >= expected_rows and sent == drained
-        print(f"energyd / bare = {share:.0%} (target >= 50%); broker acknowledged {sent}, "
-              f"missing in store {missing}, rows {rows} (expected {expected_rows})")
+        print(f"energyd / bare per round: {', '.join(f'{s:.0%}' for s in shares)} "
+              f"(target >= 50% in every round; median rates {e_rate / bare_rate:.0%})")
+        print(f"broker acknowledged {sent}, missing in store {missing}, rows {rows} "
+              f"(expected {expected_rows})")
 
         # --- 2. live ------------------------------------------------------------------------
         if args.live_seconds > 0:
@@ -417,9 +421,10 @@ async def main() -> None:
             print(f"live: energyd CPU {live_cpu / max(1, sent_l) * 1e4:.2f} s per 10k messages")
             lost_ok = lost_ok and missing_l == 0
         print()
+        worst = shares.index(share)
         print("RESULT:", "PASS" if share >= 0.5 and lost_ok else "FAIL",
-              f"(energyd {e_rate:,.0f} msg/s = {share:.0%} of bare {bare_rate:,.0f} msg/s; "
-              f"nothing lost: {lost_ok})")
+              f"(lowest round {worst + 1}: energyd {e_rates[worst]:,.0f} msg/s = {share:.0%} "
+              f"of bare {bare_rates[worst]:,.0f} msg/s; nothing lost: {lost_ok})")
 
 
 if __name__ == "__main__":

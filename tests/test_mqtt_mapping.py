@@ -194,6 +194,27 @@ def test_a_bad_field_is_left_out_and_the_good_ones_kept(mapper):
     assert "data.u.0" in str([p for p in problems if p.reason == "missing_field"][0])
 
 
+@pytest.mark.parametrize("flow, state, kept", [
+    (1e308, 1e308, [("flow_m3_min", 1e308), ("compressor_state", 1e308)]),  # a sum is not
+    (2.5, 2, [("flow_m3_min", 2.5), ("compressor_state", 2.0)]),  # an integer is a float
+    (-0.0, 0, [("flow_m3_min", -0.0), ("compressor_state", 0.0)]),
+    (2.5, "2", [("flow_m3_min", 2.5), ("compressor_state", 2.0)]),  # a number in text
+    (2.5, 10 ** 400, [("flow_m3_min", 2.5)]),  # too large for a float: left out
+    (2.5, True, [("flow_m3_min", 2.5)]),  # not a number
+    (None, 1, [("compressor_state", 1.0)]),
+])
+def test_a_flat_message_is_read_at_once_as_field_by_field(mapper, flow, state, kept):
+    # the usual message is read in one step; one with anything unusual, field by field: the
+    # readings are the same either way
+    payload = json.dumps({"ts": 1772445600, "flow": flow, "state": state}).encode()
+    problems: list[Rejected] = []
+    got = mapper.map("plant/air/c1/telemetry", payload, NOW, problems)
+    assert [(r.quantity, r.value) for r in got] == kept
+    assert all(type(r.value) is float for r in got)
+    assert {r.time for r in got} == {NOW} and {r.device for r in got} == {"c1"}
+    assert len(problems) == 2 - len(kept)
+
+
 @pytest.mark.parametrize("entry, message", [
     ("{topic: a/b, format: value}", "format value needs `quantity:`"),
     ("{topic: a/b}", "format json needs `fields:`"),

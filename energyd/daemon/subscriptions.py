@@ -35,7 +35,10 @@ The number of messages waiting for their commit is bounded by `mqtt.max_inflight
 to the broker as Receive Maximum under MQTT 5; under 3.1.1 the broker's own limit
 applies, taken as mosquitto's default of 20 unless max_inflight is set). When half of it
 is waiting, the component asks the writer for an early flush, so a fast stream is not
-held back to one window per `storage.flush_interval`.
+held back to one window per `storage.flush_interval`; and while the session's backlog is
+received (see _from_backlog), a pause in it with BACKLOG_END_MIN messages waiting asks for
+one too, so the end of a backlog is not held back to the next flush. The messages of a
+commit are acknowledged in one write (Subscriber.ack_all).
 
 QoS 2 is accepted, but paho answers PUBREC before the message is handed over: a crash
 between PUBREC and the commit loses it, so QoS 1 is what gives at-least-once into the
@@ -64,6 +67,10 @@ LOG_EVERY = 60.0  # wall seconds between two log lines for the same topic and re
 # A 3.1.1 client cannot tell the broker its window; mosquitto's max_inflight_messages
 # defaults to this. Set mqtt.max_inflight to the broker's value when it differs.
 MQTT311_BROKER_INFLIGHT = 20
+# Within the session's backlog, this many messages waiting and no new one for this many
+# seconds: the backlog has ended, and they are committed at once (MqttComponent._backlog_paused)
+BACKLOG_END_MIN = 100
+BACKLOG_END = 0.05
 
 
 def build(ctx: Context) -> list[Component]:
@@ -103,8 +110,10 @@ class MqttComponent:
         self.refused = 0
         self.acked = 0
         self._taking = False
-        self._lock = threading.Lock()  # _queue: paho thread and committer
-        self._send_lock = threading.Lock()  # keeps acks in order across committing threads
+        # paho's thread appends to _queue and only _ack_ready, under _send_lock (which keeps
+        # acks in order across committing threads), takes from its front: a deque does both
+        # from two threads without a lock of ours, which paho's thread would take per message
+        self._send_lock = threading.Lock()
         self._queue: deque[_Taken] = deque()
         inflight = self.options.max_inflight
         if self.options.protocol == "3.1.1" and "max_inflight" not in \
@@ -116,7 +125,11 @@ class MqttComponent:
         self._flush_asked = False
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
         self._messages: dict[str, Any] = {}
+        # messages per topic: counted by paho's thread alone, published (by their growth
+        # since `_published`) from the others, one at a time under _publish_lock
         self._counts: dict[str, int] = {}
+        self._published: dict[str, int] = {}
+        self._publish_lock = threading.Lock()
         # the session's backlog (see _from_backlog); times from time.monotonic()
         self._backlog = False
         self._backlog_count = 0
@@ -139,14 +152,22 @@ class MqttComponent:
         saved = previous == filters
         self._taking = True
         sub.start()
+        published = time.monotonic()
         try:
             while True:
+                # a backlog being received is watched for its end (see _backlog_paused)
+                watching = self._backlog and (
+                    bool(self._queue)
+                    or time.monotonic() - self._last_arrival < self.options.backlog_gap)
                 try:
-                    await asyncio.wait_for(self._flush_wanted.wait(), 1.0)
+                    await asyncio.wait_for(self._flush_wanted.wait(),
+                                           BACKLOG_END if watching else 1.0)
                     wanted = True
                 except TimeoutError:
-                    wanted = False
-                    self._publish_counts()  # also when nothing is committed (all refused)
+                    wanted = watching and self._backlog_paused()
+                    if time.monotonic() - published >= 1.0:
+                        published = time.monotonic()
+                        self._publish_counts()  # also when nothing is committed (all refused)
                 if not saved and sub.subscribed and not sub.stale:
                     # remembered once the broker has the new set, for the next start
                     await asyncio.to_thread(self.ctx.store.meta.set, key, filters)
@@ -176,6 +197,15 @@ class MqttComponent:
                 self.ctx.commit_listeners.remove(self._committed)
             self.ctx.health.pop("mqtt", None)
 
+    def _backlog_paused(self) -> bool:
+        """Whether the session's backlog has stopped coming with messages waiting for their
+        commit: the broker has sent what it queued (or waits for acknowledgements). They
+        are committed and acknowledged then, not up to a flush interval later. A steady
+        stream keeps the writer's cadence (one commit, one sync to disk, per interval):
+        this applies only within a backlog, and to BACKLOG_END_MIN messages at least."""
+        return (len(self._queue) >= BACKLOG_END_MIN
+                and time.monotonic() - self._last_arrival >= BACKLOG_END)
+
     def _health(self) -> dict[str, Any]:
         sub = self.subscriber
         return {
@@ -195,6 +225,10 @@ class MqttComponent:
         self._backlog = session_present
         self._backlog_count = 0
         self._last_arrival = self._last_ack = now
+        if session_present and self._loop is not None and self._flush_wanted is not None:
+            # the loop looks again now, so it watches the backlog for its end from its
+            # first message (the flush this asks for has nothing of MQTT's to commit yet)
+            self._loop.call_soon_threadsafe(self._flush_wanted.set)
 
     def _from_backlog(self, msg: Any) -> bool:
         """Whether a message comes from the session's backlog rather than being published
@@ -269,16 +303,15 @@ class MqttComponent:
               readings: list[Reading]) -> None:
         # One submit() is one atomic part of a writer batch (taken, committed or put back
         # whole), so the message is committed exactly when its last reading is.
+        # counted here, added to the metric at the next commit (_publish_counts)
+        self._counts[topic] = self._counts.get(topic, 0) + 1
+        if qos == 0:
+            if readings:
+                self.ctx.writer.submit(readings)
+            return
         taken = _Taken(mid, qos, generation, not readings)
-        with self._lock:
-            # counted here, added to the metric at the next commit (one lock per message)
-            self._counts[topic] = self._counts.get(topic, 0) + 1
-            if qos == 0:
-                if readings:
-                    self.ctx.writer.submit(readings)
-                return
-            self._queue.append(taken)
-            waiting = len(self._queue)
+        self._queue.append(taken)  # before its commit can mark it
+        waiting = len(self._queue)
         if readings:
             self.ctx.writer.submit(readings, taken.committed)
         else:
@@ -316,26 +349,29 @@ class MqttComponent:
         sub = self.subscriber
         self.ctx.metrics.mqtt_connected.set(1 if sub is not None and sub.subscribed else 0)
         self.ctx.metrics.mqtt_waiting.set(len(self._queue))
-        with self._lock:
-            counts, self._counts = self._counts, {}
-        for topic, n in counts.items():
-            counter = self._messages.get(topic)
-            if counter is None:
-                counter = self._messages[topic] = self.ctx.metrics.mqtt_messages.labels(topic)
-            counter.inc(n)
+        counts = self._counts.copy()  # one step: paho's thread may count meanwhile
+        with self._publish_lock:
+            published = self._published
+            for topic, n in counts.items():
+                grown = n - published.get(topic, 0)
+                if grown <= 0:
+                    continue
+                published[topic] = n
+                counter = self._messages.get(topic)
+                if counter is None:
+                    counter = self._messages[topic] = \
+                        self.ctx.metrics.mqtt_messages.labels(topic)
+                counter.inc(grown)
 
     def _ack_ready(self) -> None:
         with self._send_lock:
-            with self._lock:
-                ready: list[_Taken] = []
-                q = self._queue
-                while q and q[0].done:
-                    ready.append(q.popleft())
+            ready: list[_Taken] = []
+            q = self._queue
+            while q and q[0].done:
+                ready.append(q.popleft())
             sub = self.subscriber
-            if sub is None:
+            if sub is None or not ready:
                 return
-            for taken in ready:
-                if sub.ack(taken.mid, taken.qos, taken.generation):
-                    self.acked += 1
-            if ready:
-                self._last_ack = time.monotonic()
+            # one write for the commit's messages, not one per message (Subscriber.ack_all)
+            self.acked += sub.ack_all([(t.mid, t.qos, t.generation) for t in ready])
+            self._last_ack = time.monotonic()
