@@ -3,6 +3,8 @@ the committer or the daemon dies."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -105,6 +107,26 @@ def test_poll_values_are_checked_when_made() -> None:
         PollValues(T0, "m1", ("active_power_kw", "frequency_hz"), [1.0])
     with pytest.raises(ValueError, match="timezone-aware"):
         PollValues(datetime(2026, 3, 1), "m1", ("active_power_kw",), [1.0])
+
+
+async def test_the_committer_starts_with_the_writer_not_at_its_first_flush(
+        tmp_path: Path) -> None:
+    # a backlog after a restart is committed at once, not after the committer's start-up
+    with Store.open(tmp_path / "s.db") as store:
+        writer = StoreWriter(store, flush_interval=3600)
+        task = asyncio.create_task(writer.run())
+        try:
+            for _ in range(100):
+                if writer.committer_pid is not None:
+                    break
+                await asyncio.sleep(0.05)
+            pid = writer.committer_pid
+            assert pid is not None and not gone(pid, 0)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert gone(pid, 10)  # and it ends with the writer
 
 
 def test_a_dead_committer_loses_nothing_and_is_replaced(tmp_path: Path) -> None:

@@ -451,9 +451,20 @@ class StoreWriter:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close)
 
+    def _start_committer(self) -> None:
+        with self._exchange:
+            if self._committer is None:
+                self._committer = Committer(self._store.path)
+
     async def run(self) -> None:
         """Flush every `flush_interval` wall seconds until cancelled; then close."""
         try:
+            # the committer starts now rather than at the first flush, which then commits
+            # at once (a session's backlog after a restart) instead of waiting for it
+            try:
+                await asyncio.to_thread(self._start_committer)
+            except OSError as exc:  # the first flush tries again, and reports
+                log.warning("the store's committer process could not be started: %s", exc)
             while True:
                 # what a failure held goes in slices, one after the other
                 behind = self.pending >= COMMIT_MAX and self.trouble is None
