@@ -114,7 +114,7 @@ async def energyd_bus(port: int, meters: int, until: float, counts: list[int]) -
                 result = await p.poll(link)
                 if result.failures:
                     raise RuntimeError(result.error)
-                counts[2] += len(result.readings)
+                counts[2] += sum(len(v.values) for v in result.values)
             counts[1] += meters
         counts[0] += link.requests
 
