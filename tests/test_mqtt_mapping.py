@@ -200,6 +200,7 @@ def test_a_bad_field_is_left_out_and_the_good_ones_kept(mapper):
     (-0.0, 0, [("flow_m3_min", -0.0), ("compressor_state", 0.0)]),
     (2.5, "2", [("flow_m3_min", 2.5), ("compressor_state", 2.0)]),  # a number in text
     (2.5, 10 ** 400, [("flow_m3_min", 2.5)]),  # too large for a float: left out
+    (1, 10 ** 400, [("flow_m3_min", 1.0)]),  # so also beside an integer alone
     (2.5, True, [("flow_m3_min", 2.5)]),  # not a number
     (None, 1, [("compressor_state", 1.0)]),
 ])

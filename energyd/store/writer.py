@@ -270,8 +270,8 @@ class StoreWriter:
                 known = self._store.known_series
                 found = [known.get((p.device, q)) for q in p.quantities]
                 if None in found:  # a new series: made at the flush, as for submit()
-                    for p in polls:
-                        self.submit(p.readings())
+                    for poll in polls:
+                        self.submit(poll.readings())
                     return
                 if len(series_of) >= SERIES_OF_MAX:
                     series_of.clear()

@@ -85,8 +85,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import reduce
-from operator import getitem, itemgetter
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -218,11 +217,13 @@ def _plain_values(values_of: Callable[[Any], Sequence[Any]], doc: Any
     field by field, which says which field is wrong and keeps the good ones."""
     try:
         got = values_of(doc)
-        total = sum(got)  # text, null, an object: TypeError
-    except (KeyError, TypeError, IndexError, OverflowError):
+        # as floats, as they will be stored: text, null, an object: TypeError; an integer
+        # beyond a float: OverflowError; infinities of both signs: ValueError
+        total = math.fsum(got)
+    except (KeyError, TypeError, IndexError, OverflowError, ValueError):
         return None
-    # not finite if one is not (or if they overflow: then the slow way takes them); true
-    # and false are numbers to sum() but not readings
+    # not finite if one is not (then the slow way says which); true and false are numbers
+    # to fsum() but not readings
     if total - total != 0 or bool in map(type, got):
         return None
     return got
@@ -457,7 +458,7 @@ class PayloadMapper:
             if doc is None:
                 doc = _decode_json(payload)
             # none in this message: the receive time stands
-            raw = _time_field(doc, route.timestamp) if route.timestamp is not None else None
+            raw = _lookup_or_none(doc, route.timestamp) if route.timestamp is not None else None
             if raw is not None:
                 when = parse_time(raw)
                 quality = Quality.GOOD
@@ -513,17 +514,9 @@ class PayloadMapper:
 
 def _lookup_or_none(doc: Any, path: tuple[str, ...]) -> Any:
     try:
-        return _lookup(doc, path)
+        return _field(doc, path)
     except KeyError:
         return None
-
-
-def _time_field(doc: Any, path: tuple[str, ...]) -> Any:
-    """_lookup_or_none, quicker for objects within objects (as `_field`)."""
-    try:
-        return reduce(getitem, path, doc)
-    except (KeyError, TypeError, IndexError):
-        return _lookup_or_none(doc, path)
 
 
 def _stale() -> Rejected:
